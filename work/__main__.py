@@ -1,0 +1,9 @@
+"""``python -m work``: the same as the ``anywork`` program."""
+
+from __future__ import annotations
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

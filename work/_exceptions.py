@@ -1,0 +1,92 @@
+"""The error tree: every exception anywork raises of its own.
+
+::
+
+    WorkError
+    ├── StatusError                  carries .status (a Status)
+    │   ├── JobTimeoutError          also a builtin TimeoutError; status 408
+    │   └── RetryLater               status 429; asks for another try after .delay seconds
+    └── UnknownHandlerError          also a builtin LookupError; no handler by that name
+
+Validation errors on the public API are builtin ``ValueError`` / ``TypeError`` with a message
+naming the bad value; a worker that is not running raises ``RuntimeError``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ._status import Status
+
+if TYPE_CHECKING:
+    from ._job import Job
+
+__all__ = ["JobTimeoutError", "RetryLater", "StatusError", "UnknownHandlerError", "WorkError"]
+
+
+class WorkError(Exception):
+    """Raised for errors of anywork's own; the base of every exception it defines."""
+
+
+class StatusError(WorkError):
+    """Raised by a handler (or adapter) to end an execution with a given status.
+
+    ``raise StatusError(Status.BAD_REQUEST, "no such user")`` ends the execution with 400.
+    The message defaults to the status phrase ("Bad Request").
+
+    Attributes:
+        status: the Status the execution ends with.
+        message: the human-readable reason.
+    """
+
+    def __init__(self, status: Status | int, message: str = "") -> None:
+        self.status = Status.coerce(status)
+        self.message = message or self.status.phrase
+        super().__init__(f"{int(self.status)} {self.message}")
+
+
+class JobTimeoutError(StatusError, TimeoutError):
+    """Raised when an execution outlives its job's ``timeout``; its status is 408.
+
+    Attributes:
+        timeout: the timeout in seconds that expired.
+        job: the job whose execution timed out, when known.
+    """
+
+    def __init__(self, timeout: float, job: Job | None = None) -> None:
+        self.timeout = timeout
+        self.job = job
+        name = f" {job.handler!r}" if job is not None else ""
+        super().__init__(Status.TIMEOUT, f"job{name} timed out after {timeout:g}s")
+
+
+class RetryLater(StatusError):
+    """Raised by a handler (or the ``limit`` adapter) to ask for another try after ``delay`` s.
+
+    It ends the execution with 429. Retry policies treat it as a deferral: it does not use up
+    an attempt, up to the policy's ``max_deferrals``.
+
+    Attributes:
+        delay: seconds to wait before the next try (>= 0).
+    """
+
+    def __init__(self, delay: float, message: str = "") -> None:
+        if delay < 0:
+            raise ValueError(f"RetryLater delay must be >= 0, got {delay!r}")
+        self.delay = float(delay)
+        super().__init__(Status.TOO_MANY_REQUESTS, message or f"retry in {self.delay:g}s")
+
+
+class UnknownHandlerError(WorkError, LookupError):
+    """Raised when a job names a handler the worker has not registered.
+
+    Attributes:
+        handler: the name that was looked up.
+        known: the names that are registered.
+    """
+
+    def __init__(self, handler: str, known: list[str] | None = None) -> None:
+        self.handler = handler
+        self.known = sorted(known or [])
+        listed = ", ".join(repr(k) for k in self.known) or "none"
+        super().__init__(f"no handler named {handler!r} is registered (registered: {listed})")
