@@ -1,0 +1,135 @@
+"""Timing: parsing intervals and cron lines, and the one timer heap behind perform_at/in."""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Generic, TypeVar
+
+import anyio
+from croniter import croniter
+
+__all__ = ["CronSchedule", "IntervalSchedule", "Schedule", "TimerHeap", "parse_every", "seconds"]
+
+T = TypeVar("T")
+
+
+def seconds(value: float | timedelta, *, name: str) -> float:
+    """Return ``value`` in seconds.
+
+    Raises:
+        TypeError: not a number or timedelta.
+    """
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be seconds (int/float) or a timedelta, got {value!r}")
+    if math.isnan(value):
+        raise ValueError(f"{name} must be a number of seconds, got NaN")
+    return float(value)
+
+
+class IntervalSchedule:
+    """Every ``interval`` seconds on a fixed grid from the start: tick n is ``start + n*interval``,
+    so a slow execution never makes the schedule drift. The first tick is at once."""
+
+    runs_at_once = True
+
+    def __init__(self, interval: float) -> None:
+        if not interval > 0:
+            raise ValueError(f"an interval must be > 0 seconds, got {interval!r}")
+        self.interval = interval
+
+    def next_after(self, start: float, now: float) -> float:
+        """Return the first tick strictly after ``now`` on the grid that starts at ``start``
+        (anyio clock seconds)."""
+        n = math.floor((now - start) / self.interval) + 1
+        return start + n * self.interval
+
+    def __repr__(self) -> str:
+        return f"every {self.interval:g}s"
+
+
+class CronSchedule:
+    """A cron line read by croniter, in UTC (5 fields, or 6 with seconds last)."""
+
+    runs_at_once = False
+
+    def __init__(self, line: str) -> None:
+        if not croniter.is_valid(line):
+            raise ValueError(f"cannot parse cron line {line!r} (croniter rejected it)")
+        self.line = line
+
+    def next_after_wall(self, now: datetime) -> datetime:
+        """Return the first fire time strictly after ``now`` (aware UTC datetime)."""
+        nxt: datetime = croniter(self.line, now).get_next(datetime)
+        return nxt if nxt.tzinfo is not None else nxt.replace(tzinfo=UTC)
+
+    def __repr__(self) -> str:
+        return f"cron {self.line!r}"
+
+
+Schedule = IntervalSchedule | CronSchedule
+
+
+def parse_every(every: float | timedelta | str) -> Schedule:
+    """Return the schedule for ``perform_every``'s ``every``: seconds, a timedelta or a cron line.
+
+    Raises:
+        ValueError: an interval <= 0 or a line croniter cannot parse.
+        TypeError: any other type.
+    """
+    if isinstance(every, str):
+        return CronSchedule(every)
+    return IntervalSchedule(seconds(every, name="every"))
+
+
+class TimerHeap(Generic[T]):
+    """Items due at anyio clock times, served by ONE task (not one sleeping task per item).
+
+    ``push`` adds an item; ``run(fire)`` (the serving task) calls ``fire(item)`` for each item
+    as it falls due, in due order, and sleeps until the next one otherwise.
+    """
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, T]] = []
+        self._seq = itertools.count()
+        self._wake = anyio.Event()
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def push(self, when: float, item: T) -> None:
+        """Add ``item`` due at anyio clock time ``when``."""
+        heapq.heappush(self._heap, (when, next(self._seq), item))
+        if self._heap[0][2] is item:
+            self._wake.set()
+
+    def drain(self) -> list[T]:
+        """Remove and return every item, due or not."""
+        items = [entry[2] for entry in self._heap]
+        self._heap.clear()
+        return items
+
+    async def run(self, fire: Callable[[T], None]) -> None:
+        """Serve the heap forever: call ``fire`` for each item as it falls due."""
+        heap = self._heap
+        while True:
+            now = anyio.current_time()
+            while heap and heap[0][0] <= now:
+                fire(heapq.heappop(heap)[2])
+            if self._wake.is_set():
+                self._wake = anyio.Event()
+            if heap:
+                with anyio.move_on_after(heap[0][0] - now):
+                    await self._wake.wait()
+            else:
+                await self._wake.wait()
+
+
+def utcnow() -> datetime:
+    """Return the current time as an aware UTC datetime."""
+    return datetime.now(UTC)
