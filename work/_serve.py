@@ -1,0 +1,467 @@
+"""``serve_store``, the loop behind ``Worker.serve``: claim, run, renew, reap, complete."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
+
+import anyio
+import structlog
+from anyio.abc import TaskGroup
+
+from ._exceptions import RetryLater, StatusError, UnknownHandlerError
+from ._job import Job
+from ._retry import backoff_from_dict
+from ._status import Status
+from .stores._base import Claimed, JobRecord, JobState, Outcome, Store
+
+if TYPE_CHECKING:
+    from ._worker import Execution, Worker
+
+__all__ = ["DEFAULT_CONCURRENCY", "DEFAULT_MAX_DEFERRALS", "serve_store"]
+
+DEFAULT_CONCURRENCY = 16
+"""Jobs run at once by ``serve`` when neither ``concurrency`` nor ``max_concurrency`` is set."""
+
+DEFAULT_MAX_DEFERRALS = 20
+"""RetryLater deferrals allowed to a job enqueued without a RetryPolicy (RetryPolicy's default)."""
+
+# How long an idle claim loop waits on the store before claiming again anyway.
+_IDLE_WAIT = 1.0
+# The longest pause between lease renewals: a RUNNING job's cancel is noticed within this.
+_MAX_RENEW_INTERVAL = 1.0
+# How long serve, once stopped or cancelled, keeps trying to write the last outcomes.
+_FINAL_FLUSH_TIMEOUT = 10.0
+# How long a cancelled serve waits for an execution it cancelled to end.
+_CANCEL_WAIT = 5.0
+
+_log = structlog.get_logger("anywork.serve")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class _Backoff:
+    """Pauses after store errors: 50 ms doubling up to 5 s, reset by a success."""
+
+    def __init__(self) -> None:
+        self._next = 0.05
+
+    def reset(self) -> None:
+        self._next = 0.05
+
+    async def sleep(self) -> None:
+        pause, self._next = self._next, min(self._next * 2, 5.0)
+        await anyio.sleep(pause)
+
+
+@dataclass(slots=True, eq=False)
+class _Slot:
+    """One claimed job, from its claim until its outcome is written."""
+
+    record: JobRecord
+    decode_error: str | None
+    execution: Execution | None = None
+    perform_scope: anyio.CancelScope | None = None
+    cancel_requested: bool = False  # the store said stop (a cancel, or the lease is lost)
+    lost: bool = False  # the same job was claimed again by this owner: drop this run
+    outcome: Outcome | None = None
+
+
+def _describe(error: BaseException | None, status: Status) -> str:
+    if error is None:
+        return f"{int(status)} {status.phrase}"
+    if isinstance(error, StatusError):
+        return error.message
+    return f"{type(error).__name__}: {error}"
+
+
+def _final(rec: JobRecord, state: JobState, status: Status, error: str | None) -> Outcome:
+    return Outcome(id=rec.id, state=state, status=status, error=error)
+
+
+def _later(
+    rec: JobRecord, status: Status, error: str, delay: float, *, deferral: bool = False
+) -> Outcome:
+    return Outcome(
+        id=rec.id,
+        state=JobState.SCHEDULED,
+        status=status,
+        error=error,
+        scheduled_for=_now() + timedelta(seconds=delay),
+        give_back_attempt=deferral,
+        deferral=deferral,
+    )
+
+
+def _hand_back(rec: JobRecord) -> Outcome:
+    return Outcome(
+        id=rec.id,
+        state=JobState.QUEUED,
+        status=rec.status,
+        error=rec.error,
+        give_back_attempt=True,
+    )
+
+
+def decide(rec: JobRecord, execution: Execution, *, stopping: bool) -> Outcome:
+    """Return what to store for a claimed job whose execution has ended.
+
+    Args:
+        rec: the job's record as claimed (``attempts`` counts this claim).
+        execution: the finished execution.
+        stopping: the worker is shutting down (a 499 then means "hand it back").
+    """
+    status = execution.status
+    error = execution.error
+    if status is Status.CANCELLED and stopping:
+        return _hand_back(rec)
+    if status.is_success:
+        try:
+            json.dumps(execution.result, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            message = (
+                f"the result of handler {rec.handler!r} is not JSON-serialisable, so it cannot be "
+                f"stored: {exc}"
+            )
+            return _final(rec, JobState.FAILED, Status.INTERNAL_ERROR, message)
+        return Outcome(id=rec.id, state=JobState.SUCCEEDED, status=status, result=execution.result)
+    if status is Status.UNKNOWN:
+        status = Status.INTERNAL_ERROR
+    message = _describe(error, status)
+    retry = rec.retry or {}
+    if isinstance(error, RetryLater):
+        max_deferrals = retry.get("max_deferrals", DEFAULT_MAX_DEFERRALS)
+        if rec.deferrals < max_deferrals:
+            return _later(rec, status, message, error.delay, deferral=True)
+    if int(status) in retry.get("retry_on", ()) and rec.attempts < rec.max_attempts:
+        try:
+            delay = backoff_from_dict(retry["backoff"]).delay(rec.attempts)
+        except (KeyError, TypeError, ValueError) as exc:
+            message = f"{message} (not retried: the stored backoff is invalid: {exc})"
+        else:
+            return _later(rec, status, message, delay)
+    return _final(rec, JobState.FAILED, status, message)
+
+
+class _Server:
+    """The state of one ``serve`` call."""
+
+    def __init__(
+        self, worker: Worker, store: Store, queues: tuple[str, ...], concurrency: int, lease: float
+    ) -> None:
+        assert worker._stopping is not None
+        self.worker = worker
+        self.store = store
+        self.queues = queues
+        self.concurrency = concurrency
+        self.lease = lease
+        self.stopping = worker._stopping
+        # Fences every write: a lease this serve lost can never be completed by it.
+        self.owner = f"{worker.name}@{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+        self.slots: dict[str, _Slot] = {}  # claimed, outcome not yet written
+        # Claimed jobs not yet settled (outcome written, or dropped). A slot is freed only once
+        # the outcome is stored, so a killed process never holds more than `concurrency` jobs
+        # that may run again.
+        self.active = 0
+        self.capacity = anyio.Event()
+        self.pending: list[_Slot] = []  # outcomes waiting for complete()
+        self.pending_event = anyio.Event()
+        self.flush_lock = anyio.Lock()
+        self.log = _log.bind(worker=worker.name, owner=self.owner)
+
+    async def run(self) -> None:
+        try:
+            async with anyio.create_task_group() as background:
+                background.start_soon(self.renew_loop, name="anywork serve: renew leases")
+                background.start_soon(self.reap_loop, name="anywork serve: reap leases")
+                background.start_soon(self.flush_loop, name="anywork serve: complete")
+                async with anyio.create_task_group() as jobs:
+                    await self.claim_until_stopped(jobs)
+                # Every claimed job has ended or been handed back: stop the helpers.
+                background.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(_FINAL_FLUSH_TIMEOUT):
+                await self.flush_all()
+            if self.pending:
+                self.log.error(
+                    "serve could not store outcomes; their leases will expire and the jobs "
+                    "will be retried",
+                    job_ids=[slot.record.id for slot in self.pending],
+                )
+
+    # -- claiming -----------------------------------------------------------------------------
+
+    async def claim_until_stopped(self, jobs: TaskGroup) -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self.watch_stop, tg.cancel_scope)
+            await self.claim_loop(jobs)
+
+    async def watch_stop(self, scope: anyio.CancelScope) -> None:
+        await self.stopping.wait()
+        scope.cancel()
+        # Jobs claimed but still waiting for a worker slot never start: hand them back.
+        for slot in self.slots.values():
+            if slot.perform_scope is not None:
+                slot.perform_scope.cancel()
+
+    async def claim_loop(self, jobs: TaskGroup) -> None:
+        backoff = _Backoff()
+        while not self.stopping.is_set():
+            free = self.concurrency - self.active
+            if free <= 0:
+                self.capacity = anyio.Event()
+                await self.capacity.wait()
+                continue
+            try:
+                # Shielded: a claim the store made must reach us, or its jobs would sit
+                # RUNNING until their lease expired (and lose an attempt).
+                with anyio.CancelScope(shield=True):
+                    claimed = await self.store.claim(
+                        self.queues, limit=free, lease=self.lease, owner=self.owner
+                    )
+                    for item in claimed:
+                        self.start_job(jobs, item)
+            except Exception as exc:
+                self.log.warning("claim failed; retrying", error=repr(exc))
+                await backoff.sleep()
+                continue
+            backoff.reset()
+            if len(claimed) < free:
+                try:
+                    await self.store.wait_for_work(self.queues, _IDLE_WAIT)
+                except Exception as exc:
+                    self.log.warning("waiting for work failed; retrying", error=repr(exc))
+                    await backoff.sleep()
+
+    def start_job(self, jobs: TaskGroup, claimed: Claimed) -> None:
+        rec = claimed.record
+        old = self.slots.get(rec.id)
+        if old is not None:
+            # Our own earlier claim of this job lost its lease and the job came back to us.
+            old.lost = True
+            if old.execution is not None:
+                old.execution.cancel()
+        slot = _Slot(rec, claimed.decode_error)
+        self.slots[rec.id] = slot
+        self.active += 1
+        jobs.start_soon(self.run_job, slot, name=f"anywork serve: {rec.handler} {rec.id}")
+
+    # -- running ------------------------------------------------------------------------------
+
+    async def run_job(self, slot: _Slot) -> None:
+        try:
+            await self.execute(slot)
+        finally:
+            if slot.outcome is None:
+                slot.outcome = _hand_back(slot.record)
+            if not slot.lost and self.slots.get(slot.record.id) is slot:
+                self.pending.append(slot)
+                self.pending_event.set()
+            else:
+                self.release(1)
+
+    def release(self, n: int) -> None:
+        """Free ``n`` slots for new claims."""
+        self.active -= n
+        self.capacity.set()
+
+    async def execute(self, slot: _Slot) -> None:
+        rec = slot.record
+        if slot.decode_error is not None:
+            slot.outcome = _final(rec, JobState.FAILED, Status.BAD_REQUEST, slot.decode_error)
+            return
+        try:
+            job = Job(
+                rec.handler,
+                rec.args,
+                queue=rec.queue,
+                timeout=rec.timeout,
+                headers=rec.headers,
+                id=rec.id,
+            )
+        except (TypeError, ValueError) as exc:
+            slot.outcome = _final(rec, JobState.FAILED, Status.BAD_REQUEST, f"bad job: {exc}")
+            return
+        execution: Execution | None = None
+        try:
+            with anyio.CancelScope() as scope:
+                slot.perform_scope = scope
+                if self.stopping.is_set():
+                    return  # handed back
+                execution = await self.worker.perform(job, attempt=rec.attempts)
+        except UnknownHandlerError as exc:
+            message = f"{exc} on {self.worker.name}"
+            slot.outcome = _final(rec, JobState.FAILED, Status.NOT_FOUND, message)
+            return
+        except RuntimeError:
+            return  # the worker stopped before the job started: handed back
+        finally:
+            slot.perform_scope = None
+        if execution is None:
+            if slot.cancel_requested:
+                slot.outcome = _final(rec, JobState.CANCELLED, Status.CANCELLED, "cancelled")
+            return  # stopped while waiting for a slot: handed back
+        slot.execution = execution
+        if slot.cancel_requested or slot.lost:
+            execution.cancel()
+        try:
+            await execution.wait()
+        except BaseException:
+            # serve itself is being cancelled: stop the execution, then keep its outcome if it
+            # finished anyway, else hand the job back.
+            with anyio.CancelScope(shield=True):
+                execution.cancel()
+                with anyio.move_on_after(_CANCEL_WAIT):
+                    await execution.wait()
+                if execution.done and execution.status is not Status.CANCELLED:
+                    slot.outcome = decide(rec, execution, stopping=True)
+            raise
+        if slot.cancel_requested:
+            slot.outcome = _final(rec, JobState.CANCELLED, Status.CANCELLED, "cancelled")
+        else:
+            slot.outcome = decide(rec, execution, stopping=self.stopping.is_set())
+
+    # -- leases -------------------------------------------------------------------------------
+
+    async def renew_loop(self) -> None:
+        interval = min(self.lease / 3, _MAX_RENEW_INTERVAL)
+        while True:
+            await anyio.sleep(interval)
+            ids = list(self.slots)
+            if not ids:
+                continue
+            try:
+                stop = await self.store.renew(self.owner, ids, lease=self.lease)
+            except Exception as exc:
+                self.log.warning("renewing leases failed; retrying", error=repr(exc))
+                continue
+            for id in stop:
+                slot = self.slots.get(id)
+                if slot is None or slot.outcome is not None:
+                    continue
+                # A cancel was requested or the lease is gone: either way, stop running it. A
+                # lost job's CANCELLED outcome is fenced off by the store.
+                slot.cancel_requested = True
+                if slot.execution is not None:
+                    slot.execution.cancel()
+                elif slot.perform_scope is not None:
+                    slot.perform_scope.cancel()
+
+    async def reap_loop(self) -> None:
+        interval = self.lease / 2
+        while True:
+            try:
+                reaped = await self.store.reap()
+            except Exception as exc:
+                self.log.warning("reaping expired leases failed; retrying", error=repr(exc))
+            else:
+                if reaped:
+                    self.log.info("put back jobs whose worker was lost", count=reaped)
+            await anyio.sleep(interval)
+
+    # -- completing ---------------------------------------------------------------------------
+
+    async def flush_loop(self) -> None:
+        backoff = _Backoff()
+        while True:
+            await self.pending_event.wait()
+            if await self.flush():
+                backoff.reset()
+            else:
+                await backoff.sleep()
+
+    async def flush(self) -> bool:
+        """Write every pending outcome in one ``complete`` call; False if the store failed."""
+        async with self.flush_lock:
+            batch, self.pending = self.pending, []
+            self.pending_event = anyio.Event()
+            if not batch:
+                return True
+            outcomes = [slot.outcome for slot in batch if slot.outcome is not None]
+            try:
+                with anyio.CancelScope(shield=True):
+                    await self.store.complete(self.owner, outcomes)
+            except Exception as exc:
+                self.log.warning("storing outcomes failed; retrying", error=repr(exc))
+                self.pending[:0] = batch
+                self.pending_event.set()
+                return False
+            for slot in batch:
+                if self.slots.get(slot.record.id) is slot:
+                    del self.slots[slot.record.id]
+            self.release(len(batch))
+            return True
+
+    async def flush_all(self) -> None:
+        backoff = _Backoff()
+        while self.pending:
+            if not await self.flush():
+                await backoff.sleep()
+
+
+def _check_queues(queues: object) -> tuple[str, ...]:
+    if isinstance(queues, str):
+        queues = (queues,)
+    if not isinstance(queues, tuple | list) or not queues:
+        raise ValueError(f"queues must be a non-empty list of queue names, got {queues!r}")
+    for name in queues:
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"a queue name must be a non-empty str, got {name!r}")
+    return tuple(queues)
+
+
+async def serve_store(
+    worker: Worker,
+    store: Store,
+    *,
+    queues: tuple[str, ...] | list[str] = ("default",),
+    concurrency: int | None = None,
+    lease: float = 30.0,
+) -> None:
+    """Consume jobs from ``store`` with ``worker`` until cancelled or the worker stops.
+
+    This is ``Worker.serve``. It claims ready jobs in batches up to its free capacity, each
+    under a lease of ``lease`` seconds that it renews while the job runs (at least every
+    second, which is also how soon a ``Queue.cancel`` of a running job is noticed), reaps
+    other workers' expired leases every ``lease / 2`` seconds, runs each job with
+    ``worker.perform`` and stores the outcome by status (see ``docs/stores.md``). A store error
+    is logged and retried with backoff; it never ends ``serve``. When the worker stops, jobs
+    not finished (or not started) go back to QUEUED without using an attempt, and leaving
+    ``async with worker`` waits for that.
+
+    Args:
+        worker: a running Worker holding the handlers.
+        store: an entered store.
+        queues: the queues to consume (a single name is accepted too).
+        concurrency: at most this many of the store's jobs at once (default: the worker's
+            ``max_concurrency``, else 16).
+        lease: seconds a claim holds before another worker may take the job over.
+
+    Raises:
+        RuntimeError: the worker was never started (a worker already stopping makes ``serve``
+            return at once).
+        ValueError: no queues, a concurrency below 1 or a lease that is not positive.
+    """
+    names = _check_queues(queues)
+    if concurrency is None:
+        concurrency = worker.max_concurrency or DEFAULT_CONCURRENCY
+    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+        raise ValueError(f"concurrency must be an int >= 1, got {concurrency!r}")
+    if isinstance(lease, bool) or not isinstance(lease, int | float) or not lease > 0:
+        raise ValueError(f"lease must be a number of seconds > 0, got {lease!r}")
+    if not worker.running:
+        if worker._stopping is not None and worker._stopping.is_set():
+            # Started just as the worker began to stop (e.g. start_soon then stop()): there
+            # is nothing to serve and nothing to hand back.
+            return
+        raise RuntimeError(f"{worker.name} is not running: call serve inside `async with worker:`")
+    server = _Server(worker, store, names, concurrency, float(lease))
+    async with worker._service():
+        await server.run()

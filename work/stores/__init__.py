@@ -1,0 +1,12 @@
+"""Durable stores for jobs: ``open_store(url)`` and the Store protocol they implement."""
+
+from __future__ import annotations
+
+from ._base import Claimed as Claimed
+from ._base import JobRecord as JobRecord
+from ._base import JobState as JobState
+from ._base import Outcome as Outcome
+from ._base import Store as Store
+from ._open import open_store as open_store
+
+__all__ = ("Claimed", "JobRecord", "JobState", "Outcome", "Store", "open_store")

@@ -1,0 +1,250 @@
+"""The Store protocol and the records it keeps: the contract every durable store implements.
+
+A store keeps jobs and their states; it does not run anything. ``Queue`` (the producer side)
+and ``Worker.serve`` (the consumer side) are written once against this protocol, so every store
+has the same semantics, proven by the shared conformance suite in ``tests/stores/``.
+
+Life of a job in a store::
+
+    add ──> QUEUED ─────────────┐            ┌──> SUCCEEDED
+      └───> SCHEDULED (due later)┴─ claim ─> RUNNING ──┼──> FAILED
+              ^                                        ├──> CANCELLED
+              └────────── complete(SCHEDULED) ─────────┤    (retry wait / RetryLater)
+                  QUEUED <── complete(QUEUED) ─────────┘    (hand-back on shutdown)
+                  QUEUED / FAILED <── reap (lease expired: the worker was lost)
+
+Every time is an aware UTC datetime. Stores fence every write of a RUNNING job with the
+``owner`` token given to :meth:`Store.claim`: a worker whose lease expired and whose job was
+claimed again can no longer complete it.
+"""
+
+from __future__ import annotations
+
+import builtins
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from types import TracebackType
+from typing import Any, Protocol, Self, runtime_checkable
+
+from .._status import Status
+
+__all__ = ["Claimed", "JobRecord", "JobState", "Outcome", "Store"]
+
+
+class JobState(StrEnum):
+    """Where a job is in its life in a store."""
+
+    QUEUED = "queued"
+    """Ready to be claimed now."""
+    SCHEDULED = "scheduled"
+    """Due later: a delay, an ETA or a retry wait (``scheduled_for`` says when)."""
+    RUNNING = "running"
+    """Claimed by a worker that holds its lease."""
+    SUCCEEDED = "succeeded"
+    """Finished with a 2xx status; ``result`` holds the handler's return value."""
+    FAILED = "failed"
+    """Finished for good with a non-2xx status; ``error`` says why."""
+    CANCELLED = "cancelled"
+    """Cancelled through ``Queue.cancel`` (status 499)."""
+
+    @property
+    def is_final(self) -> bool:
+        """True for SUCCEEDED, FAILED and CANCELLED: nothing will change the job again."""
+        return self in _FINAL
+
+
+_FINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobRecord:
+    """A job as a store keeps it (a snapshot; stores never hand out live objects).
+
+    Attributes:
+        id: the job's own ``job.id``.
+        handler, args, queue, headers: as on the Job.
+        priority: higher runs first.
+        state: where it is in its life.
+        status: the status of the last execution (UNKNOWN until one ends; while a retry waits,
+            the last one).
+        attempts: how many times it has been claimed (a hand-back or a RetryLater gives the
+            attempt back).
+        max_attempts: attempts allowed in all (1 without a retry policy).
+        result: the handler's return value once SUCCEEDED (JSON).
+        error: why the last execution failed, or None.
+        unique_key: while a job with this key in this queue is not final, adding another
+            returns it instead.
+        enqueued_at, scheduled_for, started_at, finished_at: aware UTC datetimes or None.
+        timeout: the job's per-execution timeout in seconds, or None.
+        retry: the retry settings kept from the RetryPolicy: ``{"backoff": {...},
+            "retry_on": [codes], "max_deferrals": n}``, or None for no retries.
+        deferrals: how many RetryLater deferrals it has used.
+    """
+
+    id: str
+    handler: str
+    args: dict[str, Any] = field(default_factory=dict)
+    queue: str = "default"
+    headers: dict[str, str] = field(default_factory=dict)
+    priority: int = 0
+    state: JobState = JobState.QUEUED
+    status: Status = Status.UNKNOWN
+    attempts: int = 0
+    max_attempts: int = 1
+    result: Any = None
+    error: str | None = None
+    unique_key: str | None = None
+    enqueued_at: datetime | None = None
+    scheduled_for: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    timeout: float | None = None
+    retry: dict[str, Any] | None = None
+    deferrals: int = 0
+
+    def replace(self, **changes: Any) -> JobRecord:
+        """Return a copy with ``changes`` applied."""
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A job a worker has claimed: its record (state RUNNING, attempts counted) and, when the
+    stored payload could not be decoded, why (the worker then fails it with 400)."""
+
+    record: JobRecord
+    decode_error: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Outcome:
+    """What a worker tells the store when it is done with a claimed job.
+
+    Attributes:
+        id: the job id.
+        state: SUCCEEDED, FAILED or CANCELLED (final); SCHEDULED (a retry after
+            ``scheduled_for``); or QUEUED (handed back on shutdown, ready at once).
+        status: the execution's final status.
+        result: the handler's return value (SUCCEEDED only; JSON-serialisable).
+        error: the failure message, or None.
+        scheduled_for: when a SCHEDULED job is due again.
+        give_back_attempt: True for a hand-back or a RetryLater deferral: ``attempts`` is
+            decremented so the claim does not count.
+        deferral: True for a RetryLater deferral: ``deferrals`` is incremented.
+    """
+
+    id: str
+    state: JobState
+    status: Status
+    result: Any = None
+    error: str | None = None
+    scheduled_for: datetime | None = None
+    give_back_attempt: bool = False
+    deferral: bool = False
+
+
+@runtime_checkable
+class Store(Protocol):
+    """A durable home for jobs. Implement every method with the semantics below; the shared
+    conformance suite (``tests/stores/test_conformance.py``) checks them.
+
+    ``async with store:`` connects and creates or migrates the schema (idempotent and safe when
+    several processes start at once) and returns the store; leaving closes it.
+    """
+
+    url: str
+    """The URL the store was opened with (passwords masked)."""
+
+    async def __aenter__(self) -> Self:
+        """Connect, create or migrate the schema, and return the store."""
+        ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Close connections."""
+        ...
+
+    async def add(self, records: Sequence[JobRecord]) -> list[JobRecord]:
+        """Insert jobs in one round trip where the backend allows it, and return, in order,
+        the stored record for each.
+
+        Atomic per job: if a job with the same id exists, nothing is written and the existing
+        record is returned; if ``unique_key`` is set and a job with that key in that queue is
+        QUEUED, SCHEDULED or RUNNING, nothing is written and that job's record is returned.
+        Records arrive with state QUEUED (due now) or SCHEDULED (``scheduled_for`` in the
+        future), ``enqueued_at`` set, args/headers already checked to be JSON.
+        """
+        ...
+
+    async def get(self, id: str) -> JobRecord | None:
+        """Return the job's record, or None."""
+        ...
+
+    async def list(
+        self,
+        *,
+        state: JobState | None = None,
+        queue: str | None = None,
+        handler: str | None = None,
+        limit: int = 100,
+        after: str | None = None,
+    ) -> list[JobRecord]:
+        """Return up to ``limit`` records matching the filters, ordered by enqueue order
+        (oldest first); ``after`` is the last id of the previous page."""
+        ...
+
+    async def stats(self) -> dict[str, dict[str, int]]:
+        """Return ``{queue: {state: count}}`` for every queue holding jobs (states with no jobs
+        may be left out)."""
+        ...
+
+    async def cancel(self, id: str) -> bool:
+        """Cancel a job. QUEUED or SCHEDULED: it becomes CANCELLED (499) at once. RUNNING: a
+        cancel is requested; the owner learns it from :meth:`renew` and completes the job
+        CANCELLED (and if the owner is lost, :meth:`reap` makes it CANCELLED). Returns True if
+        the job was cancelled or a cancel requested, False if unknown or already final."""
+        ...
+
+    async def claim(
+        self, queues: Sequence[str], *, limit: int, lease: float, owner: str
+    ) -> builtins.list[Claimed]:
+        """Atomically claim up to ``limit`` ready jobs from ``queues``: QUEUED ones and
+        SCHEDULED ones whose ``scheduled_for`` has passed. Order: higher priority first, then
+        earlier due time (``scheduled_for``, else ``enqueued_at``), then enqueue order.
+
+        Each claimed job becomes RUNNING, ``attempts`` += 1, ``started_at`` = now, held by
+        ``owner`` until now + ``lease`` seconds. No two concurrent callers, in any process,
+        ever claim the same job while its lease holds.
+        """
+        ...
+
+    async def renew(self, owner: str, ids: Sequence[str], *, lease: float) -> set[str]:
+        """Extend to now + ``lease`` the leases ``owner`` holds on ``ids``. Returns the ids the
+        owner must stop running: a cancel was requested, or the job is no longer its own."""
+        ...
+
+    async def complete(self, owner: str, outcomes: Sequence[Outcome]) -> None:
+        """Apply each outcome to a job that is RUNNING and held by ``owner`` (others are left
+        alone: the lease was lost and the job is someone else's now). Sets ``finished_at`` for
+        final states, clears the lease, and applies ``give_back_attempt`` / ``deferral``."""
+        ...
+
+    async def reap(self) -> int:
+        """Handle RUNNING jobs whose lease expired (their worker was lost): back to QUEUED if
+        attempts remain (the attempt counts), else FAILED with 500 and error "worker lost";
+        CANCELLED (499) if a cancel was requested. Returns how many jobs it changed. Safe to
+        call from many workers at once."""
+        ...
+
+    async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
+        """Return when a job in ``queues`` may have become ready (an add, a hand-back, a
+        retry that fell due), or after ``timeout`` seconds at the latest. Spurious returns
+        are allowed; missing a wake-up for longer than ``timeout`` is not."""
+        ...

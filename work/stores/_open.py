@@ -1,0 +1,44 @@
+"""``open_store``: pick the store implementation from a URL's scheme."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+from urllib.parse import urlsplit
+
+from ._base import Store
+
+__all__ = ["SCHEMES", "open_store"]
+
+# scheme -> (module, class); imported only when used, so a driver is needed only for its store.
+SCHEMES: dict[str, tuple[str, str]] = {
+    "memory": ("work.stores.memory", "MemoryStore"),
+    "sqlite": ("work.stores.sqlite", "SQLiteStore"),
+    "postgresql": ("work.stores.postgres", "PostgresStore"),
+    "postgres": ("work.stores.postgres", "PostgresStore"),
+    "redis": ("work.stores.redis", "RedisStore"),
+    "rediss": ("work.stores.redis", "RedisStore"),
+}
+
+
+def open_store(url: str, **options: Any) -> Store:
+    """Return the store for ``url`` (not yet connected: use ``async with store:``).
+
+    URLs: ``memory://``, ``sqlite:///relative.db``, ``sqlite:////absolute.db``,
+    ``postgresql://user@host:port/db``, ``redis://host:port/db``. ``options`` go to the
+    store's constructor (see each store's docs).
+
+    Raises:
+        ValueError: the URL has no scheme, or one no store handles (the message lists them).
+        TypeError: ``url`` is not a str.
+    """
+    if not isinstance(url, str):
+        raise TypeError(f"a store URL must be a str, got {type(url).__name__}")
+    scheme = urlsplit(url).scheme.lower()
+    if scheme not in SCHEMES:
+        known = ", ".join(f"{s}://" for s in SCHEMES)
+        raise ValueError(f"unknown store URL scheme in {url!r}; known schemes: {known}")
+    module_name, class_name = SCHEMES[scheme]
+    module = importlib.import_module(module_name)
+    store: Store = getattr(module, class_name)(url, **options)
+    return store

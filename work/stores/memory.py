@@ -1,0 +1,442 @@
+"""``MemoryStore``: the in-process reference store (``memory://``), for tests and examples."""
+
+from __future__ import annotations
+
+import builtins
+import json
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from types import TracebackType
+from typing import Any, Self
+
+import anyio
+
+from .._status import Status
+from ._base import Claimed, JobRecord, JobState, Outcome
+
+__all__ = ["MemoryStore"]
+
+_WORKER_LOST = "worker lost"
+# How often a waiter re-checks for work that another thread added (same-thread adds wake it
+# at once; an anyio Event cannot safely be set from another event loop's thread).
+_CROSS_THREAD_POLL = 0.05
+
+
+class _Notifier:
+    """Wakes tasks waiting for work in this process.
+
+    ``notify`` sets the anyio Events of the waiters in the caller's thread (its event loop) at
+    once, and bumps a generation counter that waiters in other threads see on their next poll:
+    an anyio Event must not be set from another event loop's thread.
+    """
+
+    __slots__ = ("_lock", "_waiters", "generation")
+
+    def __init__(self) -> None:
+        self._waiters: dict[int, set[anyio.Event]] = {}
+        self._lock = threading.Lock()
+        self.generation = 0
+
+    def notify(self) -> None:
+        """Wake the waiters (at once in this thread, on their next poll elsewhere)."""
+        with self._lock:
+            self.generation += 1
+            events = list(self._waiters.get(threading.get_ident(), ()))
+        for event in events:
+            event.set()
+
+    async def wait(self, timeout: float) -> None:
+        """Return after a ``notify`` or ``timeout`` seconds, whichever comes first."""
+        ident = threading.get_ident()
+        deadline = anyio.current_time() + max(timeout, 0.0)
+        event = anyio.Event()
+        with self._lock:
+            start = self.generation
+            self._waiters.setdefault(ident, set()).add(event)
+        try:
+            while True:
+                remaining = deadline - anyio.current_time()
+                if remaining <= 0:
+                    return
+                with anyio.move_on_after(min(remaining, _CROSS_THREAD_POLL)):
+                    await event.wait()
+                    return
+                if self.generation != start:
+                    return
+        finally:
+            with self._lock:
+                waiters = self._waiters.get(ident)
+                if waiters is not None:
+                    waiters.discard(event)
+                    if not waiters:
+                        del self._waiters[ident]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(slots=True)
+class _Row:
+    """A stored job: its record with args and result kept as JSON text, plus the lease."""
+
+    record: JobRecord
+    args_json: str
+    result_json: str | None
+    seq: int
+    owner: str | None = None
+    lease_until: datetime | None = None
+    cancel_requested: bool = False
+
+
+def _due(row: _Row) -> datetime:
+    rec = row.record
+    due = rec.scheduled_for or rec.enqueued_at
+    return due if due is not None else datetime.min.replace(tzinfo=UTC)
+
+
+class MemoryStore:
+    """The reference store: jobs live in this process's memory and die with it.
+
+    It implements the :class:`~work.stores.Store` protocol exactly (the conformance suite runs
+    on it first) and works on asyncio and trio. Args, headers and results go through JSON on
+    the way in, as in a durable store, so what a test sees here is what it would see there.
+
+    It is meant for tests, examples and single-process programs that want the queue's
+    semantics without durability. Use it from one event loop; a second thread's event loop may
+    use it too, but then learns of new work by polling (every 50 ms).
+
+    Args:
+        url: ``"memory://"`` (anything after the scheme is ignored).
+    """
+
+    def __init__(self, url: str = "memory://") -> None:
+        self.url = url
+        self._rows: dict[str, _Row] = {}
+        # The rows that are not final: claims, reaps and waits only look at these.
+        self._active: dict[str, _Row] = {}
+        self._seq = 0
+        self._lock = threading.Lock()
+        self._notifier = _Notifier()
+
+    def __repr__(self) -> str:
+        return f"MemoryStore({self.url!r}, jobs={len(self._rows)})"
+
+    async def __aenter__(self) -> Self:
+        """Return the store (there is nothing to connect)."""
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Do nothing: the jobs stay, so the store can be entered again."""
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def _snapshot(self, row: _Row) -> JobRecord:
+        try:
+            args = json.loads(row.args_json)
+        except ValueError:
+            args = {}
+        if not isinstance(args, dict):
+            args = {}
+        result = json.loads(row.result_json) if row.result_json is not None else None
+        return row.record.replace(
+            args=args,
+            headers=dict(row.record.headers),
+            result=result,
+            retry=_copy(row.record.retry),
+        )
+
+    async def get(self, id: str) -> JobRecord | None:
+        """Return the job's record, or None."""
+        with self._lock:
+            row = self._rows.get(id)
+            return self._snapshot(row) if row is not None else None
+
+    async def list(
+        self,
+        *,
+        state: JobState | None = None,
+        queue: str | None = None,
+        handler: str | None = None,
+        limit: int = 100,
+        after: str | None = None,
+    ) -> list[JobRecord]:
+        """Return up to ``limit`` records matching the filters, in enqueue order.
+
+        ``after`` is the last id of the previous page; an id the store does not know gives an
+        empty page.
+        """
+        with self._lock:
+            start = -1
+            if after is not None:
+                after_row = self._rows.get(after)
+                if after_row is None:
+                    return []
+                start = after_row.seq
+            out: list[JobRecord] = []
+            # Rows are inserted once, in seq order: the dict's order is enqueue order.
+            for row in self._rows.values():
+                if len(out) >= limit:
+                    break
+                rec = row.record
+                if row.seq <= start:
+                    continue
+                if state is not None and rec.state != state:
+                    continue
+                if queue is not None and rec.queue != queue:
+                    continue
+                if handler is not None and rec.handler != handler:
+                    continue
+                out.append(self._snapshot(row))
+            return out
+
+    async def stats(self) -> dict[str, dict[str, int]]:
+        """Return ``{queue: {state: count}}`` for every queue holding jobs."""
+        with self._lock:
+            out: dict[str, dict[str, int]] = {}
+            for row in self._rows.values():
+                counts = out.setdefault(row.record.queue, {})
+                counts[row.record.state.value] = counts.get(row.record.state.value, 0) + 1
+            return out
+
+    # -- producing ----------------------------------------------------------------------------
+
+    async def add(self, records: Sequence[JobRecord]) -> builtins.list[JobRecord]:
+        """Insert jobs; an existing id or an active job with the same unique key is returned
+        instead (see :meth:`work.stores.Store.add`)."""
+        out: list[JobRecord] = []
+        added = False
+        with self._lock:
+            for rec in records:
+                existing = self._rows.get(rec.id)
+                if existing is None and rec.unique_key is not None:
+                    existing = next(
+                        (
+                            row
+                            for row in self._active.values()
+                            if row.record.unique_key == rec.unique_key
+                            and row.record.queue == rec.queue
+                        ),
+                        None,
+                    )
+                if existing is not None:
+                    out.append(self._snapshot(existing))
+                    continue
+                self._seq += 1
+                result_json = json.dumps(rec.result) if rec.result is not None else None
+                row = _Row(
+                    record=rec.replace(
+                        args={},
+                        result=None,
+                        headers=dict(rec.headers),
+                        enqueued_at=rec.enqueued_at or _now(),
+                    ),
+                    args_json=json.dumps(rec.args),
+                    result_json=result_json,
+                    seq=self._seq,
+                )
+                self._rows[rec.id] = self._active[rec.id] = row
+                out.append(self._snapshot(row))
+                added = True
+        if added:
+            self._notifier.notify()
+        return out
+
+    async def cancel(self, id: str) -> bool:
+        """Cancel a QUEUED or SCHEDULED job at once, or ask a RUNNING one's owner to stop.
+
+        Returns False for an unknown or already final job.
+        """
+        with self._lock:
+            row = self._rows.get(id)
+            if row is None or row.record.state.is_final:
+                return False
+            if row.record.state is JobState.RUNNING:
+                row.cancel_requested = True
+                return True
+            row.record = row.record.replace(
+                state=JobState.CANCELLED,
+                status=Status.CANCELLED,
+                error="cancelled",
+                finished_at=_now(),
+            )
+            del self._active[id]
+            return True
+
+    # -- consuming ----------------------------------------------------------------------------
+
+    def _ready(self, row: _Row, queues: Sequence[str], now: datetime) -> bool:
+        rec = row.record
+        if rec.queue not in queues:
+            return False
+        if rec.state is JobState.QUEUED:
+            return True
+        return (
+            rec.state is JobState.SCHEDULED
+            and rec.scheduled_for is not None
+            and rec.scheduled_for <= now
+        )
+
+    async def claim(
+        self, queues: Sequence[str], *, limit: int, lease: float, owner: str
+    ) -> builtins.list[Claimed]:
+        """Claim up to ``limit`` ready jobs, best first (see :meth:`work.stores.Store.claim`)."""
+        if limit <= 0:
+            return []
+        now = _now()
+        until = now + timedelta(seconds=lease)
+        with self._lock:
+            ready = [row for row in self._active.values() if self._ready(row, queues, now)]
+            ready.sort(key=lambda r: (-r.record.priority, _due(r), r.seq))
+            out: list[Claimed] = []
+            for row in ready[:limit]:
+                row.record = row.record.replace(
+                    state=JobState.RUNNING, attempts=row.record.attempts + 1, started_at=now
+                )
+                row.owner, row.lease_until, row.cancel_requested = owner, until, False
+                decode_error = _decode_error(row.args_json)
+                out.append(Claimed(self._snapshot(row), decode_error))
+            return out
+
+    async def renew(self, owner: str, ids: Sequence[str], *, lease: float) -> set[str]:
+        """Extend ``owner``'s leases on ``ids``; return those it must stop running."""
+        until = _now() + timedelta(seconds=lease)
+        stop: set[str] = set()
+        with self._lock:
+            for id in ids:
+                row = self._rows.get(id)
+                if row is None or row.record.state is not JobState.RUNNING or row.owner != owner:
+                    stop.add(id)
+                    continue
+                row.lease_until = until
+                if row.cancel_requested:
+                    stop.add(id)
+        return stop
+
+    async def complete(self, owner: str, outcomes: Sequence[Outcome]) -> None:
+        """Apply outcomes to jobs RUNNING under ``owner``'s lease; others are left alone."""
+        now = _now()
+        wake = False
+        with self._lock:
+            for outcome in outcomes:
+                row = self._rows.get(outcome.id)
+                if row is None or row.record.state is not JobState.RUNNING or row.owner != owner:
+                    continue
+                rec = row.record
+                if outcome.state is JobState.SUCCEEDED:
+                    row.result_json = json.dumps(outcome.result)
+                row.record = rec.replace(
+                    state=outcome.state,
+                    status=outcome.status,
+                    error=outcome.error,
+                    scheduled_for=(
+                        outcome.scheduled_for if outcome.state is JobState.SCHEDULED else None
+                    ),
+                    finished_at=now if outcome.state.is_final else None,
+                    attempts=max(rec.attempts - 1, 0)
+                    if outcome.give_back_attempt
+                    else rec.attempts,
+                    deferrals=rec.deferrals + 1 if outcome.deferral else rec.deferrals,
+                )
+                row.owner, row.lease_until, row.cancel_requested = None, None, False
+                if outcome.state.is_final:
+                    self._active.pop(outcome.id, None)
+                wake = wake or not outcome.state.is_final
+        if wake:
+            self._notifier.notify()
+
+    async def reap(self) -> int:
+        """Put back (or fail, or cancel) RUNNING jobs whose lease expired; return how many."""
+        now = _now()
+        changed = 0
+        with self._lock:
+            for row in list(self._active.values()):
+                rec = row.record
+                if rec.state is not JobState.RUNNING:
+                    continue
+                if row.lease_until is not None and row.lease_until > now:
+                    continue
+                if row.cancel_requested:
+                    row.record = rec.replace(
+                        state=JobState.CANCELLED,
+                        status=Status.CANCELLED,
+                        error="cancelled",
+                        finished_at=now,
+                    )
+                elif rec.attempts < rec.max_attempts:
+                    row.record = rec.replace(
+                        state=JobState.QUEUED,
+                        status=Status.INTERNAL_ERROR,
+                        error=_WORKER_LOST,
+                        scheduled_for=None,
+                    )
+                else:
+                    row.record = rec.replace(
+                        state=JobState.FAILED,
+                        status=Status.INTERNAL_ERROR,
+                        error=_WORKER_LOST,
+                        finished_at=now,
+                    )
+                row.owner, row.lease_until, row.cancel_requested = None, None, False
+                if row.record.state.is_final:
+                    del self._active[rec.id]
+                changed += 1
+        if changed:
+            self._notifier.notify()
+        return changed
+
+    async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
+        """Return when a job in ``queues`` may be ready, or after ``timeout`` seconds."""
+        now = _now()
+        with self._lock:
+            next_due: datetime | None = None
+            for row in self._active.values():
+                if self._ready(row, queues, now):
+                    return
+                rec = row.record
+                if (
+                    rec.state is JobState.SCHEDULED
+                    and rec.queue in queues
+                    and rec.scheduled_for is not None
+                    and (next_due is None or rec.scheduled_for < next_due)
+                ):
+                    next_due = rec.scheduled_for
+        if next_due is not None:
+            # Wake a little after the due time so the claim that follows finds it ready.
+            timeout = min(timeout, (next_due - now).total_seconds() + 0.001)
+        await self._notifier.wait(timeout)
+
+    # -- for tests ------------------------------------------------------------------------------
+
+    async def corrupt_args(self, id: str, raw: str = "{not json") -> None:
+        """Replace a job's stored args with ``raw`` (a test seam for undecodable payloads).
+
+        Raises:
+            KeyError: no job with this id.
+        """
+        with self._lock:
+            self._rows[id].args_json = raw
+
+
+def _decode_error(args_json: str) -> str | None:
+    try:
+        args = json.loads(args_json)
+    except ValueError as exc:
+        return f"job args are not valid JSON: {exc}"
+    if not isinstance(args, dict):
+        return f"job args must be a JSON object, got {type(args).__name__}"
+    return None
+
+
+def _copy(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    copied: dict[str, Any] = json.loads(json.dumps(value))
+    return copied

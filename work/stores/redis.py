@@ -1,0 +1,890 @@
+"""``RedisStore``: jobs in Redis hashes and sorted sets, changed only by atomic Lua scripts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from types import TracebackType
+from typing import Any, Self, cast
+from urllib.parse import urlsplit, urlunsplit
+
+import anyio
+import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .._exceptions import WorkError
+from .._status import Status
+from ._base import Claimed, JobRecord, JobState, Outcome
+
+__all__ = ["RedisStore", "RedisUnavailableError"]
+
+SCHEMA_VERSION = 1
+"""The key layout version this module writes and expects."""
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+_CONNECT_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
+# Wake tokens kept per queue: each wakes one blocked waiter (see wait_for_work).
+_WAKE_TOKENS = 64
+# Jobs per add script.
+_ADD_CHUNK = 1000
+# Keys fetched per round trip while listing.
+_LIST_CHUNK = 200
+# Expired leases handled per reap call (a reap is one script: keep it short).
+_REAP_BATCH = 1000
+
+# Helpers shared by the scripts. ARGV[1] is always the key prefix. Times are integer
+# microseconds since the epoch, passed and stored as decimal strings, never formatted by Lua
+# (whose tostring keeps only 14 significant digits). The ready set of a queue is scored by
+# -priority; members sort, among equal scores, by "due:seq:id" with zero-padded numbers.
+_LUA_PRELUDE = r"""
+local P = ARGV[1]
+local function jkey(id) return P .. ':job:' .. id end
+local function pad(s, n)
+  s = tostring(s)
+  return string.rep('0', n - #s) .. s
+end
+local function member(due, seq, id) return pad(due, 17) .. ':' .. pad(seq, 12) .. ':' .. id end
+local function stat(q, state, delta)
+  if state then redis.call('HINCRBY', P .. ':stats', q .. '\0' .. state, delta) end
+end
+local function wake(q, cap, n)
+  local k, tokens = P .. ':wake:' .. q, {}
+  for i = 1, math.min(n or 1, tonumber(cap)) do tokens[i] = '1' end
+  if redis.call('RPUSH', k, unpack(tokens)) > tonumber(cap) then
+    redis.call('LTRIM', k, -tonumber(cap), -1)
+  end
+end
+local function make_ready(jk, q, id, due, seq, priority)
+  local m = member(due, seq, id)
+  redis.call('ZADD', P .. ':ready:' .. q, -tonumber(priority), m)
+  redis.call('HSET', jk, 'rmember', m)
+end
+local function release_unique(q, ukey, id)
+  if ukey and redis.call('HGET', P .. ':unique:' .. q, ukey) == id then
+    redis.call('HDEL', P .. ':unique:' .. q, ukey)
+  end
+end
+local function opt(s)
+  if s == '' then return nil end
+  return string.sub(s, 2)
+end
+"""
+
+# ARGV: prefix, cap, and a JSON array with, per job, an array of strings: id, queue,
+# unique_key (opt), state, due, priority, enqueued_at, scheduled_for (opt), max_attempts, args,
+# spec, extra (opt: a JSON object of further fields, all values strings). One argument for
+# the batch keeps the client's command packing cheap. Returns, for each job that was not
+# added, its index in the batch and the stored job hash it ran into (that id, or the active
+# job holding that unique key). Each job is checked and added atomically (the whole batch is).
+_ADD = (
+    _LUA_PRELUDE
+    + r"""
+local cap = ARGV[2]
+local out, woken = {}, {}
+for n, job in ipairs(cjson.decode(ARGV[3])) do
+  local id, q, ukey, state = job[1], job[2], opt(job[3]), job[4]
+  local jk = jkey(id)
+  local existing = false
+  if redis.call('EXISTS', jk) == 1 then
+    existing = id
+  elseif ukey then
+    existing = redis.call('HGET', P .. ':unique:' .. q, ukey)
+  end
+  if existing then
+    table.insert(out, n - 1)
+    table.insert(out, redis.call('HGETALL', jkey(existing)))
+  else
+    local seq = redis.call('INCR', P .. ':seq')
+    local f = {'id', id, 'queue', q, 'state', state, 'priority', job[6],
+               'enqueued_at', job[7], 'max_attempts', job[9], 'args', job[10],
+               'spec', job[11], 'seq', seq, 'status', '-1', 'attempts', '0',
+               'deferrals', '0'}
+    local function put(k, v) f[#f + 1] = k; f[#f + 1] = v end
+    if ukey then
+      put('unique_key', ukey)
+      redis.call('HSET', P .. ':unique:' .. q, ukey, id)
+    end
+    local due = opt(job[8])
+    if due then put('scheduled_for', due) end
+    local extra = opt(job[12])
+    if extra then
+      for k, v in pairs(cjson.decode(extra)) do put(k, v) end
+    end
+    if state == 'queued' then
+      local m = member(job[5], seq, id)
+      redis.call('ZADD', P .. ':ready:' .. q, -tonumber(job[6]), m)
+      put('rmember', m)
+    elseif state == 'scheduled' then
+      redis.call('ZADD', P .. ':sched:' .. q, job[5], id)
+    end
+    redis.call('HSET', jk, unpack(f))
+    redis.call('ZADD', P .. ':all', seq, id)
+    if state == 'queued' or state == 'scheduled' then woken[q] = (woken[q] or 0) + 1 end
+    stat(q, state, 1)
+  end
+end
+for q, n in pairs(woken) do wake(q, cap, n) end
+return out
+"""
+)
+
+# ARGV: prefix, now, limit, lease_until, owner, queue, ...
+_CLAIM = (
+    _LUA_PRELUDE
+    + r"""
+local now, limit = ARGV[2], tonumber(ARGV[3])
+local cands = {}
+for i = 6, #ARGV do
+  local q = ARGV[i]
+  local sk, rk = P .. ':sched:' .. q, P .. ':ready:' .. q
+  -- Scheduled jobs that fell due join the ready set (they stay SCHEDULED until claimed).
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', sk, '-inf', now, 'LIMIT', 0, 1000)) do
+    local jk = jkey(id)
+    local f = redis.call('HMGET', jk, 'scheduled_for', 'seq', 'priority')
+    redis.call('ZREM', sk, id)
+    if f[2] then make_ready(jk, q, id, f[1] or now, f[2], f[3] or '0') end
+  end
+  local top = redis.call('ZRANGE', rk, 0, limit - 1, 'WITHSCORES')
+  for j = 1, #top, 2 do
+    table.insert(cands, {tonumber(top[j + 1]), top[j], rk, q})
+  end
+end
+table.sort(cands, function(a, b)
+  if a[1] ~= b[1] then return a[1] < b[1] end
+  return a[2] < b[2]
+end)
+local out, taken = {}, 0
+for _, c in ipairs(cands) do
+  if taken >= limit then break end
+  redis.call('ZREM', c[3], c[2])
+  local id = string.sub(c[2], 32)
+  local jk = jkey(id)
+  local old = redis.call('HGET', jk, 'state')
+  if old == 'queued' or old == 'scheduled' then
+    redis.call('HINCRBY', jk, 'attempts', 1)
+    redis.call('HSET', jk, 'state', 'running', 'started_at', now, 'owner', ARGV[5],
+               'lease_until', ARGV[4])
+    redis.call('HDEL', jk, 'rmember', 'finished_at', 'cancel_requested')
+    redis.call('ZADD', P .. ':running', ARGV[4], id)
+    stat(c[4], old, -1)
+    stat(c[4], 'running', 1)
+    local h, fields, args = redis.call('HGETALL', jk), {}, ''
+    for j = 1, #h, 2 do
+      if h[j] == 'args' then args = h[j + 1] else fields[h[j]] = h[j + 1] end
+    end
+    table.insert(out, cjson.encode(fields))
+    table.insert(out, args)
+    taken = taken + 1
+  end
+end
+-- Every wake token was a hint about a job that is no longer ready: drop stale ones.
+for i = 6, #ARGV do
+  if redis.call('ZCARD', P .. ':ready:' .. ARGV[i]) == 0 then
+    redis.call('DEL', P .. ':wake:' .. ARGV[i])
+  end
+end
+return out
+"""
+)
+
+# ARGV: prefix, owner, lease_until, id, ...   Returns the ids the owner must stop.
+_RENEW = (
+    _LUA_PRELUDE
+    + r"""
+local stop = {}
+for i = 4, #ARGV do
+  local id = ARGV[i]
+  local jk = jkey(id)
+  local f = redis.call('HMGET', jk, 'state', 'owner', 'cancel_requested')
+  if f[1] == 'running' and f[2] == ARGV[2] then
+    redis.call('HSET', jk, 'lease_until', ARGV[3])
+    redis.call('ZADD', P .. ':running', ARGV[3], id)
+    if f[3] == '1' then table.insert(stop, id) end
+  else
+    table.insert(stop, id)
+  end
+end
+return stop
+"""
+)
+
+# ARGV: prefix, owner, now, cap, then per outcome: id, state, status, result (opt),
+# error (opt), scheduled_for (opt), give_back ('1'/'0'), deferral ('1'/'0').
+_COMPLETE = (
+    _LUA_PRELUDE
+    + r"""
+local owner, now, cap = ARGV[2], ARGV[3], ARGV[4]
+for i = 5, #ARGV, 8 do
+  local id, state = ARGV[i], ARGV[i + 1]
+  local jk = jkey(id)
+  local f = redis.call('HMGET', jk, 'state', 'owner', 'queue', 'unique_key', 'attempts',
+                       'enqueued_at', 'seq', 'priority')
+  if f[1] == 'running' and f[2] == owner then
+    local q = f[3]
+    redis.call('ZREM', P .. ':running', id)
+    redis.call('HDEL', jk, 'owner', 'lease_until', 'cancel_requested', 'scheduled_for',
+               'finished_at')
+    redis.call('HSET', jk, 'state', state, 'status', ARGV[i + 2])
+    local result, err, due = opt(ARGV[i + 3]), opt(ARGV[i + 4]), opt(ARGV[i + 5])
+    if state == 'succeeded' then
+      if result then redis.call('HSET', jk, 'result', result)
+      else redis.call('HDEL', jk, 'result') end
+    end
+    if err then redis.call('HSET', jk, 'error', err) else redis.call('HDEL', jk, 'error') end
+    if ARGV[i + 6] == '1' and tonumber(f[5]) > 0 then
+      redis.call('HINCRBY', jk, 'attempts', -1)
+    end
+    if ARGV[i + 7] == '1' then redis.call('HINCRBY', jk, 'deferrals', 1) end
+    if state == 'scheduled' then
+      due = due or now
+      redis.call('HSET', jk, 'scheduled_for', due)
+      redis.call('ZADD', P .. ':sched:' .. q, due, id)
+      wake(q, cap)
+    elseif state == 'queued' then
+      make_ready(jk, q, id, f[6], f[7], f[8])
+      wake(q, cap)
+    else
+      redis.call('HSET', jk, 'finished_at', now)
+      release_unique(q, f[4], id)
+    end
+    stat(q, 'running', -1)
+    stat(q, state, 1)
+  end
+end
+return 0
+"""
+)
+
+# ARGV: prefix, now, cap, batch.   Returns how many jobs changed.
+_REAP = (
+    _LUA_PRELUDE
+    + r"""
+local now, cap = ARGV[2], ARGV[3]
+local n = 0
+local lost = redis.call('ZRANGEBYSCORE', P .. ':running', '-inf', now, 'LIMIT', 0, ARGV[4])
+for _, id in ipairs(lost) do
+  redis.call('ZREM', P .. ':running', id)
+  local jk = jkey(id)
+  local f = redis.call('HMGET', jk, 'state', 'queue', 'cancel_requested', 'attempts',
+                       'max_attempts', 'unique_key', 'enqueued_at', 'seq', 'priority')
+  if f[1] == 'running' then
+    local q, state = f[2], 'failed'
+    redis.call('HDEL', jk, 'owner', 'lease_until', 'cancel_requested')
+    if f[3] == '1' then
+      state = 'cancelled'
+      redis.call('HSET', jk, 'status', '499', 'error', 'cancelled', 'finished_at', now)
+      release_unique(q, f[6], id)
+    elseif tonumber(f[4]) < tonumber(f[5]) then
+      state = 'queued'
+      redis.call('HSET', jk, 'status', '500', 'error', 'worker lost')
+      redis.call('HDEL', jk, 'scheduled_for')
+      make_ready(jk, q, id, f[7], f[8], f[9])
+      wake(q, cap)
+    else
+      redis.call('HSET', jk, 'status', '500', 'error', 'worker lost', 'finished_at', now)
+      release_unique(q, f[6], id)
+    end
+    redis.call('HSET', jk, 'state', state)
+    stat(q, 'running', -1)
+    stat(q, state, 1)
+    n = n + 1
+  end
+end
+return n
+"""
+)
+
+# ARGV: prefix, id, now.   Returns 1 if cancelled or a cancel requested, else 0.
+_CANCEL = (
+    _LUA_PRELUDE
+    + r"""
+local id, now = ARGV[2], ARGV[3]
+local jk = jkey(id)
+local f = redis.call('HMGET', jk, 'state', 'queue', 'rmember', 'unique_key')
+local state, q = f[1], f[2]
+if state == 'running' then
+  redis.call('HSET', jk, 'cancel_requested', '1')
+  return 1
+end
+if state ~= 'queued' and state ~= 'scheduled' then return 0 end
+if f[3] then redis.call('ZREM', P .. ':ready:' .. q, f[3]) end
+redis.call('ZREM', P .. ':sched:' .. q, id)
+redis.call('HDEL', jk, 'rmember')
+redis.call('HSET', jk, 'state', 'cancelled', 'status', '499', 'error', 'cancelled',
+           'finished_at', now)
+release_unique(q, f[4], id)
+stat(q, state, -1)
+stat(q, 'cancelled', 1)
+return 1
+"""
+)
+
+
+class RedisUnavailableError(WorkError, ConnectionError):
+    """Raised when the Redis server cannot be reached (refused, unresolvable, timed out).
+
+    Attributes:
+        host: the host the store tried.
+        port: the port the store tried.
+    """
+
+    def __init__(self, host: str, port: int | str, reason: BaseException) -> None:
+        self.host = host
+        self.port = port
+        super().__init__(f"cannot connect to Redis at {host}:{port}: {reason}")
+
+
+def _require_asyncio() -> None:
+    # anyio 4 no longer depends on sniffio; asyncio itself says whether its loop runs us.
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        raise RuntimeError(
+            "the Redis store needs the asyncio backend (redis-py's asyncio client is asyncio-only)"
+        ) from None
+
+
+def _mask(url: str) -> str:
+    """Return ``url`` with its password replaced by ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    userinfo, _, hostinfo = parts.netloc.rpartition("@")
+    user = userinfo.split(":", 1)[0] if ":" in userinfo else ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{hostinfo}"))
+
+
+def _us(when: datetime) -> int:
+    """Microseconds since the epoch, exactly (never below 0)."""
+    return max((when - _EPOCH) // _MICROSECOND, 0)
+
+
+def _now_us() -> int:
+    return _us(datetime.now(UTC))
+
+
+def _opt(value: str | None) -> str:
+    """Encode an optional string for a script: ``""`` is None, ``"=…"`` a value."""
+    return "" if value is None else "=" + value
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _json_object(raw: bytes | str | None, what: str) -> tuple[dict[str, Any], str | None]:
+    """Decode a JSON object field; on failure return ``{}`` and why."""
+    if raw is None:
+        return {}, None
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:  # UnicodeDecodeError included
+        return {}, f"job {what} are not valid JSON: {exc}"
+    if not isinstance(value, dict):
+        return {}, f"job {what} must be a JSON object, got {type(value).__name__}"
+    return value, None
+
+
+def _int(raw: str | None, default: int = 0) -> int:
+    try:
+        return int(raw) if raw is not None else default
+    except ValueError:
+        return default
+
+
+def _time(raw: str | None) -> datetime | None:
+    return None if raw is None else _EPOCH + timedelta(microseconds=int(raw))
+
+
+def _decode(fields: Mapping[str, str], args_raw: bytes | None) -> tuple[JobRecord, str | None]:
+    """Turn a job's fields (all but args, as text) and its raw args into a record, and say
+    why its payload could not be decoded (or None)."""
+    get = fields.get
+    args, args_error = _json_object(args_raw, "args")
+    spec, spec_error = _json_object(get("spec"), "spec")
+    headers = spec.get("headers", {})
+    if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
+        headers, spec_error = {}, spec_error or "job headers must map names to strings"
+    retry = spec.get("retry")
+    timeout = spec.get("timeout")
+    try:
+        result = json.loads(fields["result"]) if "result" in fields else None
+    except ValueError:
+        result = None
+    try:
+        status = Status.coerce(_int(get("status"), -1))
+    except ValueError:
+        status = Status.UNKNOWN
+    record = JobRecord(
+        id=get("id", ""),
+        handler=str(spec.get("handler", "")),
+        args=args,
+        queue=get("queue", "default"),
+        headers=headers,
+        priority=_int(get("priority")),
+        state=JobState(get("state", "queued")),
+        status=status,
+        attempts=_int(get("attempts")),
+        max_attempts=_int(get("max_attempts"), 1),
+        result=result,
+        error=get("error"),
+        unique_key=get("unique_key"),
+        enqueued_at=_time(get("enqueued_at")),
+        scheduled_for=_time(get("scheduled_for")),
+        started_at=_time(get("started_at")),
+        finished_at=_time(get("finished_at")),
+        timeout=float(timeout) if isinstance(timeout, int | float) else None,
+        retry=retry if isinstance(retry, dict) else None,
+        deferrals=_int(get("deferrals")),
+    )
+    return record, args_error or spec_error
+
+
+def _from_hash(raw: Any) -> tuple[JobRecord, str | None]:
+    """Decode a job hash as HGETALL gives it (a dict of bytes, or a flat list from a
+    script)."""
+    pairs: dict[bytes, bytes] = (
+        {bytes(k): bytes(v) for k, v in raw.items()} if isinstance(raw, dict) else _pairs(raw)
+    )
+    args = pairs.pop(b"args", None)
+    return _decode({k.decode(): v.decode(errors="replace") for k, v in pairs.items()}, args)
+
+
+def _from_packed(packed: bytes, args: bytes) -> tuple[JobRecord, str | None]:
+    """Decode a job as the claim script packs it: its fields but args as one JSON object
+    (one bulk string instead of forty, which redis-py parses far faster), then the args."""
+    fields = json.loads(packed.decode(errors="replace"))
+    return _decode(fields if isinstance(fields, dict) else {}, args or None)
+
+
+def _bytes_dict(raw: Any) -> dict[bytes, bytes]:
+    """A reply of HGETALL (bytes, as this store's client never decodes) as typed here."""
+    return {bytes(k): bytes(v) for k, v in raw.items()}
+
+
+def _pairs(flat: Sequence[bytes]) -> dict[bytes, bytes]:
+    """``[k1, v1, k2, v2, …]`` (as a script returns HGETALL) to a dict."""
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+def _add_args(rec: JobRecord, now: datetime) -> tuple[list[str], str, datetime]:
+    """The add script's values for one job, its args JSON and its ``enqueued_at``."""
+    enqueued = rec.enqueued_at or now
+    args = _dumps(rec.args)
+    spec: dict[str, Any] = {"handler": rec.handler, "headers": rec.headers}
+    if rec.timeout is not None:
+        spec["timeout"] = rec.timeout
+    if rec.retry is not None:
+        spec["retry"] = rec.retry
+    # Fields a new job rarely has: only sent when set.
+    extra: dict[str, str] = {}
+    if rec.status is not Status.UNKNOWN:
+        extra["status"] = str(int(rec.status))
+    if rec.attempts:
+        extra["attempts"] = str(rec.attempts)
+    if rec.deferrals:
+        extra["deferrals"] = str(rec.deferrals)
+    if rec.result is not None:
+        extra["result"] = _dumps(rec.result)
+    if rec.error is not None:
+        extra["error"] = rec.error
+    if rec.started_at is not None:
+        extra["started_at"] = str(_us(rec.started_at))
+    if rec.finished_at is not None:
+        extra["finished_at"] = str(_us(rec.finished_at))
+    values = [
+        rec.id,
+        rec.queue,
+        _opt(rec.unique_key),
+        rec.state.value,
+        str(_us(rec.scheduled_for or enqueued)),
+        str(rec.priority),
+        str(_us(enqueued)),
+        _opt(str(_us(rec.scheduled_for)) if rec.scheduled_for is not None else None),
+        str(rec.max_attempts),
+        args,
+        _dumps(spec),
+        _opt(_dumps(extra) if extra else None),
+    ]
+    return values, args, enqueued
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+class RedisStore:
+    """A durable store in Redis, for many workers on many machines.
+
+    Each job is a hash (``{prefix}:job:{id}``); per queue, a sorted set of ready jobs in claim
+    order, one of scheduled jobs by due time, and a hash of active unique keys; one sorted set
+    of running jobs by lease expiry. Every change is one Lua script, so it is atomic: an add
+    that finds the id or an active unique key returns that job, a claim moves due jobs to the
+    ready set and takes the best ``limit`` of them, and complete, renew, reap and cancel are
+    fenced by the lease owner. :meth:`wait_for_work` blocks in ``BLPOP`` on per-queue wake
+    lists that adds, hand-backs and retries push to, bounded by the next due time.
+
+    redis-py's asyncio client is asyncio-only, so this store runs only on anyio's asyncio
+    backend: entering it under trio raises ``RuntimeError`` (detected by asking asyncio for
+    a running event loop). Use one Redis server (or a Sentinel-managed primary), not Redis
+    Cluster: the scripts touch keys they compute. Durability is Redis's own (AOF with
+    ``appendfsync everysec`` loses at most about a second of changes).
+
+    Times (leases, due times) are read from this process's clock, as are the times the
+    producer writes, so keep the clocks of the machines involved in sync (NTP).
+
+    Args:
+        url: ``redis://[[user]:password@]host[:port][/db]``, ``rediss://`` for TLS, or
+            ``unix:///path/to/socket``.
+        prefix: the start of every key (``{prefix}:…``); stores with different prefixes in
+            one database are independent.
+        **client_options: further keyword arguments for ``redis.asyncio.from_url`` (for
+            example ``max_connections``, ``socket_connect_timeout``).
+
+    Raises:
+        ValueError: an empty prefix.
+    """
+
+    def __init__(self, url: str, *, prefix: str = "anywork", **client_options: Any) -> None:
+        if not prefix:
+            raise ValueError("prefix must be a non-empty string")
+        self.url = _mask(url)
+        self.prefix = prefix
+        self._dsn = url
+        # Responses stay bytes: a payload that is not UTF-8 must not break a whole claim.
+        self._options = {**client_options, "decode_responses": False}
+        self._client: aioredis.Redis | None = None
+        self._scripts: dict[str, AsyncScript] = {}
+        self._entries = 0
+
+    def __repr__(self) -> str:
+        return f"RedisStore({self.url!r}, prefix={self.prefix!r})"
+
+    def _key(self, *parts: str) -> str:
+        return ":".join((self.prefix, *parts))
+
+    # -- life -----------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        """Connect, check the key layout version (setting it on an empty prefix), and
+        return the store.
+
+        Entering an open store again only counts the entry: it closes on the outermost exit.
+
+        Raises:
+            RuntimeError: not running on asyncio, or keys written by a newer anywork.
+            RedisUnavailableError: the server cannot be reached.
+        """
+        _require_asyncio()
+        if self._client is not None:
+            self._entries += 1
+            return self
+        client = aioredis.from_url(self._dsn, **self._options)
+        try:
+            await self._migrate(client)
+        except _CONNECT_ERRORS as exc:
+            await client.aclose()
+            raise self._unavailable(client, exc) from exc
+        except BaseException:
+            await client.aclose()
+            raise
+        self._client = client
+        self._scripts = {
+            name: client.register_script(lua)
+            for name, lua in (
+                ("add", _ADD),
+                ("claim", _CLAIM),
+                ("renew", _RENEW),
+                ("complete", _COMPLETE),
+                ("reap", _REAP),
+                ("cancel", _CANCEL),
+            )
+        }
+        self._entries = 1
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Close the client and its connections (on the outermost exit)."""
+        self._entries -= 1
+        if self._entries > 0:
+            return
+        self._entries = 0
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+
+    def _unavailable(self, client: aioredis.Redis, exc: BaseException) -> RedisUnavailableError:
+        kwargs = client.connection_pool.connection_kwargs
+        host = kwargs.get("path") or kwargs.get("host", "localhost")
+        return RedisUnavailableError(str(host), kwargs.get("port", 6379), exc)
+
+    async def _migrate(self, client: aioredis.Redis) -> None:
+        key = self._key("schema_version")
+        # SET NX: the first process records the layout version, the others read it.
+        await client.set(key, SCHEMA_VERSION, nx=True)
+        version = int(await client.get(key) or 0)
+        if version > SCHEMA_VERSION:
+            raise RuntimeError(
+                f"keys under {self.prefix!r} are at layout version {version}, newer than this "
+                f"anywork knows ({SCHEMA_VERSION}); upgrade anywork"
+            )
+
+    def _require(self) -> aioredis.Redis:
+        if self._client is None:
+            raise RuntimeError(f"{self!r} is not open: use `async with store:`")
+        return self._client
+
+    async def drop(self) -> None:
+        """Delete every key under the store's prefix (for tests and teardown).
+
+        Works whether or not the store is open.
+        """
+        _require_asyncio()
+        client = self._client or aioredis.from_url(self._dsn, **self._options)
+        try:
+            pattern = _glob_escape(self.prefix) + ":*"
+            batch: list[bytes] = []
+            async for key in client.scan_iter(match=pattern, count=1000):
+                batch.append(key)
+                if len(batch) >= 1000:
+                    await client.unlink(*batch)
+                    batch.clear()
+            if batch:
+                await client.unlink(*batch)
+        except _CONNECT_ERRORS as exc:
+            raise self._unavailable(client, exc) from exc
+        finally:
+            if client is not self._client:
+                await client.aclose()
+
+    async def _run(self, name: str, args: Sequence[Any], client: Any = None) -> Any:
+        redis_client = self._require()
+        script = self._scripts[name]
+        if client is not None:  # a pipeline: redis-py loads its scripts before it runs
+            return await script(args=[self.prefix, *args], client=client)
+        try:
+            return await redis_client.evalsha(script.sha, 0, self.prefix, *args)
+        except NoScriptError:
+            # The server lost its script cache (a restart, SCRIPT FLUSH): nothing ran.
+            await redis_client.script_load(script.script)
+            return await redis_client.evalsha(script.sha, 0, self.prefix, *args)
+
+    # -- reading --------------------------------------------------------------------------
+
+    async def get(self, id: str) -> JobRecord | None:
+        """Return the job's record, or None."""
+        fields = await self._require().hgetall(self._key("job", id))
+        return _from_hash(fields)[0] if fields else None
+
+    async def stats(self) -> dict[str, dict[str, int]]:
+        """Return ``{queue: {state: count}}`` for every queue holding jobs."""
+        raw = _bytes_dict(await self._require().hgetall(self._key("stats")))
+        out: dict[str, dict[str, int]] = {}
+        for field_, count in raw.items():
+            queue, _, state = field_.decode(errors="replace").rpartition("\0")
+            if int(count) > 0:
+                out.setdefault(queue, {})[state] = int(count)
+        return out
+
+    # -- producing ------------------------------------------------------------------------
+
+    async def add(self, records: Sequence[JobRecord]) -> list[JobRecord]:
+        """Insert jobs with one atomic script per 1000 jobs (more than one such chunk go in
+        one pipelined round trip); an existing id or an active job with the same unique key
+        is returned instead (see :meth:`work.stores.Store.add`)."""
+        client = self._require()
+        if not records:
+            return []
+        now = datetime.now(UTC)
+        values: list[list[str]] = []
+        stored: list[JobRecord] = []
+        for rec in records:
+            job_values, args, enqueued = _add_args(rec, now)
+            values.append(job_values)
+            # What is stored: args through JSON, as they will be read back.
+            stored.append(rec.replace(args=json.loads(args), enqueued_at=enqueued))
+        chunks = [_dumps(values[i : i + _ADD_CHUNK]) for i in range(0, len(values), _ADD_CHUNK)]
+        if len(chunks) == 1:
+            replies = [await self._run("add", [_WAKE_TOKENS, chunks[0]])]
+        else:
+            pipe = client.pipeline(transaction=False)
+            for chunk in chunks:
+                await self._run("add", [_WAKE_TOKENS, chunk], client=pipe)
+            replies = await pipe.execute()
+        for n, reply in enumerate(replies):
+            for j in range(0, len(reply), 2):
+                stored[n * _ADD_CHUNK + int(reply[j])] = _from_hash(reply[j + 1])[0]
+        return stored
+
+    async def cancel(self, id: str) -> bool:
+        """Cancel a QUEUED or SCHEDULED job at once, or ask a RUNNING one's owner to stop.
+
+        Returns False for an unknown or already final job.
+        """
+        return bool(await self._run("cancel", [id, _now_us()]))
+
+    # -- consuming ------------------------------------------------------------------------
+
+    async def claim(
+        self, queues: Sequence[str], *, limit: int, lease: float, owner: str
+    ) -> list[Claimed]:
+        """Claim up to ``limit`` ready jobs, best first, in one atomic script (see
+        :meth:`work.stores.Store.claim`).
+
+        A job whose args or headers cannot be decoded is still claimed and comes back with
+        ``decode_error`` set.
+        """
+        if limit <= 0 or not queues:
+            self._require()
+            return []
+        now = _now_us()
+        until = now + int(lease * 1_000_000)
+        replies = await self._run("claim", [now, limit, until, owner, *queues])
+        return [
+            Claimed(*_from_packed(replies[i], replies[i + 1])) for i in range(0, len(replies), 2)
+        ]
+
+    async def renew(self, owner: str, ids: Sequence[str], *, lease: float) -> set[str]:
+        """Extend ``owner``'s leases on ``ids`` in one script; return those it must stop
+        running (a cancel was requested, or the job is no longer its own)."""
+        if not ids:
+            self._require()
+            return set()
+        until = _now_us() + int(lease * 1_000_000)
+        stop = await self._run("renew", [owner, until, *ids])
+        return {id.decode() for id in stop}
+
+    async def complete(self, owner: str, outcomes: Sequence[Outcome]) -> None:
+        """Apply outcomes, in one script, to jobs RUNNING under ``owner``'s lease; others
+        are left alone (see :meth:`work.stores.Store.complete`)."""
+        if not outcomes:
+            self._require()
+            return
+        args: list[Any] = [owner, _now_us(), _WAKE_TOKENS]
+        for o in outcomes:
+            result = _dumps(o.result) if o.state is JobState.SUCCEEDED else None
+            due = str(_us(o.scheduled_for)) if o.scheduled_for is not None else None
+            args += [
+                o.id,
+                o.state.value,
+                int(o.status),
+                _opt(result),
+                _opt(o.error),
+                _opt(due),
+                "1" if o.give_back_attempt else "0",
+                "1" if o.deferral else "0",
+            ]
+        await self._run("complete", args)
+
+    async def reap(self) -> int:
+        """Put back (or fail, or cancel) RUNNING jobs whose lease expired; return how many.
+
+        Each call handles at most 1000 of them, in one atomic script, so it is safe from
+        many workers at once.
+        """
+        return int(await self._run("reap", [_now_us(), _WAKE_TOKENS, _REAP_BATCH]))
+
+    async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
+        """Return when a job in ``queues`` may be ready, or after ``timeout`` seconds.
+
+        Returns at once if a job is ready; otherwise blocks in ``BLPOP`` on the queues' wake
+        lists (an add, a hand-back or a retry pushes a token), no later than the next
+        SCHEDULED job falls due.
+        """
+        client = self._require()
+        if not queues:
+            await anyio.sleep(max(timeout, 0.0))
+            return
+        pipe = client.pipeline(transaction=False)
+        for queue in queues:
+            pipe.zcard(self._key("ready", queue))
+            pipe.zrange(self._key("sched", queue), 0, 0, withscores=True)
+        replies = await pipe.execute()
+        if any(replies[0::2]):
+            return
+        dues = [first[0][1] for first in replies[1::2] if first]
+        if dues:
+            # A little after the due time, so the claim that follows finds it ready.
+            timeout = min(timeout, (min(dues) - _now_us()) / 1_000_000 + 0.001)
+        if timeout <= 0:
+            return
+        # BLPOP's timeout 0 would mean "forever".
+        wake_keys = [self._key("wake", q) for q in queues]
+        await client.blpop(wake_keys, timeout=max(timeout, 0.01))
+
+    # -- listing (last: the method named `list` shadows the builtin below it) -------
+
+    async def list(
+        self,
+        *,
+        state: JobState | None = None,
+        queue: str | None = None,
+        handler: str | None = None,
+        limit: int = 100,
+        after: str | None = None,
+    ) -> list[JobRecord]:
+        """Return up to ``limit`` records matching the filters, in enqueue order.
+
+        ``after`` is the last id of the previous page; an id the store does not know gives an
+        empty page. Filters are applied while walking the enqueue order, a chunk at a time.
+        """
+        client = self._require()
+        start = "-inf"
+        if after is not None:
+            seq = await client.hget(self._key("job", after), "seq")
+            if seq is None:
+                return []
+            start = f"({int(seq)}"
+        out: list[JobRecord] = []
+        while len(out) < limit:
+            page = cast(
+                "list[tuple[bytes, float]]",
+                await client.zrangebyscore(
+                    self._key("all"), start, "+inf", start=0, num=_LIST_CHUNK, withscores=True
+                ),
+            )
+            if not page:
+                break
+            pipe = client.pipeline(transaction=False)
+            for id, _ in page:
+                pipe.hgetall(self._key("job", id.decode()))
+            for fields in await pipe.execute():
+                if not fields:
+                    continue
+                rec = _from_hash(fields)[0]
+                if (
+                    (state is None or rec.state == state)
+                    and (queue is None or rec.queue == queue)
+                    and (handler is None or rec.handler == handler)
+                ):
+                    out.append(rec)
+                    if len(out) >= limit:
+                        break
+            start = f"({int(page[-1][1])}"
+        return out
+
+    # -- for tests ------------------------------------------------------------------------
+
+    async def corrupt_args(self, id: str, raw: str = "{not json") -> None:
+        """Overwrite a job's stored args with ``raw`` (a test seam: what another writer might
+        store), so that claiming it reports a ``decode_error``.
+
+        Raises:
+            KeyError: no job with this id.
+        """
+        client = self._require()
+        key = self._key("job", id)
+        if not await client.exists(key):
+            raise KeyError(id)
+        await client.hset(key, "args", raw)

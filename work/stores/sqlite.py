@@ -1,0 +1,646 @@
+"""``SQLiteStore``: the default durable store, one embedded SQLite file (``sqlite:///jobs.db``)."""
+
+from __future__ import annotations
+
+import builtins
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any, Self, TypeVar
+from urllib.parse import urlsplit
+
+import anyio
+import anyio.to_thread
+
+from .._status import Status
+from ._base import Claimed, JobRecord, JobState, Outcome
+from .memory import _decode_error, _Notifier
+
+__all__ = ["MIN_SQLITE_VERSION", "SCHEMA_VERSION", "SQLiteStore"]
+
+MIN_SQLITE_VERSION = (3, 35, 0)
+"""``UPDATE … RETURNING`` arrived in SQLite 3.35."""
+
+SCHEMA_VERSION = 1
+"""The schema this module creates; :meth:`SQLiteStore.__aenter__` migrates older files to it."""
+
+_T = TypeVar("_T")
+
+_COLUMNS = (
+    "id, handler, queue, args, headers, priority, state, status, attempts, max_attempts, "
+    "result, error, unique_key, enqueued_at, scheduled_for, started_at, finished_at, "
+    "timeout, retry, deferrals"
+)
+
+# Each entry migrates the schema from version i to i + 1. Statements are idempotent
+# (IF NOT EXISTS) so a half-applied migration on an old SQLite is harmless to repeat.
+_MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """
+        CREATE TABLE IF NOT EXISTS anywork_jobs (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- enqueue order
+            id TEXT NOT NULL UNIQUE,
+            handler TEXT NOT NULL,
+            queue TEXT NOT NULL,
+            args TEXT NOT NULL,                     -- JSON object
+            headers TEXT NOT NULL,                  -- JSON object
+            priority INTEGER NOT NULL,
+            state TEXT NOT NULL,
+            status INTEGER NOT NULL,
+            attempts INTEGER NOT NULL,
+            max_attempts INTEGER NOT NULL,
+            result TEXT,                            -- JSON
+            error TEXT,
+            unique_key TEXT,
+            enqueued_at REAL NOT NULL,              -- Unix seconds (UTC)
+            scheduled_for REAL,
+            started_at REAL,
+            finished_at REAL,
+            timeout REAL,
+            retry TEXT,                             -- JSON
+            deferrals INTEGER NOT NULL DEFAULT 0,
+            due_at REAL NOT NULL,                   -- scheduled_for, else enqueued_at
+            owner TEXT,
+            lease_until REAL,
+            cancel_requested INTEGER NOT NULL DEFAULT 0
+        )
+        """,
+        "CREATE INDEX IF NOT EXISTS anywork_jobs_ready"
+        " ON anywork_jobs (state, queue, priority DESC, due_at, seq)",
+        "CREATE INDEX IF NOT EXISTS anywork_jobs_lease ON anywork_jobs (state, lease_until)",
+        "CREATE INDEX IF NOT EXISTS anywork_jobs_queue ON anywork_jobs (queue, seq)",
+        # At most one active job per (queue, unique_key): a safety net behind add()'s check.
+        "CREATE UNIQUE INDEX IF NOT EXISTS anywork_jobs_unique ON anywork_jobs (queue, unique_key)"
+        " WHERE unique_key IS NOT NULL AND state IN ('queued', 'scheduled', 'running')",
+    ),
+)
+
+_SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
+_CHUNK = 500  # ids per IN (...) list, well under SQLite's bound-variable limit
+
+
+def _ts(value: datetime | None) -> float | None:
+    return value.timestamp() if value is not None else None
+
+
+def _dt(value: float | None) -> datetime | None:
+    return datetime.fromtimestamp(value, UTC) if value is not None else None
+
+
+def _loads_object(text: str | None) -> dict[str, Any]:
+    if text is None:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _loads(text: str | None) -> Any:
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
+
+
+def _record(row: sqlite3.Row) -> JobRecord:
+    return JobRecord(
+        id=row["id"],
+        handler=row["handler"],
+        args=_loads_object(row["args"]),
+        queue=row["queue"],
+        headers=_loads_object(row["headers"]),
+        priority=row["priority"],
+        state=JobState(row["state"]),
+        status=Status.coerce(row["status"]),
+        attempts=row["attempts"],
+        max_attempts=row["max_attempts"],
+        result=_loads(row["result"]),
+        error=row["error"],
+        unique_key=row["unique_key"],
+        enqueued_at=_dt(row["enqueued_at"]),
+        scheduled_for=_dt(row["scheduled_for"]),
+        started_at=_dt(row["started_at"]),
+        finished_at=_dt(row["finished_at"]),
+        timeout=row["timeout"],
+        retry=_loads(row["retry"]),
+        deferrals=row["deferrals"],
+    )
+
+
+def _chunks(ids: Sequence[str]) -> Iterator[Sequence[str]]:
+    for start in range(0, len(ids), _CHUNK):
+        yield ids[start : start + _CHUNK]
+
+
+def _marks(n: int) -> str:
+    return ", ".join("?" * n)
+
+
+def path_from_url(url: str) -> str:
+    """Return the file path in a ``sqlite:`` URL.
+
+    ``sqlite:///jobs.db`` is ``jobs.db`` relative to the current directory,
+    ``sqlite:////var/lib/jobs.db`` is absolute, ``sqlite:///:memory:`` is an in-memory
+    database private to one store object.
+
+    Raises:
+        ValueError: not a ``sqlite:`` URL, a host is given, or the path is empty.
+    """
+    parts = urlsplit(url)
+    if parts.scheme.lower() != "sqlite":
+        raise ValueError(f"not a sqlite URL: {url!r}")
+    if parts.netloc:
+        raise ValueError(
+            f"a sqlite URL has no host: use sqlite:///relative.db or sqlite:////absolute.db, "
+            f"got {url!r}"
+        )
+    path = parts.path[1:] if parts.path.startswith("/") else parts.path
+    if not path:
+        raise ValueError(f"no database file in {url!r} (e.g. sqlite:///jobs.db)")
+    return path
+
+
+class SQLiteStore:
+    """The default durable store: jobs kept in one SQLite file, no server to run.
+
+    Several worker processes (and producers) may share the file: SQLite's write lock
+    serialises claims (each in a ``BEGIN IMMEDIATE`` transaction), so no two processes ever
+    claim the same job while its lease holds. The file uses WAL journaling, so readers never
+    block the writer. It suits one machine; for several, use PostgreSQL or Redis.
+
+    Calls run in worker threads (``anyio.to_thread``) over one connection per store object,
+    guarded by a lock. Idle workers poll the file every ``poll_interval`` seconds; an ``add``
+    made through the same store object wakes them at once.
+
+    Args:
+        url: ``sqlite:///relative.db`` (relative to the current directory),
+            ``sqlite:////absolute/path.db``, or ``sqlite:///:memory:`` (private to this store
+            object: only useful for tests).
+        busy_timeout: seconds a call waits for another process's write lock before failing
+            with ``sqlite3.OperationalError: database is locked``.
+        synchronous: SQLite's ``PRAGMA synchronous``. ``"NORMAL"`` (the default) in WAL mode
+            never corrupts the file; a power cut (not a process crash) may lose the last
+            transactions committed before it. ``"FULL"`` syncs every commit to disk too.
+        poll_interval: seconds between checks for new work while idle.
+
+    Raises:
+        ValueError: a bad URL or option.
+        RuntimeError: the SQLite library is older than 3.35.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        busy_timeout: float = 5.0,
+        synchronous: str = "NORMAL",
+        poll_interval: float = 0.015,
+    ) -> None:
+        if sqlite3.sqlite_version_info < MIN_SQLITE_VERSION:
+            raise RuntimeError(
+                f"SQLiteStore needs SQLite >= 3.35 (UPDATE ... RETURNING); this Python links "
+                f"SQLite {sqlite3.sqlite_version}"
+            )
+        self.path = path_from_url(url)
+        if not busy_timeout >= 0:
+            raise ValueError(f"busy_timeout must be >= 0 seconds, got {busy_timeout!r}")
+        if synchronous.upper() not in _SYNCHRONOUS:
+            raise ValueError(f"synchronous must be one of {_SYNCHRONOUS}, got {synchronous!r}")
+        if not poll_interval > 0:
+            raise ValueError(f"poll_interval must be > 0 seconds, got {poll_interval!r}")
+        self.url = url
+        self.busy_timeout = float(busy_timeout)
+        self.synchronous = synchronous.upper()
+        self.poll_interval = float(poll_interval)
+        self._conn: sqlite3.Connection | None = None
+        self._entered = 0
+        self._lock = threading.Lock()
+        self._notifier = _Notifier()
+
+    def __repr__(self) -> str:
+        return f"SQLiteStore({self.url!r})"
+
+    # -- connection -----------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        """Open the file (created if missing), switch it to WAL and create or migrate the schema.
+
+        Entering a store that is already open shares its connection; it is closed when the
+        outermost ``async with`` ends.
+        """
+        await anyio.to_thread.run_sync(self._open)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Close the connection when the outermost ``async with`` ends."""
+        await anyio.to_thread.run_sync(self._close)
+
+    def _open(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._entered += 1
+                return
+            conn = sqlite3.connect(
+                self.path,
+                timeout=self.busy_timeout,
+                isolation_level=None,  # we BEGIN / COMMIT ourselves
+                check_same_thread=False,  # used from anyio's worker threads, under self._lock
+            )
+            try:
+                conn.row_factory = sqlite3.Row
+                conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+                self._retry_locked(lambda: conn.execute("PRAGMA journal_mode = WAL").fetchone())
+                conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+                self._retry_locked(lambda: self._migrate(conn))
+            except BaseException:
+                conn.close()
+                raise
+            self._conn = conn
+            self._entered = 1
+
+    def _retry_locked(self, fn: Callable[[], object]) -> None:
+        # Several processes starting at once may find the file locked for longer than the busy
+        # handler waits while one of them switches it to WAL or creates the schema.
+        for attempt in range(20):
+            try:
+                fn()
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or attempt == 19:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS anywork_schema_version (version INTEGER NOT NULL)"
+            )
+            (current,) = conn.execute(
+                "SELECT COALESCE(MAX(version), 0) FROM anywork_schema_version"
+            ).fetchone()
+            if current > SCHEMA_VERSION:
+                raise RuntimeError(
+                    f"{self.path} has anywork schema version {current}; this anywork knows "
+                    f"versions up to {SCHEMA_VERSION}: upgrade anywork"
+                )
+            for version in range(current, SCHEMA_VERSION):
+                for statement in _MIGRATIONS[version]:
+                    conn.execute(statement)
+                conn.execute(
+                    "INSERT INTO anywork_schema_version (version) VALUES (?)", (version + 1,)
+                )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def _close(self) -> None:
+        with self._lock:
+            if self._conn is None:
+                return
+            self._entered -= 1
+            if self._entered <= 0:
+                self._conn.close()
+                self._conn = None
+                self._entered = 0
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+        return await anyio.to_thread.run_sync(self._call, fn)
+
+    def _call(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+        with self._lock:
+            if self._conn is None:
+                raise RuntimeError(f"{self!r} is not open: use `async with store:` first")
+            return fn(self._conn)
+
+    @staticmethod
+    def _write(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+        # IMMEDIATE takes the write lock up front, so two processes never both read a job as
+        # ready and then race to update it.
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = fn(conn)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return result
+
+    async def _transaction(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+        return await self._run(lambda conn: self._write(conn, fn))
+
+    # -- reading ------------------------------------------------------------------------------
+
+    async def get(self, id: str) -> JobRecord | None:
+        """Return the job's record, or None."""
+
+        def query(conn: sqlite3.Connection) -> JobRecord | None:
+            row = conn.execute(
+                f"SELECT {_COLUMNS} FROM anywork_jobs WHERE id = ?", (id,)
+            ).fetchone()
+            return _record(row) if row is not None else None
+
+        return await self._run(query)
+
+    async def list(
+        self,
+        *,
+        state: JobState | None = None,
+        queue: str | None = None,
+        handler: str | None = None,
+        limit: int = 100,
+        after: str | None = None,
+    ) -> list[JobRecord]:
+        """Return up to ``limit`` records matching the filters, in enqueue order.
+
+        ``after`` is the last id of the previous page; an id the store does not know gives an
+        empty page.
+        """
+        where: list[str] = []
+        params: list[Any] = []
+        for column, value in (("state", state), ("queue", queue), ("handler", handler)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(str(value))
+        if after is not None:
+            where.append("seq > (SELECT seq FROM anywork_jobs WHERE id = ?)")
+            params.append(after)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        sql = f"SELECT {_COLUMNS} FROM anywork_jobs {clause} ORDER BY seq LIMIT ?"
+        params.append(max(limit, 0))
+
+        def query(conn: sqlite3.Connection) -> list[JobRecord]:
+            return [_record(row) for row in conn.execute(sql, params)]
+
+        return await self._run(query)
+
+    async def stats(self) -> dict[str, dict[str, int]]:
+        """Return ``{queue: {state: count}}`` for every queue holding jobs."""
+
+        def query(conn: sqlite3.Connection) -> dict[str, dict[str, int]]:
+            out: dict[str, dict[str, int]] = {}
+            sql = "SELECT queue, state, COUNT(*) FROM anywork_jobs GROUP BY queue, state"
+            for queue, state, count in conn.execute(sql):
+                out.setdefault(queue, {})[state] = count
+            return out
+
+        return await self._run(query)
+
+    # -- producing ----------------------------------------------------------------------------
+
+    async def add(self, records: Sequence[JobRecord]) -> builtins.list[JobRecord]:
+        """Insert jobs in one transaction; an existing id or an active job with the same unique
+        key is returned instead (see :meth:`work.stores.Store.add`)."""
+
+        def insert(conn: sqlite3.Connection) -> list[JobRecord]:
+            out: list[JobRecord] = []
+            for rec in records:
+                row = conn.execute(
+                    f"SELECT {_COLUMNS} FROM anywork_jobs WHERE id = ?", (rec.id,)
+                ).fetchone()
+                if row is None and rec.unique_key is not None:
+                    row = conn.execute(
+                        f"SELECT {_COLUMNS} FROM anywork_jobs WHERE queue = ? AND unique_key = ?"
+                        " AND state IN ('queued', 'scheduled', 'running')",
+                        (rec.queue, rec.unique_key),
+                    ).fetchone()
+                if row is None:
+                    enqueued = rec.enqueued_at or datetime.now(UTC)
+                    due = rec.scheduled_for or enqueued
+                    row = conn.execute(
+                        f"INSERT INTO anywork_jobs ({_COLUMNS}, due_at) VALUES"
+                        f" ({_marks(21)}) RETURNING {_COLUMNS}",
+                        (
+                            rec.id,
+                            rec.handler,
+                            rec.queue,
+                            json.dumps(rec.args),
+                            json.dumps(rec.headers),
+                            rec.priority,
+                            rec.state.value,
+                            int(rec.status),
+                            rec.attempts,
+                            rec.max_attempts,
+                            json.dumps(rec.result) if rec.result is not None else None,
+                            rec.error,
+                            rec.unique_key,
+                            _ts(enqueued),
+                            _ts(rec.scheduled_for),
+                            _ts(rec.started_at),
+                            _ts(rec.finished_at),
+                            rec.timeout,
+                            json.dumps(rec.retry) if rec.retry is not None else None,
+                            rec.deferrals,
+                            _ts(due),
+                        ),
+                    ).fetchone()
+                out.append(_record(row))
+            return out
+
+        out = await self._transaction(insert)
+        self._notifier.notify()
+        return out
+
+    async def cancel(self, id: str) -> bool:
+        """Cancel a QUEUED or SCHEDULED job at once, or ask a RUNNING one's owner to stop.
+
+        Returns False for an unknown or already final job.
+        """
+
+        def update(conn: sqlite3.Connection) -> bool:
+            now = time.time()
+            cur = conn.execute(
+                "UPDATE anywork_jobs SET state = 'cancelled', status = ?, error = 'cancelled',"
+                " finished_at = ? WHERE id = ? AND state IN ('queued', 'scheduled')",
+                (int(Status.CANCELLED), now, id),
+            )
+            if cur.rowcount:
+                return True
+            cur = conn.execute(
+                "UPDATE anywork_jobs SET cancel_requested = 1 WHERE id = ? AND state = 'running'",
+                (id,),
+            )
+            return cur.rowcount > 0
+
+        return await self._transaction(update)
+
+    # -- consuming ----------------------------------------------------------------------------
+
+    async def claim(
+        self, queues: Sequence[str], *, limit: int, lease: float, owner: str
+    ) -> builtins.list[Claimed]:
+        """Claim up to ``limit`` ready jobs, best first, in one ``BEGIN IMMEDIATE`` transaction
+        (see :meth:`work.stores.Store.claim`)."""
+        if limit <= 0 or not queues:
+            return []
+        queues = list(queues)
+
+        def update(conn: sqlite3.Connection) -> list[Claimed]:
+            now = time.time()
+            rows = conn.execute(
+                "UPDATE anywork_jobs SET state = 'running', attempts = attempts + 1,"
+                " started_at = ?, owner = ?, lease_until = ?, cancel_requested = 0"
+                " WHERE seq IN (SELECT seq FROM anywork_jobs"
+                f"  WHERE queue IN ({_marks(len(queues))})"
+                "   AND (state = 'queued' OR (state = 'scheduled' AND due_at <= ?))"
+                "  ORDER BY priority DESC, due_at, seq LIMIT ?)"
+                f" RETURNING {_COLUMNS}, due_at, seq",
+                (now, owner, now + lease, *queues, now, limit),
+            ).fetchall()
+            # RETURNING gives no order: put them back in claim order.
+            rows.sort(key=lambda r: (-r["priority"], r["due_at"], r["seq"]))
+            return [
+                Claimed(_record(row), _decode_error(row["args"]) or _headers_error(row["headers"]))
+                for row in rows
+            ]
+
+        return await self._transaction(update)
+
+    async def renew(self, owner: str, ids: Sequence[str], *, lease: float) -> set[str]:
+        """Extend ``owner``'s leases on ``ids``; return those it must stop running."""
+        if not ids:
+            return set()
+
+        def update(conn: sqlite3.Connection) -> set[str]:
+            until = time.time() + lease
+            held: set[str] = set()
+            stop: set[str] = set()
+            for chunk in _chunks(ids):
+                rows = conn.execute(
+                    "UPDATE anywork_jobs SET lease_until = ? WHERE owner = ? AND state = 'running'"
+                    f" AND id IN ({_marks(len(chunk))}) RETURNING id, cancel_requested",
+                    (until, owner, *chunk),
+                ).fetchall()
+                for id, cancel_requested in rows:
+                    held.add(id)
+                    if cancel_requested:
+                        stop.add(id)
+            return stop | (set(ids) - held)
+
+        return await self._transaction(update)
+
+    async def complete(self, owner: str, outcomes: Sequence[Outcome]) -> None:
+        """Apply outcomes, in one transaction, to jobs RUNNING under ``owner``'s lease; others
+        are left alone."""
+        if not outcomes:
+            return
+
+        def update(conn: sqlite3.Connection) -> bool:
+            now = time.time()
+            wake = False
+            for o in outcomes:
+                scheduled = _ts(o.scheduled_for) if o.state is JobState.SCHEDULED else None
+                succeeded = o.state is JobState.SUCCEEDED
+                cur = conn.execute(
+                    "UPDATE anywork_jobs SET state = ?, status = ?,"
+                    " result = CASE WHEN ? THEN ? ELSE result END, error = ?,"
+                    " scheduled_for = ?, due_at = COALESCE(?, enqueued_at), finished_at = ?,"
+                    " attempts = MAX(attempts - ?, 0), deferrals = deferrals + ?,"
+                    " owner = NULL, lease_until = NULL, cancel_requested = 0"
+                    " WHERE id = ? AND state = 'running' AND owner = ?",
+                    (
+                        o.state.value,
+                        int(o.status),
+                        succeeded,
+                        json.dumps(o.result) if succeeded else None,
+                        o.error,
+                        scheduled,
+                        scheduled,
+                        now if o.state.is_final else None,
+                        1 if o.give_back_attempt else 0,
+                        1 if o.deferral else 0,
+                        o.id,
+                        owner,
+                    ),
+                )
+                wake = wake or (cur.rowcount > 0 and not o.state.is_final)
+            return wake
+
+        if await self._transaction(update):
+            self._notifier.notify()
+
+    async def reap(self) -> int:
+        """Put back (or fail, or cancel) RUNNING jobs whose lease expired; return how many."""
+
+        def update(conn: sqlite3.Connection) -> int:
+            now = time.time()
+            expired = "state = 'running' AND lease_until <= ?"
+            cleared = "owner = NULL, lease_until = NULL, cancel_requested = 0"
+            changed = conn.execute(
+                f"UPDATE anywork_jobs SET state = 'cancelled', status = ?, error = 'cancelled',"
+                f" finished_at = ?, {cleared} WHERE {expired} AND cancel_requested = 1",
+                (int(Status.CANCELLED), now, now),
+            ).rowcount
+            changed += conn.execute(
+                f"UPDATE anywork_jobs SET state = 'queued', status = ?, error = 'worker lost',"
+                f" scheduled_for = NULL, due_at = enqueued_at, {cleared}"
+                f" WHERE {expired} AND attempts < max_attempts",
+                (int(Status.INTERNAL_ERROR), now),
+            ).rowcount
+            changed += conn.execute(
+                f"UPDATE anywork_jobs SET state = 'failed', status = ?, error = 'worker lost',"
+                f" finished_at = ?, {cleared} WHERE {expired}",
+                (int(Status.INTERNAL_ERROR), now, now),
+            ).rowcount
+            return changed
+
+        changed = await self._transaction(update)
+        if changed:
+            self._notifier.notify()
+        return changed
+
+    async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
+        """Return when a job in ``queues`` is ready, or after ``timeout`` seconds.
+
+        Polls every ``poll_interval`` seconds; an add through this store object wakes it at once.
+        """
+        queues = list(queues)
+        sql = (
+            f"SELECT 1 FROM anywork_jobs WHERE queue IN ({_marks(len(queues))})"
+            " AND (state = 'queued' OR (state = 'scheduled' AND due_at <= ?)) LIMIT 1"
+        )
+
+        def ready(conn: sqlite3.Connection) -> bool:
+            return conn.execute(sql, (*queues, time.time())).fetchone() is not None
+
+        deadline = anyio.current_time() + timeout
+        while not await self._run(ready):
+            remaining = deadline - anyio.current_time()
+            if remaining <= 0:
+                return
+            await self._notifier.wait(min(self.poll_interval, remaining))
+
+    # -- for tests ------------------------------------------------------------------------------
+
+    async def corrupt_args(self, id: str, raw: str = "{not json") -> None:
+        """Replace a job's stored args with ``raw`` (a test seam for undecodable payloads).
+
+        Raises:
+            KeyError: no job with this id.
+        """
+
+        def update(conn: sqlite3.Connection) -> None:
+            cur = conn.execute("UPDATE anywork_jobs SET args = ? WHERE id = ?", (raw, id))
+            if not cur.rowcount:
+                raise KeyError(id)
+
+        await self._transaction(update)
+
+
+def _headers_error(headers_json: str) -> str | None:
+    error = _decode_error(headers_json)
+    return error.replace("args", "headers") if error is not None else None
