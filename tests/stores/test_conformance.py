@@ -1,0 +1,1028 @@
+"""The store conformance suite: what "a store works" means, for every store.
+
+Part 1 drives the raw Store protocol; part 2 goes end to end through ``Queue`` and
+``Worker.serve``. Every test runs on every store (see ``conftest.py``).
+"""
+
+from __future__ import annotations
+
+import functools
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import anyio
+import pytest
+
+from work import (
+    Constant,
+    Job,
+    JobRecord,
+    JobState,
+    Queue,
+    RetryLater,
+    RetryPolicy,
+    Status,
+    StatusError,
+    Worker,
+)
+from work.stores import Outcome, Store
+
+pytestmark = pytest.mark.anyio
+
+Corrupt = Callable[[Store, str], Awaitable[None]]
+
+# -- helpers (also imported by test_memory.py and test_sqlite.py) ---------------------------------
+
+
+def now() -> datetime:
+    """The current time, aware UTC."""
+    return datetime.now(UTC)
+
+
+def seconds_from_now(secs: float) -> datetime:
+    """An aware UTC datetime ``secs`` seconds from now."""
+    return now() + timedelta(seconds=secs)
+
+
+def record(handler: str = "noop", **fields: Any) -> JobRecord:
+    """A JobRecord as Queue.enqueue builds it: QUEUED, or SCHEDULED when due later."""
+    fields.setdefault("id", uuid.uuid4().hex)
+    fields.setdefault("enqueued_at", now())
+    due = fields.get("scheduled_for")
+    if due is not None and "state" not in fields and due > fields["enqueued_at"]:
+        fields["state"] = JobState.SCHEDULED
+    return JobRecord(handler=handler, **fields)
+
+
+@asynccontextmanager
+async def serving(store: Store, worker: Worker, **options: Any) -> AsyncIterator[Worker]:
+    """Run ``worker.serve(store, **options)`` for the block; stop the worker after it."""
+    async with worker, anyio.create_task_group() as tg:
+        tg.start_soon(functools.partial(worker.serve, store, **options))
+        yield worker
+        worker.stop()
+
+
+async def until(predicate: Callable[[], Awaitable[bool]], *, timeout: float = 10.0) -> None:
+    """Poll ``predicate`` every 10 ms until it is true; fail the test after ``timeout``."""
+    with anyio.fail_after(timeout):
+        # Polling is the point here: the condition lives in a store, not in an Event.
+        while not await predicate():
+            await anyio.sleep(0.01)
+
+
+async def state_of(store: Store, id: str) -> JobState:
+    """The job's current state (it must exist)."""
+    rec = await store.get(id)
+    assert rec is not None
+    return rec.state
+
+
+def fast_retry(max_attempts: int = 3, **kwargs: Any) -> RetryPolicy:
+    """A retry policy with a 10 ms constant backoff."""
+    return RetryPolicy(max_attempts=max_attempts, backoff=Constant(0.01), **kwargs)
+
+
+# == Part 1: the raw Store protocol =============================================================
+
+
+async def test_add_and_get_round_trip(store: Store) -> None:
+    """Every field given to add() comes back from get(), with aware UTC datetimes."""
+    retry = {"backoff": {"kind": "constant", "seconds": 0.5}, "retry_on": [500], "max_deferrals": 2}
+    rec = record(
+        "resize",
+        args={"path": "a.png", "sizes": [1, 2], "opts": {"q": 0.5, "x": None, "ok": True}},
+        queue="images",
+        headers={"traceparent": "00-abc-def-01"},
+        priority=7,
+        max_attempts=4,
+        unique_key="img-a",
+        timeout=12.5,
+        retry=retry,
+    )
+    (stored,) = await store.add([rec])
+    got = await store.get(rec.id)
+    assert got == stored
+    assert got is not None
+    assert got.handler == "resize"
+    assert got.args == rec.args
+    assert got.queue == "images"
+    assert got.headers == {"traceparent": "00-abc-def-01"}
+    assert got.priority == 7
+    assert got.state is JobState.QUEUED
+    assert got.status is Status.UNKNOWN
+    assert got.attempts == 0
+    assert got.max_attempts == 4
+    assert got.unique_key == "img-a"
+    assert got.timeout == 12.5
+    assert got.retry == retry
+    assert got.deferrals == 0
+    assert got.result is None and got.error is None
+    assert got.enqueued_at is not None and got.enqueued_at.utcoffset() == timedelta(0)
+    assert rec.enqueued_at is not None
+    assert abs((got.enqueued_at - rec.enqueued_at).total_seconds()) < 0.01
+    assert got.started_at is None and got.finished_at is None
+
+
+async def test_get_unknown_is_none(store: Store) -> None:
+    """get() of an id the store never saw returns None."""
+    assert await store.get("no-such-job") is None
+
+
+async def test_add_existing_id_returns_existing_record(store: Store) -> None:
+    """Adding an id that exists stores nothing and returns the existing record."""
+    first = record("a", args={"n": 1})
+    await store.add([first])
+    (again,) = await store.add([record("b", id=first.id, args={"n": 2})])
+    assert again.handler == "a" and again.args == {"n": 1}
+    assert len(await store.list()) == 1
+
+
+async def test_unique_key_returns_active_job(store: Store) -> None:
+    """While a job with the key is active in the queue, add() returns it instead."""
+    (first,) = await store.add([record(unique_key="k")])
+    (second,) = await store.add([record(unique_key="k")])
+    assert second.id == first.id
+    (other_queue,) = await store.add([record(unique_key="k", queue="other")])
+    assert other_queue.id != first.id
+    assert len(await store.list()) == 2
+
+
+async def test_unique_key_within_one_batch(store: Store) -> None:
+    """Two jobs with one key in one add() call: the second returns the first."""
+    a, b = await store.add([record(unique_key="k"), record(unique_key="k")])
+    assert a.id == b.id
+    assert len(await store.list()) == 1
+
+
+async def test_unique_key_free_again_once_final(store: Store) -> None:
+    """Once the keyed job is final, the key can be used again; also while it is RUNNING it
+    still blocks."""
+    (first,) = await store.add([record(unique_key="k")])
+    (claimed,) = await store.claim(["default"], limit=1, lease=30, owner="w")
+    (blocked,) = await store.add([record(unique_key="k")])
+    assert blocked.id == first.id
+    await store.complete(
+        "w", [Outcome(id=first.id, state=JobState.SUCCEEDED, status=Status.SUCCESS)]
+    )
+    (fresh,) = await store.add([record(unique_key="k")])
+    assert fresh.id != first.id
+    assert claimed.record.id == first.id
+
+
+async def test_claim_order_priority_due_time_enqueue_order(store: Store) -> None:
+    """Claims take higher priority first, then earlier due time, then enqueue order."""
+    base = now()
+    a = record("a", enqueued_at=base)
+    b = record("b", enqueued_at=base, priority=5)
+    # Due (scheduled) before a was enqueued, so it goes before a at equal priority.
+    c = record("c", enqueued_at=base, scheduled_for=base - timedelta(seconds=5))
+    d = record("d", enqueued_at=base)
+    e = record("e", enqueued_at=base, priority=-1)
+    await store.add([a, b, c, d, e])
+    order = []
+    for _ in range(5):
+        (claimed,) = await store.claim(["default"], limit=1, lease=30, owner="w")
+        order.append(claimed.record.handler)
+    assert order == ["b", "c", "a", "d", "e"]
+
+
+async def test_claim_batch_takes_the_best(store: Store) -> None:
+    """A batch claim returns the best ``limit`` jobs, and no more."""
+    await store.add([record(str(p), priority=p) for p in range(6)])
+    claimed = await store.claim(["default"], limit=3, lease=30, owner="w")
+    assert sorted(c.record.priority for c in claimed) == [3, 4, 5]
+    assert await store.claim(["default"], limit=0, lease=30, owner="w") == []
+
+
+async def test_claim_marks_running(store: Store) -> None:
+    """A claimed job is RUNNING, its attempt counted, started_at set, decode_error None."""
+    (rec,) = await store.add([record(args={"x": 1})])
+    (claimed,) = await store.claim(["default"], limit=5, lease=30, owner="w")
+    assert claimed.decode_error is None
+    assert claimed.record.id == rec.id
+    assert claimed.record.state is JobState.RUNNING
+    assert claimed.record.attempts == 1
+    assert claimed.record.args == {"x": 1}
+    assert claimed.record.started_at is not None
+    got = await store.get(rec.id)
+    assert got is not None and got.state is JobState.RUNNING and got.attempts == 1
+    assert await store.claim(["default"], limit=5, lease=30, owner="w2") == []
+
+
+async def test_claim_only_from_given_queues(store: Store) -> None:
+    """claim() takes jobs only from the queues named."""
+    await store.add([record("a", queue="a"), record("b", queue="b"), record("c", queue="c")])
+    claimed = await store.claim(["a", "c"], limit=10, lease=30, owner="w")
+    assert sorted(c.record.handler for c in claimed) == ["a", "c"]
+
+
+async def test_scheduled_job_waits_for_its_time(store: Store) -> None:
+    """A SCHEDULED job is not claimed before scheduled_for, and is after it."""
+    (rec,) = await store.add([record(scheduled_for=seconds_from_now(0.3))])
+    assert rec.state is JobState.SCHEDULED
+    assert await store.claim(["default"], limit=1, lease=30, owner="w") == []
+
+    async def claimed() -> bool:
+        return bool(await store.claim(["default"], limit=1, lease=30, owner="w"))
+
+    await until(claimed)
+    assert rec.scheduled_for is not None and now() >= rec.scheduled_for
+
+
+async def test_concurrent_claimers_never_share_a_job(store: Store) -> None:
+    """Many concurrent claim() calls hand each job to exactly one of them."""
+    await store.add([record(str(i)) for i in range(60)])
+    seen: list[str] = []
+
+    async def claimer(owner: str) -> None:
+        while True:
+            claimed = await store.claim(["default"], limit=3, lease=30, owner=owner)
+            if not claimed:
+                return
+            seen.extend(c.record.id for c in claimed)
+
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            for n in range(8):
+                tg.start_soon(claimer, f"w{n}")
+    assert len(seen) == 60
+    assert len(set(seen)) == 60
+
+
+async def test_second_store_object_never_claims_a_held_job(
+    store: Store, make_store: Callable[[], Store]
+) -> None:
+    """Claims through two store objects on the same data never share a job."""
+    await store.add([record(str(i)) for i in range(30)])
+    other = make_store()
+    seen: list[str] = []
+
+    async def claimer(s: Store, owner: str) -> None:
+        while claimed := await s.claim(["default"], limit=2, lease=30, owner=owner):
+            seen.extend(c.record.id for c in claimed)
+
+    if other is store:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(claimer, store, "a")
+            tg.start_soon(claimer, store, "b")
+    else:
+        async with other, anyio.create_task_group() as tg:
+            tg.start_soon(claimer, store, "a")
+            tg.start_soon(claimer, other, "b")
+    assert sorted(seen) == sorted(set(seen))
+    assert len(seen) == 30
+
+
+async def test_renew_keeps_the_lease(store: Store) -> None:
+    """renew() by the owner extends the lease: reap() leaves the job alone past the first lease."""
+    (rec,) = await store.add([record(max_attempts=3)])
+    await store.claim(["default"], limit=1, lease=0.3, owner="w")
+    deadline = anyio.current_time() + 0.8
+    while anyio.current_time() < deadline:
+        assert await store.renew("w", [rec.id], lease=0.3) == set()
+        assert await store.reap() == 0
+        await anyio.sleep(0.05)
+    assert await state_of(store, rec.id) is JobState.RUNNING
+
+
+async def test_renew_reports_jobs_not_held(store: Store) -> None:
+    """renew() returns ids the caller does not hold (another owner, unknown, not running)."""
+    (rec,) = await store.add([record()])
+    (queued,) = await store.add([record()])
+    await store.claim(["default"], limit=1, lease=30, owner="w")
+    assert await store.renew("intruder", [rec.id], lease=30) == {rec.id}
+    assert await store.renew("w", ["unknown"], lease=30) == {"unknown"}
+    assert await store.renew("w", [queued.id], lease=30) == {queued.id}
+    assert await store.renew("w", [], lease=30) == set()
+
+
+async def test_complete_is_fenced_by_owner(store: Store) -> None:
+    """complete() from anyone but the lease holder changes nothing."""
+    (rec,) = await store.add([record()])
+    await store.claim(["default"], limit=1, lease=30, owner="w")
+    done = Outcome(id=rec.id, state=JobState.SUCCEEDED, status=Status.SUCCESS, result=1)
+    await store.complete("intruder", [done])
+    assert await state_of(store, rec.id) is JobState.RUNNING
+    await store.complete("w", [done])
+    got = await store.get(rec.id)
+    assert got is not None
+    assert got.state is JobState.SUCCEEDED and got.result == 1
+    # A second completion (a retried write) changes nothing either.
+    await store.complete("w", [Outcome(id=rec.id, state=JobState.FAILED, status=Status(500))])
+    assert await state_of(store, rec.id) is JobState.SUCCEEDED
+
+
+async def test_complete_batch_applies_each_outcome(store: Store) -> None:
+    """One complete() call applies many outcomes; results and errors are stored."""
+    recs = await store.add([record(str(i), max_attempts=3) for i in range(4)])
+    await store.claim(["default"], limit=4, lease=30, owner="w")
+    due = seconds_from_now(60)
+    await store.complete(
+        "w",
+        [
+            Outcome(
+                id=recs[0].id,
+                state=JobState.SUCCEEDED,
+                status=Status.SUCCESS,
+                result={"a": [1, "b", None]},
+            ),
+            Outcome(id=recs[1].id, state=JobState.FAILED, status=Status(400), error="bad"),
+            Outcome(
+                id=recs[2].id,
+                state=JobState.SCHEDULED,
+                status=Status(503),
+                error="later",
+                scheduled_for=due,
+            ),
+            Outcome(
+                id=recs[3].id,
+                state=JobState.QUEUED,
+                status=Status.UNKNOWN,
+                give_back_attempt=True,
+            ),
+        ],
+    )
+    ok, bad, later, back = [await store.get(r.id) for r in recs]
+    assert ok is not None and bad is not None and later is not None and back is not None
+    assert ok.state is JobState.SUCCEEDED and ok.status is Status.SUCCESS
+    assert ok.result == {"a": [1, "b", None]} and ok.finished_at is not None
+    assert bad.state is JobState.FAILED and bad.status == 400 and bad.error == "bad"
+    assert bad.finished_at is not None and bad.attempts == 1
+    assert later.state is JobState.SCHEDULED and later.status == 503 and later.error == "later"
+    assert later.scheduled_for is not None
+    assert abs((later.scheduled_for - due).total_seconds()) < 0.01
+    assert later.finished_at is None and later.attempts == 1
+    assert back.state is JobState.QUEUED and back.attempts == 0
+
+
+async def test_retry_waits_then_is_claimable_again(store: Store) -> None:
+    """A job completed SCHEDULED is claimed again once its time has come."""
+    (rec,) = await store.add([record(max_attempts=3)])
+    await store.claim(["default"], limit=1, lease=30, owner="w")
+    await store.complete(
+        "w",
+        [
+            Outcome(
+                id=rec.id,
+                state=JobState.SCHEDULED,
+                status=Status(500),
+                scheduled_for=seconds_from_now(0.2),
+            )
+        ],
+    )
+    assert await store.claim(["default"], limit=1, lease=30, owner="w") == []
+    claimed: list[Any] = []
+
+    async def claim_it() -> bool:
+        claimed.extend(await store.claim(["default"], limit=1, lease=30, owner="w"))
+        return bool(claimed)
+
+    await until(claim_it)
+    assert claimed[0].record.attempts == 2
+
+
+async def test_deferral_gives_the_attempt_back(store: Store) -> None:
+    """A deferral outcome gives the attempt back and counts a deferral."""
+    (rec,) = await store.add([record()])
+    await store.claim(["default"], limit=1, lease=30, owner="w")
+    await store.complete(
+        "w",
+        [
+            Outcome(
+                id=rec.id,
+                state=JobState.SCHEDULED,
+                status=Status.TOO_MANY_REQUESTS,
+                scheduled_for=now(),
+                give_back_attempt=True,
+                deferral=True,
+            )
+        ],
+    )
+    got = await store.get(rec.id)
+    assert got is not None and got.attempts == 0 and got.deferrals == 1
+
+
+async def test_cancel_queued_and_scheduled(store: Store) -> None:
+    """cancel() makes a QUEUED or SCHEDULED job CANCELLED (499) at once; never claimed."""
+    (queued,) = await store.add([record()])
+    (scheduled,) = await store.add([record(scheduled_for=seconds_from_now(60))])
+    assert await store.cancel(queued.id) is True
+    assert await store.cancel(scheduled.id) is True
+    for id in (queued.id, scheduled.id):
+        got = await store.get(id)
+        assert got is not None
+        assert got.state is JobState.CANCELLED and got.status is Status.CANCELLED
+        assert got.finished_at is not None
+    assert await store.claim(["default"], limit=5, lease=30, owner="w") == []
+
+
+async def test_cancel_unknown_or_final_is_false(store: Store) -> None:
+    """cancel() of an unknown or already final job returns False."""
+    (rec,) = await store.add([record()])
+    assert await store.cancel("no-such-job") is False
+    assert await store.cancel(rec.id) is True
+    assert await store.cancel(rec.id) is False
+
+
+async def test_cancel_running_asks_the_owner(store: Store) -> None:
+    """cancel() of a RUNNING job requests it: renew() tells the owner, who completes it."""
+    (rec,) = await store.add([record()])
+    await store.claim(["default"], limit=1, lease=30, owner="w")
+    assert await store.cancel(rec.id) is True
+    assert await state_of(store, rec.id) is JobState.RUNNING
+    assert await store.renew("w", [rec.id], lease=30) == {rec.id}
+    await store.complete(
+        "w", [Outcome(id=rec.id, state=JobState.CANCELLED, status=Status.CANCELLED)]
+    )
+    got = await store.get(rec.id)
+    assert got is not None and got.state is JobState.CANCELLED and got.status == 499
+
+
+async def test_reap_requeues_an_expired_lease(store: Store) -> None:
+    """A lease that expires puts the job back QUEUED (the attempt counts); nobody else can
+    claim it while the lease holds."""
+    (rec,) = await store.add([record(max_attempts=2)])
+    await store.claim(["default"], limit=1, lease=0.3, owner="lost")
+    assert await store.claim(["default"], limit=1, lease=30, owner="w") == []
+    assert await store.reap() == 0
+
+    async def reaped() -> bool:
+        return await store.reap() == 1
+
+    await until(reaped)
+    got = await store.get(rec.id)
+    assert got is not None and got.state is JobState.QUEUED and got.attempts == 1
+    (again,) = await store.claim(["default"], limit=1, lease=30, owner="w")
+    assert again.record.attempts == 2
+    # The lost owner can no longer complete it.
+    await store.complete(
+        "lost", [Outcome(id=rec.id, state=JobState.SUCCEEDED, status=Status.SUCCESS)]
+    )
+    assert await state_of(store, rec.id) is JobState.RUNNING
+
+
+async def test_reap_fails_when_no_attempts_left(store: Store) -> None:
+    """An expired lease on the last attempt fails the job: 500, "worker lost"."""
+    (rec,) = await store.add([record(max_attempts=1)])
+    await store.claim(["default"], limit=1, lease=0.2, owner="lost")
+
+    async def reaped() -> bool:
+        return await store.reap() == 1
+
+    await until(reaped)
+    got = await store.get(rec.id)
+    assert got is not None
+    assert got.state is JobState.FAILED and got.status is Status.INTERNAL_ERROR
+    assert got.error == "worker lost"
+    assert got.finished_at is not None
+
+
+async def test_reap_cancels_when_cancel_was_requested(store: Store) -> None:
+    """An expired lease on a job whose cancel was requested makes it CANCELLED."""
+    (rec,) = await store.add([record(max_attempts=3)])
+    await store.claim(["default"], limit=1, lease=0.2, owner="lost")
+    assert await store.cancel(rec.id) is True
+
+    async def reaped() -> bool:
+        return await store.reap() == 1
+
+    await until(reaped)
+    got = await store.get(rec.id)
+    assert got is not None and got.state is JobState.CANCELLED and got.status == 499
+
+
+async def test_list_pages_filters_and_order(store: Store) -> None:
+    """list() returns enqueue order, filters by state/queue/handler and pages with after=."""
+    recs = [record(f"h{i % 2}", queue="a" if i < 5 else "b") for i in range(8)]
+    for rec in recs:
+        await store.add([rec])
+    ids = [r.id for r in recs]
+    assert [r.id for r in await store.list()] == ids
+    page1 = await store.list(limit=3)
+    page2 = await store.list(limit=3, after=page1[-1].id)
+    page3 = await store.list(limit=3, after=page2[-1].id)
+    assert [r.id for r in page1 + page2 + page3] == ids
+    assert [r.id for r in await store.list(queue="b")] == ids[5:]
+    assert [r.id for r in await store.list(handler="h1")] == ids[1::2]
+    assert [r.id for r in await store.list(queue="a", handler="h0")] == [ids[0], ids[2], ids[4]]
+    await store.cancel(ids[3])
+    assert [r.id for r in await store.list(state=JobState.CANCELLED)] == [ids[3]]
+    assert [r.id for r in await store.list(state=JobState.QUEUED, limit=2)] == ids[:2]
+
+
+async def test_stats_counts_by_queue_and_state(store: Store) -> None:
+    """stats() counts jobs per queue and state."""
+    await store.add([record(queue="a") for _ in range(3)])
+    await store.add([record(queue="b"), record(queue="b", scheduled_for=seconds_from_now(60))])
+    await store.claim(["a"], limit=1, lease=30, owner="w")
+    stats = await store.stats()
+    assert {q: {s: n for s, n in c.items() if n} for q, c in stats.items()} == {
+        "a": {"queued": 2, "running": 1},
+        "b": {"queued": 1, "scheduled": 1},
+    }
+
+
+async def test_wait_for_work_wakes_on_add(store: Store, make_store: Callable[[], Store]) -> None:
+    """wait_for_work() returns soon after a job is added (long before its timeout)."""
+    woke = anyio.Event()
+
+    async def waiter() -> None:
+        await store.wait_for_work(["default"], 30)
+        woke.set()
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(waiter)
+            await anyio.sleep(0.05)
+            await store.add([record()])
+            await woke.wait()
+
+
+async def test_wait_for_work_returns_at_once_when_work_is_ready(store: Store) -> None:
+    """wait_for_work() does not sleep when a job is already ready."""
+    await store.add([record()])
+    with anyio.fail_after(5):
+        await store.wait_for_work(["default"], 30)
+
+
+async def test_wait_for_work_wakes_when_a_scheduled_job_falls_due(store: Store) -> None:
+    """wait_for_work() returns when a SCHEDULED job falls due."""
+    await store.add([record(scheduled_for=seconds_from_now(0.3))])
+    with anyio.fail_after(10):
+        while not await store.claim(["default"], limit=1, lease=30, owner="w"):
+            await store.wait_for_work(["default"], 30)
+
+
+async def test_wait_for_work_times_out(store: Store) -> None:
+    """wait_for_work() returns after its timeout when nothing comes."""
+    await store.add([record(queue="other")])
+    with anyio.fail_after(5):
+        await store.wait_for_work(["default"], 0.05)
+
+
+async def test_undecodable_payload_is_reported_by_claim(store: Store, corrupt: Corrupt) -> None:
+    """A job whose stored args cannot be decoded is claimed with a decode_error."""
+    (rec,) = await store.add([record(args={"x": 1})])
+    await corrupt(store, rec.id)
+    (claimed,) = await store.claim(["default"], limit=1, lease=30, owner="w")
+    assert claimed.record.id == rec.id
+    assert claimed.decode_error
+
+
+# == Part 2: end to end through Queue and Worker.serve ============================================
+
+
+async def test_job_succeeds_with_its_result(store: Store) -> None:
+    """A served job ends SUCCEEDED (200) with the handler's result stored as JSON."""
+    worker = Worker()
+    seen: list[tuple[int, dict[str, Any]]] = []
+
+    @worker.handler()
+    async def add(job: Job) -> dict[str, Any]:
+        assert job.ctx is not None
+        seen.append((job.ctx.attempt, job.args))
+        return {"sum": job.args["a"] + job.args["b"], "tuple": (1, 2)}
+
+    queue = Queue(store)
+    rec = await queue.enqueue(Job("add", {"a": 1, "b": 2}))
+    async with serving(store, worker):
+        done = await queue.wait(rec.id, timeout=10)
+    assert done.state is JobState.SUCCEEDED and done.status is Status.SUCCESS
+    assert done.result == {"sum": 3, "tuple": [1, 2]}
+    assert done.attempts == 1 and done.error is None
+    assert done.started_at is not None and done.finished_at is not None
+    assert seen == [(1, {"a": 1, "b": 2})]
+
+
+async def test_serve_runs_in_priority_then_due_then_enqueue_order(store: Store) -> None:
+    """One-at-a-time serving runs jobs by priority, then due time, then enqueue order."""
+    worker = Worker()
+    order: list[str] = []
+
+    @worker.handler()
+    async def note(job: Job) -> None:
+        order.append(job.args["name"])
+
+    queue = Queue(store)
+    base = now()
+    await queue.enqueue(Job("note", {"name": "low"}), priority=-1)
+    await queue.enqueue(Job("note", {"name": "first"}))
+    await queue.enqueue(Job("note", {"name": "eta-past"}), at=base - timedelta(seconds=30))
+    await queue.enqueue(Job("note", {"name": "second"}))
+    last = await queue.enqueue(Job("note", {"name": "urgent"}), priority=10)
+    async with serving(store, worker, concurrency=1):
+        for rec in await queue.list():
+            await queue.wait(rec.id, timeout=10)
+    assert order == ["urgent", "eta-past", "first", "second", "low"]
+    assert last.priority == 10
+
+
+async def test_delay_and_eta(store: Store) -> None:
+    """A delayed job and a job with an ETA run no sooner than asked."""
+    worker = Worker()
+
+    @worker.handler()
+    async def noop(job: Job) -> None:
+        pass
+
+    queue = Queue(store)
+    delayed = await queue.enqueue(Job("noop"), delay=0.3)
+    eta = seconds_from_now(0.4)
+    timed = await queue.enqueue(Job("noop"), at=eta)
+    assert delayed.state is JobState.SCHEDULED and timed.state is JobState.SCHEDULED
+    async with serving(store, worker):
+        d = await queue.wait(delayed.id, timeout=10)
+        t = await queue.wait(timed.id, timeout=10)
+    assert delayed.enqueued_at is not None and d.started_at is not None
+    assert d.started_at >= delayed.enqueued_at + timedelta(seconds=0.3)
+    assert t.started_at is not None and t.started_at >= eta
+    assert d.state is JobState.SUCCEEDED and t.state is JobState.SUCCEEDED
+
+
+async def test_enqueue_same_id_and_unique_key(store: Store) -> None:
+    """Enqueueing an existing id or an active unique key returns the existing record."""
+    queue = Queue(store)
+    job = Job("noop", {"n": 1})
+    first = await queue.enqueue(job)
+    assert (await queue.enqueue(Job("other", id=job.id))).handler == "noop"
+    keyed = await queue.enqueue(Job("noop"), unique_key="nightly")
+    again = await queue.enqueue(Job("noop"), unique_key="nightly")
+    assert again.id == keyed.id
+    records = await queue.enqueue_many([Job("noop"), Job("noop")], unique_key="batch")
+    assert records[0].id == records[1].id
+    assert len(await queue.list()) == 3
+    assert first.id == job.id
+
+
+async def test_retries_with_backoff_until_success(store: Store) -> None:
+    """A retryable failure is retried by the job's policy until it succeeds."""
+    worker = Worker()
+    attempts: list[int] = []
+
+    @worker.handler()
+    async def flaky(job: Job) -> str:
+        assert job.ctx is not None
+        attempts.append(job.ctx.attempt)
+        if len(attempts) < 3:
+            raise RuntimeError("transient")
+        return "ok"
+
+    queue = Queue(store)
+    rec = await queue.enqueue(Job("flaky"), retry=fast_retry(max_attempts=5))
+    assert rec.max_attempts == 5
+    assert rec.retry is not None and rec.retry["backoff"] == {"kind": "constant", "seconds": 0.01}
+    async with serving(store, worker):
+        done = await queue.wait(rec.id, timeout=10)
+    assert done.state is JobState.SUCCEEDED and done.result == "ok"
+    assert done.attempts == 3
+    assert attempts == [1, 2, 3]
+
+
+async def test_retries_exhausted_fail_with_last_status(store: Store) -> None:
+    """When attempts run out the job is FAILED with the last status and error."""
+    worker = Worker()
+
+    @worker.handler()
+    async def broken(job: Job) -> None:
+        raise StatusError(Status.UNAVAILABLE, "backend down")
+
+    queue = Queue(store)
+    rec = await queue.enqueue(Job("broken"), retry=fast_retry(max_attempts=3))
+    async with serving(store, worker):
+        done = await queue.wait(rec.id, timeout=10)
+    assert done.state is JobState.FAILED and done.status is Status.UNAVAILABLE
+    assert done.attempts == 3
+    assert done.error is not None and "backend down" in done.error
+
+
+async def test_client_errors_fail_at_once(store: Store) -> None:
+    """A 4xx other than 408/429 fails at once, retry policy or not."""
+    worker = Worker()
+
+    @worker.handler()
+    async def picky(job: Job) -> None:
+        raise StatusError(Status.UNPROCESSABLE, "no such user")
+
+    queue = Queue(store)
+    rec = await queue.enqueue(Job("picky"), retry=fast_retry(max_attempts=5))
+    async with serving(store, worker):
+        done = await queue.wait(rec.id, timeout=10)
+    assert done.state is JobState.FAILED and done.status == 422
+    assert done.attempts == 1 and done.error == "no such user"
+
+
+async def test_no_policy_means_no_retry(store: Store) -> None:
+    """Without a retry policy a 500 fails after one attempt, naming the exception."""
+    worker = Worker()
+
+    @worker.handler()
+    async def boom(job: Job) -> None:
+        raise ValueError("kaput")
+
+    queue = Queue(store)
+    rec = await queue.enqueue(Job("boom"))
+    async with serving(store, worker):
+        done = await queue.wait(rec.id, timeout=10)
+    assert done.state is JobState.FAILED and done.status is Status.INTERNAL_ERROR
+    assert done.attempts == 1 and done.error == "ValueError: kaput"
+
+
+async def test_job_timeout_is_408(store: Store) -> None:
+    """The job's timeout travels with it: an execution that outlives it ends 408."""
+    worker = Worker()
+
+    @worker.handler()
+    async def slow(job: Job) -> None:
+        await anyio.sleep(30)
+
+    queue = Queue(store)
+    rec = await queue.enqueue(Job("slow", timeout=0.05))
+    async with serving(store, worker):
+        done = await queue.wait(rec.id, timeout=10)
+    assert done.state is JobState.FAILED and done.status is Status.TIMEOUT
+
+
+async def test_retry_later_does_not_use_an_attempt(store: Store) -> None:
+    """RetryLater reschedules without using an attempt, counting deferrals."""
+    worker = Worker()
+    calls: list[int] = []
+
+    @worker.handler()
+    async def limited(job: Job) -> str:
+        assert job.ctx is not None
+        calls.append(job.ctx.attempt)
+        if len(calls) <= 2:
+            raise RetryLater(0.01, "busy")
+        return "done"
+
+    queue = Queue(store)
+    rec = await queue.enqueue(Job("limited"), retry=fast_retry(max_attempts=1))
+    async with serving(store, worker):
+        done = await queue.wait(rec.id, timeout=10)
+    assert done.state is JobState.SUCCEEDED and done.result == "done"
+    assert done.attempts == 1 and done.deferrals == 2
+    assert calls == [1, 1, 1]
+
+
+async def test_retry_later_past_max_deferrals_uses_attempts(store: Store) -> None:
+    """After max_deferrals, a RetryLater is a 429 failure that uses an attempt."""
+    worker = Worker()
+
+    @worker.handler()
+    async def limited(job: Job) -> None:
+        raise RetryLater(0.01)
+
+    queue = Queue(store)
+    rec = await queue.enqueue(Job("limited"), retry=fast_retry(max_attempts=2, max_deferrals=2))
+    async with serving(store, worker):
+        done = await queue.wait(rec.id, timeout=10)
+    assert done.state is JobState.FAILED and done.status is Status.TOO_MANY_REQUESTS
+    assert done.deferrals == 2 and done.attempts == 2
+
+
+async def test_unknown_handler_is_404(store: Store) -> None:
+    """A job for a handler the worker does not have fails 404, naming the handler."""
+    worker = Worker()
+
+    @worker.handler()
+    async def known(job: Job) -> None:
+        pass
+
+    queue = Queue(store)
+    rec = await queue.enqueue(Job("mystery"), retry=fast_retry())
+    async with serving(store, worker):
+        done = await queue.wait(rec.id, timeout=10)
+    assert done.state is JobState.FAILED and done.status is Status.NOT_FOUND
+    assert done.error is not None and "mystery" in done.error
+    assert done.attempts == 1
+
+
+async def test_undecodable_payload_is_400(store: Store, corrupt: Corrupt) -> None:
+    """A job whose stored payload cannot be decoded fails 400; the handler never runs."""
+    worker = Worker()
+    ran: list[str] = []
+
+    @worker.handler()
+    async def touchy(job: Job) -> None:
+        ran.append(job.id)
+
+    queue = Queue(store)
+    rec = await queue.enqueue(Job("touchy", {"x": 1}), retry=fast_retry())
+    await corrupt(store, rec.id)
+    async with serving(store, worker):
+        done = await queue.wait(rec.id, timeout=10)
+    assert done.state is JobState.FAILED and done.status is Status.BAD_REQUEST
+    assert done.error
+    assert ran == []
+
+
+async def test_non_json_result_is_500(store: Store) -> None:
+    """A result JSON cannot carry fails the job 500 with a clear error."""
+    worker = Worker()
+
+    @worker.handler()
+    async def odd(job: Job) -> object:
+        return object()
+
+    queue = Queue(store)
+    rec = await queue.enqueue(Job("odd"))
+    async with serving(store, worker):
+        done = await queue.wait(rec.id, timeout=10)
+    assert done.state is JobState.FAILED and done.status is Status.INTERNAL_ERROR
+    assert done.error is not None and "JSON" in done.error and "odd" in done.error
+
+
+async def test_non_json_args_are_refused_and_nothing_stored(store: Store) -> None:
+    """enqueue() refuses args JSON cannot carry, naming the key, and stores nothing."""
+    queue = Queue(store)
+    with pytest.raises(TypeError, match="when"):
+        await queue.enqueue(Job("noop", {"ok": 1, "when": now()}))
+    with pytest.raises(TypeError, match="blob"):
+        await queue.enqueue_many([Job("noop"), Job("noop", {"blob": b"x"})])
+    assert await queue.list() == []
+
+
+async def test_cancel_queued_job_never_runs(store: Store) -> None:
+    """A job cancelled while QUEUED never runs."""
+    worker = Worker()
+    ran: list[str] = []
+
+    @worker.handler()
+    async def noop(job: Job) -> None:
+        ran.append(job.id)
+
+    queue = Queue(store)
+    victim = await queue.enqueue(Job("noop"))
+    other = await queue.enqueue(Job("noop"))
+    assert await queue.cancel(victim.id) is True
+    async with serving(store, worker):
+        await queue.wait(other.id, timeout=10)
+    got = await queue.wait(victim.id, timeout=1)
+    assert got.state is JobState.CANCELLED and got.status is Status.CANCELLED
+    assert ran == [other.id]
+
+
+async def test_cancel_running_job_cancels_its_execution(store: Store) -> None:
+    """Cancelling a RUNNING job cancels its execution; it ends CANCELLED (499)."""
+    worker = Worker()
+    started = anyio.Event()
+    cancelled = anyio.Event()
+
+    @worker.handler()
+    async def forever(job: Job) -> None:
+        started.set()
+        try:
+            await anyio.sleep_forever()
+        finally:
+            cancelled.set()
+
+    queue = Queue(store)
+    rec = await queue.enqueue(Job("forever"), retry=fast_retry())
+    async with serving(store, worker, lease=3):
+        with anyio.fail_after(10):
+            await started.wait()
+        assert await queue.cancel(rec.id) is True
+        done = await queue.wait(rec.id, timeout=10)
+        with anyio.fail_after(1):
+            await cancelled.wait()
+    assert done.state is JobState.CANCELLED and done.status is Status.CANCELLED
+    assert done.attempts == 1
+
+
+async def test_lost_worker_lease_expires_and_job_is_redelivered(store: Store) -> None:
+    """A job claimed by a worker that died is reaped after its lease and run again; the lost
+    attempt counts."""
+    queue = Queue(store)
+    rec = await queue.enqueue(Job("noop"), retry=fast_retry(max_attempts=3))
+    (claimed,) = await store.claim(["default"], limit=1, lease=0.3, owner="dead-worker")
+    assert claimed.record.id == rec.id
+    worker = Worker()
+    attempts: list[int] = []
+
+    @worker.handler()
+    async def noop(job: Job) -> None:
+        assert job.ctx is not None
+        attempts.append(job.ctx.attempt)
+
+    async with serving(store, worker, lease=0.3):
+        done = await queue.wait(rec.id, timeout=10)
+    assert done.state is JobState.SUCCEEDED and done.attempts == 2
+    assert attempts == [2]
+
+
+async def test_lease_renewed_while_job_runs(store: Store) -> None:
+    """A job running longer than its lease keeps it (renewed) and runs exactly once."""
+    worker_a, worker_b = Worker(name="a"), Worker(name="b")
+    runs: list[str] = []
+
+    async def slow(job: Job) -> None:
+        runs.append(job.id)
+        await anyio.sleep(1.0)
+
+    worker_a.register("slow", slow)
+    worker_b.register("slow", slow)
+    queue = Queue(store)
+    rec = await queue.enqueue(Job("slow"), retry=fast_retry())
+    async with serving(store, worker_a, lease=0.3), serving(store, worker_b, lease=0.3):
+        done = await queue.wait(rec.id, timeout=10)
+    assert done.state is JobState.SUCCEEDED and done.attempts == 1
+    assert runs == [rec.id]
+
+
+async def test_shutdown_hands_unfinished_jobs_back(store: Store) -> None:
+    """Stopping the worker hands running and claimed-but-not-started jobs back QUEUED, with
+    their attempt given back."""
+    worker = Worker(max_concurrency=1, shutdown_grace=0.05)
+    started = anyio.Event()
+
+    @worker.handler()
+    async def stuck(job: Job) -> None:
+        started.set()
+        await anyio.sleep_forever()
+
+    queue = Queue(store)
+    recs = await queue.enqueue_many([Job("stuck") for _ in range(3)], retry=fast_retry())
+    async with serving(store, worker, concurrency=3):
+        with anyio.fail_after(10):
+            await started.wait()
+
+            async def all_claimed() -> bool:
+                states = [await state_of(store, r.id) for r in recs]
+                return all(state is JobState.RUNNING for state in states)
+
+            await until(all_claimed)
+    # Leaving `async with worker` returned only after the hand-back was written.
+    for r in recs:
+        got = await store.get(r.id)
+        assert got is not None
+        assert got.state is JobState.QUEUED and got.attempts == 0, got
+
+
+async def test_cancelled_serve_hands_jobs_back(store: Store) -> None:
+    """Cancelling serve itself hands its running job back too."""
+    worker = Worker()
+    started = anyio.Event()
+
+    @worker.handler()
+    async def stuck(job: Job) -> None:
+        started.set()
+        await anyio.sleep_forever()
+
+    queue = Queue(store)
+    rec = await queue.enqueue(Job("stuck"))
+    async with worker, anyio.create_task_group() as tg:
+        tg.start_soon(functools.partial(worker.serve, store))
+        with anyio.fail_after(10):
+            await started.wait()
+        tg.cancel_scope.cancel()
+    got = await store.get(rec.id)
+    assert got is not None and got.state is JobState.QUEUED and got.attempts == 0
+
+
+async def test_concurrent_workers_run_each_job_once(
+    store: Store, make_store: Callable[[], Store]
+) -> None:
+    """Two workers (each with its own store object where the store has several) serving one
+    queue run every job exactly once."""
+    runs: Counter[str] = Counter()
+
+    async def count(job: Job) -> None:
+        runs[job.id] += 1
+        await anyio.sleep(0.001)
+
+    workers = [Worker(name="w1"), Worker(name="w2")]
+    for w in workers:
+        w.register("count", count)
+    queue = Queue(store)
+    recs = await queue.enqueue_many([Job("count") for _ in range(40)])
+    other = make_store()
+    second = contextlib_nullcontext(other) if other is store else other
+    async with (
+        second as other_store,
+        serving(store, workers[0], concurrency=4),
+        serving(other_store, workers[1], concurrency=4),
+    ):
+        for r in recs:
+            await queue.wait(r.id, timeout=20)
+    assert set(runs) == {r.id for r in recs}
+    assert set(runs.values()) == {1}
+
+
+async def test_wait_times_out_and_stats(store: Store) -> None:
+    """Queue.wait() raises TimeoutError for an unfinished job; stats() counts it."""
+    queue = Queue(store)
+    rec = await queue.enqueue(Job("noop", queue="q"))
+    with pytest.raises(TimeoutError):
+        await queue.wait(rec.id, timeout=0.1)
+    assert (await queue.stats())["q"]["queued"] == 1
+
+
+@asynccontextmanager
+async def contextlib_nullcontext(value: Store) -> AsyncIterator[Store]:
+    """An async context manager that gives ``value`` and does nothing else."""
+    yield value

@@ -1,0 +1,321 @@
+"""The SQLite store's own behaviour: URLs, options, the file's settings and schema, and several
+processes sharing one file."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tests.stores.test_conformance import record
+from work import Job, JobState, SyncQueue
+from work.stores import open_store
+from work.stores.sqlite import SCHEMA_VERSION, SQLiteStore, path_from_url
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    """The SQLite store works on both anyio backends."""
+    return str(request.param)
+
+
+def run_processes(script: str, args: list[list[str]], timeout: float = 60) -> list[str]:
+    """Run ``script`` in one Python process per argument list, all at once; return their
+    outputs (failing the test if any process fails)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", textwrap.dedent(script), *a],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for a in args
+    ]
+    outputs = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=timeout)
+        assert proc.returncode == 0, err
+        outputs.append(out)
+    return outputs
+
+
+# -- URLs and options ---------------------------------------------------------------------------
+
+
+def test_url_paths() -> None:
+    """sqlite:///rel.db is relative, sqlite:////abs.db absolute, :memory: is kept."""
+    assert path_from_url("sqlite:///jobs.db") == "jobs.db"
+    assert path_from_url("sqlite:///data/jobs.db") == "data/jobs.db"
+    assert path_from_url("sqlite:////var/lib/jobs.db") == "/var/lib/jobs.db"
+    assert path_from_url("sqlite:///:memory:") == ":memory:"
+
+
+@pytest.mark.parametrize(
+    ("url", "match"),
+    [
+        ("sqlite://", "no database file"),
+        ("sqlite://host/jobs.db", "no host"),
+        ("postgresql:///jobs.db", "not a sqlite URL"),
+    ],
+)
+def test_bad_urls(url: str, match: str) -> None:
+    """URLs without a file, with a host or of another scheme are ValueErrors."""
+    with pytest.raises(ValueError, match=match):
+        path_from_url(url)
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"busy_timeout": -1}, "busy_timeout"),
+        ({"synchronous": "SOMETIMES"}, "synchronous"),
+        ({"poll_interval": 0}, "poll_interval"),
+    ],
+)
+def test_bad_options(options: dict[str, object], match: str) -> None:
+    """Out-of-range options are ValueErrors naming the option."""
+    with pytest.raises(ValueError, match=match):
+        SQLiteStore("sqlite:///x.db", **options)  # type: ignore[arg-type]
+
+
+def test_old_sqlite_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A SQLite library older than 3.35 (no RETURNING) is refused with a clear error."""
+    monkeypatch.setattr(sqlite3, "sqlite_version_info", (3, 31, 1))
+    with pytest.raises(RuntimeError, match=r"3\.35"):
+        SQLiteStore("sqlite:///x.db")
+
+
+@pytest.mark.anyio
+async def test_relative_url_is_relative_to_cwd(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """sqlite:///name.db creates the file in the current directory."""
+    monkeypatch.chdir(tmp_path)
+    async with open_store("sqlite:///rel.db") as store:
+        await store.add([record()])
+    assert (tmp_path / "rel.db").exists()
+
+
+@pytest.mark.anyio
+async def test_memory_database_is_supported() -> None:
+    """sqlite:///:memory: works, private to the store object."""
+    async with open_store("sqlite:///:memory:") as store:
+        (rec,) = await store.add([record()])
+        assert await store.get(rec.id) == rec
+
+
+@pytest.mark.anyio
+async def test_calls_need_an_open_store(tmp_path: Path) -> None:
+    """Using a store that is not entered is a RuntimeError saying so."""
+    store = SQLiteStore(f"sqlite:///{tmp_path / 'x.db'}")
+    with pytest.raises(RuntimeError, match="not open"):
+        await store.get("x")
+
+
+# -- the file -----------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_file_settings_and_schema_version(tmp_path: Path) -> None:
+    """The file is in WAL mode with the schema version recorded once, however often opened."""
+    path = tmp_path / "jobs.db"
+    for _ in range(2):
+        async with SQLiteStore(f"sqlite:///{path}", synchronous="full") as store:
+            assert store.synchronous == "FULL"
+            await store.add([record()])
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        versions = conn.execute("SELECT version FROM anywork_schema_version").fetchall()
+        assert versions == [(SCHEMA_VERSION,)]
+        assert conn.execute("SELECT COUNT(*) FROM anywork_jobs").fetchone() == (2,)
+    finally:
+        conn.close()
+
+
+@pytest.mark.anyio
+async def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    """A file written by a newer anywork (a higher schema version) is refused."""
+    path = tmp_path / "jobs.db"
+    async with SQLiteStore(f"sqlite:///{path}"):
+        pass
+    conn = sqlite3.connect(path)
+    try:
+        with conn:
+            conn.execute("INSERT INTO anywork_schema_version VALUES (?)", (SCHEMA_VERSION + 1,))
+    finally:
+        conn.close()
+    with pytest.raises(RuntimeError, match="upgrade anywork"):
+        async with SQLiteStore(f"sqlite:///{path}"):
+            pass
+
+
+@pytest.mark.anyio
+async def test_nested_enter_shares_the_connection(tmp_path: Path) -> None:
+    """Entering an open store again shares it; it closes with the outermost exit."""
+    store = SQLiteStore(f"sqlite:///{tmp_path / 'x.db'}")
+    async with store:
+        async with store:
+            await store.add([record()])
+        assert len(await store.list()) == 1
+    with pytest.raises(RuntimeError, match="not open"):
+        await store.list()
+
+
+@pytest.mark.anyio
+async def test_garbage_written_by_someone_else(tmp_path: Path) -> None:
+    """Rows with garbage args or headers are claimed with a decode_error; get() still works."""
+    path = tmp_path / "jobs.db"
+    async with SQLiteStore(f"sqlite:///{path}") as store:
+        (bad_args,) = await store.add([record("a")])
+        (bad_headers,) = await store.add([record("b")])
+        conn = sqlite3.connect(path)
+        try:
+            with conn:
+                conn.execute("UPDATE anywork_jobs SET args = 'oops' WHERE id = ?", (bad_args.id,))
+                conn.execute(
+                    "UPDATE anywork_jobs SET headers = '[1]' WHERE id = ?", (bad_headers.id,)
+                )
+        finally:
+            conn.close()
+        claimed = await store.claim(["default"], limit=2, lease=30, owner="w")
+        errors = {c.record.handler: c.decode_error for c in claimed}
+        assert errors["a"] is not None and "args" in errors["a"]
+        assert errors["b"] is not None and "headers" in errors["b"]
+        got = await store.get(bad_args.id)
+        assert got is not None and got.args == {}
+
+
+# -- several processes --------------------------------------------------------------------------
+
+_ADD_AT_ONCE = """
+    import sys, anyio
+    from work import Job, Queue
+    from work.stores import open_store
+
+    async def main(url):
+        async with open_store(url) as store:
+            await Queue(store).enqueue_many([Job("noop") for _ in range(10)])
+
+    anyio.run(main, sys.argv[1])
+"""
+
+
+def test_processes_creating_the_schema_at_once(tmp_path: Path) -> None:
+    """Several processes opening a fresh file at once all succeed; the schema is made once."""
+    path = tmp_path / "fresh.db"
+    run_processes(_ADD_AT_ONCE, [[f"sqlite:///{path}"]] * 6)
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("SELECT COUNT(*) FROM anywork_schema_version").fetchone() == (1,)
+        assert conn.execute("SELECT COUNT(*) FROM anywork_jobs").fetchone() == (60,)
+    finally:
+        conn.close()
+
+
+_CLAIM_ALL = """
+    import json, os, sys, time, anyio
+    from work.stores import open_store
+
+    async def main(url, owner, go):
+        seen = []
+        async with open_store(url) as store:
+            while not os.path.exists(go):
+                time.sleep(0.005)
+            while claimed := await store.claim(["default"], limit=3, lease=60, owner=owner):
+                seen.extend(c.record.id for c in claimed)
+        print(json.dumps(seen))
+
+    anyio.run(main, *sys.argv[1:])
+"""
+
+
+def test_processes_never_claim_the_same_job(tmp_path: Path) -> None:
+    """Processes claiming from one file at the same moment never share a job."""
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    go = tmp_path / "go"
+    with SyncQueue(url) as queue:
+        ids = [r.id for r in queue.enqueue_many([Job("noop") for _ in range(300)])]
+    args = [[url, f"p{n}", str(go)] for n in range(4)]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", textwrap.dedent(_CLAIM_ALL), *a],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for a in args
+    ]
+    go.touch()
+    seen: list[str] = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        seen.extend(json.loads(out))
+    assert sorted(seen) == sorted(ids)
+
+
+_SERVE = """
+    import os, sys, anyio
+    from work import Job, Worker
+    from work.stores import open_store
+
+    async def main(url, runs, stop):
+        worker = Worker(name=f"proc-{os.getpid()}")
+
+        @worker.handler()
+        async def note(job: Job) -> int:
+            with open(runs, "a") as f:
+                f.write(job.id + "\\n")
+            await anyio.sleep(0.005)
+            return os.getpid()
+
+        async with open_store(url) as store, worker, anyio.create_task_group() as tg:
+            tg.start_soon(worker.serve, store)
+            while not os.path.exists(stop):
+                await anyio.sleep(0.02)
+            worker.stop()
+
+    anyio.run(main, *sys.argv[1:])
+"""
+
+
+def test_worker_processes_run_each_job_once(tmp_path: Path) -> None:
+    """Three worker processes serving one file run every job exactly once."""
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    runs, stop = tmp_path / "runs.txt", tmp_path / "stop"
+    with SyncQueue(url) as queue:
+        records = queue.enqueue_many([Job("note") for _ in range(90)])
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", textwrap.dedent(_SERVE), url, str(runs), str(stop)],
+                stderr=subprocess.PIPE,
+                text=True,
+                env=env,
+            )
+            for _ in range(3)
+        ]
+        try:
+            done = [queue.wait(r.id, timeout=60) for r in records]
+        finally:
+            stop.touch()
+            for proc in procs:
+                _, err = proc.communicate(timeout=60)
+                assert proc.returncode == 0, err
+    assert all(d.state is JobState.SUCCEEDED and d.attempts == 1 for d in done)
+    lines = runs.read_text().split()
+    assert sorted(lines) == sorted(r.id for r in records)
+    assert {d.result for d in done} <= {p.pid for p in procs}

@@ -1,0 +1,504 @@
+"""Tests for the ``anywork`` program: queue commands in-process, workers as real processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import work
+from work import JobState, SyncQueue
+from work.cli import CLIError, load_worker, main, mask_url
+
+REPO = Path(work.__file__).resolve().parents[1]
+
+WORKER_MODULE = """
+from __future__ import annotations
+
+import anyio
+
+from work import Job, Worker
+
+worker = Worker(max_concurrency=4, shutdown_grace=float({grace!r}))
+
+
+@worker.handler()
+async def add(job: Job) -> int:
+    return job.args["a"] + job.args["b"]
+
+
+@worker.handler()
+async def nap(job: Job) -> None:
+    await anyio.sleep(job.args["seconds"])
+
+
+def make_worker() -> Worker:
+    return worker
+
+
+not_a_worker = 42
+"""
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """Run the program in-process and return (exit code, stdout, stderr)."""
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def store_url(tmp_path: Path) -> str:
+    """A fresh SQLite store file for one test."""
+    return f"sqlite:///{tmp_path / 'jobs.db'}"
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Poll ``predicate`` until it returns something truthy, failing after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
+def state_of(queue: SyncQueue, job_id: str) -> JobState | None:
+    """The job's state, or None if the store does not know it."""
+    record = queue.get(job_id)
+    return None if record is None else record.state
+
+
+def free_port() -> int:
+    """A TCP port the OS says is free on 127.0.0.1."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class WorkerProcess:
+    """``anywork worker`` run as a real process, its stderr collected in a file."""
+
+    def __init__(self, cwd: Path, *args: str) -> None:
+        self.log = cwd / f"worker-{time.monotonic_ns()}.log"
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        with self.log.open("wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "work.cli", "worker", *args],
+                cwd=cwd,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+    def output(self) -> str:
+        """Everything the process printed so far."""
+        return self.log.read_text()
+
+    def wait_for_output(self, text: str, timeout: float = 20.0) -> str:
+        """Wait until ``text`` was printed (failing early if the process has exited)."""
+
+        def seen() -> bool:
+            if text in self.output():
+                return True
+            if self.proc.poll() is not None:
+                raise AssertionError(f"worker exited {self.proc.returncode}:\n{self.output()}")
+            return False
+
+        wait_for(seen, timeout, repr(text))
+        return self.output()
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM the process and return its exit code."""
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        """SIGKILL the process if it still runs."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def worker_dir(tmp_path: Path) -> Path:
+    """tmp_path holding ``tasks.py``, a small worker module (shutdown grace 0.5 s)."""
+    (tmp_path / "tasks.py").write_text(WORKER_MODULE.format(grace=0.5))
+    return tmp_path
+
+
+@pytest.fixture
+def spawn(worker_dir: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start ``anywork worker`` processes in worker_dir; kill whatever is left at the end."""
+    started: list[WorkerProcess] = []
+
+    def start(*args: str) -> WorkerProcess:
+        process = WorkerProcess(worker_dir, *args)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.kill()
+
+
+def http_get(url: str) -> tuple[int, str]:
+    """GET ``url``; return (status, body) for any HTTP status."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+# --------------------------------------------------------------------------- queue commands
+
+
+def test_enqueue_then_get_as_json(capsys: pytest.CaptureFixture[str], store_url: str) -> None:
+    """`enqueue --json` prints the stored record and `jobs get --json` reads it back."""
+    code, out, _ = run(
+        capsys, "enqueue", "add", "--args", '{"a": 1, "b": 2}', "--store", store_url,
+        "--queue", "q1", "--priority", "5", "--max-attempts", "3", "--json",
+    )  # fmt: skip
+    assert code == 0
+    record = json.loads(out)
+    assert record["handler"] == "add"
+    assert record["args"] == {"a": 1, "b": 2}
+    assert (record["queue"], record["priority"], record["max_attempts"]) == ("q1", 5, 3)
+    assert record["state"] == "queued"
+
+    code, out, _ = run(capsys, "jobs", "get", record["id"], "--store", store_url, "--json")
+    assert code == 0
+    again = json.loads(out)
+    assert again["id"] == record["id"]
+    assert again["args"] == {"a": 1, "b": 2}
+    assert again["status"] == -1
+
+
+def test_enqueue_plain_output_and_delay(capsys: pytest.CaptureFixture[str], store_url: str) -> None:
+    """A delayed job is SCHEDULED, and plain output names the id, handler, queue and state."""
+    code, out, _ = run(capsys, "enqueue", "nap", "--delay", "60", "--store", store_url)
+    assert code == 0
+    job_id, handler, queue, state = out.split()
+    assert (handler, queue, state) == ("nap", "queue=default", "scheduled")
+    code, out, _ = run(capsys, "jobs", "get", job_id, "--store", store_url)
+    assert code == 0
+    assert f"id             {job_id}" in out
+    assert "state          scheduled" in out
+
+
+def test_enqueue_unique_key_returns_existing(
+    capsys: pytest.CaptureFixture[str], store_url: str
+) -> None:
+    """A second enqueue with the same --unique-key returns the first job's id."""
+    ids = []
+    for _ in range(2):
+        code, out, _ = run(capsys, "enqueue", "add", "--unique-key", "k", "--store", store_url)
+        assert code == 0
+        ids.append(out.split()[0])
+    assert ids[0] == ids[1]
+
+
+def test_jobs_list_table_filters_and_pages(
+    capsys: pytest.CaptureFixture[str], store_url: str
+) -> None:
+    """`jobs list` prints an aligned table, filters, and pages with --after."""
+    ids = []
+    for handler, queue in [("add", "a"), ("nap", "a"), ("add", "b")]:
+        code, out, _ = run(capsys, "enqueue", handler, "--queue", queue, "--store", store_url)
+        assert code == 0
+        ids.append(out.split()[0])
+
+    code, out, _ = run(capsys, "jobs", "list", "--store", store_url)
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].split() == [
+        "ID", "HANDLER", "QUEUE", "STATE", "STATUS", "ATTEMPTS", "ENQUEUED", "FINISHED",
+    ]  # fmt: skip
+    assert [line.split()[0] for line in lines[1:]] == ids
+    assert len({line.index("queued") for line in lines[1:]}) == 1  # aligned columns
+    assert lines[1].split()[4:6] == ["-", "0/1"]
+
+    code, out, _ = run(capsys, "jobs", "list", "--queue", "a", "--handler", "add", "--json",
+                       "--store", store_url)  # fmt: skip
+    assert [r["id"] for r in json.loads(out)] == [ids[0]]
+
+    code, out, _ = run(capsys, "jobs", "list", "--limit", "2", "--json", "--store", store_url)
+    page = json.loads(out)
+    assert [r["id"] for r in page] == ids[:2]
+    code, out, _ = run(capsys, "jobs", "list", "--after", page[-1]["id"], "--json",
+                       "--store", store_url)  # fmt: skip
+    assert [r["id"] for r in json.loads(out)] == ids[2:]
+
+    code, out, _ = run(capsys, "jobs", "list", "--state", "running", "--store", store_url)
+    assert (code, out) == (0, "no jobs\n")
+
+
+def test_cancel_then_cancel_again(capsys: pytest.CaptureFixture[str], store_url: str) -> None:
+    """`jobs cancel` cancels a queued job; a second cancel fails with exit 1 and one line."""
+    _, out, _ = run(capsys, "enqueue", "add", "--store", store_url)
+    job_id = out.split()[0]
+    code, out, _ = run(capsys, "jobs", "cancel", job_id, "--store", store_url)
+    assert (code, out) == (0, f"cancelled {job_id}\n")
+    code, out, err = run(capsys, "jobs", "cancel", job_id, "--store", store_url)
+    assert code == 1
+    assert err == f"anywork: error: job {job_id} is already cancelled; nothing to cancel\n"
+
+
+def test_unknown_job_is_a_runtime_error(capsys: pytest.CaptureFixture[str], store_url: str) -> None:
+    """`jobs get` and `jobs cancel` of an unknown id exit 1 with one line naming the id."""
+    for command in ("get", "cancel"):
+        code, out, err = run(capsys, "jobs", command, "nope", "--store", store_url)
+        assert (code, out) == (1, "")
+        assert "no job with id 'nope'" in err
+        assert err.count("\n") == 1
+
+
+def test_stats_table_and_json(capsys: pytest.CaptureFixture[str], store_url: str) -> None:
+    """`stats` prints a queue x state table with totals; `--json` the raw counts."""
+    for queue in ("a", "a", "b"):
+        run(capsys, "enqueue", "add", "--queue", queue, "--store", store_url)
+    code, out, _ = run(capsys, "stats", "--json", "--store", store_url)
+    assert code == 0
+    stats = json.loads(out)
+    assert stats["a"]["queued"] == 2
+    assert stats["b"]["queued"] == 1
+
+    code, out, _ = run(capsys, "stats", "--store", store_url)
+    assert code == 0
+    header, *rows = [line.split() for line in out.splitlines()]
+    assert header == [
+        "QUEUE", "QUEUED", "SCHEDULED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED", "TOTAL",
+    ]  # fmt: skip
+    assert rows == [
+        ["a", "2", "0", "0", "0", "0", "0", "2"],
+        ["b", "1", "0", "0", "0", "0", "0", "1"],
+        ["TOTAL", "3", "0", "0", "0", "0", "0", "3"],
+    ]
+
+
+def test_store_from_environment(
+    capsys: pytest.CaptureFixture[str], store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without --store, ANYWORK_STORE names the store."""
+    monkeypatch.setenv("ANYWORK_STORE", store_url)
+    code, out, _ = run(capsys, "enqueue", "add")
+    assert code == 0
+    code, out, _ = run(capsys, "stats", "--json", "--store", store_url)
+    assert json.loads(out)["default"]["queued"] == 1
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "message"),
+    [
+        (["enqueue", "add", "--args", "{oops"], 2, "--args is not valid JSON"),
+        (["enqueue", "add", "--args", "[1, 2]"], 2, "--args must be a JSON object"),
+        (["enqueue", "add", "--delay", "-1"], 2, "--delay must be >= 0"),
+        (["enqueue", "add", "--max-attempts", "0"], 2, "max_attempts must be >= 1"),
+        (["jobs", "list", "--state", "sleeping"], 2, "invalid choice: 'sleeping'"),
+        (["jobs", "list", "--limit", "ten"], 2, "invalid int value: 'ten'"),
+        (["stats", "--store", "ftp://x"], 2, "unknown store URL scheme"),
+        (["stats", "--store-option", "no-equals"], 2, "--store-option must look like key=value"),
+        (["frobnicate"], 2, "invalid choice: 'frobnicate'"),
+        (["worker", "tasks:worker", "--concurrency", "0"], 2, "--concurrency must be >= 1"),
+        (["worker", "tasks:worker", "--processes", "0"], 2, "--processes must be >= 1"),
+        (["worker", "tasks:worker", "--http", "nowhere"], 2, "expected HOST:PORT"),
+        (["worker", "tasks", "--store", "memory://"], 2, "must be given as module:attr"),
+        (
+            ["worker", "tasks:worker", "--store", "redis://127.0.0.1/0", "--backend", "trio"],
+            2,
+            "runs on asyncio only",
+        ),
+        (
+            ["stats", "--store", "postgresql://postgres@127.0.0.1:1/test"],
+            1,
+            "cannot connect to postgresql://postgres@127.0.0.1:1/test",
+        ),
+        (["stats", "--store", "redis://127.0.0.1:1/0"], 1, "redis://127.0.0.1:1/0"),
+    ],
+)
+def test_bad_input_is_one_line_and_an_exit_code(
+    capsys: pytest.CaptureFixture[str],
+    store_url: str,
+    argv: list[str],
+    code: int,
+    message: str,
+) -> None:
+    """Bad input exits 2, an unreachable store 1; either way one line on stderr, no traceback."""
+    if "--store" not in argv:
+        argv = [*argv, "--store", store_url] if argv[0] != "frobnicate" else argv
+    got, out, err = run(capsys, *argv)
+    assert got == code, err
+    assert out == ""
+    assert err.startswith("anywork: error: ")
+    assert err.count("\n") == 1
+    assert message in err
+    assert "Traceback" not in err
+
+
+def test_help_exits_zero(capsys: pytest.CaptureFixture[str]) -> None:
+    """`--help` prints usage and returns 0 instead of raising SystemExit."""
+    code, out, _ = run(capsys, "--help")
+    assert code == 0
+    assert "worker" in out and "enqueue" in out
+
+
+def test_mask_url_hides_only_the_password() -> None:
+    """mask_url replaces a password with *** and leaves URLs without one alone."""
+    assert mask_url("postgresql://u:s3cret@h:5432/db") == "postgresql://u:***@h:5432/db"
+    assert mask_url("redis://:pw@127.0.0.1:6379/0") == "redis://:***@127.0.0.1:6379/0"
+    assert mask_url("sqlite:///x.db") == "sqlite:///x.db"
+
+
+def test_load_worker_instance_factory_and_errors(
+    worker_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """load_worker takes an instance or a factory and names the module/attr when it cannot."""
+    monkeypatch.chdir(worker_dir)
+    monkeypatch.delitem(sys.modules, "tasks", raising=False)
+    assert load_worker("tasks:worker") is load_worker("tasks:make_worker")
+    cases = {
+        "no_such_module:worker": "cannot import module 'no_such_module'",
+        "tasks:missing": "module 'tasks' has no attribute 'missing'",
+        "tasks:not_a_worker": "tasks:not_a_worker is a int, not a Worker",
+        "tasks:": "must be given as module:attr",
+    }
+    for spec, message in cases.items():
+        with pytest.raises(CLIError, match=message) as info:
+            load_worker(spec)
+        assert info.value.code == 2
+    monkeypatch.delitem(sys.modules, "tasks", raising=False)
+
+
+# --------------------------------------------------------------------------- worker processes
+
+
+def test_worker_runs_jobs_and_drains_on_sigterm(
+    spawn: Callable[..., WorkerProcess], store_url: str
+) -> None:
+    """A worker process runs jobs; SIGTERM hands the unfinished job back and exits 0."""
+    proc = spawn("tasks:worker", "--store", store_url, "--concurrency", "4", "--lease", "5")
+    startup = proc.wait_for_output("serving", timeout=30)
+    assert f"store={store_url} queues=default concurrency=4" in startup
+    assert f"pid={proc.proc.pid}" in startup
+    with SyncQueue(store_url) as queue:
+        quick = [queue.enqueue(work.Job("add", {"a": i, "b": 1})) for i in range(5)]
+        for record in quick:
+            done = queue.wait(record.id, timeout=20)
+            assert (done.state, done.result) == (JobState.SUCCEEDED, record.args["a"] + 1)
+        long = queue.enqueue(work.Job("nap", {"seconds": 60}))
+        wait_for(lambda: state_of(queue, long.id) is JobState.RUNNING, 20, "the long job")
+        assert proc.stop() == 0
+        back = queue.get(long.id)
+    assert back is not None
+    assert (back.state, back.attempts) == (JobState.QUEUED, 0)
+    output = proc.output()
+    assert "SIGTERM: draining" in output
+    assert "processed 6 jobs: succeeded 5 (200x5); handed back 1" in output
+
+
+def test_worker_on_trio(spawn: Callable[..., WorkerProcess], store_url: str) -> None:
+    """--backend trio serves a SQLite store and drains on SIGTERM like asyncio."""
+    proc = spawn("tasks:worker", "--store", store_url, "--backend", "trio")
+    proc.wait_for_output("serving", timeout=30)
+    with SyncQueue(store_url) as queue:
+        record = queue.enqueue(work.Job("add", {"a": 2, "b": 3}))
+        assert queue.wait(record.id, timeout=20).result == 5
+    assert proc.stop() == 0
+    assert "processed 1 job: succeeded 1 (200x1)" in proc.output()
+
+
+def test_second_signal_stops_at_once(
+    tmp_path: Path, spawn: Callable[..., WorkerProcess], store_url: str
+) -> None:
+    """With a long shutdown grace, a second SIGTERM stops at once and still hands jobs back."""
+    (tmp_path / "tasks.py").write_text(WORKER_MODULE.format(grace=60.0))
+    proc = spawn("tasks:worker", "--store", store_url)
+    proc.wait_for_output("serving", timeout=30)
+    with SyncQueue(store_url) as queue:
+        long = queue.enqueue(work.Job("nap", {"seconds": 60}))
+        wait_for(lambda: state_of(queue, long.id) is JobState.RUNNING, 20, "the long job")
+        proc.proc.send_signal(signal.SIGTERM)
+        proc.wait_for_output("draining")
+        started = time.monotonic()
+        assert proc.stop(timeout=20) == 0
+        assert time.monotonic() - started < 15
+        back = queue.get(long.id)
+    assert back is not None
+    assert (back.state, back.attempts) == (JobState.QUEUED, 0)
+    assert "stopping at once" in proc.output()
+
+
+def test_worker_http_endpoints(spawn: Callable[..., WorkerProcess], store_url: str) -> None:
+    """--http serves /live, /ready and Prometheus /metrics while the worker runs."""
+    port = free_port()
+    proc = spawn("tasks:worker", "--store", store_url, "--http", f"127.0.0.1:{port}")
+    proc.wait_for_output("serving", timeout=30)
+    base = f"http://127.0.0.1:{port}"
+    assert http_get(f"{base}/live") == (200, "OK")
+    assert http_get(f"{base}/ready") == (200, "READY")
+    status, body = http_get(f"{base}/metrics")
+    assert status == 200
+    assert "python_info" in body or "process_cpu_seconds_total" in body
+    assert http_get(f"{base}/nope")[0] == 404
+    assert proc.stop() == 0
+
+
+def test_worker_that_cannot_be_loaded_exits_2(
+    spawn: Callable[..., WorkerProcess], store_url: str
+) -> None:
+    """A worker process whose module:attr is wrong prints one line and exits 2."""
+    proc = spawn("tasks:missing", "--store", store_url)
+    assert proc.proc.wait(timeout=30) == 2
+    assert proc.output() == "anywork: error: module 'tasks' has no attribute 'missing'\n"
+
+
+def test_processes_restart_a_killed_child(
+    spawn: Callable[..., WorkerProcess], store_url: str
+) -> None:
+    """--processes 2 restarts a child killed with SIGKILL, and jobs still finish."""
+    proc = spawn("tasks:worker", "--store", store_url, "--processes", "2", "--lease", "2")
+
+    def children() -> dict[str, str]:
+        found: dict[str, str] = {}
+        for line in proc.output().splitlines():
+            if "supervisor: started worker" in line:
+                index, pid = line.split("started worker ")[1].split(" pid=")
+                found[index] = pid
+        return found
+
+    first = wait_for(lambda: len(children()) == 2 and children(), 30, "two children")
+    wait_for(lambda: proc.output().count("serving") == 2, 30, "both children serving")
+    os.kill(int(first["0"]), signal.SIGKILL)
+    restarted = wait_for(
+        lambda: children().get("0") not in (None, first["0"]) and children(), 30, "a restart"
+    )
+    assert restarted["1"] == first["1"]
+    assert f"pid={first['0']} exited with -9; restarting" in proc.output()
+    wait_for(lambda: proc.output().count("serving") == 3, 30, "the new child serving")
+    with SyncQueue(store_url) as queue:
+        records = [queue.enqueue(work.Job("add", {"a": i, "b": i})) for i in range(20)]
+        for record in records:
+            assert queue.wait(record.id, timeout=30).state is JobState.SUCCEEDED
+    code = proc.stop()
+    output = proc.output()
+    assert code == 0, output
+    assert f"worker 0 pid={restarted['0']} exited with 0" in output
+    assert f"worker 1 pid={first['1']} exited with 0" in output
