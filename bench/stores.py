@@ -1,0 +1,574 @@
+"""Store benchmarks: each store's throughput, latency and memory next to its raw driver floor.
+
+Run ``python -m bench.stores [--stores sqlite,postgresql,redis] [--jobs N] [--profile]``.
+
+For every store it measures, through the public API (``Queue`` and ``Worker.serve``):
+
+- enqueue one by one and with ``enqueue_many`` (jobs/s);
+- processing of ``--jobs`` no-op jobs by one worker process (jobs/s, leases and results on);
+- idle pickup latency: one job into an idle worker, until its handler starts (p50/p99 ms);
+- the worker process's peak RSS (``resource.getrusage`` in that process);
+
+and, in the same run, the raw floor of the same backend with the same driver: SQLite insert /
+claim by ``UPDATE ... RETURNING`` one job per transaction (``synchronous=NORMAL``); PostgreSQL
+insert / ``FOR UPDATE SKIP LOCKED`` claim one job per transaction (asyncpg); Redis ``LPUSH`` /
+one-job-per-``BRPOP``. It prints one table with each figure, its floor, the ratio and whether it
+meets its target. Only 127.0.0.1 is ever contacted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import json
+import os
+import pstats
+import resource
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+__all__ = ["Row", "main"]
+
+PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
+PG_SCHEMA = "anywork_bench"
+REDIS_URL = "redis://127.0.0.1:6379/13"
+REDIS_PREFIX = "anywork-bench"
+ONE_BY_ONE = 2000
+BATCH = 500
+PICKUP_SAMPLES = 200
+FLOOR_RUNS = 3
+PAYLOAD = json.dumps({"handler": "noop", "args": {"i": 0, "pad": "x" * 64}, "queue": "default"})
+
+# target kinds: a minimum ratio to the floor, or a maximum absolute value
+TARGETS: dict[tuple[str, str], tuple[str, float]] = {
+    ("redis", "processing"): ("ratio", 0.55),
+    ("postgresql", "processing"): ("ratio", 1.25),
+    ("sqlite", "processing"): ("ratio", 0.30),
+    ("postgresql", "pickup p50"): ("max", 5.0),
+    ("redis", "pickup p50"): ("max", 5.0),
+    ("sqlite", "pickup p50"): ("max", 50.0),
+}
+GENERIC_TARGETS: dict[str, tuple[str, float]] = {
+    "enqueue one": ("ratio", 0.70),
+    "enqueue_many": ("ratio", 0.30),
+    "worker RSS": ("max", 45.0),
+}
+
+
+@dataclass
+class Row:
+    """One measured figure of one store, with its floor and target.
+
+    Attributes:
+        store: the store's scheme.
+        name: what was measured ("processing", "pickup p50", ...).
+        value: the figure.
+        unit: its unit ("jobs/s", "ms", "MB").
+        floor: the raw-driver floor measured in the same run, or None.
+    """
+
+    store: str
+    name: str
+    value: float
+    unit: str
+    floor: float | None = None
+
+    @property
+    def target(self) -> tuple[str, float] | None:
+        """("ratio", minimum) or ("max", ceiling), or None when the figure has no target."""
+        return TARGETS.get((self.store, self.name)) or GENERIC_TARGETS.get(self.name)
+
+    @property
+    def ratio(self) -> float | None:
+        """value / floor, when there is a floor."""
+        return self.value / self.floor if self.floor else None
+
+    @property
+    def verdict(self) -> str:
+        """PASS, MISS, or "" without a target."""
+        target = self.target
+        if target is None:
+            return ""
+        kind, bound = target
+        if kind == "ratio":
+            ratio = self.ratio
+            return "" if ratio is None else ("PASS" if ratio >= bound else "MISS")
+        return "PASS" if self.value <= bound else "MISS"
+
+    def cells(self) -> list[str]:
+        """The row's cells for the printed table."""
+        target = self.target
+        target_text = ""
+        if target is not None:
+            target_text = (
+                f">= {target[1]:g}x floor" if target[0] == "ratio" else f"<= {target[1]:g}"
+            )
+        return [
+            self.store,
+            self.name,
+            f"{self.value:,.1f} {self.unit}",
+            "" if self.floor is None else f"{self.floor:,.1f} {self.unit}",
+            "" if self.ratio is None else f"{self.ratio:.2f}x",
+            target_text,
+            self.verdict,
+        ]
+
+
+def format_table(rows: Sequence[Row]) -> str:
+    """Return the rows as an aligned text table (Markdown-compatible pipes)."""
+    headers = ["store", "figure", "value", "floor", "ratio", "target", ""]
+    cells = [r.cells() for r in rows]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headers)]
+
+    def line(items: Sequence[str]) -> str:
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(items, widths, strict=True)) + " |"
+
+    rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(headers), rule, *(line(c) for c in cells)])
+
+
+# --------------------------------------------------------------------------- stores under test
+
+
+def store_url(scheme: str, workdir: Path) -> tuple[str, dict[str, Any]]:
+    """The URL and options of the store to benchmark for ``scheme``."""
+    if scheme == "sqlite":
+        return f"sqlite:///{workdir / 'bench.db'}", {}
+    if scheme == "postgresql":
+        return PG_URL, {"schema": PG_SCHEMA}
+    if scheme == "redis":
+        return REDIS_URL, {"prefix": REDIS_PREFIX}
+    raise SystemExit(f"unknown store {scheme!r} (sqlite, postgresql, redis)")
+
+
+def remove_sqlite(path: Path) -> None:
+    """Delete a SQLite database file and its WAL companions."""
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
+async def reset_store(scheme: str, workdir: Path) -> None:
+    """Remove whatever a previous measurement left in the store."""
+    if scheme == "sqlite":
+        remove_sqlite(workdir / "bench.db")
+    elif scheme == "postgresql":
+        import asyncpg  # type: ignore[import-untyped]
+
+        conn = await asyncpg.connect(PG_URL)
+        try:
+            await conn.execute(f"DROP SCHEMA IF EXISTS {PG_SCHEMA} CASCADE")
+        finally:
+            await conn.close()
+    else:
+        import redis.asyncio as aioredis
+
+        client = aioredis.Redis.from_url(REDIS_URL)
+        try:
+            keys = [key async for key in client.scan_iter(match=f"{REDIS_PREFIX}*", count=1000)]
+            for i in range(0, len(keys), 1000):
+                await client.delete(*keys[i : i + 1000])
+        finally:
+            await client.aclose()
+
+
+def make_jobs(n: int, queue: str = "default") -> list[Any]:
+    """``n`` no-op jobs for ``queue``."""
+    from work import Job
+
+    return [Job("noop", {"i": i, "pad": "x" * 64}, queue=queue) for i in range(n)]
+
+
+async def measure_enqueue(url: str, options: dict[str, Any], jobs: int) -> tuple[float, float]:
+    """(jobs/s one by one, jobs/s with enqueue_many), through ``Queue``; leaves ``jobs``
+    queued jobs from the enqueue_many part for the processing measurement."""
+    from work import Queue
+    from work.stores import open_store
+
+    async with open_store(url, **options) as store:
+        queue = Queue(store)
+        one = make_jobs(ONE_BY_ONE, queue="one-by-one")
+        started = time.perf_counter()
+        for job in one:
+            await queue.enqueue(job)
+        one_rate = len(one) / (time.perf_counter() - started)
+        many = make_jobs(jobs)
+        started = time.perf_counter()
+        for i in range(0, len(many), BATCH):
+            await queue.enqueue_many(many[i : i + BATCH])
+        many_rate = len(many) / (time.perf_counter() - started)
+    return one_rate, many_rate
+
+
+def _child_env() -> dict[str, str]:
+    """The environment of a child process: this repository first on the import path."""
+    repo = str(Path(__file__).resolve().parents[1])
+    path = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": f"{repo}{os.pathsep}{path}" if path else repo}
+
+
+def run_child(
+    args: list[str], *, profile: Path | None = None, timeout: float = 600
+) -> dict[str, Any]:
+    """Run this module as a child worker process and return the JSON it prints last."""
+    cmd = [sys.executable, "-m", "bench.stores", "--child", *args]
+    if profile is not None:
+        cmd += ["--profile-to", str(profile)]
+    done = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=timeout, check=False, env=_child_env()
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"child {args} failed ({done.returncode}):\n{done.stderr}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+async def measure_pickup(url: str, options: dict[str, Any]) -> list[float]:
+    """Latencies (ms) from enqueue into an idle worker process until the handler starts."""
+    from work import Job, Queue
+    from work.stores import open_store
+
+    cmd = [sys.executable, "-m", "bench.stores", "--child", "pickup", url, json.dumps(options)]
+    async with await anyio.open_process(cmd, stdin=None, stderr=None, env=_child_env()) as child:
+        assert child.stdout is not None
+        first = b""
+        while not first.endswith(b"\n"):
+            first += await child.stdout.receive()
+        if first.strip() != b"ready":
+            raise RuntimeError(f"the pickup worker did not start: {first!r}")
+        samples: list[float] = []
+        try:
+            async with open_store(url, **options) as store:
+                queue = Queue(store)
+                for _ in range(PICKUP_SAMPLES):
+                    await anyio.sleep(0.02)  # let the worker settle into waiting for work
+                    sent = time.time()
+                    record = await queue.enqueue(Job("stamp", queue="pickup"))
+                    done = await queue.wait(record.id, timeout=10)
+                    samples.append((float(done.result) - sent) * 1000)
+        finally:
+            child.send_signal(signal.SIGTERM)
+            with anyio.fail_after(30):
+                await child.wait()
+    return samples
+
+
+# --------------------------------------------------------------------------- child processes
+
+
+async def child_process(url: str, options: dict[str, Any], expect: int) -> dict[str, Any]:
+    """Serve until ``expect`` no-op jobs have succeeded; return seconds and peak RSS."""
+    from work import Job, Worker
+    from work.stores import open_store
+
+    worker = Worker()
+    ran = 0
+    all_ran = anyio.Event()
+
+    async def noop(job: Job) -> None:
+        nonlocal ran
+        ran += 1
+        if ran == expect:
+            all_ran.set()
+
+    worker.register("noop", noop)
+    async with open_store(url, **options) as store, anyio.create_task_group() as tg, worker:
+        started = time.perf_counter()
+        tg.start_soon(lambda: worker.serve(store))
+        await all_ran.wait()
+        # No event says "the last result is stored"; polling the store's counts is the check.
+        while (await store.stats()).get("default", {}).get("succeeded", 0) < expect:  # noqa: ASYNC110
+            await anyio.sleep(0.005)
+        seconds = time.perf_counter() - started
+        worker.stop()
+    rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"seconds": seconds, "jobs": expect, "rss_mb": rss_kb / 1024}
+
+
+async def child_pickup(url: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Serve the ``pickup`` queue until SIGTERM; the handler returns when it started."""
+    from work import Job, Worker
+    from work.stores import open_store
+
+    worker = Worker()
+
+    def stamp(job: Job) -> float:
+        return time.time()
+
+    async def stamp_async(job: Job) -> float:
+        return stamp(job)
+
+    worker.register("stamp", stamp_async)
+    with anyio.open_signal_receiver(signal.SIGTERM) as signals:
+        async with open_store(url, **options) as store, anyio.create_task_group() as tg, worker:
+            tg.start_soon(lambda: worker.serve(store, queues=("pickup",)))
+            print("ready", flush=True)
+            async for _ in signals:
+                worker.stop()
+                break
+    return {}
+
+
+# --------------------------------------------------------------------------- raw floors
+
+
+async def sqlite_floor(workdir: Path, n: int, *, hop: bool = True) -> dict[str, float]:
+    """SQLite with the stdlib driver, one connection, ``synchronous=NORMAL``: insert one per
+    transaction, executemany per batch, and claim by ``UPDATE ... RETURNING`` one job per
+    transaction.
+
+    With ``hop`` each transaction is one ``anyio.to_thread.run_sync`` call from the event loop:
+    the embedded store's round trip, which any SQLite store on an event loop pays. Without it,
+    the loops run in the calling thread (the driver's own ceiling, printed as a note).
+    """
+    path = workdir / "floor.db"
+    remove_sqlite(path)
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute(
+        "CREATE TABLE jobs (id INTEGER PRIMARY KEY, payload TEXT NOT NULL, "
+        "state TEXT NOT NULL DEFAULT 'queued', owner TEXT, lease REAL)"
+    )
+    conn.execute("CREATE INDEX jobs_ready ON jobs (state, id)")
+    claim_sql = (
+        "UPDATE jobs SET state = 'running', owner = 'w', lease = ? WHERE id = "
+        "(SELECT id FROM jobs WHERE state = 'queued' ORDER BY id LIMIT 1) RETURNING id, payload"
+    )
+
+    def transaction(sql: str, params: Any = (), many: bool = False) -> Any:
+        conn.execute("BEGIN IMMEDIATE")
+        if many:
+            conn.executemany(sql, params)
+            row = None
+        else:
+            row = conn.execute(sql, params).fetchone()
+        conn.execute("COMMIT")
+        return row
+
+    async def call(sql: str, params: Any = (), many: bool = False) -> Any:
+        if hop:
+            return await anyio.to_thread.run_sync(transaction, sql, params, many)
+        return transaction(sql, params, many)
+
+    started = time.perf_counter()
+    for _ in range(ONE_BY_ONE):
+        await call("INSERT INTO jobs (payload, state) VALUES (?, 'warmup')", (PAYLOAD,))
+    one = ONE_BY_ONE / (time.perf_counter() - started)
+    started = time.perf_counter()
+    for _ in range(0, n, BATCH):
+        await call("INSERT INTO jobs (payload) VALUES (?)", [(PAYLOAD,)] * BATCH, many=True)
+    many = n / (time.perf_counter() - started)
+    started = time.perf_counter()
+    claimed = 0
+    while (row := await call(claim_sql, (time.time() + 30,))) is not None:
+        json.loads(row[1])
+        claimed += 1
+    processing = claimed / (time.perf_counter() - started)
+    conn.close()
+    return {"enqueue one": one, "enqueue_many": many, "processing": processing}
+
+
+async def postgres_floor(n: int) -> dict[str, float]:
+    """asyncpg: one INSERT per round trip, one INSERT ... unnest per batch, and a
+    ``FOR UPDATE SKIP LOCKED`` claim of one job per transaction."""
+    import asyncpg
+
+    conn = await asyncpg.connect(PG_URL)
+    try:
+        await conn.execute("DROP TABLE IF EXISTS anywork_bench_floor")
+        await conn.execute(
+            "CREATE TABLE anywork_bench_floor (id bigserial PRIMARY KEY, payload jsonb NOT NULL,"
+            " state text NOT NULL DEFAULT 'queued', owner text, lease timestamptz)"
+        )
+        await conn.execute("CREATE INDEX ON anywork_bench_floor (state, id)")
+        insert = "INSERT INTO anywork_bench_floor (payload, state) VALUES ($1::jsonb, 'warmup')"
+        started = time.perf_counter()
+        for _ in range(ONE_BY_ONE):
+            await conn.execute(insert, PAYLOAD)
+        one = ONE_BY_ONE / (time.perf_counter() - started)
+        batch = "INSERT INTO anywork_bench_floor (payload) SELECT unnest($1::jsonb[])"
+        started = time.perf_counter()
+        for _ in range(0, n, BATCH):
+            await conn.execute(batch, [PAYLOAD] * BATCH)
+        many = n / (time.perf_counter() - started)
+        claim = (
+            "UPDATE anywork_bench_floor SET state = 'running', owner = 'w', "
+            "lease = now() + interval '30 seconds' WHERE id = (SELECT id FROM "
+            "anywork_bench_floor WHERE state = 'queued' ORDER BY id "
+            "FOR UPDATE SKIP LOCKED LIMIT 1) RETURNING id, payload"
+        )
+        started = time.perf_counter()
+        claimed = 0
+        while await conn.fetchrow(claim) is not None:
+            claimed += 1
+        processing = claimed / (time.perf_counter() - started)
+        await conn.execute("DROP TABLE anywork_bench_floor")
+    finally:
+        await conn.close()
+    return {"enqueue one": one, "enqueue_many": many, "processing": processing}
+
+
+async def redis_floor(n: int) -> dict[str, float]:
+    """redis-py asyncio: one LPUSH per round trip, pipelined LPUSH per batch, one BRPOP per
+    job."""
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(REDIS_URL)
+    key = "anywork_bench_floor"
+    try:
+        await client.delete(key, f"{key}:warmup")
+        started = time.perf_counter()
+        for _ in range(ONE_BY_ONE):
+            await client.lpush(f"{key}:warmup", PAYLOAD)
+        one = ONE_BY_ONE / (time.perf_counter() - started)
+        started = time.perf_counter()
+        for _ in range(0, n, BATCH):
+            async with client.pipeline(transaction=False) as pipe:
+                for _ in range(BATCH):
+                    pipe.lpush(key, PAYLOAD)
+                await pipe.execute()
+        many = n / (time.perf_counter() - started)
+        started = time.perf_counter()
+        claimed = 0
+        while claimed < n:
+            item = await client.brpop([key], timeout=1)
+            if item is None:
+                break
+            json.loads(item[1])
+            claimed += 1
+        processing = claimed / (time.perf_counter() - started)
+        await client.delete(key, f"{key}:warmup")
+    finally:
+        await client.aclose()
+    return {"enqueue one": one, "enqueue_many": many, "processing": processing}
+
+
+# --------------------------------------------------------------------------- driver
+
+
+async def best_of(
+    runs: int, measure: Callable[[], Awaitable[dict[str, float]]]
+) -> dict[str, float]:
+    """The best of ``runs`` measurements, figure by figure (a floor is a best case; on a
+    small shared machine a single run can be far off)."""
+    results = [await measure() for _ in range(runs)]
+    return {name: max(r[name] for r in results) for name in results[0]}
+
+
+async def bench_store(
+    scheme: str, workdir: Path, jobs: int, profile: bool
+) -> tuple[list[Row], str]:
+    """All figures of one store, and notes on it (the worker's profile with ``profile``)."""
+    url, options = store_url(scheme, workdir)
+    await reset_store(scheme, workdir)
+    one, many = await measure_enqueue(url, options, jobs)
+    prof_path = workdir / f"{scheme}.prof" if profile else None
+    processed = run_child(["process", url, json.dumps(options), str(jobs)], profile=prof_path)
+    await reset_store(scheme, workdir)
+    pickups = await measure_pickup(url, options)
+    await reset_store(scheme, workdir)
+    notes = ""
+    if scheme == "sqlite":
+        floor = await best_of(FLOOR_RUNS, lambda: sqlite_floor(workdir, jobs))
+        raw = await best_of(FLOOR_RUNS, lambda: sqlite_floor(workdir, jobs, hop=False))
+        notes = "sqlite floor without the thread hop (the driver alone): " + ", ".join(
+            f"{name} {value:,.0f} jobs/s" for name, value in raw.items()
+        )
+    elif scheme == "postgresql":
+        floor = await best_of(FLOOR_RUNS, lambda: postgres_floor(jobs))
+    else:
+        floor = await best_of(FLOOR_RUNS, lambda: redis_floor(jobs))
+    pickups.sort()
+    rows = [
+        Row(scheme, "enqueue one", one, "jobs/s", floor["enqueue one"]),
+        Row(scheme, "enqueue_many", many, "jobs/s", floor["enqueue_many"]),
+        Row(scheme, "processing", jobs / processed["seconds"], "jobs/s", floor["processing"]),
+        Row(scheme, "pickup p50", statistics.median(pickups), "ms"),
+        Row(scheme, "pickup p99", pickups[int(len(pickups) * 0.99) - 1], "ms"),
+        Row(scheme, "worker RSS", processed["rss_mb"], "MB"),
+    ]
+    text = notes
+    if prof_path is not None:
+        out = io.StringIO()
+        pstats.Stats(str(prof_path), stream=out).sort_stats("tottime").print_stats(20)
+        text += f"\n--- {scheme}: worker profile (top 20 by own time)\n{out.getvalue()}"
+    return rows, text
+
+
+async def run_all(stores: Sequence[str], jobs: int, profile: bool) -> list[Row]:
+    """Benchmark every store in ``stores``; print the table (and profiles); return the rows."""
+    rows: list[Row] = []
+    notes: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="anywork-bench-") as tmp:
+        for scheme in stores:
+            print(f"benchmarking {scheme} ...", file=sys.stderr, flush=True)
+            store_rows, store_notes = await bench_store(scheme, Path(tmp), jobs, profile)
+            rows += store_rows
+            if store_notes:
+                notes.append(store_notes)
+    print(format_table(rows))
+    for note in notes:
+        print(note)
+    return rows
+
+
+def _child_main(argv: list[str]) -> int:
+    """Entry of a child worker process: ``process URL OPTIONS N`` or ``pickup URL OPTIONS``."""
+    profile_to: str | None = None
+    if "--profile-to" in argv:
+        i = argv.index("--profile-to")
+        profile_to = argv[i + 1]
+        del argv[i : i + 2]
+    mode, url, options_json, *rest = argv
+    options = json.loads(options_json)
+
+    async def body() -> dict[str, Any]:
+        if mode == "process":
+            return await child_process(url, options, int(rest[0]))
+        return await child_pickup(url, options)
+
+    if profile_to is not None:
+        profiler = cProfile.Profile()
+        result = profiler.runcall(anyio.run, body)
+        profiler.dump_stats(profile_to)
+    else:
+        result = anyio.run(body)
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmarks (or, with ``--child``, one worker process of them).
+
+    Args:
+        argv: command-line arguments (default ``sys.argv[1:]``).
+
+    Returns:
+        The exit code: 0 when every figure meets its target, 1 otherwise.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["--child"]:
+        return _child_main(args[1:])
+    parser = argparse.ArgumentParser(prog="python -m bench.stores", description=__doc__)
+    parser.add_argument("--stores", default="sqlite,postgresql,redis")
+    parser.add_argument("--jobs", type=int, default=10_000, help="jobs to process (10,000)")
+    parser.add_argument("--profile", action="store_true", help="cProfile the worker process")
+    ns = parser.parse_args(args)
+    rows = anyio.run(run_all, [s for s in ns.stores.split(",") if s], ns.jobs, ns.profile)
+    return 0 if all(r.verdict != "MISS" for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
