@@ -223,22 +223,31 @@ class _Server:
                 # Shielded: a claim the store made must reach us, or its jobs would sit
                 # RUNNING until their lease expired (and lose an attempt).
                 with anyio.CancelScope(shield=True):
-                    claimed = await self.store.claim(
-                        self.queues, limit=free, lease=self.lease, owner=self.owner
-                    )
-                    for item in claimed:
-                        self.start_job(jobs, item)
+                    got = await self.claim_batch(jobs, free)
             except Exception as exc:
                 self.log.warning("claim failed; retrying", error=repr(exc))
                 await backoff.sleep()
                 continue
             backoff.reset()
-            if len(claimed) < free:
+            if got < free:
                 try:
                     await self.store.wait_for_work(self.queues, _IDLE_WAIT)
                 except Exception as exc:
                     self.log.warning("waiting for work failed; retrying", error=repr(exc))
                     await backoff.sleep()
+
+    async def claim_batch(self, jobs: TaskGroup, free: int) -> int:
+        """Claim up to ``free`` jobs and start them; return how many were claimed.
+
+        The claimed list lives only here: the loop must not keep the last batch's records
+        (and their args) alive while it waits for work, possibly for hours.
+        """
+        claimed = await self.store.claim(
+            self.queues, limit=free, lease=self.lease, owner=self.owner
+        )
+        for item in claimed:
+            self.start_job(jobs, item)
+        return len(claimed)
 
     def start_job(self, jobs: TaskGroup, claimed: Claimed) -> None:
         rec = claimed.record
