@@ -122,6 +122,36 @@ async def test_calls_need_an_open_store(tmp_path: Path) -> None:
         await store.get("x")
 
 
+@pytest.mark.anyio
+async def test_add_leaves_the_callers_objects_alone(tmp_path: Path) -> None:
+    """The record add() returns is what get() reads back and shares no mutable value with the
+    record given to it."""
+    async with open_store(f"sqlite:///{tmp_path / 'x.db'}") as store:
+        rec = record(args={"items": [1]}, headers={"h": "v"}, retry={"retry_on": [500]})
+        (stored,) = await store.add([rec])
+        assert stored == await store.get(rec.id)
+        assert stored.args is not rec.args and stored.headers is not rec.headers
+        assert stored.retry is not rec.retry
+        rec.args["items"].append(2)
+        rec.headers["h"] = "changed"
+        assert stored.args == {"items": [1]} and stored.headers == {"h": "v"}
+
+
+@pytest.mark.anyio
+async def test_big_batch_with_taken_ids_is_added_job_by_job(tmp_path: Path) -> None:
+    """A batch longer than one lookup chunk, some of whose ids exist, adds the others."""
+    async with open_store(f"sqlite:///{tmp_path / 'x.db'}") as store:
+        taken = [record(id=f"j{i}", args={"old": True}) for i in (3, 700, 1199)]
+        await store.add(taken)
+        batch = [record(id=f"j{i}") for i in range(1200)]
+        out = await store.add(batch)
+        assert [r.id for r in out] == [r.id for r in batch]
+        assert [r.args for r in out] == [
+            {"old": True} if r.id in {"j3", "j700", "j1199"} else {} for r in batch
+        ]
+        assert len(await store.list(limit=2000)) == 1200
+
+
 # -- the file -----------------------------------------------------------------------------------
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import functools
 import json
 import sqlite3
 import threading
@@ -142,6 +143,139 @@ def _chunks(ids: Sequence[str]) -> Iterator[Sequence[str]]:
 
 def _marks(n: int) -> str:
     return ", ".join("?" * n)
+
+
+# An insert that skips a job whose id, or whose active (queue, unique_key), is taken.
+_INSERT = (
+    f"INSERT INTO anywork_jobs ({_COLUMNS}, due_at) VALUES ({_marks(21)}) ON CONFLICT DO NOTHING"
+)
+_ACTIVE = "('queued', 'scheduled', 'running')"
+# Positions in _insert_params' tuple (the order of _COLUMNS, then due_at).
+_AT = {name: i for i, name in enumerate(_COLUMNS.split(", "))}
+_ARGS, _HEADERS, _RESULT, _RETRY = _AT["args"], _AT["headers"], _AT["result"], _AT["retry"]
+_ENQUEUED, _SCHEDULED = _AT["enqueued_at"], _AT["scheduled_for"]
+_STARTED, _FINISHED = _AT["started_at"], _AT["finished_at"]
+
+
+class _Conflict(Exception):
+    """Some job of a batch was not inserted: its id or unique key is taken."""
+
+
+def _insert_params(rec: JobRecord, now: datetime) -> tuple[Any, ...]:
+    """``_INSERT``'s parameters for ``rec`` (``now`` stands in for a missing enqueued_at)."""
+    enqueued = (rec.enqueued_at or now).timestamp()
+    scheduled = _ts(rec.scheduled_for)
+    return (
+        rec.id,
+        rec.handler,
+        rec.queue,
+        json.dumps(rec.args),
+        json.dumps(rec.headers) if rec.headers else "{}",
+        rec.priority,
+        rec.state.value,
+        int(rec.status),
+        rec.attempts,
+        rec.max_attempts,
+        json.dumps(rec.result) if rec.result is not None else None,
+        rec.error,
+        rec.unique_key,
+        enqueued,
+        scheduled,
+        _ts(rec.started_at),
+        _ts(rec.finished_at),
+        rec.timeout,
+        json.dumps(rec.retry) if rec.retry is not None else None,
+        rec.deferrals,
+        enqueued if scheduled is None else scheduled,  # due_at
+    )
+
+
+def _stored(rec: JobRecord, params: tuple[Any, ...]) -> JobRecord:
+    """The record :meth:`SQLiteStore.get` reads back once ``rec`` is inserted with ``params``,
+    made without a query: JSON columns decoded from the text stored, times from the Unix
+    seconds stored (a fresh snapshot: nothing in it is shared with ``rec``)."""
+    # object.__setattr__ on a new object rather than JobRecord(...): half the cost. Every
+    # field of JobRecord is set (a field missing here fails the conformance round trip).
+    new: JobRecord = object.__new__(JobRecord)
+    put = object.__setattr__
+    put(new, "id", rec.id)
+    put(new, "handler", rec.handler)
+    put(new, "args", _loads_object(params[_ARGS]))
+    put(new, "queue", rec.queue)
+    headers = params[_HEADERS]
+    put(new, "headers", {} if headers == "{}" else _loads_object(headers))
+    put(new, "priority", rec.priority)
+    put(new, "state", rec.state)
+    put(new, "status", rec.status)
+    put(new, "attempts", rec.attempts)
+    put(new, "max_attempts", rec.max_attempts)
+    put(new, "result", _loads(params[_RESULT]))
+    put(new, "error", rec.error)
+    put(new, "unique_key", rec.unique_key)
+    put(new, "enqueued_at", _dt(params[_ENQUEUED]))
+    put(new, "scheduled_for", _dt(params[_SCHEDULED]))
+    put(new, "started_at", _dt(params[_STARTED]))
+    put(new, "finished_at", _dt(params[_FINISHED]))
+    put(new, "timeout", None if rec.timeout is None else float(rec.timeout))
+    put(new, "retry", _loads(params[_RETRY]))
+    put(new, "deferrals", rec.deferrals)
+    return new
+
+
+def _insert_all(conn: sqlite3.Connection, *, params: Sequence[tuple[Any, ...]]) -> None:
+    """Insert every job (in a transaction); raise ``_Conflict`` if any was skipped."""
+    if conn.executemany(_INSERT, params).rowcount != len(params):
+        raise _Conflict
+
+
+def _insert_each(
+    conn: sqlite3.Connection, *, records: Sequence[JobRecord], params: Sequence[tuple[Any, ...]]
+) -> list[int | JobRecord]:
+    """Add ``records`` as if one by one (in a transaction, which holds the write lock).
+
+    Returns, for each job, the existing record it ran into, or the index of the job of this
+    call whose record it gets (its own index when it was inserted).
+    """
+    existing: dict[str, JobRecord] = {}
+    ids = list(dict.fromkeys(rec.id for rec in records))
+    for chunk in _chunks(ids):
+        sql = f"SELECT {_COLUMNS} FROM anywork_jobs WHERE id IN ({_marks(len(chunk))})"
+        for row in conn.execute(sql, chunk):
+            existing[row["id"]] = _record(row)
+    active: dict[tuple[str, str], JobRecord] = {}
+    for queue, unique_key in dict.fromkeys(
+        (rec.queue, rec.unique_key) for rec in records if rec.unique_key is not None
+    ):
+        row = conn.execute(
+            f"SELECT {_COLUMNS} FROM anywork_jobs WHERE queue = ? AND unique_key = ?"
+            f" AND state IN {_ACTIVE}",
+            (queue, unique_key),
+        ).fetchone()
+        if row is not None:
+            active[queue, unique_key] = _record(row)
+    sources: list[int | JobRecord] = []
+    new_ids: dict[str, int] = {}
+    new_keys: dict[tuple[str, str], int] = {}
+    insert: list[tuple[Any, ...]] = []
+    for i, rec in enumerate(records):
+        source: int | JobRecord | None = new_ids.get(rec.id)
+        if source is None:
+            source = existing.get(rec.id)
+        if source is None and rec.unique_key is not None:
+            key = (rec.queue, rec.unique_key)
+            source = new_keys.get(key)
+            if source is None:
+                source = active.get(key)
+        if source is None:
+            source = new_ids[rec.id] = i
+            if rec.unique_key is not None:
+                new_keys[rec.queue, rec.unique_key] = i
+            insert.append(params[i])
+        sources.append(source)
+    # Under the write lock nothing changed since the lookups: every insert goes through.
+    if insert and conn.executemany(_INSERT, insert).rowcount != len(insert):
+        raise RuntimeError("anywork_jobs changed during add() despite the write lock")
+    return sources
 
 
 def path_from_url(url: str) -> str:
@@ -404,54 +538,43 @@ class SQLiteStore:
 
     async def add(self, records: Sequence[JobRecord]) -> builtins.list[JobRecord]:
         """Insert jobs in one transaction; an existing id or an active job with the same unique
-        key is returned instead (see :meth:`work.stores.Store.add`)."""
+        key is returned instead (see :meth:`work.stores.Store.add`).
 
-        def insert(conn: sqlite3.Connection) -> list[JobRecord]:
-            out: list[JobRecord] = []
-            for rec in records:
-                row = conn.execute(
-                    f"SELECT {_COLUMNS} FROM anywork_jobs WHERE id = ?", (rec.id,)
-                ).fetchone()
-                if row is None and rec.unique_key is not None:
-                    row = conn.execute(
-                        f"SELECT {_COLUMNS} FROM anywork_jobs WHERE queue = ? AND unique_key = ?"
-                        " AND state IN ('queued', 'scheduled', 'running')",
-                        (rec.queue, rec.unique_key),
-                    ).fetchone()
-                if row is None:
-                    enqueued = rec.enqueued_at or datetime.now(UTC)
-                    due = rec.scheduled_for or enqueued
-                    row = conn.execute(
-                        f"INSERT INTO anywork_jobs ({_COLUMNS}, due_at) VALUES"
-                        f" ({_marks(21)}) RETURNING {_COLUMNS}",
-                        (
-                            rec.id,
-                            rec.handler,
-                            rec.queue,
-                            json.dumps(rec.args),
-                            json.dumps(rec.headers),
-                            rec.priority,
-                            rec.state.value,
-                            int(rec.status),
-                            rec.attempts,
-                            rec.max_attempts,
-                            json.dumps(rec.result) if rec.result is not None else None,
-                            rec.error,
-                            rec.unique_key,
-                            _ts(enqueued),
-                            _ts(rec.scheduled_for),
-                            _ts(rec.started_at),
-                            _ts(rec.finished_at),
-                            rec.timeout,
-                            json.dumps(rec.retry) if rec.retry is not None else None,
-                            rec.deferrals,
-                            _ts(due),
-                        ),
-                    ).fetchone()
-                out.append(_record(row))
-            return out
+        One ``INSERT … ON CONFLICT DO NOTHING`` per job (``executemany`` for a batch; a lone
+        job is one autocommit statement). Only when some job was not inserted is the call
+        redone, in a new transaction, job by job against the rows found for its ids and unique
+        keys.
+        """
+        if not records:
+            return []
+        now = datetime.now(UTC)
+        params = [_insert_params(rec, now) for rec in records]
 
-        out = await self._transaction(insert)
+        def insert(conn: sqlite3.Connection) -> list[int | JobRecord] | None:
+            if len(params) == 1:
+                # One statement is its own transaction: no BEGIN / COMMIT to send.
+                if conn.execute(_INSERT, params[0]).rowcount == 1:
+                    return None
+            else:
+                try:
+                    self._write(conn, functools.partial(_insert_all, params=params))
+                    return None
+                except _Conflict:
+                    pass  # rolled back: redo it job by job
+            return self._write(
+                conn, functools.partial(_insert_each, records=records, params=params)
+            )
+
+        sources = await self._run(insert)
+        if sources is None:
+            out = [_stored(rec, p) for rec, p in zip(records, params, strict=True)]
+        else:
+            out = [
+                src if isinstance(src, JobRecord) else _stored(records[src], params[src])
+                for src in sources
+            ]
+            if all(isinstance(src, JobRecord) for src in sources):
+                return out  # nothing was added: nothing to wake
         self._notifier.notify()
         return out
 
