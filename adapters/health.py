@@ -119,9 +119,12 @@ class Health:
             The recording handler.
         """
         record = self.record
+        unknown = Status.UNKNOWN
 
         async def watched(job: Job) -> Any:
-            ctx = job_ctx(job)
+            ctx = job.ctx
+            if ctx is None:
+                ctx = job_ctx(job)  # raises the usual error
             error: Exception | None = None
             returned = False
             try:
@@ -133,7 +136,7 @@ class Health:
                 raise
             finally:
                 status = ctx.status
-                if not returned or status is Status.UNKNOWN:
+                if not returned or status is unknown:
                     status = settle(ctx, error, returned)
                 record(status)
 
@@ -160,8 +163,9 @@ class Health:
                 self._n_errors += is_error
                 return
             now = self._clock()
-            self._expire(now)
             runs = self._runs
+            if runs and runs[0][0] <= now - self.window:
+                self._expire(now)
             if runs and now - runs[-1][0] < self._resolution:
                 run = runs[-1]
                 run[1] += 1

@@ -74,11 +74,12 @@ class _Children:
         self.in_progress = in_progress.labels(handler, queue)
         self.by_status: dict[Status, Any] = {}
 
-    def count(self, status: Status) -> None:
+    def count_child(self, status: Status) -> Any:
+        """The ``jobs_total`` child of ``status``, bound on first use."""
         child = self.by_status.get(status)
         if child is None:
             child = self.by_status[status] = self.jobs.labels(*self.labels, str(int(status)))
-        child.inc()
+        return child
 
 
 class Prometheus:
@@ -151,10 +152,14 @@ class Prometheus:
         bind = self._bind
         perf_counter = time.perf_counter
 
+        unknown = Status.UNKNOWN
+
         async def measured(job: Job) -> Any:
             if job.handler in ignore:
                 return await handler(job)
-            ctx = job_ctx(job)
+            ctx = job.ctx
+            if ctx is None:
+                ctx = job_ctx(job)  # raises the usual error
             children = cache.get((job.handler, job.queue)) or bind(job.handler, job.queue)
             children.in_progress.inc()
             error: Exception | None = None
@@ -171,9 +176,12 @@ class Prometheus:
                 children.duration.observe(perf_counter() - start)
                 children.in_progress.dec()
                 status = ctx.status
-                if not returned or status is Status.UNKNOWN:
+                if not returned or status is unknown:
                     status = settle(ctx, error, returned)
-                children.count(status)
+                child = children.by_status.get(status)
+                if child is None:
+                    child = children.count_child(status)
+                child.inc()
 
         return measured
 

@@ -12,6 +12,9 @@ from ._common import error_status, job_ctx
 
 __all__ = ["Retry", "retry"]
 
+# The policy's default ``retry_on`` (408, 429 and 5xx), which never retries a 200.
+_DEFAULT_RETRY_ON = RetryPolicy().retry_on
+
 
 class Retry:
     """Adapter that re-invokes the inner handler while the policy says to try again.
@@ -47,12 +50,17 @@ class Retry:
             The retrying handler.
         """
         policy = self.policy
+        # A plain RetryPolicy with the default retry_on lets a 200 return without asking it.
+        plain = type(policy) is RetryPolicy
+        success, unknown = Status.SUCCESS, Status.UNKNOWN
 
         async def retrying(job: Job) -> Any:
-            ctx = job_ctx(job)
+            ctx = job.ctx
+            if ctx is None:
+                ctx = job_ctx(job)  # raises the usual error
             deferrals = 0
             while True:
-                ctx.status = Status.UNKNOWN
+                ctx.status = unknown
                 try:
                     result = await handler(job)
                 except RetryLater as exc:
@@ -68,7 +76,10 @@ class Retry:
                         raise
                     pause = policy.delay(ctx.attempt)
                 else:
-                    if not policy.should_retry(ctx.status, ctx.attempt):
+                    status = ctx.status
+                    if status is success and plain and policy.retry_on is _DEFAULT_RETRY_ON:
+                        return result
+                    if not policy.should_retry(status, ctx.attempt):
                         return result
                     pause = policy.delay(ctx.attempt)
                 await anyio.sleep(pause)

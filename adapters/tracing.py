@@ -94,14 +94,18 @@ class Tracing:
         span_name = self.span_name
         attach, detach = otel_context.attach, otel_context.detach
         set_span_in_context = trace.set_span_in_context
+        consumer = SpanKind.CONSUMER
+        unknown, success = Status.UNKNOWN, Status.SUCCESS
 
         async def traced(job: Job) -> Any:
-            ctx = job_ctx(job)
+            ctx = job.ctx
+            if ctx is None:
+                ctx = job_ctx(job)  # raises the usual error
             parent = _parent_from(job.headers) if job.headers else None
             span = tracer.start_span(
                 span_name(job) if span_name is not None else job.handler,
                 context=parent,
-                kind=SpanKind.CONSUMER,
+                kind=consumer,
                 attributes={
                     "anywork.job.id": job.id,
                     "anywork.job.handler": job.handler,
@@ -125,9 +129,15 @@ class Tracing:
             finally:
                 detach(token)
                 status = ctx.status
-                if not returned or status is Status.UNKNOWN:
+                if not returned or status is unknown:
                     status = settle(ctx, error, returned)
-                _finish(span, status, ctx.attempt, error)
+                if status is success and ctx.attempt == 1:
+                    # The common outcome: one attribute, no span status (UNSET means OK).
+                    if span.is_recording():
+                        span.set_attribute("anywork.status", 200)
+                    span.end()
+                else:
+                    _finish(span, status, ctx.attempt, error)
 
         return traced
 

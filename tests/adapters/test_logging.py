@@ -290,3 +290,53 @@ async def test_with_worker_and_tracing(tracer_provider: TracerProvider) -> None:
     assert event["error"] == "StatusError: 409 already done"
     assert event["trace_id"] == execution.ctx["trace_id"]
     assert len(event["trace_id"]) == 32
+
+
+async def test_keys_keep_their_order(make_job: MakeJob) -> None:
+    """The event's keys come in the documented order, entries last."""
+    job = make_job()
+    assert job.ctx is not None
+    job.ctx["worker_number"] = 1
+    job.ctx["trace_id"] = "ab" * 16
+    with capture_logs() as logs:
+        await aggregate_logger()(logs_to(chatty))(job)
+    keys = [k for k in logs[0] if k not in ("event", "log_level")]
+    assert keys == [
+        "job_id",
+        "execution_id",
+        "handler",
+        "queue",
+        "status",
+        "latency_ms",
+        "attempt",
+        "worker_number",
+        "trace_id",
+        "entries",
+    ]
+
+
+async def test_a_cached_lazy_logger_gets_every_event(make_job: MakeJob) -> None:
+    """With cache_logger_on_first_use the adapter calls the logger structlog cached, each time."""
+    out = io.StringIO()
+    logger = structlog.wrap_logger(
+        structlog.PrintLogger(out),
+        processors=[structlog.processors.JSONRenderer()],
+        cache_logger_on_first_use=True,
+    )
+    adapter = aggregate_logger(logger=logger)
+    for _ in range(3):
+        await adapter(logs_to(chatty))(make_job("cached"))
+    lines = out.getvalue().splitlines()
+    assert [json.loads(line)["handler"] for line in lines] == ["cached"] * 3
+    assert adapter._target() is logger.bind()
+
+
+async def test_an_uncached_lazy_logger_follows_later_configuration(make_job: MakeJob) -> None:
+    """Without caching, each event goes through the proxy, so a later configuration applies."""
+    adapter = aggregate_logger()  # structlog.get_logger("anywork"), not cached by default
+    with capture_logs() as first:
+        await adapter(logs_to(chatty))(make_job("one"))
+    with capture_logs() as second:
+        await adapter(logs_to(chatty))(make_job("two"))
+    assert [e["handler"] for e in first] == ["one"]
+    assert [e["handler"] for e in second] == ["two"]

@@ -207,3 +207,30 @@ async def test_worker_end_to_end_retries_a_timeout() -> None:
             execution = await worker.perform(Job("slow_once", timeout=0.05), sync=True)
     assert execution.status is Status.SUCCESS
     assert calls == 2
+
+
+async def test_a_retry_on_that_accepts_200_is_asked(make_job: MakeJob) -> None:
+    """Only the default retry_on lets a 200 return unasked: a custom one still decides."""
+    seen: list[Status] = []
+
+    def retry_on(status: Status) -> bool:
+        seen.append(status)
+        return True
+
+    script = Script(Status.SUCCESS)
+    policy = RetryPolicy(max_attempts=2, backoff=FAST, retry_on=retry_on)
+    await retry(policy)(script)(make_job())
+    assert script.attempts == [1, 2]
+    assert seen == [Status.SUCCESS]
+
+
+async def test_a_policy_subclass_is_asked_on_success(make_job: MakeJob) -> None:
+    """A RetryPolicy subclass's should_retry is consulted even for a 200."""
+
+    class Always(RetryPolicy):
+        def should_retry(self, status: Status, attempt: int) -> bool:
+            return attempt < self.max_attempts
+
+    script = Script(Status.SUCCESS)
+    await retry(Always(max_attempts=3, backoff=FAST))(script)(make_job())
+    assert script.attempts == [1, 2, 3]
