@@ -159,6 +159,66 @@ async def test_unique_key_within_one_batch(store: Store) -> None:
     assert len(await store.list()) == 1
 
 
+async def test_batch_mixing_new_jobs_taken_ids_and_taken_keys(store: Store) -> None:
+    """One add() call of new jobs, an existing id, an active unique key, and an id and a key
+    first added earlier in the same call: each job gets what adding them one by one gives, and
+    every record returned is the one get() reads back."""
+    old = record("old", args={"n": 0})
+    keyed = record("keyed", unique_key="k")
+    await store.add([old, keyed])
+    fresh = record("fresh", args={"pair": (1, 2)}, headers={"h": "v"})
+    new_key = record("new-key", unique_key="n")
+    other_queue = record("other-queue", unique_key="k", queue="other")
+    out = await store.add(
+        [
+            fresh,
+            record("taken-id", id=old.id),
+            record("taken-key", unique_key="k"),
+            new_key,
+            record("id-of-this-call", id=fresh.id),
+            record("key-of-this-call", unique_key="n"),
+            other_queue,
+        ]
+    )
+    assert [r.handler for r in out] == [
+        "fresh",
+        "old",
+        "keyed",
+        "new-key",
+        "fresh",
+        "new-key",
+        "other-queue",
+    ]
+    assert [r.id for r in out] == [
+        fresh.id,
+        old.id,
+        keyed.id,
+        new_key.id,
+        fresh.id,
+        new_key.id,
+        other_queue.id,
+    ]
+    for rec in out:
+        assert rec == await store.get(rec.id)
+    assert out[0].args == {"pair": [1, 2]}  # as stored: through JSON
+    assert out[0].headers == {"h": "v"}
+    assert len(await store.list()) == 5
+
+
+async def test_batch_repeating_an_id_whose_first_job_was_not_added(store: Store) -> None:
+    """A job left out for its active unique key does not take its id: a later job of the same
+    call with that id is added."""
+    keyed = record("keyed", unique_key="k")
+    await store.add([keyed])
+    first, second = await store.add(
+        [record("blocked", id="x", unique_key="k"), record("added", id="x")]
+    )
+    assert first.id == keyed.id
+    assert second.id == "x" and second.handler == "added"
+    assert await store.get("x") == second
+    assert len(await store.list()) == 2
+
+
 async def test_unique_key_free_again_once_final(store: Store) -> None:
     """Once the keyed job is final, the key can be used again; also while it is RUNNING it
     still blocks."""

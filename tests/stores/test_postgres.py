@@ -8,7 +8,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import anyio
 import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type information
@@ -356,6 +356,32 @@ async def test_every_field_survives_single_and_batch_adds(store: PostgresStore) 
     stored = await store.add(recs[:1]) + await store.add(recs[1:])
     assert stored == recs
     assert [await store.get(r.id) for r in recs] == recs
+
+
+@pytest.mark.parametrize("batch", [False, True], ids=["one", "batch"])
+async def test_added_records_are_what_get_reads_back(store: PostgresStore, batch: bool) -> None:
+    """Both add paths return, for a job they insert, the record get() reads back (times in
+    UTC, whatever zone they were given in), sharing no mutable value with the caller's."""
+    paris = timezone(timedelta(hours=2))
+    rec = _job("a").replace(
+        args={"items": [1]},
+        headers={"h": "v"},
+        retry={"retry_on": [500]},
+        enqueued_at=datetime(2024, 5, 1, 14, 0, 0, 123456, tzinfo=paris),
+        scheduled_for=datetime(2024, 5, 1, 15, 0, tzinfo=paris),
+        state=JobState.SCHEDULED,
+        timeout=3,
+    )
+    records = [rec, _job("b")] if batch else [rec]
+    stored = (await store.add(records))[0]
+    assert stored == await store.get("a")
+    assert stored.enqueued_at is not None and stored.enqueued_at.tzinfo is UTC
+    assert stored.scheduled_for is not None and stored.scheduled_for.tzinfo is UTC
+    assert stored.args is not rec.args and stored.headers is not rec.headers
+    assert stored.retry is not rec.retry
+    rec.args["items"].append(2)
+    rec.headers["h"] = "changed"
+    assert stored.args == {"items": [1]} and stored.headers == {"h": "v"}
 
 
 async def test_times_are_aware_utc(store: PostgresStore) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import functools
 import json
 from collections.abc import Sequence
@@ -97,8 +96,8 @@ def _require_asyncio() -> None:
         ) from None
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))
+# json.dumps with options builds a new encoder each call: build it once.
+_dumps = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def _loads_object(raw: Any, what: str) -> tuple[dict[str, Any], str | None]:
@@ -509,43 +508,62 @@ class PostgresStore:
         """Insert jobs in one statement; an existing id or an active job with the same unique
         key is returned instead (see :meth:`work.stores.Store.add`).
 
-        A second round trip fetches the existing records, only when some conflicted.
+        The statement returns only the ids it inserted: those jobs come back built from the
+        caller's records (args through JSON, as they will be read back); a second round trip
+        fetches the existing records, only when some conflicted. A call that repeats an id is
+        added in runs of distinct ids, one after another, so that each job meets exactly the
+        jobs added before it.
         """
         pool = self._require_pool()
         if not records:
             return []
+        if len(records) == 1 or len({rec.id for rec in records}) == len(records):
+            return await self._add_distinct(pool, records)
+        out: list[JobRecord] = []
+        start = 0
+        seen: set[str] = set()
+        for i, rec in enumerate(records):
+            if rec.id in seen:
+                out += await self._add_distinct(pool, records[start:i])
+                start = i
+                seen.clear()
+            seen.add(rec.id)
+        out += await self._add_distinct(pool, records[start:])
+        return out
+
+    async def _add_distinct(self, pool: _Runner, records: Sequence[JobRecord]) -> list[JobRecord]:
+        """:meth:`add` for jobs whose ids are all different."""
         now = _now()
-        rows_in = [_insert_row(rec, now) for rec in records]
+        args = [_dumps(rec.args) for rec in records]
+        enqueued = [_utc(rec.enqueued_at) if rec.enqueued_at else now for rec in records]
         out: list[JobRecord | None] = [None] * len(records)
         pending = list(range(len(records)))
         # A conflicting unique key whose job became final in between gives no record: insert
         # again. Bounded, though each retry only happens when such a race was just lost.
         for _ in range(10):
             if len(pending) == 1:
-                values = rows_in[pending[0]]
+                i = pending[0]
+                values = _insert_values(records[i], args[i], enqueued[i])
                 rows = await pool.fetch(self._insert_one_sql, *values)
             else:
                 # The batch travels as one JSON document: far cheaper to encode than arrays.
-                batch = _dumps([_insert_object(records[i], rows_in[i]) for i in pending])
+                batch = _dumps([_insert_object(records[i], args[i], enqueued[i]) for i in pending])
                 rows = await pool.fetch(self._insert_sql, batch)
+            if len(rows) == len(pending):  # one row per job inserted: all were
+                for i in pending:
+                    out[i] = _stored(records[i], args[i], enqueued[i])
+                break
             inserted = {row["id"] for row in rows}
             conflicted: list[int] = []
             for i in pending:
-                rec = records[i]
-                if rec.id in inserted:
-                    inserted.discard(rec.id)  # a second job with this id in the batch conflicts
-                    # What is stored: args through JSON, as they will be read back.
-                    out[i] = _copy_record(
-                        rec, args=json.loads(rows_in[i][_ARGS]), enqueued_at=rows_in[i][_ENQUEUED]
-                    )
+                if records[i].id in inserted:
+                    out[i] = _stored(records[i], args[i], enqueued[i])
                 else:
                     conflicted.append(i)
-            if conflicted:
-                conflicted = await self._resolve_conflicts(pool, records, conflicted, out)
-            pending = conflicted
+            pending = await self._resolve_conflicts(pool, records, conflicted, out)
             if not pending:
                 break
-        if pending:
+        else:
             raise RuntimeError(f"could not add jobs {[records[i].id for i in pending]!r}")
         return [rec for rec in out if rec is not None]
 
@@ -899,94 +917,113 @@ class PostgresStore:
             raise KeyError(id)
 
 
-# The columns of an insert, in the INSERT's order; indexes into _insert_row's result.
-_COLUMNS = (
-    "id",
-    "handler",
-    "queue",
-    "args",
-    "headers",
-    "priority",
-    "state",
-    "status",
-    "attempts",
-    "max_attempts",
-    "result",
-    "error",
-    "unique_key",
-    "enqueued_at",
-    "scheduled_for",
-    "started_at",
-    "finished_at",
-    "timeout",
-    "retry",
-    "deferrals",
-)
-_ARGS = _COLUMNS.index("args")
-_ENQUEUED = _COLUMNS.index("enqueued_at")
-# Values a job's JSON object in a batch insert may leave out (the SQL puts the default back).
-_DEFAULTS: dict[str, Any] = {
-    "headers": "{}",
-    "priority": 0,
-    "status": -1,
-    "attempts": 0,
-    "max_attempts": 1,
-    "deferrals": 0,
-}
-_TIMES = frozenset({"enqueued_at", "scheduled_for", "started_at", "finished_at"})
-_JSON_COLUMNS = frozenset({"headers", "result", "retry"})
+def _utc(when: datetime) -> datetime:
+    """``when`` in UTC, as the server hands back a timestamptz."""
+    return when if when.tzinfo is UTC else when.astimezone(UTC)
 
 
-def _insert_row(r: JobRecord, now: datetime) -> list[Any]:
-    """One job's column values, in the INSERT's order (JSON columns as JSON text)."""
-    return [
-        r.id,
-        r.handler,
-        r.queue,
-        _dumps(r.args),
-        _dumps(r.headers) if r.headers else "{}",
-        r.priority,
-        r.state.value,
-        int(r.status),
-        r.attempts,
-        r.max_attempts,
-        _dumps(r.result) if r.result is not None else None,
-        r.error,
-        r.unique_key,
-        r.enqueued_at or now,
-        r.scheduled_for,
-        r.started_at,
-        r.finished_at,
-        r.timeout,
-        _dumps(r.retry) if r.retry is not None else None,
-        r.deferrals,
-    ]
+def _insert_values(rec: JobRecord, args: str, enqueued: datetime) -> tuple[Any, ...]:
+    """The parameters of ``_insert_one_sql`` for ``rec`` (JSON columns as JSON text)."""
+    return (
+        rec.id,
+        rec.handler,
+        rec.queue,
+        args,
+        _dumps(rec.headers) if rec.headers else "{}",
+        rec.priority,
+        rec.state.value,
+        int(rec.status),
+        rec.attempts,
+        rec.max_attempts,
+        _dumps(rec.result) if rec.result is not None else None,
+        rec.error,
+        rec.unique_key,
+        enqueued,
+        rec.scheduled_for,
+        rec.started_at,
+        rec.finished_at,
+        rec.timeout,
+        _dumps(rec.retry) if rec.retry is not None else None,
+        rec.deferrals,
+    )
 
 
-def _insert_object(rec: JobRecord, row: list[Any]) -> dict[str, Any]:
-    """One job of a batch insert as a JSON object, leaving out NULLs and defaults."""
-    out: dict[str, Any] = {}
-    for name, value in zip(_COLUMNS, row, strict=True):
-        if value is None or (name in _DEFAULTS and _DEFAULTS[name] == value):
-            continue
-        if name in _TIMES:
-            out[name] = value.isoformat()
-        elif name in _JSON_COLUMNS:
-            out[name] = getattr(rec, name)  # nested as JSON, not as text
-        else:
-            out[name] = value
+def _insert_object(rec: JobRecord, args: str, enqueued: datetime) -> dict[str, Any]:
+    """One job of a batch insert as a JSON object, leaving out NULLs and the columns'
+    defaults (``_insert_sql`` puts them back)."""
+    out: dict[str, Any] = {
+        "id": rec.id,
+        "handler": rec.handler,
+        "queue": rec.queue,
+        "args": args,  # the args column holds JSON text
+        "state": rec.state.value,
+        "enqueued_at": enqueued.isoformat(),
+    }
+    if rec.headers:
+        out["headers"] = rec.headers  # nested as JSON, not as text
+    if rec.priority != 0:
+        out["priority"] = rec.priority
+    if rec.status != -1:
+        out["status"] = int(rec.status)
+    if rec.attempts != 0:
+        out["attempts"] = rec.attempts
+    if rec.max_attempts != 1:
+        out["max_attempts"] = rec.max_attempts
+    if rec.result is not None:
+        out["result"] = rec.result
+    if rec.error is not None:
+        out["error"] = rec.error
+    if rec.unique_key is not None:
+        out["unique_key"] = rec.unique_key
+    if rec.scheduled_for is not None:
+        out["scheduled_for"] = rec.scheduled_for.isoformat()
+    if rec.started_at is not None:
+        out["started_at"] = rec.started_at.isoformat()
+    if rec.finished_at is not None:
+        out["finished_at"] = rec.finished_at.isoformat()
+    if rec.timeout is not None:
+        out["timeout"] = rec.timeout
+    if rec.retry is not None:
+        out["retry"] = rec.retry
+    if rec.deferrals != 0:
+        out["deferrals"] = rec.deferrals
     return out
 
 
-_RECORD_FIELDS = tuple(f.name for f in dataclasses.fields(JobRecord))
+def _json_copy(value: Any) -> Any:
+    """``value`` through JSON (None stays None): as a JSON column reads back, shared with no
+    one."""
+    return None if value is None else json.loads(_dumps(value))
 
 
-def _copy_record(rec: JobRecord, **changes: Any) -> JobRecord:
-    """``rec.replace(**changes)`` without re-running ``__init__`` (twice as fast, and adds
-    copy one record per job)."""
+def _stored(rec: JobRecord, args: str, enqueued: datetime) -> JobRecord:
+    """The record :meth:`PostgresStore.get` reads back once ``rec`` is inserted, made without
+    a query: args decoded from the JSON text stored, other JSON values copied through JSON,
+    times in UTC (a fresh snapshot: no mutable value is shared with ``rec``)."""
+    # object.__setattr__ on a new object rather than JobRecord(...) or replace(): half the
+    # cost. Every field of JobRecord is set (a missing one fails the conformance round trip).
     new: JobRecord = object.__new__(JobRecord)
-    for name in _RECORD_FIELDS:
-        object.__setattr__(new, name, changes[name] if name in changes else getattr(rec, name))
+    put = object.__setattr__
+    put(new, "id", rec.id)
+    put(new, "handler", rec.handler)
+    put(new, "args", json.loads(args))
+    put(new, "queue", rec.queue)
+    put(new, "headers", dict(rec.headers))
+    put(new, "priority", rec.priority)
+    put(new, "state", rec.state)
+    put(new, "status", rec.status)
+    put(new, "attempts", rec.attempts)
+    put(new, "max_attempts", rec.max_attempts)
+    put(new, "result", _json_copy(rec.result))
+    put(new, "error", rec.error)
+    put(new, "unique_key", rec.unique_key)
+    put(new, "enqueued_at", enqueued)
+    put(new, "scheduled_for", rec.scheduled_for and _utc(rec.scheduled_for))
+    put(new, "started_at", rec.started_at and _utc(rec.started_at))
+    put(new, "finished_at", rec.finished_at and _utc(rec.finished_at))
+    put(new, "timeout", None if rec.timeout is None else float(rec.timeout))
+    put(new, "retry", _json_copy(rec.retry))
+    put(new, "deferrals", rec.deferrals)
     return new
 
 
