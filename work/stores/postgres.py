@@ -517,6 +517,15 @@ class PostgresStore:
         pool = self._require_pool()
         if not records:
             return []
+        if len(records) == 1:
+            # The common call, Queue.enqueue: no lists to build when the job goes in.
+            rec = records[0]
+            args = _dumps(rec.args)
+            enqueued = _utc(rec.enqueued_at) if rec.enqueued_at else _now()
+            if await pool.fetch(self._insert_one_sql, *_insert_values(rec, args, enqueued)):
+                return [_stored(rec, args, enqueued)]
+            # It ran into a job: the general path looks it up (and inserts again if that job
+            # became final meanwhile, freeing its unique key).
         if len(records) == 1 or len({rec.id for rec in records}) == len(records):
             return await self._add_distinct(pool, records)
         out: list[JobRecord] = []
