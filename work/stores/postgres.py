@@ -523,7 +523,7 @@ class PostgresStore:
             args = _dumps(rec.args)
             enqueued = _utc(rec.enqueued_at) if rec.enqueued_at else _now()
             if await pool.fetch(self._insert_one_sql, *_insert_values(rec, args, enqueued)):
-                return [_stored(rec, args, enqueued)]
+                return [_stored(rec, json.loads(args), enqueued)]
             # It ran into a job: the general path looks it up (and inserts again if that job
             # became final meanwhile, freeing its unique key).
         if len(records) == 1 or len({rec.id for rec in records}) == len(records):
@@ -559,14 +559,14 @@ class PostgresStore:
                 batch = _dumps([_insert_object(records[i], args[i], enqueued[i]) for i in pending])
                 rows = await pool.fetch(self._insert_sql, batch)
             if len(rows) == len(pending):  # one row per job inserted: all were
-                for i in pending:
-                    out[i] = _stored(records[i], args[i], enqueued[i])
+                for i, decoded in zip(pending, _loads_all([args[i] for i in pending]), strict=True):
+                    out[i] = _stored(records[i], decoded, enqueued[i])
                 break
             inserted = {row["id"] for row in rows}
             conflicted: list[int] = []
             for i in pending:
                 if records[i].id in inserted:
-                    out[i] = _stored(records[i], args[i], enqueued[i])
+                    out[i] = _stored(records[i], json.loads(args[i]), enqueued[i])
                 else:
                     conflicted.append(i)
             pending = await self._resolve_conflicts(pool, records, conflicted, out)
@@ -1005,17 +1005,25 @@ def _json_copy(value: Any) -> Any:
     return None if value is None else json.loads(_dumps(value))
 
 
-def _stored(rec: JobRecord, args: str, enqueued: datetime) -> JobRecord:
+def _loads_all(texts: Sequence[str]) -> list[Any]:
+    """Decode JSON texts (each one JSON value) in one call: a quarter of the cost of one
+    ``json.loads`` each."""
+    values: list[Any] = json.loads("[" + ",".join(texts) + "]")
+    return values
+
+
+def _stored(rec: JobRecord, args: dict[str, Any], enqueued: datetime) -> JobRecord:
     """The record :meth:`PostgresStore.get` reads back once ``rec`` is inserted, made without
-    a query: args decoded from the JSON text stored, other JSON values copied through JSON,
-    times in UTC (a fresh snapshot: no mutable value is shared with ``rec``)."""
+    a query from ``args`` decoded from the JSON text stored; other JSON values are copied
+    through JSON, times are in UTC (a fresh snapshot: no mutable value is shared with
+    ``rec``)."""
     # object.__setattr__ on a new object rather than JobRecord(...) or replace(): half the
     # cost. Every field of JobRecord is set (a missing one fails the conformance round trip).
     new: JobRecord = object.__new__(JobRecord)
     put = object.__setattr__
     put(new, "id", rec.id)
     put(new, "handler", rec.handler)
-    put(new, "args", json.loads(args))
+    put(new, "args", args)
     put(new, "queue", rec.queue)
     put(new, "headers", dict(rec.headers))
     put(new, "priority", rec.priority)

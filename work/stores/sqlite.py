@@ -190,17 +190,25 @@ def _insert_params(rec: JobRecord, now: datetime) -> tuple[Any, ...]:
     )
 
 
-def _stored(rec: JobRecord, params: tuple[Any, ...]) -> JobRecord:
+def _loads_all(texts: Sequence[str]) -> list[Any]:
+    """Decode JSON texts (each one JSON value, as ``json.dumps`` wrote it) in one call: a
+    quarter of the cost of one ``json.loads`` each."""
+    values: list[Any] = json.loads("[" + ",".join(texts) + "]")
+    return values
+
+
+def _stored(rec: JobRecord, params: tuple[Any, ...], args: Any) -> JobRecord:
     """The record :meth:`SQLiteStore.get` reads back once ``rec`` is inserted with ``params``,
-    made without a query: JSON columns decoded from the text stored, times from the Unix
-    seconds stored (a fresh snapshot: nothing in it is shared with ``rec``)."""
+    made without a query: ``args`` decoded from the args stored, the other JSON columns
+    decoded from the text stored, times from the Unix seconds stored (a fresh snapshot:
+    nothing in it is shared with ``rec``)."""
     # object.__setattr__ on a new object rather than JobRecord(...): half the cost. Every
     # field of JobRecord is set (a field missing here fails the conformance round trip).
     new: JobRecord = object.__new__(JobRecord)
     put = object.__setattr__
     put(new, "id", rec.id)
     put(new, "handler", rec.handler)
-    put(new, "args", _loads_object(params[_ARGS]))
+    put(new, "args", args if isinstance(args, dict) else {})
     put(new, "queue", rec.queue)
     headers = params[_HEADERS]
     put(new, "headers", {} if headers == "{}" else _loads_object(headers))
@@ -567,10 +575,13 @@ class SQLiteStore:
 
         sources = await self._run(insert)
         if sources is None:
-            out = [_stored(rec, p) for rec, p in zip(records, params, strict=True)]
+            decoded = _loads_all([p[_ARGS] for p in params])
+            out = [_stored(*job) for job in zip(records, params, decoded, strict=True)]
         else:
             out = [
-                src if isinstance(src, JobRecord) else _stored(records[src], params[src])
+                src
+                if isinstance(src, JobRecord)
+                else _stored(records[src], params[src], json.loads(params[src][_ARGS]))
                 for src in sources
             ]
             if all(isinstance(src, JobRecord) for src in sources):
