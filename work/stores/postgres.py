@@ -524,8 +524,12 @@ class PostgresStore:
             enqueued = _utc(rec.enqueued_at) if rec.enqueued_at else _now()
             if await pool.fetch(self._insert_one_sql, *_insert_values(rec, args, enqueued)):
                 return [_stored(rec, json.loads(args), enqueued)]
-            # It ran into a job: the general path looks it up (and inserts again if that job
-            # became final meanwhile, freeing its unique key).
+            # It ran into a job (an idempotent re-add): look that job up.
+            found: list[Any] = [None]
+            if not await self._resolve_conflicts(pool, records, [0], found):
+                return found
+            # That job became final meanwhile, freeing its unique key: the general path
+            # inserts again.
         if len(records) == 1 or len({rec.id for rec in records}) == len(records):
             return await self._add_distinct(pool, records)
         out: list[JobRecord] = []
