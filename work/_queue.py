@@ -30,8 +30,35 @@ __all__ = ["Queue", "SyncQueue"]
 _WAIT_MAX_INTERVAL = 0.25
 
 
+def _json_ok(value: Any) -> bool:
+    """True when JSON carries ``value`` faithfully; the per-job fast path: no names built."""
+    if value is None or isinstance(value, str | bool | int):
+        return True
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str) or not _json_ok(item):
+                return False
+        return True
+    if isinstance(value, list | tuple):
+        # A plain loop, not all(<generator>): this runs for every item of every job's args.
+        for item in value:  # noqa: SIM110
+            if not _json_ok(item):
+                return False
+        return True
+    return False
+
+
 def _check_json(value: Any, where: str) -> None:
     """Raise TypeError naming the first part of ``value`` that JSON cannot carry faithfully."""
+    if _json_ok(value):
+        return
+    _name_json_problem(value, where)
+
+
+def _name_json_problem(value: Any, where: str) -> None:
+    """Walk ``value`` building the path to its first bad part, and raise TypeError naming it."""
     if value is None or isinstance(value, str | bool | int):
         return
     if isinstance(value, float):
@@ -45,11 +72,11 @@ def _check_json(value: Any, where: str) -> None:
                     f"{where} has a key {key!r} of type {type(key).__name__}; JSON object keys "
                     f"must be str"
                 )
-            _check_json(item, f"{where}[{key!r}]")
+            _name_json_problem(item, f"{where}[{key!r}]")
         return
     if isinstance(value, list | tuple):
         for index, item in enumerate(value):
-            _check_json(item, f"{where}[{index}]")
+            _name_json_problem(item, f"{where}[{index}]")
         return
     raise TypeError(
         f"{where} is a {type(value).__name__}, which is not JSON-serialisable "
