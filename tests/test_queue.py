@@ -238,6 +238,15 @@ def test_queue_constructor_errors() -> None:
         Queue("ftp://nowhere")
 
 
+def test_unknown_scheme_error_lists_schemes_and_hides_the_password() -> None:
+    """An unknown scheme names the known ones; a password in the URL is never echoed."""
+    with pytest.raises(ValueError) as info:
+        open_store("mysql://app:s3cret@127.0.0.1/jobs")
+    message = str(info.value)
+    assert "s3cret" not in message and "app:***@127.0.0.1" in message
+    assert "sqlite://" in message and "postgresql://" in message and "redis://" in message
+
+
 def test_sync_queue_round_trip(tmp_path: Path) -> None:
     """SyncQueue offers the same calls, blocking, and closes cleanly (twice is fine)."""
     with SyncQueue(f"sqlite:///{tmp_path / 's.db'}") as queue:

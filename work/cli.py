@@ -30,7 +30,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequen
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, NoReturn, Self, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import anyio
 from anyio.abc import TaskStatus
@@ -40,7 +40,7 @@ from ._queue import Queue
 from ._retry import RetryPolicy
 from ._status import Status
 from ._worker import Worker
-from .stores import Claimed, JobRecord, JobState, Outcome, Store, open_store
+from .stores import Claimed, JobRecord, JobState, Outcome, Store, mask_url, open_store
 
 if TYPE_CHECKING:
     import uvicorn
@@ -70,23 +70,6 @@ class CLIError(Exception):
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def mask_url(url: str) -> str:
-    """Return ``url`` with its password, if any, replaced by ``***``.
-
-    Args:
-        url: a store URL such as ``postgresql://user:secret@host/db``.
-
-    Returns:
-        The URL safe to print (``postgresql://user:***@host/db``).
-    """
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    userinfo, _, hostinfo = parts.netloc.rpartition("@")
-    user = userinfo.partition(":")[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{hostinfo}"))
 
 
 def _parse_store_options(items: Sequence[str]) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from ._base import JobRecord as JobRecord
 from ._base import JobState as JobState
 from ._base import Outcome as Outcome
 from ._base import Store as Store
+from ._open import mask_url as mask_url
 from ._open import open_store as open_store
 
-__all__ = ("Claimed", "JobRecord", "JobState", "Outcome", "Store", "open_store")
+__all__ = ("Claimed", "JobRecord", "JobState", "Outcome", "Store", "mask_url", "open_store")

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import importlib
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from ._base import Store
 
-__all__ = ["SCHEMES", "open_store"]
+__all__ = ["SCHEMES", "mask_url", "open_store"]
 
 # scheme -> (module, class); imported only when used, so a driver is needed only for its store.
 SCHEMES: dict[str, tuple[str, str]] = {
@@ -19,6 +19,23 @@ SCHEMES: dict[str, tuple[str, str]] = {
     "redis": ("work.stores.redis", "RedisStore"),
     "rediss": ("work.stores.redis", "RedisStore"),
 }
+
+
+def mask_url(url: str) -> str:
+    """Return ``url`` with its password, if any, replaced by ``***``.
+
+    Args:
+        url: a store URL such as ``postgresql://user:secret@host/db``.
+
+    Returns:
+        The URL safe to print or log (``postgresql://user:***@host/db``).
+    """
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    userinfo, _, hostinfo = parts.netloc.rpartition("@")
+    user = userinfo.partition(":")[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{hostinfo}"))
 
 
 def open_store(url: str, **options: Any) -> Store:
@@ -37,7 +54,7 @@ def open_store(url: str, **options: Any) -> Store:
     scheme = urlsplit(url).scheme.lower()
     if scheme not in SCHEMES:
         known = ", ".join(f"{s}://" for s in SCHEMES)
-        raise ValueError(f"unknown store URL scheme in {url!r}; known schemes: {known}")
+        raise ValueError(f"unknown store URL scheme in {mask_url(url)!r}; known schemes: {known}")
     module_name, class_name = SCHEMES[scheme]
     module = importlib.import_module(module_name)
     store: Store = getattr(module, class_name)(url, **options)

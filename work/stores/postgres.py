@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any, Self
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 
 import anyio
 
@@ -21,6 +21,7 @@ import asyncpg  # type: ignore[import-untyped]
 from .._exceptions import WorkError
 from .._status import Status
 from ._base import Claimed, JobRecord, JobState, Outcome
+from ._open import mask_url
 
 __all__ = ["PostgresStore", "PostgresUnavailableError"]
 
@@ -61,16 +62,6 @@ def _quote_ident(name: str) -> str:
 
 def _quote_literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
-
-
-def _mask(url: str) -> str:
-    """Return ``url`` with its password replaced by ``***``."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    userinfo, _, hostinfo = parts.netloc.rpartition("@")
-    user = userinfo.split(":", 1)[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{hostinfo}"))
 
 
 def _address(url: str) -> tuple[str, int | str]:
@@ -329,7 +320,7 @@ class PostgresStore:
             raise ValueError(
                 f"need 0 <= min_size <= max_size and max_size >= 1, got {min_size}, {max_size}"
             )
-        self.url = _mask(url)
+        self.url = mask_url(url)
         self.schema = schema
         self._dsn = url
         self._min_size = min_size

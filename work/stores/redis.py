@@ -8,7 +8,6 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any, Self, cast
-from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import redis.asyncio as aioredis
@@ -20,6 +19,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from .._exceptions import WorkError
 from .._status import Status
 from ._base import Claimed, JobRecord, JobState, Outcome
+from ._open import mask_url
 
 __all__ = ["RedisStore", "RedisUnavailableError"]
 
@@ -352,16 +352,6 @@ def _require_asyncio() -> None:
         ) from None
 
 
-def _mask(url: str) -> str:
-    """Return ``url`` with its password replaced by ``***``."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    userinfo, _, hostinfo = parts.netloc.rpartition("@")
-    user = userinfo.split(":", 1)[0] if ":" in userinfo else ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{hostinfo}"))
-
-
 def _us(when: datetime) -> int:
     """Microseconds since the epoch, exactly (never below 0)."""
     return max((when - _EPOCH) // _MICROSECOND, 0)
@@ -556,7 +546,7 @@ class RedisStore:
     def __init__(self, url: str, *, prefix: str = "anywork", **client_options: Any) -> None:
         if not prefix:
             raise ValueError("prefix must be a non-empty string")
-        self.url = _mask(url)
+        self.url = mask_url(url)
         self.prefix = prefix
         self._dsn = url
         # Responses stay bytes: a payload that is not UTF-8 must not break a whole claim.
