@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -423,6 +424,43 @@ def test_worker_on_trio(spawn: Callable[..., WorkerProcess], store_url: str) -> 
         assert queue.wait(record.id, timeout=20).result == 5
     assert proc.stop() == 0
     assert "processed 1 job: succeeded 1 (200x1)" in proc.output()
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
+def test_worker_waits_for_a_store_that_is_not_up_yet(
+    tmp_path: Path, spawn: Callable[..., WorkerProcess]
+) -> None:
+    """A worker whose store is down retries with backoff, then serves once it comes up."""
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    proc = spawn("tasks:worker", "--store", url)
+    proc.wait_for_output(f"cannot connect to {url}", timeout=30)
+    output = proc.wait_for_output("retrying in 1s", timeout=30)
+    assert "127.0.0.1" in output and str(port) in output and "serving" not in output
+    server = subprocess.Popen(
+        ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+         "--appendonly", "no", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        proc.wait_for_output("serving", timeout=60)
+        with SyncQueue(url) as queue:
+            record = queue.enqueue(work.Job("add", {"a": 20, "b": 22}))
+            assert queue.wait(record.id, timeout=20).result == 42
+        assert proc.stop() == 0
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def test_worker_stops_while_waiting_for_its_store(spawn: Callable[..., WorkerProcess]) -> None:
+    """SIGTERM while the store is unreachable ends the worker at once, exit 0."""
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    proc = spawn("tasks:worker", "--store", url)
+    proc.wait_for_output("retrying in", timeout=30)
+    assert proc.stop(timeout=20) == 0
+    assert "serving" not in proc.output()
 
 
 def test_second_signal_stops_at_once(

@@ -53,6 +53,8 @@ _SUPERVISOR_ENV = "ANYWORK_SUPERVISOR_PID"
 # Schemes whose drivers (asyncpg, redis-py) run on asyncio only.
 _ASYNCIO_ONLY = frozenset({"postgresql", "postgres", "redis", "rediss"})
 _S = TypeVar("_S", bound=Store)
+# The longest wait between a worker's attempts to reach an unreachable store.
+_CONNECT_BACKOFF_CAP = 30.0
 
 
 class CLIError(Exception):
@@ -107,12 +109,47 @@ async def _connected(store: _S) -> AsyncIterator[_S]:
     except Exception as exc:
         # Drivers raise their own error types (asyncpg, redis-py); name them in one line.
         raise CLIError(f"cannot open {store.url}: {type(exc).__name__}: {exc}") from None
+    async with _entered(store):
+        yield store
+
+
+@contextlib.asynccontextmanager
+async def _entered(store: _S) -> AsyncIterator[_S]:
+    """Leave an already connected ``store`` when the block ends, passing on its error."""
     try:
         yield store
     except BaseException as exc:
         await store.__aexit__(type(exc), exc, exc.__traceback__)
         raise
     await store.__aexit__(None, None, None)
+
+
+async def _connect_patiently(
+    store: Store, stop: anyio.Event, *, first: float = 0.5, cap: float = _CONNECT_BACKOFF_CAP
+) -> bool:
+    """Connect ``store`` for a worker, retrying an unreachable server with backoff.
+
+    A server that cannot be reached (``ConnectionError``, ``OSError``: down, restarting, not
+    up yet) is retried after 0.5 s, 1 s, 2 s, … up to ``cap`` seconds, each failure logged in
+    one line; any other error (bad credentials, a newer schema, a driver that needs asyncio)
+    cannot heal by waiting and ends the worker with a CLIError. Returns False when ``stop``
+    is set (SIGTERM) before the store was reached, True once it is connected.
+    """
+    delay = first
+    while True:
+        try:
+            await store.__aenter__()
+        except (OSError, ConnectionError) as exc:
+            _log(f"cannot connect to {store.url}: {exc} (retrying in {delay:g}s)")
+        except Exception as exc:
+            raise CLIError(f"cannot open {store.url}: {type(exc).__name__}: {exc}") from None
+        else:
+            return True
+        with anyio.move_on_after(delay):
+            await stop.wait()
+        if stop.is_set():
+            return False
+        delay = min(delay * 2, cap)
 
 
 def _compact_time(value: datetime | None, now: datetime) -> str:
@@ -575,7 +612,9 @@ async def _serve(
     probe: _Probe,
     stop: anyio.Event,
 ) -> None:
-    async with _connected(store), anyio.create_task_group() as serving, worker:
+    if not await _connect_patiently(store, stop):
+        return  # told to stop before the store could be reached
+    async with _entered(store), anyio.create_task_group() as serving, worker:
 
         async def serve() -> None:
             await worker.serve(store, queues=queues, concurrency=ns.concurrency, lease=ns.lease)
