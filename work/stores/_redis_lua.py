@@ -1,0 +1,294 @@
+"""The Lua scripts of the Redis store: every change to a job is one of these, run atomically."""
+
+from __future__ import annotations
+
+__all__ = ["ADD", "CANCEL", "CLAIM", "COMPLETE", "REAP", "RENEW"]
+
+# Helpers shared by the scripts. ARGV[1] is always the key prefix. Times are integer
+# microseconds since the epoch, passed and stored as decimal strings, never formatted by Lua
+# (whose tostring keeps only 14 significant digits). The ready set of a queue is scored by
+# -priority; members sort, among equal scores, by "due:seq:id" with zero-padded numbers.
+LUA_PRELUDE = r"""
+local P = ARGV[1]
+local function jkey(id) return P .. ':job:' .. id end
+local function pad(s, n)
+  s = tostring(s)
+  return string.rep('0', n - #s) .. s
+end
+local function member(due, seq, id) return pad(due, 17) .. ':' .. pad(seq, 12) .. ':' .. id end
+local function stat(q, state, delta)
+  if state then redis.call('HINCRBY', P .. ':stats', q .. '\0' .. state, delta) end
+end
+local function wake(q, cap, n)
+  local k, tokens = P .. ':wake:' .. q, {}
+  for i = 1, math.min(n or 1, tonumber(cap)) do tokens[i] = '1' end
+  if redis.call('RPUSH', k, unpack(tokens)) > tonumber(cap) then
+    redis.call('LTRIM', k, -tonumber(cap), -1)
+  end
+end
+local function make_ready(jk, q, id, due, seq, priority)
+  local m = member(due, seq, id)
+  redis.call('ZADD', P .. ':ready:' .. q, -tonumber(priority), m)
+  redis.call('HSET', jk, 'rmember', m)
+end
+local function release_unique(q, ukey, id)
+  if ukey and redis.call('HGET', P .. ':unique:' .. q, ukey) == id then
+    redis.call('HDEL', P .. ':unique:' .. q, ukey)
+  end
+end
+local function opt(s)
+  if s == '' then return nil end
+  return string.sub(s, 2)
+end
+"""
+
+# ARGV: prefix, cap, and a JSON array with, per job, an array of strings: id, queue,
+# unique_key (opt), state, due, priority, enqueued_at, scheduled_for (opt), max_attempts, args,
+# spec, extra (opt: a JSON object of further fields, all values strings). One argument for
+# the batch keeps the client's command packing cheap. Returns, for each job that was not
+# added, its index in the batch and the stored job hash it ran into (that id, or the active
+# job holding that unique key). Each job is checked and added atomically (the whole batch is).
+ADD = (
+    LUA_PRELUDE
+    + r"""
+local cap = ARGV[2]
+local out, woken = {}, {}
+for n, job in ipairs(cjson.decode(ARGV[3])) do
+  local id, q, ukey, state = job[1], job[2], opt(job[3]), job[4]
+  local jk = jkey(id)
+  local existing = false
+  if redis.call('EXISTS', jk) == 1 then
+    existing = id
+  elseif ukey then
+    existing = redis.call('HGET', P .. ':unique:' .. q, ukey)
+  end
+  if existing then
+    table.insert(out, n - 1)
+    table.insert(out, redis.call('HGETALL', jkey(existing)))
+  else
+    local seq = redis.call('INCR', P .. ':seq')
+    local f = {'id', id, 'queue', q, 'state', state, 'priority', job[6],
+               'enqueued_at', job[7], 'max_attempts', job[9], 'args', job[10],
+               'spec', job[11], 'seq', seq, 'status', '-1', 'attempts', '0',
+               'deferrals', '0'}
+    local function put(k, v) f[#f + 1] = k; f[#f + 1] = v end
+    if ukey then
+      put('unique_key', ukey)
+      redis.call('HSET', P .. ':unique:' .. q, ukey, id)
+    end
+    local due = opt(job[8])
+    if due then put('scheduled_for', due) end
+    local extra = opt(job[12])
+    if extra then
+      for k, v in pairs(cjson.decode(extra)) do put(k, v) end
+    end
+    if state == 'queued' then
+      local m = member(job[5], seq, id)
+      redis.call('ZADD', P .. ':ready:' .. q, -tonumber(job[6]), m)
+      put('rmember', m)
+    elseif state == 'scheduled' then
+      redis.call('ZADD', P .. ':sched:' .. q, job[5], id)
+    end
+    redis.call('HSET', jk, unpack(f))
+    redis.call('ZADD', P .. ':all', seq, id)
+    if state == 'queued' or state == 'scheduled' then woken[q] = (woken[q] or 0) + 1 end
+    stat(q, state, 1)
+  end
+end
+for q, n in pairs(woken) do wake(q, cap, n) end
+return out
+"""
+)
+
+# ARGV: prefix, now, limit, lease_until, owner, queue, ...
+CLAIM = (
+    LUA_PRELUDE
+    + r"""
+local now, limit = ARGV[2], tonumber(ARGV[3])
+local cands = {}
+for i = 6, #ARGV do
+  local q = ARGV[i]
+  local sk, rk = P .. ':sched:' .. q, P .. ':ready:' .. q
+  -- Scheduled jobs that fell due join the ready set (they stay SCHEDULED until claimed).
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', sk, '-inf', now, 'LIMIT', 0, 1000)) do
+    local jk = jkey(id)
+    local f = redis.call('HMGET', jk, 'scheduled_for', 'seq', 'priority')
+    redis.call('ZREM', sk, id)
+    if f[2] then make_ready(jk, q, id, f[1] or now, f[2], f[3] or '0') end
+  end
+  local top = redis.call('ZRANGE', rk, 0, limit - 1, 'WITHSCORES')
+  for j = 1, #top, 2 do
+    table.insert(cands, {tonumber(top[j + 1]), top[j], rk, q})
+  end
+end
+table.sort(cands, function(a, b)
+  if a[1] ~= b[1] then return a[1] < b[1] end
+  return a[2] < b[2]
+end)
+local out, taken = {}, 0
+for _, c in ipairs(cands) do
+  if taken >= limit then break end
+  redis.call('ZREM', c[3], c[2])
+  local id = string.sub(c[2], 32)
+  local jk = jkey(id)
+  local old = redis.call('HGET', jk, 'state')
+  if old == 'queued' or old == 'scheduled' then
+    redis.call('HINCRBY', jk, 'attempts', 1)
+    redis.call('HSET', jk, 'state', 'running', 'started_at', now, 'owner', ARGV[5],
+               'lease_until', ARGV[4])
+    redis.call('HDEL', jk, 'rmember', 'finished_at', 'cancel_requested')
+    redis.call('ZADD', P .. ':running', ARGV[4], id)
+    stat(c[4], old, -1)
+    stat(c[4], 'running', 1)
+    local h, fields, args = redis.call('HGETALL', jk), {}, ''
+    for j = 1, #h, 2 do
+      if h[j] == 'args' then args = h[j + 1] else fields[h[j]] = h[j + 1] end
+    end
+    table.insert(out, cjson.encode(fields))
+    table.insert(out, args)
+    taken = taken + 1
+  end
+end
+-- Every wake token was a hint about a job that is no longer ready: drop stale ones.
+for i = 6, #ARGV do
+  if redis.call('ZCARD', P .. ':ready:' .. ARGV[i]) == 0 then
+    redis.call('DEL', P .. ':wake:' .. ARGV[i])
+  end
+end
+return out
+"""
+)
+
+# ARGV: prefix, owner, lease_until, id, ...   Returns the ids the owner must stop.
+RENEW = (
+    LUA_PRELUDE
+    + r"""
+local stop = {}
+for i = 4, #ARGV do
+  local id = ARGV[i]
+  local jk = jkey(id)
+  local f = redis.call('HMGET', jk, 'state', 'owner', 'cancel_requested')
+  if f[1] == 'running' and f[2] == ARGV[2] then
+    redis.call('HSET', jk, 'lease_until', ARGV[3])
+    redis.call('ZADD', P .. ':running', ARGV[3], id)
+    if f[3] == '1' then table.insert(stop, id) end
+  else
+    table.insert(stop, id)
+  end
+end
+return stop
+"""
+)
+
+# ARGV: prefix, owner, now, cap, and a JSON array with, per outcome, an array of strings: id,
+# state, status, result (opt), error (opt), scheduled_for (opt), give_back ('1'/'0'),
+# deferral ('1'/'0'). One argument for the batch, as for add: redis-py packs a command
+# argument by argument, which cost more than the script itself with 8 per outcome.
+COMPLETE = (
+    LUA_PRELUDE
+    + r"""
+local owner, now, cap = ARGV[2], ARGV[3], ARGV[4]
+for _, o in ipairs(cjson.decode(ARGV[5])) do
+  local id, state = o[1], o[2]
+  local jk = jkey(id)
+  local f = redis.call('HMGET', jk, 'state', 'owner', 'queue', 'unique_key', 'attempts',
+                       'enqueued_at', 'seq', 'priority')
+  if f[1] == 'running' and f[2] == owner then
+    local q = f[3]
+    redis.call('ZREM', P .. ':running', id)
+    redis.call('HDEL', jk, 'owner', 'lease_until', 'cancel_requested', 'scheduled_for',
+               'finished_at')
+    redis.call('HSET', jk, 'state', state, 'status', o[3])
+    local result, err, due = opt(o[4]), opt(o[5]), opt(o[6])
+    if state == 'succeeded' then
+      if result then redis.call('HSET', jk, 'result', result)
+      else redis.call('HDEL', jk, 'result') end
+    end
+    if err then redis.call('HSET', jk, 'error', err) else redis.call('HDEL', jk, 'error') end
+    if o[7] == '1' and tonumber(f[5]) > 0 then
+      redis.call('HINCRBY', jk, 'attempts', -1)
+    end
+    if o[8] == '1' then redis.call('HINCRBY', jk, 'deferrals', 1) end
+    if state == 'scheduled' then
+      due = due or now
+      redis.call('HSET', jk, 'scheduled_for', due)
+      redis.call('ZADD', P .. ':sched:' .. q, due, id)
+      wake(q, cap)
+    elseif state == 'queued' then
+      make_ready(jk, q, id, f[6], f[7], f[8])
+      wake(q, cap)
+    else
+      redis.call('HSET', jk, 'finished_at', now)
+      release_unique(q, f[4], id)
+    end
+    stat(q, 'running', -1)
+    stat(q, state, 1)
+  end
+end
+return 0
+"""
+)
+
+# ARGV: prefix, now, cap, batch.   Returns how many jobs changed.
+REAP = (
+    LUA_PRELUDE
+    + r"""
+local now, cap = ARGV[2], ARGV[3]
+local n = 0
+local lost = redis.call('ZRANGEBYSCORE', P .. ':running', '-inf', now, 'LIMIT', 0, ARGV[4])
+for _, id in ipairs(lost) do
+  redis.call('ZREM', P .. ':running', id)
+  local jk = jkey(id)
+  local f = redis.call('HMGET', jk, 'state', 'queue', 'cancel_requested', 'attempts',
+                       'max_attempts', 'unique_key', 'enqueued_at', 'seq', 'priority')
+  if f[1] == 'running' then
+    local q, state = f[2], 'failed'
+    redis.call('HDEL', jk, 'owner', 'lease_until', 'cancel_requested')
+    if f[3] == '1' then
+      state = 'cancelled'
+      redis.call('HSET', jk, 'status', '499', 'error', 'cancelled', 'finished_at', now)
+      release_unique(q, f[6], id)
+    elseif tonumber(f[4]) < tonumber(f[5]) then
+      state = 'queued'
+      redis.call('HSET', jk, 'status', '500', 'error', 'worker lost')
+      redis.call('HDEL', jk, 'scheduled_for')
+      make_ready(jk, q, id, f[7], f[8], f[9])
+      wake(q, cap)
+    else
+      redis.call('HSET', jk, 'status', '500', 'error', 'worker lost', 'finished_at', now)
+      release_unique(q, f[6], id)
+    end
+    redis.call('HSET', jk, 'state', state)
+    stat(q, 'running', -1)
+    stat(q, state, 1)
+    n = n + 1
+  end
+end
+return n
+"""
+)
+
+# ARGV: prefix, id, now.   Returns 1 if cancelled or a cancel requested, else 0.
+CANCEL = (
+    LUA_PRELUDE
+    + r"""
+local id, now = ARGV[2], ARGV[3]
+local jk = jkey(id)
+local f = redis.call('HMGET', jk, 'state', 'queue', 'rmember', 'unique_key')
+local state, q = f[1], f[2]
+if state == 'running' then
+  redis.call('HSET', jk, 'cancel_requested', '1')
+  return 1
+end
+if state ~= 'queued' and state ~= 'scheduled' then return 0 end
+if f[3] then redis.call('ZREM', P .. ':ready:' .. q, f[3]) end
+redis.call('ZREM', P .. ':sched:' .. q, id)
+redis.call('HDEL', jk, 'rmember')
+redis.call('HSET', jk, 'state', 'cancelled', 'status', '499', 'error', 'cancelled',
+           'finished_at', now)
+release_unique(q, f[4], id)
+stat(q, state, -1)
+stat(q, 'cancelled', 1)
+return 1
+"""
+)
