@@ -19,9 +19,17 @@ import anyio
 import asyncpg  # type: ignore[import-untyped]
 
 from .._exceptions import WorkError
-from .._status import Status
 from ._base import Claimed, JobRecord, JobState, Outcome
 from ._open import mask_url
+from ._postgres_rows import (
+    decode_row,
+    dumps,
+    insert_object,
+    insert_values,
+    loads_all,
+    stored_record,
+    utc,
+)
 
 __all__ = ["PostgresStore", "PostgresUnavailableError"]
 
@@ -85,65 +93,6 @@ def _require_asyncio() -> None:
         raise RuntimeError(
             "the PostgreSQL store needs the asyncio backend (asyncpg is asyncio-only)"
         ) from None
-
-
-# json.dumps with options builds a new encoder each call: build it once.
-_dumps = json.JSONEncoder(separators=(",", ":")).encode
-
-
-def _loads_object(raw: Any, what: str) -> tuple[dict[str, Any], str | None]:
-    """Decode a JSON object column; on failure return ``{}`` and why."""
-    if raw is None:
-        return {}, None
-    try:
-        value = json.loads(raw) if isinstance(raw, str | bytes) else raw
-    except ValueError as exc:
-        return {}, f"job {what} are not valid JSON: {exc}"
-    if not isinstance(value, dict):
-        return {}, f"job {what} must be a JSON object, got {type(value).__name__}"
-    return value, None
-
-
-def _status(code: Any) -> Status:
-    try:
-        return Status.coerce(int(code))
-    except (TypeError, ValueError):
-        return Status.UNKNOWN
-
-
-def _decode(row: Any) -> tuple[JobRecord, str | None]:
-    """Turn a row into a record, and say why its payload could not be decoded (or None)."""
-    args, args_error = _loads_object(row["args"], "args")
-    headers, headers_error = _loads_object(row["headers"], "headers")
-    if headers_error is None and not all(isinstance(v, str) for v in headers.values()):
-        headers, headers_error = {}, "job headers must map names to strings"
-    retry: dict[str, Any] | None = None
-    if row["retry"] is not None:
-        retry, _ = _loads_object(row["retry"], "retry settings")
-    result = json.loads(row["result"]) if row["result"] is not None else None
-    record = JobRecord(
-        id=row["id"],
-        handler=row["handler"],
-        args=args,
-        queue=row["queue"],
-        headers=headers,
-        priority=row["priority"],
-        state=JobState(row["state"]),
-        status=_status(row["status"]),
-        attempts=row["attempts"],
-        max_attempts=row["max_attempts"],
-        result=result,
-        error=row["error"],
-        unique_key=row["unique_key"],
-        enqueued_at=row["enqueued_at"],
-        scheduled_for=row["scheduled_for"],
-        started_at=row["started_at"],
-        finished_at=row["finished_at"],
-        timeout=row["timeout"],
-        retry=retry,
-        deferrals=row["deferrals"],
-    )
-    return record, args_error or headers_error
 
 
 def _migration_v1(s: str, channel: str) -> list[str]:
@@ -481,7 +430,7 @@ class PostgresStore:
     async def get(self, id: str) -> JobRecord | None:
         """Return the job's record, or None."""
         row = await self._require_pool().fetchrow(f"SELECT * FROM {self._s}.jobs WHERE id = $1", id)
-        return _decode(row)[0] if row is not None else None
+        return decode_row(row)[0] if row is not None else None
 
     async def stats(self) -> dict[str, dict[str, int]]:
         """Return ``{queue: {state: count}}`` for every queue holding jobs."""
@@ -511,10 +460,10 @@ class PostgresStore:
         if len(records) == 1:
             # The common call, Queue.enqueue: no lists to build when the job goes in.
             rec = records[0]
-            args = _dumps(rec.args)
-            enqueued = _utc(rec.enqueued_at) if rec.enqueued_at else _now()
-            if await pool.fetch(self._insert_one_sql, *_insert_values(rec, args, enqueued)):
-                return [_stored(rec, json.loads(args), enqueued)]
+            args = dumps(rec.args)
+            enqueued = utc(rec.enqueued_at) if rec.enqueued_at else _now()
+            if await pool.fetch(self._insert_one_sql, *insert_values(rec, args, enqueued)):
+                return [stored_record(rec, json.loads(args), enqueued)]
             # It ran into a job (an idempotent re-add): look that job up.
             found: list[Any] = [None]
             if not await self._resolve_conflicts(pool, records, [0], found):
@@ -538,8 +487,8 @@ class PostgresStore:
     async def _add_distinct(self, pool: _Runner, records: Sequence[JobRecord]) -> list[JobRecord]:
         """:meth:`add` for jobs whose ids are all different."""
         now = _now()
-        args = [_dumps(rec.args) for rec in records]
-        enqueued = [_utc(rec.enqueued_at) if rec.enqueued_at else now for rec in records]
+        args = [dumps(rec.args) for rec in records]
+        enqueued = [utc(rec.enqueued_at) if rec.enqueued_at else now for rec in records]
         out: list[JobRecord | None] = [None] * len(records)
         pending = list(range(len(records)))
         # A conflicting unique key whose job became final in between gives no record: insert
@@ -547,21 +496,21 @@ class PostgresStore:
         for _ in range(10):
             if len(pending) == 1:
                 i = pending[0]
-                values = _insert_values(records[i], args[i], enqueued[i])
+                values = insert_values(records[i], args[i], enqueued[i])
                 rows = await pool.fetch(self._insert_one_sql, *values)
             else:
                 # The batch travels as one JSON document: far cheaper to encode than arrays.
-                batch = _dumps([_insert_object(records[i], args[i], enqueued[i]) for i in pending])
+                batch = dumps([insert_object(records[i], args[i], enqueued[i]) for i in pending])
                 rows = await pool.fetch(self._insert_sql, batch)
             if len(rows) == len(pending):  # one row per job inserted: all were
-                for i, decoded in zip(pending, _loads_all([args[i] for i in pending]), strict=True):
-                    out[i] = _stored(records[i], decoded, enqueued[i])
+                for i, decoded in zip(pending, loads_all([args[i] for i in pending]), strict=True):
+                    out[i] = stored_record(records[i], decoded, enqueued[i])
                 break
             inserted = {row["id"] for row in rows}
             conflicted: list[int] = []
             for i in pending:
                 if records[i].id in inserted:
-                    out[i] = _stored(records[i], json.loads(args[i]), enqueued[i])
+                    out[i] = stored_record(records[i], json.loads(args[i]), enqueued[i])
                 else:
                     conflicted.append(i)
             pending = await self._resolve_conflicts(pool, records, conflicted, out)
@@ -641,7 +590,7 @@ class PostgresStore:
         by_id: dict[str, JobRecord] = {}
         by_key: dict[tuple[str, str], JobRecord] = {}
         for row in rows:
-            rec = _decode(row)[0]
+            rec = decode_row(row)[0]
             by_id[rec.id] = rec
             if rec.unique_key is not None and not rec.state.is_final:
                 by_key[rec.queue, rec.unique_key] = rec
@@ -725,7 +674,7 @@ class PostgresStore:
                 r["seq"],
             ),
         )
-        return [Claimed(*_decode(row)) for row in rows]
+        return [Claimed(*decode_row(row)) for row in rows]
 
     async def renew(self, owner: str, ids: Sequence[str], *, lease: float) -> set[str]:
         """Extend ``owner``'s leases on ``ids`` in one statement; return those it must stop
@@ -782,7 +731,7 @@ class PostgresStore:
             [o.id for o in latest],
             [o.state.value for o in latest],
             [int(o.status) for o in latest],
-            [_dumps(o.result) if o.state is JobState.SUCCEEDED else None for o in latest],
+            [dumps(o.result) if o.state is JobState.SUCCEEDED else None for o in latest],
             [o.error for o in latest],
             [o.scheduled_for for o in latest],
             [o.give_back_attempt for o in latest],
@@ -903,7 +852,7 @@ class PostgresStore:
             + (" WHERE " + " AND ".join(where) if where else "")
             + f" ORDER BY seq LIMIT ${len(params)}"
         )
-        return [_decode(row)[0] for row in await pool.fetch(sql, *params)]
+        return [decode_row(row)[0] for row in await pool.fetch(sql, *params)]
 
     # -- for tests ------------------------------------------------------------------------
 
@@ -919,124 +868,6 @@ class PostgresStore:
         )
         if status == "UPDATE 0":
             raise KeyError(id)
-
-
-def _utc(when: datetime) -> datetime:
-    """``when`` in UTC, as the server hands back a timestamptz."""
-    return when if when.tzinfo is UTC else when.astimezone(UTC)
-
-
-def _insert_values(rec: JobRecord, args: str, enqueued: datetime) -> tuple[Any, ...]:
-    """The parameters of ``_insert_one_sql`` for ``rec`` (JSON columns as JSON text)."""
-    return (
-        rec.id,
-        rec.handler,
-        rec.queue,
-        args,
-        _dumps(rec.headers) if rec.headers else "{}",
-        rec.priority,
-        rec.state.value,
-        int(rec.status),
-        rec.attempts,
-        rec.max_attempts,
-        _dumps(rec.result) if rec.result is not None else None,
-        rec.error,
-        rec.unique_key,
-        enqueued,
-        rec.scheduled_for,
-        rec.started_at,
-        rec.finished_at,
-        rec.timeout,
-        _dumps(rec.retry) if rec.retry is not None else None,
-        rec.deferrals,
-    )
-
-
-def _insert_object(rec: JobRecord, args: str, enqueued: datetime) -> dict[str, Any]:
-    """One job of a batch insert as a JSON object, leaving out NULLs and the columns'
-    defaults (``_insert_sql`` puts them back)."""
-    out: dict[str, Any] = {
-        "id": rec.id,
-        "handler": rec.handler,
-        "queue": rec.queue,
-        "args": args,  # the args column holds JSON text
-        "state": rec.state.value,
-        "enqueued_at": enqueued.isoformat(),
-    }
-    if rec.headers:
-        out["headers"] = rec.headers  # nested as JSON, not as text
-    if rec.priority != 0:
-        out["priority"] = rec.priority
-    if rec.status != -1:
-        out["status"] = int(rec.status)
-    if rec.attempts != 0:
-        out["attempts"] = rec.attempts
-    if rec.max_attempts != 1:
-        out["max_attempts"] = rec.max_attempts
-    if rec.result is not None:
-        out["result"] = rec.result
-    if rec.error is not None:
-        out["error"] = rec.error
-    if rec.unique_key is not None:
-        out["unique_key"] = rec.unique_key
-    if rec.scheduled_for is not None:
-        out["scheduled_for"] = rec.scheduled_for.isoformat()
-    if rec.started_at is not None:
-        out["started_at"] = rec.started_at.isoformat()
-    if rec.finished_at is not None:
-        out["finished_at"] = rec.finished_at.isoformat()
-    if rec.timeout is not None:
-        out["timeout"] = rec.timeout
-    if rec.retry is not None:
-        out["retry"] = rec.retry
-    if rec.deferrals != 0:
-        out["deferrals"] = rec.deferrals
-    return out
-
-
-def _json_copy(value: Any) -> Any:
-    """``value`` through JSON (None stays None): as a JSON column reads back, shared with no
-    one."""
-    return None if value is None else json.loads(_dumps(value))
-
-
-def _loads_all(texts: Sequence[str]) -> list[Any]:
-    """Decode JSON texts (each one JSON value) in one call: a quarter of the cost of one
-    ``json.loads`` each."""
-    values: list[Any] = json.loads("[" + ",".join(texts) + "]")
-    return values
-
-
-def _stored(rec: JobRecord, args: dict[str, Any], enqueued: datetime) -> JobRecord:
-    """The record :meth:`PostgresStore.get` reads back once ``rec`` is inserted, made without
-    a query from ``args`` decoded from the JSON text stored; other JSON values are copied
-    through JSON, times are in UTC (a fresh snapshot: no mutable value is shared with
-    ``rec``)."""
-    # object.__setattr__ on a new object rather than JobRecord(...) or replace(): half the
-    # cost. Every field of JobRecord is set (a missing one fails the conformance round trip).
-    new: JobRecord = object.__new__(JobRecord)
-    put = object.__setattr__
-    put(new, "id", rec.id)
-    put(new, "handler", rec.handler)
-    put(new, "args", args)
-    put(new, "queue", rec.queue)
-    put(new, "headers", dict(rec.headers))
-    put(new, "priority", rec.priority)
-    put(new, "state", rec.state)
-    put(new, "status", rec.status)
-    put(new, "attempts", rec.attempts)
-    put(new, "max_attempts", rec.max_attempts)
-    put(new, "result", _json_copy(rec.result))
-    put(new, "error", rec.error)
-    put(new, "unique_key", rec.unique_key)
-    put(new, "enqueued_at", enqueued)
-    put(new, "scheduled_for", rec.scheduled_for and _utc(rec.scheduled_for))
-    put(new, "started_at", rec.started_at and _utc(rec.started_at))
-    put(new, "finished_at", rec.finished_at and _utc(rec.finished_at))
-    put(new, "timeout", None if rec.timeout is None else float(rec.timeout))
-    put(new, "retry", _json_copy(rec.retry))
-    put(new, "deferrals", rec.deferrals)
-    return new
 
 
 async def _keep_session(conn: Any) -> None:
