@@ -1,0 +1,450 @@
+"""The ``anywork worker`` command: one serving process, or a supervisor of several."""
+
+from __future__ import annotations
+
+import argparse
+import builtins
+import contextlib
+import importlib
+import os
+import signal
+import socket
+import sys
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator, Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self
+from urllib.parse import urlsplit
+
+import anyio
+from anyio.abc import TaskStatus
+
+from ._cli_common import CLIError, connect_patiently, entered, log, open_store_of
+from ._worker import Worker
+from .stores import Claimed, JobRecord, JobState, Outcome, Store
+
+if TYPE_CHECKING:
+    import uvicorn
+
+__all__ = ["load_worker", "parse_listen", "run_worker_command"]
+
+_SUPERVISOR_ENV = "ANYWORK_SUPERVISOR_PID"
+# Schemes whose drivers (asyncpg, redis-py) run on asyncio only.
+_ASYNCIO_ONLY = frozenset({"postgresql", "postgres", "redis", "rediss"})
+
+
+# --------------------------------------------------------------------------- worker: loading
+
+
+def load_worker(spec: str) -> Worker:
+    """Import the Worker named by ``module:attr`` (the current directory is importable).
+
+    ``attr`` may be dotted (``app:services.worker``) and may name a zero-argument callable
+    that returns a Worker (a factory).
+
+    Args:
+        spec: ``module:attr``, as uvicorn takes an app.
+
+    Returns:
+        The Worker.
+
+    Raises:
+        CLIError: the spec is malformed, the module or attribute does not exist (code 2), the
+            module fails while importing, or the object is not a Worker (code 1).
+    """
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise CLIError(f"the worker must be given as module:attr, got {spec!r}", 2)
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name == module_name or module_name.startswith(f"{exc.name}."):
+            raise CLIError(f"cannot import module {module_name!r} (from {spec!r})", 2) from None
+        raise CLIError(f"error while importing {module_name!r}: {exc}") from None
+    except Exception as exc:
+        raise CLIError(
+            f"error while importing {module_name!r}: {type(exc).__name__}: {exc}"
+        ) from None
+    obj: Any = module
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise CLIError(f"module {module_name!r} has no attribute {attr!r}", 2) from None
+    if isinstance(obj, Worker):
+        return obj
+    if callable(obj):
+        try:
+            made = obj()
+        except Exception as exc:
+            raise CLIError(f"{spec} raised {type(exc).__name__}: {exc}") from None
+        if isinstance(made, Worker):
+            return made
+        raise CLIError(f"{spec}() returned a {type(made).__name__}, not a Worker", 2)
+    raise CLIError(f"{spec} is a {type(obj).__name__}, not a Worker or a callable returning one", 2)
+
+
+# --------------------------------------------------------------------------- worker: running
+
+
+class _CountingStore:
+    """A store seen through a counter: every outcome the worker reports is tallied."""
+
+    def __init__(self, inner: Store) -> None:
+        self._inner = inner
+        self.url = inner.url
+        self.counts: Counter[tuple[str, int]] = Counter()
+
+    def __getattr__(self, name: str) -> Any:
+        # Extras a store offers beyond the protocol stay reachable.
+        return getattr(self._inner, name)
+
+    async def __aenter__(self) -> Self:
+        await self._inner.__aenter__()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._inner.__aexit__(exc_type, exc, tb)
+
+    async def add(self, records: Sequence[JobRecord]) -> list[JobRecord]:
+        return await self._inner.add(records)
+
+    async def get(self, id: str) -> JobRecord | None:
+        return await self._inner.get(id)
+
+    async def list(
+        self,
+        *,
+        state: JobState | None = None,
+        queue: str | None = None,
+        handler: str | None = None,
+        limit: int = 100,
+        after: str | None = None,
+    ) -> list[JobRecord]:
+        return await self._inner.list(
+            state=state, queue=queue, handler=handler, limit=limit, after=after
+        )
+
+    async def stats(self) -> dict[str, dict[str, int]]:
+        return await self._inner.stats()
+
+    async def cancel(self, id: str) -> bool:
+        return await self._inner.cancel(id)
+
+    async def claim(
+        self, queues: Sequence[str], *, limit: int, lease: float, owner: str
+    ) -> builtins.list[Claimed]:
+        return await self._inner.claim(queues, limit=limit, lease=lease, owner=owner)
+
+    async def renew(self, owner: str, ids: Sequence[str], *, lease: float) -> set[str]:
+        return await self._inner.renew(owner, ids, lease=lease)
+
+    async def complete(self, owner: str, outcomes: Sequence[Outcome]) -> None:
+        await self._inner.complete(owner, outcomes)
+        self.counts.update((str(o.state), int(o.status)) for o in outcomes)
+
+    async def reap(self) -> int:
+        return await self._inner.reap()
+
+    async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
+        await self._inner.wait_for_work(queues, timeout)
+
+    def summary(self) -> str:
+        """One line: how many jobs ended in each state, with the statuses behind each."""
+        if not self.counts:
+            return "processed 0 jobs"
+        by_state: dict[str, Counter[int]] = {}
+        for (state, status), n in self.counts.items():
+            by_state.setdefault(state, Counter())[status] += n
+        names = {"queued": "handed back", "scheduled": "retry scheduled"}
+        parts = []
+        for state in sorted(by_state, key=lambda s: -sum(by_state[s].values())):
+            codes = ", ".join(f"{c}x{n}" for c, n in sorted(by_state[state].items()) if c >= 0)
+            text = f"{names.get(state, state)} {sum(by_state[state].values())}"
+            parts.append(f"{text} ({codes})" if codes else text)
+        total = sum(self.counts.values())
+        return f"processed {total} job{'' if total == 1 else 's'}: " + "; ".join(parts)
+
+
+class _Probe:
+    """What ``/ready`` reports: True once the store is connected and the worker serves."""
+
+    def __init__(self) -> None:
+        self.ready = False
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``:PORT`` (all interfaces) -> (host, port)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
+    return (host.strip("[]") or "0.0.0.0"), int(port)
+
+
+def _http_app(probe: _Probe) -> Any:
+    """The ASGI app answering ``/metrics``, ``/ready`` and ``/live``."""
+    from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse, Response
+    from starlette.routing import Route
+
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+    async def ready(request: Request) -> Response:
+        if probe.ready:
+            return PlainTextResponse("READY")
+        return PlainTextResponse("NOT READY", status_code=503)
+
+    async def live(request: Request) -> Response:
+        return PlainTextResponse("OK")
+
+    return Starlette(
+        routes=[Route("/metrics", metrics), Route("/ready", ready), Route("/live", live)]
+    )
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """Listen on host:port ourselves, so a busy port is our clear error, not uvicorn's exit."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise CLIError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.listen(128)
+    return sock
+
+
+def _uvicorn_server(app: Any) -> uvicorn.Server:
+    """A uvicorn server that leaves signals to us (we drain the worker first)."""
+    try:
+        import uvicorn
+    except ImportError:  # checked before starting; kept for type checkers
+        raise CLIError("--http needs the server extra: pip install 'anywork[server]'", 2) from None
+
+    class _Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield
+
+    config = uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False)
+    return _Server(config)
+
+
+async def _serve_http(
+    sock: socket.socket, probe: _Probe, *, task_status: TaskStatus[uvicorn.Server]
+) -> None:
+    server = _uvicorn_server(_http_app(probe))
+    task_status.started(server)
+    try:
+        await server.serve(sockets=[sock])
+    finally:
+        sock.close()
+
+
+async def _watch_signals(stop: anyio.Event, now: anyio.CancelScope) -> None:
+    """First SIGTERM/SIGINT: drain (``stop``); the second: cancel everything at once."""
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            name = signal.Signals(signum).name
+            if not stop.is_set():
+                log(f"{name}: draining (stop claiming, finish or hand back); again to stop now")
+                stop.set()
+            else:
+                log(f"{name} again: stopping at once")
+                now.cancel()
+                return
+
+
+async def _watch_parent(stop: anyio.Event, parent: int) -> None:
+    """Under a supervisor: drain when it is gone (killed), so no worker is left orphaned."""
+    # No event fires when a parent dies; polling getppid once a second is the portable way.
+    while os.getppid() == parent:  # noqa: ASYNC110
+        await anyio.sleep(1.0)
+    if not stop.is_set():
+        log(f"supervisor {parent} is gone: draining")
+        stop.set()
+
+
+async def _run_worker(ns: argparse.Namespace, worker: Worker) -> int:
+    store = _CountingStore(open_store_of(ns))
+    probe = _Probe()
+    stop = anyio.Event()
+    sock = _bind(*ns.http) if ns.http else None
+    queues = tuple(q for q in ns.queues.split(",") if q)
+    async with anyio.create_task_group() as tg:
+        watchers = anyio.CancelScope()
+
+        async def watch() -> None:
+            with watchers:
+                async with anyio.create_task_group() as inner:
+                    inner.start_soon(_watch_signals, stop, tg.cancel_scope)
+                    parent = os.environ.get(_SUPERVISOR_ENV)
+                    if parent and parent.isdigit():
+                        inner.start_soon(_watch_parent, stop, int(parent))
+
+        tg.start_soon(watch)
+        server = await tg.start(_serve_http, sock, probe) if sock is not None else None
+        try:
+            await _serve(ns, worker, store, queues, probe, stop)
+        finally:
+            probe.ready = False
+            watchers.cancel()
+            if server is not None:
+                server.should_exit = True
+    log(store.summary())
+    return 0
+
+
+async def _serve(
+    ns: argparse.Namespace,
+    worker: Worker,
+    store: _CountingStore,
+    queues: tuple[str, ...],
+    probe: _Probe,
+    stop: anyio.Event,
+) -> None:
+    if not await connect_patiently(store, stop):
+        return  # told to stop before the store could be reached
+    async with entered(store), anyio.create_task_group() as serving, worker:
+
+        async def serve() -> None:
+            await worker.serve(store, queues=queues, concurrency=ns.concurrency, lease=ns.lease)
+            stop.set()
+
+        serving.start_soon(serve)
+        probe.ready = True
+        concurrency = ns.concurrency or worker.max_concurrency or 16
+        log(
+            f"worker {worker.name} serving store={store.url} queues={','.join(queues)} "
+            f"concurrency={concurrency} lease={ns.lease:g}s pid={os.getpid()}"
+        )
+        await stop.wait()
+        probe.ready = False
+
+
+# --------------------------------------------------------------------------- worker: supervisor
+
+
+def _child_command(ns: argparse.Namespace, index: int) -> list[str]:
+    """The command line of child ``index``: ours without --processes, its own --http port."""
+    cmd = [sys.executable, "-m", "work.cli", "worker", ns.target, "--store", ns.store]
+    cmd += ["--queues", ns.queues, "--lease", repr(ns.lease), "--backend", ns.backend]
+    for option in ns.store_option:
+        cmd += ["--store-option", option]
+    if ns.concurrency is not None:
+        cmd += ["--concurrency", str(ns.concurrency)]
+    if ns.http:
+        host, port = ns.http
+        cmd += ["--http", f"[{host}]:{port + index}" if ":" in host else f"{host}:{port + index}"]
+    return cmd
+
+
+async def _supervise(ns: argparse.Namespace) -> int:
+    """Keep ``ns.processes`` worker processes running until SIGTERM/SIGINT, then stop them."""
+    stopping = anyio.Event()
+    children: dict[int, anyio.abc.Process] = {}
+    failed_at_exit: list[int] = []
+    env = {**os.environ, _SUPERVISOR_ENV: str(os.getpid())}
+
+    async def keep(index: int) -> None:
+        backoff = 0.5
+        while not stopping.is_set():
+            started = time.monotonic()
+            process = await anyio.open_process(
+                _child_command(ns, index),
+                stdin=None,
+                stdout=None,
+                stderr=None,
+                env=env,
+                # Own session: a terminal's Ctrl-C reaches only us, and we forward it once.
+                start_new_session=True,
+            )
+            children[index] = process
+            log(f"supervisor: started worker {index} pid={process.pid}")
+            if stopping.is_set():
+                process.send_signal(signal.SIGTERM)
+            code = await process.wait()
+            del children[index]
+            if stopping.is_set() or code == 0:
+                # A child still starting up dies of the signal itself: that is a stop too.
+                if code not in (0, -signal.SIGTERM, -signal.SIGINT):
+                    failed_at_exit.append(code)
+                log(f"supervisor: worker {index} pid={process.pid} exited with {code}")
+                return
+            if time.monotonic() - started > 30:
+                backoff = 0.5
+            log(
+                f"supervisor: worker {index} pid={process.pid} exited with {code}; "
+                f"restarting in {backoff:g}s"
+            )
+            with anyio.move_on_after(backoff):
+                await stopping.wait()
+            backoff = min(backoff * 2, 10.0)
+
+    async def forward(signals: AsyncIterator[signal.Signals]) -> None:
+        async for signum in signals:
+            log(f"supervisor: {signal.Signals(signum).name}: passing it to the workers")
+            stopping.set()
+            for process in list(children.values()):
+                with contextlib.suppress(ProcessLookupError):
+                    process.send_signal(signum)
+
+    log(f"supervisor: starting {ns.processes} worker processes, pid={os.getpid()}")
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(forward, signals)
+            async with anyio.create_task_group() as keepers:
+                for index in range(ns.processes):
+                    keepers.start_soon(keep, index)
+            tg.cancel_scope.cancel()
+    return 1 if failed_at_exit else 0
+
+
+def run_worker_command(ns: argparse.Namespace) -> int:
+    """``anywork worker``: check the options, then serve in this process, or supervise
+    ``--processes`` of them; return the exit code.
+
+    Raises:
+        CLIError: a bad option, store URL or worker spec (code 2).
+    """
+    if ns.processes < 1:
+        raise CLIError(f"--processes must be >= 1, got {ns.processes}", 2)
+    if ns.concurrency is not None and ns.concurrency < 1:
+        raise CLIError(f"--concurrency must be >= 1, got {ns.concurrency}", 2)
+    if ns.lease <= 0:
+        raise CLIError(f"--lease must be > 0 seconds, got {ns.lease:g}", 2)
+    if not [q for q in ns.queues.split(",") if q]:
+        raise CLIError(f"--queues must name at least one queue, got {ns.queues!r}", 2)
+    scheme = urlsplit(ns.store).scheme.lower()
+    if ns.backend == "trio" and scheme in _ASYNCIO_ONLY:
+        raise CLIError(f"the {scheme} store runs on asyncio only; drop --backend trio", 2)
+    if ns.http:
+        if ns.backend == "trio":
+            raise CLIError("--http runs on asyncio (uvicorn); drop --backend trio", 2)
+        try:
+            import starlette  # noqa: F401
+            import uvicorn  # noqa: F401
+        except ImportError:
+            raise CLIError(
+                "--http needs the server extra (starlette, uvicorn): pip install 'anywork[server]'",
+                2,
+            ) from None
+    if ns.processes > 1:
+        open_store_of(ns)  # a bad URL or option fails here, once, not in every child
+        return anyio.run(_supervise, ns)
+    worker = load_worker(ns.target)
+    return anyio.run(_run_worker, ns, worker, backend=ns.backend)
