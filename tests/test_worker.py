@@ -9,6 +9,7 @@ from typing import Any
 
 import anyio
 import anyio.lowlevel
+import anyio.to_thread
 import pytest
 
 from work import (
@@ -245,6 +246,29 @@ async def test_cancel_running_execution_gives_499() -> None:
     assert execution.status is Status.CANCELLED and execution.error is None
     with pytest.raises(StatusError):
         execution.raise_for_status()
+
+
+async def test_cancel_running_sync_handler_gives_499_once_its_thread_returns() -> None:
+    """A plain def handler's thread cannot be interrupted: cancel() waits for it, then the
+    execution ends 499 (the cancellation is delivered, not dropped) and its result is not kept."""
+    started = threading.Event()
+    release = threading.Event()
+    worker = Worker()
+
+    @worker.handler()
+    def blocking(job: Job) -> str:
+        started.set()
+        release.wait(10)
+        return "done"
+
+    async with worker:
+        execution = await worker.perform(Job("blocking"))
+        with anyio.fail_after(10):
+            await anyio.to_thread.run_sync(started.wait)
+            execution.cancel()
+            release.set()
+            await execution.wait()
+    assert execution.status is Status.CANCELLED and execution.result is None
 
 
 async def test_raise_for_status_before_done() -> None:

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import anyio.to_thread
 
 from ._exceptions import JobTimeoutError, StatusError
@@ -61,7 +62,11 @@ def as_async(fn: Callable[[Job], Any]) -> Handler:
         return fn
 
     async def in_thread(job: Job) -> Any:
-        return await anyio.to_thread.run_sync(fn, job)
+        result = await anyio.to_thread.run_sync(fn, job)
+        # The thread could not be interrupted: a cancellation that arrived while it ran is
+        # delivered now (499), as anyio delivers it at the next checkpoint, never dropped.
+        await anyio.lowlevel.checkpoint_if_cancelled()
+        return result
 
     in_thread.__name__ = getattr(fn, "__name__", "handler")
     in_thread.__anywork_sync__ = True  # type: ignore[attr-defined]
@@ -91,7 +96,8 @@ def core(handler: Handler) -> Handler:
     - cancelled: 499, and the cancellation is always re-raised.
 
     A sync handler (see :func:`as_async`) cannot be interrupted: it is waited for, and reported
-    as 408 if it returns after its deadline.
+    as 408 if it returns after its deadline, or 499 if the execution was cancelled meanwhile
+    (its return value is dropped).
     """
 
     async def run(job: Job) -> Any:
