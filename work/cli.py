@@ -15,6 +15,7 @@ Errors are one line on stderr, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -102,15 +103,28 @@ def _print_json(value: Any) -> None:
 # --------------------------------------------------------------------------- queue commands
 
 
+@contextlib.contextmanager
+def _bad_input() -> Iterator[None]:
+    """Report the Queue's own refusal of a value (ValueError, TypeError) as bad input: exit 2.
+
+    The Queue checks its arguments before it touches the store, so these name a bad option.
+    """
+    try:
+        yield
+    except (ValueError, TypeError) as exc:
+        raise CLIError(str(exc), 2) from None
+
+
 async def _cmd_jobs_list(ns: argparse.Namespace) -> int:
     async with connected(open_store_of(ns)) as store:
-        records = await Queue(store).list(
-            state=JobState(ns.state) if ns.state else None,
-            queue=ns.queue,
-            handler=ns.handler,
-            limit=ns.limit,
-            after=ns.after,
-        )
+        with _bad_input():
+            records = await Queue(store).list(
+                state=JobState(ns.state) if ns.state else None,
+                queue=ns.queue,
+                handler=ns.handler,
+                limit=ns.limit,
+                after=ns.after,
+            )
     if ns.json:
         _print_json([record_to_dict(r) for r in records])
         return 0
@@ -199,13 +213,14 @@ async def _cmd_enqueue(ns: argparse.Namespace) -> int:
     except (ValueError, TypeError) as exc:
         raise CLIError(str(exc), 2) from None
     async with connected(open_store_of(ns)) as store:
-        record = await Queue(store).enqueue(
-            job,
-            delay=ns.delay or None,
-            priority=ns.priority,
-            retry=retry,
-            unique_key=ns.unique_key,
-        )
+        with _bad_input():
+            record = await Queue(store).enqueue(
+                job,
+                delay=ns.delay or None,
+                priority=ns.priority,
+                retry=retry,
+                unique_key=ns.unique_key,
+            )
     if ns.json:
         _print_json(record_to_dict(record))
     else:
