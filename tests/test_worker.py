@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -21,6 +22,7 @@ from work import (
     StatusError,
     UnknownHandlerError,
     Worker,
+    WorkError,
     chain,
 )
 
@@ -269,6 +271,38 @@ async def test_cancel_running_sync_handler_gives_499_once_its_thread_returns() -
             release.set()
             await execution.wait()
     assert execution.status is Status.CANCELLED and execution.result is None
+
+
+async def test_handler_calling_sys_exit_is_a_500_and_the_worker_goes_on() -> None:
+    """sys.exit() in a handler (async or sync) is a bad job: 500 with the cause kept, other
+    executions unaffected, the worker still serving."""
+    worker = Worker()
+
+    @worker.handler()
+    async def quits(job: Job) -> None:
+        raise SystemExit(3)
+
+    @worker.handler()
+    def quits_in_thread(job: Job) -> None:
+        sys.exit("bye")
+
+    @worker.handler()
+    async def fine(job: Job) -> str:
+        await anyio.sleep(0.05)
+        return "ok"
+
+    async with worker:
+        other = await worker.perform(Job("fine"))
+        first = await worker.perform(Job("quits"), sync=True)
+        second = await worker.perform(Job("quits_in_thread"), sync=True)
+        after = await worker.perform(Job("fine"), sync=True)
+        await other.wait()
+    for execution, code in ((first, "3"), (second, "'bye'")):
+        assert execution.status is Status.INTERNAL_ERROR
+        assert isinstance(execution.error, WorkError)
+        assert isinstance(execution.error.__cause__, SystemExit)
+        assert f"SystemExit({code})" in str(execution.error)
+    assert (other.status, after.status, after.result) == (Status.SUCCESS, Status.SUCCESS, "ok")
 
 
 async def test_raise_for_status_before_done() -> None:

@@ -11,12 +11,12 @@ import anyio
 import anyio.lowlevel
 import anyio.to_thread
 
-from ._exceptions import JobTimeoutError, StatusError
+from ._exceptions import JobTimeoutError, StatusError, WorkError
 from ._job import Job
 from ._status import Status
 from ._types import Adapter, Handler
 
-__all__ = ["as_async", "chain", "core", "finalise_error"]
+__all__ = ["as_async", "chain", "core", "finalise_error", "handler_exit"]
 
 
 def chain(*adapters: Adapter) -> Adapter:
@@ -86,6 +86,11 @@ def finalise_error(status: Status, exc: BaseException) -> Status:
     return status
 
 
+def handler_exit(exc: SystemExit) -> WorkError:
+    """The error an execution records when its handler (or an adapter) raised SystemExit."""
+    return WorkError(f"the handler raised SystemExit({exc.code!r}); the worker goes on")
+
+
 def core(handler: Handler) -> Handler:
     """Wrap ``handler`` so that every adapter around it sees the final status.
 
@@ -93,7 +98,8 @@ def core(handler: Handler) -> Handler:
     - raises StatusError: its status (the exception propagates);
     - raises anything else: 500 unless a non-2xx status was set (the exception propagates);
     - outlives ``job.timeout``: 408 and JobTimeoutError (the timeout covers the handler only);
-    - cancelled: 499, and the cancellation is always re-raised.
+    - raises SystemExit: 500, re-raised as a :class:`WorkError` (the worker goes on);
+    - cancelled: 499, and the cancellation is always re-raised (KeyboardInterrupt too).
 
     A sync handler (see :func:`as_async`) cannot be interrupted: it is waited for, and reported
     as 408 if it returns after its deadline, or 499 if the execution was cancelled meanwhile
@@ -117,8 +123,14 @@ def core(handler: Handler) -> Handler:
         except Exception as exc:
             ctx.status = finalise_error(ctx.status, exc)
             raise
+        except SystemExit as exc:
+            # sys.exit() in a handler is a bad job, not an order to stop the worker: a 500 that
+            # every adapter sees as an ordinary error.
+            ctx.status = Status.INTERNAL_ERROR
+            raise handler_exit(exc) from exc
         except BaseException:
-            # Cancellation (a stop, Execution.cancel()): recorded, never swallowed.
+            # Cancellation (a stop, Execution.cancel()) or KeyboardInterrupt: recorded, never
+            # swallowed.
             ctx.status = Status.CANCELLED
             raise
         if ctx.status is Status.UNKNOWN:

@@ -15,7 +15,7 @@ import anyio
 import anyio.lowlevel
 from anyio.abc import TaskGroup
 
-from ._chain import as_async, chain, core, finalise_error
+from ._chain import as_async, chain, core, finalise_error, handler_exit
 from ._exceptions import StatusError, UnknownHandlerError
 from ._job import Ctx, Job
 from ._schedule import CronSchedule, IntervalSchedule, TimerHeap, parse_every, seconds, utcnow
@@ -734,12 +734,17 @@ class Worker:
                     # exception raised by an adapter also ends as a status.
                     execution.error = exc
                     ctx.status = finalise_error(ctx.status, exc)
+                except SystemExit as exc:  # raised by an adapter, outside core()
+                    execution.error = handler_exit(exc)
+                    ctx.status = Status.INTERNAL_ERROR
             if scope.cancelled_caught:
                 ctx.status = Status.CANCELLED
             elif ctx.status is Status.UNKNOWN:
                 ctx.status = Status.SUCCESS
-        except BaseException:
+        except BaseException as exc:
             ctx.status = Status.CANCELLED
+            if not isinstance(exc, anyio.get_cancelled_exc_class()):
+                execution.error = exc  # KeyboardInterrupt and the like: keep the cause
             raise
         finally:
             execution._scope = None
