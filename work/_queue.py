@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Iterable
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
@@ -15,6 +14,7 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 from opentelemetry import propagate
 
 from ._job import Job
+from ._json import check_json
 from ._retry import RetryPolicy
 from ._schedule import seconds
 from ._status import Status
@@ -28,60 +28,6 @@ __all__ = ["Queue", "SyncQueue"]
 
 # Queue.wait polls the store: first after 10 ms, then 1.5 times longer each time, up to this.
 _WAIT_MAX_INTERVAL = 0.25
-
-
-def _json_ok(value: Any) -> bool:
-    """True when JSON carries ``value`` faithfully; the per-job fast path: no names built."""
-    if value is None or isinstance(value, str | bool | int):
-        return True
-    if isinstance(value, float):
-        return math.isfinite(value)
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if not isinstance(key, str) or not _json_ok(item):
-                return False
-        return True
-    if isinstance(value, list | tuple):
-        # A plain loop, not all(<generator>): this runs for every item of every job's args.
-        for item in value:  # noqa: SIM110
-            if not _json_ok(item):
-                return False
-        return True
-    return False
-
-
-def _check_json(value: Any, where: str) -> None:
-    """Raise TypeError naming the first part of ``value`` that JSON cannot carry faithfully."""
-    if _json_ok(value):
-        return
-    _name_json_problem(value, where)
-
-
-def _name_json_problem(value: Any, where: str) -> None:
-    """Walk ``value`` building the path to its first bad part, and raise TypeError naming it."""
-    if value is None or isinstance(value, str | bool | int):
-        return
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise TypeError(f"{where} is {value!r}, which JSON cannot represent")
-        return
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise TypeError(
-                    f"{where} has a key {key!r} of type {type(key).__name__}; JSON object keys "
-                    f"must be str"
-                )
-            _name_json_problem(item, f"{where}[{key!r}]")
-        return
-    if isinstance(value, list | tuple):
-        for index, item in enumerate(value):
-            _name_json_problem(item, f"{where}[{index}]")
-        return
-    raise TypeError(
-        f"{where} is a {type(value).__name__}, which is not JSON-serialisable "
-        f"(use str, int, float, bool, None, list or dict)"
-    )
 
 
 def _aware(when: datetime) -> datetime:
@@ -174,11 +120,11 @@ class Queue:
                 due = now + timedelta(seconds=secs)
         elif at is not None:
             due = _aware(at)
-        _check_json(job.args, "job.args")
+        check_json(job.args, "job.args")
         headers = dict(job.headers)
         # Continue the producer's trace in the consumer (the tracing adapter extracts it).
         propagate.inject(headers)
-        _check_json(headers, "job.headers")
+        check_json(headers, "job.headers")
         for key, value in headers.items():
             if not isinstance(value, str):
                 raise TypeError(f"job.headers[{key!r}] must be a str, got {type(value).__name__}")
@@ -189,7 +135,7 @@ class Queue:
                 "retry_on": retry.retry_statuses(),
                 "max_deferrals": retry.max_deferrals,
             }
-            _check_json(retry_settings, "the retry policy's settings")
+            check_json(retry_settings, "the retry policy's settings")
         later = due is not None and due > now
         return JobRecord(
             id=job.id,

@@ -8,7 +8,7 @@ import socket
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import structlog
@@ -16,6 +16,7 @@ from anyio.abc import TaskGroup
 
 from ._exceptions import RetryLater, StatusError, UnknownHandlerError
 from ._job import Job
+from ._json import check_json
 from ._retry import backoff_from_dict
 from ._status import Status
 from .stores._base import Claimed, JobRecord, JobState, Outcome, Store
@@ -110,6 +111,15 @@ def _hand_back(rec: JobRecord) -> Outcome:
     )
 
 
+def _why_unstorable(result: Any, exc: Exception) -> str:
+    """Name the part of ``result`` JSON cannot carry, as enqueue does for args."""
+    try:
+        check_json(result, "the result")
+    except TypeError as named:
+        return str(named)
+    return str(exc)
+
+
 def decide(rec: JobRecord, execution: Execution, *, stopping: bool) -> Outcome:
     """Return what to store for a claimed job whose execution has ended.
 
@@ -128,7 +138,7 @@ def decide(rec: JobRecord, execution: Execution, *, stopping: bool) -> Outcome:
         except (TypeError, ValueError) as exc:
             message = (
                 f"the result of handler {rec.handler!r} is not JSON-serialisable, so it cannot be "
-                f"stored: {exc}"
+                f"stored: {_why_unstorable(execution.result, exc)}"
             )
             return _final(rec, JobState.FAILED, Status.INTERNAL_ERROR, message)
         return Outcome(id=rec.id, state=JobState.SUCCEEDED, status=status, result=execution.result)

@@ -882,12 +882,12 @@ async def test_undecodable_payload_is_400(store: Store, corrupt: Corrupt) -> Non
 
 
 async def test_non_json_result_is_500(store: Store) -> None:
-    """A result JSON cannot carry fails the job 500 with a clear error."""
+    """A result JSON cannot carry fails the job 500 with an error naming the bad part."""
     worker = Worker()
 
     @worker.handler()
     async def odd(job: Job) -> object:
-        return object()
+        return {"rows": [1, {"seen": {"a", "b"}}]}
 
     queue = Queue(store)
     rec = await queue.enqueue(Job("odd"))
@@ -895,6 +895,8 @@ async def test_non_json_result_is_500(store: Store) -> None:
         done = await queue.wait(rec.id, timeout=10)
     assert done.state is JobState.FAILED and done.status is Status.INTERNAL_ERROR
     assert done.error is not None and "JSON" in done.error and "odd" in done.error
+    # The part that cannot be stored is named, as enqueue names a bad argument.
+    assert "the result['rows'][1]['seen'] is a set" in done.error
 
 
 async def test_non_json_args_are_refused_and_nothing_stored(store: Store) -> None:
