@@ -44,9 +44,9 @@ def test_coerce_accepts_members_and_equal_ints() -> None:
     assert Status.coerce(Status.CONFLICT) is Status.CONFLICT
     with pytest.raises(ValueError, match="418"):
         Status.coerce(418)
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match=r"got '200' \(str\)"):
         Status.coerce("200")  # type: ignore[arg-type]
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match=r"got True \(bool\)"):
         Status.coerce(True)
 
 

@@ -43,7 +43,9 @@ class Status(IntEnum):
         if isinstance(value, cls):
             return value
         if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"a status must be a Status or an int, not {type(value).__name__}")
+            raise TypeError(
+                f"a status must be a Status or an int, got {value!r} ({type(value).__name__})"
+            )
         try:
             return cls(value)
         except ValueError:
