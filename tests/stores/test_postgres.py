@@ -15,7 +15,7 @@ import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type informat
 import pytest
 
 from work import WorkError
-from work.stores import JobRecord, JobState, open_store
+from work.stores import JobRecord, JobState, StoreUnavailableError, open_store
 from work.stores.postgres import PostgresStore, PostgresUnavailableError, _unusable
 
 URL = os.environ.get("ANYWORK_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -156,6 +156,7 @@ def test_unreachable_server_names_host_and_port() -> None:
     with pytest.raises(PostgresUnavailableError, match=r"127\.0\.0\.1:1\b") as info:
         anyio.run(enter, backend="asyncio")
     assert isinstance(info.value, WorkError) and isinstance(info.value, ConnectionError)
+    assert isinstance(info.value, StoreUnavailableError)
     assert (info.value.host, info.value.port) == ("127.0.0.1", 1)
 
 

@@ -13,7 +13,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from work import WorkError
-from work.stores import JobRecord, JobState, open_store
+from work.stores import JobRecord, JobState, StoreUnavailableError, open_store
 from work.stores.redis import RedisStore, RedisUnavailableError
 
 URL = os.environ.get("ANYWORK_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -134,6 +134,7 @@ def test_unreachable_server_names_host_and_port() -> None:
     with pytest.raises(RedisUnavailableError, match=r"127\.0\.0\.1:1\b") as info:
         anyio.run(enter, backend="asyncio")
     assert isinstance(info.value, WorkError) and isinstance(info.value, ConnectionError)
+    assert isinstance(info.value, StoreUnavailableError)
     assert (info.value.host, info.value.port) == ("127.0.0.1", 1)
 
 

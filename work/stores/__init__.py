@@ -9,5 +9,15 @@ from ._base import Outcome as Outcome
 from ._base import Store as Store
 from ._open import mask_url as mask_url
 from ._open import open_store as open_store
+from ._server import StoreUnavailableError as StoreUnavailableError
 
-__all__ = ("Claimed", "JobRecord", "JobState", "Outcome", "Store", "mask_url", "open_store")
+__all__ = (
+    "Claimed",
+    "JobRecord",
+    "JobState",
+    "Outcome",
+    "Store",
+    "StoreUnavailableError",
+    "mask_url",
+    "open_store",
+)

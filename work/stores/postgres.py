@@ -18,7 +18,6 @@ import anyio
 # asyncpg ships no type information (no py.typed, no stubs): it is typed as Any here.
 import asyncpg  # type: ignore[import-untyped]
 
-from .._exceptions import WorkError
 from ._base import Claimed, JobRecord, JobState, Outcome
 from ._open import mask_url
 from ._postgres_rows import (
@@ -30,6 +29,7 @@ from ._postgres_rows import (
     stored_record,
     utc,
 )
+from ._server import StoreUnavailableError, require_asyncio
 
 __all__ = ["PostgresStore", "PostgresUnavailableError"]
 
@@ -44,7 +44,7 @@ _CONNECT_ERRORS = (OSError, asyncpg.exceptions.CannotConnectNowError)
 _FALLBACK_POLL = 1.0
 
 
-class PostgresUnavailableError(WorkError, ConnectionError):
+class PostgresUnavailableError(StoreUnavailableError):
     """Raised when the PostgreSQL server cannot be reached (refused, unresolvable, timed out).
 
     Attributes:
@@ -52,12 +52,7 @@ class PostgresUnavailableError(WorkError, ConnectionError):
         port: the port the store tried.
     """
 
-    def __init__(self, host: str, port: int | str, reason: BaseException) -> None:
-        self.host = host
-        self.port = port
-        super().__init__(
-            f"cannot connect to PostgreSQL at {host}:{port}: {reason or type(reason).__name__}"
-        )
+    server = "PostgreSQL"
 
 
 def _now() -> datetime:
@@ -86,13 +81,7 @@ def _address(url: str) -> tuple[str, int | str]:
 
 
 def _require_asyncio() -> None:
-    # anyio 4 no longer depends on sniffio; asyncio itself says whether its loop runs us.
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        raise RuntimeError(
-            "the PostgreSQL store needs the asyncio backend (asyncpg is asyncio-only)"
-        ) from None
+    require_asyncio("the PostgreSQL store", "asyncpg is asyncio-only")
 
 
 def _migration_v1(s: str, channel: str) -> list[str]:

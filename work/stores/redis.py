@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -16,11 +15,11 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .._exceptions import WorkError
 from .._status import Status
 from ._base import Claimed, JobRecord, JobState, Outcome
 from ._open import mask_url
 from ._redis_lua import ADD, CANCEL, CLAIM, COMPLETE, REAP, RENEW
+from ._server import StoreUnavailableError, require_asyncio
 
 __all__ = ["RedisStore", "RedisUnavailableError"]
 
@@ -40,7 +39,7 @@ _LIST_CHUNK = 200
 _REAP_BATCH = 1000
 
 
-class RedisUnavailableError(WorkError, ConnectionError):
+class RedisUnavailableError(StoreUnavailableError):
     """Raised when the Redis server cannot be reached (refused, unresolvable, timed out).
 
     Attributes:
@@ -48,20 +47,11 @@ class RedisUnavailableError(WorkError, ConnectionError):
         port: the port the store tried.
     """
 
-    def __init__(self, host: str, port: int | str, reason: BaseException) -> None:
-        self.host = host
-        self.port = port
-        super().__init__(f"cannot connect to Redis at {host}:{port}: {reason}")
+    server = "Redis"
 
 
 def _require_asyncio() -> None:
-    # anyio 4 no longer depends on sniffio; asyncio itself says whether its loop runs us.
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        raise RuntimeError(
-            "the Redis store needs the asyncio backend (redis-py's asyncio client is asyncio-only)"
-        ) from None
+    require_asyncio("the Redis store", "redis-py's asyncio client is asyncio-only")
 
 
 def _us(when: datetime) -> int:
