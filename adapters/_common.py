@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from work import Ctx, Job, Status, StatusError
+from work import Ctx, Job, Status
+from work._chain import finalise_error
 
-__all__ = ["error_status", "job_ctx", "settle"]
+__all__ = ["finalise_error", "job_ctx", "settle"]
 
 
 def job_ctx(job: Job) -> Ctx:
@@ -25,19 +26,6 @@ def job_ctx(job: Job) -> Ctx:
             f"{job!r} has no ctx: adapters run inside a Worker (or set job.ctx = Ctx(job.id))"
         )
     return ctx
-
-
-def error_status(status: Status, exc: Exception) -> Status:
-    """Return the status an execution ends with when ``exc`` escapes with ``status`` set.
-
-    The Worker's own rule: a StatusError gives its code; any other exception gives 500
-    unless an error status was already set.
-    """
-    if isinstance(exc, StatusError):
-        return exc.status
-    if status is Status.UNKNOWN or status.is_success:
-        return Status.INTERNAL_ERROR
-    return status
 
 
 def settle(ctx: Ctx, error: Exception | None, returned: bool) -> Status:
@@ -62,7 +50,7 @@ def settle(ctx: Ctx, error: Exception | None, returned: bool) -> Status:
             return status
         final = Status.SUCCESS
     elif error is not None:
-        final = error_status(status, error)
+        final = finalise_error(status, error)
     else:
         final = Status.CANCELLED
     if final is not status:

@@ -8,7 +8,7 @@ import anyio
 
 from work import Handler, Job, RetryLater, RetryPolicy, Status
 
-from ._common import error_status, job_ctx
+from ._common import finalise_error, job_ctx
 
 __all__ = ["Retry", "retry"]
 
@@ -72,7 +72,7 @@ class Retry:
                         raise
                     pause = max(exc.delay, policy.delay(ctx.attempt))
                 except Exception as exc:
-                    if not policy.should_retry(error_status(ctx.status, exc), ctx.attempt):
+                    if not policy.should_retry(finalise_error(ctx.status, exc), ctx.attempt):
                         raise
                     pause = policy.delay(ctx.attempt)
                 else:
