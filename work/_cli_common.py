@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 import anyio
 
+from ._retry import Exponential
 from .stores import Store, mask_url, open_store
 
 __all__ = ["CLIError", "connect_patiently", "connected", "entered", "log", "open_store_of"]
@@ -63,15 +64,28 @@ def open_store_of(ns: argparse.Namespace) -> Store:
 @contextlib.asynccontextmanager
 async def connected(store: _S) -> AsyncIterator[_S]:
     """Connect ``store`` for the block, turning a failure to connect into a one-line CLIError."""
+    unreachable = await _enter(store)
+    if unreachable is not None:
+        raise CLIError(unreachable)
+    async with entered(store):
+        yield store
+
+
+async def _enter(store: Store) -> str | None:
+    """Enter ``store``; return why its server cannot be reached, or None once connected.
+
+    An unreachable server (``OSError``, ``ConnectionError``) may come back; any other error
+    (bad credentials, a newer schema, a driver that needs asyncio) cannot heal by waiting and
+    is a CLIError at once.
+    """
     try:
         await store.__aenter__()
     except (OSError, ConnectionError) as exc:
-        raise CLIError(f"cannot connect to {store.url}: {exc}") from None
+        return f"cannot connect to {store.url}: {exc}"
     except Exception as exc:
         # Drivers raise their own error types (asyncpg, redis-py); name them in one line.
         raise CLIError(f"cannot open {store.url}: {type(exc).__name__}: {exc}") from None
-    async with entered(store):
-        yield store
+    return None
 
 
 @contextlib.asynccontextmanager
@@ -96,21 +110,19 @@ async def connect_patiently(
     cannot heal by waiting and ends the worker with a CLIError. Returns False when ``stop``
     is set (SIGTERM) before the store was reached, True once it is connected.
     """
-    delay = first
+    backoff = Exponential(first, cap=cap, jitter=False)
+    attempt = 0
     while True:
-        try:
-            await store.__aenter__()
-        except (OSError, ConnectionError) as exc:
-            log(f"cannot connect to {store.url}: {exc} (retrying in {delay:g}s)")
-        except Exception as exc:
-            raise CLIError(f"cannot open {store.url}: {type(exc).__name__}: {exc}") from None
-        else:
+        attempt += 1
+        unreachable = await _enter(store)
+        if unreachable is None:
             return True
+        delay = backoff.delay(attempt)
+        log(f"{unreachable} (retrying in {delay:g}s)")
         with anyio.move_on_after(delay):
             await stop.wait()
         if stop.is_set():
             return False
-        delay = min(delay * 2, cap)
 
 
 def log(message: str) -> None:

@@ -21,6 +21,7 @@ import anyio
 from anyio.abc import TaskStatus
 
 from ._cli_common import CLIError, connect_patiently, entered, log, open_store_of
+from ._retry import Exponential
 from ._worker import Worker
 from .stores import Claimed, JobRecord, JobState, Outcome, Store
 
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
 __all__ = ["load_worker", "parse_listen", "run_worker_command"]
 
 _SUPERVISOR_ENV = "ANYWORK_SUPERVISOR_PID"
+# A crashed child is restarted after 0.5 s, doubling up to 10 s while it keeps crashing.
+_RESTART_PAUSES = Exponential(0.5, cap=10.0, jitter=False)
 # Schemes whose drivers (asyncpg, redis-py) run on asyncio only.
 _ASYNCIO_ONLY = frozenset({"postgresql", "postgres", "redis", "rediss"})
 
@@ -361,7 +364,7 @@ async def _supervise(ns: argparse.Namespace) -> int:
     env = {**os.environ, _SUPERVISOR_ENV: str(os.getpid())}
 
     async def keep(index: int) -> None:
-        backoff = 0.5
+        crashes = 0  # in a row, each less than 30 s after its start
         while not stopping.is_set():
             started = time.monotonic()
             process = await anyio.open_process(
@@ -385,15 +388,14 @@ async def _supervise(ns: argparse.Namespace) -> int:
                     failed_at_exit.append(code)
                 log(f"supervisor: worker {index} pid={process.pid} exited with {code}")
                 return
-            if time.monotonic() - started > 30:
-                backoff = 0.5
+            crashes = 1 if time.monotonic() - started > 30 else crashes + 1
+            backoff = _RESTART_PAUSES.delay(crashes)
             log(
                 f"supervisor: worker {index} pid={process.pid} exited with {code}; "
                 f"restarting in {backoff:g}s"
             )
             with anyio.move_on_after(backoff):
                 await stopping.wait()
-            backoff = min(backoff * 2, 10.0)
 
     async def forward(signals: AsyncIterator[signal.Signals]) -> None:
         async for signum in signals:

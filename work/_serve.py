@@ -17,7 +17,7 @@ from anyio.abc import TaskGroup
 from ._exceptions import RetryLater, StatusError, UnknownHandlerError
 from ._job import Job
 from ._json import check_json
-from ._retry import backoff_from_dict
+from ._retry import Exponential, backoff_from_dict
 from ._status import Status
 from .stores._base import Claimed, JobRecord, JobState, Outcome, Store
 
@@ -51,15 +51,17 @@ def _now() -> datetime:
 class _Backoff:
     """Pauses after store errors: 50 ms doubling up to 5 s, reset by a success."""
 
+    _PAUSES = Exponential(0.05, cap=5.0, jitter=False)
+
     def __init__(self) -> None:
-        self._next = 0.05
+        self._failures = 0
 
     def reset(self) -> None:
-        self._next = 0.05
+        self._failures = 0
 
     async def sleep(self) -> None:
-        pause, self._next = self._next, min(self._next * 2, 5.0)
-        await anyio.sleep(pause)
+        self._failures += 1
+        await anyio.sleep(self._PAUSES.delay(self._failures))
 
 
 @dataclass(slots=True, eq=False)
