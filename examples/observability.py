@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import socket
 import sys
-from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import anyio
@@ -28,15 +27,14 @@ import structlog
 import uvicorn
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProcessor
-from prometheus_client import CollectorRegistry, make_asgi_app
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from work import Adapter, Constant, Job, Status, Worker
 from work.adapters import Health, aggregate_logger, inject_trace, prometheus, retry, tracing
-
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 def configure_logging(json: bool) -> None:
@@ -55,26 +53,14 @@ def configure_logging(json: bool) -> None:
     )
 
 
-def router(routes: dict[str, ASGIApp]) -> ASGIApp:
-    """A plain ASGI app sending each exact path to its app (404 otherwise)."""
+def http_app(registry: CollectorRegistry, health: Health) -> Starlette:
+    """``/metrics`` (the registry, in Prometheus' text format) and ``/ready`` (the health check)
+    at their exact paths, as ``anywork worker --http`` serves them."""
 
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
-        target = routes.get(scope.get("path", ""))
-        if target is not None:
-            await target(scope, receive, send)
-            return
-        await send({"type": "http.response.start", "status": 404, "headers": []})
-        await send({"type": "http.response.body", "body": b"Not Found"})
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
-    return app
+    return Starlette(routes=[Route("/metrics", metrics), Route("/ready", health.asgi)])
 
 
 def build_worker(
@@ -136,7 +122,7 @@ async def run_jobs(worker: Worker, follow_ups: list[Job]) -> list[str]:
     return lines
 
 
-async def serve_and_fetch(app: ASGIApp) -> tuple[httpx.Response, httpx.Response]:
+async def serve_and_fetch(app: Starlette) -> tuple[httpx.Response, httpx.Response]:
     """Serve ``app`` with uvicorn on 127.0.0.1, GET /metrics and /ready, stop the server."""
     # A socket bound and listening before uvicorn starts: the kernel queues the client's
     # connection until uvicorn accepts it, so there is no "is it up yet?" polling.
@@ -169,7 +155,7 @@ async def main_async(json: bool) -> None:
         summary = await run_jobs(worker, follow_ups)
     provider.shutdown()
 
-    app = router({"/metrics": make_asgi_app(registry), "/ready": health.asgi})
+    app = http_app(registry, health)
     metrics, ready = await serve_and_fetch(app)
 
     print("== executions")
