@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from work import Ctx, Job, Status
-from work._chain import finalise_error
+from work._core.chain import finalise_error
 
 __all__ = ["finalise_error", "job_ctx", "settle"]
 

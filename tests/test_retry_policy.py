@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from work import Constant, Exponential, Fibonacci, RetryPolicy, Status
-from work._retry import backoff_from_dict
+from work._core.retry import backoff_from_dict
 
 
 def test_exponential_doubles_up_to_the_cap() -> None:

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from work._schedule import CronSchedule, IntervalSchedule, parse_every
+from work._runtime.timers import CronSchedule, IntervalSchedule, parse_every
 
 
 def test_interval_grid_does_not_drift() -> None:

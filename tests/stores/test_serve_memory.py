@@ -18,7 +18,7 @@ import anyio.lowlevel
 import pytest
 
 from work import Execution, Job, JobRecord, JobState, Queue, Worker
-from work._serve import _Slot
+from work._durable.consumer import _Slot
 from work.stores import Claimed, Store
 
 pytestmark = pytest.mark.anyio

@@ -29,7 +29,7 @@ from enum import StrEnum
 from types import TracebackType
 from typing import Any, Protocol, Self, runtime_checkable
 
-from .._status import Status
+from .._core.status import Status
 
 __all__ = ["Claimed", "JobRecord", "JobState", "Outcome", "Store"]
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from .._status import Status
+from .._core.status import Status
 from ._base import JobRecord, JobState
 
 __all__ = [

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from .._exceptions import WorkError
+from .._core.exceptions import WorkError
 
 __all__ = ["StoreUnavailableError", "require_asyncio"]
 

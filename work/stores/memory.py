@@ -13,7 +13,7 @@ from typing import Any, Self
 
 import anyio
 
-from .._status import Status
+from .._core.status import Status
 from ._base import Claimed, JobRecord, JobState, Outcome
 
 __all__ = ["MemoryStore"]

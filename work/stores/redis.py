@@ -15,7 +15,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .._status import Status
+from .._core.status import Status
 from ._base import Claimed, JobRecord, JobState, Outcome
 from ._open import mask_url
 from ._redis_lua import ADD, CANCEL, CLAIM, COMPLETE, REAP, RENEW

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import anyio
 import anyio.to_thread
 
-from .._status import Status
+from .._core.status import Status
 from ._base import Claimed, JobRecord, JobState, Outcome
 from .memory import _decode_error, _Notifier
 

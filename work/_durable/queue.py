@@ -13,13 +13,13 @@ import anyio
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 from opentelemetry import propagate
 
-from ._job import Job
-from ._json import check_json
-from ._retry import RetryPolicy
-from ._schedule import seconds
-from ._status import Status
-from .stores._base import JobRecord, JobState, Store
-from .stores._open import open_store
+from .._core.job import Job
+from .._core.jsoncheck import check_json
+from .._core.retry import RetryPolicy
+from .._core.status import Status
+from .._runtime.timers import seconds
+from ..stores._base import JobRecord, JobState, Store
+from ..stores._open import open_store
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable

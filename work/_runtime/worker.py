@@ -15,15 +15,15 @@ import anyio
 import anyio.lowlevel
 from anyio.abc import TaskGroup
 
-from ._chain import as_async, chain, core, finalise_error, handler_exit
-from ._exceptions import StatusError, UnknownHandlerError
-from ._job import Ctx, Job
-from ._schedule import CronSchedule, IntervalSchedule, TimerHeap, parse_every, seconds, utcnow
-from ._status import Status
-from ._types import Adapter, Handler
+from .._core.chain import as_async, chain, core, finalise_error, handler_exit
+from .._core.exceptions import StatusError, UnknownHandlerError
+from .._core.job import Ctx, Job
+from .._core.status import Status
+from .._core.types import Adapter, Handler
+from .timers import CronSchedule, IntervalSchedule, TimerHeap, parse_every, seconds, utcnow
 
 if TYPE_CHECKING:
-    from .stores._base import Store
+    from ..stores._base import Store
 
 __all__ = ["Execution", "RecurringHandle", "Worker"]
 
@@ -655,7 +655,7 @@ class Worker:
                 ``max_concurrency``, else 16).
             lease: seconds a claim holds before another worker may take the job over.
         """
-        from ._serve import serve_store
+        from .._durable.consumer import serve_store
 
         await serve_store(self, store, queues=queues, concurrency=concurrency, lease=lease)
 

@@ -15,8 +15,8 @@ import anyio
 import anyio.from_thread
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from ._job import Job
-from ._worker import Execution, RecurringHandle, Worker
+from .._core.job import Job
+from .worker import Execution, RecurringHandle, Worker
 
 __all__ = ["BackgroundWorker", "SyncRecurringHandle"]
 

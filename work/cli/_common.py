@@ -12,8 +12,8 @@ from typing import Any, TypeVar
 
 import anyio
 
-from ._retry import Exponential
-from .stores import Store, mask_url, open_store
+from .._core.retry import Exponential
+from ..stores import Store, mask_url, open_store
 
 __all__ = ["CLIError", "connect_patiently", "connected", "entered", "log", "open_store_of"]
 

@@ -6,7 +6,7 @@ import random
 from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
-from ._status import Status
+from .status import Status
 
 __all__ = ["Backoff", "Constant", "Exponential", "Fibonacci", "RetryPolicy", "backoff_from_dict"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeAlias
 
-from ._job import Job
+from .job import Job
 
 __all__ = ["Adapter", "Handler", "SyncHandler"]
 

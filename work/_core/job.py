@@ -8,7 +8,7 @@ from collections.abc import Iterator, Mapping, MutableMapping
 from datetime import UTC, datetime
 from typing import Any
 
-from ._status import Status
+from .status import Status
 
 __all__ = ["Ctx", "Job", "new_id"]
 

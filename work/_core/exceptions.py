@@ -16,10 +16,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ._status import Status
+from .status import Status
 
 if TYPE_CHECKING:
-    from ._job import Job
+    from .job import Job
 
 __all__ = ["JobTimeoutError", "RetryLater", "StatusError", "UnknownHandlerError", "WorkError"]
 

@@ -14,15 +14,15 @@ import anyio
 import structlog
 from anyio.abc import TaskGroup
 
-from ._exceptions import RetryLater, StatusError, UnknownHandlerError
-from ._job import Job
-from ._json import check_json
-from ._retry import Exponential, backoff_from_dict
-from ._status import Status
-from .stores._base import Claimed, JobRecord, JobState, Outcome, Store
+from .._core.exceptions import RetryLater, StatusError, UnknownHandlerError
+from .._core.job import Job
+from .._core.jsoncheck import check_json
+from .._core.retry import Exponential, backoff_from_dict
+from .._core.status import Status
+from ..stores._base import Claimed, JobRecord, JobState, Outcome, Store
 
 if TYPE_CHECKING:
-    from ._worker import Execution, Worker
+    from .._runtime.worker import Execution, Worker
 
 __all__ = ["DEFAULT_CONCURRENCY", "DEFAULT_MAX_DEFERRALS", "serve_store"]
 

@@ -20,10 +20,10 @@ from urllib.parse import urlsplit
 import anyio
 from anyio.abc import TaskStatus
 
-from ._cli_common import CLIError, connect_patiently, entered, log, open_store_of
-from ._retry import Exponential
-from ._worker import Worker
-from .stores import Claimed, JobRecord, JobState, Outcome, Store
+from .._core.retry import Exponential
+from .._runtime.worker import Worker
+from ..stores import Claimed, JobRecord, JobState, Outcome, Store
+from ._common import CLIError, connect_patiently, entered, log, open_store_of
 
 if TYPE_CHECKING:
     import uvicorn

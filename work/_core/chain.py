@@ -11,10 +11,10 @@ import anyio
 import anyio.lowlevel
 import anyio.to_thread
 
-from ._exceptions import JobTimeoutError, StatusError, WorkError
-from ._job import Job
-from ._status import Status
-from ._types import Adapter, Handler
+from .exceptions import JobTimeoutError, StatusError, WorkError
+from .job import Job
+from .status import Status
+from .types import Adapter, Handler
 
 __all__ = ["as_async", "chain", "core", "finalise_error", "handler_exit"]
 

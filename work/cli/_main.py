@@ -27,13 +27,13 @@ from typing import Any, NoReturn
 
 import anyio
 
-from ._cli_common import CLIError, connected, open_store_of
-from ._cli_worker import load_worker, parse_listen, run_worker_command
-from ._job import Job
-from ._queue import Queue
-from ._retry import RetryPolicy
-from ._status import Status
-from .stores import JobRecord, JobState, mask_url
+from .._core.job import Job
+from .._core.retry import RetryPolicy
+from .._core.status import Status
+from .._durable.queue import Queue
+from ..stores import JobRecord, JobState, mask_url
+from ._common import CLIError, connected, open_store_of
+from .worker import load_worker, parse_listen, run_worker_command
 
 __all__ = ["CLIError", "build_parser", "load_worker", "main", "mask_url", "record_to_dict"]
 
@@ -375,7 +375,3 @@ def _report(exc: Exception) -> int:
         return error.code
     print(f"{_PROG}: error: {type(error).__name__}: {error}", file=sys.stderr)
     return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

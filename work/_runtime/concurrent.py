@@ -16,11 +16,11 @@ import anyio
 import anyio.from_thread
 from anyio.abc import ObjectReceiveStream
 
-from ._exceptions import UnknownHandlerError
-from ._job import Job
-from ._schedule import seconds
-from ._status import Status
-from ._worker import Worker
+from .._core.exceptions import UnknownHandlerError
+from .._core.job import Job
+from .._core.status import Status
+from .timers import seconds
+from .worker import Worker
 
 __all__ = ["ConcurrentJob", "PerformWith"]
 

@@ -1,0 +1,1 @@
+"""The durable path: the Queue (producer side), the consumer behind ``Worker.serve``."""

@@ -1,0 +1,1 @@
+"""The runtime: the Worker, executions, timers, concurrent jobs and the synchronous twins."""

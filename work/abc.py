@@ -1,0 +1,7 @@
+"""The extension points as Protocols: their docstrings are the contracts implementations meet."""
+
+from __future__ import annotations
+
+from .stores._base import Store as Store
+
+__all__ = ("Store",)
