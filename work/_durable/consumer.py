@@ -2,35 +2,32 @@
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import anyio
 import structlog
 from anyio.abc import TaskGroup
 
-from .._core.exceptions import RetryLater, StatusError, UnknownHandlerError
+from .._core.exceptions import UnknownHandlerError
 from .._core.job import Job
-from .._core.jsoncheck import check_json
-from .._core.retry import Exponential, backoff_from_dict
+from .._core.retry import Exponential
 from .._core.status import Status
 from ..stores._base import Claimed, JobRecord, JobState, Outcome, Store
+from .outcome import decide, final, hand_back
 
 if TYPE_CHECKING:
     from .._runtime.worker import Execution, Worker
 
-__all__ = ["DEFAULT_CONCURRENCY", "DEFAULT_MAX_DEFERRALS", "serve_store"]
+__all__ = ["DEFAULT_CONCURRENCY", "serve_store"]
 
 DEFAULT_CONCURRENCY = 16
 """Jobs run at once by ``serve`` when neither ``concurrency`` nor ``max_concurrency`` is set."""
 
-DEFAULT_MAX_DEFERRALS = 20
-"""RetryLater deferrals allowed to a job enqueued without a RetryPolicy (RetryPolicy's default)."""
 
 # How long an idle claim loop waits on the store before claiming again anyway.
 _IDLE_WAIT = 1.0
@@ -77,104 +74,17 @@ class _Slot:
     outcome: Outcome | None = None
 
 
-def _describe(error: BaseException | None, status: Status) -> str:
-    if error is None:
-        return f"{int(status)} {status.phrase}"
-    if isinstance(error, StatusError):
-        return error.message
-    return f"{type(error).__name__}: {error}"
-
-
-def _final(rec: JobRecord, state: JobState, status: Status, error: str | None) -> Outcome:
-    return Outcome(id=rec.id, state=state, status=status, error=error)
-
-
-def _later(
-    rec: JobRecord, status: Status, error: str, delay: float, *, deferral: bool = False
-) -> Outcome:
-    return Outcome(
-        id=rec.id,
-        state=JobState.SCHEDULED,
-        status=status,
-        error=error,
-        scheduled_for=_now() + timedelta(seconds=delay),
-        give_back_attempt=deferral,
-        deferral=deferral,
-    )
-
-
-def _hand_back(rec: JobRecord) -> Outcome:
-    return Outcome(
-        id=rec.id,
-        state=JobState.QUEUED,
-        status=rec.status,
-        error=rec.error,
-        give_back_attempt=True,
-    )
-
-
-def _why_unstorable(result: Any, exc: Exception) -> str:
-    """Name the part of ``result`` JSON cannot carry, as enqueue does for args."""
-    try:
-        check_json(result, "the result")
-    except TypeError as named:
-        return str(named)
-    return str(exc)
-
-
-def decide(rec: JobRecord, execution: Execution, *, stopping: bool) -> Outcome:
-    """Return what to store for a claimed job whose execution has ended.
-
-    Args:
-        rec: the job's record as claimed (``attempts`` counts this claim).
-        execution: the finished execution.
-        stopping: the worker is shutting down (a 499 then means "hand it back").
-    """
-    status = execution.status
-    error = execution.error
-    if status is Status.CANCELLED and stopping:
-        return _hand_back(rec)
-    if status.is_success:
-        try:
-            json.dumps(execution.result, allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            message = (
-                f"the result of handler {rec.handler!r} is not JSON-serialisable, so it cannot be "
-                f"stored: {_why_unstorable(execution.result, exc)}"
-            )
-            return _final(rec, JobState.FAILED, Status.INTERNAL_ERROR, message)
-        return Outcome(id=rec.id, state=JobState.SUCCEEDED, status=status, result=execution.result)
-    if status is Status.UNKNOWN:
-        status = Status.INTERNAL_ERROR
-    message = _describe(error, status)
-    retry = rec.retry or {}
-    if isinstance(error, RetryLater):
-        max_deferrals = retry.get("max_deferrals", DEFAULT_MAX_DEFERRALS)
-        if rec.deferrals < max_deferrals:
-            return _later(rec, status, message, error.delay, deferral=True)
-    if int(status) in retry.get("retry_on", ()) and rec.attempts < rec.max_attempts:
-        try:
-            delay = backoff_from_dict(retry["backoff"]).delay(rec.attempts)
-        except (KeyError, TypeError, ValueError) as exc:
-            message = f"{message} (not retried: the stored backoff is invalid: {exc})"
-        else:
-            return _later(rec, status, message, delay)
-    return _final(rec, JobState.FAILED, status, message)
-
-
 class _Server:
     """The state of one ``serve`` call."""
 
     def __init__(
         self, worker: Worker, store: Store, queues: tuple[str, ...], concurrency: int, lease: float
     ) -> None:
-        assert worker._stopping is not None
         self.worker = worker
         self.store = store
         self.queues = queues
         self.concurrency = concurrency
         self.lease = lease
-        self.stopping = worker._stopping
         # Fences every write: a lease this serve lost can never be completed by it.
         self.owner = f"{worker.name}@{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
         self.slots: dict[str, _Slot] = {}  # claimed, outcome not yet written
@@ -216,7 +126,7 @@ class _Server:
             await self.claim_loop(jobs)
 
     async def watch_stop(self, scope: anyio.CancelScope) -> None:
-        await self.stopping.wait()
+        await self.worker.wait_stopping()
         scope.cancel()
         # Jobs claimed but still waiting for a worker slot never start: hand them back.
         for slot in self.slots.values():
@@ -225,7 +135,7 @@ class _Server:
 
     async def claim_loop(self, jobs: TaskGroup) -> None:
         backoff = _Backoff()
-        while not self.stopping.is_set():
+        while not self.worker.stopping:
             free = self.concurrency - self.active
             if free <= 0:
                 self.capacity = anyio.Event()
@@ -281,7 +191,7 @@ class _Server:
             await self.execute(slot)
         finally:
             if slot.outcome is None:
-                slot.outcome = _hand_back(slot.record)
+                slot.outcome = hand_back(slot.record)
             if not slot.lost and self.slots.get(slot.record.id) is slot:
                 self.pending.append(slot)
                 self.pending_event.set()
@@ -296,7 +206,7 @@ class _Server:
     async def execute(self, slot: _Slot) -> None:
         rec = slot.record
         if slot.decode_error is not None:
-            slot.outcome = _final(rec, JobState.FAILED, Status.BAD_REQUEST, slot.decode_error)
+            slot.outcome = final(rec, JobState.FAILED, Status.BAD_REQUEST, slot.decode_error)
             return
         try:
             job = Job(
@@ -308,18 +218,18 @@ class _Server:
                 id=rec.id,
             )
         except (TypeError, ValueError) as exc:
-            slot.outcome = _final(rec, JobState.FAILED, Status.BAD_REQUEST, f"bad job: {exc}")
+            slot.outcome = final(rec, JobState.FAILED, Status.BAD_REQUEST, f"bad job: {exc}")
             return
         execution: Execution | None = None
         try:
             with anyio.CancelScope() as scope:
                 slot.perform_scope = scope
-                if self.stopping.is_set():
+                if self.worker.stopping:
                     return  # handed back
                 execution = await self.worker.perform(job, attempt=rec.attempts)
         except UnknownHandlerError as exc:
             message = f"{exc} on {self.worker.name}"
-            slot.outcome = _final(rec, JobState.FAILED, Status.NOT_FOUND, message)
+            slot.outcome = final(rec, JobState.FAILED, Status.NOT_FOUND, message)
             return
         except RuntimeError:
             return  # the worker stopped before the job started: handed back
@@ -327,7 +237,7 @@ class _Server:
             slot.perform_scope = None
         if execution is None:
             if slot.cancel_requested:
-                slot.outcome = _final(rec, JobState.CANCELLED, Status.CANCELLED, "cancelled")
+                slot.outcome = final(rec, JobState.CANCELLED, Status.CANCELLED, "cancelled")
             return  # stopped while waiting for a slot: handed back
         slot.execution = execution
         if slot.cancel_requested or slot.lost:
@@ -345,9 +255,9 @@ class _Server:
                     slot.outcome = decide(rec, execution, stopping=True)
             raise
         if slot.cancel_requested:
-            slot.outcome = _final(rec, JobState.CANCELLED, Status.CANCELLED, "cancelled")
+            slot.outcome = final(rec, JobState.CANCELLED, Status.CANCELLED, "cancelled")
         else:
-            slot.outcome = decide(rec, execution, stopping=self.stopping.is_set())
+            slot.outcome = decide(rec, execution, stopping=self.worker.stopping)
 
     # -- leases -------------------------------------------------------------------------------
 
@@ -478,11 +388,11 @@ async def serve_store(
     if isinstance(lease, bool) or not isinstance(lease, int | float) or not lease > 0:
         raise ValueError(f"lease must be a number of seconds > 0, got {lease!r}")
     if not worker.running:
-        if worker._stopping is not None and worker._stopping.is_set():
+        if worker.stopping:
             # Started just as the worker began to stop (e.g. start_soon then stop()): there
             # is nothing to serve and nothing to hand back.
             return
         raise RuntimeError(f"{worker.name} is not running: call serve inside `async with worker:`")
     server = _Server(worker, store, names, concurrency, float(lease))
-    async with worker._service():
+    async with worker.lifetime():
         await server.run()

@@ -388,11 +388,34 @@ class Worker:
             self._idle = anyio.Event()
             await self._idle.wait()
 
+    @property
+    def stopping(self) -> bool:
+        """True once the worker has begun to stop (``stop()``, or leaving ``async with``)."""
+        return self._stopping is not None and self._stopping.is_set()
+
+    async def wait_stopping(self) -> None:
+        """Return once the worker begins to stop: the signal a loop running beside the worker
+        (a consumer, a scheduler) uses to wind down.
+
+        Raises:
+            RuntimeError: the worker was never started.
+        """
+        if self._stopping is None:
+            raise RuntimeError(f"{self.name} was never started: use `async with worker:`")
+        await self._stopping.wait()
+
     @asynccontextmanager
-    async def _service(self) -> AsyncIterator[None]:
-        """Register a service loop (``serve``): leaving ``async with worker`` waits, after the
-        in-flight executions have ended, until every service has exited."""
-        assert self._services_done is not None
+    async def lifetime(self) -> AsyncIterator[None]:
+        """Run a loop inside the worker's lifetime: leaving ``async with worker`` waits, after
+        the in-flight executions have ended, until every such block has exited. ``serve``
+        uses it so that its hand-back of unfinished jobs is part of the worker's stop; a
+        feature that drives the worker (a scheduler, a relay connection) does the same.
+
+        Raises:
+            RuntimeError: the worker is not running.
+        """
+        if self._services_done is None or self._tg is None:
+            raise RuntimeError(f"{self.name} is not running: use `async with worker:`")
         self._services += 1
         self._services_done = anyio.Event()
         try:

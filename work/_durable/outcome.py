@@ -1,0 +1,112 @@
+"""The outcome rules: what a store records for a claimed job once its execution has ended."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from .._core.exceptions import RetryLater, StatusError
+from .._core.jsoncheck import check_json
+from .._core.retry import backoff_from_dict
+from .._core.status import Status
+from ..stores._base import JobRecord, JobState, Outcome
+
+if TYPE_CHECKING:
+    from .._runtime.worker import Execution
+
+__all__ = ["DEFAULT_MAX_DEFERRALS", "decide", "final", "hand_back"]
+
+DEFAULT_MAX_DEFERRALS = 20
+"""RetryLater deferrals allowed to a job enqueued without a RetryPolicy (RetryPolicy's default)."""
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _describe(error: BaseException | None, status: Status) -> str:
+    if error is None:
+        return f"{int(status)} {status.phrase}"
+    if isinstance(error, StatusError):
+        return error.message
+    return f"{type(error).__name__}: {error}"
+
+
+def final(rec: JobRecord, state: JobState, status: Status, error: str | None) -> Outcome:
+    """An outcome that ends the job for good (or CANCELLED / FAILED with that status)."""
+    return Outcome(id=rec.id, state=state, status=status, error=error)
+
+
+def _later(
+    rec: JobRecord, status: Status, error: str, delay: float, *, deferral: bool = False
+) -> Outcome:
+    return Outcome(
+        id=rec.id,
+        state=JobState.SCHEDULED,
+        status=status,
+        error=error,
+        scheduled_for=_now() + timedelta(seconds=delay),
+        give_back_attempt=deferral,
+        deferral=deferral,
+    )
+
+
+def hand_back(rec: JobRecord) -> Outcome:
+    """The outcome that gives a claimed job back, ready at once, without using an attempt."""
+    return Outcome(
+        id=rec.id,
+        state=JobState.QUEUED,
+        status=rec.status,
+        error=rec.error,
+        give_back_attempt=True,
+    )
+
+
+def _why_unstorable(result: Any, exc: Exception) -> str:
+    """Name the part of ``result`` JSON cannot carry, as enqueue does for args."""
+    try:
+        check_json(result, "the result")
+    except TypeError as named:
+        return str(named)
+    return str(exc)
+
+
+def decide(rec: JobRecord, execution: Execution, *, stopping: bool) -> Outcome:
+    """Return what to store for a claimed job whose execution has ended.
+
+    Args:
+        rec: the job's record as claimed (``attempts`` counts this claim).
+        execution: the finished execution.
+        stopping: the worker is shutting down (a 499 then means "hand it back").
+    """
+    status = execution.status
+    error = execution.error
+    if status is Status.CANCELLED and stopping:
+        return hand_back(rec)
+    if status.is_success:
+        try:
+            json.dumps(execution.result, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            message = (
+                f"the result of handler {rec.handler!r} is not JSON-serialisable, so it cannot be "
+                f"stored: {_why_unstorable(execution.result, exc)}"
+            )
+            return final(rec, JobState.FAILED, Status.INTERNAL_ERROR, message)
+        return Outcome(id=rec.id, state=JobState.SUCCEEDED, status=status, result=execution.result)
+    if status is Status.UNKNOWN:
+        status = Status.INTERNAL_ERROR
+    message = _describe(error, status)
+    retry = rec.retry or {}
+    if isinstance(error, RetryLater):
+        max_deferrals = retry.get("max_deferrals", DEFAULT_MAX_DEFERRALS)
+        if rec.deferrals < max_deferrals:
+            return _later(rec, status, message, error.delay, deferral=True)
+    if int(status) in retry.get("retry_on", ()) and rec.attempts < rec.max_attempts:
+        try:
+            delay = backoff_from_dict(retry["backoff"]).delay(rec.attempts)
+        except (KeyError, TypeError, ValueError) as exc:
+            message = f"{message} (not retried: the stored backoff is invalid: {exc})"
+        else:
+            return _later(rec, status, message, delay)
+    return final(rec, JobState.FAILED, status, message)
