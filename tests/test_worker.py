@@ -70,8 +70,10 @@ def test_register_rejects_bad_input() -> None:
     worker = make_worker()
     with pytest.raises(ValueError, match="'ok' is already registered"):
         worker.register("ok", lambda job: None)
-    with pytest.raises(ValueError, match="empty"):
+    with pytest.raises(ValueError, match="blank"):
         worker.register("", lambda job: None)
+    with pytest.raises(ValueError, match="blank"):
+        worker.register("  ", lambda job: None)
     with pytest.raises(TypeError, match="callable"):
         worker.register("x", 42)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="parentheses"):
@@ -521,6 +523,11 @@ async def test_timing_validation() -> None:
             await worker.perform_every(Job("ok"), timedelta(seconds=-2))
         with pytest.raises(ValueError, match="'every tuesday'"):
             await worker.perform_every(Job("ok"), "every tuesday")
+        # croniter would read a 7th field (a year); the docs promise 5 or 6.
+        with pytest.raises(ValueError, match="has 7"):
+            await worker.perform_every(Job("ok"), "0 0 * * * 0 2030")
+        with pytest.raises(ValueError, match="has 4"):
+            await worker.perform_every(Job("ok"), "* * * *")
 
 
 async def test_cancel_scheduled_execution_finishes_it_at_once() -> None:

@@ -130,11 +130,7 @@ class Queue:
                 raise TypeError(f"job.headers[{key!r}] must be a str, got {type(value).__name__}")
         retry_settings = None
         if retry is not None:
-            retry_settings = {
-                "backoff": retry.backoff.to_dict(),
-                "retry_on": retry.retry_statuses(),
-                "max_deferrals": retry.max_deferrals,
-            }
+            retry_settings = retry.stored_settings()  # TypeError for a custom backoff
             check_json(retry_settings, "the retry policy's settings")
         later = due is not None and due > now
         return JobRecord(

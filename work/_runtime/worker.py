@@ -266,13 +266,13 @@ class Worker:
         """Register ``fn`` (``async def`` or plain ``def``) as the handler named ``name``.
 
         Raises:
-            ValueError: ``name`` is empty or already registered.
+            ValueError: ``name`` is blank or already registered.
             TypeError: ``fn`` is not callable or ``name`` not a str.
         """
         if not isinstance(name, str):
             raise TypeError(f"a handler name must be a str, got {type(name).__name__}")
-        if not name:
-            raise ValueError("a handler name must not be empty")
+        if not name or name.isspace():
+            raise ValueError(f"a handler name must not be blank, got {name!r}")
         if name in self._handlers:
             raise ValueError(f"a handler named {name!r} is already registered on {self.name}")
         handler = as_async(fn)
