@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any, Self
 
 import anyio
 from anyio.from_thread import BlockingPortal, start_blocking_portal
-from opentelemetry import propagate
 
 from .._core.job import Job
 from .._core.jsoncheck import check_json
@@ -123,6 +122,10 @@ class Queue:
         check_json(job.args, "job.args")
         headers = dict(job.headers)
         # Continue the producer's trace in the consumer (the tracing adapter extracts it).
+        # Imported here, not at the top, so that `import work` does not load OpenTelemetry;
+        # after the first enqueue this is a dictionary lookup.
+        from opentelemetry import propagate
+
         propagate.inject(headers)
         check_json(headers, "job.headers")
         for key, value in headers.items():
