@@ -787,7 +787,7 @@ async def test_stopping_and_wait_stopping_are_the_stop_signal() -> None:
         worker.stop()
         with anyio.fail_after(5):
             while not seen:
-                await anyio.sleep(0)
+                await anyio.lowlevel.checkpoint()
     assert seen == [True] and worker.stopping is True
 
 
