@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterable
-from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
 import anyio
-from anyio.from_thread import BlockingPortal, start_blocking_portal
-from opentelemetry import propagate
 
 from .._core.job import Job
 from .._core.jsoncheck import check_json
 from .._core.retry import RetryPolicy
 from .._core.status import Status
+from .._runtime.portal import PortalTwin
 from .._runtime.timers import seconds
 from ..stores._base import JobRecord, JobState, Store
 from ..stores._open import open_store
@@ -123,6 +120,10 @@ class Queue:
         check_json(job.args, "job.args")
         headers = dict(job.headers)
         # Continue the producer's trace in the consumer (the tracing adapter extracts it).
+        # Imported here, not at the top, so that `import work` does not load OpenTelemetry;
+        # after the first enqueue this is a dictionary lookup.
+        from opentelemetry import propagate
+
         propagate.inject(headers)
         check_json(headers, "job.headers")
         for key, value in headers.items():
@@ -130,11 +131,7 @@ class Queue:
                 raise TypeError(f"job.headers[{key!r}] must be a str, got {type(value).__name__}")
         retry_settings = None
         if retry is not None:
-            retry_settings = {
-                "backoff": retry.backoff.to_dict(),
-                "retry_on": retry.retry_statuses(),
-                "max_deferrals": retry.max_deferrals,
-            }
+            retry_settings = retry.stored_settings()  # TypeError for a custom backoff
             check_json(retry_settings, "the retry policy's settings")
         later = due is not None and due > now
         return JobRecord(
@@ -325,24 +322,16 @@ class SyncQueue:
     def __init__(self, url_or_store: str | Store, **options: Any) -> None:
         queue = Queue(url_or_store, **options)
         self.store = queue.store
-        self._portal_cm: AbstractContextManager[BlockingPortal] = start_blocking_portal()
-        self._portal = self._portal_cm.__enter__()
-        self._queue_cm: AbstractContextManager[Queue] | None = None
-        try:
-            queue_cm = self._portal.wrap_async_context_manager(queue)
-            self._queue = queue_cm.__enter__()
-            self._queue_cm = queue_cm
-        except BaseException:
-            self._portal_cm.__exit__(None, None, None)
-            raise
+        self._twin: PortalTwin[Queue] = PortalTwin("this SyncQueue")
+        self._queue = self._twin.enter(queue)
 
     def __repr__(self) -> str:
         return f"SyncQueue({self.store.url!r})"
 
     def _call(self, fn: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any) -> Any:
-        if self._queue_cm is None:
+        if not self._twin.entered:
             raise RuntimeError(f"{self!r} is closed")
-        return self._portal.call(functools.partial(fn, *args, **kwargs))
+        return self._twin.call(fn, *args, **kwargs)
 
     def enqueue(
         self,
@@ -429,13 +418,7 @@ class SyncQueue:
 
     def close(self) -> None:
         """Leave the store and stop the background event loop. Calling it again does nothing."""
-        queue_cm, self._queue_cm = self._queue_cm, None
-        if queue_cm is None:
-            return
-        try:
-            queue_cm.__exit__(None, None, None)
-        finally:
-            self._portal_cm.__exit__(None, None, None)
+        self._twin.exit()
 
     def __enter__(self) -> Self:
         return self

@@ -15,7 +15,7 @@ import anyio
 import anyio.lowlevel
 from anyio.abc import TaskGroup
 
-from .._core.chain import as_async, chain, core, finalise_error, handler_exit
+from .._core.chain import as_async, compose
 from .._core.exceptions import StatusError, UnknownHandlerError
 from .._core.job import Ctx, Job
 from .._core.status import Status
@@ -229,7 +229,9 @@ class Worker:
         if grace < 0:
             raise ValueError(f"shutdown_grace must be >= 0, got {shutdown_grace!r}")
         self.adapters: tuple[Adapter, ...] = tuple(adapters)
-        self._wrap = chain(*self.adapters)
+        for i, adapter in enumerate(self.adapters):
+            if not callable(adapter):
+                raise TypeError(f"adapter #{i} ({adapter!r}) is not callable")
         self.max_concurrency = max_concurrency
         self.name = name or f"worker-{next(self._names)}"
         self.shutdown_grace = grace
@@ -264,18 +266,18 @@ class Worker:
         """Register ``fn`` (``async def`` or plain ``def``) as the handler named ``name``.
 
         Raises:
-            ValueError: ``name`` is empty or already registered.
+            ValueError: ``name`` is blank or already registered.
             TypeError: ``fn`` is not callable or ``name`` not a str.
         """
         if not isinstance(name, str):
             raise TypeError(f"a handler name must be a str, got {type(name).__name__}")
-        if not name:
-            raise ValueError("a handler name must not be empty")
+        if not name or name.isspace():
+            raise ValueError(f"a handler name must not be blank, got {name!r}")
         if name in self._handlers:
             raise ValueError(f"a handler named {name!r} is already registered on {self.name}")
         handler = as_async(fn)
         self._handlers[name] = fn
-        self._chains[name] = self._wrap(core(handler))
+        self._chains[name] = compose(self.adapters, handler)
 
     def handler(self, name: str | None = None) -> Callable[[F], F]:
         """Decorator form of :meth:`register`; the default name is the function's ``__name__``.
@@ -753,17 +755,10 @@ class Worker:
                 try:
                     execution.result = await execution._handler(execution.job)
                 except Exception as exc:
-                    # The same rules as core(), once more around the whole chain, so an
-                    # exception raised by an adapter also ends as a status.
+                    # The settle steps have set the status already; keep the cause.
                     execution.error = exc
-                    ctx.status = finalise_error(ctx.status, exc)
-                except SystemExit as exc:  # raised by an adapter, outside core()
-                    execution.error = handler_exit(exc)
-                    ctx.status = Status.INTERNAL_ERROR
             if scope.cancelled_caught:
                 ctx.status = Status.CANCELLED
-            elif ctx.status is Status.UNKNOWN:
-                ctx.status = Status.SUCCESS
         except BaseException as exc:
             ctx.status = Status.CANCELLED
             if not isinstance(exc, anyio.get_cancelled_exc_class()):
