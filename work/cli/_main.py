@@ -27,6 +27,7 @@ from typing import Any, NoReturn
 
 import anyio
 
+from .. import __version__
 from .._core.job import Job
 from .._core.retry import RetryPolicy
 from .._core.status import Status
@@ -272,6 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
         The parser; each sub-command stores its coroutine or function in ``func``.
     """
     parser = _Parser(prog=_PROG, description="Run anywork workers and manage durable queues.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     states = [str(s) for s in JobState]
 
