@@ -12,15 +12,19 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 import work
 from work import JobState, SyncQueue
 from work.cli import CLIError, load_worker, main, mask_url
+
+from .stores.conftest import POSTGRES_URL
 
 REPO = Path(work.__file__).resolve().parents[1]
 
@@ -311,18 +315,44 @@ def test_store_from_environment(
     [
         (["enqueue", "add", "--args", "{oops"], 2, "--args is not valid JSON"),
         (["enqueue", "add", "--args", "[1, 2]"], 2, "--args must be a JSON object"),
-        (["enqueue", "add", "--delay", "-1"], 2, "--delay must be >= 0"),
-        (["enqueue", "add", "--max-attempts", "0"], 2, "max_attempts must be >= 1"),
+        (["enqueue", "add", "--delay", "-1"], 2, "argument --delay: must be >= 0 seconds"),
+        (["enqueue", "add", "--delay", "nan"], 2, "--delay: must be a finite number of seconds"),
+        (["enqueue", "add", "--delay", "inf"], 2, "--delay: must be a finite number of seconds"),
+        (["enqueue", "add", "--delay", "1e300"], 2, "--delay: must be at most 3155760000"),
+        (["enqueue", "add", "--max-attempts", "0"], 2, "--max-attempts: must be an integer from 1"),
+        (["enqueue", "add", "--max-attempts", "2147483648"], 2, "to 2147483647, got '2147483648'"),
+        (["enqueue", "add", "--priority", "2147483648"], 2, "to 2147483647, got '2147483648'"),
+        (["enqueue", "add", "--priority", "-2147483649"], 2, "from -2147483648 to 2147483647"),
+        (["enqueue", "add", "--queue", "a\x00b"], 2, "job.queue must not contain control"),
+        (["enqueue", "add", "--queue", "q" * 300], 2, "job.queue must be at most 255 characters"),
+        (["enqueue", " "], 2, "handler must not be"),
+        (["enqueue", "add", "--unique-key", "k\n"], 2, "unique_key must not contain control"),
+        (["enqueue", "add", "--args", '{"s": "\\u0000"}'], 2, "job.args['s'] holds a NUL"),
+        (["enqueue", "add", "--args", "[" * 100 + "]" * 100], 2, "must be a JSON object"),
+        (
+            ["enqueue", "add", "--args", '{"a":' * 100 + "1" + "}" * 100],
+            2,
+            "job.args nests deeper than 64 levels",
+        ),
         (["jobs", "list", "--state", "sleeping"], 2, "invalid choice: 'sleeping'"),
-        (["jobs", "list", "--limit", "ten"], 2, "invalid int value: 'ten'"),
-        (["jobs", "list", "--limit", "-1"], 2, "limit must be"),
-        (["enqueue", "add", "--unique-key", ""], 2, "unique_key must be a non-empty str"),
+        (["jobs", "list", "--limit", "ten"], 2, "--limit: must be an integer, got 'ten'"),
+        (["jobs", "list", "--limit", "-1"], 2, "--limit: must be an integer from 0"),
+        (["jobs", "list", "--limit", "1" + "0" * 20], 2, "--limit: must be an integer from 0"),
+        (["enqueue", "add", "--unique-key", ""], 2, "unique_key must not be blank"),
         (["enqueue", "add", "--args", '{"x": NaN}'], 2, "job.args['x'] is nan"),
         (["stats", "--store", "ftp://x"], 2, "unknown store URL scheme"),
         (["stats", "--store-option", "no-equals"], 2, "--store-option must look like key=value"),
         (["frobnicate"], 2, "invalid choice: 'frobnicate'"),
-        (["worker", "tasks:worker", "--concurrency", "0"], 2, "--concurrency must be >= 1"),
-        (["worker", "tasks:worker", "--processes", "0"], 2, "--processes must be >= 1"),
+        (["worker", "tasks:worker", "--concurrency", "0"], 2, "--concurrency: must be an int"),
+        (["worker", "tasks:worker", "--processes", "0"], 2, "--processes: must be an integer"),
+        (["worker", "tasks:worker", "--processes", "x"], 2, "--processes: must be an integer"),
+        (["worker", "tasks:worker", "--lease", "nan"], 2, "--lease: must be a finite number"),
+        (["worker", "tasks:worker", "--lease", "inf"], 2, "--lease: must be a finite number"),
+        (["worker", "tasks:worker", "--lease=-inf"], 2, "--lease: must be a finite number"),
+        (["worker", "tasks:worker", "--lease", "0"], 2, "--lease: must be > 0 seconds, got '0'"),
+        (["worker", "tasks:worker", "--lease", "-5"], 2, "--lease: must be > 0 seconds"),
+        (["worker", "tasks:worker", "--lease", "1e300"], 2, "--lease: must be at most"),
+        (["worker", "tasks:worker", "--lease", "soon"], 2, "--lease: must be a number of sec"),
         (["worker", "tasks:worker", "--http", "nowhere"], 2, "expected HOST:PORT"),
         (["worker", "tasks", "--store", "memory://"], 2, "must be given as module:attr"),
         (
@@ -355,6 +385,81 @@ def test_bad_input_is_one_line_and_an_exit_code(
     assert err.count("\n") == 1
     assert message in err
     assert "Traceback" not in err
+
+
+@pytest.fixture
+def pg_schema() -> Iterator[str]:
+    """A PostgreSQL schema name of this test's own, dropped afterwards."""
+    schema = f"anywork_cli_{uuid.uuid4().hex[:12]}"
+    yield schema
+    from work.stores.postgres import PostgresStore
+
+    anyio.run(PostgresStore(POSTGRES_URL, schema=schema).drop)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--priority", "2147483647", "--queue", "a\x00b"], "job.queue must not contain"),
+        (["--args", '{"s": "nul \\u0000"}'], "job.args['s'] holds a NUL"),
+        (["--args", '{"s": "\\ud800"}'], "job.args['s'] holds a NUL or a lone surrogate"),
+        (["--unique-key", "k\x00"], "unique_key must not contain control characters"),
+    ],
+)
+def test_enqueue_poison_on_postgres_exits_2(
+    capsys: pytest.CaptureFixture[str], pg_schema: str, options: list[str], message: str
+) -> None:
+    """On PostgreSQL, a value its driver would refuse is bad input (2), never a driver error."""
+    store = ["--store", POSTGRES_URL, "--store-option", f"schema={pg_schema}"]
+    code, _, err = run(capsys, "enqueue", "add", *options, *store)
+    assert (code, err.count("\n")) == (2, 1), err
+    assert message in err and "Error:" not in err
+    code, out, err = run(capsys, "enqueue", "add", "--json", "--priority", "-2147483648", *store)
+    assert code == 0, err
+    code, out, _ = run(capsys, "stats", "--json", *store)
+    assert json.loads(out) == {"default": {"queued": 1}}
+
+
+def test_store_before_or_after_the_command(
+    capsys: pytest.CaptureFixture[str], store_url: str, tmp_path: Path
+) -> None:
+    """--store and --store-option are accepted before the sub-command as well as after it."""
+    code, _, err = run(capsys, "--store", store_url, "enqueue", "add")
+    assert code == 0, err
+    code, out, _ = run(capsys, "--store", store_url, "stats", "--json")
+    assert json.loads(out) == {"default": {"queued": 1}}
+    code, out, _ = run(
+        capsys, "--store", "sqlite:///elsewhere.db", "jobs", "list", "--json", "--store", store_url
+    )
+    assert code == 0 and len(json.loads(out)) == 1  # the later, more specific one wins
+    code, _, err = run(capsys, "--store-option", "bogus", "stats", "--store", store_url)
+    assert code == 2 and "--store-option must look like key=value" in err
+
+
+@pytest.mark.parametrize(
+    ("url", "driver", "extra"),
+    [
+        ("postgresql://127.0.0.1/x", "asyncpg", "postgres"),
+        ("redis://127.0.0.1/0", "redis", "redis"),
+    ],
+)
+def test_missing_driver_names_the_extra(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    url: str,
+    driver: str,
+    extra: str,
+) -> None:
+    """A store whose driver is not installed says which extra installs it, and exits 2."""
+    monkeypatch.setitem(sys.modules, driver, None)  # what `import driver` meets when absent
+    for name in [m for m in sys.modules if m.startswith(f"{driver}.")]:
+        monkeypatch.setitem(sys.modules, name, None)
+    module = "work.stores.postgres" if extra == "postgres" else "work.stores.redis"
+    monkeypatch.delitem(sys.modules, module, raising=False)
+    for argv in (["stats", "--store", url], ["worker", "tasks:worker", "--store", url]):
+        code, _, err = run(capsys, *argv)
+        assert code == 2, err
+        assert f"needs {driver}, which is not installed: pip install 'anywork[{extra}]'" in err
 
 
 def test_help_exits_zero(capsys: pytest.CaptureFixture[str]) -> None:

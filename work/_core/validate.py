@@ -211,7 +211,8 @@ def _payload_problem(value: Any, where: str, depth: int) -> str | None:
         return None
     if isinstance(value, dict | list | tuple):
         if depth >= MAX_DEPTH:
-            return f"{where} nests deeper than {MAX_DEPTH} levels (or refers to itself)"
+            root = where.partition("[")[0]  # the path to the 64th level is no help
+            return f"{root} nests deeper than {MAX_DEPTH} levels (or refers to itself)"
         if isinstance(value, dict):
             for key, item in value.items():
                 if isinstance(key, str) and _bad_text(key):

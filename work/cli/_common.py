@@ -5,17 +5,28 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, TypeVar
 
 import anyio
 
 from .._core.retry import Exponential
+from .._core.validate import INT_MAX, MAX_AHEAD
 from ..stores import Store, mask_url, open_store
 
-__all__ = ["CLIError", "connect_patiently", "connected", "entered", "log", "open_store_of"]
+__all__ = [
+    "CLIError",
+    "connect_patiently",
+    "connected",
+    "entered",
+    "int_arg",
+    "log",
+    "open_store_of",
+    "seconds_arg",
+]
 
 _S = TypeVar("_S", bound=Store)
 # The longest wait between a worker's attempts to reach an unreachable store.
@@ -34,6 +45,52 @@ class CLIError(Exception):
         super().__init__(message)
         self.message = message
         self.code = code
+
+
+def seconds_arg(
+    *, positive: bool, high: float = MAX_AHEAD.total_seconds()
+) -> Callable[[str], float]:
+    """An argparse type for a finite number of seconds, > 0 (``positive``) or >= 0, at most
+    ``high`` (default: about 100 years, as far ahead as a store keeps a time).
+
+    NaN and infinities are refused: ``float("nan")`` passes every ``<`` check.
+    """
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number of seconds, got {text!r}")
+        if positive and value <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0 seconds, got {text!r}")
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"must be >= 0 seconds, got {text!r}")
+        if value > high:
+            raise argparse.ArgumentTypeError(f"must be at most {high:.0f} seconds, got {text!r}")
+        return value
+
+    parse.__name__ = "seconds"  # argparse names the type in its own messages
+    return parse
+
+
+def int_arg(low: int, high: int = INT_MAX) -> Callable[[str], int]:
+    """An argparse type for an int within ``[low, high]``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(
+                f"must be an integer from {low} to {high}, got {text!r}"
+            )
+        return value
+
+    parse.__name__ = "int"
+    return parse
 
 
 def _parse_store_options(items: Sequence[str]) -> dict[str, Any]:
@@ -58,7 +115,8 @@ def open_store_of(ns: argparse.Namespace) -> Store:
     except (ValueError, TypeError) as exc:
         raise CLIError(str(exc), 2) from None
     except ImportError as exc:
-        raise CLIError(f"the store for {mask_url(ns.store)} needs a driver: {exc}", 2) from None
+        # open_store names the extra to install ("pip install 'anywork[postgres]'").
+        raise CLIError(f"cannot open {mask_url(ns.store)}: {exc}", 2) from None
 
 
 @contextlib.asynccontextmanager

@@ -445,8 +445,9 @@ def run_worker_command(ns: argparse.Namespace) -> int:
                 "--http needs the server extra (starlette, uvicorn): pip install 'anywork[server]'",
                 2,
             ) from None
+    # A bad URL, option or a missing driver fails here, once, not in every child.
+    open_store_of(ns)
     if ns.processes > 1:
-        open_store_of(ns)  # a bad URL or option fails here, once, not in every child
         return anyio.run(_supervise, ns)
     worker = load_worker(ns.target)
     return anyio.run(_run_worker, ns, worker, backend=ns.backend)
