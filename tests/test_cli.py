@@ -164,6 +164,54 @@ def spawn(worker_dir: Path) -> Iterator[Callable[..., WorkerProcess]]:
         process.kill()
 
 
+class RedisServer:
+    """A private ``redis-server`` on a free port of 127.0.0.1, that a test may stop and start."""
+
+    def __init__(self, directory: Path, *extra: str) -> None:
+        self.port = free_port()
+        self.directory = directory
+        self.extra = extra
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Start the server and wait until it accepts connections."""
+        self.proc = subprocess.Popen(
+            ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
+             "--appendonly", "no", "--dir", str(self.directory), *self.extra],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+
+        def accepting() -> bool:
+            with socket.socket() as sock:
+                return sock.connect_ex(("127.0.0.1", self.port)) == 0
+
+        wait_for(accepting, 20, f"redis-server on port {self.port}")
+
+    def stop(self) -> None:
+        """Kill the server (as a crash would) and wait for it to be gone."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
+    """Start private Redis servers (``redis_server("--requirepass", "pw")``); all are killed at
+    the end. Never the shared one on 6379: a test may kill its own."""
+    servers: list[RedisServer] = []
+
+    def start(*extra: str) -> RedisServer:
+        server = RedisServer(tmp_path, *extra)
+        servers.append(server)
+        server.start()
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
 def http_get(url: str) -> tuple[int, str]:
     """GET ``url``; return (status, body) for any HTTP status."""
     try:
@@ -605,6 +653,35 @@ def test_worker_http_endpoints(spawn: Callable[..., WorkerProcess], store_url: s
     assert "python_info" in body or "process_cpu_seconds_total" in body
     assert http_get(f"{base}/nope")[0] == 404
     assert proc.stop() == 0
+
+
+def test_bad_redis_credentials_exit_1(
+    capsys: pytest.CaptureFixture[str],
+    spawn: Callable[..., WorkerProcess],
+    redis_server: Callable[..., RedisServer],
+) -> None:
+    """A Redis server that refuses the password ends a command and a worker with exit 1 and
+    one clear line, as PostgreSQL does, instead of retrying forever."""
+    server = redis_server("--requirepass", "sekret")
+    wrong = f"redis://:wrong@127.0.0.1:{server.port}/0"
+    none = f"redis://127.0.0.1:{server.port}/0"
+    code, _, err = run(capsys, "stats", "--store", wrong)
+    assert code == 1, err
+    assert err == (
+        f"anywork: error: cannot open redis://:***@127.0.0.1:{server.port}/0: Redis at "
+        f"127.0.0.1:{server.port} refused the credentials: invalid username-password pair or "
+        "user is disabled.\n"
+    )
+    code, _, err = run(capsys, "stats", "--store", none)
+    assert code == 1 and "refused the credentials: the URL gives no password" in err, err
+    for url in (wrong, none):
+        proc = spawn("tasks:worker", "--store", url)
+        assert proc.proc.wait(timeout=30) == 1, proc.output()
+        assert "refused the credentials" in proc.output()
+        assert "retrying" not in proc.output() and "Traceback" not in proc.output()
+    good = f"redis://:sekret@127.0.0.1:{server.port}/0"
+    code, out, err = run(capsys, "stats", "--json", "--store", good)
+    assert (code, out) == (0, "{}\n"), err
 
 
 def test_worker_that_cannot_be_loaded_exits_2(

@@ -15,7 +15,7 @@ import anyio
 
 from .._core.retry import Exponential
 from .._core.validate import INT_MAX, MAX_AHEAD
-from ..stores import Store, mask_url, open_store
+from ..stores import Store, StoreAuthenticationError, mask_url, open_store
 
 __all__ = [
     "CLIError",
@@ -140,6 +140,8 @@ async def _enter(store: Store) -> str | None:
         await store.__aenter__()
     except (OSError, ConnectionError) as exc:
         return f"cannot connect to {store.url}: {exc}"
+    except StoreAuthenticationError as exc:
+        raise CLIError(f"cannot open {store.url}: {exc}") from None
     except Exception as exc:
         # Drivers raise their own error types (asyncpg, redis-py); name them in one line.
         raise CLIError(f"cannot open {store.url}: {type(exc).__name__}: {exc}") from None

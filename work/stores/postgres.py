@@ -29,7 +29,7 @@ from ._postgres_rows import (
     stored_record,
     utc,
 )
-from ._server import StoreUnavailableError, require_asyncio
+from ._server import StoreAuthenticationError, StoreUnavailableError, require_asyncio
 
 __all__ = ["PostgresStore", "PostgresUnavailableError"]
 
@@ -288,6 +288,7 @@ class PostgresStore:
         Raises:
             RuntimeError: not running on asyncio (asyncpg is asyncio-only).
             PostgresUnavailableError: the server cannot be reached.
+            StoreAuthenticationError: the server refused the password or user.
         """
         _require_asyncio()
         if self._pool is not None:
@@ -302,6 +303,9 @@ class PostgresStore:
             )
         except _CONNECT_ERRORS as exc:
             raise PostgresUnavailableError(*_address(self._dsn), exc) from exc
+        except asyncpg.InvalidAuthorizationSpecificationError as exc:
+            # A wrong password or an unknown user: waiting will not heal it.
+            raise StoreAuthenticationError("PostgreSQL", *_address(self._dsn), exc) from exc
         self._runner = _Runner(self._pool, hold=self._max_size >= 2)
         try:
             await self._migrate()
