@@ -317,11 +317,87 @@ def test_cancel_then_cancel_again(capsys: pytest.CaptureFixture[str], store_url:
 
 def test_unknown_job_is_a_runtime_error(capsys: pytest.CaptureFixture[str], store_url: str) -> None:
     """`jobs get` and `jobs cancel` of an unknown id exit 1 with one line naming the id."""
+    assert run(capsys, "enqueue", "add", "--store", store_url)[0] == 0
     for command in ("get", "cancel"):
         code, out, err = run(capsys, "jobs", command, "nope", "--store", store_url)
         assert (code, out) == (1, "")
         assert "no job with id 'nope'" in err
         assert err.count("\n") == 1
+
+
+READ_ONLY = [
+    ["stats"],
+    ["stats", "--json"],
+    ["jobs", "list"],
+    ["jobs", "get", "some-id"],
+    ["jobs", "cancel", "some-id"],
+]
+
+
+def test_read_only_commands_create_no_sqlite_file(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """stats and jobs on a SQLite file that does not exist say so, exit 1, and create nothing;
+    a file that is not an anywork store is not turned into one."""
+    missing = tmp_path / "typo.db"
+    url = f"sqlite:///{missing}"
+    for argv in READ_ONLY:
+        code, out, err = run(capsys, *argv, "--store", url)
+        assert (code, out) == (1, ""), err
+        assert err == (
+            f"anywork: error: no anywork store at {url} (nothing was created: "
+            "`anywork enqueue` or a worker creates one)\n"
+        )
+    assert not missing.exists() and not list(tmp_path.glob("typo.db*"))
+    other = tmp_path / "other.db"
+    other.write_bytes(b"not a database at all")
+    code, _, err = run(capsys, "stats", "--store", f"sqlite:///{other}")
+    assert code == 1 and "no anywork store" in err
+    assert other.read_bytes() == b"not a database at all"
+
+
+def test_read_only_commands_create_no_postgres_schema(
+    capsys: pytest.CaptureFixture[str], pg_schema: str
+) -> None:
+    """On PostgreSQL, stats and jobs on a schema that does not exist exit 1 and create none."""
+    store = ["--store", POSTGRES_URL, "--store-option", f"schema={pg_schema}"]
+    for argv in READ_ONLY:
+        code, _, err = run(capsys, *argv, *store)
+        assert code == 1 and f"no anywork store at {POSTGRES_URL}" in err, err
+
+    async def schema_exists() -> bool:
+        import asyncpg  # type: ignore[import-untyped]
+
+        conn = await asyncpg.connect(POSTGRES_URL)
+        try:
+            query = "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)"
+            return bool(await conn.fetchval(query, pg_schema))
+        finally:
+            await conn.close()
+
+    assert not anyio.run(schema_exists)
+    assert run(capsys, "enqueue", "add", *store)[0] == 0
+    code, out, _ = run(capsys, "stats", "--json", *store)
+    assert (code, json.loads(out)) == (0, {"default": {"queued": 1}})
+
+
+def test_read_only_commands_write_no_redis_key(
+    capsys: pytest.CaptureFixture[str], redis_server: Callable[..., RedisServer]
+) -> None:
+    """On Redis, stats and jobs under a prefix holding no store exit 1 and write no key."""
+    server = redis_server()
+    url = f"redis://127.0.0.1:{server.port}/0"
+    for argv in READ_ONLY:
+        code, _, err = run(capsys, *argv, "--store", url, "--store-option", "prefix=mine")
+        assert code == 1 and f"no anywork store at {url}" in err, err
+    keys = subprocess.run(
+        ["redis-cli", "-p", str(server.port), "--scan"], capture_output=True, check=True
+    )
+    assert keys.stdout == b""
+    assert run(capsys, "enqueue", "add", "--store", url, "--store-option", "prefix=mine")[0] == 0
+    code, out, _ = run(capsys, "jobs", "list", "--json", "--store", url, "--store-option",
+                       "prefix=mine")  # fmt: skip
+    assert code == 0 and len(json.loads(out)) == 1
 
 
 def test_stats_table_and_json(capsys: pytest.CaptureFixture[str], store_url: str) -> None:
@@ -680,8 +756,9 @@ def test_bad_redis_credentials_exit_1(
         assert "refused the credentials" in proc.output()
         assert "retrying" not in proc.output() and "Traceback" not in proc.output()
     good = f"redis://:sekret@127.0.0.1:{server.port}/0"
+    assert run(capsys, "enqueue", "add", "--store", good)[0] == 0
     code, out, err = run(capsys, "stats", "--json", "--store", good)
-    assert (code, out) == (0, "{}\n"), err
+    assert (code, json.loads(out)) == (0, {"default": {"queued": 1}}), err
 
 
 def test_worker_that_cannot_be_loaded_exits_2(

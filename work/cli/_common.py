@@ -120,13 +120,39 @@ def open_store_of(ns: argparse.Namespace) -> Store:
 
 
 @contextlib.asynccontextmanager
-async def connected(store: _S) -> AsyncIterator[_S]:
-    """Connect ``store`` for the block, turning a failure to connect into a one-line CLIError."""
+async def connected(store: _S, *, create: bool = True) -> AsyncIterator[_S]:
+    """Connect ``store`` for the block, turning a failure to connect into a one-line CLIError.
+
+    With ``create=False`` (read-only commands) a URL that names no existing store is a
+    CLIError (exit 1) and nothing is created: no empty SQLite file, no schema, no key.
+    """
+    if not create:
+        await _require_existing(store)
     unreachable = await _enter(store)
     if unreachable is not None:
         raise CLIError(unreachable)
     async with entered(store):
         yield store
+
+
+async def _require_existing(store: Store) -> None:
+    """Raise CLIError unless ``store`` already exists (stores without ``exists()`` always do)."""
+    exists = getattr(store, "exists", None)
+    if exists is None:
+        return
+    try:
+        found = await exists()
+    except (OSError, ConnectionError) as exc:
+        raise CLIError(f"cannot connect to {store.url}: {exc}") from None
+    except StoreAuthenticationError as exc:
+        raise CLIError(f"cannot open {store.url}: {exc}") from None
+    except Exception as exc:
+        raise CLIError(f"cannot open {store.url}: {type(exc).__name__}: {exc}") from None
+    if not found:
+        raise CLIError(
+            f"no anywork store at {store.url} (nothing was created: `anywork enqueue` or "
+            f"a worker creates one)"
+        )
 
 
 async def _enter(store: Store) -> str | None:

@@ -117,7 +117,7 @@ def _bad_input() -> Iterator[None]:
 
 
 async def _cmd_jobs_list(ns: argparse.Namespace) -> int:
-    async with connected(open_store_of(ns)) as store:
+    async with connected(open_store_of(ns), create=False) as store:
         with _bad_input():
             records = await Queue(store).list(
                 state=JobState(ns.state) if ns.state else None,
@@ -152,7 +152,7 @@ async def _cmd_jobs_list(ns: argparse.Namespace) -> int:
 
 
 async def _cmd_jobs_get(ns: argparse.Namespace) -> int:
-    async with connected(open_store_of(ns)) as store:
+    async with connected(open_store_of(ns), create=False) as store:
         record = await Queue(store).get(ns.id)
     if record is None:
         raise CLIError(f"no job with id {ns.id!r} in {mask_url(ns.store)}")
@@ -168,7 +168,7 @@ async def _cmd_jobs_get(ns: argparse.Namespace) -> int:
 
 
 async def _cmd_jobs_cancel(ns: argparse.Namespace) -> int:
-    async with connected(open_store_of(ns)) as store:
+    async with connected(open_store_of(ns), create=False) as store:
         queue = Queue(store)
         if await queue.cancel(ns.id):
             print(f"cancelled {ns.id}")
@@ -180,7 +180,7 @@ async def _cmd_jobs_cancel(ns: argparse.Namespace) -> int:
 
 
 async def _cmd_stats(ns: argparse.Namespace) -> int:
-    async with connected(open_store_of(ns)) as store:
+    async with connected(open_store_of(ns), create=False) as store:
         stats = await Queue(store).stats()
     if ns.json:
         _print_json(stats)

@@ -398,6 +398,31 @@ class PostgresStore:
             if payload in waiter.queues:
                 waiter.event.set()
 
+    async def exists(self) -> bool:
+        """True when the database holds this store's schema; creates nothing (for read-only
+        commands, which must not leave an empty schema behind).
+
+        Raises:
+            PostgresUnavailableError: the server cannot be reached.
+            StoreAuthenticationError: the server refused the password or user.
+        """
+        _require_asyncio()
+        if self._pool is not None:
+            return True
+        try:
+            conn = await asyncpg.connect(self._dsn, **_connect_only(self._options))
+        except _CONNECT_ERRORS as exc:
+            raise PostgresUnavailableError(*_address(self._dsn), exc) from exc
+        except asyncpg.InvalidAuthorizationSpecificationError as exc:
+            raise StoreAuthenticationError("PostgreSQL", *_address(self._dsn), exc) from exc
+        try:
+            found = await conn.fetchval(
+                "SELECT to_regclass($1) IS NOT NULL", f"{self._s}.schema_version"
+            )
+        finally:
+            await conn.close()
+        return bool(found)
+
     async def drop(self) -> None:
         """Drop the store's schema and everything in it (for tests and teardown).
 

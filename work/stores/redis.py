@@ -293,10 +293,7 @@ class RedisStore:
         except _AUTH_ERRORS as exc:
             # redis-py makes these ConnectionErrors, but waiting will not heal them.
             await client.aclose()
-            host, port = self._address(client)
-            if client.connection_pool.connection_kwargs.get("password") is None:
-                exc = AuthenticationError(f"the URL gives no password ({exc})")
-            raise StoreAuthenticationError("Redis", host, port, exc) from None
+            raise self._refused(client, exc) from None
         except _CONNECT_ERRORS as exc:
             await client.aclose()
             raise self._unavailable(client, exc) from exc
@@ -338,6 +335,13 @@ class RedisStore:
         host = kwargs.get("path") or kwargs.get("host", "localhost")
         return str(host), kwargs.get("port", 6379)
 
+    def _refused(self, client: aioredis.Redis, exc: BaseException) -> StoreAuthenticationError:
+        if client.connection_pool.connection_kwargs.get("password") is None:
+            # The server's own words ("HELLO must be called with the client already
+            # authenticated ...") do not say what to change.
+            exc = AuthenticationError("the URL gives no password")
+        return StoreAuthenticationError("Redis", *self._address(client), exc)
+
     def _unavailable(self, client: aioredis.Redis, exc: BaseException) -> RedisUnavailableError:
         return RedisUnavailableError(*self._address(client), exc)
 
@@ -356,6 +360,27 @@ class RedisStore:
         if self._client is None:
             raise RuntimeError(f"{self!r} is not open: use `async with store:`")
         return self._client
+
+    async def exists(self) -> bool:
+        """True when the server holds keys of this store (its layout version); writes
+        nothing (for read-only commands, which must not leave a key behind).
+
+        Raises:
+            RedisUnavailableError: the server cannot be reached.
+            StoreAuthenticationError: the server refused the password or user.
+        """
+        _require_asyncio()
+        if self._client is not None:
+            return True
+        client = aioredis.from_url(self._dsn, **self._options)
+        try:
+            return bool(await client.exists(self._key("schema_version")))
+        except _AUTH_ERRORS as exc:
+            raise self._refused(client, exc) from None
+        except _CONNECT_ERRORS as exc:
+            raise self._unavailable(client, exc) from exc
+        finally:
+            await client.aclose()
 
     async def drop(self) -> None:
         """Delete every key under the store's prefix (for tests and teardown).
