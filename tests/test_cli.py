@@ -761,6 +761,31 @@ def test_bad_redis_credentials_exit_1(
     assert (code, json.loads(out)) == (0, {"default": {"queued": 1}}), err
 
 
+def test_ready_reports_503_while_the_store_is_down(
+    spawn: Callable[..., WorkerProcess], redis_server: Callable[..., RedisServer]
+) -> None:
+    """/ready is 503 while the worker's store cannot be reached and 200 again once it is back;
+    /live stays 200 throughout."""
+    server = redis_server()
+    url = f"redis://127.0.0.1:{server.port}/0"
+    port = free_port()
+    proc = spawn("tasks:worker", "--store", url, "--http", f"127.0.0.1:{port}")
+    proc.wait_for_output("serving", timeout=30)
+    base = f"http://127.0.0.1:{port}"
+    assert http_get(f"{base}/ready") == (200, "READY")
+    server.stop()
+    down = wait_for(lambda: http_get(f"{base}/ready")[0] == 503, 20, "/ready to say 503")
+    assert down
+    assert http_get(f"{base}/ready") == (503, "NOT READY: the store does not answer")
+    assert http_get(f"{base}/live") == (200, "OK")
+    server.start()
+    wait_for(lambda: http_get(f"{base}/ready") == (200, "READY"), 30, "/ready to say 200")
+    with SyncQueue(url) as queue:
+        record = queue.enqueue(work.Job("add", {"a": 1, "b": 2}))
+        assert queue.wait(record.id, timeout=30).result == 3
+    assert proc.stop() == 0
+
+
 def test_worker_that_cannot_be_loaded_exits_2(
     spawn: Callable[..., WorkerProcess], store_url: str
 ) -> None:
