@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
@@ -13,8 +14,8 @@ from .._core.job import Job
 from .._core.jsoncheck import check_json
 from .._core.retry import RetryPolicy
 from .._core.status import Status
+from .._core.validate import check_at, check_delay, check_int, check_name, check_payload
 from .._runtime.portal import PortalTwin
-from .._runtime.timers import seconds
 from ..stores._base import JobRecord, JobState, Store
 from ..stores._open import open_store
 
@@ -25,16 +26,6 @@ __all__ = ["Queue", "SyncQueue"]
 
 # Queue.wait polls the store: first after 10 ms, then 1.5 times longer each time, up to this.
 _WAIT_MAX_INTERVAL = 0.25
-
-
-def _aware(when: datetime) -> datetime:
-    if not isinstance(when, datetime):
-        raise TypeError(f"at must be a datetime, got {type(when).__name__}")
-    if when.tzinfo is None or when.utcoffset() is None:
-        raise ValueError(
-            f"at must be an aware datetime (with tzinfo), got naive {when.isoformat()}"
-        )
-    return when.astimezone(UTC)
 
 
 class Queue:
@@ -102,21 +93,27 @@ class Queue:
             raise TypeError(f"enqueue needs a Job, got {type(job).__name__}")
         if delay is not None and at is not None:
             raise ValueError("give delay or at, not both")
-        if isinstance(priority, bool) or not isinstance(priority, int):
-            raise TypeError(f"priority must be an int, got {priority!r}")
+        check_int(priority, "priority")
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise TypeError(f"retry must be a RetryPolicy or None, got {type(retry).__name__}")
-        if unique_key is not None and (not isinstance(unique_key, str) or not unique_key):
-            raise ValueError(f"unique_key must be a non-empty str or None, got {unique_key!r}")
+        if retry is not None:
+            check_int(retry.max_attempts, "retry.max_attempts", low=1)
+            check_int(retry.max_deferrals, "retry.max_deferrals", low=0)
+        if unique_key is not None:
+            check_name(unique_key, "unique_key")
+        check_name(job.handler, "job.handler")
+        check_name(job.queue, "job.queue")
+        check_name(job.id, "job.id")
+        if job.timeout is not None and not math.isfinite(job.timeout):
+            raise ValueError(f"job.timeout must be a finite number of seconds, got {job.timeout!r}")
         due: datetime | None = None
         if delay is not None:
-            secs = seconds(delay, name="delay")
-            if secs < 0:
-                raise ValueError(f"delay must be >= 0 seconds, got {delay!r}")
+            secs = check_delay(delay)
             if secs > 0:
                 due = now + timedelta(seconds=secs)
         elif at is not None:
-            due = _aware(at)
+            due = check_at(at, now)
+        check_payload(job.args, "job.args")
         check_json(job.args, "job.args")
         headers = dict(job.headers)
         # Continue the producer's trace in the consumer (the tracing adapter extracts it).
@@ -125,6 +122,7 @@ class Queue:
         from opentelemetry import propagate
 
         propagate.inject(headers)
+        check_payload(headers, "job.headers")
         check_json(headers, "job.headers")
         for key, value in headers.items():
             if not isinstance(value, str):
@@ -170,19 +168,26 @@ class Queue:
             job: the job; ``job.id`` becomes the record's id.
             delay: run no sooner than this many seconds (or a timedelta) from now.
             at: run no sooner than this aware datetime.
-            priority: higher runs first.
+            priority: higher runs first; a 32-bit signed int (-2**31 to 2**31 - 1).
             retry: the policy for failed executions (default: no retries; RetryLater still
                 defers up to 20 times).
             unique_key: while a job with this key in the same queue is QUEUED, SCHEDULED or
                 RUNNING, return that job's record instead of adding another.
 
+        Every store keeps the same ranges (``work._core.validate``): ``delay`` finite, from 0
+        to 36525 days (about 100 years); ``at`` aware, from 1970-01-01 UTC to 36525 days from now;
+        handler, queue, id and unique key non-blank strs of at most 255 characters without
+        control characters; args and headers nested at most 64 levels, with no NUL or lone
+        surrogate in any str; headers str to str; ``max_attempts`` at most 2**31 - 1.
+
         Returns:
             The stored record; the existing one if the id (or the active unique key) is taken.
 
         Raises:
-            TypeError: args, headers or a setting is not JSON-serialisable (the message names
-                the key); nothing is stored.
-            ValueError: a naive ``at``, a negative ``delay``, or both given.
+            TypeError: args, headers or a setting is not JSON-serialisable, or a value has the
+                wrong type (the message names it); nothing is stored.
+            ValueError: a value out of the ranges above, a naive ``at``, or both ``delay`` and
+                ``at``; nothing is stored.
         """
         (record,) = await self.enqueue_many(
             [job], delay=delay, at=at, priority=priority, retry=retry, unique_key=unique_key

@@ -33,6 +33,9 @@ __all__ = ["load_worker", "parse_listen", "run_worker_command"]
 _SUPERVISOR_ENV = "ANYWORK_SUPERVISOR_PID"
 # A crashed child is restarted after 0.5 s, doubling up to 10 s while it keeps crashing.
 _RESTART_PAUSES = Exponential(0.5, cap=10.0, jitter=False)
+# /ready reads this id from the store, and gives it this long to answer.
+_READY_PROBE_ID = "anywork-ready-probe"
+_READY_PROBE_TIMEOUT = 2.0
 # Schemes whose drivers (asyncpg, redis-py) run on asyncio only.
 _ASYNCIO_ONLY = frozenset({"postgresql", "postgres", "redis", "rediss"})
 
@@ -179,10 +182,24 @@ class _CountingStore:
 
 
 class _Probe:
-    """What ``/ready`` reports: True once the store is connected and the worker serves."""
+    """What ``/ready`` reports: the worker serves (``ready``) and its store answers now."""
 
-    def __init__(self) -> None:
+    def __init__(self, store: Store | None = None) -> None:
         self.ready = False
+        self.store = store
+
+    async def store_answers(self) -> bool:
+        """Read one job by id (the cheapest call every store has), within a bound: a store
+        that is down or hangs makes ``/ready`` say 503 rather than wait or lie."""
+        if self.store is None:
+            return True
+        with anyio.move_on_after(_READY_PROBE_TIMEOUT):
+            try:
+                await self.store.get(_READY_PROBE_ID)
+            except Exception:
+                return False
+            return True
+        return False
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -205,9 +222,11 @@ def _http_app(probe: _Probe) -> Any:
         return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
     async def ready(request: Request) -> Response:
-        if probe.ready:
-            return PlainTextResponse("READY")
-        return PlainTextResponse("NOT READY", status_code=503)
+        if not probe.ready:
+            return PlainTextResponse("NOT READY", status_code=503)
+        if not await probe.store_answers():
+            return PlainTextResponse("NOT READY: the store does not answer", status_code=503)
+        return PlainTextResponse("READY")
 
     async def live(request: Request) -> Response:
         return PlainTextResponse("OK")
@@ -284,7 +303,7 @@ async def _watch_parent(stop: anyio.Event, parent: int) -> None:
 
 async def _run_worker(ns: argparse.Namespace, worker: Worker) -> int:
     store = _CountingStore(open_store_of(ns))
-    probe = _Probe()
+    probe = _Probe(store)
     stop = anyio.Event()
     sock = _bind(*ns.http) if ns.http else None
     queues = tuple(q for q in ns.queues.split(",") if q)
@@ -445,8 +464,9 @@ def run_worker_command(ns: argparse.Namespace) -> int:
                 "--http needs the server extra (starlette, uvicorn): pip install 'anywork[server]'",
                 2,
             ) from None
+    # A bad URL, option or a missing driver fails here, once, not in every child.
+    open_store_of(ns)
     if ns.processes > 1:
-        open_store_of(ns)  # a bad URL or option fails here, once, not in every child
         return anyio.run(_supervise, ns)
     worker = load_worker(ns.target)
     return anyio.run(_run_worker, ns, worker, backend=ns.backend)

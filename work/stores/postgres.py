@@ -29,7 +29,7 @@ from ._postgres_rows import (
     stored_record,
     utc,
 )
-from ._server import StoreUnavailableError, require_asyncio
+from ._server import StoreAuthenticationError, StoreUnavailableError, require_asyncio
 
 __all__ = ["PostgresStore", "PostgresUnavailableError"]
 
@@ -288,6 +288,7 @@ class PostgresStore:
         Raises:
             RuntimeError: not running on asyncio (asyncpg is asyncio-only).
             PostgresUnavailableError: the server cannot be reached.
+            StoreAuthenticationError: the server refused the password or user.
         """
         _require_asyncio()
         if self._pool is not None:
@@ -302,6 +303,9 @@ class PostgresStore:
             )
         except _CONNECT_ERRORS as exc:
             raise PostgresUnavailableError(*_address(self._dsn), exc) from exc
+        except asyncpg.InvalidAuthorizationSpecificationError as exc:
+            # A wrong password or an unknown user: waiting will not heal it.
+            raise StoreAuthenticationError("PostgreSQL", *_address(self._dsn), exc) from exc
         self._runner = _Runner(self._pool, hold=self._max_size >= 2)
         try:
             await self._migrate()
@@ -393,6 +397,31 @@ class PostgresStore:
         for waiter in self._waiters:
             if payload in waiter.queues:
                 waiter.event.set()
+
+    async def exists(self) -> bool:
+        """True when the database holds this store's schema; creates nothing (for read-only
+        commands, which must not leave an empty schema behind).
+
+        Raises:
+            PostgresUnavailableError: the server cannot be reached.
+            StoreAuthenticationError: the server refused the password or user.
+        """
+        _require_asyncio()
+        if self._pool is not None:
+            return True
+        try:
+            conn = await asyncpg.connect(self._dsn, **_connect_only(self._options))
+        except _CONNECT_ERRORS as exc:
+            raise PostgresUnavailableError(*_address(self._dsn), exc) from exc
+        except asyncpg.InvalidAuthorizationSpecificationError as exc:
+            raise StoreAuthenticationError("PostgreSQL", *_address(self._dsn), exc) from exc
+        try:
+            found = await conn.fetchval(
+                "SELECT to_regclass($1) IS NOT NULL", f"{self._s}.schema_version"
+            )
+        finally:
+            await conn.close()
+        return bool(found)
 
     async def drop(self) -> None:
         """Drop the store's schema and everything in it (for tests and teardown).

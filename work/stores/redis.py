@@ -11,15 +11,19 @@ from typing import Any, Self, cast
 import anyio
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
+from redis.exceptions import (
+    AuthenticationError,
+    AuthenticationWrongNumberOfArgsError,
+    NoScriptError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .._core.status import Status
 from ._base import Claimed, JobRecord, JobState, Outcome
 from ._open import mask_url
 from ._redis_lua import ADD, CANCEL, CLAIM, COMPLETE, REAP, RENEW
-from ._server import StoreUnavailableError, require_asyncio
+from ._server import StoreAuthenticationError, StoreUnavailableError, require_asyncio
 
 __all__ = ["RedisStore", "RedisUnavailableError"]
 
@@ -29,6 +33,9 @@ SCHEMA_VERSION = 1
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 _CONNECT_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
+# A refused password or user (redis-py makes the first a ConnectionError; the second is the
+# reply of a server without a password to AUTH with one).
+_AUTH_ERRORS = (AuthenticationError, AuthenticationWrongNumberOfArgsError)
 # Wake tokens kept per queue: each wakes one blocked waiter (see wait_for_work).
 _WAKE_TOKENS = 64
 # Jobs per add script.
@@ -274,6 +281,7 @@ class RedisStore:
         Raises:
             RuntimeError: not running on asyncio, or keys written by a newer anywork.
             RedisUnavailableError: the server cannot be reached.
+            StoreAuthenticationError: the server refused the password or user.
         """
         _require_asyncio()
         if self._client is not None:
@@ -282,6 +290,10 @@ class RedisStore:
         client = aioredis.from_url(self._dsn, **self._options)
         try:
             await self._migrate(client)
+        except _AUTH_ERRORS as exc:
+            # redis-py makes these ConnectionErrors, but waiting will not heal them.
+            await client.aclose()
+            raise self._refused(client, exc) from None
         except _CONNECT_ERRORS as exc:
             await client.aclose()
             raise self._unavailable(client, exc) from exc
@@ -318,10 +330,20 @@ class RedisStore:
         if client is not None:
             await client.aclose()
 
-    def _unavailable(self, client: aioredis.Redis, exc: BaseException) -> RedisUnavailableError:
+    def _address(self, client: aioredis.Redis) -> tuple[str, int | str]:
         kwargs = client.connection_pool.connection_kwargs
         host = kwargs.get("path") or kwargs.get("host", "localhost")
-        return RedisUnavailableError(str(host), kwargs.get("port", 6379), exc)
+        return str(host), kwargs.get("port", 6379)
+
+    def _refused(self, client: aioredis.Redis, exc: BaseException) -> StoreAuthenticationError:
+        if client.connection_pool.connection_kwargs.get("password") is None:
+            # The server's own words ("HELLO must be called with the client already
+            # authenticated ...") do not say what to change.
+            exc = AuthenticationError("the URL gives no password")
+        return StoreAuthenticationError("Redis", *self._address(client), exc)
+
+    def _unavailable(self, client: aioredis.Redis, exc: BaseException) -> RedisUnavailableError:
+        return RedisUnavailableError(*self._address(client), exc)
 
     async def _migrate(self, client: aioredis.Redis) -> None:
         key = self._key("schema_version")
@@ -338,6 +360,27 @@ class RedisStore:
         if self._client is None:
             raise RuntimeError(f"{self!r} is not open: use `async with store:`")
         return self._client
+
+    async def exists(self) -> bool:
+        """True when the server holds keys of this store (its layout version); writes
+        nothing (for read-only commands, which must not leave a key behind).
+
+        Raises:
+            RedisUnavailableError: the server cannot be reached.
+            StoreAuthenticationError: the server refused the password or user.
+        """
+        _require_asyncio()
+        if self._client is not None:
+            return True
+        client = aioredis.from_url(self._dsn, **self._options)
+        try:
+            return bool(await client.exists(self._key("schema_version")))
+        except _AUTH_ERRORS as exc:
+            raise self._refused(client, exc) from None
+        except _CONNECT_ERRORS as exc:
+            raise self._unavailable(client, exc) from exc
+        finally:
+            await client.aclose()
 
     async def drop(self) -> None:
         """Delete every key under the store's prefix (for tests and teardown).

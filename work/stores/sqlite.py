@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
 from urllib.parse import urlsplit
@@ -389,6 +390,29 @@ class SQLiteStore:
     ) -> None:
         """Close the connection when the outermost ``async with`` ends."""
         await anyio.to_thread.run_sync(self._close)
+
+    async def exists(self) -> bool:
+        """True when the file holds an anywork store; creates nothing (for read-only
+        commands, which must not leave an empty database behind)."""
+        return await anyio.to_thread.run_sync(self._exists)
+
+    def _exists(self) -> bool:
+        if self._conn is not None or self.path == ":memory:":
+            return True
+        target = Path(self.path)
+        if not target.is_file():
+            return False
+        conn = sqlite3.connect(f"{target.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            row = conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' "
+                "AND name = 'anywork_schema_version'"
+            ).fetchone()
+        except sqlite3.DatabaseError:  # not a database at all
+            return False
+        finally:
+            conn.close()
+        return row is not None
 
     def _open(self) -> None:
         with self._lock:
