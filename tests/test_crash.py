@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import pytest
@@ -246,7 +246,10 @@ def postgres_running_of(url: str, schema: str) -> Callable[[int], int]:
         finally:
             await conn.close()
 
-    return lambda pid: anyio.run(query, pid)
+    def count(pid: int) -> int:
+        return anyio.run(query, pid)
+
+    return count
 
 
 def redis_running_of(url: str, prefix: str) -> Callable[[int], int]:
@@ -257,10 +260,13 @@ def redis_running_of(url: str, prefix: str) -> Callable[[int], int]:
 
         client = redis.Redis.from_url(url)
         try:
-            ids = client.zrange(f"{prefix}:running", 0, -1)
+            ids = cast("list[bytes]", client.zrange(f"{prefix}:running", 0, -1))
             n = 0
             for id in ids:
-                state, owner = client.hmget(f"{prefix}:job:{id.decode()}", "state", "owner")
+                state, owner = cast(
+                    "list[bytes | None]",
+                    client.hmget(f"{prefix}:job:{id.decode()}", "state", "owner"),
+                )
                 if state == b"running" and owner and f":{pid}:".encode() in owner:
                     n += 1
             return n
