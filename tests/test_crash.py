@@ -13,6 +13,7 @@ flight then (at most workers x concurrency).
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import signal
@@ -331,6 +332,10 @@ def _count(queue: SyncQueue, state: str) -> int:
         return -1
 
 
+def _at_least(queue: SyncQueue, goal: int) -> bool:
+    return _count(queue, "succeeded") >= goal
+
+
 @dataclass
 class Figures:
     """What one crash run measured."""
@@ -391,7 +396,7 @@ def crash_run(
     for step in range(events):
         # Spread the kills (and the restart) over the run.
         goal = JOBS * (step + 1) // (events + 2)
-        wait_until(lambda goal=goal: _count(queue, "succeeded") >= goal, 60, f"{goal} jobs done")
+        wait_until(functools.partial(_at_least, queue, goal), 60, f"{goal} jobs done")
         if restart is not None and step == RESTART_AFTER_KILL:
             figures.running_at_restart = _count(queue, "running")
             restart()
