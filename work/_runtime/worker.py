@@ -664,6 +664,8 @@ class Worker:
         queues: tuple[str, ...] | list[str] = ("default",),
         concurrency: int | None = None,
         lease: float = 30.0,
+        lost_limit: int = 3,
+        unknown_handler_grace: float = 300.0,
     ) -> None:
         """Consume jobs from a durable store until cancelled or the worker stops.
 
@@ -679,10 +681,23 @@ class Worker:
             concurrency: at most this many of the store's jobs at once (default: the worker's
                 ``max_concurrency``, else 16).
             lease: seconds a claim holds before another worker may take the job over.
+            lost_limit: a job whose worker was lost (its lease expired) goes back whatever its
+                retry policy, until this many losses; then it fails 500 "worker lost".
+            unknown_handler_grace: a job for a handler this worker lacks goes back for another
+                worker without using an attempt; it fails 404 only when no worker has run it
+                within this many seconds of the first hand-back.
         """
         from .._durable.consumer import serve_store
 
-        await serve_store(self, store, queues=queues, concurrency=concurrency, lease=lease)
+        await serve_store(
+            self,
+            store,
+            queues=queues,
+            concurrency=concurrency,
+            lease=lease,
+            lost_limit=lost_limit,
+            unknown_handler_grace=unknown_handler_grace,
+        )
 
     # -- running executions -----------------------------------------------------------------
 

@@ -301,6 +301,12 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument(
         "--lease", type=seconds_arg(positive=True), default=30.0, help="lease seconds (default: 30)"
     )
+    w.add_argument(
+        "--lost-limit",
+        type=int_arg(1),
+        default=3,
+        help="fail a job once its worker was lost this many times (default: 3)",
+    )
     w.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio")
     w.set_defaults(func=run_worker_command)
 

@@ -158,8 +158,8 @@ class _CountingStore:
         await self._inner.complete(owner, outcomes)
         self.counts.update((str(o.state), int(o.status)) for o in outcomes)
 
-    async def reap(self) -> int:
-        return await self._inner.reap()
+    async def reap(self, *, lost_limit: int = 3) -> int:
+        return await self._inner.reap(lost_limit=lost_limit)
 
     async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
         await self._inner.wait_for_work(queues, timeout)
@@ -344,7 +344,13 @@ async def _serve(
     async with entered(store), anyio.create_task_group() as serving, worker:
 
         async def serve() -> None:
-            await worker.serve(store, queues=queues, concurrency=ns.concurrency, lease=ns.lease)
+            await worker.serve(
+                store,
+                queues=queues,
+                concurrency=ns.concurrency,
+                lease=ns.lease,
+                lost_limit=ns.lost_limit,
+            )
             stop.set()
 
         serving.start_soon(serve)
@@ -365,6 +371,7 @@ def _child_command(ns: argparse.Namespace, index: int) -> list[str]:
     """The command line of child ``index``: ours without --processes, its own --http port."""
     cmd = [sys.executable, "-m", "work.cli", "worker", ns.target, "--store", ns.store]
     cmd += ["--queues", ns.queues, "--lease", repr(ns.lease), "--backend", ns.backend]
+    cmd += ["--lost-limit", str(ns.lost_limit)]
     for option in ns.store_option:
         cmd += ["--store-option", option]
     if ns.concurrency is not None:
@@ -448,6 +455,8 @@ def run_worker_command(ns: argparse.Namespace) -> int:
         raise CLIError(f"--concurrency must be >= 1, got {ns.concurrency}", 2)
     if ns.lease <= 0:
         raise CLIError(f"--lease must be > 0 seconds, got {ns.lease:g}", 2)
+    if ns.lost_limit < 1:
+        raise CLIError(f"--lost-limit must be >= 1, got {ns.lost_limit}", 2)
     if not [q for q in ns.queues.split(",") if q]:
         raise CLIError(f"--queues must name at least one queue, got {ns.queues!r}", 2)
     scheme = urlsplit(ns.store).scheme.lower()

@@ -18,9 +18,10 @@ import anyio
 # asyncpg ships no type information (no py.typed, no stubs): it is typed as Any here.
 import asyncpg  # type: ignore[import-untyped]
 
-from ._base import Claimed, JobRecord, JobState, Outcome
+from ._base import DEFAULT_LOST_LIMIT, Claimed, JobRecord, JobState, Outcome
 from ._open import mask_url
 from ._postgres_rows import (
+    claimed_row,
     decode_row,
     dumps,
     insert_object,
@@ -33,7 +34,7 @@ from ._server import StoreAuthenticationError, StoreUnavailableError, require_as
 
 __all__ = ["PostgresStore", "PostgresUnavailableError"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 """The schema version this module creates and expects."""
 
 _WORKER_LOST = "worker lost"
@@ -138,6 +139,19 @@ def _migration_v1(s: str, channel: str) -> list[str]:
             FOR EACH ROW WHEN (NEW.state IN ('queued', 'scheduled')
                                AND OLD.state IS DISTINCT FROM NEW.state)
             EXECUTE FUNCTION {s}.notify_work()""",
+    ]
+
+
+def _migration_v2(s: str) -> list[str]:
+    """The statements that take schema ``s`` (quoted) from version 1 to 2."""
+    return [
+        # How many times the job's worker was lost (reap fails it at the lost limit), and
+        # when a worker first handed it back for lack of its handler.
+        f"ALTER TABLE {s}.jobs ADD COLUMN IF NOT EXISTS lost integer NOT NULL DEFAULT 0",
+        f"ALTER TABLE {s}.jobs ADD COLUMN IF NOT EXISTS unknown_since timestamptz",
+        # The oldest finished jobs first, for purges.
+        f"""CREATE INDEX IF NOT EXISTS jobs_finished ON {s}.jobs (finished_at)
+            WHERE state IN ('succeeded', 'failed', 'cancelled')""",
     ]
 
 
@@ -374,6 +388,10 @@ class PostgresStore:
                 for statement in _migration_v1(self._s, self._channel):
                     await conn.execute(statement)
                 await conn.execute(f"INSERT INTO {self._s}.schema_version VALUES (1)")
+            if version < 2:
+                for statement in _migration_v2(self._s):
+                    await conn.execute(statement)
+                await conn.execute(f"INSERT INTO {self._s}.schema_version VALUES (2)")
 
     async def _listen(self) -> None:
         try:
@@ -684,15 +702,8 @@ class PostgresStore:
             now + timedelta(seconds=lease),
         )
         # RETURNING does not keep the subquery's order.
-        rows = sorted(
-            rows,
-            key=lambda r: (
-                -r["priority"],
-                r["scheduled_for"] or r["enqueued_at"],
-                r["seq"],
-            ),
-        )
-        return [Claimed(*decode_row(row)) for row in rows]
+        rows = sorted(rows, key=_claim_order)
+        return [claimed_row(row) for row in rows]
 
     async def renew(self, owner: str, ids: Sequence[str], *, lease: float) -> set[str]:
         """Extend ``owner``'s leases on ``ids`` in one statement; return those it must stop
@@ -739,10 +750,12 @@ class PostgresStore:
                     attempts = CASE WHEN o.give_back THEN greatest(j.attempts - 1, 0)
                                     ELSE j.attempts END,
                     deferrals = j.deferrals + CASE WHEN o.deferral THEN 1 ELSE 0 END,
-                    owner = NULL, lease_until = NULL, cancel_requested = false
+                    owner = NULL, lease_until = NULL, cancel_requested = false,
+                    unknown_since = o.unknown_since
                 FROM unnest($3::text[], $4::text[], $5::int[], $6::text[], $7::text[],
-                            $8::timestamptz[], $9::bool[], $10::bool[])
-                    AS o(id, state, status, result, error, scheduled_for, give_back, deferral)
+                            $8::timestamptz[], $9::bool[], $10::bool[], $11::timestamptz[])
+                    AS o(id, state, status, result, error, scheduled_for, give_back, deferral,
+                         unknown_since)
                 WHERE j.id = o.id AND j.state = 'running' AND j.owner = $1""",
             owner,
             _now(),
@@ -754,10 +767,12 @@ class PostgresStore:
             [o.scheduled_for for o in latest],
             [o.give_back_attempt for o in latest],
             [o.deferral for o in latest],
+            [o.unknown_since for o in latest],
         )
 
-    async def reap(self) -> int:
-        """Put back (or fail, or cancel) RUNNING jobs whose lease expired; return how many.
+    async def reap(self, *, lost_limit: int = DEFAULT_LOST_LIMIT) -> int:
+        """Put back (or fail after ``lost_limit`` losses, or cancel) RUNNING jobs whose lease
+        expired; return how many (see :meth:`work.stores.Store.reap`).
 
         Safe from many workers at once: each expired job is locked by one reaper
         (``SKIP LOCKED``) and re-checked after the lock.
@@ -765,16 +780,16 @@ class PostgresStore:
         rows = await self._require_pool().fetch(
             f"""UPDATE {self._s}.jobs AS j SET
                     state = CASE WHEN j.cancel_requested THEN 'cancelled'
-                                 WHEN j.attempts < j.max_attempts THEN 'queued'
+                                 WHEN j.lost + 1 < $2 THEN 'queued'
                                  ELSE 'failed' END,
                     status = CASE WHEN j.cancel_requested THEN 499 ELSE 500 END,
                     error = CASE WHEN j.cancel_requested THEN 'cancelled'
                                  ELSE {_quote_literal(_WORKER_LOST)} END,
-                    finished_at = CASE WHEN j.cancel_requested OR j.attempts >= j.max_attempts
+                    finished_at = CASE WHEN j.cancel_requested OR j.lost + 1 >= $2
                                        THEN $1::timestamptz ELSE NULL END,
-                    scheduled_for = CASE WHEN j.cancel_requested
-                                           OR j.attempts >= j.max_attempts
+                    scheduled_for = CASE WHEN j.cancel_requested OR j.lost + 1 >= $2
                                          THEN j.scheduled_for ELSE NULL END,
+                    lost = j.lost + CASE WHEN j.cancel_requested THEN 0 ELSE 1 END,
                     owner = NULL, lease_until = NULL, cancel_requested = false
                 FROM (
                     SELECT id FROM {self._s}.jobs
@@ -784,6 +799,7 @@ class PostgresStore:
                 WHERE j.id = lost.id AND j.state = 'running' AND j.lease_until <= $1
                 RETURNING j.id""",
             _now(),
+            lost_limit,
         )
         return len(rows)
 
@@ -814,7 +830,8 @@ class PostgresStore:
             )
             if row["ready"]:
                 return
-            if row["next_due"] is not None:
+            # asyncpg reads 'infinity' as a naive datetime: such a job is never due.
+            if row["next_due"] is not None and row["next_due"].tzinfo is not None:
                 # A little after the due time, so the claim that follows finds it ready.
                 timeout = min(timeout, (row["next_due"] - now).total_seconds() + 0.001)
             if self._listener is None:
@@ -872,20 +889,16 @@ class PostgresStore:
         )
         return [decode_row(row)[0] for row in await pool.fetch(sql, *params)]
 
-    # -- for tests ------------------------------------------------------------------------
 
-    async def corrupt_args(self, id: str, raw: str = "{not json") -> None:
-        """Overwrite a job's stored args with the text ``raw`` (a test seam: what another
-        writer might store), so that claiming it reports a ``decode_error``.
-
-        Raises:
-            KeyError: no job with this id.
-        """
-        status = await self._require_pool().execute(
-            f"UPDATE {self._s}.jobs SET args = $2 WHERE id = $1", id, raw
-        )
-        if status == "UPDATE 0":
-            raise KeyError(id)
+def _claim_order(row: Any) -> tuple[int, datetime, int]:
+    """A claimed row's place in claim order; asyncpg reads +-infinity as naive datetimes,
+    which must not break the sort of the whole batch."""
+    due = row["scheduled_for"] or row["enqueued_at"]
+    if due is None:
+        due = datetime.min
+    if due.tzinfo is None:
+        due = due.replace(tzinfo=UTC)
+    return (-row["priority"], due, row["seq"])
 
 
 async def _keep_session(conn: Any) -> None:
