@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 import calendar
+import copy
 import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -322,12 +323,16 @@ class CrontabLine:
             _check_dom_fits(self.dom, self.months)
         self.hour_wildcard = _hour_is_wildcard(hour)
         self.line = " ".join(fields)
+        self._template = croniter(self.line, datetime(2000, 1, 1))
 
     def walls(self, start: datetime) -> Iterator[datetime]:
         """Every matching wall time at or after ``start`` (naive), in wall order."""
         if not (start.second or start.microsecond):
             start -= timedelta(seconds=1)  # croniter's get_next is strictly later
-        it = croniter(self.line, start)
+        # A shallow copy of a parsed template skips croniter's parsing (a third of its cost)
+        # and keeps each caller's position its own, so threads can share the expression.
+        it = copy.copy(self._template)
+        it.set_current(start, force=True)
         get_next: Callable[[], datetime] = functools.partial(it.get_next, datetime)
         while True:
             try:
