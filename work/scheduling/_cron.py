@@ -58,8 +58,9 @@ def _value(token: str, spec: FieldSpec) -> int:
     if upper in spec.names:
         return spec.names[upper]
     if not token.isascii() or not token.isdigit():
-        names = f" or a name {'-'.join((next(iter(spec.names)), list(spec.names)[-1]))}"
-        raise FieldError(f"{spec.name} {token!r} is not a number{names if spec.names else ''}")
+        names = list(spec.names)
+        hint = f" or a name {names[0]}-{names[-1]}" if names else ""
+        raise FieldError(f"{spec.name} {token!r} is not a number{hint}")
     value = int(token)
     if not spec.lo <= value <= spec.hi:
         raise FieldError(f"{spec.name} {token!r} is out of range {spec.lo}-{spec.hi}{spec.note}")
@@ -323,7 +324,15 @@ class CrontabLine:
             _check_dom_fits(self.dom, self.months)
         self.hour_wildcard = _hour_is_wildcard(hour)
         self.line = " ".join(fields)
-        self._template = croniter(self.line, datetime(2000, 1, 1))
+        # croniter gets the checked values, not the text: it reads a range with equal ends
+        # (`5-5`) as `*` and `5-5/2` as `*/2`. A field kept `*` keeps Vixie's day rule (a day
+        # matching either restricted day field fires).
+        values = (self.minutes, self.hours, self.dom, self.months, self.dow)
+        canonical = (
+            "*" if text == "*" else ",".join(map(str, sorted(v)))
+            for text, v in zip(fields, values, strict=True)
+        )
+        self._template = croniter(" ".join(canonical), datetime(2000, 1, 1))
 
     def walls(self, start: datetime) -> Iterator[datetime]:
         """Every matching wall time at or after ``start`` (naive), in wall order."""
