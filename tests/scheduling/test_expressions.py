@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 
@@ -99,6 +101,8 @@ def test_forms_and_attributes() -> None:
     assert (cron.text, cron.timezone) == ("cron(0 9 ? * MON *)", "Europe/Berlin")
     assert isinstance(parse_expression("rate(1 day)"), RateExpression)
     assert isinstance(parse_expression("at(2030-01-01T00:00:00)"), AtExpression)
+    kinds = ["cron(0 9 ? * MON *)", "@daily", "0 9 * * *", "rate(1 day)", "at(2030-01-01T00:00:00)"]
+    assert [parse_expression(e).kind for e in kinds] == ["cron", "crontab", "crontab", "rate", "at"]
     assert parse_expression("@daily") == parse_expression("@daily")
     assert parse_expression("@daily") != parse_expression("@daily", "Europe/Berlin")
     assert len({parse_expression("@daily"), parse_expression("@daily")}) == 1
@@ -255,3 +259,32 @@ def test_seconds_in_after() -> None:
     )
     eb = parse_expression("cron(* * * * ? *)")
     assert eb.next_after(utc(2026, 1, 1, 0, 0, 0, 1), anchor=START) == utc(2026, 1, 1, 0, 1)
+
+
+DOCS = Path(__file__).parents[2] / "docs" / "schedules.md"
+
+
+def test_docs_examples_parse() -> None:
+    """Every expression in docs/schedules.md's table of examples parses."""
+    section = DOCS.read_text().split("## Expressions")[1].split("###")[0]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    examples = [e for row in rows for e in re.findall(r"`([^`]+)`", row.split(" | ")[0])]
+    assert len(examples) > 20
+    for example in examples:
+        assert parse_expression(example).describe()
+
+
+def test_docs_error_messages_are_real() -> None:
+    """Each error message docs/schedules.md shows is the one the parser raises."""
+    block = DOCS.read_text().split("```text\n")[1].split("```")[0]
+    for message in block.splitlines():
+        zone = "UTC"
+        if message.startswith("unknown time zone"):
+            expression, zone = "@daily", message.split("'")[1]
+        elif message.startswith("'"):
+            expression = message[1:].split("': ")[0]
+        else:
+            expression = message.split(": ")[0]
+        with pytest.raises(ValueError) as info:
+            parse_expression(expression, zone)
+        assert str(info.value) == message

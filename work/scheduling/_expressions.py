@@ -65,10 +65,13 @@ class Expression(abc.ABC):
     Attributes:
         text: the expression as written (stripped).
         timezone: the IANA name it reads wall time in.
+        kind: ``"cron"`` (EventBridge), ``"crontab"`` (five fields or a macro), ``"rate"`` or
+            ``"at"``.
     """
 
     text: str
     timezone: str
+    kind: str
 
     def __init__(self, text: str, timezone: str) -> None:
         self.text = text
@@ -132,6 +135,8 @@ _UNITS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
 
 class RateExpression(Expression):
     """``rate(N unit)``: every N units of elapsed time from an anchor, blind to DST."""
+
+    kind = "rate"
 
     def __init__(self, text: str, timezone: str, body: str) -> None:
         super().__init__(text, timezone)
@@ -246,6 +251,7 @@ class CronExpression(_WallExpression):
 
     def __init__(self, text: str, timezone: str, fields: EventBridgeCron | CrontabLine) -> None:
         super().__init__(text, timezone)
+        self.kind = "cron" if isinstance(fields, EventBridgeCron) else "crontab"
         self.fields = fields
         self.hour_wildcard = fields.hour_wildcard
 
@@ -261,6 +267,8 @@ _AT = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}", re.ASCII)
 
 class AtExpression(_WallExpression):
     """``at(yyyy-mm-ddThh:mm:ss)``: once, at that wall time in the time zone."""
+
+    kind = "at"
 
     def __init__(self, text: str, timezone: str, body: str) -> None:
         super().__init__(text, timezone)
