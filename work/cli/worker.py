@@ -478,4 +478,16 @@ def run_worker_command(ns: argparse.Namespace) -> int:
     if ns.processes > 1:
         return anyio.run(_supervise, ns)
     worker = load_worker(ns.target)
-    return anyio.run(_run_worker, ns, worker, backend=ns.backend)
+    code: int = anyio.run(_run_worker, ns, worker, backend=ns.backend)
+    abandoned = worker.abandoned_threads
+    if abandoned:
+        # Their jobs were handed back (or recorded); the interpreter would wait for the
+        # threads at exit, forever for a wedged one. Exiting here drops their late results.
+        log(
+            f"{abandoned} thread(s) of sync handlers that overran are still running: "
+            f"exiting without waiting for them (their results are dropped)"
+        )
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
