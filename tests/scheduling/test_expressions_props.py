@@ -68,7 +68,7 @@ def eventbridge(draw: st.DrawFn) -> tuple[str, str]:
     return f"{minute} {hour} {dom} {month} {dow} *", f"{minute} {hour} {tab_dom} {month} {tab_dow}"
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(eventbridge(), st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1)))
 def test_eventbridge_wall_times_match_croniter(pair: tuple[str, str], start: datetime) -> None:
     """On naive wall times, where croniter is right, cron(...) names the times croniter does."""
@@ -89,7 +89,7 @@ EXPRESSIONS = st.one_of(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(EXPRESSIONS, st.sampled_from(ZONES), AFTER, AFTER)
 def test_fires_are_strictly_later_and_monotone(
     expression: str, zone: str, after: datetime, anchor: datetime

@@ -26,6 +26,7 @@ __all__ = [
 ]
 
 _ZERO = timedelta(0)
+_TICK = timedelta(microseconds=1)
 
 
 def check_timezone(name: str) -> zoneinfo.ZoneInfo:
@@ -182,10 +183,11 @@ class _WallExpression(Expression):
         after = _aware(after, "after").astimezone(UTC)
         local = after.astimezone(self.zone)
         wall = local.replace(tzinfo=None)
-        start = wall
+        # A wall time equal to `after`'s fires at `after` or earlier: start just past it...
+        start = wall + _TICK
         if local.fold == 0:
-            # `after` in the first pass of a repeated hour: the second pass of wall times
-            # earlier than `after`'s is still to come.
+            # ...unless `after` is in the first pass of a repeated hour: then the second pass
+            # of wall times earlier than `after`'s is still to come.
             first, second = _offsets(wall, self.zone)
             if first > second:
                 start = wall - (first - second)
