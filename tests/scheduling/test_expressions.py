@@ -116,6 +116,9 @@ def test_forms_and_attributes() -> None:
     assert parse_expression("@daily") != parse_expression("@daily", "Europe/Berlin")
     assert len({parse_expression("@daily"), parse_expression("@daily")}) == 1
     assert parse_expression("@daily") != "@daily"
+    assert parse_expression("@daily", "Europe/Berlin") is parse_expression(
+        "@daily", "Europe/Berlin"
+    )
     assert repr(cron) == "parse_expression('cron(0 9 ? * MON *)', 'Europe/Berlin')"
 
 
@@ -178,6 +181,8 @@ def test_bad_types() -> None:
         parse_expression(5)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="IANA name"):
         check_timezone(None)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="IANA name"):
+        parse_expression("@daily", ["UTC"])  # type: ignore[arg-type]
     daily = parse_expression("@daily")
     with pytest.raises(ValueError, match="after must be an aware datetime"):
         daily.next_after(datetime(2026, 1, 1), anchor=START)

@@ -9,6 +9,7 @@ elapsed time and never looks at a wall clock.
 from __future__ import annotations
 
 import abc
+import functools
 import re
 import zoneinfo
 from collections.abc import Iterator
@@ -312,6 +313,15 @@ def parse_expression(expression: str, timezone: str = "UTC") -> Expression:
     """
     if not isinstance(expression, str):
         raise TypeError(f"an expression is a string, got {expression!r}")
+    if not isinstance(timezone, str):
+        check_timezone(timezone)  # the TypeError, before the cache hashes it
+    return _parse(expression, timezone)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse(expression: str, timezone: str) -> Expression:
+    """parse_expression's work, cached: schedulers parse the same few expressions per fire,
+    and an Expression never changes once made."""
     text = expression.strip()
     check_timezone(timezone)
     if not text:
