@@ -23,6 +23,7 @@ import pytest
 import work
 from work import JobState, SyncQueue
 from work.cli import CLIError, load_worker, main, mask_url
+from work.stores import open_store
 
 from .stores.conftest import POSTGRES_URL
 
@@ -784,6 +785,38 @@ def test_ready_reports_503_while_the_store_is_down(
         record = queue.enqueue(work.Job("add", {"a": 1, "b": 2}))
         assert queue.wait(record.id, timeout=30).result == 3
     assert proc.stop() == 0
+
+
+def test_worker_counts_and_logs_a_discarded_outcome(
+    spawn: Callable[..., WorkerProcess], store_url: str
+) -> None:
+    """A worker paused past its lease, whose job was taken over, does not count the job as
+    its own result: it logs the discarded outcome and its summary says "discarded 1"."""
+    proc = spawn("tasks:worker", "--store", store_url, "--lease", "1")
+    proc.wait_for_output("serving", timeout=30)
+    with SyncQueue(store_url) as queue:
+        record = queue.enqueue(work.Job("nap", {"seconds": 2}))
+        wait_for(lambda: state_of(queue, record.id) is JobState.RUNNING, 20, "the job to run")
+    proc.proc.send_signal(signal.SIGSTOP)  # as a long GC pause or a frozen VM would
+    try:
+
+        async def take_over() -> None:
+            async with open_store(store_url) as store:
+                with anyio.fail_after(20):
+                    while (rec := await store.get(record.id)) and rec.state is JobState.RUNNING:
+                        await store.reap()
+                        await anyio.sleep(0.1)
+                if rec is not None and rec.state is JobState.QUEUED:
+                    await store.claim(["default"], limit=1, lease=60, owner="another-worker")
+
+        anyio.run(take_over)
+    finally:
+        proc.proc.send_signal(signal.SIGCONT)
+    output = proc.wait_for_output("outcome discarded", timeout=20)
+    assert record.id in output
+    assert proc.stop() == 0
+    summary = proc.output().splitlines()[-1]
+    assert summary.endswith("processed 0 jobs; discarded 1 (lease lost)"), proc.output()
 
 
 def test_worker_that_cannot_be_loaded_exits_2(

@@ -48,9 +48,9 @@ class FlakyStore(MemoryStore):
         self._maybe_fail("renew")
         return await super().renew(owner, ids, lease=lease)
 
-    async def complete(self, owner: str, outcomes: Sequence[Outcome]) -> None:
+    async def complete(self, owner: str, outcomes: Sequence[Outcome]) -> set[str]:
         self._maybe_fail("complete")
-        await super().complete(owner, outcomes)
+        return await super().complete(owner, outcomes)
 
     async def reap(self, *, lost_limit: int = 3) -> int:
         self._maybe_fail("reap")

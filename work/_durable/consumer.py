@@ -369,17 +369,30 @@ class _Server:
             outcomes = [slot.outcome for slot in batch if slot.outcome is not None]
             try:
                 with anyio.CancelScope(shield=True):
-                    await self.store.complete(self.owner, outcomes)
+                    applied = await self.store.complete(self.owner, outcomes)
             except Exception as exc:
                 self.log.warning("storing outcomes failed; retrying", error=repr(exc))
                 self.pending[:0] = batch
                 self.pending_event.set()
                 return False
+            if applied is not None:
+                self.log_discarded([o for o in outcomes if o.id not in applied])
             for slot in batch:
                 if self.slots.get(slot.record.id) is slot:
                     del self.slots[slot.record.id]
             self.release(len(batch))
             return True
+
+    def log_discarded(self, outcomes: list[Outcome]) -> None:
+        """One line per outcome the store refused: the lease was lost (the worker paused or
+        was cut off longer than the lease) and the job was reaped or claimed by another."""
+        for o in outcomes:
+            self.log.warning(
+                "outcome discarded: the job's lease was lost and the job taken over",
+                job_id=o.id,
+                state=str(o.state),
+                status=int(o.status),
+            )
 
     async def flush_all(self) -> None:
         backoff = _Backoff()

@@ -723,19 +723,20 @@ class PostgresStore:
         kept = {row["id"] for row in rows if not row["cancel_requested"]}
         return set(ids) - kept
 
-    async def complete(self, owner: str, outcomes: Sequence[Outcome]) -> None:
+    async def complete(self, owner: str, outcomes: Sequence[Outcome]) -> set[str]:
         """Apply outcomes, in one statement, to jobs RUNNING under ``owner``'s lease; others
-        are left alone (see :meth:`work.stores.Store.complete`)."""
+        are left alone (see :meth:`work.stores.Store.complete`). Returns the ids whose
+        outcome was applied."""
         pool = self._require_pool()
         if not outcomes:
-            return
+            return set()
         # One outcome per job: the first for an id wins, as if applied in order (the job is
         # no longer RUNNING for the ones after it).
         first: dict[str, Outcome] = {}
         for o in outcomes:
             first.setdefault(o.id, o)
         latest = list(first.values())
-        await pool.execute(
+        rows = await pool.fetch(
             f"""UPDATE {self._s}.jobs AS j SET
                     state = o.state,
                     status = o.status,
@@ -756,7 +757,8 @@ class PostgresStore:
                             $8::timestamptz[], $9::bool[], $10::bool[], $11::timestamptz[])
                     AS o(id, state, status, result, error, scheduled_for, give_back, deferral,
                          unknown_since)
-                WHERE j.id = o.id AND j.state = 'running' AND j.owner = $1""",
+                WHERE j.id = o.id AND j.state = 'running' AND j.owner = $1
+                RETURNING j.id""",
             owner,
             _now(),
             [o.id for o in latest],
@@ -769,6 +771,7 @@ class PostgresStore:
             [o.deferral for o in latest],
             [o.unknown_since for o in latest],
         )
+        return {row["id"] for row in rows}
 
     async def reap(self, *, lost_limit: int = DEFAULT_LOST_LIMIT) -> int:
         """Put back (or fail after ``lost_limit`` losses, or cancel) RUNNING jobs whose lease

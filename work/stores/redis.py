@@ -542,12 +542,13 @@ class RedisStore:
         stop = await self._run("renew", [owner, until, *ids])
         return {id.decode() for id in stop}
 
-    async def complete(self, owner: str, outcomes: Sequence[Outcome]) -> None:
+    async def complete(self, owner: str, outcomes: Sequence[Outcome]) -> set[str]:
         """Apply outcomes, in one script, to jobs RUNNING under ``owner``'s lease; others
-        are left alone (see :meth:`work.stores.Store.complete`)."""
+        are left alone (see :meth:`work.stores.Store.complete`). Returns the ids whose
+        outcome was applied."""
         if not outcomes:
             self._require()
-            return
+            return set()
         batch: list[list[str]] = []
         for o in outcomes:
             result = _dumps(o.result) if o.state is JobState.SUCCEEDED else None
@@ -565,7 +566,8 @@ class RedisStore:
                     _opt(None if o.unknown_since is None else str(_us(o.unknown_since))),
                 ]
             )
-        await self._run("complete", [owner, _now_us(), _WAKE_TOKENS, _dumps(batch)])
+        applied = await self._run("complete", [owner, _now_us(), _WAKE_TOKENS, _dumps(batch)])
+        return {id.decode() if isinstance(id, bytes) else str(id) for id in applied}
 
     async def reap(self, *, lost_limit: int = DEFAULT_LOST_LIMIT) -> int:
         """Put back (or fail after ``lost_limit`` losses, or cancel) RUNNING jobs whose lease
