@@ -450,7 +450,7 @@ def test_store_from_environment(
         (["enqueue", "add", "--priority", "-2147483649"], 2, "from -2147483648 to 2147483647"),
         (["enqueue", "add", "--queue", "a\x00b"], 2, "job.queue must not contain control"),
         (["enqueue", "add", "--queue", "q" * 300], 2, "job.queue must be at most 255 characters"),
-        (["enqueue", " "], 2, "handler must not be"),
+        (["enqueue", " "], 2, "handler must be a non-blank name, got ' '"),
         (["enqueue", "add", "--unique-key", "k\n"], 2, "unique_key must not contain control"),
         (["enqueue", "add", "--args", '{"s": "\\u0000"}'], 2, "job.args['s'] holds a NUL"),
         (["enqueue", "add", "--args", "[" * 100 + "]" * 100], 2, "must be a JSON object"),
