@@ -560,6 +560,8 @@ def test_bad_input_is_one_line_and_an_exit_code(
     assert err.count("\n") == 1
     assert message in err
     assert "Traceback" not in err
+    # Bad input is refused before the store is opened: no empty SQLite file is left behind.
+    assert not Path(store_url.removeprefix("sqlite:///")).exists()
 
 
 @pytest.fixture
