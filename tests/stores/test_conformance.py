@@ -9,13 +9,14 @@ from __future__ import annotations
 import functools
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio
 import pytest
+from structlog.testing import capture_logs
 
 from work import (
     Constant,
@@ -375,6 +376,73 @@ async def test_complete_is_fenced_by_owner(store: Store) -> None:
     # A second completion (a retried write) changes nothing either.
     await store.complete("w", [Outcome(id=rec.id, state=JobState.FAILED, status=Status(500))])
     assert await state_of(store, rec.id) is JobState.SUCCEEDED
+
+
+async def test_complete_returns_the_ids_it_applied(store: Store) -> None:
+    """complete() returns the ids whose outcome it applied, leaving out those it refused (not
+    the owner's, already final, unknown), so a worker can report discarded outcomes."""
+    a, b, c = await store.add([record() for _ in range(3)])
+    await store.claim(["default"], limit=3, lease=30, owner="w")
+
+    def done(id: str) -> Outcome:
+        return Outcome(id=id, state=JobState.SUCCEEDED, status=Status.SUCCESS, result=1)
+
+    assert await store.complete("w", [done(a.id), done(b.id)]) == {a.id, b.id}
+    assert await store.complete("w", [done(a.id)]) == set()  # final already
+    assert await store.complete("intruder", [done(c.id)]) == set()
+    assert await store.complete("w", [done("no-such-job"), done(c.id)]) == {c.id}
+    assert await store.complete("w", []) == set()
+
+
+class _NoRenew:
+    """A store whose leases are never renewed, so a job's lease runs out while it runs."""
+
+    def __init__(self, inner: Store) -> None:
+        self.inner = inner
+        self.url = inner.url
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def renew(self, owner: str, ids: Sequence[str], *, lease: float) -> set[str]:
+        return set()
+
+
+async def test_serve_logs_an_outcome_the_store_discarded(store: Store) -> None:
+    """A job whose lease was taken over while it ran: its outcome is refused by the store,
+    and serve logs one line naming the job and why."""
+    queue = Queue(store)
+    rec = await queue.enqueue(Job("slow"))
+    started, release = anyio.Event(), anyio.Event()
+    worker = Worker()
+
+    @worker.handler()
+    async def slow(job: Job) -> str:
+        started.set()
+        await release.wait()
+        return "late"
+
+    wrapped: Any = _NoRenew(store)
+    with capture_logs() as logs, anyio.fail_after(20):
+        async with serving(wrapped, worker, lease=0.2):
+            await started.wait()
+            # The lease runs out and a reaper (serve's own, or this one) takes the job over.
+            while (taken := await store.get(rec.id)) is not None and taken.state is (
+                JobState.RUNNING
+            ):
+                await store.reap()
+                await anyio.sleep(0.05)
+            assert taken is not None
+            if taken.state is JobState.QUEUED:  # put back: another worker claims it
+                await store.claim(["default"], limit=1, lease=30, owner="thief")
+            release.set()
+            while not [e for e in logs if "discarded" in e["event"]]:
+                await anyio.sleep(0.02)
+    (line,) = [e for e in logs if "discarded" in e["event"]]
+    assert line["job_id"] == rec.id and line["state"] == "succeeded"
+    assert line["log_level"] == "warning" and "lease was lost" in line["event"]
+    after = await store.get(rec.id)
+    assert after is not None and after.state is not JobState.SUCCEEDED
 
 
 async def test_complete_batch_applies_each_outcome(store: Store) -> None:

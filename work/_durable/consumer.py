@@ -7,7 +7,7 @@ import socket
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import structlog
@@ -74,6 +74,40 @@ class _Backoff:
         await anyio.sleep(self._PAUSES.delay(self._failures))
 
 
+class _Outage:
+    """Says once that the store stopped answering and once that it answers again, instead
+    of one line (and a traceback) per failed call while it is down.
+
+    A store error that is not a lost connection (a bug, a bad statement) is still logged
+    every time: retrying will not heal it and each one matters.
+    """
+
+    def __init__(self, log: Any) -> None:
+        self.log = log
+        self.since: float | None = None  # anyio clock time of the first failure
+        self.failures = 0
+
+    def failed(self, call: str, exc: Exception) -> None:
+        """Report a failed store call (``call`` names it: "claim", "storing outcomes")."""
+        if not isinstance(exc, ConnectionError | OSError):
+            self.log.warning(f"{call} failed; retrying", error=repr(exc))
+            return
+        self.failures += 1
+        if self.since is None:
+            self.since = anyio.current_time()
+            self.log.warning(
+                "store unreachable; retrying until it is back", call=call, error=str(exc)
+            )
+
+    def ok(self) -> None:
+        """Report a store call that succeeded: the end of an outage, if there was one."""
+        if self.since is None:
+            return
+        down = anyio.current_time() - self.since
+        self.log.info("store reachable again", down_for=round(down, 1), failed_calls=self.failures)
+        self.since, self.failures = None, 0
+
+
 @dataclass(slots=True, eq=False)
 class _Slot:
     """One claimed job, from its claim until its outcome is written."""
@@ -121,6 +155,7 @@ class _Server:
         self.pending_event = anyio.Event()
         self.flush_lock = anyio.Lock()
         self.log = _log.bind(worker=worker.name, owner=self.owner)
+        self.outage = _Outage(self.log)
 
     async def run(self) -> None:
         try:
@@ -171,15 +206,16 @@ class _Server:
                 with anyio.CancelScope(shield=True):
                     got = await self.claim_batch(jobs, free)
             except Exception as exc:
-                self.log.warning("claim failed; retrying", error=repr(exc))
+                self.outage.failed("claim", exc)
                 await backoff.sleep()
                 continue
+            self.outage.ok()
             backoff.reset()
             if got < free:
                 try:
                     await self.store.wait_for_work(self.queues, _IDLE_WAIT)
                 except Exception as exc:
-                    self.log.warning("waiting for work failed; retrying", error=repr(exc))
+                    self.outage.failed("waiting for work", exc)
                     await backoff.sleep()
 
     async def claim_batch(self, jobs: TaskGroup, free: int) -> int:
@@ -322,8 +358,9 @@ class _Server:
             try:
                 stop = await self.store.renew(self.owner, ids, lease=self.lease)
             except Exception as exc:
-                self.log.warning("renewing leases failed; retrying", error=repr(exc))
+                self.outage.failed("renewing leases", exc)
                 continue
+            self.outage.ok()
             for id in stop:
                 slot = self.slots.get(id)
                 if slot is None or slot.outcome is not None:
@@ -342,8 +379,9 @@ class _Server:
             try:
                 reaped = await self.store.reap(lost_limit=self.lost_limit)
             except Exception as exc:
-                self.log.warning("reaping expired leases failed; retrying", error=repr(exc))
+                self.outage.failed("reaping expired leases", exc)
             else:
+                self.outage.ok()
                 if reaped:
                     self.log.info("put back jobs whose worker was lost", count=reaped)
             await anyio.sleep(interval)
@@ -369,17 +407,31 @@ class _Server:
             outcomes = [slot.outcome for slot in batch if slot.outcome is not None]
             try:
                 with anyio.CancelScope(shield=True):
-                    await self.store.complete(self.owner, outcomes)
+                    applied = await self.store.complete(self.owner, outcomes)
             except Exception as exc:
-                self.log.warning("storing outcomes failed; retrying", error=repr(exc))
+                self.outage.failed("storing outcomes", exc)
                 self.pending[:0] = batch
                 self.pending_event.set()
                 return False
+            self.outage.ok()
+            if applied is not None:
+                self.log_discarded([o for o in outcomes if o.id not in applied])
             for slot in batch:
                 if self.slots.get(slot.record.id) is slot:
                     del self.slots[slot.record.id]
             self.release(len(batch))
             return True
+
+    def log_discarded(self, outcomes: list[Outcome]) -> None:
+        """One line per outcome the store refused: the lease was lost (the worker paused or
+        was cut off longer than the lease) and the job was reaped or claimed by another."""
+        for o in outcomes:
+            self.log.warning(
+                "outcome discarded: the job's lease was lost and the job taken over",
+                job_id=o.id,
+                state=str(o.state),
+                status=int(o.status),
+            )
 
     async def flush_all(self) -> None:
         backoff = _Backoff()

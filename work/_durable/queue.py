@@ -149,6 +149,33 @@ class Queue:
             retry=retry_settings,
         )
 
+    def check(
+        self,
+        job: Job,
+        *,
+        delay: float | timedelta | None = None,
+        at: datetime | None = None,
+        priority: int = 0,
+        retry: RetryPolicy | None = None,
+        unique_key: str | None = None,
+    ) -> None:
+        """Raise what :meth:`enqueue` would raise for these arguments, without touching the
+        store (which need not be entered): a form or a command line can refuse bad input
+        before it connects.
+
+        Raises:
+            TypeError, ValueError: as for :meth:`enqueue`.
+        """
+        self._record(
+            job,
+            now=datetime.now(UTC),
+            delay=delay,
+            at=at,
+            priority=priority,
+            retry=retry,
+            unique_key=unique_key,
+        )
+
     async def enqueue(
         self,
         job: Job,

@@ -209,20 +209,20 @@ async def _cmd_enqueue(ns: argparse.Namespace) -> int:
         raise CLIError(f"--args must be a JSON object, got {type(args).__name__}: {ns.args}", 2)
     if ns.delay is not None and ns.delay < 0:
         raise CLIError(f"--delay must be >= 0 seconds, got {ns.delay:g}", 2)
-    try:
+    store = open_store_of(ns)
+    options: dict[str, Any] = {
+        "delay": ns.delay or None,
+        "priority": ns.priority,
+        "unique_key": ns.unique_key,
+    }
+    with _bad_input():
         job = Job(ns.handler, args, queue=ns.queue)
-        retry = None if ns.max_attempts is None else RetryPolicy(max_attempts=ns.max_attempts)
-    except (ValueError, TypeError) as exc:
-        raise CLIError(str(exc), 2) from None
-    async with connected(open_store_of(ns)) as store:
+        options["retry"] = None if ns.max_attempts is None else RetryPolicy(ns.max_attempts)
+        # Refused before connecting: bad input creates no store (no SQLite file, no schema).
+        Queue(store).check(job, **options)
+    async with connected(store):
         with _bad_input():
-            record = await Queue(store).enqueue(
-                job,
-                delay=ns.delay or None,
-                priority=ns.priority,
-                retry=retry,
-                unique_key=ns.unique_key,
-            )
+            record = await Queue(store).enqueue(job, **options)
     if ns.json:
         _print_json(record_to_dict(record))
     else:

@@ -104,6 +104,7 @@ class _CountingStore:
         self._inner = inner
         self.url = inner.url
         self.counts: Counter[tuple[str, int]] = Counter()
+        self.discarded = 0  # outcomes the store refused: the lease had been taken over
 
     def __getattr__(self, name: str) -> Any:
         # Extras a store offers beyond the protocol stay reachable.
@@ -154,9 +155,13 @@ class _CountingStore:
     async def renew(self, owner: str, ids: Sequence[str], *, lease: float) -> set[str]:
         return await self._inner.renew(owner, ids, lease=lease)
 
-    async def complete(self, owner: str, outcomes: Sequence[Outcome]) -> None:
-        await self._inner.complete(owner, outcomes)
-        self.counts.update((str(o.state), int(o.status)) for o in outcomes)
+    async def complete(self, owner: str, outcomes: Sequence[Outcome]) -> set[str] | None:
+        applied = await self._inner.complete(owner, outcomes)
+        # Outcomes the store refused (the lease was lost) are counted apart, not as results.
+        kept = [o for o in outcomes if applied is None or o.id in applied]
+        self.discarded += len(outcomes) - len(kept)
+        self.counts.update((str(o.state), int(o.status)) for o in kept)
+        return applied
 
     async def reap(self, *, lost_limit: int = 3) -> int:
         return await self._inner.reap(lost_limit=lost_limit)
@@ -165,9 +170,11 @@ class _CountingStore:
         await self._inner.wait_for_work(queues, timeout)
 
     def summary(self) -> str:
-        """One line: how many jobs ended in each state, with the statuses behind each."""
+        """One line: how many jobs ended in each state, with the statuses behind each, and
+        how many outcomes the store discarded."""
+        discarded = f"; discarded {self.discarded} (lease lost)" if self.discarded else ""
         if not self.counts:
-            return "processed 0 jobs"
+            return f"processed 0 jobs{discarded}"
         by_state: dict[str, Counter[int]] = {}
         for (state, status), n in self.counts.items():
             by_state.setdefault(state, Counter())[status] += n
@@ -178,7 +185,7 @@ class _CountingStore:
             text = f"{names.get(state, state)} {sum(by_state[state].values())}"
             parts.append(f"{text} ({codes})" if codes else text)
         total = sum(self.counts.values())
-        return f"processed {total} job{'' if total == 1 else 's'}: " + "; ".join(parts)
+        return f"processed {total} job{'' if total == 1 else 's'}: " + "; ".join(parts) + discarded
 
 
 class _Probe:

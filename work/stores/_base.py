@@ -243,10 +243,14 @@ class Store(Protocol):
         owner must stop running: a cancel was requested, or the job is no longer its own."""
         ...
 
-    async def complete(self, owner: str, outcomes: Sequence[Outcome]) -> None:
+    async def complete(self, owner: str, outcomes: Sequence[Outcome]) -> set[str] | None:
         """Apply each outcome to a job that is RUNNING and held by ``owner`` (others are left
         alone: the lease was lost and the job is someone else's now). Sets ``finished_at`` for
-        final states, clears the lease, and applies ``give_back_attempt`` / ``deferral``."""
+        final states, clears the lease, and applies ``give_back_attempt`` / ``deferral``.
+
+        Returns the ids whose outcome was applied, so the caller can report the others as
+        discarded. A store may return None (as stores written before this did): it does not
+        say, and every outcome is taken as applied."""
         ...
 
     async def reap(self, *, lost_limit: int = DEFAULT_LOST_LIMIT) -> int:

@@ -185,10 +185,12 @@ return stop
 # deferral ('1'/'0'), unknown_since (opt). One argument for the batch, as for add: redis-py
 # packs a command argument by argument, which cost more than the script itself with 8 per
 # outcome.
+# Returns the ids whose outcome was applied.
 COMPLETE = (
     LUA_PRELUDE
     + r"""
 local owner, now, cap = ARGV[2], ARGV[3], ARGV[4]
+local applied = {}
 for _, o in ipairs(cjson.decode(ARGV[5])) do
   local id, state = o[1], o[2]
   local jk = jkey(id)
@@ -227,9 +229,10 @@ for _, o in ipairs(cjson.decode(ARGV[5])) do
     end
     stat(q, 'running', -1)
     stat(q, state, 1)
+    applied[#applied + 1] = id
   end
 end
-return 0
+return applied
 """
 )
 

@@ -322,15 +322,18 @@ class MemoryStore:
                     stop.add(id)
         return stop
 
-    async def complete(self, owner: str, outcomes: Sequence[Outcome]) -> None:
-        """Apply outcomes to jobs RUNNING under ``owner``'s lease; others are left alone."""
+    async def complete(self, owner: str, outcomes: Sequence[Outcome]) -> set[str]:
+        """Apply outcomes to jobs RUNNING under ``owner``'s lease; others are left alone.
+        Returns the ids whose outcome was applied."""
         now = _now()
         wake = False
+        applied: set[str] = set()
         with self._lock:
             for outcome in outcomes:
                 row = self._rows.get(outcome.id)
                 if row is None or row.record.state is not JobState.RUNNING or row.owner != owner:
                     continue
+                applied.add(outcome.id)
                 rec = row.record
                 if outcome.state is JobState.SUCCEEDED:
                     row.result_json = json.dumps(outcome.result)
@@ -354,6 +357,7 @@ class MemoryStore:
                 wake = wake or not outcome.state.is_final
         if wake:
             self._notifier.notify()
+        return applied
 
     async def reap(self, *, lost_limit: int = DEFAULT_LOST_LIMIT) -> int:
         """Put back (or fail after ``lost_limit`` losses, or cancel) RUNNING jobs whose lease

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import functools
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -41,8 +42,29 @@ _WORKER_LOST = "worker lost"
 _ACTIVE = "('queued', 'scheduled', 'running')"
 # Connection failures asyncpg reports as builtin errors (TimeoutError is an OSError too).
 _CONNECT_ERRORS = (OSError, asyncpg.exceptions.CannotConnectNowError)
+# What a call raises when the server went away (a restart, a failover, the network), as
+# opposed to a statement that failed: each becomes a PostgresUnavailableError.
+_LOST_ERRORS = (
+    OSError,
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.CannotConnectNowError,
+)
 # When the listening connection is gone, waiters fall back to polling this often.
 _FALLBACK_POLL = 1.0
+
+
+class _QuietPoolFloor(logging.Filter):
+    """Drops asyncpg's "Failed to restore the pool connection floor; retrying" warnings: one
+    traceback per retry while the server is down. ``Worker.serve`` reports the outage itself,
+    in one line, and one more when the server is back."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Failed to restore the pool connection floor")
+
+
+logging.getLogger("asyncpg.pool").addFilter(_QuietPoolFloor())
 
 
 class PostgresUnavailableError(StoreUnavailableError):
@@ -160,31 +182,45 @@ class _Runner:
     otherwise: a producer or a serve loop calling one statement at a time skips the pool's
     acquire and release (about a sixth of a small statement's cost)."""
 
-    __slots__ = ("_busy", "_held", "_pool")
+    __slots__ = ("_address", "_busy", "_held", "_pool")
 
-    def __init__(self, pool: Any, *, hold: bool) -> None:
+    def __init__(self, pool: Any, *, hold: bool, address: tuple[str, int | str]) -> None:
         self._pool = pool
         self._held: Any = None
         # With a pool of one, holding its connection would leave none for the others.
         self._busy = not hold
+        self._address = address
 
     async def _call(self, method: str, sql: str, args: tuple[Any, ...]) -> Any:
         if self._busy:
-            return await getattr(self._pool, method)(sql, *args)
+            try:
+                return await getattr(self._pool, method)(sql, *args)
+            except _LOST_ERRORS as exc:
+                raise PostgresUnavailableError(*self._address, exc) from exc
         self._busy = True  # no await since the check: this task has the held connection
         try:
             if self._held is not None and _unusable(self._held):
                 await self._drop_held()  # the server closed it while it sat idle
             if self._held is None:
-                self._held = await self._pool.acquire()
+                try:
+                    self._held = await self._pool.acquire()
+                except _LOST_ERRORS as exc:
+                    raise PostgresUnavailableError(*self._address, exc) from exc
             conn = self._held
             try:
                 return await getattr(conn, method)(sql, *args)
             except BaseException as exc:
-                if isinstance(exc, asyncpg.PostgresError) and not conn.is_closed():
+                # The pool may have released a connection the server closed: is_closed() then
+                # raises InterfaceError, which must not hide what happened (_unusable).
+                gone = _unusable(conn)
+                if isinstance(exc, asyncpg.PostgresError) and not gone:
                     raise  # the statement failed; the connection is fine
                 # Cancelled or broken mid-statement: the pool knows how to clean that up.
                 await self._drop_held()
+                if isinstance(exc, Exception) and (gone or isinstance(exc, _LOST_ERRORS)):
+                    # One clear error for a lost server, not asyncpg's InterfaceError or
+                    # InternalClientError about the state of a dead connection.
+                    raise PostgresUnavailableError(*self._address, exc) from exc
                 raise
         finally:
             self._busy = False
@@ -320,7 +356,7 @@ class PostgresStore:
         except asyncpg.InvalidAuthorizationSpecificationError as exc:
             # A wrong password or an unknown user: waiting will not heal it.
             raise StoreAuthenticationError("PostgreSQL", *_address(self._dsn), exc) from exc
-        self._runner = _Runner(self._pool, hold=self._max_size >= 2)
+        self._runner = _Runner(self._pool, hold=self._max_size >= 2, address=_address(self._dsn))
         try:
             await self._migrate()
         except BaseException:
@@ -723,19 +759,20 @@ class PostgresStore:
         kept = {row["id"] for row in rows if not row["cancel_requested"]}
         return set(ids) - kept
 
-    async def complete(self, owner: str, outcomes: Sequence[Outcome]) -> None:
+    async def complete(self, owner: str, outcomes: Sequence[Outcome]) -> set[str]:
         """Apply outcomes, in one statement, to jobs RUNNING under ``owner``'s lease; others
-        are left alone (see :meth:`work.stores.Store.complete`)."""
+        are left alone (see :meth:`work.stores.Store.complete`). Returns the ids whose
+        outcome was applied."""
         pool = self._require_pool()
         if not outcomes:
-            return
+            return set()
         # One outcome per job: the first for an id wins, as if applied in order (the job is
         # no longer RUNNING for the ones after it).
         first: dict[str, Outcome] = {}
         for o in outcomes:
             first.setdefault(o.id, o)
         latest = list(first.values())
-        await pool.execute(
+        rows = await pool.fetch(
             f"""UPDATE {self._s}.jobs AS j SET
                     state = o.state,
                     status = o.status,
@@ -756,7 +793,8 @@ class PostgresStore:
                             $8::timestamptz[], $9::bool[], $10::bool[], $11::timestamptz[])
                     AS o(id, state, status, result, error, scheduled_for, give_back, deferral,
                          unknown_since)
-                WHERE j.id = o.id AND j.state = 'running' AND j.owner = $1""",
+                WHERE j.id = o.id AND j.state = 'running' AND j.owner = $1
+                RETURNING j.id""",
             owner,
             _now(),
             [o.id for o in latest],
@@ -769,6 +807,7 @@ class PostgresStore:
             [o.deferral for o in latest],
             [o.unknown_since for o in latest],
         )
+        return {row["id"] for row in rows}
 
     async def reap(self, *, lost_limit: int = DEFAULT_LOST_LIMIT) -> int:
         """Put back (or fail after ``lost_limit`` losses, or cancel) RUNNING jobs whose lease

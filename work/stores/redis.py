@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any, Self, cast
@@ -447,17 +448,31 @@ class RedisStore:
             if client is not self._client:
                 await client.aclose()
 
+    @contextlib.contextmanager
+    def _reachable(self, client: aioredis.Redis) -> Iterator[None]:
+        """Turn redis-py's errors for a server that went away into RedisUnavailableError (a
+        builtin ConnectionError, as every store raises), so a worker reports one outage."""
+        try:
+            yield
+        except _AUTH_ERRORS:
+            raise
+        except _CONNECT_ERRORS as exc:
+            if isinstance(exc, StoreUnavailableError):
+                raise
+            raise self._unavailable(client, exc) from exc
+
     async def _run(self, name: str, args: Sequence[Any], client: Any = None) -> Any:
         redis_client = self._require()
         script = self._scripts[name]
         if client is not None:  # a pipeline: redis-py loads its scripts before it runs
             return await script(args=[self.prefix, *args], client=client)
-        try:
-            return await redis_client.evalsha(script.sha, 0, self.prefix, *args)
-        except NoScriptError:
-            # The server lost its script cache (a restart, SCRIPT FLUSH): nothing ran.
-            await redis_client.script_load(script.script)
-            return await redis_client.evalsha(script.sha, 0, self.prefix, *args)
+        with self._reachable(redis_client):
+            try:
+                return await redis_client.evalsha(script.sha, 0, self.prefix, *args)
+            except NoScriptError:
+                # The server lost its script cache (a restart, SCRIPT FLUSH): nothing ran.
+                await redis_client.script_load(script.script)
+                return await redis_client.evalsha(script.sha, 0, self.prefix, *args)
 
     # -- reading --------------------------------------------------------------------------
 
@@ -542,12 +557,13 @@ class RedisStore:
         stop = await self._run("renew", [owner, until, *ids])
         return {id.decode() for id in stop}
 
-    async def complete(self, owner: str, outcomes: Sequence[Outcome]) -> None:
+    async def complete(self, owner: str, outcomes: Sequence[Outcome]) -> set[str]:
         """Apply outcomes, in one script, to jobs RUNNING under ``owner``'s lease; others
-        are left alone (see :meth:`work.stores.Store.complete`)."""
+        are left alone (see :meth:`work.stores.Store.complete`). Returns the ids whose
+        outcome was applied."""
         if not outcomes:
             self._require()
-            return
+            return set()
         batch: list[list[str]] = []
         for o in outcomes:
             result = _dumps(o.result) if o.state is JobState.SUCCEEDED else None
@@ -565,7 +581,8 @@ class RedisStore:
                     _opt(None if o.unknown_since is None else str(_us(o.unknown_since))),
                 ]
             )
-        await self._run("complete", [owner, _now_us(), _WAKE_TOKENS, _dumps(batch)])
+        applied = await self._run("complete", [owner, _now_us(), _WAKE_TOKENS, _dumps(batch)])
+        return {id.decode() if isinstance(id, bytes) else str(id) for id in applied}
 
     async def reap(self, *, lost_limit: int = DEFAULT_LOST_LIMIT) -> int:
         """Put back (or fail after ``lost_limit`` losses, or cancel) RUNNING jobs whose lease
@@ -592,7 +609,8 @@ class RedisStore:
         for queue in queues:
             pipe.zcard(self._key("ready", queue))
             pipe.zrange(self._key("sched", queue), 0, 0, withscores=True)
-        replies = await pipe.execute()
+        with self._reachable(client):
+            replies = await pipe.execute()
         if any(replies[0::2]):
             return
         dues = [first[0][1] for first in replies[1::2] if first]
@@ -603,7 +621,8 @@ class RedisStore:
             return
         # BLPOP's timeout 0 would mean "forever".
         wake_keys = [self._key("wake", q) for q in queues]
-        await client.blpop(wake_keys, timeout=max(timeout, 0.01))
+        with self._reachable(client):
+            await client.blpop(wake_keys, timeout=max(timeout, 0.01))
 
     # -- listing (last: the method named `list` shadows the builtin below it) -------
 

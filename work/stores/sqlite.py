@@ -727,15 +727,17 @@ class SQLiteStore:
 
         return await self._transaction(update)
 
-    async def complete(self, owner: str, outcomes: Sequence[Outcome]) -> None:
+    async def complete(self, owner: str, outcomes: Sequence[Outcome]) -> set[str]:
         """Apply outcomes, in one transaction, to jobs RUNNING under ``owner``'s lease; others
-        are left alone."""
+        are left alone. Returns the ids whose outcome was applied."""
         if not outcomes:
-            return
+            return set()
+        applied: set[str] = set()
 
         def update(conn: sqlite3.Connection) -> bool:
             now = time.time()
             wake = False
+            applied.clear()  # the transaction may be retried
             for o in outcomes:
                 scheduled = _ts(o.scheduled_for) if o.state is JobState.SCHEDULED else None
                 succeeded = o.state is JobState.SUCCEEDED
@@ -762,11 +764,14 @@ class SQLiteStore:
                         owner,
                     ),
                 )
+                if cur.rowcount > 0:
+                    applied.add(o.id)
                 wake = wake or (cur.rowcount > 0 and not o.state.is_final)
             return wake
 
         if await self._transaction(update):
             self._notifier.notify()
+        return applied
 
     async def reap(self, *, lost_limit: int = DEFAULT_LOST_LIMIT) -> int:
         """Put back (or fail after ``lost_limit`` losses, or cancel) RUNNING jobs whose lease
