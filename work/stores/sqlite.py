@@ -95,6 +95,10 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # unfinished jobs, in the claim's exact order, so history never slows a claim or an
         # idle poll.
         "DROP INDEX IF EXISTS anywork_jobs_ready",
+        # Only RUNNING jobs have leases: version 1's lease index held every job.
+        "DROP INDEX IF EXISTS anywork_jobs_lease",
+        "CREATE INDEX IF NOT EXISTS anywork_jobs_leases ON anywork_jobs (lease_until)"
+        " WHERE state = 'running'",
         "CREATE INDEX IF NOT EXISTS anywork_jobs_claim"
         " ON anywork_jobs (queue, priority DESC, due_at, seq, state)"
         " WHERE state IN ('queued', 'scheduled')",
