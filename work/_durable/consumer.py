@@ -17,7 +17,16 @@ from .._core.exceptions import UnknownHandlerError
 from .._core.job import Job
 from .._core.retry import Exponential
 from .._core.status import Status
-from ..stores._base import DEFAULT_LOST_LIMIT, Claimed, JobRecord, JobState, Outcome, Store
+from .._runtime.timers import seconds
+from ..stores._base import (
+    DEFAULT_LOST_LIMIT,
+    DEFAULT_RESULT_TTL,
+    Claimed,
+    JobRecord,
+    JobState,
+    Outcome,
+    Store,
+)
 from .outcome import decide, final, hand_back
 
 if TYPE_CHECKING:
@@ -26,6 +35,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_CONCURRENCY",
     "DEFAULT_LOST_LIMIT",
+    "DEFAULT_RESULT_TTL",
     "DEFAULT_UNKNOWN_HANDLER_GRACE",
     "serve_store",
 ]
@@ -50,6 +60,12 @@ _CANCEL_WAIT = 5.0
 # the same job in a hot loop, and one that has it gets it within seconds.
 _UNKNOWN_PAUSE = 1.0
 _UNKNOWN_PAUSE_CAP = 30.0
+# Retention: every interval, delete finished jobs whose time is up, a small batch per store
+# call (a short transaction); while batches come back full, the next follows after a pause.
+_EXPIRE_INTERVAL = 30.0
+_EXPIRE_FIRST = 1.0
+_EXPIRE_BATCH = 200
+_EXPIRE_PAUSE = 0.05
 
 _log = structlog.get_logger("anywork.serve")
 
@@ -135,8 +151,10 @@ class _Server:
         *,
         lost_limit: int = DEFAULT_LOST_LIMIT,
         unknown_handler_grace: float = DEFAULT_UNKNOWN_HANDLER_GRACE,
+        result_ttl: float | None = DEFAULT_RESULT_TTL,
     ) -> None:
         self.worker = worker
+        self.result_ttl = result_ttl
         self.store = store
         self.queues = queues
         self.concurrency = concurrency
@@ -163,6 +181,7 @@ class _Server:
                 background.start_soon(self.renew_loop, name="anywork serve: renew leases")
                 background.start_soon(self.reap_loop, name="anywork serve: reap leases")
                 background.start_soon(self.flush_loop, name="anywork serve: complete")
+                background.start_soon(self.expire_loop, name="anywork serve: retention")
                 async with anyio.create_task_group() as jobs:
                     await self.claim_until_stopped(jobs)
                 # Every claimed job has ended or been handed back: stop the helpers.
@@ -386,6 +405,26 @@ class _Server:
                     self.log.info("put back jobs whose worker was lost", count=reaped)
             await anyio.sleep(interval)
 
+    # -- retention ----------------------------------------------------------------------------
+
+    async def expire_loop(self) -> None:
+        """Delete finished jobs whose time is up (the job's own result_ttl, else this serve's
+        for its queues), in small batches."""
+        if self.result_ttl is None:
+            return
+        await anyio.sleep(_EXPIRE_FIRST)
+        while True:
+            try:
+                deleted = await self.store.expire(
+                    self.queues, result_ttl=self.result_ttl, limit=_EXPIRE_BATCH
+                )
+            except Exception as exc:
+                self.log.warning("deleting expired jobs failed; retrying", error=repr(exc))
+                deleted = 0
+            if deleted:
+                self.log.debug("deleted finished jobs past their result_ttl", count=deleted)
+            await anyio.sleep(_EXPIRE_PAUSE if deleted >= _EXPIRE_BATCH else _EXPIRE_INTERVAL)
+
     # -- completing ---------------------------------------------------------------------------
 
     async def flush_loop(self) -> None:
@@ -460,6 +499,7 @@ async def serve_store(
     lease: float = 30.0,
     lost_limit: int = DEFAULT_LOST_LIMIT,
     unknown_handler_grace: float = DEFAULT_UNKNOWN_HANDLER_GRACE,
+    result_ttl: float | timedelta | None = DEFAULT_RESULT_TTL,
 ) -> None:
     """Consume jobs from ``store`` with ``worker`` until cancelled or the worker stops.
 
@@ -489,6 +529,9 @@ async def serve_store(
         lost_limit: how many times a job's worker may be lost before the job fails (applied by
             this worker's reaper to every job it reaps).
         unknown_handler_grace: seconds a job for a handler no worker has may wait for one.
+        result_ttl: seconds (or a timedelta) finished jobs of ``queues`` are kept before this
+            worker deletes them, a small batch at a time (a job enqueued with a
+            ``result_ttl`` of its own keeps that); None keeps them for ever.
 
     Raises:
         RuntimeError: the worker was never started (a worker already stopping makes ``serve``
@@ -520,6 +563,11 @@ async def serve_store(
             # is nothing to serve and nothing to hand back.
             return
         raise RuntimeError(f"{worker.name} is not running: call serve inside `async with worker:`")
+    ttl: float | None = None
+    if result_ttl is not None:
+        ttl = seconds(result_ttl, name="result_ttl")
+        if not 0 <= ttl < float("inf"):
+            raise ValueError(f"result_ttl must be a finite duration >= 0, got {result_ttl!r}")
     server = _Server(
         worker,
         store,
@@ -528,6 +576,7 @@ async def serve_store(
         float(lease),
         lost_limit=lost_limit,
         unknown_handler_grace=float(unknown_handler_grace),
+        result_ttl=ttl,
     )
     async with worker.lifetime():
         await server.run()

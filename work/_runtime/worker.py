@@ -699,6 +699,7 @@ class Worker:
         lease: float = 30.0,
         lost_limit: int = 3,
         unknown_handler_grace: float = 300.0,
+        result_ttl: float | timedelta | None = 7 * 24 * 3600.0,
     ) -> None:
         """Consume jobs from a durable store until cancelled or the worker stops.
 
@@ -719,6 +720,9 @@ class Worker:
             unknown_handler_grace: a job for a handler this worker lacks goes back for another
                 worker without using an attempt; it fails 404 only when no worker has run it
                 within this many seconds of the first hand-back.
+            result_ttl: finished jobs of ``queues`` are deleted (a small batch at a time) this
+                long after they finished (default 7 days), unless a job was enqueued with a
+                ``result_ttl`` of its own; None keeps them for ever.
         """
         from .._durable.consumer import serve_store
 
@@ -730,6 +734,7 @@ class Worker:
             lease=lease,
             lost_limit=lost_limit,
             unknown_handler_grace=unknown_handler_grace,
+            result_ttl=result_ttl,
         )
 
     # -- running executions -----------------------------------------------------------------

@@ -357,6 +357,7 @@ async def _serve(
                 concurrency=ns.concurrency,
                 lease=ns.lease,
                 lost_limit=ns.lost_limit,
+                result_ttl=ns.result_ttl,
             )
             stop.set()
 
@@ -378,7 +379,7 @@ def _child_command(ns: argparse.Namespace, index: int) -> list[str]:
     """The command line of child ``index``: ours without --processes, its own --http port."""
     cmd = [sys.executable, "-m", "work.cli", "worker", ns.target, "--store", ns.store]
     cmd += ["--queues", ns.queues, "--lease", repr(ns.lease), "--backend", ns.backend]
-    cmd += ["--lost-limit", str(ns.lost_limit)]
+    cmd += ["--lost-limit", str(ns.lost_limit), "--result-ttl", repr(ns.result_ttl)]
     for option in ns.store_option:
         cmd += ["--store-option", option]
     if ns.concurrency is not None:

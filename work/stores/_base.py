@@ -31,7 +31,16 @@ from typing import Any, Protocol, Self, runtime_checkable
 
 from .._core.status import Status
 
-__all__ = ["DEFAULT_LOST_LIMIT", "Claimed", "JobRecord", "JobState", "Outcome", "Store"]
+__all__ = [
+    "DEFAULT_LOST_LIMIT",
+    "DEFAULT_RESULT_TTL",
+    "FINAL_STATES",
+    "Claimed",
+    "JobRecord",
+    "JobState",
+    "Outcome",
+    "Store",
+]
 
 
 class JobState(StrEnum):
@@ -82,6 +91,8 @@ class JobRecord:
         retry: the retry settings kept from the RetryPolicy: ``{"backoff": {...},
             "retry_on": [codes], "max_deferrals": n}``, or None for no retries.
         deferrals: how many RetryLater deferrals it has used.
+        result_ttl: seconds the job is kept once finished, or None for the purging worker's
+            ``result_ttl`` (7 days by default); see :meth:`Store.expire`.
     """
 
     id: str
@@ -104,6 +115,7 @@ class JobRecord:
     timeout: float | None = None
     retry: dict[str, Any] | None = None
     deferrals: int = 0
+    result_ttl: float | None = None
 
     def replace(self, **changes: Any) -> JobRecord:
         """Return a copy with ``changes`` applied."""
@@ -112,6 +124,13 @@ class JobRecord:
 
 DEFAULT_LOST_LIMIT = 3
 """How many times a job's worker may be lost before :meth:`Store.reap` fails it."""
+
+DEFAULT_RESULT_TTL = 7 * 24 * 3600.0
+"""Seconds a finished job is kept, unless the job or the serving worker says otherwise."""
+
+FINAL_STATES = (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+"""The states a job ends in; the only ones :meth:`Store.purge` and :meth:`Store.expire`
+delete."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,6 +283,34 @@ class Store(Protocol):
         that kills every worker running it cannot loop forever). A job whose cancel was
         requested becomes CANCELLED (499). Returns how many jobs it changed. Safe to call from
         many workers at once."""
+        ...
+
+    async def purge(
+        self, *, older_than: datetime, states: Sequence[JobState], limit: int | None = None
+    ) -> int:
+        """Delete finished jobs (in ``states``, of which only SUCCEEDED, FAILED and CANCELLED
+        count) whose ``finished_at`` is before ``older_than``, in every queue, whatever their
+        ``result_ttl``; at most ``limit`` of them (None: all, in small batches). Returns how
+        many were deleted. Unfinished jobs are never deleted."""
+        ...
+
+    async def expire(self, queues: Sequence[str], *, result_ttl: float, limit: int) -> int:
+        """Delete up to ``limit`` finished jobs whose time is up: those with a ``result_ttl``
+        of their own (any queue) once it has passed since ``finished_at``, and those of
+        ``queues`` without one ``result_ttl`` seconds after ``finished_at``. Serving workers
+        call it now and then (the retention); returns how many were deleted. Finding them
+        must not cost in proportion to the jobs kept."""
+        ...
+
+    async def retry(self, id: str) -> JobRecord | None:
+        """Run a FAILED or CANCELLED job again: it becomes QUEUED, due now, with its attempts,
+        deferrals, lost count, status, error, result and times cleared. Returns the new
+        record, or None for an unknown id.
+
+        Raises:
+            ValueError: the job is in another state (the message names it), or another job
+                holding its ``unique_key`` is not finished.
+        """
         ...
 
     async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:

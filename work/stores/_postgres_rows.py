@@ -79,6 +79,7 @@ def decode_row(row: Any) -> tuple[JobRecord, str | None]:
         timeout=row["timeout"],
         retry=retry,
         deferrals=row["deferrals"],
+        result_ttl=row["result_ttl"],
     )
     return record, args_error or headers_error
 
@@ -136,6 +137,7 @@ def insert_values(rec: JobRecord, args: str, enqueued: datetime) -> tuple[Any, .
         rec.timeout,
         dumps(rec.retry) if rec.retry is not None else None,
         rec.deferrals,
+        rec.result_ttl,
     )
 
 
@@ -178,6 +180,8 @@ def insert_object(rec: JobRecord, args: str, enqueued: datetime) -> dict[str, An
         out["retry"] = rec.retry
     if rec.deferrals != 0:
         out["deferrals"] = rec.deferrals
+    if rec.result_ttl is not None:
+        out["result_ttl"] = rec.result_ttl
     return out
 
 
@@ -223,4 +227,5 @@ def stored_record(rec: JobRecord, args: dict[str, Any], enqueued: datetime) -> J
     put(new, "timeout", None if rec.timeout is None else float(rec.timeout))
     put(new, "retry", _json_copy(rec.retry))
     put(new, "deferrals", rec.deferrals)
+    put(new, "result_ttl", None if rec.result_ttl is None else float(rec.result_ttl))
     return new

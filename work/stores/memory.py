@@ -14,7 +14,7 @@ from typing import Any, Self
 import anyio
 
 from .._core.status import Status
-from ._base import DEFAULT_LOST_LIMIT, Claimed, JobRecord, JobState, Outcome
+from ._base import DEFAULT_LOST_LIMIT, FINAL_STATES, Claimed, JobRecord, JobState, Outcome
 
 __all__ = ["MemoryStore"]
 
@@ -401,6 +401,93 @@ class MemoryStore:
         if changed:
             self._notifier.notify()
         return changed
+
+    # -- retention ------------------------------------------------------------------------------
+
+    def _delete(self, ids: Sequence[str]) -> None:
+        for id in ids:
+            del self._rows[id]
+
+    async def purge(
+        self, *, older_than: datetime, states: Sequence[JobState], limit: int | None = None
+    ) -> int:
+        """Delete finished jobs in ``states`` that finished before ``older_than`` (see
+        :meth:`work.stores.Store.purge`)."""
+        wanted = set(states) & set(FINAL_STATES)
+        with self._lock:
+            ids = [
+                id
+                for id, row in self._rows.items()
+                if row.record.state in wanted
+                and row.record.finished_at is not None
+                and row.record.finished_at < older_than
+            ][:limit]
+            self._delete(ids)
+        return len(ids)
+
+    async def expire(self, queues: Sequence[str], *, result_ttl: float, limit: int) -> int:
+        """Delete up to ``limit`` finished jobs whose time is up (see
+        :meth:`work.stores.Store.expire`)."""
+        now = _now()
+        ids: list[str] = []
+        with self._lock:
+            for id, row in self._rows.items():
+                rec = row.record
+                if len(ids) >= limit:
+                    break
+                if not rec.state.is_final or rec.finished_at is None:
+                    continue
+                if rec.result_ttl is None and rec.queue not in queues:
+                    continue
+                ttl = result_ttl if rec.result_ttl is None else rec.result_ttl
+                if rec.finished_at + timedelta(seconds=ttl) <= now:
+                    ids.append(id)
+            self._delete(ids)
+        return len(ids)
+
+    async def retry(self, id: str) -> JobRecord | None:
+        """Queue a FAILED or CANCELLED job again, due now (see :meth:`work.stores.Store.retry`).
+
+        Raises:
+            ValueError: the job is in another state, or its unique key is taken.
+        """
+        with self._lock:
+            row = self._rows.get(id)
+            if row is None:
+                return None
+            rec = row.record
+            if rec.state not in (JobState.FAILED, JobState.CANCELLED):
+                raise ValueError(
+                    f"job {id!r} is {rec.state.value}: only a failed or cancelled job can be "
+                    f"retried"
+                )
+            if rec.unique_key is not None:
+                for other in self._active.values():
+                    if (
+                        other.record.unique_key == rec.unique_key
+                        and other.record.queue == rec.queue
+                    ):
+                        raise ValueError(
+                            f"job {other.record.id!r} holds unique_key {rec.unique_key!r} in "
+                            f"queue {rec.queue!r} and is not finished"
+                        )
+            row.record = rec.replace(
+                state=JobState.QUEUED,
+                status=Status.UNKNOWN,
+                attempts=0,
+                deferrals=0,
+                error=None,
+                scheduled_for=None,
+                started_at=None,
+                finished_at=None,
+                enqueued_at=_now(),  # due now: after the jobs already waiting
+            )
+            row.result_json = None
+            row.lost, row.unknown_since = 0, None
+            self._active[id] = row
+            snapshot = self._snapshot(row)
+        self._notifier.notify()
+        return snapshot
 
     async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
         """Return when a job in ``queues`` may be ready, or after ``timeout`` seconds."""

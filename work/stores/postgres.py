@@ -39,6 +39,7 @@ SCHEMA_VERSION = 2
 """The schema version this module creates and expects."""
 
 _WORKER_LOST = "worker lost"
+_PURGE_BATCH = 1000  # rows per purge statement
 _ACTIVE = "('queued', 'scheduled', 'running')"
 # Connection failures asyncpg reports as builtin errors (TimeoutError is an OSError too).
 _CONNECT_ERRORS = (OSError, asyncpg.exceptions.CannotConnectNowError)
@@ -171,6 +172,11 @@ def _migration_v2(s: str) -> list[str]:
         # when a worker first handed it back for lack of its handler.
         f"ALTER TABLE {s}.jobs ADD COLUMN IF NOT EXISTS lost integer NOT NULL DEFAULT 0",
         f"ALTER TABLE {s}.jobs ADD COLUMN IF NOT EXISTS unknown_since timestamptz",
+        # Retention: a job's own result_ttl, and when a finished job that has one may go.
+        f"ALTER TABLE {s}.jobs ADD COLUMN IF NOT EXISTS result_ttl double precision",
+        f"ALTER TABLE {s}.jobs ADD COLUMN IF NOT EXISTS expires_at timestamptz",
+        f"""CREATE INDEX IF NOT EXISTS jobs_expires ON {s}.jobs (expires_at)
+            WHERE expires_at IS NOT NULL""",
         # The oldest finished jobs first, for purges.
         f"""CREATE INDEX IF NOT EXISTS jobs_finished ON {s}.jobs (finished_at)
             WHERE state IN ('succeeded', 'failed', 'cancelled')""",
@@ -605,9 +611,9 @@ class PostgresStore:
             WITH inserted AS (
             INSERT INTO {self._s}.jobs (id, handler, queue, args, headers, priority, state,
                 status, attempts, max_attempts, result, error, unique_key, enqueued_at,
-                scheduled_for, started_at, finished_at, timeout, retry, deferrals)
+                scheduled_for, started_at, finished_at, timeout, retry, deferrals, result_ttl)
             VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7, $8, $9, $10, $11::jsonb, $12, $13, $14,
-                    $15, $16, $17, $18, $19::jsonb, $20)
+                    $15, $16, $17, $18, $19::jsonb, $20, $21)
             ON CONFLICT DO NOTHING
             RETURNING id, queue, state
         ) {self._notify_inserted}
@@ -620,22 +626,23 @@ class PostgresStore:
             WITH inserted AS (
             INSERT INTO {self._s}.jobs (id, handler, queue, args, headers, priority, state,
                 status, attempts, max_attempts, result, error, unique_key, enqueued_at,
-                scheduled_for, started_at, finished_at, timeout, retry, deferrals)
+                scheduled_for, started_at, finished_at, timeout, retry, deferrals, result_ttl)
             SELECT u.id, u.handler, u.queue, u.args, COALESCE(u.headers, '{{}}'),
                 COALESCE(u.priority, 0), u.state, COALESCE(u.status, -1),
                 COALESCE(u.attempts, 0), COALESCE(u.max_attempts, 1), u.result, u.error,
                 u.unique_key, u.enqueued_at, u.scheduled_for, u.started_at, u.finished_at,
-                u.timeout, u.retry, COALESCE(u.deferrals, 0)
+                u.timeout, u.retry, COALESCE(u.deferrals, 0), u.result_ttl
             FROM ROWS FROM (jsonb_to_recordset($1::jsonb) AS (
                     id text, handler text, queue text, args text, headers jsonb,
                     priority integer, state text, status integer, attempts integer,
                     max_attempts integer, result jsonb, error text, unique_key text,
                     enqueued_at timestamptz, scheduled_for timestamptz, started_at timestamptz,
                     finished_at timestamptz, timeout double precision, retry jsonb,
-                    deferrals integer))
+                    deferrals integer, result_ttl double precision))
                 WITH ORDINALITY AS u(id, handler, queue, args, headers, priority, state,
                     status, attempts, max_attempts, result, error, unique_key, enqueued_at,
-                    scheduled_for, started_at, finished_at, timeout, retry, deferrals, ord)
+                    scheduled_for, started_at, finished_at, timeout, retry, deferrals,
+                    result_ttl, ord)
             ORDER BY u.ord
             ON CONFLICT DO NOTHING
             RETURNING id, queue, state
@@ -690,6 +697,9 @@ class PostgresStore:
                     error = CASE WHEN state = 'running' THEN error ELSE 'cancelled' END,
                     finished_at = CASE WHEN state = 'running' THEN finished_at
                                        ELSE $2::timestamptz END,
+                    expires_at = CASE WHEN state = 'running' THEN expires_at
+                                      ELSE $2::timestamptz + result_ttl * interval '1 second'
+                                 END,
                     cancel_requested = (state = 'running')
                 WHERE id = $1 AND state IN {_ACTIVE}
                 RETURNING id""",
@@ -784,6 +794,9 @@ class PostgresStore:
                                          ELSE NULL END,
                     finished_at = CASE WHEN o.state IN ('succeeded', 'failed', 'cancelled')
                                        THEN $2::timestamptz ELSE NULL END,
+                    expires_at = CASE WHEN o.state IN ('succeeded', 'failed', 'cancelled')
+                                      THEN $2::timestamptz + j.result_ttl * interval '1 second'
+                                      ELSE NULL END,
                     attempts = CASE WHEN o.give_back THEN greatest(j.attempts - 1, 0)
                                     ELSE j.attempts END,
                     deferrals = j.deferrals + CASE WHEN o.deferral THEN 1 ELSE 0 END,
@@ -828,6 +841,9 @@ class PostgresStore:
                                        THEN $1::timestamptz ELSE NULL END,
                     scheduled_for = CASE WHEN j.cancel_requested OR j.lost + 1 >= $2
                                          THEN j.scheduled_for ELSE NULL END,
+                    expires_at = CASE WHEN j.cancel_requested OR j.lost + 1 >= $2
+                                      THEN $1::timestamptz + j.result_ttl * interval '1 second'
+                                      ELSE NULL END,
                     lost = j.lost + CASE WHEN j.cancel_requested THEN 0 ELSE 1 END,
                     owner = NULL, lease_until = NULL, cancel_requested = false
                 FROM (
@@ -841,6 +857,102 @@ class PostgresStore:
             lost_limit,
         )
         return len(rows)
+
+    # -- retention ------------------------------------------------------------------------
+
+    async def purge(
+        self, *, older_than: datetime, states: Sequence[JobState], limit: int | None = None
+    ) -> int:
+        """Delete finished jobs in ``states`` that finished before ``older_than``, oldest
+        first, in statements of at most 1000 (see :meth:`work.stores.Store.purge`)."""
+        pool = self._require_pool()
+        wanted = [s.value for s in states if s.is_final]
+        if not wanted or (limit is not None and limit <= 0):
+            return 0
+        total = 0
+        while limit is None or total < limit:
+            batch = _PURGE_BATCH if limit is None else min(_PURGE_BATCH, limit - total)
+            rows = await pool.fetch(
+                f"""DELETE FROM {self._s}.jobs WHERE id IN (
+                        SELECT id FROM {self._s}.jobs
+                        WHERE state IN ('succeeded', 'failed', 'cancelled')
+                          AND state = ANY($1::text[]) AND finished_at < $2
+                        ORDER BY finished_at LIMIT $3
+                        FOR UPDATE SKIP LOCKED)
+                    RETURNING 1""",
+                wanted,
+                older_than,
+                batch,
+            )
+            total += len(rows)
+            if len(rows) < batch:
+                break
+        return total
+
+    async def expire(self, queues: Sequence[str], *, result_ttl: float, limit: int) -> int:
+        """Delete up to ``limit`` finished jobs whose time is up, in one statement (see
+        :meth:`work.stores.Store.expire`): both searches walk partial indexes of finished
+        jobs from the oldest, so they cost what they delete, not what is kept."""
+        if limit <= 0:
+            return 0
+        now = _now()
+        rows = await self._require_pool().fetch(
+            f"""WITH own AS (
+                    SELECT id FROM {self._s}.jobs
+                    WHERE expires_at IS NOT NULL AND expires_at <= $1
+                    ORDER BY expires_at LIMIT $4 FOR UPDATE SKIP LOCKED
+                ), plain AS (
+                    SELECT id FROM {self._s}.jobs
+                    WHERE state IN ('succeeded', 'failed', 'cancelled')
+                      AND finished_at <= $2 AND result_ttl IS NULL
+                      AND queue = ANY($3::text[])
+                    ORDER BY finished_at LIMIT $4 FOR UPDATE SKIP LOCKED
+                ), picked AS (
+                    SELECT id FROM own UNION SELECT id FROM plain LIMIT $4
+                )
+                DELETE FROM {self._s}.jobs WHERE id IN (SELECT id FROM picked)
+                RETURNING 1""",
+            now,
+            now - timedelta(seconds=result_ttl),
+            list(queues),
+            limit,
+        )
+        return len(rows)
+
+    async def retry(self, id: str) -> JobRecord | None:
+        """Queue a FAILED or CANCELLED job again, due now (see :meth:`work.stores.Store.retry`).
+
+        Raises:
+            ValueError: the job is in another state, or its unique key is taken.
+        """
+        pool = self._require_pool()
+        try:
+            row = await pool.fetchrow(
+                f"""WITH old AS (SELECT state FROM {self._s}.jobs WHERE id = $1),
+                    new AS (
+                        UPDATE {self._s}.jobs SET state = 'queued', status = -1, attempts = 0,
+                            deferrals = 0, lost = 0, result = NULL, error = NULL,
+                            scheduled_for = NULL, started_at = NULL, finished_at = NULL,
+                            expires_at = NULL, unknown_since = NULL, enqueued_at = $2
+                        WHERE id = $1 AND state IN ('failed', 'cancelled')
+                        RETURNING *)
+                    SELECT (SELECT state FROM old) AS old_state, new.* FROM old
+                    LEFT JOIN new ON true""",
+                id,
+                _now(),
+            )
+        except asyncpg.UniqueViolationError:
+            raise ValueError(
+                f"job {id!r} cannot be retried: another job holding its unique_key in its "
+                f"queue is not finished"
+            ) from None
+        if row is None:
+            return None
+        if row["id"] is None:
+            raise ValueError(
+                f"job {id!r} is {row['old_state']}: only a failed or cancelled job can be retried"
+            )
+        return decode_row(row)[0]
 
     async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
         """Return when a job in ``queues`` may be ready, or after ``timeout`` seconds.
