@@ -476,6 +476,22 @@ class SyncQueue:
         )
         return record
 
+    def check(
+        self,
+        job: Job,
+        *,
+        delay: float | timedelta | None = None,
+        at: datetime | None = None,
+        priority: int = 0,
+        retry: RetryPolicy | None = None,
+        unique_key: str | None = None,
+    ) -> None:
+        """Raise what :meth:`enqueue` would raise, without touching the store; see
+        :meth:`Queue.check`."""
+        self._queue.check(
+            job, delay=delay, at=at, priority=priority, retry=retry, unique_key=unique_key
+        )
+
     def enqueue_many(
         self,
         jobs: Iterable[Job],
