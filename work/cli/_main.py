@@ -154,7 +154,8 @@ async def _cmd_jobs_list(ns: argparse.Namespace) -> int:
 
 async def _cmd_jobs_get(ns: argparse.Namespace) -> int:
     async with connected(open_store_of(ns), create=False) as store:
-        record = await Queue(store).get(ns.id)
+        with _bad_input():
+            record = await Queue(store).get(ns.id)
     if record is None:
         raise CLIError(f"no job with id {ns.id!r} in {mask_url(ns.store)}")
     data = record_to_dict(record)
@@ -171,7 +172,9 @@ async def _cmd_jobs_get(ns: argparse.Namespace) -> int:
 async def _cmd_jobs_cancel(ns: argparse.Namespace) -> int:
     async with connected(open_store_of(ns), create=False) as store:
         queue = Queue(store)
-        if await queue.cancel(ns.id):
+        with _bad_input():
+            cancelled = await queue.cancel(ns.id)
+        if cancelled:
             print(f"cancelled {ns.id}")
             return 0
         record = await queue.get(ns.id)
