@@ -388,6 +388,8 @@ READ_ONLY = [
     ["jobs", "list"],
     ["jobs", "get", "some-id"],
     ["jobs", "cancel", "some-id"],
+    ["jobs", "retry", "some-id"],
+    ["jobs", "purge", "--older-than", "1d"],
 ]
 
 

@@ -185,7 +185,7 @@ async def _cmd_jobs_cancel(ns: argparse.Namespace) -> int:
 
 async def _cmd_jobs_purge(ns: argparse.Namespace) -> int:
     states = ns.state or [JobState.SUCCEEDED.value, JobState.FAILED.value, JobState.CANCELLED.value]
-    async with connected(open_store_of(ns)) as store:
+    async with connected(open_store_of(ns), create=False) as store:
         with _bad_input():
             deleted = await Queue(store).purge(older_than=ns.older_than, states=states)
     print(f"purged {deleted} job{'' if deleted == 1 else 's'}")
@@ -193,7 +193,7 @@ async def _cmd_jobs_purge(ns: argparse.Namespace) -> int:
 
 
 async def _cmd_jobs_retry(ns: argparse.Namespace) -> int:
-    async with connected(open_store_of(ns)) as store:
+    async with connected(open_store_of(ns), create=False) as store:
         try:
             record = await Queue(store).retry(ns.id)
         except LookupError:
