@@ -276,7 +276,12 @@ class Queue:
     # -- following ----------------------------------------------------------------------------
 
     async def get(self, id: str) -> JobRecord | None:
-        """Return the job's record, or None if the store does not know it."""
+        """Return the job's record, or None if the store does not know it.
+
+        Raises:
+            TypeError, ValueError: ``id`` is not a str a job id can be (as for enqueue).
+        """
+        check_name(id, "id")
         return await self.store.get(id)
 
     async def wait(self, id: str, timeout: float | None = None) -> JobRecord:
@@ -290,6 +295,7 @@ class Queue:
             TimeoutError: the job was not final within ``timeout``.
             LookupError: the store does not know the job.
         """
+        check_name(id, "id")
         interval = 0.01
         state = "unknown"
         with anyio.move_on_after(timeout):
@@ -310,7 +316,11 @@ class Queue:
 
         Returns:
             True if it was cancelled (or the cancel requested), False if unknown or final.
+
+        Raises:
+            TypeError, ValueError: ``id`` is not a str a job id can be (as for enqueue).
         """
+        check_name(id, "id")
         return await self.store.cancel(id)
 
     async def list(
@@ -332,10 +342,15 @@ class Queue:
             after: the last id of the previous page.
 
         Raises:
-            ValueError: an unknown state or a negative limit.
+            ValueError: an unknown state, a limit below 0 or above 2**31 - 1, or a name or
+                id that no job can have (as for enqueue).
         """
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
             raise ValueError(f"limit must be an int >= 0, got {limit!r}")
+        check_int(limit, "limit", low=0)
+        for value, what in ((queue, "queue"), (handler, "handler"), (after, "after")):
+            if value is not None:
+                check_name(value, what)
         return await self.store.list(
             state=JobState(state) if state is not None else None,
             queue=queue,
@@ -475,6 +490,22 @@ class SyncQueue:
             result_ttl=result_ttl,
         )
         return record
+
+    def check(
+        self,
+        job: Job,
+        *,
+        delay: float | timedelta | None = None,
+        at: datetime | None = None,
+        priority: int = 0,
+        retry: RetryPolicy | None = None,
+        unique_key: str | None = None,
+    ) -> None:
+        """Raise what :meth:`enqueue` would raise, without touching the store; see
+        :meth:`Queue.check`."""
+        self._queue.check(
+            job, delay=delay, at=at, priority=priority, retry=retry, unique_key=unique_key
+        )
 
     def enqueue_many(
         self,
