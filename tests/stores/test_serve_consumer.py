@@ -70,14 +70,14 @@ class Watched(MemoryStore):
         stop = await super().renew(owner, ids, lease=lease)
         return _Ordered(self.stop_first + sorted(stop - set(self.stop_first)))
 
-    async def complete(self, owner: str, outcomes: Sequence[Outcome]) -> None:
+    async def complete(self, owner: str, outcomes: Sequence[Outcome]) -> set[str]:
         self.calls["complete"] += 1
         if self.fail_complete:
             self.fail_complete -= 1
             raise ConnectionError("complete: connection reset")
         now = datetime.now(UTC)
         self.outcomes += [(now, o) for o in outcomes]
-        await super().complete(owner, outcomes)
+        return await super().complete(owner, outcomes)
 
 
 async def test_outcome_of_a_job_finishing_while_stopping_is_stored() -> None:
