@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import math
 import os
 import socket
+import threading
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
+import anyio.from_thread
 import structlog
 from anyio.abc import TaskGroup
 
@@ -37,6 +42,8 @@ _MAX_RENEW_INTERVAL = 1.0
 _FINAL_FLUSH_TIMEOUT = 10.0
 # How long a cancelled serve waits for an execution it cancelled to end.
 _CANCEL_WAIT = 5.0
+# A job's progress is written at most this often (the last value always, before its outcome).
+_PROGRESS_INTERVAL = 1.0
 
 _log = structlog.get_logger("anywork.serve")
 
@@ -72,6 +79,9 @@ class _Slot:
     cancel_requested: bool = False  # the store said stop (a cancel, or the lease is lost)
     lost: bool = False  # the same job was claimed again by this owner: drop this run
     outcome: Outcome | None = None
+    progress: dict[str, Any] | None = None  # the last value ctx.progress reported
+    progress_sent: dict[str, Any] | None = None  # the last value written to the store
+    progress_at: float = -math.inf  # when it was written (anyio clock)
 
 
 class _Server:
@@ -96,6 +106,8 @@ class _Server:
         self.pending: list[_Slot] = []  # outcomes waiting for complete()
         self.pending_event = anyio.Event()
         self.flush_lock = anyio.Lock()
+        self.progress_event = anyio.Event()
+        self.thread = threading.get_ident()
         self.log = _log.bind(worker=worker.name, owner=self.owner)
 
     async def run(self) -> None:
@@ -104,6 +116,7 @@ class _Server:
                 background.start_soon(self.renew_loop, name="anywork serve: renew leases")
                 background.start_soon(self.reap_loop, name="anywork serve: reap leases")
                 background.start_soon(self.flush_loop, name="anywork serve: complete")
+                background.start_soon(self.progress_loop, name="anywork serve: progress")
                 async with anyio.create_task_group() as jobs:
                     await self.claim_until_stopped(jobs)
                 # Every claimed job has ended or been handed back: stop the helpers.
@@ -240,6 +253,8 @@ class _Server:
                 slot.outcome = final(rec, JobState.CANCELLED, Status.CANCELLED, "cancelled")
             return  # stopped while waiting for a slot: handed back
         slot.execution = execution
+        # Set before the handler can run: perform() returned with no checkpoint since.
+        execution.ctx.progress_hook = functools.partial(self.on_progress, slot)
         if slot.cancel_requested or slot.lost:
             execution.cancel()
         try:
@@ -297,6 +312,66 @@ class _Server:
                     self.log.info("put back jobs whose worker was lost", count=reaped)
             await anyio.sleep(interval)
 
+    # -- progress -------------------------------------------------------------------------------
+
+    def on_progress(self, slot: _Slot, value: dict[str, Any]) -> None:
+        """ctx.progress's hook: note the value and wake the progress loop (from any thread)."""
+        slot.progress = value
+        if threading.get_ident() == self.thread:
+            self.progress_event.set()
+            return
+        # A sync handler runs in one of anyio's worker threads; in a thread of the handler's
+        # own (RuntimeError) the value is written with the next one, or before the outcome.
+        with contextlib.suppress(RuntimeError):
+            anyio.from_thread.run_sync(self.wake_progress)
+
+    def wake_progress(self) -> None:
+        self.progress_event.set()
+
+    def unsent_progress(self, slots: list[_Slot]) -> dict[str, dict[str, Any]]:
+        return {
+            slot.record.id: slot.progress
+            for slot in slots
+            if slot.progress is not None and slot.progress is not slot.progress_sent
+        }
+
+    async def write_progress(self, slots: list[_Slot]) -> None:
+        """Write the unsent progress of ``slots`` (under the flush lock, so a value never
+        overtakes a later one or the outcome)."""
+        values = self.unsent_progress(slots)
+        if not values:
+            return
+        now = anyio.current_time()
+        await self.store.set_progress(self.owner, values)
+        for slot in slots:
+            if slot.record.id in values:
+                slot.progress_sent, slot.progress_at = values[slot.record.id], now
+
+    async def progress_loop(self) -> None:
+        while True:
+            self.progress_event = event = anyio.Event()
+            now = anyio.current_time()
+            due: list[_Slot] = []
+            next_at = math.inf
+            for slot in self.slots.values():
+                if slot.outcome is not None or slot.progress is slot.progress_sent:
+                    continue
+                at = slot.progress_at + _PROGRESS_INTERVAL
+                if at <= now:
+                    due.append(slot)
+                else:
+                    next_at = min(next_at, at)
+            if due:
+                try:
+                    async with self.flush_lock:
+                        await self.write_progress([slot for slot in due if slot.outcome is None])
+                except Exception as exc:
+                    self.log.warning("storing progress failed; retrying", error=repr(exc))
+                    await anyio.sleep(_PROGRESS_INTERVAL)
+                continue
+            with anyio.move_on_after(next_at - now):
+                await event.wait()
+
     # -- completing ---------------------------------------------------------------------------
 
     async def flush_loop(self) -> None:
@@ -318,6 +393,8 @@ class _Server:
             outcomes = [slot.outcome for slot in batch if slot.outcome is not None]
             try:
                 with anyio.CancelScope(shield=True):
+                    # The last progress reported is stored before the outcome.
+                    await self.write_progress(batch)
                     await self.store.complete(self.owner, outcomes)
             except Exception as exc:
                 self.log.warning("storing outcomes failed; retrying", error=repr(exc))
