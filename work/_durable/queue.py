@@ -255,17 +255,21 @@ class Queue:
             # Subscribed before the first look, so an end that happens after it is seen; the
             # record is read again only when an event says this job ended (or events were
             # lost): no polling.
-            async with self.store.events(kinds=_END_KINDS) as events:
-                while True:
-                    record = await self.store.get(id)
-                    if record is None:
-                        raise LookupError(f"no job with id {id!r} in {self.store.url}")
-                    if record.state.is_final:
-                        return record
-                    state = record.state.value
-                    async for event in events:
-                        if event.job_id == id or event.kind is JobEventKind.LOST:
-                            break
+            while True:
+                async with self.store.events(kinds=_END_KINDS) as events:
+                    lost = False
+                    while not lost:
+                        record = await self.store.get(id)
+                        if record is None:
+                            raise LookupError(f"no job with id {id!r} in {self.store.url}")
+                        if record.state.is_final:
+                            return record
+                        state = record.state.value
+                        async for event in events:
+                            # LOST: look again, subscribed anew (a lost connection reopens).
+                            lost = event.kind is JobEventKind.LOST
+                            if lost or event.job_id == id:
+                                break
         raise TimeoutError(f"job {id!r} was not finished after {timeout:g}s (it is {state})")
 
     @asynccontextmanager

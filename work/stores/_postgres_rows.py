@@ -78,8 +78,18 @@ def decode_row(row: Any) -> tuple[JobRecord, str | None]:
         timeout=row["timeout"],
         retry=retry,
         deferrals=row["deferrals"],
+        progress=_progress(row),
     )
     return record, args_error or headers_error
+
+
+def _progress(row: Any) -> dict[str, Any] | None:
+    """The progress column (a row from before schema version 2 has none)."""
+    raw = row.get("progress")
+    if raw is None:
+        return None
+    value, _ = loads_object(raw, "progress")
+    return value
 
 
 def utc(when: datetime) -> datetime:
@@ -197,4 +207,5 @@ def stored_record(rec: JobRecord, args: dict[str, Any], enqueued: datetime) -> J
     put(new, "timeout", None if rec.timeout is None else float(rec.timeout))
     put(new, "retry", _json_copy(rec.retry))
     put(new, "deferrals", rec.deferrals)
+    put(new, "progress", None)  # add() does not store progress
     return new

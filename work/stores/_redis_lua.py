@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["ADD", "CANCEL", "CLAIM", "COMPLETE", "REAP", "RENEW"]
+__all__ = ["ADD", "CANCEL", "CLAIM", "COMPLETE", "PROGRESS", "REAP", "RENEW"]
 
 # Helpers shared by the scripts. ARGV[1] is always the key prefix. Times are integer
 # microseconds since the epoch, passed and stored as decimal strings, never formatted by Lua
@@ -40,6 +40,23 @@ local function opt(s)
   if s == '' then return nil end
   return string.sub(s, 2)
 end
+-- Job events: collected while a script runs, then sent in one PUBLISH (a JSON array of
+-- [kind, id, queue, handler, status, attempts, at_us, progress]) to {prefix}:events.
+local EV = {}
+local function emit(kind, id, q, at, progress)
+  local f = redis.call('HMGET', jkey(id), 'spec', 'status', 'attempts')
+  local ok, spec = pcall(cjson.decode, f[1] or '')
+  local handler = ''
+  if ok and type(spec) == 'table' and type(spec.handler) == 'string' then
+    handler = spec.handler
+  end
+  EV[#EV + 1] = {kind, id, q, handler, tonumber(f[2]) or -1, tonumber(f[3]) or 0,
+                 tostring(at), progress or false}
+end
+local function publish_events()
+  if #EV > 0 then redis.call('PUBLISH', P .. ':events', cjson.encode(EV)) end
+end
+local FINAL = {succeeded = true, failed = true, cancelled = true}
 """
 
 # ARGV: prefix, cap, and a JSON array with, per job, an array of strings: id, queue,
@@ -93,9 +110,13 @@ for n, job in ipairs(cjson.decode(ARGV[3])) do
     redis.call('ZADD', P .. ':all', seq, id)
     if state == 'queued' or state == 'scheduled' then woken[q] = (woken[q] or 0) + 1 end
     stat(q, state, 1)
+    local kind = 'enqueued'
+    if FINAL[state] then kind = state elseif state == 'running' then kind = 'started' end
+    emit(kind, id, q, job[7])
   end
 end
 for q, n in pairs(woken) do wake(q, cap, n) end
+publish_events()
 return out
 """
 )
@@ -140,6 +161,7 @@ for _, c in ipairs(cands) do
     redis.call('ZADD', P .. ':running', ARGV[4], id)
     stat(c[4], old, -1)
     stat(c[4], 'running', 1)
+    emit('started', id, c[4], now)
     local h, fields, args = redis.call('HGETALL', jk), {}, ''
     for j = 1, #h, 2 do
       if h[j] == 'args' then args = h[j + 1] else fields[h[j]] = h[j + 1] end
@@ -155,6 +177,7 @@ for i = 6, #ARGV do
     redis.call('DEL', P .. ':wake:' .. ARGV[i])
   end
 end
+publish_events()
 return out
 """
 )
@@ -223,8 +246,14 @@ for _, o in ipairs(cjson.decode(ARGV[5])) do
     end
     stat(q, 'running', -1)
     stat(q, state, 1)
+    local kind = state
+    if state == 'scheduled' then kind = 'retrying' elseif state == 'queued' then
+      kind = 'enqueued'  -- a hand-back
+    end
+    emit(kind, id, q, now)
   end
 end
+publish_events()
 return 0
 """
 )
@@ -261,9 +290,11 @@ for _, id in ipairs(lost) do
     redis.call('HSET', jk, 'state', state)
     stat(q, 'running', -1)
     stat(q, state, 1)
+    if state == 'queued' then emit('retrying', id, q, now) else emit(state, id, q, now) end
     n = n + 1
   end
 end
+publish_events()
 return n
 """
 )
@@ -289,6 +320,27 @@ redis.call('HSET', jk, 'state', 'cancelled', 'status', '499', 'error', 'cancelle
 release_unique(q, f[4], id)
 stat(q, state, -1)
 stat(q, 'cancelled', 1)
+emit('cancelled', id, q, now)
+publish_events()
 return 1
+"""
+)
+
+# ARGV: prefix, owner, now, and a JSON array of [id, progress JSON]. Sets the progress of jobs
+# RUNNING under owner's lease and emits a PROGRESS event for each.
+PROGRESS = (
+    LUA_PRELUDE
+    + r"""
+local owner, now = ARGV[2], ARGV[3]
+for _, p in ipairs(cjson.decode(ARGV[4])) do
+  local jk = jkey(p[1])
+  local f = redis.call('HMGET', jk, 'state', 'owner', 'queue')
+  if f[1] == 'running' and f[2] == owner then
+    redis.call('HSET', jk, 'progress', p[2])
+    emit('progress', p[1], f[3], now, p[2])
+  end
+end
+publish_events()
+return 0
 """
 )
