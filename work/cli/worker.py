@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import builtins
 import contextlib
 import importlib
 import os
@@ -12,17 +11,17 @@ import socket
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator, Sequence
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import anyio
 from anyio.abc import TaskStatus
 
 from .._core.retry import Exponential
-from .._runtime.worker import Worker
-from ..stores import Claimed, JobRecord, JobState, Outcome, Store
+from .._core.status import Status
+from .._runtime.worker import Execution, Worker
+from ..stores import Store
 from ._common import CLIError, connect_patiently, entered, log, open_store_of
 
 if TYPE_CHECKING:
@@ -94,85 +93,42 @@ def load_worker(spec: str) -> Worker:
 # --------------------------------------------------------------------------- worker: running
 
 
-class _CountingStore:
-    """A store seen through a counter: every outcome the worker reports is tallied."""
+class _Tally:
+    """Counts the executions this process finished, by outcome and status, through
+    ``worker.subscribe`` (it sees every execution as it finishes)."""
 
-    def __init__(self, inner: Store) -> None:
-        self._inner = inner
-        self.url = inner.url
+    def __init__(self, worker: Worker) -> None:
+        self._worker = worker
         self.counts: Counter[tuple[str, int]] = Counter()
 
-    def __getattr__(self, name: str) -> Any:
-        # Extras a store offers beyond the protocol stay reachable.
-        return getattr(self._inner, name)
-
-    async def __aenter__(self) -> Self:
-        await self._inner.__aenter__()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self._inner.__aexit__(exc_type, exc, tb)
-
-    async def add(self, records: Sequence[JobRecord]) -> list[JobRecord]:
-        return await self._inner.add(records)
-
-    async def get(self, id: str) -> JobRecord | None:
-        return await self._inner.get(id)
-
-    async def list(
-        self,
-        *,
-        state: JobState | None = None,
-        queue: str | None = None,
-        handler: str | None = None,
-        limit: int = 100,
-        after: str | None = None,
-    ) -> list[JobRecord]:
-        return await self._inner.list(
-            state=state, queue=queue, handler=handler, limit=limit, after=after
-        )
-
-    async def stats(self) -> dict[str, dict[str, int]]:
-        return await self._inner.stats()
-
-    async def cancel(self, id: str) -> bool:
-        return await self._inner.cancel(id)
-
-    async def claim(
-        self, queues: Sequence[str], *, limit: int, lease: float, owner: str
-    ) -> builtins.list[Claimed]:
-        return await self._inner.claim(queues, limit=limit, lease=lease, owner=owner)
-
-    async def renew(self, owner: str, ids: Sequence[str], *, lease: float) -> set[str]:
-        return await self._inner.renew(owner, ids, lease=lease)
-
-    async def complete(self, owner: str, outcomes: Sequence[Outcome]) -> None:
-        await self._inner.complete(owner, outcomes)
-        self.counts.update((str(o.state), int(o.status)) for o in outcomes)
-
-    async def reap(self) -> int:
-        return await self._inner.reap()
-
-    async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
-        await self._inner.wait_for_work(queues, timeout)
+    def __call__(self, execution: Execution) -> None:
+        if not execution.done:
+            return  # the start of an execution: only ends are counted
+        status = execution.status
+        if status.is_success:
+            outcome = "succeeded"
+        elif status is Status.CANCELLED:
+            # Cancelled by the worker's stop: serve hands the job back.
+            outcome = "handed back" if self._worker.stopping else "cancelled"
+        else:
+            outcome = "failed"  # retried later or not: the store's policy decides
+        self.counts[outcome, int(status)] += 1
 
     def summary(self) -> str:
-        """One line: how many jobs ended in each state, with the statuses behind each."""
+        """One line: how many executions ended each way, with the statuses behind each."""
         if not self.counts:
             return "processed 0 jobs"
-        by_state: dict[str, Counter[int]] = {}
-        for (state, status), n in self.counts.items():
-            by_state.setdefault(state, Counter())[status] += n
-        names = {"queued": "handed back", "scheduled": "retry scheduled"}
+        by_outcome: dict[str, Counter[int]] = {}
+        for (outcome, status), n in self.counts.items():
+            by_outcome.setdefault(outcome, Counter())[status] += n
         parts = []
-        for state in sorted(by_state, key=lambda s: -sum(by_state[s].values())):
-            codes = ", ".join(f"{c}x{n}" for c, n in sorted(by_state[state].items()) if c >= 0)
-            text = f"{names.get(state, state)} {sum(by_state[state].values())}"
+        for outcome in sorted(by_outcome, key=lambda s: -sum(by_outcome[s].values())):
+            counts = by_outcome[outcome]
+            text = f"{outcome} {sum(counts.values())}"
+            if outcome == "handed back":
+                parts.append(text)  # always 499: the count says it all
+                continue
+            codes = ", ".join(f"{c}x{n}" for c, n in sorted(counts.items()) if c >= 0)
             parts.append(f"{text} ({codes})" if codes else text)
         total = sum(self.counts.values())
         return f"processed {total} job{'' if total == 1 else 's'}: " + "; ".join(parts)
@@ -283,7 +239,9 @@ async def _watch_parent(stop: anyio.Event, parent: int) -> None:
 
 
 async def _run_worker(ns: argparse.Namespace, worker: Worker) -> int:
-    store = _CountingStore(open_store_of(ns))
+    store = open_store_of(ns)
+    tally = _Tally(worker)
+    unsubscribe = worker.subscribe(tally)
     probe = _Probe()
     stop = anyio.Event()
     sock = _bind(*ns.http) if ns.http else None
@@ -308,14 +266,15 @@ async def _run_worker(ns: argparse.Namespace, worker: Worker) -> int:
             watchers.cancel()
             if server is not None:
                 server.should_exit = True
-    log(store.summary())
+    unsubscribe()
+    log(tally.summary())
     return 0
 
 
 async def _serve(
     ns: argparse.Namespace,
     worker: Worker,
-    store: _CountingStore,
+    store: Store,
     queues: tuple[str, ...],
     probe: _Probe,
     stop: anyio.Event,
