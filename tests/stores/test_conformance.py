@@ -1253,13 +1253,20 @@ async def test_slow_subscriber_loses_oldest_and_is_told(store: Store) -> None:
     worker = Worker()
     worker.register("noop", lambda job: None)
     queue = Queue(store)
-    async with queue.events(buffer=5) as slow:
+    async with queue.events(buffer=5) as slow, queue.events() as fast:
         async with serving(store, worker, concurrency=4):
             recs = [await queue.enqueue(Job("noop")) for _ in range(10)]
             for rec in recs:
                 await queue.wait(rec.id, timeout=20)
-        # Every job's SUCCEEDED reached this store object's subscribers before its wait
-        # returned: the slow one holds the last 5 of the 30 events and dropped 25.
+        # Both streams get the same events at the same moments: once the fast one has seen
+        # every SUCCEEDED, the slow one holds the last 5 of the 30 events and dropped 25.
+        ended: set[str] = set()
+        with anyio.fail_after(10):
+            async for event in fast:
+                if event.kind is JobEventKind.SUCCEEDED:
+                    ended.add(event.job_id)
+                    if len(ended) == len(recs):
+                        break
         lost = await slow.get(timeout=10)
         assert lost is not None
         assert (lost.kind, lost.lost) == (JobEventKind.LOST, 25)

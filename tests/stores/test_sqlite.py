@@ -11,6 +11,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import anyio
 import pytest
 
 from tests.stores.test_conformance import record
@@ -351,3 +352,32 @@ def test_worker_processes_run_each_job_once(tmp_path: Path) -> None:
     lines = runs.read_text().split()
     assert sorted(lines) == sorted(r.id for r in records)
     assert {d.result for d in done} <= {p.pid for p in procs}
+
+
+@pytest.mark.anyio
+async def test_events_are_written_only_while_someone_listens(tmp_path: Path) -> None:
+    """With no subscriber registered the triggers write no event rows; a subscription
+    registers (and its end unregisters) the store in anywork_event_listeners."""
+    path = tmp_path / "jobs.db"
+
+    def rows(table: str) -> int:
+        conn = sqlite3.connect(path)
+        try:
+            (count,) = conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()
+            return int(count)
+        finally:
+            conn.close()
+
+    async with open_store(f"sqlite:///{path}") as store:
+        await store.add([record()])
+        assert rows("anywork_events") == 0
+        async with store.events():
+            assert rows("anywork_event_listeners") == 1
+            await store.add([record()])
+            assert rows("anywork_events") == 1
+        # The watcher thread unregisters as it ends, about a second after the last subscriber.
+        with anyio.fail_after(5):
+            while rows("anywork_event_listeners"):  # another thread's write: polled
+                await anyio.sleep(0.01)
+        await store.add([record()])
+        assert rows("anywork_events") == 1

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import builtins
+import contextlib
 import functools
 import json
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -51,6 +53,11 @@ _READ_COLUMNS = _COLUMNS + ", progress"
 
 # Events kept in anywork_events for subscribers in other processes; older ones are pruned.
 _EVENTS_KEPT = 10_000
+# A subscribed store object registers in anywork_event_listeners for this long, renewed
+# every third of it; the triggers record events only while some registration holds.
+_LISTEN_LEASE = 60.0
+# A watcher with no subscriber left ends after this many seconds.
+_WATCHER_LINGER = 1.0
 # How often a subscribed store looks at PRAGMA data_version for changes.
 _WATCH_INTERVAL = 0.05
 # Unix seconds now, in SQL (unixepoch('subsec') needs SQLite 3.42).
@@ -69,6 +76,8 @@ END"""
 _SQL_EVENT = (
     "INSERT INTO anywork_events (kind, job_id, queue, handler, status, attempt, at, progress)"
 )
+# Events cost a write each: they are recorded only while some process is subscribed.
+_SQL_LISTENED = f"EXISTS (SELECT 1 FROM anywork_event_listeners WHERE until > {_SQL_NOW})"
 
 # Each entry migrates the schema from version i to i + 1. Statements are idempotent
 # (IF NOT EXISTS) so a half-applied migration on an old SQLite is harmless to repeat.
@@ -116,7 +125,7 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE anywork_jobs ADD COLUMN progress TEXT",  # JSON
         """
         CREATE TABLE IF NOT EXISTS anywork_events (
-            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            seq INTEGER PRIMARY KEY,                -- the newest is never pruned: it only grows
             kind TEXT NOT NULL,
             job_id TEXT NOT NULL,
             queue TEXT NOT NULL,
@@ -127,12 +136,19 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             progress TEXT                           -- JSON, PROGRESS events only
         )
         """,
+        """
+        CREATE TABLE IF NOT EXISTS anywork_event_listeners (
+            id TEXT PRIMARY KEY,
+            until REAL NOT NULL                     -- Unix seconds: registered until then
+        )
+        """,
         f"""
         CREATE TRIGGER IF NOT EXISTS anywork_events_prune AFTER INSERT ON anywork_events
         BEGIN DELETE FROM anywork_events WHERE seq <= NEW.seq - {_EVENTS_KEPT}; END
         """,
         f"""
         CREATE TRIGGER IF NOT EXISTS anywork_jobs_event_insert AFTER INSERT ON anywork_jobs
+        WHEN {_SQL_LISTENED}
         BEGIN
             {_SQL_EVENT} VALUES (
                 CASE NEW.state WHEN 'running' THEN 'started' WHEN 'succeeded' THEN 'succeeded'
@@ -143,7 +159,7 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """,
         f"""
         CREATE TRIGGER IF NOT EXISTS anywork_jobs_event_state AFTER UPDATE OF state ON anywork_jobs
-        WHEN OLD.state IS NOT NEW.state
+        WHEN OLD.state IS NOT NEW.state AND {_SQL_LISTENED}
         BEGIN
             {_SQL_EVENT} VALUES ({_SQL_KIND}, NEW.id, NEW.queue, NEW.handler, NEW.status,
                 NEW.attempts, {_SQL_NOW}, NULL);
@@ -151,7 +167,7 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """,
         f"""
         CREATE TRIGGER IF NOT EXISTS anywork_jobs_event_progress
-        AFTER UPDATE OF progress ON anywork_jobs WHEN NEW.progress IS NOT NULL
+        AFTER UPDATE OF progress ON anywork_jobs WHEN NEW.progress IS NOT NULL AND {_SQL_LISTENED}
         BEGIN
             {_SQL_EVENT} VALUES ('progress', NEW.id, NEW.queue, NEW.handler, NEW.status,
                 NEW.attempts, {_SQL_NOW}, NEW.progress);
@@ -874,19 +890,19 @@ class SQLiteStore:
     ) -> AsyncIterator[EventStream]:
         """Subscribe to job events (see :meth:`work.stores.Store.events`).
 
-        Triggers record every change in the ``anywork_events`` table (the last 10 000 are
-        kept). While anything is subscribed, one watcher thread per store object checks
-        ``PRAGMA data_version`` every 50 ms on a connection of its own and reads the new
-        events when another connection (any process's, this store's included) committed.
+        While anything is subscribed, one watcher thread per store object registers it in
+        ``anywork_event_listeners`` (renewed every 20 s, lapsing after 60 s), checks ``PRAGMA
+        data_version`` every 50 ms on a connection of its own and reads the new rows of
+        ``anywork_events`` when another connection (any process's, this store's included)
+        committed. Triggers fill that table with every change while some registration holds
+        (none: no event is written, so an unwatched store pays nothing); the last 10 000 are
+        kept, and a subscriber more than that behind is told how many it lost.
         """
         kind_set, queue_set = check_event_filters(kinds, queues)
         stream = self._hub.open(kinds=kind_set, queues=queue_set, buffer=buffer)
-        try:
+        with stream:
             await anyio.to_thread.run_sync(self._ensure_watcher)
             yield stream
-        finally:
-            stream.close()
-            self._release_watcher()
 
     def _ensure_watcher(self) -> None:
         with self._watcher_lock:
@@ -896,16 +912,21 @@ class SQLiteStore:
                 raise RuntimeError(f"{self!r} is not open: use `async with store:` first")
             # A private :memory: database has no second connection: read through ours.
             read = self._call if self.path == ":memory:" else None
-            self._watcher = _Watcher(self.path, self._hub, read, self.busy_timeout)
+            self._watcher = _Watcher(
+                self.path, self._hub, read, self.busy_timeout, self._watcher_may_end
+            )
             self._watcher.start()
 
-    def _release_watcher(self) -> None:
-        # The last subscriber gone: the watcher ends (within 50 ms; a new one starts for the
-        # next subscriber, from the events after that one subscribed).
+    def _watcher_may_end(self, watcher: _Watcher) -> bool:
+        """The watcher's question once nothing has been subscribed for a while (kept a second
+        so that back-to-back ``Queue.wait`` calls share it): True, and forgotten, unless a
+        subscriber came meanwhile (a new watcher starts for the next one)."""
         with self._watcher_lock:
-            if self._watcher is not None and not self._hub.subscribed:
-                self._watcher.stop_soon()
+            if self._hub.subscribed:
+                return False
+            if self._watcher is watcher:
                 self._watcher = None
+            return True
 
     # -- for tests ------------------------------------------------------------------------------
 
@@ -942,13 +963,18 @@ class _Watcher(threading.Thread):
         hub: EventHub,
         read: Callable[[Callable[[sqlite3.Connection], Any]], Any] | None,
         busy_timeout: float,
+        may_end: Callable[[_Watcher], bool],
     ) -> None:
         super().__init__(name=f"anywork sqlite events {path}", daemon=True)
         self._hub = hub
+        self._may_end = may_end
         self._stop_event = threading.Event()
         self._conn: sqlite3.Connection | None = None
+        self._id = uuid.uuid4().hex
         if read is None:
-            conn = sqlite3.connect(path, timeout=busy_timeout, check_same_thread=False)
+            conn = sqlite3.connect(
+                path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+            )
             self._conn = conn
 
             def read_own(fn: Callable[[sqlite3.Connection], Any]) -> Any:
@@ -956,8 +982,33 @@ class _Watcher(threading.Thread):
 
             read = read_own
         self._read = read
-        # Subscribed from here on: events after the last one recorded now.
+        # Registered first, so every change after the next line is recorded, and then
+        # subscribed from the last event recorded now.
+        self._renewed = time.monotonic()
+        self._read(self._register)
         self._last = self._read(_max_event_seq)
+
+    def _register(self, conn: sqlite3.Connection) -> None:
+        now = time.time()
+        conn.execute("DELETE FROM anywork_event_listeners WHERE until < ?", (now,))
+        conn.execute(
+            "INSERT OR REPLACE INTO anywork_event_listeners (id, until) VALUES (?, ?)",
+            (self._id, now + _LISTEN_LEASE),
+        )
+
+    def _unregister(self, conn: sqlite3.Connection) -> None:
+        conn.execute("DELETE FROM anywork_event_listeners WHERE id = ?", (self._id,))
+
+    def _renew(self) -> None:
+        if time.monotonic() - self._renewed < _LISTEN_LEASE / 3:
+            return
+        if time.monotonic() - self._renewed >= _LISTEN_LEASE:
+            self._hub.lose()  # stalled past the registration: changes may have gone unrecorded
+        try:
+            self._read(self._register)
+        except sqlite3.OperationalError:
+            return  # locked for longer than the busy timeout: try again on the next round
+        self._renewed = time.monotonic()
 
     def stop_soon(self) -> None:
         """Ask the thread to end (it does within 50 ms)."""
@@ -965,8 +1016,15 @@ class _Watcher(threading.Thread):
 
     def run(self) -> None:
         version = None
+        idle_since: float | None = None
         try:
             while not self._stop_event.is_set():
+                if self._hub.subscribed:
+                    idle_since = None
+                elif idle_since is None:
+                    idle_since = time.monotonic()
+                elif time.monotonic() - idle_since > _WATCHER_LINGER and self._may_end(self):
+                    return
                 if self._conn is not None:
                     current = self._conn.execute("PRAGMA data_version").fetchone()[0]
                     changed, version = current != version, current
@@ -974,10 +1032,13 @@ class _Watcher(threading.Thread):
                     changed = True  # a :memory: database: no other connection to detect
                 if changed:
                     self._publish_new()
+                self._renew()
                 self._stop_event.wait(_WATCH_INTERVAL)
         except sqlite3.Error:
             self._hub.lose()  # the file went away or broke: say so, then stop
         finally:
+            with contextlib.suppress(sqlite3.Error, RuntimeError):
+                self._read(self._unregister)
             if self._conn is not None:
                 self._conn.close()
 
