@@ -5,6 +5,9 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import re
+import subprocess
+import sys
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
@@ -245,3 +248,35 @@ def test_jobs_get_shows_progress(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert main(["jobs", "get", job_id, "--store", url]) == 0
     out = capsys.readouterr().out
     assert 'progress       {"fraction": 0.75, "message": "nearly"}' in out
+
+
+# -- docs/events.md and examples/events.py ----------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _python_blocks(page: Path) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", page.read_text(), re.S)
+
+
+def test_events_example_runs_and_is_the_docs_example() -> None:
+    """examples/events.py prints a job's events in order; docs/events.md shows that file."""
+    example = ROOT / "examples" / "events.py"
+    done = subprocess.run(
+        [sys.executable, str(example)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    kinds = [line.split()[0] for line in done.stdout.splitlines()]
+    assert kinds[:3] == ["enqueued", "started", "progress"]
+    assert kinds[-2:] == ["progress", "succeeded"]
+    assert "'fraction': 1.0, 'message': 'size 3 of 3'" in done.stdout.splitlines()[-2]
+    assert _python_blocks(ROOT / "docs" / "events.md")[0] == example.read_text()
+
+
+def test_events_docs_snippets_run() -> None:
+    """Every Python block of docs/events.md runs as a program on its own."""
+    for block in _python_blocks(ROOT / "docs" / "events.md"):
+        done = subprocess.run(
+            [sys.executable, "-c", block], capture_output=True, text=True, timeout=60, check=False
+        )
+        assert done.returncode == 0, done.stderr
