@@ -31,7 +31,9 @@ def test_copy_keeps_id_and_copies_args() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
-        ({"handler": ""}, ValueError, "empty"),
+        ({"handler": ""}, ValueError, "non-blank"),
+        ({"handler": " "}, ValueError, "non-blank.*' '"),
+        ({"handler": "\t\n"}, ValueError, "non-blank"),
         ({"handler": 3}, TypeError, "int"),
         ({"handler": "h", "args": [1]}, TypeError, "list"),
         ({"handler": "h", "timeout": 0}, ValueError, "0"),
@@ -69,3 +71,11 @@ def test_ctx_ids_and_times() -> None:
     assert a.started_at.tzinfo is UTC
     assert abs((datetime.now(UTC) - a.started_at).total_seconds()) < 60
     assert a.deadline is None
+
+
+def test_headers_are_kept_and_copied() -> None:
+    """Job(headers=...) keeps its headers; copy() carries a copy of them."""
+    job = Job("h", headers={"traceparent": "00-abc", "x-corr": "42"})
+    assert job.headers == {"traceparent": "00-abc", "x-corr": "42"}
+    copy = job.copy()
+    assert copy.headers == job.headers and copy.headers is not job.headers

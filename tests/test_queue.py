@@ -65,7 +65,7 @@ async def test_enqueue_keeps_the_retry_policy() -> None:
     assert rec.max_attempts == 4
     assert rec.retry == {
         "backoff": {"kind": "constant", "seconds": 2.0},
-        "retry_on": [408, 429, 500, 502, 503, 504],
+        "retry_on": [408, 429, *range(500, 509), 510, 511],
         "max_deferrals": 7,
     }
     custom = RetryPolicy(retry_on=lambda s: s == Status.CONFLICT)
@@ -316,3 +316,15 @@ def test_sync_queue_with_a_worker_on_another_thread(tmp_path: Path) -> None:
         stop.set()
         thread.join(10)
     assert not thread.is_alive()
+
+
+def test_check_refuses_without_touching_the_store(tmp_path: Path) -> None:
+    """Queue.check raises what enqueue would, on a store that was never entered (no file)."""
+    path = tmp_path / "never.db"
+    queue = Queue(open_store(f"sqlite:///{path}"))
+    with pytest.raises(ValueError, match="priority must be between"):
+        queue.check(Job("x"), priority=2**31)
+    with pytest.raises(ValueError, match=r"job\.queue must not contain control characters"):
+        queue.check(Job("x", queue="a\x00"))
+    queue.check(Job("x"), delay=5, priority=-(2**31))  # fine: returns None
+    assert not path.exists()

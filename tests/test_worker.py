@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 import threading
 import time
@@ -70,8 +71,10 @@ def test_register_rejects_bad_input() -> None:
     worker = make_worker()
     with pytest.raises(ValueError, match="'ok' is already registered"):
         worker.register("ok", lambda job: None)
-    with pytest.raises(ValueError, match="empty"):
+    with pytest.raises(ValueError, match="blank"):
         worker.register("", lambda job: None)
+    with pytest.raises(ValueError, match="blank"):
+        worker.register("  ", lambda job: None)
     with pytest.raises(TypeError, match="callable"):
         worker.register("x", 42)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="parentheses"):
@@ -521,6 +524,11 @@ async def test_timing_validation() -> None:
             await worker.perform_every(Job("ok"), timedelta(seconds=-2))
         with pytest.raises(ValueError, match="'every tuesday'"):
             await worker.perform_every(Job("ok"), "every tuesday")
+        # croniter would read a 7th field (a year); the docs promise 5 or 6.
+        with pytest.raises(ValueError, match="has 7"):
+            await worker.perform_every(Job("ok"), "0 0 * * * 0 2030")
+        with pytest.raises(ValueError, match="has 4"):
+            await worker.perform_every(Job("ok"), "* * * *")
 
 
 async def test_cancel_scheduled_execution_finishes_it_at_once() -> None:
@@ -759,3 +767,85 @@ async def test_double_start_is_refused() -> None:
     async with make_worker() as worker:
         with pytest.raises(RuntimeError, match="already running"):
             await worker.__aenter__()
+
+
+async def test_stopping_and_wait_stopping_are_the_stop_signal() -> None:
+    """`stopping` turns True and `wait_stopping()` returns once a stop begins, not before."""
+    worker = make_worker()
+    with pytest.raises(RuntimeError, match="never started"):
+        await worker.wait_stopping()
+    seen: list[bool] = []
+    async with worker, anyio.create_task_group() as tg:
+        assert worker.stopping is False
+
+        async def watch() -> None:
+            await worker.wait_stopping()
+            seen.append(worker.stopping)
+
+        tg.start_soon(watch)
+        await anyio.wait_all_tasks_blocked()
+        assert seen == []
+        worker.stop()
+        with anyio.fail_after(5):
+            while not seen:
+                await anyio.lowlevel.checkpoint()
+    assert seen == [True] and worker.stopping is True
+
+
+async def test_lifetime_holds_the_stop_until_the_block_exits() -> None:
+    """Leaving `async with worker` waits for a `lifetime()` block, which sees the stop first."""
+    worker = make_worker()
+    with pytest.raises(RuntimeError, match="not running"):
+        async with worker.lifetime():
+            pass  # pragma: no cover
+    order: list[str] = []
+
+    async def service() -> None:
+        async with worker.lifetime():
+            await worker.wait_stopping()
+            order.append("service saw the stop")
+            await anyio.sleep(0.05)  # hand-back work that the stop must wait for
+            order.append("service done")
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            async with worker:
+                tg.start_soon(service)
+                await anyio.wait_all_tasks_blocked()
+            order.append("worker left")
+    assert order == ["service saw the stop", "service done", "worker left"]
+
+
+async def test_async_partials_and_async_callables_are_awaited_on_the_loop() -> None:
+    """An async functools.partial and an object with an async __call__ run on the event loop
+    thread (awaited), not in a worker thread."""
+    loop_thread = threading.get_ident()
+    seen: dict[str, int] = {}
+
+    async def note(label: str, job: Job) -> None:
+        seen[label] = threading.get_ident()
+
+    class Callable_:
+        async def __call__(self, job: Job) -> None:
+            seen["object"] = threading.get_ident()
+
+    worker = Worker()
+    worker.register("partial", functools.partial(note, "partial"))
+    worker.register("object", Callable_())
+    async with worker:
+        with anyio.fail_after(5):
+            for name in ("partial", "object"):
+                assert (await worker.perform(Job(name), sync=True)).status is Status.SUCCESS
+    assert seen == {"partial": loop_thread, "object": loop_thread}
+
+
+async def test_a_timer_due_before_the_head_fires_on_time() -> None:
+    """perform_in(30 s) then perform_in(0.05 s): the earlier one wakes the timer runner and
+    runs at once, not after the first."""
+    worker = make_worker()
+    async with worker:
+        late = await worker.perform_in(Job("ok"), 30)
+        early = await worker.perform_in(Job("ok"), 0.05)
+        with anyio.fail_after(5):
+            await early.wait()
+        assert early.status is Status.SUCCESS and not late.done

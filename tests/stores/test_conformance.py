@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -17,6 +17,7 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import pytest
+from structlog.testing import capture_logs
 
 from work import (
     Constant,
@@ -107,6 +108,7 @@ async def test_add_and_get_round_trip(store: Store) -> None:
         unique_key="img-a",
         timeout=12.5,
         retry=retry,
+        result_ttl=3600.5,
     )
     (stored,) = await store.add([rec])
     got = await store.get(rec.id)
@@ -125,6 +127,7 @@ async def test_add_and_get_round_trip(store: Store) -> None:
     assert got.timeout == 12.5
     assert got.retry == retry
     assert got.deferrals == 0
+    assert got.result_ttl == 3600.5
     assert got.result is None and got.error is None
     assert got.enqueued_at is not None and got.enqueued_at.utcoffset() == timedelta(0)
     assert rec.enqueued_at is not None
@@ -381,6 +384,73 @@ async def test_complete_is_fenced_by_owner(store: Store) -> None:
     assert await state_of(store, rec.id) is JobState.SUCCEEDED
 
 
+async def test_complete_returns_the_ids_it_applied(store: Store) -> None:
+    """complete() returns the ids whose outcome it applied, leaving out those it refused (not
+    the owner's, already final, unknown), so a worker can report discarded outcomes."""
+    a, b, c = await store.add([record() for _ in range(3)])
+    await store.claim(["default"], limit=3, lease=30, owner="w")
+
+    def done(id: str) -> Outcome:
+        return Outcome(id=id, state=JobState.SUCCEEDED, status=Status.SUCCESS, result=1)
+
+    assert await store.complete("w", [done(a.id), done(b.id)]) == {a.id, b.id}
+    assert await store.complete("w", [done(a.id)]) == set()  # final already
+    assert await store.complete("intruder", [done(c.id)]) == set()
+    assert await store.complete("w", [done("no-such-job"), done(c.id)]) == {c.id}
+    assert await store.complete("w", []) == set()
+
+
+class _NoRenew:
+    """A store whose leases are never renewed, so a job's lease runs out while it runs."""
+
+    def __init__(self, inner: Store) -> None:
+        self.inner = inner
+        self.url = inner.url
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def renew(self, owner: str, ids: Sequence[str], *, lease: float) -> set[str]:
+        return set()
+
+
+async def test_serve_logs_an_outcome_the_store_discarded(store: Store) -> None:
+    """A job whose lease was taken over while it ran: its outcome is refused by the store,
+    and serve logs one line naming the job and why."""
+    queue = Queue(store)
+    rec = await queue.enqueue(Job("slow"))
+    started, release = anyio.Event(), anyio.Event()
+    worker = Worker()
+
+    @worker.handler()
+    async def slow(job: Job) -> str:
+        started.set()
+        await release.wait()
+        return "late"
+
+    wrapped: Any = _NoRenew(store)
+    with capture_logs() as logs, anyio.fail_after(20):
+        async with serving(wrapped, worker, lease=0.2):
+            await started.wait()
+            # The lease runs out and a reaper (serve's own, or this one) takes the job over.
+            while (taken := await store.get(rec.id)) is not None and taken.state is (
+                JobState.RUNNING
+            ):
+                await store.reap()
+                await anyio.sleep(0.05)
+            assert taken is not None
+            if taken.state is JobState.QUEUED:  # put back: another worker claims it
+                await store.claim(["default"], limit=1, lease=30, owner="thief")
+            release.set()
+            while not [e for e in logs if "discarded" in e["event"]]:
+                await anyio.sleep(0.02)
+    (line,) = [e for e in logs if "discarded" in e["event"]]
+    assert line["job_id"] == rec.id and line["state"] == "succeeded"
+    assert line["log_level"] == "warning" and "lease was lost" in line["event"]
+    after = await store.get(rec.id)
+    assert after is not None and after.state is not JobState.SUCCEEDED
+
+
 async def test_complete_batch_applies_each_outcome(store: Store) -> None:
     """One complete() call applies many outcomes; results and errors are stored."""
     recs = await store.add([record(str(i), max_attempts=3) for i in range(4)])
@@ -530,20 +600,56 @@ async def test_reap_requeues_an_expired_lease(store: Store) -> None:
     assert await state_of(store, rec.id) is JobState.RUNNING
 
 
-async def test_reap_fails_when_no_attempts_left(store: Store) -> None:
-    """An expired lease on the last attempt fails the job: 500, "worker lost"."""
-    (rec,) = await store.add([record(max_attempts=1)])
-    await store.claim(["default"], limit=1, lease=0.2, owner="lost")
+async def lose(store: Store, id: str, *, lost_limit: int = 3) -> JobRecord:
+    """Claim ``id`` under a short lease, let it expire, reap it; return the record after."""
+    (claimed,) = await store.claim(["default"], limit=1, lease=0.05, owner="lost")
+    assert claimed.record.id == id
 
     async def reaped() -> bool:
-        return await store.reap() == 1
+        return await store.reap(lost_limit=lost_limit) == 1
 
     await until(reaped)
-    got = await store.get(rec.id)
+    got = await store.get(id)
     assert got is not None
+    return got
+
+
+async def test_reap_requeues_whatever_the_policy_until_the_lost_limit(store: Store) -> None:
+    """An expired lease puts a job back even on its last attempt (no RetryPolicy: one
+    attempt), counting the attempt; the lost_limit-th loss fails it 500 "worker lost"."""
+    (rec,) = await store.add([record(max_attempts=1)])
+    for n in (1, 2):
+        got = await lose(store, rec.id)
+        assert got.state is JobState.QUEUED and got.attempts == n
+        assert got.status is Status.INTERNAL_ERROR and got.error == "worker lost"
+        assert got.finished_at is None
+    got = await lose(store, rec.id)
     assert got.state is JobState.FAILED and got.status is Status.INTERNAL_ERROR
-    assert got.error == "worker lost"
+    assert got.error == "worker lost" and got.attempts == 3
     assert got.finished_at is not None
+
+
+async def test_reap_lost_limit_one_fails_at_once(store: Store) -> None:
+    """With lost_limit=1 the first loss fails the job, whatever attempts it has left."""
+    (rec,) = await store.add([record(max_attempts=5)])
+    got = await lose(store, rec.id, lost_limit=1)
+    assert got.state is JobState.FAILED and got.error == "worker lost"
+    assert got.attempts == 1
+
+
+async def test_reap_counts_losses_not_other_outcomes(store: Store) -> None:
+    """Only lost workers count towards the lost limit: a job handed back or retried in
+    between still gets its lost_limit losses."""
+    (rec,) = await store.add([record(max_attempts=9)])
+    await lose(store, rec.id, lost_limit=2)
+    (claimed,) = await store.claim(["default"], limit=1, lease=30, owner="w")
+    await store.complete(
+        "w",
+        [Outcome(id=rec.id, state=JobState.QUEUED, status=Status.UNKNOWN, give_back_attempt=True)],
+    )
+    assert claimed.record.attempts == 2
+    got = await lose(store, rec.id, lost_limit=2)
+    assert got.state is JobState.FAILED and got.attempts == 2
 
 
 async def test_reap_cancels_when_cancel_was_requested(store: Store) -> None:
@@ -558,6 +664,125 @@ async def test_reap_cancels_when_cancel_was_requested(store: Store) -> None:
     await until(reaped)
     got = await store.get(rec.id)
     assert got is not None and got.state is JobState.CANCELLED and got.status == 499
+
+
+async def finish(store: Store, recs: list[JobRecord], state: JobState) -> None:
+    """Claim ``recs`` (all of the default queue's ready jobs) and end them in ``state``."""
+    claimed = await store.claim(["default"], limit=len(recs), lease=30, owner="f")
+    assert {c.record.id for c in claimed} == {r.id for r in recs}
+    status = Status.SUCCESS if state is JobState.SUCCEEDED else Status.INTERNAL_ERROR
+    await store.complete("f", [Outcome(id=r.id, state=state, status=status) for r in recs])
+
+
+FINAL = [JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED]
+
+
+async def test_purge_deletes_finished_jobs_by_state_and_age(store: Store) -> None:
+    """purge() deletes the finished jobs in the states given that finished before the cutoff,
+    and nothing else: not other states, not newer ones, never unfinished jobs."""
+    ok = await store.add([record() for _ in range(3)])
+    await finish(store, ok, JobState.SUCCEEDED)
+    bad = await store.add([record() for _ in range(2)])
+    await finish(store, bad, JobState.FAILED)
+    (waiting,) = await store.add([record()])
+    (later,) = await store.add([record(scheduled_for=seconds_from_now(3600))])
+    (cancelled,) = await store.add([record(queue="other")])
+    assert await store.cancel(cancelled.id)
+
+    assert await store.purge(older_than=now() - timedelta(hours=1), states=FINAL) == 0
+    cutoff = now() + timedelta(seconds=1)
+    assert await store.purge(older_than=cutoff, states=[JobState.SUCCEEDED], limit=2) == 2
+    assert await store.purge(older_than=cutoff, states=[JobState.SUCCEEDED]) == 1
+    for rec in ok:
+        assert await store.get(rec.id) is None
+    assert all([await store.get(r.id) for r in bad])
+    # Unfinished states are ignored even when asked for.
+    all_states = [*FINAL, JobState.QUEUED, JobState.SCHEDULED, JobState.RUNNING]
+    assert await store.purge(older_than=cutoff, states=all_states) == 3
+    assert await store.get(waiting.id) is not None and await store.get(later.id) is not None
+    assert await store.get(cancelled.id) is None
+    assert [r.id for r in await store.list()] == [waiting.id, later.id]
+    assert await store.stats() == {"default": {"queued": 1, "scheduled": 1}}
+
+
+async def test_expire_uses_the_job_ttl_else_the_workers(store: Store) -> None:
+    """expire() deletes finished jobs of the given queues past the worker's result_ttl, and
+    jobs of any queue past a result_ttl of their own; a job's own ttl wins over the worker's."""
+    (plain,) = await store.add([record()])
+    (own_short,) = await store.add([record(result_ttl=0.05)])
+    (own_long,) = await store.add([record(result_ttl=3600)])
+    await finish(store, [plain, own_short, own_long], JobState.SUCCEEDED)
+    (elsewhere,) = await store.add([record(queue="other")])
+    assert await store.cancel(elsewhere.id)
+    (unfinished,) = await store.add([record()])
+
+    assert await store.expire(["default"], result_ttl=3600, limit=10) == 0
+
+    async def short_gone() -> bool:
+        await store.expire(["default"], result_ttl=3600, limit=10)
+        return await store.get(own_short.id) is None
+
+    await until(short_gone)
+    assert await store.get(plain.id) is not None
+    assert await store.expire(["default"], result_ttl=0, limit=10) == 1
+    assert await store.get(plain.id) is None
+    assert await store.get(own_long.id) is not None
+    assert await store.get(elsewhere.id) is not None  # not one of the queues
+    assert await store.get(unfinished.id) is not None
+    assert await store.expire(["other"], result_ttl=0, limit=10) == 1
+    assert await store.get(elsewhere.id) is None
+
+
+async def test_expire_takes_small_batches(store: Store) -> None:
+    """expire() deletes at most ``limit`` jobs per call."""
+    recs = await store.add([record() for _ in range(5)])
+    await finish(store, recs, JobState.SUCCEEDED)
+    assert await store.expire(["default"], result_ttl=0, limit=2) == 2
+    assert await store.expire(["default"], result_ttl=0, limit=2) == 2
+    assert await store.expire(["default"], result_ttl=0, limit=2) == 1
+    assert await store.list() == []
+
+
+async def test_retry_requeues_a_failed_or_cancelled_job(store: Store) -> None:
+    """retry() makes a FAILED or CANCELLED job QUEUED again, due now, with its attempts,
+    status, error and times cleared; it is claimed and run like a new job."""
+    (failed,) = await store.add([record(args={"a": 1})])
+    await finish(store, [failed], JobState.FAILED)
+    (cancelled,) = await store.add([record()])
+    assert await store.cancel(cancelled.id)
+    again = await store.retry(failed.id)
+    assert again is not None and again.id == failed.id
+    assert again.state is JobState.QUEUED and again.attempts == 0
+    assert again.status is Status.UNKNOWN and again.error is None
+    assert again.finished_at is None and again.started_at is None
+    assert again.args == {"a": 1}
+    assert await store.get(failed.id) == again
+    back = await store.retry(cancelled.id)
+    assert back is not None and back.state is JobState.QUEUED
+    claimed = await store.claim(["default"], limit=5, lease=30, owner="w")
+    assert [c.record.id for c in claimed] == [failed.id, cancelled.id]
+    assert claimed[0].record.attempts == 1
+    assert await store.stats() == {"default": {"running": 2}}
+
+
+async def test_retry_refuses_other_states_and_unknown_ids(store: Store) -> None:
+    """retry() of an unknown id is None; of a job that is not FAILED or CANCELLED, a
+    ValueError naming its state; of a job whose unique key another active job holds, a
+    ValueError."""
+    assert await store.retry("no-such-job") is None
+    (queued,) = await store.add([record()])
+    with pytest.raises(ValueError, match="queued"):
+        await store.retry(queued.id)
+    await finish(store, [queued], JobState.SUCCEEDED)
+    with pytest.raises(ValueError, match="succeeded"):
+        await store.retry(queued.id)
+    (first,) = await store.add([record(unique_key="k", queue="u")])
+    assert await store.cancel(first.id)
+    (second,) = await store.add([record(unique_key="k", queue="u")])
+    with pytest.raises(ValueError, match="unique_key"):
+        await store.retry(first.id)
+    assert await state_of(store, first.id) is JobState.CANCELLED
+    assert await state_of(store, second.id) is JobState.QUEUED
 
 
 async def test_list_pages_filters_and_order(store: Store) -> None:
@@ -647,6 +872,22 @@ async def test_undecodable_payload_is_reported_by_claim(store: Store, corrupt: C
     (claimed,) = await store.claim(["default"], limit=1, lease=30, owner="w")
     assert claimed.record.id == rec.id
     assert claimed.decode_error
+
+
+async def test_undecodable_record_fails_alone_in_its_batch(store: Store, poison: Corrupt) -> None:
+    """A record that cannot be decoded (a time out of range, a broken field, written behind
+    the store's back) comes back from claim alone with a decode_error naming the problem; the
+    other jobs of the same batch are claimed intact."""
+    recs = await store.add([record(args={"n": n}) for n in range(3)])
+    await poison(store, recs[1].id)
+    # A broken due time may move the poisoned job in the order: compare by id.
+    claimed = {c.record.id: c for c in await store.claim(["default"], limit=3, lease=30, owner="w")}
+    assert set(claimed) == {r.id for r in recs}
+    bad = claimed[recs[1].id]
+    assert bad.decode_error and bad.record.handler == "noop"
+    for n in (0, 2):
+        good = claimed[recs[n].id]
+        assert good.decode_error is None and good.record.args == {"n": n}
 
 
 # == Part 2: end to end through Queue and Worker.serve ============================================
@@ -860,8 +1101,63 @@ async def test_retry_later_past_max_deferrals_uses_attempts(store: Store) -> Non
     assert done.deferrals == 2 and done.attempts == 2
 
 
-async def test_unknown_handler_is_404(store: Store) -> None:
-    """A job for a handler the worker does not have fails 404, naming the handler."""
+async def test_unknown_handler_is_handed_back_without_an_attempt(store: Store) -> None:
+    """A worker that lacks the handler hands the job back for another worker: no attempt used,
+    due again a little later (no hot loop of claims), the error naming the handler."""
+    worker = Worker(name="old-code")
+
+    @worker.handler()
+    async def known(job: Job) -> None:
+        pass
+
+    queue = Queue(store)
+    rec = await queue.enqueue(Job("mystery"))
+    before = now()
+
+    async def handed_back() -> bool:
+        got = await store.get(rec.id)
+        return got is not None and got.state is JobState.SCHEDULED
+
+    async with serving(store, worker):
+        await until(handed_back)
+    got = await queue.get(rec.id)
+    assert got is not None and got.attempts == 0
+    assert got.error is not None and "mystery" in got.error and "old-code" in got.error
+    assert got.scheduled_for is not None
+    assert got.scheduled_for >= before + timedelta(seconds=0.9)
+
+
+async def test_unknown_handler_runs_on_a_worker_that_has_it(store: Store) -> None:
+    """During a rolling deploy a job handed back by a worker without its handler runs on a
+    worker that has it: SUCCEEDED, one attempt used."""
+    old, new = Worker(name="old"), Worker(name="new")
+
+    @old.handler()
+    async def known(job: Job) -> None:
+        pass
+
+    @new.handler()
+    async def mystery(job: Job) -> str:
+        return "ran"
+
+    queue = Queue(store)
+    rec = await queue.enqueue(Job("mystery"))
+
+    async def handed_back() -> bool:
+        got = await store.get(rec.id)
+        return got is not None and got.state is JobState.SCHEDULED
+
+    async with serving(store, old):
+        await until(handed_back)
+    async with serving(store, new):
+        done = await queue.wait(rec.id, timeout=10)
+    assert done.state is JobState.SUCCEEDED and done.result == "ran"
+    assert done.attempts == 1
+
+
+async def test_unknown_handler_is_404_after_the_grace(store: Store) -> None:
+    """A job whose handler no worker has fails 404, naming the handler, once the grace since
+    its first hand-back has passed; the hand-backs used no attempts."""
     worker = Worker()
 
     @worker.handler()
@@ -870,11 +1166,21 @@ async def test_unknown_handler_is_404(store: Store) -> None:
 
     queue = Queue(store)
     rec = await queue.enqueue(Job("mystery"), retry=fast_retry())
-    async with serving(store, worker):
+    async with serving(store, worker, unknown_handler_grace=0.3):
         done = await queue.wait(rec.id, timeout=10)
     assert done.state is JobState.FAILED and done.status is Status.NOT_FOUND
     assert done.error is not None and "mystery" in done.error
     assert done.attempts == 1
+
+
+async def test_unknown_handler_grace_zero_fails_at_once(store: Store) -> None:
+    """unknown_handler_grace=0 restores the old rule: 404 on the first claim."""
+    worker = Worker()
+    queue = Queue(store)
+    rec = await queue.enqueue(Job("mystery"))
+    async with serving(store, worker, unknown_handler_grace=0):
+        done = await queue.wait(rec.id, timeout=10)
+    assert done.state is JobState.FAILED and done.status is Status.NOT_FOUND
 
 
 async def test_undecodable_payload_is_400(store: Store, corrupt: Corrupt) -> None:
@@ -894,6 +1200,31 @@ async def test_undecodable_payload_is_400(store: Store, corrupt: Corrupt) -> Non
     assert done.state is JobState.FAILED and done.status is Status.BAD_REQUEST
     assert done.error
     assert ran == []
+
+
+async def test_undecodable_record_fails_400_and_its_batch_runs(
+    store: Store, poison: Corrupt
+) -> None:
+    """Under serve, a record that cannot be decoded ends FAILED 400 naming what failed; the
+    jobs claimed in the same batch run and succeed."""
+    worker = Worker()
+    ran: list[int] = []
+
+    @worker.handler()
+    async def noop(job: Job) -> None:
+        ran.append(job.args["n"])
+
+    queue = Queue(store)
+    recs = await queue.enqueue_many([Job("noop", {"n": n}) for n in range(5)])
+    await poison(store, recs[2].id)
+    async with serving(store, worker):
+        done = [await queue.wait(rec.id, timeout=10) for rec in recs]
+    assert [d.state for d in done] == [JobState.SUCCEEDED] * 2 + [JobState.FAILED] + [
+        JobState.SUCCEEDED
+    ] * 2
+    assert done[2].status is Status.BAD_REQUEST
+    assert done[2].error is not None and ("decode" in done[2].error or "JSON" in done[2].error)
+    assert sorted(ran) == [0, 1, 3, 4]
 
 
 async def test_non_json_result_is_500(store: Store) -> None:
@@ -990,6 +1321,38 @@ async def test_lost_worker_lease_expires_and_job_is_redelivered(store: Store) ->
         done = await queue.wait(rec.id, timeout=10)
     assert done.state is JobState.SUCCEEDED and done.attempts == 2
     assert attempts == [2]
+
+
+async def test_lost_worker_job_without_policy_runs_again(store: Store) -> None:
+    """A job enqueued without a RetryPolicy whose worker died runs again elsewhere: losing a
+    worker is not the job's failure (the lost attempt still counts)."""
+    queue = Queue(store)
+    rec = await queue.enqueue(Job("noop"))
+    await store.claim(["default"], limit=1, lease=0.2, owner="dead-worker")
+    worker = Worker()
+    runs: list[int] = []
+
+    @worker.handler()
+    async def noop(job: Job) -> None:
+        assert job.ctx is not None
+        runs.append(job.ctx.attempt)
+
+    async with serving(store, worker, lease=0.2):
+        done = await queue.wait(rec.id, timeout=10)
+    assert done.state is JobState.SUCCEEDED and done.attempts == 2
+    assert runs == [2]
+
+
+async def test_serve_applies_its_lost_limit(store: Store) -> None:
+    """serve(lost_limit=1) makes its reaper fail a job on its first lost worker."""
+    queue = Queue(store)
+    rec = await queue.enqueue(Job("noop"))
+    await store.claim(["default"], limit=1, lease=0.2, owner="dead-worker")
+    worker = Worker()
+    worker.register("noop", lambda job: None)
+    async with serving(store, worker, lease=0.2, lost_limit=1):
+        done = await queue.wait(rec.id, timeout=10)
+    assert done.state is JobState.FAILED and done.error == "worker lost"
 
 
 async def test_lease_renewed_while_job_runs(store: Store) -> None:
@@ -1310,3 +1673,57 @@ async def test_queue_wait_is_woken_by_the_end_not_by_polling(
                 await done.wait()
     assert result[0].result == "ok"
     assert reads == 2
+
+
+async def test_serve_deletes_finished_jobs_past_its_result_ttl(store: Store) -> None:
+    """A serving worker deletes its queues' finished jobs once its result_ttl has passed,
+    but keeps a job enqueued with a longer result_ttl of its own."""
+    worker = Worker()
+    worker.register("noop", lambda job: None)
+    queue = Queue(store)
+    short = await queue.enqueue(Job("noop"))
+    kept = await queue.enqueue(Job("noop"), result_ttl=timedelta(hours=1))
+    assert kept.result_ttl == 3600
+    async with serving(store, worker, result_ttl=0):
+        await queue.wait(kept.id, timeout=10)
+
+        async def deleted() -> bool:
+            return await queue.get(short.id) is None
+
+        await until(deleted)
+    got = await queue.get(kept.id)
+    assert got is not None and got.state is JobState.SUCCEEDED
+
+
+async def test_queue_purge_and_retry(store: Store) -> None:
+    """Queue.purge deletes finished jobs older than a duration (by state) and refuses
+    unfinished states; Queue.retry runs a FAILED job again and names the state otherwise."""
+    worker = Worker()
+    fixed: list[bool] = []
+
+    @worker.handler()
+    async def flaky(job: Job) -> str:
+        if job.args.get("fail") and not fixed:
+            raise StatusError(503, "down")
+        return "ok"
+
+    queue = Queue(store)
+    bad = await queue.enqueue(Job("flaky", {"fail": True}))
+    good = await queue.enqueue(Job("flaky"))
+    async with serving(store, worker):
+        assert (await queue.wait(bad.id, timeout=10)).state is JobState.FAILED
+        await queue.wait(good.id, timeout=10)
+        with pytest.raises(ValueError, match="succeeded"):
+            await queue.retry(good.id)
+        with pytest.raises(LookupError):
+            await queue.retry("nope")
+        fixed.append(True)  # the bug is fixed: run it again
+        again = await queue.retry(bad.id)
+        assert again.state is JobState.QUEUED
+        done = await queue.wait(bad.id, timeout=10)
+    assert done.state is JobState.SUCCEEDED and done.result == "ok" and done.attempts == 1
+    with pytest.raises(ValueError, match="queued"):
+        await queue.purge(older_than=0, states=["queued"])
+    assert await queue.purge(older_than=timedelta(hours=1)) == 0
+    assert await queue.purge(older_than=0, states=[JobState.SUCCEEDED]) == 2
+    assert await queue.list() == []

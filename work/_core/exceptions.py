@@ -14,7 +14,7 @@ naming the bad value; a worker that is not running raises ``RuntimeError``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .status import Status
 
@@ -32,17 +32,29 @@ class StatusError(WorkError):
     """Raised by a handler (or adapter) to end an execution with a given status.
 
     ``raise StatusError(Status.BAD_REQUEST, "no such user")`` ends the execution with 400.
-    The message defaults to the status phrase ("Bad Request").
+    The message defaults to the status phrase ("Bad Request"). Raising says the execution
+    failed: a StatusError whose code is not an error (1xx, 2xx, 3xx) ends it with 500, as any
+    other exception does; to end with 204 or 202, set ``job.ctx.status`` and return.
 
     Attributes:
         status: the Status the execution ends with.
         message: the human-readable reason.
+
+    Raises:
+        ValueError: ``status`` is not a known code, or is -1 (UNKNOWN: not an outcome).
+        TypeError: ``status`` is not an int.
     """
 
     def __init__(self, status: Status | int, message: str = "") -> None:
         self.status = Status.coerce(status)
+        if self.status is Status.UNKNOWN:
+            raise ValueError("StatusError needs the code an execution ends with, not -1 (UNKNOWN)")
         self.message = message or self.status.phrase
         super().__init__(f"{int(self.status)} {self.message}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled by its own arguments (a handler run in a worker process sends it back).
+        return (type(self), (int(self.status), self.message))
 
 
 class JobTimeoutError(StatusError, TimeoutError):
@@ -58,6 +70,9 @@ class JobTimeoutError(StatusError, TimeoutError):
         self.job = job
         name = f" {job.handler!r}" if job is not None else ""
         super().__init__(Status.TIMEOUT, f"job{name} timed out after {timeout:g}s")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (JobTimeoutError, (self.timeout,))
 
 
 class RetryLater(StatusError):
@@ -76,6 +91,9 @@ class RetryLater(StatusError):
         self.delay = float(delay)
         super().__init__(Status.TOO_MANY_REQUESTS, message or f"retry in {self.delay:g}s")
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (RetryLater, (self.delay, self.message))
+
 
 class UnknownHandlerError(WorkError, LookupError):
     """Raised when a job names a handler the worker has not registered.
@@ -90,3 +108,6 @@ class UnknownHandlerError(WorkError, LookupError):
         self.known = sorted(known or [])
         listed = ", ".join(repr(k) for k in self.known) or "none"
         super().__init__(f"no handler named {handler!r} is registered (registered: {listed})")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (UnknownHandlerError, (self.handler, self.known))

@@ -10,7 +10,7 @@ import socket
 import threading
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -22,16 +22,36 @@ from .._core.exceptions import UnknownHandlerError
 from .._core.job import Job
 from .._core.retry import Exponential
 from .._core.status import Status
-from ..stores._base import Claimed, JobRecord, JobState, Outcome, Store
+from .._runtime.timers import seconds
+from ..stores._base import (
+    DEFAULT_LOST_LIMIT,
+    DEFAULT_RESULT_TTL,
+    Claimed,
+    JobRecord,
+    JobState,
+    Outcome,
+    Store,
+)
 from .outcome import decide, final, hand_back
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from .._runtime.worker import Execution, Worker
 
-__all__ = ["DEFAULT_CONCURRENCY", "serve_store"]
+__all__ = [
+    "DEFAULT_CONCURRENCY",
+    "DEFAULT_LOST_LIMIT",
+    "DEFAULT_RESULT_TTL",
+    "DEFAULT_UNKNOWN_HANDLER_GRACE",
+    "serve_store",
+]
 
 DEFAULT_CONCURRENCY = 16
 """Jobs run at once by ``serve`` when neither ``concurrency`` nor ``max_concurrency`` is set."""
+
+DEFAULT_UNKNOWN_HANDLER_GRACE = 300.0
+"""Seconds a job whose handler no worker has may wait for one before it fails 404."""
 
 
 # How long an idle claim loop waits on the store before claiming again anyway.
@@ -44,6 +64,17 @@ _FINAL_FLUSH_TIMEOUT = 10.0
 _CANCEL_WAIT = 5.0
 # A job's progress is written at most this often (the last value always, before its outcome).
 _PROGRESS_INTERVAL = 1.0
+# A job handed back for lack of its handler is due again after this pause, growing with the
+# time it has waited (a tenth of it) up to the cap: a worker without the handler never claims
+# the same job in a hot loop, and one that has it gets it within seconds.
+_UNKNOWN_PAUSE = 1.0
+_UNKNOWN_PAUSE_CAP = 30.0
+# Retention: every interval, delete finished jobs whose time is up, a small batch per store
+# call (a short transaction); while batches come back full, the next follows after a pause.
+_EXPIRE_INTERVAL = 30.0
+_EXPIRE_FIRST = 1.0
+_EXPIRE_BATCH = 200
+_EXPIRE_PAUSE = 0.05
 
 _log = structlog.get_logger("anywork.serve")
 
@@ -68,12 +99,47 @@ class _Backoff:
         await anyio.sleep(self._PAUSES.delay(self._failures))
 
 
+class _Outage:
+    """Says once that the store stopped answering and once that it answers again, instead
+    of one line (and a traceback) per failed call while it is down.
+
+    A store error that is not a lost connection (a bug, a bad statement) is still logged
+    every time: retrying will not heal it and each one matters.
+    """
+
+    def __init__(self, log: Any) -> None:
+        self.log = log
+        self.since: float | None = None  # anyio clock time of the first failure
+        self.failures = 0
+
+    def failed(self, call: str, exc: Exception) -> None:
+        """Report a failed store call (``call`` names it: "claim", "storing outcomes")."""
+        if not isinstance(exc, ConnectionError | OSError):
+            self.log.warning(f"{call} failed; retrying", error=repr(exc))
+            return
+        self.failures += 1
+        if self.since is None:
+            self.since = anyio.current_time()
+            self.log.warning(
+                "store unreachable; retrying until it is back", call=call, error=str(exc)
+            )
+
+    def ok(self) -> None:
+        """Report a store call that succeeded: the end of an outage, if there was one."""
+        if self.since is None:
+            return
+        down = anyio.current_time() - self.since
+        self.log.info("store reachable again", down_for=round(down, 1), failed_calls=self.failures)
+        self.since, self.failures = None, 0
+
+
 @dataclass(slots=True, eq=False)
 class _Slot:
     """One claimed job, from its claim until its outcome is written."""
 
     record: JobRecord
     decode_error: str | None
+    unknown_since: datetime | None = None
     execution: Execution | None = None
     perform_scope: anyio.CancelScope | None = None
     cancel_requested: bool = False  # the store said stop (a cancel, or the lease is lost)
@@ -88,13 +154,27 @@ class _Server:
     """The state of one ``serve`` call."""
 
     def __init__(
-        self, worker: Worker, store: Store, queues: tuple[str, ...], concurrency: int, lease: float
+        self,
+        worker: Worker,
+        store: Store,
+        queues: tuple[str, ...],
+        concurrency: int,
+        lease: float,
+        *,
+        lost_limit: int = DEFAULT_LOST_LIMIT,
+        unknown_handler_grace: float = DEFAULT_UNKNOWN_HANDLER_GRACE,
+        result_ttl: float | None = DEFAULT_RESULT_TTL,
+        on_discarded: Callable[[Outcome], object] | None = None,
     ) -> None:
         self.worker = worker
+        self.on_discarded = on_discarded
+        self.result_ttl = result_ttl
         self.store = store
         self.queues = queues
         self.concurrency = concurrency
         self.lease = lease
+        self.lost_limit = lost_limit
+        self.unknown_handler_grace = unknown_handler_grace
         # Fences every write: a lease this serve lost can never be completed by it.
         self.owner = f"{worker.name}@{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
         self.slots: dict[str, _Slot] = {}  # claimed, outcome not yet written
@@ -109,6 +189,7 @@ class _Server:
         self.progress_event = anyio.Event()
         self.thread = threading.get_ident()
         self.log = _log.bind(worker=worker.name, owner=self.owner)
+        self.outage = _Outage(self.log)
 
     async def run(self) -> None:
         try:
@@ -117,6 +198,7 @@ class _Server:
                 background.start_soon(self.reap_loop, name="anywork serve: reap leases")
                 background.start_soon(self.flush_loop, name="anywork serve: complete")
                 background.start_soon(self.progress_loop, name="anywork serve: progress")
+                background.start_soon(self.expire_loop, name="anywork serve: retention")
                 async with anyio.create_task_group() as jobs:
                     await self.claim_until_stopped(jobs)
                 # Every claimed job has ended or been handed back: stop the helpers.
@@ -160,15 +242,16 @@ class _Server:
                 with anyio.CancelScope(shield=True):
                     got = await self.claim_batch(jobs, free)
             except Exception as exc:
-                self.log.warning("claim failed; retrying", error=repr(exc))
+                self.outage.failed("claim", exc)
                 await backoff.sleep()
                 continue
+            self.outage.ok()
             backoff.reset()
             if got < free:
                 try:
                     await self.store.wait_for_work(self.queues, _IDLE_WAIT)
                 except Exception as exc:
-                    self.log.warning("waiting for work failed; retrying", error=repr(exc))
+                    self.outage.failed("waiting for work", exc)
                     await backoff.sleep()
 
     async def claim_batch(self, jobs: TaskGroup, free: int) -> int:
@@ -192,7 +275,7 @@ class _Server:
             old.lost = True
             if old.execution is not None:
                 old.execution.cancel()
-        slot = _Slot(rec, claimed.decode_error)
+        slot = _Slot(rec, claimed.decode_error, claimed.unknown_since)
         self.slots[rec.id] = slot
         self.active += 1
         jobs.start_soon(self.run_job, slot, name=f"anywork serve: {rec.handler} {rec.id}")
@@ -241,8 +324,7 @@ class _Server:
                     return  # handed back
                 execution = await self.worker.perform(job, attempt=rec.attempts)
         except UnknownHandlerError as exc:
-            message = f"{exc} on {self.worker.name}"
-            slot.outcome = final(rec, JobState.FAILED, Status.NOT_FOUND, message)
+            slot.outcome = self.unknown_handler(slot, exc)
             return
         except RuntimeError:
             return  # the worker stopped before the job started: handed back
@@ -274,6 +356,34 @@ class _Server:
         else:
             slot.outcome = decide(rec, execution, stopping=self.worker.stopping)
 
+    def unknown_handler(self, slot: _Slot, exc: UnknownHandlerError) -> Outcome:
+        """Hand a job whose handler this worker lacks back for another worker, without using
+        an attempt and a little later (growing pauses); FAILED 404 once no worker has run it
+        for ``unknown_handler_grace`` seconds since the first such hand-back."""
+        rec = slot.record
+        now = _now()
+        since = slot.unknown_since or now
+        waited = (now - since).total_seconds()
+        if waited >= self.unknown_handler_grace:
+            message = (
+                f"{exc} on {self.worker.name}; no worker ran it within "
+                f"{self.unknown_handler_grace:g} s"
+            )
+            return final(rec, JobState.FAILED, Status.NOT_FOUND, message)
+        pause = min(max(_UNKNOWN_PAUSE, waited / 10), _UNKNOWN_PAUSE_CAP)
+        due = min(
+            now + timedelta(seconds=pause), since + timedelta(seconds=self.unknown_handler_grace)
+        )
+        return Outcome(
+            id=rec.id,
+            state=JobState.SCHEDULED,
+            status=rec.status,
+            error=f"{exc} on {self.worker.name}: handed back for a worker that has it",
+            scheduled_for=due,
+            give_back_attempt=True,
+            unknown_since=since,
+        )
+
     # -- leases -------------------------------------------------------------------------------
 
     async def renew_loop(self) -> None:
@@ -286,8 +396,9 @@ class _Server:
             try:
                 stop = await self.store.renew(self.owner, ids, lease=self.lease)
             except Exception as exc:
-                self.log.warning("renewing leases failed; retrying", error=repr(exc))
+                self.outage.failed("renewing leases", exc)
                 continue
+            self.outage.ok()
             for id in stop:
                 slot = self.slots.get(id)
                 if slot is None or slot.outcome is not None:
@@ -304,10 +415,11 @@ class _Server:
         interval = self.lease / 2
         while True:
             try:
-                reaped = await self.store.reap()
+                reaped = await self.store.reap(lost_limit=self.lost_limit)
             except Exception as exc:
-                self.log.warning("reaping expired leases failed; retrying", error=repr(exc))
+                self.outage.failed("reaping expired leases", exc)
             else:
+                self.outage.ok()
                 if reaped:
                     self.log.info("put back jobs whose worker was lost", count=reaped)
             await anyio.sleep(interval)
@@ -372,6 +484,26 @@ class _Server:
             with anyio.move_on_after(next_at - now):
                 await event.wait()
 
+    # -- retention ----------------------------------------------------------------------------
+
+    async def expire_loop(self) -> None:
+        """Delete finished jobs whose time is up (the job's own result_ttl, else this serve's
+        for its queues), in small batches."""
+        if self.result_ttl is None:
+            return
+        await anyio.sleep(_EXPIRE_FIRST)
+        while True:
+            try:
+                deleted = await self.store.expire(
+                    self.queues, result_ttl=self.result_ttl, limit=_EXPIRE_BATCH
+                )
+            except Exception as exc:
+                self.log.warning("deleting expired jobs failed; retrying", error=repr(exc))
+                deleted = 0
+            if deleted:
+                self.log.debug("deleted finished jobs past their result_ttl", count=deleted)
+            await anyio.sleep(_EXPIRE_PAUSE if deleted >= _EXPIRE_BATCH else _EXPIRE_INTERVAL)
+
     # -- completing ---------------------------------------------------------------------------
 
     async def flush_loop(self) -> None:
@@ -395,17 +527,36 @@ class _Server:
                 with anyio.CancelScope(shield=True):
                     # The last progress reported is stored before the outcome.
                     await self.write_progress(batch)
-                    await self.store.complete(self.owner, outcomes)
+                    applied = await self.store.complete(self.owner, outcomes)
             except Exception as exc:
-                self.log.warning("storing outcomes failed; retrying", error=repr(exc))
+                self.outage.failed("storing outcomes", exc)
                 self.pending[:0] = batch
                 self.pending_event.set()
                 return False
+            self.outage.ok()
+            if applied is not None:
+                self.log_discarded([o for o in outcomes if o.id not in applied])
             for slot in batch:
                 if self.slots.get(slot.record.id) is slot:
                     del self.slots[slot.record.id]
             self.release(len(batch))
             return True
+
+    def log_discarded(self, outcomes: list[Outcome]) -> None:
+        """One line per outcome the store refused: the lease was lost (the worker paused or
+        was cut off longer than the lease) and the job was reaped or claimed by another."""
+        for o in outcomes:
+            self.log.warning(
+                "outcome discarded: the job's lease was lost and the job taken over",
+                job_id=o.id,
+                state=str(o.state),
+                status=int(o.status),
+            )
+            if self.on_discarded is not None:
+                try:
+                    self.on_discarded(o)
+                except Exception:
+                    self.log.exception("an on_discarded callback raised; ignored")
 
     async def flush_all(self) -> None:
         backoff = _Backoff()
@@ -432,6 +583,10 @@ async def serve_store(
     queues: tuple[str, ...] | list[str] = ("default",),
     concurrency: int | None = None,
     lease: float = 30.0,
+    lost_limit: int = DEFAULT_LOST_LIMIT,
+    unknown_handler_grace: float = DEFAULT_UNKNOWN_HANDLER_GRACE,
+    result_ttl: float | timedelta | None = DEFAULT_RESULT_TTL,
+    on_discarded: Callable[[Outcome], object] | None = None,
 ) -> None:
     """Consume jobs from ``store`` with ``worker`` until cancelled or the worker stops.
 
@@ -444,6 +599,13 @@ async def serve_store(
     not finished (or not started) go back to QUEUED without using an attempt, and leaving
     ``async with worker`` waits for that.
 
+    Losing a worker is not a job's failure: a job whose lease expired goes back whatever its
+    RetryPolicy (the attempt counts) until its worker has been lost ``lost_limit`` times, then
+    it fails 500 "worker lost". A job whose handler this worker lacks goes back, without using
+    an attempt and due again after a growing pause, for a worker that has it (a rolling
+    deploy); it fails 404 only when no worker has run it within ``unknown_handler_grace``
+    seconds of the first hand-back.
+
     Args:
         worker: a running Worker holding the handlers.
         store: an entered store.
@@ -451,11 +613,20 @@ async def serve_store(
         concurrency: at most this many of the store's jobs at once (default: the worker's
             ``max_concurrency``, else 16).
         lease: seconds a claim holds before another worker may take the job over.
+        lost_limit: how many times a job's worker may be lost before the job fails (applied by
+            this worker's reaper to every job it reaps).
+        unknown_handler_grace: seconds a job for a handler no worker has may wait for one.
+        result_ttl: seconds (or a timedelta) finished jobs of ``queues`` are kept before this
+            worker deletes them, a small batch at a time (a job enqueued with a
+            ``result_ttl`` of its own keeps that); None keeps them for ever.
+        on_discarded: called with each outcome the store refused because the job's lease was
+            lost (the job was taken over); the CLI's exit summary counts them.
 
     Raises:
         RuntimeError: the worker was never started (a worker already stopping makes ``serve``
             return at once).
-        ValueError: no queues, a concurrency below 1 or a lease that is not positive.
+        ValueError: no queues, a concurrency below 1, a lease or grace that is not positive,
+            or a lost_limit below 1.
     """
     names = _check_queues(queues)
     if concurrency is None:
@@ -464,12 +635,38 @@ async def serve_store(
         raise ValueError(f"concurrency must be an int >= 1, got {concurrency!r}")
     if isinstance(lease, bool) or not isinstance(lease, int | float) or not lease > 0:
         raise ValueError(f"lease must be a number of seconds > 0, got {lease!r}")
+    if isinstance(lost_limit, bool) or not isinstance(lost_limit, int) or lost_limit < 1:
+        raise ValueError(f"lost_limit must be an int >= 1, got {lost_limit!r}")
+    if (
+        isinstance(unknown_handler_grace, bool)
+        or not isinstance(unknown_handler_grace, int | float)
+        or not 0 <= unknown_handler_grace < float("inf")
+    ):
+        raise ValueError(
+            f"unknown_handler_grace must be a finite number of seconds >= 0, "
+            f"got {unknown_handler_grace!r}"
+        )
     if not worker.running:
         if worker.stopping:
             # Started just as the worker began to stop (e.g. start_soon then stop()): there
             # is nothing to serve and nothing to hand back.
             return
         raise RuntimeError(f"{worker.name} is not running: call serve inside `async with worker:`")
-    server = _Server(worker, store, names, concurrency, float(lease))
+    ttl: float | None = None
+    if result_ttl is not None:
+        ttl = seconds(result_ttl, name="result_ttl")
+        if not 0 <= ttl < float("inf"):
+            raise ValueError(f"result_ttl must be a finite duration >= 0, got {result_ttl!r}")
+    server = _Server(
+        worker,
+        store,
+        names,
+        concurrency,
+        float(lease),
+        lost_limit=lost_limit,
+        unknown_handler_grace=float(unknown_handler_grace),
+        result_ttl=ttl,
+        on_discarded=on_discarded,
+    )
     async with worker.lifetime():
         await server.run()

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from .._core.exceptions import RetryLater, StatusError
-from .._core.jsoncheck import check_json
+from .._core.jsoncheck import check_json, json_ok
 from .._core.retry import backoff_from_dict
 from .._core.status import Status
 from ..stores._base import JobRecord, JobState, Outcome
@@ -63,13 +62,13 @@ def hand_back(rec: JobRecord) -> Outcome:
     )
 
 
-def _why_unstorable(result: Any, exc: Exception) -> str:
+def _why_unstorable(result: Any) -> str:
     """Name the part of ``result`` JSON cannot carry, as enqueue does for args."""
     try:
         check_json(result, "the result")
     except TypeError as named:
         return str(named)
-    return str(exc)
+    return "not JSON-serialisable"  # pragma: no cover - json_ok and check_json agree
 
 
 def decide(rec: JobRecord, execution: Execution, *, stopping: bool) -> Outcome:
@@ -82,15 +81,16 @@ def decide(rec: JobRecord, execution: Execution, *, stopping: bool) -> Outcome:
     """
     status = execution.status
     error = execution.error
-    if status is Status.CANCELLED and stopping:
+    if status is Status.CANCELLED and stopping and not isinstance(error, StatusError):
+        # Cancelled by the stop (not a StatusError(499) the handler raised): hand it back.
         return hand_back(rec)
     if status.is_success:
-        try:
-            json.dumps(execution.result, allow_nan=False)
-        except (TypeError, ValueError) as exc:
+        # The same rule as for args at enqueue (str keys, finite floats, JSON types), so that
+        # a result is stored exactly as returned or refused, never silently changed.
+        if not json_ok(execution.result):
             message = (
-                f"the result of handler {rec.handler!r} is not JSON-serialisable, so it cannot be "
-                f"stored: {_why_unstorable(execution.result, exc)}"
+                f"the result of handler {rec.handler!r} cannot be stored as JSON: "
+                f"{_why_unstorable(execution.result)}"
             )
             return final(rec, JobState.FAILED, Status.INTERNAL_ERROR, message)
         return Outcome(id=rec.id, state=JobState.SUCCEEDED, status=status, result=execution.result)

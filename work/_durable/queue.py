@@ -2,23 +2,23 @@
 
 from __future__ import annotations
 
-import functools
+import math
 from collections.abc import AsyncIterator, Iterable
-from contextlib import AbstractContextManager, asynccontextmanager
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
 import anyio
-from anyio.from_thread import BlockingPortal, start_blocking_portal
-from opentelemetry import propagate
 
 from .._core.job import Job
 from .._core.jsoncheck import check_json
 from .._core.retry import RetryPolicy
 from .._core.status import Status
+from .._core.validate import check_at, check_delay, check_int, check_name, check_payload
+from .._runtime.portal import PortalTwin
 from .._runtime.timers import seconds
-from ..stores._base import JobRecord, JobState, Store
+from ..stores._base import FINAL_STATES, JobRecord, JobState, Store
 from ..stores._open import open_store
 from .events import DEFAULT_EVENT_BUFFER, EventStream, JobEventKind, check_event_filters
 
@@ -29,16 +29,6 @@ __all__ = ["Queue", "SyncQueue"]
 
 # What Queue.wait listens for (LOST events always come too).
 _END_KINDS = (JobEventKind.SUCCEEDED, JobEventKind.FAILED, JobEventKind.CANCELLED)
-
-
-def _aware(when: datetime) -> datetime:
-    if not isinstance(when, datetime):
-        raise TypeError(f"at must be a datetime, got {type(when).__name__}")
-    if when.tzinfo is None or when.utcoffset() is None:
-        raise ValueError(
-            f"at must be an aware datetime (with tzinfo), got naive {when.isoformat()}"
-        )
-    return when.astimezone(UTC)
 
 
 class Queue:
@@ -101,41 +91,49 @@ class Queue:
         priority: int,
         retry: RetryPolicy | None,
         unique_key: str | None,
+        result_ttl: float | None = None,
     ) -> JobRecord:
         if not isinstance(job, Job):
             raise TypeError(f"enqueue needs a Job, got {type(job).__name__}")
         if delay is not None and at is not None:
             raise ValueError("give delay or at, not both")
-        if isinstance(priority, bool) or not isinstance(priority, int):
-            raise TypeError(f"priority must be an int, got {priority!r}")
+        check_int(priority, "priority")
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise TypeError(f"retry must be a RetryPolicy or None, got {type(retry).__name__}")
-        if unique_key is not None and (not isinstance(unique_key, str) or not unique_key):
-            raise ValueError(f"unique_key must be a non-empty str or None, got {unique_key!r}")
+        if retry is not None:
+            check_int(retry.max_attempts, "retry.max_attempts", low=1)
+            check_int(retry.max_deferrals, "retry.max_deferrals", low=0)
+        if unique_key is not None:
+            check_name(unique_key, "unique_key")
+        check_name(job.handler, "job.handler")
+        check_name(job.queue, "job.queue")
+        check_name(job.id, "job.id")
+        if job.timeout is not None and not math.isfinite(job.timeout):
+            raise ValueError(f"job.timeout must be a finite number of seconds, got {job.timeout!r}")
         due: datetime | None = None
         if delay is not None:
-            secs = seconds(delay, name="delay")
-            if secs < 0:
-                raise ValueError(f"delay must be >= 0 seconds, got {delay!r}")
+            secs = check_delay(delay)
             if secs > 0:
                 due = now + timedelta(seconds=secs)
         elif at is not None:
-            due = _aware(at)
+            due = check_at(at, now)
+        check_payload(job.args, "job.args")
         check_json(job.args, "job.args")
         headers = dict(job.headers)
         # Continue the producer's trace in the consumer (the tracing adapter extracts it).
+        # Imported here, not at the top, so that `import work` does not load OpenTelemetry;
+        # after the first enqueue this is a dictionary lookup.
+        from opentelemetry import propagate
+
         propagate.inject(headers)
+        check_payload(headers, "job.headers")
         check_json(headers, "job.headers")
         for key, value in headers.items():
             if not isinstance(value, str):
                 raise TypeError(f"job.headers[{key!r}] must be a str, got {type(value).__name__}")
         retry_settings = None
         if retry is not None:
-            retry_settings = {
-                "backoff": retry.backoff.to_dict(),
-                "retry_on": retry.retry_statuses(),
-                "max_deferrals": retry.max_deferrals,
-            }
+            retry_settings = retry.stored_settings()  # TypeError for a custom backoff
             check_json(retry_settings, "the retry policy's settings")
         later = due is not None and due > now
         return JobRecord(
@@ -153,6 +151,34 @@ class Queue:
             scheduled_for=due,
             timeout=job.timeout,
             retry=retry_settings,
+            result_ttl=result_ttl,
+        )
+
+    def check(
+        self,
+        job: Job,
+        *,
+        delay: float | timedelta | None = None,
+        at: datetime | None = None,
+        priority: int = 0,
+        retry: RetryPolicy | None = None,
+        unique_key: str | None = None,
+    ) -> None:
+        """Raise what :meth:`enqueue` would raise for these arguments, without touching the
+        store (which need not be entered): a form or a command line can refuse bad input
+        before it connects.
+
+        Raises:
+            TypeError, ValueError: as for :meth:`enqueue`.
+        """
+        self._record(
+            job,
+            now=datetime.now(UTC),
+            delay=delay,
+            at=at,
+            priority=priority,
+            retry=retry,
+            unique_key=unique_key,
         )
 
     async def enqueue(
@@ -164,6 +190,7 @@ class Queue:
         priority: int = 0,
         retry: RetryPolicy | None = None,
         unique_key: str | None = None,
+        result_ttl: float | timedelta | None = None,
     ) -> JobRecord:
         """Store ``job`` to be run by a worker serving its queue.
 
@@ -174,22 +201,37 @@ class Queue:
             job: the job; ``job.id`` becomes the record's id.
             delay: run no sooner than this many seconds (or a timedelta) from now.
             at: run no sooner than this aware datetime.
-            priority: higher runs first.
+            priority: higher runs first; a 32-bit signed int (-2**31 to 2**31 - 1).
             retry: the policy for failed executions (default: no retries; RetryLater still
                 defers up to 20 times).
             unique_key: while a job with this key in the same queue is QUEUED, SCHEDULED or
                 RUNNING, return that job's record instead of adding another.
+            result_ttl: keep the job this long (seconds or a timedelta) once finished, instead
+                of the serving worker's ``result_ttl`` (7 days by default).
+
+        Every store keeps the same ranges (``work._core.validate``): ``delay`` finite, from 0
+        to 36525 days (about 100 years); ``at`` aware, from 1970-01-01 UTC to 36525 days from now;
+        handler, queue, id and unique key non-blank strs of at most 255 characters without
+        control characters; args and headers nested at most 64 levels, with no NUL or lone
+        surrogate in any str; headers str to str; ``max_attempts`` at most 2**31 - 1.
 
         Returns:
             The stored record; the existing one if the id (or the active unique key) is taken.
 
         Raises:
-            TypeError: args, headers or a setting is not JSON-serialisable (the message names
-                the key); nothing is stored.
-            ValueError: a naive ``at``, a negative ``delay``, or both given.
+            TypeError: args, headers or a setting is not JSON-serialisable, or a value has the
+                wrong type (the message names it); nothing is stored.
+            ValueError: a value out of the ranges above, a naive ``at``, or both ``delay`` and
+                ``at``; nothing is stored.
         """
         (record,) = await self.enqueue_many(
-            [job], delay=delay, at=at, priority=priority, retry=retry, unique_key=unique_key
+            [job],
+            delay=delay,
+            at=at,
+            priority=priority,
+            retry=retry,
+            unique_key=unique_key,
+            result_ttl=result_ttl,
         )
         return record
 
@@ -202,6 +244,7 @@ class Queue:
         priority: int = 0,
         retry: RetryPolicy | None = None,
         unique_key: str | None = None,
+        result_ttl: float | timedelta | None = None,
     ) -> list[JobRecord]:
         """Store several jobs with the same options in one store round trip.
 
@@ -214,6 +257,7 @@ class Queue:
             TypeError, ValueError: as for :meth:`enqueue`.
         """
         now = datetime.now(UTC)
+        ttl = _result_ttl(result_ttl)
         records = [
             self._record(
                 job,
@@ -223,6 +267,7 @@ class Queue:
                 priority=priority,
                 retry=retry,
                 unique_key=unique_key,
+                result_ttl=ttl,
             )
             for job in jobs
         ]
@@ -350,6 +395,78 @@ class Queue:
         """Return ``{queue: {state: count}}``."""
         return await self.store.stats()
 
+    # -- history ------------------------------------------------------------------------------
+
+    async def purge(
+        self,
+        *,
+        older_than: datetime | timedelta | float,
+        states: Iterable[JobState | str] = FINAL_STATES,
+    ) -> int:
+        """Delete finished jobs now, whatever their ``result_ttl`` (serving workers delete
+        them anyway once it has passed).
+
+        Args:
+            older_than: jobs that finished before this aware datetime, or more than this long
+                ago (seconds or a timedelta).
+            states: which finished states to delete (default: SUCCEEDED, FAILED and
+                CANCELLED).
+
+        Returns:
+            How many jobs were deleted.
+
+        Raises:
+            ValueError: a state that is not final (unfinished jobs are never purged), an
+                unknown state, a naive datetime or a negative duration.
+        """
+        wanted: list[JobState] = []
+        for state in states:
+            st = JobState(state)
+            if not st.is_final:
+                raise ValueError(
+                    f"only finished jobs can be purged (succeeded, failed, cancelled), "
+                    f"got state {st.value!r}"
+                )
+            wanted.append(st)
+        if isinstance(older_than, datetime):
+            if older_than.tzinfo is None or older_than.utcoffset() is None:
+                raise ValueError(
+                    f"older_than must be an aware datetime (with tzinfo), got naive {older_than!r}"
+                )
+            cutoff = older_than.astimezone(UTC)
+        else:
+            age = seconds(older_than, name="older_than")
+            if not 0 <= age < float("inf"):
+                raise ValueError(f"older_than must be a duration >= 0, got {older_than!r}")
+            cutoff = datetime.now(UTC) - timedelta(seconds=age)
+        return await self.store.purge(older_than=cutoff, states=wanted)
+
+    async def retry(self, id: str) -> JobRecord:
+        """Run a FAILED or CANCELLED job again now: it is QUEUED with its attempts, status,
+        error and result cleared (the same id, args and options).
+
+        Returns:
+            The job's new record.
+
+        Raises:
+            LookupError: the store does not know the job.
+            ValueError: the job is not FAILED or CANCELLED (the message names its state), or
+                another unfinished job holds its unique_key.
+        """
+        record = await self.store.retry(id)
+        if record is None:
+            raise LookupError(f"no job with id {id!r} in {self.store.url}")
+        return record
+
+
+def _result_ttl(value: float | timedelta | None) -> float | None:
+    if value is None:
+        return None
+    ttl = seconds(value, name="result_ttl")
+    if not 0 <= ttl < float("inf"):
+        raise ValueError(f"result_ttl must be a finite duration >= 0, got {value!r}")
+    return ttl
+
 
 class SyncQueue:
     """The synchronous twin of :class:`Queue`, for code with no event loop (scripts, Flask,
@@ -371,24 +488,16 @@ class SyncQueue:
     def __init__(self, url_or_store: str | Store, **options: Any) -> None:
         queue = Queue(url_or_store, **options)
         self.store = queue.store
-        self._portal_cm: AbstractContextManager[BlockingPortal] = start_blocking_portal()
-        self._portal = self._portal_cm.__enter__()
-        self._queue_cm: AbstractContextManager[Queue] | None = None
-        try:
-            queue_cm = self._portal.wrap_async_context_manager(queue)
-            self._queue = queue_cm.__enter__()
-            self._queue_cm = queue_cm
-        except BaseException:
-            self._portal_cm.__exit__(None, None, None)
-            raise
+        self._twin: PortalTwin[Queue] = PortalTwin("this SyncQueue")
+        self._queue = self._twin.enter(queue)
 
     def __repr__(self) -> str:
         return f"SyncQueue({self.store.url!r})"
 
     def _call(self, fn: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any) -> Any:
-        if self._queue_cm is None:
+        if not self._twin.entered:
             raise RuntimeError(f"{self!r} is closed")
-        return self._portal.call(functools.partial(fn, *args, **kwargs))
+        return self._twin.call(fn, *args, **kwargs)
 
     def enqueue(
         self,
@@ -399,6 +508,7 @@ class SyncQueue:
         priority: int = 0,
         retry: RetryPolicy | None = None,
         unique_key: str | None = None,
+        result_ttl: float | timedelta | None = None,
     ) -> JobRecord:
         """Store ``job``; see :meth:`Queue.enqueue`."""
         record: JobRecord = self._call(
@@ -409,6 +519,7 @@ class SyncQueue:
             priority=priority,
             retry=retry,
             unique_key=unique_key,
+            result_ttl=result_ttl,
         )
         return record
 
@@ -421,6 +532,7 @@ class SyncQueue:
         priority: int = 0,
         retry: RetryPolicy | None = None,
         unique_key: str | None = None,
+        result_ttl: float | timedelta | None = None,
     ) -> list[JobRecord]:
         """Store several jobs in one round trip; see :meth:`Queue.enqueue_many`."""
         records: list[JobRecord] = self._call(
@@ -431,6 +543,7 @@ class SyncQueue:
             priority=priority,
             retry=retry,
             unique_key=unique_key,
+            result_ttl=result_ttl,
         )
         return records
 
@@ -473,15 +586,23 @@ class SyncQueue:
         counts: dict[str, dict[str, int]] = self._call(self._queue.stats)
         return counts
 
+    def purge(
+        self,
+        *,
+        older_than: datetime | timedelta | float,
+        states: Iterable[JobState | str] = FINAL_STATES,
+    ) -> int:
+        """Delete finished jobs now; see :meth:`Queue.purge`."""
+        return int(self._call(self._queue.purge, older_than=older_than, states=list(states)))
+
+    def retry(self, id: str) -> JobRecord:
+        """Run a FAILED or CANCELLED job again now; see :meth:`Queue.retry`."""
+        record: JobRecord = self._call(self._queue.retry, id)
+        return record
+
     def close(self) -> None:
         """Leave the store and stop the background event loop. Calling it again does nothing."""
-        queue_cm, self._queue_cm = self._queue_cm, None
-        if queue_cm is None:
-            return
-        try:
-            queue_cm.__exit__(None, None, None)
-        finally:
-            self._portal_cm.__exit__(None, None, None)
+        self._twin.exit()
 
     def __enter__(self) -> Self:
         return self

@@ -16,11 +16,12 @@ import anyio
 import anyio.lowlevel
 from anyio.abc import TaskGroup
 
-from .._core.chain import as_async, chain, core, finalise_error, handler_exit
+from .._core.chain import compose, is_async_callable
 from .._core.exceptions import StatusError, UnknownHandlerError
 from .._core.job import Ctx, Job
 from .._core.status import Status
 from .._core.types import Adapter, Handler
+from .sync_handlers import ProcessRunner, SyncMode, ThreadRunner
 from .timers import CronSchedule, IntervalSchedule, TimerHeap, parse_every, seconds, utcnow
 
 if TYPE_CHECKING:
@@ -208,9 +209,18 @@ class Worker:
         name: a label for logs and metrics (default ``worker-<n>``).
         shutdown_grace: seconds in-flight executions get to finish when the worker stops,
             before they are cancelled (499).
+        sync_handlers: where plain ``def`` handlers run. ``"thread"`` (the default): in
+            worker threads; a thread cannot be interrupted, so when its execution times out
+            (408) or is cancelled (499) the execution ends at once and its thread is
+            abandoned (it runs on; its result is dropped). ``"process"``: in worker
+            processes, killed when the execution times out or is cancelled; the handler must
+            be a module-level function and the job's args and its result picklable.
+        max_abandoned_threads: with ``"thread"``, while this many abandoned threads are
+            still running, new sync executions end 503 at once instead of starting another.
 
     Raises:
-        ValueError: ``max_concurrency`` < 1 or a negative ``shutdown_grace``.
+        ValueError: ``max_concurrency`` < 1, a negative ``shutdown_grace``, an unknown
+            ``sync_handlers`` or ``max_abandoned_threads`` < 1.
     """
 
     _names = itertools.count(1)
@@ -222,7 +232,15 @@ class Worker:
         max_concurrency: int | None = None,
         name: str | None = None,
         shutdown_grace: float = 10.0,
+        sync_handlers: SyncMode = "thread",
+        max_abandoned_threads: int = 16,
     ) -> None:
+        if sync_handlers not in ("thread", "process"):
+            raise ValueError(f"sync_handlers must be 'thread' or 'process', got {sync_handlers!r}")
+        if isinstance(max_abandoned_threads, bool) or not isinstance(max_abandoned_threads, int):
+            raise TypeError(f"max_abandoned_threads must be an int, got {max_abandoned_threads!r}")
+        if max_abandoned_threads < 1:
+            raise ValueError(f"max_abandoned_threads must be >= 1, got {max_abandoned_threads}")
         if max_concurrency is not None:
             if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int):
                 raise TypeError(f"max_concurrency must be an int or None, got {max_concurrency!r}")
@@ -232,10 +250,15 @@ class Worker:
         if grace < 0:
             raise ValueError(f"shutdown_grace must be >= 0, got {shutdown_grace!r}")
         self.adapters: tuple[Adapter, ...] = tuple(adapters)
-        self._wrap = chain(*self.adapters)
+        for i, adapter in enumerate(self.adapters):
+            if not callable(adapter):
+                raise TypeError(f"adapter #{i} ({adapter!r}) is not callable")
         self.max_concurrency = max_concurrency
         self.name = name or f"worker-{next(self._names)}"
         self.shutdown_grace = grace
+        self.sync_handlers: SyncMode = sync_handlers
+        self._threads = ThreadRunner(max_abandoned=max_abandoned_threads, name=self.name)
+        self._processes = ProcessRunner()
         self._handlers: dict[str, Callable[[Job], Any]] = {}
         self._chains: dict[str, Handler] = {}
         self._subscribers: tuple[Callable[[Execution], object], ...] = ()
@@ -257,6 +280,11 @@ class Worker:
         self._services = 0
         self._services_done: anyio.Event | None = None
 
+    @property
+    def abandoned_threads(self) -> int:
+        """Threads of sync handlers abandoned after a timeout or cancel that still run."""
+        return self._threads.abandoned
+
     # -- registry ---------------------------------------------------------------------------
 
     @property
@@ -268,18 +296,25 @@ class Worker:
         """Register ``fn`` (``async def`` or plain ``def``) as the handler named ``name``.
 
         Raises:
-            ValueError: ``name`` is empty or already registered.
+            ValueError: ``name`` is blank or already registered.
             TypeError: ``fn`` is not callable or ``name`` not a str.
         """
         if not isinstance(name, str):
             raise TypeError(f"a handler name must be a str, got {type(name).__name__}")
-        if not name:
-            raise ValueError("a handler name must not be empty")
+        if not name or name.isspace():
+            raise ValueError(f"a handler name must not be blank, got {name!r}")
         if name in self._handlers:
             raise ValueError(f"a handler named {name!r} is already registered on {self.name}")
-        handler = as_async(fn)
+        if not callable(fn):
+            raise TypeError(f"a handler must be callable, got {fn!r}")
+        if is_async_callable(fn):
+            handler = fn
+        elif self.sync_handlers == "process":
+            handler = self._processes.wrap(fn)
+        else:
+            handler = self._threads.wrap(fn)
         self._handlers[name] = fn
-        self._chains[name] = self._wrap(core(handler))
+        self._chains[name] = compose(self.adapters, handler)
 
     def handler(self, name: str | None = None) -> Callable[[F], F]:
         """Decorator form of :meth:`register`; the default name is the function's ``__name__``.
@@ -699,6 +734,9 @@ class Worker:
         queues: tuple[str, ...] | list[str] = ("default",),
         concurrency: int | None = None,
         lease: float = 30.0,
+        lost_limit: int = 3,
+        unknown_handler_grace: float = 300.0,
+        result_ttl: float | timedelta | None = 7 * 24 * 3600.0,
     ) -> None:
         """Consume jobs from a durable store until cancelled or the worker stops.
 
@@ -714,10 +752,27 @@ class Worker:
             concurrency: at most this many of the store's jobs at once (default: the worker's
                 ``max_concurrency``, else 16).
             lease: seconds a claim holds before another worker may take the job over.
+            lost_limit: a job whose worker was lost (its lease expired) goes back whatever its
+                retry policy, until this many losses; then it fails 500 "worker lost".
+            unknown_handler_grace: a job for a handler this worker lacks goes back for another
+                worker without using an attempt; it fails 404 only when no worker has run it
+                within this many seconds of the first hand-back.
+            result_ttl: finished jobs of ``queues`` are deleted (a small batch at a time) this
+                long after they finished (default 7 days), unless a job was enqueued with a
+                ``result_ttl`` of its own; None keeps them for ever.
         """
         from .._durable.consumer import serve_store
 
-        await serve_store(self, store, queues=queues, concurrency=concurrency, lease=lease)
+        await serve_store(
+            self,
+            store,
+            queues=queues,
+            concurrency=concurrency,
+            lease=lease,
+            lost_limit=lost_limit,
+            unknown_handler_grace=unknown_handler_grace,
+            result_ttl=result_ttl,
+        )
 
     # -- running executions -----------------------------------------------------------------
 
@@ -792,17 +847,10 @@ class Worker:
                 try:
                     execution.result = await execution._handler(execution.job)
                 except Exception as exc:
-                    # The same rules as core(), once more around the whole chain, so an
-                    # exception raised by an adapter also ends as a status.
+                    # The settle steps have set the status already; keep the cause.
                     execution.error = exc
-                    ctx.status = finalise_error(ctx.status, exc)
-                except SystemExit as exc:  # raised by an adapter, outside core()
-                    execution.error = handler_exit(exc)
-                    ctx.status = Status.INTERNAL_ERROR
             if scope.cancelled_caught:
                 ctx.status = Status.CANCELLED
-            elif ctx.status is Status.UNKNOWN:
-                ctx.status = Status.SUCCESS
         except BaseException as exc:
             ctx.status = Status.CANCELLED
             if not isinstance(exc, anyio.get_cancelled_exc_class()):

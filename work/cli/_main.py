@@ -28,12 +28,14 @@ from typing import Any, NoReturn
 
 import anyio
 
+from .. import __version__
 from .._core.job import Job
 from .._core.retry import RetryPolicy
 from .._core.status import Status
+from .._core.validate import INT_MIN
 from .._durable.queue import Queue
 from ..stores import JobRecord, JobState, mask_url
-from ._common import CLIError, connected, open_store_of
+from ._common import CLIError, connected, int_arg, open_store_of, seconds_arg
 from .jobs import add_watch_parser
 from .worker import load_worker, parse_listen, run_worker_command
 
@@ -118,7 +120,7 @@ def _bad_input() -> Iterator[None]:
 
 
 async def _cmd_jobs_list(ns: argparse.Namespace) -> int:
-    async with connected(open_store_of(ns)) as store:
+    async with connected(open_store_of(ns), create=False) as store:
         with _bad_input():
             records = await Queue(store).list(
                 state=JobState(ns.state) if ns.state else None,
@@ -153,7 +155,7 @@ async def _cmd_jobs_list(ns: argparse.Namespace) -> int:
 
 
 async def _cmd_jobs_get(ns: argparse.Namespace) -> int:
-    async with connected(open_store_of(ns)) as store:
+    async with connected(open_store_of(ns), create=False) as store:
         record = await Queue(store).get(ns.id)
     if record is None:
         raise CLIError(f"no job with id {ns.id!r} in {mask_url(ns.store)}")
@@ -169,7 +171,7 @@ async def _cmd_jobs_get(ns: argparse.Namespace) -> int:
 
 
 async def _cmd_jobs_cancel(ns: argparse.Namespace) -> int:
-    async with connected(open_store_of(ns)) as store:
+    async with connected(open_store_of(ns), create=False) as store:
         queue = Queue(store)
         if await queue.cancel(ns.id):
             print(f"cancelled {ns.id}")
@@ -180,8 +182,53 @@ async def _cmd_jobs_cancel(ns: argparse.Namespace) -> int:
     raise CLIError(f"job {ns.id} is already {record.state}; nothing to cancel")
 
 
-async def _cmd_stats(ns: argparse.Namespace) -> int:
+async def _cmd_jobs_purge(ns: argparse.Namespace) -> int:
+    states = ns.state or [JobState.SUCCEEDED.value, JobState.FAILED.value, JobState.CANCELLED.value]
     async with connected(open_store_of(ns)) as store:
+        with _bad_input():
+            deleted = await Queue(store).purge(older_than=ns.older_than, states=states)
+    print(f"purged {deleted} job{'' if deleted == 1 else 's'}")
+    return 0
+
+
+async def _cmd_jobs_retry(ns: argparse.Namespace) -> int:
+    async with connected(open_store_of(ns)) as store:
+        try:
+            record = await Queue(store).retry(ns.id)
+        except LookupError:
+            raise CLIError(f"no job with id {ns.id!r} in {mask_url(ns.store)}") from None
+        except ValueError as exc:
+            raise CLIError(str(exc)) from None
+    print(f"retrying {record.id}  {record.handler}  queue={record.queue}  {record.state}")
+    return 0
+
+
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+
+
+def parse_duration(text: str) -> float:
+    """A duration for the command line: seconds (``90``, ``1.5``) or a number with a unit
+    ``s``, ``m``, ``h``, ``d`` or ``w`` (``30d``, ``12h``).
+
+    Raises:
+        argparse.ArgumentTypeError: anything else, a negative or a non-finite value.
+    """
+    raw = text.strip().lower()
+    unit = _UNITS.get(raw[-1:]) if raw else None
+    number = raw[:-1] if unit is not None else raw
+    try:
+        value = float(number) * (unit or 1.0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a duration: {text!r} (seconds, or a number with s, m, h, d or w: 30d)"
+        ) from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"a duration must be finite and >= 0, got {text!r}")
+    return value
+
+
+async def _cmd_stats(ns: argparse.Namespace) -> int:
+    async with connected(open_store_of(ns), create=False) as store:
         stats = await Queue(store).stats()
     if ns.json:
         _print_json(stats)
@@ -209,20 +256,20 @@ async def _cmd_enqueue(ns: argparse.Namespace) -> int:
         raise CLIError(f"--args must be a JSON object, got {type(args).__name__}: {ns.args}", 2)
     if ns.delay is not None and ns.delay < 0:
         raise CLIError(f"--delay must be >= 0 seconds, got {ns.delay:g}", 2)
-    try:
+    store = open_store_of(ns)
+    options: dict[str, Any] = {
+        "delay": ns.delay or None,
+        "priority": ns.priority,
+        "unique_key": ns.unique_key,
+    }
+    with _bad_input():
         job = Job(ns.handler, args, queue=ns.queue)
-        retry = None if ns.max_attempts is None else RetryPolicy(max_attempts=ns.max_attempts)
-    except (ValueError, TypeError) as exc:
-        raise CLIError(str(exc), 2) from None
-    async with connected(open_store_of(ns)) as store:
+        options["retry"] = None if ns.max_attempts is None else RetryPolicy(ns.max_attempts)
+        # Refused before connecting: bad input creates no store (no SQLite file, no schema).
+        Queue(store).check(job, **options)
+    async with connected(store):
         with _bad_input():
-            record = await Queue(store).enqueue(
-                job,
-                delay=ns.delay or None,
-                priority=ns.priority,
-                retry=retry,
-                unique_key=ns.unique_key,
-            )
+            record = await Queue(store).enqueue(job, **options)
     if ns.json:
         _print_json(record_to_dict(record))
     else:
@@ -251,17 +298,21 @@ def _run(
     return run
 
 
-def _add_store(parser: argparse.ArgumentParser) -> None:
+def _add_store(parser: argparse.ArgumentParser, *, top: bool = False) -> None:
+    """Add ``--store`` and ``--store-option``: to the program itself (``top``), where they
+    hold the defaults, and to each sub-command, where they override only when given, so
+    ``anywork --store URL stats`` and ``anywork stats --store URL`` mean the same."""
+    default = os.environ.get("ANYWORK_STORE", DEFAULT_STORE)
     parser.add_argument(
         "--store",
-        default=os.environ.get("ANYWORK_STORE", DEFAULT_STORE),
+        default=default if top else argparse.SUPPRESS,
         metavar="URL",
-        help="store URL (default: $ANYWORK_STORE, else %(default)s)",
+        help=f"store URL (default: $ANYWORK_STORE, else {DEFAULT_STORE})",
     )
     parser.add_argument(
         "--store-option",
         action="append",
-        default=[],
+        default=[] if top else argparse.SUPPRESS,
         metavar="KEY=VALUE",
         help="an option for the store (a JSON value or a string), e.g. schema=jobs; repeatable",
     )
@@ -274,6 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
         The parser; each sub-command stores its coroutine or function in ``func``.
     """
     parser = _Parser(prog=_PROG, description="Run anywork workers and manage durable queues.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    _add_store(parser, top=True)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     states = [str(s) for s in JobState]
 
@@ -281,8 +334,10 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("target", metavar="module:attr", help="a Worker, or a callable returning one")
     _add_store(w)
     w.add_argument("--queues", default="default", help="comma-separated queues (default: default)")
-    w.add_argument("--concurrency", type=int, default=None, help="jobs at once per process")
-    w.add_argument("--processes", type=int, default=1, help="worker processes (a supervisor)")
+    w.add_argument("--concurrency", type=int_arg(1), default=None, help="jobs at once per process")
+    w.add_argument(
+        "--processes", type=int_arg(1), default=1, help="worker processes (a supervisor)"
+    )
     w.add_argument(
         "--http",
         type=parse_listen,
@@ -290,18 +345,33 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="serve /metrics, /ready, /live (needs the server extra)",
     )
-    w.add_argument("--lease", type=float, default=30.0, help="lease seconds (default: 30)")
+    w.add_argument(
+        "--lease", type=seconds_arg(positive=True), default=30.0, help="lease seconds (default: 30)"
+    )
+    w.add_argument(
+        "--lost-limit",
+        type=int_arg(1),
+        default=3,
+        help="fail a job once its worker was lost this many times (default: 3)",
+    )
+    w.add_argument(
+        "--result-ttl",
+        type=parse_duration,
+        default=7 * 86400.0,
+        metavar="DURATION",
+        help="delete finished jobs of its queues this long after they finish (default: 7d)",
+    )
     w.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio")
     w.set_defaults(func=run_worker_command)
 
-    jobs = sub.add_parser("jobs", help="list, show, cancel or watch jobs")
+    jobs = sub.add_parser("jobs", help="list, show, cancel, retry, purge or watch jobs")
     jobs_sub = jobs.add_subparsers(dest="jobs_command", required=True, parser_class=_Parser)
     ls = jobs_sub.add_parser("list", help="list jobs, oldest first")
     _add_store(ls)
     ls.add_argument("--state", choices=states)
     ls.add_argument("--queue")
     ls.add_argument("--handler")
-    ls.add_argument("--limit", type=int, default=100)
+    ls.add_argument("--limit", type=int_arg(0), default=100)
     ls.add_argument("--after", metavar="ID", help="the last id of the previous page")
     ls.add_argument("--json", action="store_true", help="print JSON")
     ls.set_defaults(func=_run(_cmd_jobs_list))
@@ -315,6 +385,26 @@ def build_parser() -> argparse.ArgumentParser:
     _add_store(cancel)
     cancel.set_defaults(func=_run(_cmd_jobs_cancel))
     add_watch_parser(jobs_sub, _add_store)
+    purge = jobs_sub.add_parser("purge", help="delete finished jobs now")
+    _add_store(purge)
+    purge.add_argument(
+        "--older-than",
+        type=parse_duration,
+        required=True,
+        metavar="DURATION",
+        help="jobs that finished more than this long ago (seconds, or 30d, 12h, 90m)",
+    )
+    purge.add_argument(
+        "--state",
+        action="append",
+        choices=[JobState.SUCCEEDED.value, JobState.FAILED.value, JobState.CANCELLED.value],
+        help="only jobs in this state; repeatable (default: every finished state)",
+    )
+    purge.set_defaults(func=_run(_cmd_jobs_purge))
+    retry = jobs_sub.add_parser("retry", help="run a failed or cancelled job again now")
+    retry.add_argument("id")
+    _add_store(retry)
+    retry.set_defaults(func=_run(_cmd_jobs_retry))
 
     st = sub.add_parser("stats", help="job counts by queue and state")
     _add_store(st)
@@ -326,10 +416,10 @@ def build_parser() -> argparse.ArgumentParser:
     enq.add_argument("--args", default="{}", metavar="JSON", help="a JSON object (default: {})")
     _add_store(enq)
     enq.add_argument("--queue", default="default")
-    enq.add_argument("--delay", type=float, default=None, metavar="S")
-    enq.add_argument("--priority", type=int, default=0)
+    enq.add_argument("--delay", type=seconds_arg(positive=False), default=None, metavar="S")
+    enq.add_argument("--priority", type=int_arg(INT_MIN), default=0)
     enq.add_argument("--unique-key", default=None, metavar="K")
-    enq.add_argument("--max-attempts", type=int, default=None, metavar="N")
+    enq.add_argument("--max-attempts", type=int_arg(1), default=None, metavar="N")
     enq.add_argument("--json", action="store_true", help="print the stored record as JSON")
     enq.set_defaults(func=_run(_cmd_enqueue))
     return parser

@@ -10,7 +10,7 @@ import signal
 import socket
 import sys
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -20,8 +20,9 @@ from anyio.abc import TaskStatus
 
 from .._core.retry import Exponential
 from .._core.status import Status
+from .._durable.consumer import serve_store
 from .._runtime.worker import Execution, Worker
-from ..stores import Store
+from ..stores import Outcome, Store
 from ._common import CLIError, connect_patiently, entered, log, open_store_of
 
 if TYPE_CHECKING:
@@ -32,8 +33,13 @@ __all__ = ["load_worker", "parse_listen", "run_worker_command"]
 _SUPERVISOR_ENV = "ANYWORK_SUPERVISOR_PID"
 # A crashed child is restarted after 0.5 s, doubling up to 10 s while it keeps crashing.
 _RESTART_PAUSES = Exponential(0.5, cap=10.0, jitter=False)
+# /ready reads this id from the store, and gives it this long to answer.
+_READY_PROBE_ID = "anywork-ready-probe"
+_READY_PROBE_TIMEOUT = 2.0
 # Schemes whose drivers (asyncpg, redis-py) run on asyncio only.
 _ASYNCIO_ONLY = frozenset({"postgresql", "postgres", "redis", "rediss"})
+# Executions whose outcome the tally remembers, in case the store discards it (lease lost).
+_RECENT = 10_000
 
 
 # --------------------------------------------------------------------------- worker: loading
@@ -100,6 +106,9 @@ class _Tally:
     def __init__(self, worker: Worker) -> None:
         self._worker = worker
         self.counts: Counter[tuple[str, int]] = Counter()
+        self.discarded = 0  # outcomes the store refused: the lease had been taken over
+        self._recent: OrderedDict[str, tuple[str, int]] = OrderedDict()
+        self.discarded = 0  # outcomes the store refused: the lease had been taken over
 
     def __call__(self, execution: Execution) -> None:
         if not execution.done:
@@ -112,12 +121,29 @@ class _Tally:
             outcome = "handed back" if self._worker.stopping else "cancelled"
         else:
             outcome = "failed"  # retried later or not: the store's policy decides
-        self.counts[outcome, int(status)] += 1
+        key = (outcome, int(status))
+        self.counts[key] += 1
+        # Remembered until its outcome may come back discarded (within a flush or two).
+        self._recent[execution.job.id] = key
+        if len(self._recent) > _RECENT:
+            self._recent.popitem(last=False)
+
+    def discard(self, outcome: Outcome) -> None:
+        """``serve``'s ``on_discarded``: the store refused this job's outcome (the lease was
+        lost), so its execution is counted apart, not as a result."""
+        self.discarded += 1
+        key = self._recent.pop(outcome.id, None)
+        if key is not None and self.counts[key] > 0:
+            self.counts[key] -= 1
+            if not self.counts[key]:
+                del self.counts[key]
 
     def summary(self) -> str:
-        """One line: how many executions ended each way, with the statuses behind each."""
+        """One line: how many executions ended each way, with the statuses behind each, and
+        how many outcomes the store discarded."""
+        discarded = f"; discarded {self.discarded} (lease lost)" if self.discarded else ""
         if not self.counts:
-            return "processed 0 jobs"
+            return f"processed 0 jobs{discarded}"
         by_outcome: dict[str, Counter[int]] = {}
         for (outcome, status), n in self.counts.items():
             by_outcome.setdefault(outcome, Counter())[status] += n
@@ -131,14 +157,28 @@ class _Tally:
             codes = ", ".join(f"{c}x{n}" for c, n in sorted(counts.items()) if c >= 0)
             parts.append(f"{text} ({codes})" if codes else text)
         total = sum(self.counts.values())
-        return f"processed {total} job{'' if total == 1 else 's'}: " + "; ".join(parts)
+        return f"processed {total} job{'' if total == 1 else 's'}: " + "; ".join(parts) + discarded
 
 
 class _Probe:
-    """What ``/ready`` reports: True once the store is connected and the worker serves."""
+    """What ``/ready`` reports: the worker serves (``ready``) and its store answers now."""
 
-    def __init__(self) -> None:
+    def __init__(self, store: Store | None = None) -> None:
         self.ready = False
+        self.store = store
+
+    async def store_answers(self) -> bool:
+        """Read one job by id (the cheapest call every store has), within a bound: a store
+        that is down or hangs makes ``/ready`` say 503 rather than wait or lie."""
+        if self.store is None:
+            return True
+        with anyio.move_on_after(_READY_PROBE_TIMEOUT):
+            try:
+                await self.store.get(_READY_PROBE_ID)
+            except Exception:
+                return False
+            return True
+        return False
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -161,9 +201,11 @@ def _http_app(probe: _Probe) -> Any:
         return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
     async def ready(request: Request) -> Response:
-        if probe.ready:
-            return PlainTextResponse("READY")
-        return PlainTextResponse("NOT READY", status_code=503)
+        if not probe.ready:
+            return PlainTextResponse("NOT READY", status_code=503)
+        if not await probe.store_answers():
+            return PlainTextResponse("NOT READY: the store does not answer", status_code=503)
+        return PlainTextResponse("READY")
 
     async def live(request: Request) -> Response:
         return PlainTextResponse("OK")
@@ -242,7 +284,7 @@ async def _run_worker(ns: argparse.Namespace, worker: Worker) -> int:
     store = open_store_of(ns)
     tally = _Tally(worker)
     unsubscribe = worker.subscribe(tally)
-    probe = _Probe()
+    probe = _Probe(store)
     stop = anyio.Event()
     sock = _bind(*ns.http) if ns.http else None
     queues = tuple(q for q in ns.queues.split(",") if q)
@@ -260,7 +302,7 @@ async def _run_worker(ns: argparse.Namespace, worker: Worker) -> int:
         tg.start_soon(watch)
         server = await tg.start(_serve_http, sock, probe) if sock is not None else None
         try:
-            await _serve(ns, worker, store, queues, probe, stop)
+            await _serve(ns, worker, store, queues, probe, stop, tally)
         finally:
             probe.ready = False
             watchers.cancel()
@@ -278,13 +320,23 @@ async def _serve(
     queues: tuple[str, ...],
     probe: _Probe,
     stop: anyio.Event,
+    tally: _Tally,
 ) -> None:
     if not await connect_patiently(store, stop):
         return  # told to stop before the store could be reached
     async with entered(store), anyio.create_task_group() as serving, worker:
 
         async def serve() -> None:
-            await worker.serve(store, queues=queues, concurrency=ns.concurrency, lease=ns.lease)
+            await serve_store(
+                worker,
+                store,
+                on_discarded=tally.discard,
+                queues=queues,
+                concurrency=ns.concurrency,
+                lease=ns.lease,
+                lost_limit=ns.lost_limit,
+                result_ttl=ns.result_ttl,
+            )
             stop.set()
 
         serving.start_soon(serve)
@@ -305,6 +357,7 @@ def _child_command(ns: argparse.Namespace, index: int) -> list[str]:
     """The command line of child ``index``: ours without --processes, its own --http port."""
     cmd = [sys.executable, "-m", "work.cli", "worker", ns.target, "--store", ns.store]
     cmd += ["--queues", ns.queues, "--lease", repr(ns.lease), "--backend", ns.backend]
+    cmd += ["--lost-limit", str(ns.lost_limit), "--result-ttl", repr(ns.result_ttl)]
     for option in ns.store_option:
         cmd += ["--store-option", option]
     if ns.concurrency is not None:
@@ -388,6 +441,8 @@ def run_worker_command(ns: argparse.Namespace) -> int:
         raise CLIError(f"--concurrency must be >= 1, got {ns.concurrency}", 2)
     if ns.lease <= 0:
         raise CLIError(f"--lease must be > 0 seconds, got {ns.lease:g}", 2)
+    if ns.lost_limit < 1:
+        raise CLIError(f"--lost-limit must be >= 1, got {ns.lost_limit}", 2)
     if not [q for q in ns.queues.split(",") if q]:
         raise CLIError(f"--queues must name at least one queue, got {ns.queues!r}", 2)
     scheme = urlsplit(ns.store).scheme.lower()
@@ -404,8 +459,21 @@ def run_worker_command(ns: argparse.Namespace) -> int:
                 "--http needs the server extra (starlette, uvicorn): pip install 'anywork[server]'",
                 2,
             ) from None
+    # A bad URL, option or a missing driver fails here, once, not in every child.
+    open_store_of(ns)
     if ns.processes > 1:
-        open_store_of(ns)  # a bad URL or option fails here, once, not in every child
         return anyio.run(_supervise, ns)
     worker = load_worker(ns.target)
-    return anyio.run(_run_worker, ns, worker, backend=ns.backend)
+    code: int = anyio.run(_run_worker, ns, worker, backend=ns.backend)
+    abandoned = worker.abandoned_threads
+    if abandoned:
+        # Their jobs were handed back (or recorded); the interpreter would wait for the
+        # threads at exit, forever for a wedged one. Exiting here drops their late results.
+        log(
+            f"{abandoned} thread(s) of sync handlers that overran are still running: "
+            f"exiting without waiting for them (their results are dropped)"
+        )
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code

@@ -35,7 +35,16 @@ from .._core.status import Status
 if TYPE_CHECKING:
     from .._durable.events import EventStream, JobEventKind
 
-__all__ = ["Claimed", "JobRecord", "JobState", "Outcome", "Store"]
+__all__ = [
+    "DEFAULT_LOST_LIMIT",
+    "DEFAULT_RESULT_TTL",
+    "FINAL_STATES",
+    "Claimed",
+    "JobRecord",
+    "JobState",
+    "Outcome",
+    "Store",
+]
 
 
 class JobState(StrEnum):
@@ -86,6 +95,8 @@ class JobRecord:
         retry: the retry settings kept from the RetryPolicy: ``{"backoff": {...},
             "retry_on": [codes], "max_deferrals": n}``, or None for no retries.
         deferrals: how many RetryLater deferrals it has used.
+        result_ttl: seconds the job is kept once finished, or None for the purging worker's
+            ``result_ttl`` (7 days by default); see :meth:`Store.expire`.
         progress: the last progress its handler reported under ``serve``
             (``{"fraction": float, "message": str}``), or None.
     """
@@ -110,6 +121,7 @@ class JobRecord:
     timeout: float | None = None
     retry: dict[str, Any] | None = None
     deferrals: int = 0
+    result_ttl: float | None = None
     progress: dict[str, Any] | None = None
 
     def replace(self, **changes: Any) -> JobRecord:
@@ -117,13 +129,29 @@ class JobRecord:
         return dataclasses.replace(self, **changes)
 
 
+DEFAULT_LOST_LIMIT = 3
+"""How many times a job's worker may be lost before :meth:`Store.reap` fails it."""
+
+DEFAULT_RESULT_TTL = 7 * 24 * 3600.0
+"""Seconds a finished job is kept, unless the job or the serving worker says otherwise."""
+
+FINAL_STATES = (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+"""The states a job ends in; the only ones :meth:`Store.purge` and :meth:`Store.expire`
+delete."""
+
+
 @dataclass(frozen=True, slots=True)
 class Claimed:
     """A job a worker has claimed: its record (state RUNNING, attempts counted) and, when the
-    stored payload could not be decoded, why (the worker then fails it with 400)."""
+    stored payload could not be decoded, why (the worker then fails it with 400).
+
+    ``unknown_since`` is when a worker first handed the job back because it lacked its handler
+    (kept by the store from :attr:`Outcome.unknown_since`), or None.
+    """
 
     record: JobRecord
     decode_error: str | None = None
+    unknown_since: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -141,6 +169,9 @@ class Outcome:
         give_back_attempt: True for a hand-back or a RetryLater deferral: ``attempts`` is
             decremented so the claim does not count.
         deferral: True for a RetryLater deferral: ``deferrals`` is incremented.
+        unknown_since: for a job handed back because this worker lacks its handler, when the
+            first such hand-back happened; the store keeps it and returns it with the next
+            claim (:attr:`Claimed.unknown_since`). Any other outcome clears it (None).
     """
 
     id: str
@@ -151,6 +182,7 @@ class Outcome:
     scheduled_for: datetime | None = None
     give_back_attempt: bool = False
     deferral: bool = False
+    unknown_since: datetime | None = None
 
 
 @runtime_checkable
@@ -237,17 +269,55 @@ class Store(Protocol):
         owner must stop running: a cancel was requested, or the job is no longer its own."""
         ...
 
-    async def complete(self, owner: str, outcomes: Sequence[Outcome]) -> None:
+    async def complete(self, owner: str, outcomes: Sequence[Outcome]) -> set[str] | None:
         """Apply each outcome to a job that is RUNNING and held by ``owner`` (others are left
         alone: the lease was lost and the job is someone else's now). Sets ``finished_at`` for
-        final states, clears the lease, and applies ``give_back_attempt`` / ``deferral``."""
+        final states, clears the lease, and applies ``give_back_attempt`` / ``deferral``.
+
+        Returns the ids whose outcome was applied, so the caller can report the others as
+        discarded. A store may return None (as stores written before this did): it does not
+        say, and every outcome is taken as applied."""
         ...
 
-    async def reap(self) -> int:
-        """Handle RUNNING jobs whose lease expired (their worker was lost): back to QUEUED if
-        attempts remain (the attempt counts), else FAILED with 500 and error "worker lost";
-        CANCELLED (499) if a cancel was requested. Returns how many jobs it changed. Safe to
-        call from many workers at once."""
+    async def reap(self, *, lost_limit: int = DEFAULT_LOST_LIMIT) -> int:
+        """Handle RUNNING jobs whose lease expired (their worker was lost).
+
+        Losing a worker is not the job's failure: whatever its retry settings (``attempts``
+        and ``max_attempts`` play no part), the job goes back to QUEUED with status 500 and
+        error "worker lost", ready at once; the attempt counts (``attempts`` is not given
+        back). The store counts, per job, how many times its worker was lost: the
+        ``lost_limit``-th time the job ends FAILED with 500 and "worker lost" instead (a job
+        that kills every worker running it cannot loop forever). A job whose cancel was
+        requested becomes CANCELLED (499). Returns how many jobs it changed. Safe to call from
+        many workers at once."""
+        ...
+
+    async def purge(
+        self, *, older_than: datetime, states: Sequence[JobState], limit: int | None = None
+    ) -> int:
+        """Delete finished jobs (in ``states``, of which only SUCCEEDED, FAILED and CANCELLED
+        count) whose ``finished_at`` is before ``older_than``, in every queue, whatever their
+        ``result_ttl``; at most ``limit`` of them (None: all, in small batches). Returns how
+        many were deleted. Unfinished jobs are never deleted."""
+        ...
+
+    async def expire(self, queues: Sequence[str], *, result_ttl: float, limit: int) -> int:
+        """Delete up to ``limit`` finished jobs whose time is up: those with a ``result_ttl``
+        of their own (any queue) once it has passed since ``finished_at``, and those of
+        ``queues`` without one ``result_ttl`` seconds after ``finished_at``. Serving workers
+        call it now and then (the retention); returns how many were deleted. Finding them
+        must not cost in proportion to the jobs kept."""
+        ...
+
+    async def retry(self, id: str) -> JobRecord | None:
+        """Run a FAILED or CANCELLED job again: it becomes QUEUED, due now, with its attempts,
+        deferrals, lost count, status, error, result and times cleared. Returns the new
+        record, or None for an unknown id.
+
+        Raises:
+            ValueError: the job is in another state (the message names it), or another job
+                holding its ``unique_key`` is not finished.
+        """
         ...
 
     async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:

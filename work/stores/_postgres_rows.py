@@ -8,9 +8,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .._core.status import Status
-from ._base import JobRecord, JobState
+from ._base import Claimed, JobRecord, JobState
 
 __all__ = [
+    "claimed_row",
     "decode_row",
     "dumps",
     "insert_object",
@@ -79,6 +80,7 @@ def decode_row(row: Any) -> tuple[JobRecord, str | None]:
         retry=retry,
         deferrals=row["deferrals"],
         progress=_progress(row),
+        result_ttl=row["result_ttl"],
     )
     return record, args_error or headers_error
 
@@ -90,6 +92,31 @@ def _progress(row: Any) -> dict[str, Any] | None:
         return None
     value, _ = loads_object(raw, "progress")
     return value
+
+
+_TIMES = ("enqueued_at", "scheduled_for", "started_at", "finished_at")
+
+
+def claimed_row(row: Any) -> Claimed:
+    """A claimed row as a Claimed. A row that cannot be turned into a record (a time stored
+    as +-infinity, which asyncpg reads as a naive datetime; a result that is not JSON …) comes
+    back alone with a ``decode_error`` naming what failed, never failing its whole batch."""
+    try:
+        for name in _TIMES:
+            when = row[name]
+            if when is not None and when.tzinfo is None:
+                raise ValueError(f"job {name} is out of range ({when.year:04d}: +-infinity)")
+        record, error = decode_row(row)
+        return Claimed(record, error, row["unknown_since"])
+    except Exception as exc:  # any broken row, whatever broke: fail it alone
+        bare = JobRecord(
+            id=str(row["id"]),
+            handler=str(row["handler"]),
+            queue=str(row["queue"]),
+            state=JobState.RUNNING,
+            attempts=row["attempts"] if isinstance(row["attempts"], int) else 1,
+        )
+        return Claimed(bare, f"the stored job could not be decoded: {exc}")
 
 
 def utc(when: datetime) -> datetime:
@@ -120,6 +147,7 @@ def insert_values(rec: JobRecord, args: str, enqueued: datetime) -> tuple[Any, .
         rec.timeout,
         dumps(rec.retry) if rec.retry is not None else None,
         rec.deferrals,
+        rec.result_ttl,
     )
 
 
@@ -162,6 +190,8 @@ def insert_object(rec: JobRecord, args: str, enqueued: datetime) -> dict[str, An
         out["retry"] = rec.retry
     if rec.deferrals != 0:
         out["deferrals"] = rec.deferrals
+    if rec.result_ttl is not None:
+        out["result_ttl"] = rec.result_ttl
     return out
 
 
@@ -208,4 +238,5 @@ def stored_record(rec: JobRecord, args: dict[str, Any], enqueued: datetime) -> J
     put(new, "retry", _json_copy(rec.retry))
     put(new, "deferrals", rec.deferrals)
     put(new, "progress", None)  # add() does not store progress
+    put(new, "result_ttl", None if rec.result_ttl is None else float(rec.result_ttl))
     return new

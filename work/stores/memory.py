@@ -24,7 +24,7 @@ from .._durable.events import (
     check_event_filters,
     kind_for_change,
 )
-from ._base import Claimed, JobRecord, JobState, Outcome
+from ._base import DEFAULT_LOST_LIMIT, FINAL_STATES, Claimed, JobRecord, JobState, Outcome
 
 __all__ = ["MemoryStore"]
 
@@ -119,6 +119,8 @@ class _Row:
     owner: str | None = None
     lease_until: datetime | None = None
     cancel_requested: bool = False
+    lost: int = 0  # how many times the job's worker was lost (see Store.reap)
+    unknown_since: datetime | None = None  # see Outcome.unknown_since
 
 
 def _due(row: _Row) -> datetime:
@@ -342,7 +344,7 @@ class MemoryStore:
                 )
                 row.owner, row.lease_until, row.cancel_requested = owner, until, False
                 decode_error = _decode_error(row.args_json)
-                out.append(Claimed(self._snapshot(row), decode_error))
+                out.append(Claimed(self._snapshot(row), decode_error, row.unknown_since))
                 events += _event(JobEventKind.STARTED, row.record, now)
         self._hub.publish(events)
         return out
@@ -362,16 +364,19 @@ class MemoryStore:
                     stop.add(id)
         return stop
 
-    async def complete(self, owner: str, outcomes: Sequence[Outcome]) -> None:
-        """Apply outcomes to jobs RUNNING under ``owner``'s lease; others are left alone."""
+    async def complete(self, owner: str, outcomes: Sequence[Outcome]) -> set[str]:
+        """Apply outcomes to jobs RUNNING under ``owner``'s lease; others are left alone.
+        Returns the ids whose outcome was applied."""
         now = _now()
         wake = False
         events: list[JobEvent] = []
+        applied: set[str] = set()
         with self._lock:
             for outcome in outcomes:
                 row = self._rows.get(outcome.id)
                 if row is None or row.record.state is not JobState.RUNNING or row.owner != owner:
                     continue
+                applied.add(outcome.id)
                 rec = row.record
                 if outcome.state is JobState.SUCCEEDED:
                     row.result_json = json.dumps(outcome.result)
@@ -389,6 +394,7 @@ class MemoryStore:
                     deferrals=rec.deferrals + 1 if outcome.deferral else rec.deferrals,
                 )
                 row.owner, row.lease_until, row.cancel_requested = None, None, False
+                row.unknown_since = outcome.unknown_since
                 if outcome.state.is_final:
                     self._active.pop(outcome.id, None)
                 wake = wake or not outcome.state.is_final
@@ -397,9 +403,11 @@ class MemoryStore:
         if wake:
             self._notifier.notify()
         self._hub.publish(events)
+        return applied
 
-    async def reap(self) -> int:
-        """Put back (or fail, or cancel) RUNNING jobs whose lease expired; return how many."""
+    async def reap(self, *, lost_limit: int = DEFAULT_LOST_LIMIT) -> int:
+        """Put back (or fail after ``lost_limit`` losses, or cancel) RUNNING jobs whose lease
+        expired; return how many (see :meth:`work.stores.Store.reap`)."""
         now = _now()
         changed = 0
         events: list[JobEvent] = []
@@ -417,20 +425,22 @@ class MemoryStore:
                         error="cancelled",
                         finished_at=now,
                     )
-                elif rec.attempts < rec.max_attempts:
-                    row.record = rec.replace(
-                        state=JobState.QUEUED,
-                        status=Status.INTERNAL_ERROR,
-                        error=_WORKER_LOST,
-                        scheduled_for=None,
-                    )
                 else:
-                    row.record = rec.replace(
-                        state=JobState.FAILED,
-                        status=Status.INTERNAL_ERROR,
-                        error=_WORKER_LOST,
-                        finished_at=now,
-                    )
+                    row.lost += 1
+                    if row.lost < lost_limit:
+                        row.record = rec.replace(
+                            state=JobState.QUEUED,
+                            status=Status.INTERNAL_ERROR,
+                            error=_WORKER_LOST,
+                            scheduled_for=None,
+                        )
+                    else:
+                        row.record = rec.replace(
+                            state=JobState.FAILED,
+                            status=Status.INTERNAL_ERROR,
+                            error=_WORKER_LOST,
+                            finished_at=now,
+                        )
                 row.owner, row.lease_until, row.cancel_requested = None, None, False
                 if row.record.state.is_final:
                     del self._active[rec.id]
@@ -440,6 +450,95 @@ class MemoryStore:
             self._notifier.notify()
             self._hub.publish(events)
         return changed
+
+    # -- retention ------------------------------------------------------------------------------
+
+    def _delete(self, ids: Sequence[str]) -> None:
+        for id in ids:
+            del self._rows[id]
+
+    async def purge(
+        self, *, older_than: datetime, states: Sequence[JobState], limit: int | None = None
+    ) -> int:
+        """Delete finished jobs in ``states`` that finished before ``older_than`` (see
+        :meth:`work.stores.Store.purge`)."""
+        wanted = set(states) & set(FINAL_STATES)
+        with self._lock:
+            ids = [
+                id
+                for id, row in self._rows.items()
+                if row.record.state in wanted
+                and row.record.finished_at is not None
+                and row.record.finished_at < older_than
+            ][:limit]
+            self._delete(ids)
+        return len(ids)
+
+    async def expire(self, queues: Sequence[str], *, result_ttl: float, limit: int) -> int:
+        """Delete up to ``limit`` finished jobs whose time is up (see
+        :meth:`work.stores.Store.expire`)."""
+        now = _now()
+        ids: list[str] = []
+        with self._lock:
+            for id, row in self._rows.items():
+                rec = row.record
+                if len(ids) >= limit:
+                    break
+                if not rec.state.is_final or rec.finished_at is None:
+                    continue
+                if rec.result_ttl is None and rec.queue not in queues:
+                    continue
+                ttl = result_ttl if rec.result_ttl is None else rec.result_ttl
+                if rec.finished_at + timedelta(seconds=ttl) <= now:
+                    ids.append(id)
+            self._delete(ids)
+        return len(ids)
+
+    async def retry(self, id: str) -> JobRecord | None:
+        """Queue a FAILED or CANCELLED job again, due now (see :meth:`work.stores.Store.retry`).
+
+        Raises:
+            ValueError: the job is in another state, or its unique key is taken.
+        """
+        with self._lock:
+            row = self._rows.get(id)
+            if row is None:
+                return None
+            rec = row.record
+            if rec.state not in (JobState.FAILED, JobState.CANCELLED):
+                raise ValueError(
+                    f"job {id!r} is {rec.state.value}: only a failed or cancelled job can be "
+                    f"retried"
+                )
+            if rec.unique_key is not None:
+                for other in self._active.values():
+                    if (
+                        other.record.unique_key == rec.unique_key
+                        and other.record.queue == rec.queue
+                    ):
+                        raise ValueError(
+                            f"job {other.record.id!r} holds unique_key {rec.unique_key!r} in "
+                            f"queue {rec.queue!r} and is not finished"
+                        )
+            row.record = rec.replace(
+                state=JobState.QUEUED,
+                status=Status.UNKNOWN,
+                attempts=0,
+                deferrals=0,
+                error=None,
+                scheduled_for=None,
+                started_at=None,
+                finished_at=None,
+                enqueued_at=_now(),  # due now: after the jobs already waiting
+            )
+            row.result_json = None
+            row.lost, row.unknown_since = 0, None
+            self._active[id] = row
+            snapshot = self._snapshot(row)
+            events = _event(JobEventKind.ENQUEUED, row.record, _now())
+        self._notifier.notify()
+        self._hub.publish(events)
+        return snapshot
 
     async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
         """Return when a job in ``queues`` may be ready, or after ``timeout`` seconds."""
@@ -492,17 +591,6 @@ class MemoryStore:
         kind_set, queue_set = check_event_filters(kinds, queues)
         with self._hub.open(kinds=kind_set, queues=queue_set, buffer=buffer) as stream:
             yield stream
-
-    # -- for tests ------------------------------------------------------------------------------
-
-    async def corrupt_args(self, id: str, raw: str = "{not json") -> None:
-        """Replace a job's stored args with ``raw`` (a test seam for undecodable payloads).
-
-        Raises:
-            KeyError: no job with this id.
-        """
-        with self._lock:
-            self._rows[id].args_json = raw
 
 
 def _decode_error(args_json: str) -> str | None:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import functools
 import json
+import logging
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -26,9 +27,10 @@ from .._durable.events import (
     check_event_filters,
     event_from_values,
 )
-from ._base import Claimed, JobRecord, JobState, Outcome
+from ._base import DEFAULT_LOST_LIMIT, Claimed, JobRecord, JobState, Outcome
 from ._open import mask_url
 from ._postgres_rows import (
+    claimed_row,
     decode_row,
     dumps,
     insert_object,
@@ -37,19 +39,41 @@ from ._postgres_rows import (
     stored_record,
     utc,
 )
-from ._server import StoreUnavailableError, require_asyncio
+from ._server import StoreAuthenticationError, StoreUnavailableError, require_asyncio
 
 __all__ = ["PostgresStore", "PostgresUnavailableError"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """The schema version this module creates and expects."""
 
 _WORKER_LOST = "worker lost"
+_PURGE_BATCH = 1000  # rows per purge statement
 _ACTIVE = "('queued', 'scheduled', 'running')"
 # Connection failures asyncpg reports as builtin errors (TimeoutError is an OSError too).
 _CONNECT_ERRORS = (OSError, asyncpg.exceptions.CannotConnectNowError)
+# What a call raises when the server went away (a restart, a failover, the network), as
+# opposed to a statement that failed: each becomes a PostgresUnavailableError.
+_LOST_ERRORS = (
+    OSError,
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.CannotConnectNowError,
+)
 # When the listening connection is gone, waiters fall back to polling this often.
 _FALLBACK_POLL = 1.0
+
+
+class _QuietPoolFloor(logging.Filter):
+    """Drops asyncpg's "Failed to restore the pool connection floor; retrying" warnings: one
+    traceback per retry while the server is down. ``Worker.serve`` reports the outage itself,
+    in one line, and one more when the server is back."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Failed to restore the pool connection floor")
+
+
+logging.getLogger("asyncpg.pool").addFilter(_QuietPoolFloor())
 
 
 class PostgresUnavailableError(StoreUnavailableError):
@@ -149,8 +173,26 @@ def _migration_v1(s: str, channel: str) -> list[str]:
     ]
 
 
-def _migration_v2(s: str, channel: str) -> list[str]:
-    """Schema version 2: job events by NOTIFY (a trigger: no other statement changes) and
+def _migration_v2(s: str) -> list[str]:
+    """The statements that take schema ``s`` (quoted) from version 1 to 2."""
+    return [
+        # How many times the job's worker was lost (reap fails it at the lost limit), and
+        # when a worker first handed it back for lack of its handler.
+        f"ALTER TABLE {s}.jobs ADD COLUMN IF NOT EXISTS lost integer NOT NULL DEFAULT 0",
+        f"ALTER TABLE {s}.jobs ADD COLUMN IF NOT EXISTS unknown_since timestamptz",
+        # Retention: a job's own result_ttl, and when a finished job that has one may go.
+        f"ALTER TABLE {s}.jobs ADD COLUMN IF NOT EXISTS result_ttl double precision",
+        f"ALTER TABLE {s}.jobs ADD COLUMN IF NOT EXISTS expires_at timestamptz",
+        f"""CREATE INDEX IF NOT EXISTS jobs_expires ON {s}.jobs (expires_at)
+            WHERE expires_at IS NOT NULL""",
+        # The oldest finished jobs first, for purges.
+        f"""CREATE INDEX IF NOT EXISTS jobs_finished ON {s}.jobs (finished_at)
+            WHERE state IN ('succeeded', 'failed', 'cancelled')""",
+    ]
+
+
+def _migration_v3(s: str, channel: str) -> list[str]:
+    """Schema version 3: job events by NOTIFY (a trigger: no other statement changes) and
     the progress column."""
     kind_on_insert = """CASE NEW.state WHEN 'running' THEN 'started'
         WHEN 'succeeded' THEN 'succeeded' WHEN 'failed' THEN 'failed'
@@ -206,31 +248,45 @@ class _Runner:
     otherwise: a producer or a serve loop calling one statement at a time skips the pool's
     acquire and release (about a sixth of a small statement's cost)."""
 
-    __slots__ = ("_busy", "_held", "_pool")
+    __slots__ = ("_address", "_busy", "_held", "_pool")
 
-    def __init__(self, pool: Any, *, hold: bool) -> None:
+    def __init__(self, pool: Any, *, hold: bool, address: tuple[str, int | str]) -> None:
         self._pool = pool
         self._held: Any = None
         # With a pool of one, holding its connection would leave none for the others.
         self._busy = not hold
+        self._address = address
 
     async def _call(self, method: str, sql: str, args: tuple[Any, ...]) -> Any:
         if self._busy:
-            return await getattr(self._pool, method)(sql, *args)
+            try:
+                return await getattr(self._pool, method)(sql, *args)
+            except _LOST_ERRORS as exc:
+                raise PostgresUnavailableError(*self._address, exc) from exc
         self._busy = True  # no await since the check: this task has the held connection
         try:
             if self._held is not None and _unusable(self._held):
                 await self._drop_held()  # the server closed it while it sat idle
             if self._held is None:
-                self._held = await self._pool.acquire()
+                try:
+                    self._held = await self._pool.acquire()
+                except _LOST_ERRORS as exc:
+                    raise PostgresUnavailableError(*self._address, exc) from exc
             conn = self._held
             try:
                 return await getattr(conn, method)(sql, *args)
             except BaseException as exc:
-                if isinstance(exc, asyncpg.PostgresError) and not conn.is_closed():
+                # The pool may have released a connection the server closed: is_closed() then
+                # raises InterfaceError, which must not hide what happened (_unusable).
+                gone = _unusable(conn)
+                if isinstance(exc, asyncpg.PostgresError) and not gone:
                     raise  # the statement failed; the connection is fine
                 # Cancelled or broken mid-statement: the pool knows how to clean that up.
                 await self._drop_held()
+                if isinstance(exc, Exception) and (gone or isinstance(exc, _LOST_ERRORS)):
+                    # One clear error for a lost server, not asyncpg's InterfaceError or
+                    # InternalClientError about the state of a dead connection.
+                    raise PostgresUnavailableError(*self._address, exc) from exc
                 raise
         finally:
             self._busy = False
@@ -353,6 +409,7 @@ class PostgresStore:
         Raises:
             RuntimeError: not running on asyncio (asyncpg is asyncio-only).
             PostgresUnavailableError: the server cannot be reached.
+            StoreAuthenticationError: the server refused the password or user.
         """
         _require_asyncio()
         if self._pool is not None:
@@ -367,7 +424,10 @@ class PostgresStore:
             )
         except _CONNECT_ERRORS as exc:
             raise PostgresUnavailableError(*_address(self._dsn), exc) from exc
-        self._runner = _Runner(self._pool, hold=self._max_size >= 2)
+        except asyncpg.InvalidAuthorizationSpecificationError as exc:
+            # A wrong password or an unknown user: waiting will not heal it.
+            raise StoreAuthenticationError("PostgreSQL", *_address(self._dsn), exc) from exc
+        self._runner = _Runner(self._pool, hold=self._max_size >= 2, address=_address(self._dsn))
         try:
             await self._migrate()
         except BaseException:
@@ -439,9 +499,13 @@ class PostgresStore:
                     await conn.execute(statement)
                 await conn.execute(f"INSERT INTO {self._s}.schema_version VALUES (1)")
             if version < 2:
-                for statement in _migration_v2(self._s, self._events_channel):
+                for statement in _migration_v2(self._s):
                     await conn.execute(statement)
                 await conn.execute(f"INSERT INTO {self._s}.schema_version VALUES (2)")
+            if version < 3:
+                for statement in _migration_v3(self._s, self._events_channel):
+                    await conn.execute(statement)
+                await conn.execute(f"INSERT INTO {self._s}.schema_version VALUES (3)")
 
     async def _listen(self) -> None:
         try:
@@ -556,6 +620,31 @@ class PostgresStore:
             self._hub.lose(1)
             return
         self._hub.publish([event])
+
+    async def exists(self) -> bool:
+        """True when the database holds this store's schema; creates nothing (for read-only
+        commands, which must not leave an empty schema behind).
+
+        Raises:
+            PostgresUnavailableError: the server cannot be reached.
+            StoreAuthenticationError: the server refused the password or user.
+        """
+        _require_asyncio()
+        if self._pool is not None:
+            return True
+        try:
+            conn = await asyncpg.connect(self._dsn, **_connect_only(self._options))
+        except _CONNECT_ERRORS as exc:
+            raise PostgresUnavailableError(*_address(self._dsn), exc) from exc
+        except asyncpg.InvalidAuthorizationSpecificationError as exc:
+            raise StoreAuthenticationError("PostgreSQL", *_address(self._dsn), exc) from exc
+        try:
+            found = await conn.fetchval(
+                "SELECT to_regclass($1) IS NOT NULL", f"{self._s}.schema_version"
+            )
+        finally:
+            await conn.close()
+        return bool(found)
 
     async def drop(self) -> None:
         """Drop the store's schema and everything in it (for tests and teardown).
@@ -685,9 +774,9 @@ class PostgresStore:
             WITH inserted AS (
             INSERT INTO {self._s}.jobs (id, handler, queue, args, headers, priority, state,
                 status, attempts, max_attempts, result, error, unique_key, enqueued_at,
-                scheduled_for, started_at, finished_at, timeout, retry, deferrals)
+                scheduled_for, started_at, finished_at, timeout, retry, deferrals, result_ttl)
             VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7, $8, $9, $10, $11::jsonb, $12, $13, $14,
-                    $15, $16, $17, $18, $19::jsonb, $20)
+                    $15, $16, $17, $18, $19::jsonb, $20, $21)
             ON CONFLICT DO NOTHING
             RETURNING id, queue, state
         ) {self._notify_inserted}
@@ -700,22 +789,23 @@ class PostgresStore:
             WITH inserted AS (
             INSERT INTO {self._s}.jobs (id, handler, queue, args, headers, priority, state,
                 status, attempts, max_attempts, result, error, unique_key, enqueued_at,
-                scheduled_for, started_at, finished_at, timeout, retry, deferrals)
+                scheduled_for, started_at, finished_at, timeout, retry, deferrals, result_ttl)
             SELECT u.id, u.handler, u.queue, u.args, COALESCE(u.headers, '{{}}'),
                 COALESCE(u.priority, 0), u.state, COALESCE(u.status, -1),
                 COALESCE(u.attempts, 0), COALESCE(u.max_attempts, 1), u.result, u.error,
                 u.unique_key, u.enqueued_at, u.scheduled_for, u.started_at, u.finished_at,
-                u.timeout, u.retry, COALESCE(u.deferrals, 0)
+                u.timeout, u.retry, COALESCE(u.deferrals, 0), u.result_ttl
             FROM ROWS FROM (jsonb_to_recordset($1::jsonb) AS (
                     id text, handler text, queue text, args text, headers jsonb,
                     priority integer, state text, status integer, attempts integer,
                     max_attempts integer, result jsonb, error text, unique_key text,
                     enqueued_at timestamptz, scheduled_for timestamptz, started_at timestamptz,
                     finished_at timestamptz, timeout double precision, retry jsonb,
-                    deferrals integer))
+                    deferrals integer, result_ttl double precision))
                 WITH ORDINALITY AS u(id, handler, queue, args, headers, priority, state,
                     status, attempts, max_attempts, result, error, unique_key, enqueued_at,
-                    scheduled_for, started_at, finished_at, timeout, retry, deferrals, ord)
+                    scheduled_for, started_at, finished_at, timeout, retry, deferrals,
+                    result_ttl, ord)
             ORDER BY u.ord
             ON CONFLICT DO NOTHING
             RETURNING id, queue, state
@@ -770,6 +860,9 @@ class PostgresStore:
                     error = CASE WHEN state = 'running' THEN error ELSE 'cancelled' END,
                     finished_at = CASE WHEN state = 'running' THEN finished_at
                                        ELSE $2::timestamptz END,
+                    expires_at = CASE WHEN state = 'running' THEN expires_at
+                                      ELSE $2::timestamptz + result_ttl * interval '1 second'
+                                 END,
                     cancel_requested = (state = 'running')
                 WHERE id = $1 AND state IN {_ACTIVE}
                 RETURNING id""",
@@ -818,15 +911,8 @@ class PostgresStore:
             now + timedelta(seconds=lease),
         )
         # RETURNING does not keep the subquery's order.
-        rows = sorted(
-            rows,
-            key=lambda r: (
-                -r["priority"],
-                r["scheduled_for"] or r["enqueued_at"],
-                r["seq"],
-            ),
-        )
-        return [Claimed(*decode_row(row)) for row in rows]
+        rows = sorted(rows, key=_claim_order)
+        return [claimed_row(row) for row in rows]
 
     async def renew(self, owner: str, ids: Sequence[str], *, lease: float) -> set[str]:
         """Extend ``owner``'s leases on ``ids`` in one statement; return those it must stop
@@ -846,19 +932,20 @@ class PostgresStore:
         kept = {row["id"] for row in rows if not row["cancel_requested"]}
         return set(ids) - kept
 
-    async def complete(self, owner: str, outcomes: Sequence[Outcome]) -> None:
+    async def complete(self, owner: str, outcomes: Sequence[Outcome]) -> set[str]:
         """Apply outcomes, in one statement, to jobs RUNNING under ``owner``'s lease; others
-        are left alone (see :meth:`work.stores.Store.complete`)."""
+        are left alone (see :meth:`work.stores.Store.complete`). Returns the ids whose
+        outcome was applied."""
         pool = self._require_pool()
         if not outcomes:
-            return
+            return set()
         # One outcome per job: the first for an id wins, as if applied in order (the job is
         # no longer RUNNING for the ones after it).
         first: dict[str, Outcome] = {}
         for o in outcomes:
             first.setdefault(o.id, o)
         latest = list(first.values())
-        await pool.execute(
+        rows = await pool.fetch(
             f"""UPDATE {self._s}.jobs AS j SET
                     state = o.state,
                     status = o.status,
@@ -870,14 +957,20 @@ class PostgresStore:
                                          ELSE NULL END,
                     finished_at = CASE WHEN o.state IN ('succeeded', 'failed', 'cancelled')
                                        THEN $2::timestamptz ELSE NULL END,
+                    expires_at = CASE WHEN o.state IN ('succeeded', 'failed', 'cancelled')
+                                      THEN $2::timestamptz + j.result_ttl * interval '1 second'
+                                      ELSE NULL END,
                     attempts = CASE WHEN o.give_back THEN greatest(j.attempts - 1, 0)
                                     ELSE j.attempts END,
                     deferrals = j.deferrals + CASE WHEN o.deferral THEN 1 ELSE 0 END,
-                    owner = NULL, lease_until = NULL, cancel_requested = false
+                    owner = NULL, lease_until = NULL, cancel_requested = false,
+                    unknown_since = o.unknown_since
                 FROM unnest($3::text[], $4::text[], $5::int[], $6::text[], $7::text[],
-                            $8::timestamptz[], $9::bool[], $10::bool[])
-                    AS o(id, state, status, result, error, scheduled_for, give_back, deferral)
-                WHERE j.id = o.id AND j.state = 'running' AND j.owner = $1""",
+                            $8::timestamptz[], $9::bool[], $10::bool[], $11::timestamptz[])
+                    AS o(id, state, status, result, error, scheduled_for, give_back, deferral,
+                         unknown_since)
+                WHERE j.id = o.id AND j.state = 'running' AND j.owner = $1
+                RETURNING j.id""",
             owner,
             _now(),
             [o.id for o in latest],
@@ -888,10 +981,13 @@ class PostgresStore:
             [o.scheduled_for for o in latest],
             [o.give_back_attempt for o in latest],
             [o.deferral for o in latest],
+            [o.unknown_since for o in latest],
         )
+        return {row["id"] for row in rows}
 
-    async def reap(self) -> int:
-        """Put back (or fail, or cancel) RUNNING jobs whose lease expired; return how many.
+    async def reap(self, *, lost_limit: int = DEFAULT_LOST_LIMIT) -> int:
+        """Put back (or fail after ``lost_limit`` losses, or cancel) RUNNING jobs whose lease
+        expired; return how many (see :meth:`work.stores.Store.reap`).
 
         Safe from many workers at once: each expired job is locked by one reaper
         (``SKIP LOCKED``) and re-checked after the lock.
@@ -899,16 +995,19 @@ class PostgresStore:
         rows = await self._require_pool().fetch(
             f"""UPDATE {self._s}.jobs AS j SET
                     state = CASE WHEN j.cancel_requested THEN 'cancelled'
-                                 WHEN j.attempts < j.max_attempts THEN 'queued'
+                                 WHEN j.lost + 1 < $2 THEN 'queued'
                                  ELSE 'failed' END,
                     status = CASE WHEN j.cancel_requested THEN 499 ELSE 500 END,
                     error = CASE WHEN j.cancel_requested THEN 'cancelled'
                                  ELSE {_quote_literal(_WORKER_LOST)} END,
-                    finished_at = CASE WHEN j.cancel_requested OR j.attempts >= j.max_attempts
+                    finished_at = CASE WHEN j.cancel_requested OR j.lost + 1 >= $2
                                        THEN $1::timestamptz ELSE NULL END,
-                    scheduled_for = CASE WHEN j.cancel_requested
-                                           OR j.attempts >= j.max_attempts
+                    scheduled_for = CASE WHEN j.cancel_requested OR j.lost + 1 >= $2
                                          THEN j.scheduled_for ELSE NULL END,
+                    expires_at = CASE WHEN j.cancel_requested OR j.lost + 1 >= $2
+                                      THEN $1::timestamptz + j.result_ttl * interval '1 second'
+                                      ELSE NULL END,
+                    lost = j.lost + CASE WHEN j.cancel_requested THEN 0 ELSE 1 END,
                     owner = NULL, lease_until = NULL, cancel_requested = false
                 FROM (
                     SELECT id FROM {self._s}.jobs
@@ -918,8 +1017,105 @@ class PostgresStore:
                 WHERE j.id = lost.id AND j.state = 'running' AND j.lease_until <= $1
                 RETURNING j.id""",
             _now(),
+            lost_limit,
         )
         return len(rows)
+
+    # -- retention ------------------------------------------------------------------------
+
+    async def purge(
+        self, *, older_than: datetime, states: Sequence[JobState], limit: int | None = None
+    ) -> int:
+        """Delete finished jobs in ``states`` that finished before ``older_than``, oldest
+        first, in statements of at most 1000 (see :meth:`work.stores.Store.purge`)."""
+        pool = self._require_pool()
+        wanted = [s.value for s in states if s.is_final]
+        if not wanted or (limit is not None and limit <= 0):
+            return 0
+        total = 0
+        while limit is None or total < limit:
+            batch = _PURGE_BATCH if limit is None else min(_PURGE_BATCH, limit - total)
+            rows = await pool.fetch(
+                f"""DELETE FROM {self._s}.jobs WHERE id IN (
+                        SELECT id FROM {self._s}.jobs
+                        WHERE state IN ('succeeded', 'failed', 'cancelled')
+                          AND state = ANY($1::text[]) AND finished_at < $2
+                        ORDER BY finished_at LIMIT $3
+                        FOR UPDATE SKIP LOCKED)
+                    RETURNING 1""",
+                wanted,
+                older_than,
+                batch,
+            )
+            total += len(rows)
+            if len(rows) < batch:
+                break
+        return total
+
+    async def expire(self, queues: Sequence[str], *, result_ttl: float, limit: int) -> int:
+        """Delete up to ``limit`` finished jobs whose time is up, in one statement (see
+        :meth:`work.stores.Store.expire`): both searches walk partial indexes of finished
+        jobs from the oldest, so they cost what they delete, not what is kept."""
+        if limit <= 0:
+            return 0
+        now = _now()
+        rows = await self._require_pool().fetch(
+            f"""WITH own AS (
+                    SELECT id FROM {self._s}.jobs
+                    WHERE expires_at IS NOT NULL AND expires_at <= $1
+                    ORDER BY expires_at LIMIT $4 FOR UPDATE SKIP LOCKED
+                ), plain AS (
+                    SELECT id FROM {self._s}.jobs
+                    WHERE state IN ('succeeded', 'failed', 'cancelled')
+                      AND finished_at <= $2 AND result_ttl IS NULL
+                      AND queue = ANY($3::text[])
+                    ORDER BY finished_at LIMIT $4 FOR UPDATE SKIP LOCKED
+                ), picked AS (
+                    SELECT id FROM own UNION SELECT id FROM plain LIMIT $4
+                )
+                DELETE FROM {self._s}.jobs WHERE id IN (SELECT id FROM picked)
+                RETURNING 1""",
+            now,
+            now - timedelta(seconds=result_ttl),
+            list(queues),
+            limit,
+        )
+        return len(rows)
+
+    async def retry(self, id: str) -> JobRecord | None:
+        """Queue a FAILED or CANCELLED job again, due now (see :meth:`work.stores.Store.retry`).
+
+        Raises:
+            ValueError: the job is in another state, or its unique key is taken.
+        """
+        pool = self._require_pool()
+        try:
+            row = await pool.fetchrow(
+                f"""WITH old AS (SELECT state FROM {self._s}.jobs WHERE id = $1),
+                    new AS (
+                        UPDATE {self._s}.jobs SET state = 'queued', status = -1, attempts = 0,
+                            deferrals = 0, lost = 0, result = NULL, error = NULL,
+                            scheduled_for = NULL, started_at = NULL, finished_at = NULL,
+                            expires_at = NULL, unknown_since = NULL, enqueued_at = $2
+                        WHERE id = $1 AND state IN ('failed', 'cancelled')
+                        RETURNING *)
+                    SELECT (SELECT state FROM old) AS old_state, new.* FROM old
+                    LEFT JOIN new ON true""",
+                id,
+                _now(),
+            )
+        except asyncpg.UniqueViolationError:
+            raise ValueError(
+                f"job {id!r} cannot be retried: another job holding its unique_key in its "
+                f"queue is not finished"
+            ) from None
+        if row is None:
+            return None
+        if row["id"] is None:
+            raise ValueError(
+                f"job {id!r} is {row['old_state']}: only a failed or cancelled job can be retried"
+            )
+        return decode_row(row)[0]
 
     async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
         """Return when a job in ``queues`` may be ready, or after ``timeout`` seconds.
@@ -948,7 +1144,8 @@ class PostgresStore:
             )
             if row["ready"]:
                 return
-            if row["next_due"] is not None:
+            # asyncpg reads 'infinity' as a naive datetime: such a job is never due.
+            if row["next_due"] is not None and row["next_due"].tzinfo is not None:
                 # A little after the due time, so the claim that follows finds it ready.
                 timeout = min(timeout, (row["next_due"] - now).total_seconds() + 0.001)
             if self._listener is None:
@@ -1006,20 +1203,16 @@ class PostgresStore:
         )
         return [decode_row(row)[0] for row in await pool.fetch(sql, *params)]
 
-    # -- for tests ------------------------------------------------------------------------
 
-    async def corrupt_args(self, id: str, raw: str = "{not json") -> None:
-        """Overwrite a job's stored args with the text ``raw`` (a test seam: what another
-        writer might store), so that claiming it reports a ``decode_error``.
-
-        Raises:
-            KeyError: no job with this id.
-        """
-        status = await self._require_pool().execute(
-            f"UPDATE {self._s}.jobs SET args = $2 WHERE id = $1", id, raw
-        )
-        if status == "UPDATE 0":
-            raise KeyError(id)
+def _claim_order(row: Any) -> tuple[int, datetime, int]:
+    """A claimed row's place in claim order; asyncpg reads +-infinity as naive datetimes,
+    which must not break the sort of the whole batch."""
+    due = row["scheduled_for"] or row["enqueued_at"]
+    if due is None:
+        due = datetime.min
+    if due.tzinfo is None:
+        due = due.replace(tzinfo=UTC)
+    return (-row["priority"], due, row["seq"])
 
 
 async def _keep_session(conn: Any) -> None:

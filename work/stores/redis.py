@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any, Self, cast
@@ -13,8 +13,12 @@ from typing import Any, Self, cast
 import anyio
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
+from redis.exceptions import (
+    AuthenticationError,
+    AuthenticationWrongNumberOfArgsError,
+    NoScriptError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .._core.status import Status
@@ -26,19 +30,23 @@ from .._durable.events import (
     check_event_filters,
     event_from_values,
 )
-from ._base import Claimed, JobRecord, JobState, Outcome
+from ._base import DEFAULT_LOST_LIMIT, FINAL_STATES, Claimed, JobRecord, JobState, Outcome
 from ._open import mask_url
-from ._redis_lua import ADD, CANCEL, CLAIM, COMPLETE, PROGRESS, REAP, RENEW
-from ._server import StoreUnavailableError, require_asyncio
+from ._redis_lua import ADD, CANCEL, CLAIM, COMPLETE, DELETE, PROGRESS, REAP, RENEW, RETRY
+from ._server import StoreAuthenticationError, StoreUnavailableError, require_asyncio
 
 __all__ = ["RedisStore", "RedisUnavailableError"]
 
-SCHEMA_VERSION = 1
-"""The key layout version this module writes and expects."""
+SCHEMA_VERSION = 2
+"""The key layout version this module writes and expects (2: finished jobs indexed for
+retention in ``done:<queue>``, ``kept:<queue>`` and ``expires``)."""
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 _CONNECT_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
+# A refused password or user (redis-py makes the first a ConnectionError; the second is the
+# reply of a server without a password to AUTH with one).
+_AUTH_ERRORS = (AuthenticationError, AuthenticationWrongNumberOfArgsError)
 # Wake tokens kept per queue: each wakes one blocked waiter (see wait_for_work).
 _WAKE_TOKENS = 64
 # Jobs per add script.
@@ -47,6 +55,8 @@ _ADD_CHUNK = 1000
 _LIST_CHUNK = 200
 # Expired leases handled per reap call (a reap is one script: keep it short).
 _REAP_BATCH = 1000
+# Jobs deleted per purge script.
+_PURGE_BATCH = 500
 
 
 class RedisUnavailableError(StoreUnavailableError):
@@ -103,7 +113,22 @@ def _int(raw: str | None, default: int = 0) -> int:
 
 
 def _time(raw: str | None) -> datetime | None:
-    return None if raw is None else _EPOCH + timedelta(microseconds=int(raw))
+    """A stored time; one that is unreadable (written behind the store's back) reads as None,
+    so one bad job never breaks get() or list()."""
+    try:
+        return _time_strict(raw)
+    except (ValueError, OverflowError):
+        return None
+
+
+def _time_strict(raw: str | None) -> datetime | None:
+    """A stored time; raises ValueError naming it when unreadable (a claim fails that job)."""
+    if raw is None:
+        return None
+    try:
+        return _EPOCH + timedelta(microseconds=int(raw))
+    except (ValueError, OverflowError):
+        raise ValueError(f"a stored time is not microseconds since the epoch: {raw!r}") from None
 
 
 def _decode(fields: Mapping[str, str], args_raw: bytes | None) -> tuple[JobRecord, str | None]:
@@ -117,6 +142,7 @@ def _decode(fields: Mapping[str, str], args_raw: bytes | None) -> tuple[JobRecor
         headers, spec_error = {}, spec_error or "job headers must map names to strings"
     retry = spec.get("retry")
     timeout = spec.get("timeout")
+    result_ttl = spec.get("result_ttl")
     try:
         result = json.loads(fields["result"]) if "result" in fields else None
     except ValueError:
@@ -147,6 +173,7 @@ def _decode(fields: Mapping[str, str], args_raw: bytes | None) -> tuple[JobRecor
         retry=retry if isinstance(retry, dict) else None,
         deferrals=_int(get("deferrals")),
         progress=_json_object(get("progress"), "progress")[0] if "progress" in fields else None,
+        result_ttl=float(result_ttl) if isinstance(result_ttl, int | float) else None,
     )
     return record, args_error or spec_error
 
@@ -168,6 +195,33 @@ def _from_packed(packed: bytes, args: bytes) -> tuple[JobRecord, str | None]:
     return _decode(fields if isinstance(fields, dict) else {}, args or None)
 
 
+def _claimed(packed: bytes, args: bytes) -> Claimed:
+    """A job as the claim script packs it, as a Claimed. A job that cannot be turned into a
+    record comes back alone with a ``decode_error`` naming what failed, never failing its
+    whole batch."""
+    try:
+        record, error = _from_packed(packed, args)
+        fields = json.loads(packed.decode(errors="replace"))
+        for name in ("enqueued_at", "scheduled_for", "started_at", "finished_at"):
+            _time_strict(fields.get(name))
+        unknown_since = _time_strict(fields.get("unknown_since"))
+    except Exception as exc:  # any broken job, whatever broke: fail it alone
+        try:
+            fields = json.loads(packed.decode(errors="replace"))
+            spec = json.loads(fields.get("spec") or "{}")
+        except Exception:  # even the id is unreadable: name what we can
+            fields, spec = {}, {}
+        bare = JobRecord(
+            id=str(fields.get("id", "")),
+            handler=str(spec.get("handler", "") if isinstance(spec, dict) else ""),
+            queue=str(fields.get("queue", "default")),
+            state=JobState.RUNNING,
+            attempts=_int(fields.get("attempts"), 1),
+        )
+        return Claimed(bare, f"the stored job could not be decoded: {exc}")
+    return Claimed(record, error, unknown_since)
+
+
 def _bytes_dict(raw: Any) -> dict[bytes, bytes]:
     """A reply of HGETALL (bytes, as this store's client never decodes) as typed here."""
     return {bytes(k): bytes(v) for k, v in raw.items()}
@@ -187,6 +241,8 @@ def _add_args(rec: JobRecord, now: datetime) -> tuple[list[str], str, datetime]:
         spec["timeout"] = rec.timeout
     if rec.retry is not None:
         spec["retry"] = rec.retry
+    if rec.result_ttl is not None:
+        spec["result_ttl"] = rec.result_ttl
     # Fields a new job rarely has: only sent when set.
     extra: dict[str, str] = {}
     if rec.status is not Status.UNKNOWN:
@@ -203,6 +259,9 @@ def _add_args(rec: JobRecord, now: datetime) -> tuple[list[str], str, datetime]:
         extra["started_at"] = str(_us(rec.started_at))
     if rec.finished_at is not None:
         extra["finished_at"] = str(_us(rec.finished_at))
+    if rec.result_ttl is not None:
+        # The scripts need it in microseconds, as a field of their own.
+        extra["ttl_us"] = str(int(rec.result_ttl * 1_000_000))
     values = [
         rec.id,
         rec.queue,
@@ -290,6 +349,7 @@ class RedisStore:
         Raises:
             RuntimeError: not running on asyncio, or keys written by a newer anywork.
             RedisUnavailableError: the server cannot be reached.
+            StoreAuthenticationError: the server refused the password or user.
         """
         _require_asyncio()
         if self._client is not None:
@@ -298,6 +358,10 @@ class RedisStore:
         client = aioredis.from_url(self._dsn, **self._options)
         try:
             await self._migrate(client)
+        except _AUTH_ERRORS as exc:
+            # redis-py makes these ConnectionErrors, but waiting will not heal them.
+            await client.aclose()
+            raise self._refused(client, exc) from None
         except _CONNECT_ERRORS as exc:
             await client.aclose()
             raise self._unavailable(client, exc) from exc
@@ -315,6 +379,8 @@ class RedisStore:
                 ("reap", REAP),
                 ("cancel", CANCEL),
                 ("progress", PROGRESS),
+                ("delete", DELETE),
+                ("retry", RETRY),
             )
         }
         self._entries = 1
@@ -336,10 +402,20 @@ class RedisStore:
         if client is not None:
             await client.aclose()
 
-    def _unavailable(self, client: aioredis.Redis, exc: BaseException) -> RedisUnavailableError:
+    def _address(self, client: aioredis.Redis) -> tuple[str, int | str]:
         kwargs = client.connection_pool.connection_kwargs
         host = kwargs.get("path") or kwargs.get("host", "localhost")
-        return RedisUnavailableError(str(host), kwargs.get("port", 6379), exc)
+        return str(host), kwargs.get("port", 6379)
+
+    def _refused(self, client: aioredis.Redis, exc: BaseException) -> StoreAuthenticationError:
+        if client.connection_pool.connection_kwargs.get("password") is None:
+            # The server's own words ("HELLO must be called with the client already
+            # authenticated ...") do not say what to change.
+            exc = AuthenticationError("the URL gives no password")
+        return StoreAuthenticationError("Redis", *self._address(client), exc)
+
+    def _unavailable(self, client: aioredis.Redis, exc: BaseException) -> RedisUnavailableError:
+        return RedisUnavailableError(*self._address(client), exc)
 
     async def _migrate(self, client: aioredis.Redis) -> None:
         key = self._key("schema_version")
@@ -351,11 +427,60 @@ class RedisStore:
                 f"keys under {self.prefix!r} are at layout version {version}, newer than this "
                 f"anywork knows ({SCHEMA_VERSION}); upgrade anywork"
             )
+        if version < 2:
+            await self._index_finished(client)
+            await client.set(key, 2)
+
+    async def _index_finished(self, client: aioredis.Redis) -> None:
+        """Layout 1 to 2: index the jobs already finished for retention. Idempotent (ZADD),
+        so several processes upgrading at once do no harm."""
+        start: str = "-inf"
+        while True:
+            page = cast(
+                "list[tuple[bytes, float]]",
+                await client.zrangebyscore(
+                    self._key("all"), start, "+inf", start=0, num=1000, withscores=True
+                ),
+            )
+            if not page:
+                return
+            pipe = client.pipeline(transaction=False)
+            for id, _ in page:
+                pipe.hmget(self._key("job", id.decode()), "state", "queue", "finished_at")
+            fields = await pipe.execute()
+            pipe = client.pipeline(transaction=False)
+            for (id, _), (state, queue, finished_at) in zip(page, fields, strict=True):
+                if state in (b"succeeded", b"failed", b"cancelled") and queue and finished_at:
+                    done = self._key("done", queue.decode())
+                    pipe.zadd(done, {id: int(finished_at)})
+            await pipe.execute()
+            start = f"({int(page[-1][1])}"
 
     def _require(self) -> aioredis.Redis:
         if self._client is None:
             raise RuntimeError(f"{self!r} is not open: use `async with store:`")
         return self._client
+
+    async def exists(self) -> bool:
+        """True when the server holds keys of this store (its layout version); writes
+        nothing (for read-only commands, which must not leave a key behind).
+
+        Raises:
+            RedisUnavailableError: the server cannot be reached.
+            StoreAuthenticationError: the server refused the password or user.
+        """
+        _require_asyncio()
+        if self._client is not None:
+            return True
+        client = aioredis.from_url(self._dsn, **self._options)
+        try:
+            return bool(await client.exists(self._key("schema_version")))
+        except _AUTH_ERRORS as exc:
+            raise self._refused(client, exc) from None
+        except _CONNECT_ERRORS as exc:
+            raise self._unavailable(client, exc) from exc
+        finally:
+            await client.aclose()
 
     async def drop(self) -> None:
         """Delete every key under the store's prefix (for tests and teardown).
@@ -380,17 +505,31 @@ class RedisStore:
             if client is not self._client:
                 await client.aclose()
 
+    @contextlib.contextmanager
+    def _reachable(self, client: aioredis.Redis) -> Iterator[None]:
+        """Turn redis-py's errors for a server that went away into RedisUnavailableError (a
+        builtin ConnectionError, as every store raises), so a worker reports one outage."""
+        try:
+            yield
+        except _AUTH_ERRORS:
+            raise
+        except _CONNECT_ERRORS as exc:
+            if isinstance(exc, StoreUnavailableError):
+                raise
+            raise self._unavailable(client, exc) from exc
+
     async def _run(self, name: str, args: Sequence[Any], client: Any = None) -> Any:
         redis_client = self._require()
         script = self._scripts[name]
         if client is not None:  # a pipeline: redis-py loads its scripts before it runs
             return await script(args=[self.prefix, *args], client=client)
-        try:
-            return await redis_client.evalsha(script.sha, 0, self.prefix, *args)
-        except NoScriptError:
-            # The server lost its script cache (a restart, SCRIPT FLUSH): nothing ran.
-            await redis_client.script_load(script.script)
-            return await redis_client.evalsha(script.sha, 0, self.prefix, *args)
+        with self._reachable(redis_client):
+            try:
+                return await redis_client.evalsha(script.sha, 0, self.prefix, *args)
+            except NoScriptError:
+                # The server lost its script cache (a restart, SCRIPT FLUSH): nothing ran.
+                await redis_client.script_load(script.script)
+                return await redis_client.evalsha(script.sha, 0, self.prefix, *args)
 
     # -- reading --------------------------------------------------------------------------
 
@@ -463,9 +602,7 @@ class RedisStore:
         now = _now_us()
         until = now + int(lease * 1_000_000)
         replies = await self._run("claim", [now, limit, until, owner, *queues])
-        return [
-            Claimed(*_from_packed(replies[i], replies[i + 1])) for i in range(0, len(replies), 2)
-        ]
+        return [_claimed(replies[i], replies[i + 1]) for i in range(0, len(replies), 2)]
 
     async def renew(self, owner: str, ids: Sequence[str], *, lease: float) -> set[str]:
         """Extend ``owner``'s leases on ``ids`` in one script; return those it must stop
@@ -477,12 +614,13 @@ class RedisStore:
         stop = await self._run("renew", [owner, until, *ids])
         return {id.decode() for id in stop}
 
-    async def complete(self, owner: str, outcomes: Sequence[Outcome]) -> None:
+    async def complete(self, owner: str, outcomes: Sequence[Outcome]) -> set[str]:
         """Apply outcomes, in one script, to jobs RUNNING under ``owner``'s lease; others
-        are left alone (see :meth:`work.stores.Store.complete`)."""
+        are left alone (see :meth:`work.stores.Store.complete`). Returns the ids whose
+        outcome was applied."""
         if not outcomes:
             self._require()
-            return
+            return set()
         batch: list[list[str]] = []
         for o in outcomes:
             result = _dumps(o.result) if o.state is JobState.SUCCEEDED else None
@@ -497,17 +635,102 @@ class RedisStore:
                     _opt(due),
                     "1" if o.give_back_attempt else "0",
                     "1" if o.deferral else "0",
+                    _opt(None if o.unknown_since is None else str(_us(o.unknown_since))),
                 ]
             )
-        await self._run("complete", [owner, _now_us(), _WAKE_TOKENS, _dumps(batch)])
+        applied = await self._run("complete", [owner, _now_us(), _WAKE_TOKENS, _dumps(batch)])
+        return {id.decode() if isinstance(id, bytes) else str(id) for id in applied}
 
-    async def reap(self) -> int:
-        """Put back (or fail, or cancel) RUNNING jobs whose lease expired; return how many.
+    async def reap(self, *, lost_limit: int = DEFAULT_LOST_LIMIT) -> int:
+        """Put back (or fail after ``lost_limit`` losses, or cancel) RUNNING jobs whose lease
+        expired; return how many (see :meth:`work.stores.Store.reap`).
 
         Each call handles at most 1000 of them, in one atomic script, so it is safe from
         many workers at once.
         """
-        return int(await self._run("reap", [_now_us(), _WAKE_TOKENS, _REAP_BATCH]))
+        args = [_now_us(), _WAKE_TOKENS, _REAP_BATCH, lost_limit]
+        return int(await self._run("reap", args))
+
+    # -- retention ------------------------------------------------------------------------
+
+    async def _delete_older(self, key: str, before: int, states: str, limit: int | None) -> int:
+        """Delete the jobs of sorted set ``key`` scored below ``before`` that are final and in
+        ``states``, up to ``limit``, a page (one atomic script) at a time."""
+        client = self._require()
+        total = kept = 0
+        while limit is None or total < limit:
+            num = _PURGE_BATCH if limit is None else min(_PURGE_BATCH, limit - total)
+            # Deleted jobs leave the set: skip only those kept (not in states) so far.
+            page = await client.zrangebyscore(key, "-inf", f"({before}", start=kept, num=num)
+            if not page:
+                break
+            deleted = int(await self._run("delete", [states, *page]))
+            total += deleted
+            kept += len(page) - deleted
+        return total
+
+    async def _queues(self) -> list[str]:
+        raw = cast("list[bytes]", await self._require().hkeys(self._key("stats")))
+        return sorted({k.decode(errors="replace").rpartition("\0")[0] for k in raw})
+
+    async def purge(
+        self, *, older_than: datetime, states: Sequence[JobState], limit: int | None = None
+    ) -> int:
+        """Delete finished jobs in ``states`` that finished before ``older_than``, oldest
+        first per queue, a script of at most 500 at a time (see
+        :meth:`work.stores.Store.purge`)."""
+        wanted = ",".join(s.value for s in states if s.is_final)
+        if not wanted or (limit is not None and limit <= 0):
+            return 0
+        before = _us(older_than)
+        total = 0
+        for queue in await self._queues():
+            for kind in ("done", "kept"):
+                left = None if limit is None else limit - total
+                if left is not None and left <= 0:
+                    return total
+                total += await self._delete_older(self._key(kind, queue), before, wanted, left)
+        return total
+
+    async def expire(self, queues: Sequence[str], *, result_ttl: float, limit: int) -> int:
+        """Delete up to ``limit`` finished jobs whose time is up (see
+        :meth:`work.stores.Store.expire`): sorted sets of finished jobs are read from the
+        oldest, so it costs what it deletes, not what is kept."""
+        if limit <= 0:
+            return 0
+        now = _now_us()
+        final = ",".join(s.value for s in FINAL_STATES)
+        total = await self._delete_older(self._key("expires"), now + 1, final, limit)
+        cutoff = now - int(result_ttl * 1_000_000)
+        for queue in queues:
+            if total >= limit:
+                break
+            total += await self._delete_older(
+                self._key("done", queue), cutoff + 1, final, limit - total
+            )
+        return total
+
+    async def retry(self, id: str) -> JobRecord | None:
+        """Queue a FAILED or CANCELLED job again, due now, in one script (see
+        :meth:`work.stores.Store.retry`).
+
+        Raises:
+            ValueError: the job is in another state, or its unique key is taken.
+        """
+        reply = await self._run("retry", [id, _now_us(), _WAKE_TOKENS])
+        kind = bytes(reply[0])
+        if kind == b"missing":
+            return None
+        if kind == b"state":
+            raise ValueError(
+                f"job {id!r} is {reply[1].decode()}: only a failed or cancelled job can be retried"
+            )
+        if kind == b"unique":
+            raise ValueError(
+                f"job {reply[1].decode()!r} holds the unique_key of job {id!r} in its queue "
+                f"and is not finished"
+            )
+        return _from_hash(reply[1:])[0]
 
     async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
         """Return when a job in ``queues`` may be ready, or after ``timeout`` seconds.
@@ -524,7 +747,8 @@ class RedisStore:
         for queue in queues:
             pipe.zcard(self._key("ready", queue))
             pipe.zrange(self._key("sched", queue), 0, 0, withscores=True)
-        replies = await pipe.execute()
+        with self._reachable(client):
+            replies = await pipe.execute()
         if any(replies[0::2]):
             return
         dues = [first[0][1] for first in replies[1::2] if first]
@@ -535,7 +759,8 @@ class RedisStore:
             return
         # BLPOP's timeout 0 would mean "forever".
         wake_keys = [self._key("wake", q) for q in queues]
-        await client.blpop(wake_keys, timeout=max(timeout, 0.01))
+        with self._reachable(client):
+            await client.blpop(wake_keys, timeout=max(timeout, 0.01))
 
     # -- events -------------------------------------------------------------------------
 
@@ -689,18 +914,3 @@ class RedisStore:
                         break
             start = f"({int(page[-1][1])}"
         return out
-
-    # -- for tests ------------------------------------------------------------------------
-
-    async def corrupt_args(self, id: str, raw: str = "{not json") -> None:
-        """Overwrite a job's stored args with ``raw`` (a test seam: what another writer might
-        store), so that claiming it reports a ``decode_error``.
-
-        Raises:
-            KeyError: no job with this id.
-        """
-        client = self._require()
-        key = self._key("job", id)
-        if not await client.exists(key):
-            raise KeyError(id)
-        await client.hset(key, "args", raw)

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
 from urllib.parse import urlsplit
@@ -30,7 +31,7 @@ from .._durable.events import (
     check_event_filters,
     event_from_values,
 )
-from ._base import Claimed, JobRecord, JobState, Outcome
+from ._base import DEFAULT_LOST_LIMIT, Claimed, JobRecord, JobState, Outcome
 from .memory import _decode_error, _Notifier
 
 __all__ = ["MIN_SQLITE_VERSION", "SCHEMA_VERSION", "SQLiteStore"]
@@ -38,7 +39,7 @@ __all__ = ["MIN_SQLITE_VERSION", "SCHEMA_VERSION", "SQLiteStore"]
 MIN_SQLITE_VERSION = (3, 35, 0)
 """``UPDATE … RETURNING`` arrived in SQLite 3.35."""
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """The schema this module creates; :meth:`SQLiteStore.__aenter__` migrates older files to it."""
 
 _T = TypeVar("_T")
@@ -46,7 +47,7 @@ _T = TypeVar("_T")
 _COLUMNS = (
     "id, handler, queue, args, headers, priority, state, status, attempts, max_attempts, "
     "result, error, unique_key, enqueued_at, scheduled_for, started_at, finished_at, "
-    "timeout, retry, deferrals"
+    "timeout, retry, deferrals, result_ttl"
 )
 # What reads select: the inserted columns plus those only later statements write.
 _READ_COLUMNS = _COLUMNS + ", progress"
@@ -79,8 +80,9 @@ _SQL_EVENT = (
 # Events cost a write each: they are recorded only while some process is subscribed.
 _SQL_LISTENED = f"EXISTS (SELECT 1 FROM anywork_event_listeners WHERE until > {_SQL_NOW})"
 
-# Each entry migrates the schema from version i to i + 1. Statements are idempotent
-# (IF NOT EXISTS) so a half-applied migration on an old SQLite is harmless to repeat.
+# Each entry migrates the schema from version i to i + 1, inside the one BEGIN IMMEDIATE
+# transaction that read the version (SQLite's DDL is transactional), so concurrent openers
+# apply each step exactly once.
 _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (
         """
@@ -120,7 +122,34 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE UNIQUE INDEX IF NOT EXISTS anywork_jobs_unique ON anywork_jobs (queue, unique_key)"
         " WHERE unique_key IS NOT NULL AND state IN ('queued', 'scheduled', 'running')",
     ),
-    # 2: job events (filled by triggers, read by subscribers in any process) and progress.
+    (
+        # How many times the job's worker was lost (reap fails it at the lost limit), and when
+        # a worker first handed it back for lack of its handler.
+        "ALTER TABLE anywork_jobs ADD COLUMN lost INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE anywork_jobs ADD COLUMN unknown_since REAL",
+        # Retention: a job's own result_ttl, and when a finished job that has one may go.
+        "ALTER TABLE anywork_jobs ADD COLUMN result_ttl REAL",
+        "ALTER TABLE anywork_jobs ADD COLUMN expires_at REAL",
+        "CREATE INDEX IF NOT EXISTS anywork_jobs_expires ON anywork_jobs (expires_at)"
+        " WHERE expires_at IS NOT NULL",
+        # Version 1's ready index led with state, so a claim (state = 'queued' OR ...) could
+        # not walk it in claim order: it searched every row of the queue, finished ones
+        # included, and sorted them in a temporary b-tree. These partial indexes hold only
+        # unfinished jobs, in the claim's exact order, so history never slows a claim or an
+        # idle poll.
+        "DROP INDEX IF EXISTS anywork_jobs_ready",
+        # Only RUNNING jobs have leases: version 1's lease index held every job.
+        "DROP INDEX IF EXISTS anywork_jobs_lease",
+        "CREATE INDEX IF NOT EXISTS anywork_jobs_leases ON anywork_jobs (lease_until)"
+        " WHERE state = 'running'",
+        "CREATE INDEX IF NOT EXISTS anywork_jobs_claim"
+        " ON anywork_jobs (queue, priority DESC, due_at, seq, state)"
+        " WHERE state IN ('queued', 'scheduled')",
+        # The oldest finished jobs first, for purges.
+        "CREATE INDEX IF NOT EXISTS anywork_jobs_finished ON anywork_jobs (finished_at)"
+        " WHERE state IN ('succeeded', 'failed', 'cancelled')",
+    ),
+    # 3: job events (filled by triggers, read by subscribers in any process) and progress.
     (
         "ALTER TABLE anywork_jobs ADD COLUMN progress TEXT",  # JSON
         """
@@ -185,7 +214,24 @@ def _ts(value: datetime | None) -> float | None:
 
 
 def _dt(value: float | None) -> datetime | None:
-    return datetime.fromtimestamp(value, UTC) if value is not None else None
+    """Unix seconds as an aware datetime; a time out of datetime's range (written behind the
+    store's back) reads as its nearest bound, so one bad row never breaks get() or list()."""
+    if value is None:
+        return None
+    try:
+        return datetime.fromtimestamp(value, UTC)
+    except (OverflowError, ValueError, OSError):
+        return (datetime.max if value > 0 else datetime.min).replace(tzinfo=UTC)
+
+
+def _dt_strict(value: float | None) -> datetime | None:
+    """As :func:`_dt`, but a time out of range raises (a claim fails that job with 400)."""
+    if value is None:
+        return None
+    try:
+        return datetime.fromtimestamp(value, UTC)
+    except (OverflowError, ValueError, OSError) as exc:
+        raise ValueError(f"a stored time is out of range ({value!r}): {exc}") from None
 
 
 def _loads_object(text: str | None) -> dict[str, Any]:
@@ -207,7 +253,8 @@ def _loads(text: str | None) -> Any:
         return None
 
 
-def _record(row: sqlite3.Row) -> JobRecord:
+def _record(row: sqlite3.Row, *, strict: bool = False) -> JobRecord:
+    dt = _dt_strict if strict else _dt
     return JobRecord(
         id=row["id"],
         handler=row["handler"],
@@ -222,14 +269,15 @@ def _record(row: sqlite3.Row) -> JobRecord:
         result=_loads(row["result"]),
         error=row["error"],
         unique_key=row["unique_key"],
-        enqueued_at=_dt(row["enqueued_at"]),
-        scheduled_for=_dt(row["scheduled_for"]),
-        started_at=_dt(row["started_at"]),
-        finished_at=_dt(row["finished_at"]),
+        enqueued_at=dt(row["enqueued_at"]),
+        scheduled_for=dt(row["scheduled_for"]),
+        started_at=dt(row["started_at"]),
+        finished_at=dt(row["finished_at"]),
         timeout=row["timeout"],
         retry=_loads(row["retry"]),
         deferrals=row["deferrals"],
         progress=_loads(row["progress"]),
+        result_ttl=row["result_ttl"],
     )
 
 
@@ -244,9 +292,15 @@ def _marks(n: int) -> str:
 
 # An insert that skips a job whose id, or whose active (queue, unique_key), is taken.
 _INSERT = (
-    f"INSERT INTO anywork_jobs ({_COLUMNS}, due_at) VALUES ({_marks(21)}) ON CONFLICT DO NOTHING"
+    f"INSERT INTO anywork_jobs ({_COLUMNS}, due_at) VALUES ({_marks(22)}) ON CONFLICT DO NOTHING"
 )
 _ACTIVE = "('queued', 'scheduled', 'running')"
+# A job ready to be claimed (one parameter: now). The literal `state IN (...)` term lets
+# SQLite use the partial index anywork_jobs_claim, which holds unfinished jobs only.
+# A finished job: the literal term lets SQLite use the partial index anywork_jobs_finished.
+_DONE = "state IN ('succeeded', 'failed', 'cancelled')"
+_PURGE_BATCH = 500  # rows per purge transaction: other writers wait at most this long
+_CLAIMABLE = "state IN ('queued', 'scheduled') AND (state = 'queued' OR due_at <= ?)"
 # Positions in _insert_params' tuple (the order of _COLUMNS, then due_at).
 _AT = {name: i for i, name in enumerate(_COLUMNS.split(", "))}
 _ARGS, _HEADERS, _RESULT, _RETRY = _AT["args"], _AT["headers"], _AT["result"], _AT["retry"]
@@ -283,6 +337,7 @@ def _insert_params(rec: JobRecord, now: datetime) -> tuple[Any, ...]:
         rec.timeout,
         json.dumps(rec.retry) if rec.retry is not None else None,
         rec.deferrals,
+        rec.result_ttl,
         enqueued if scheduled is None else scheduled,  # due_at
     )
 
@@ -325,6 +380,7 @@ def _stored(rec: JobRecord, params: tuple[Any, ...], args: Any) -> JobRecord:
     put(new, "retry", _loads(params[_RETRY]))
     put(new, "deferrals", rec.deferrals)
     put(new, "progress", None)  # add() does not store progress
+    put(new, "result_ttl", None if rec.result_ttl is None else float(rec.result_ttl))
     return new
 
 
@@ -491,6 +547,29 @@ class SQLiteStore:
     ) -> None:
         """Close the connection when the outermost ``async with`` ends."""
         await anyio.to_thread.run_sync(self._close)
+
+    async def exists(self) -> bool:
+        """True when the file holds an anywork store; creates nothing (for read-only
+        commands, which must not leave an empty database behind)."""
+        return await anyio.to_thread.run_sync(self._exists)
+
+    def _exists(self) -> bool:
+        if self._conn is not None or self.path == ":memory:":
+            return True
+        target = Path(self.path)
+        if not target.is_file():
+            return False
+        conn = sqlite3.connect(f"{target.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            row = conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' "
+                "AND name = 'anywork_schema_version'"
+            ).fetchone()
+        except sqlite3.DatabaseError:  # not a database at all
+            return False
+        finally:
+            conn.close()
+        return row is not None
 
     def _open(self) -> None:
         with self._lock:
@@ -703,8 +782,9 @@ class SQLiteStore:
             now = time.time()
             cur = conn.execute(
                 "UPDATE anywork_jobs SET state = 'cancelled', status = ?, error = 'cancelled',"
-                " finished_at = ? WHERE id = ? AND state IN ('queued', 'scheduled')",
-                (int(Status.CANCELLED), now, id),
+                " finished_at = ?, expires_at = ? + result_ttl"
+                " WHERE id = ? AND state IN ('queued', 'scheduled')",
+                (int(Status.CANCELLED), now, now, id),
             )
             if cur.rowcount:
                 return True
@@ -733,18 +813,14 @@ class SQLiteStore:
                 "UPDATE anywork_jobs SET state = 'running', attempts = attempts + 1,"
                 " started_at = ?, owner = ?, lease_until = ?, cancel_requested = 0"
                 " WHERE seq IN (SELECT seq FROM anywork_jobs"
-                f"  WHERE queue IN ({_marks(len(queues))})"
-                "   AND (state = 'queued' OR (state = 'scheduled' AND due_at <= ?))"
+                f"  WHERE queue IN ({_marks(len(queues))}) AND {_CLAIMABLE}"
                 "  ORDER BY priority DESC, due_at, seq LIMIT ?)"
-                f" RETURNING {_READ_COLUMNS}, due_at, seq",
+                f" RETURNING {_READ_COLUMNS}, due_at, seq, unknown_since",
                 (now, owner, now + lease, *queues, now, limit),
             ).fetchall()
             # RETURNING gives no order: put them back in claim order.
             rows.sort(key=lambda r: (-r["priority"], r["due_at"], r["seq"]))
-            return [
-                Claimed(_record(row), _decode_error(row["args"]) or _headers_error(row["headers"]))
-                for row in rows
-            ]
+            return [_claimed(row) for row in rows]
 
         return await self._transaction(update)
 
@@ -771,15 +847,17 @@ class SQLiteStore:
 
         return await self._transaction(update)
 
-    async def complete(self, owner: str, outcomes: Sequence[Outcome]) -> None:
+    async def complete(self, owner: str, outcomes: Sequence[Outcome]) -> set[str]:
         """Apply outcomes, in one transaction, to jobs RUNNING under ``owner``'s lease; others
-        are left alone."""
+        are left alone. Returns the ids whose outcome was applied."""
         if not outcomes:
-            return
+            return set()
+        applied: set[str] = set()
 
         def update(conn: sqlite3.Connection) -> bool:
             now = time.time()
             wake = False
+            applied.clear()  # the transaction may be retried
             for o in outcomes:
                 scheduled = _ts(o.scheduled_for) if o.state is JobState.SCHEDULED else None
                 succeeded = o.state is JobState.SUCCEEDED
@@ -787,8 +865,9 @@ class SQLiteStore:
                     "UPDATE anywork_jobs SET state = ?, status = ?,"
                     " result = CASE WHEN ? THEN ? ELSE result END, error = ?,"
                     " scheduled_for = ?, due_at = COALESCE(?, enqueued_at), finished_at = ?,"
+                    " expires_at = ? + result_ttl,"
                     " attempts = MAX(attempts - ?, 0), deferrals = deferrals + ?,"
-                    " owner = NULL, lease_until = NULL, cancel_requested = 0"
+                    " owner = NULL, lease_until = NULL, cancel_requested = 0, unknown_since = ?"
                     " WHERE id = ? AND state = 'running' AND owner = ?",
                     (
                         o.state.value,
@@ -799,20 +878,26 @@ class SQLiteStore:
                         scheduled,
                         scheduled,
                         now if o.state.is_final else None,
+                        now if o.state.is_final else None,
                         1 if o.give_back_attempt else 0,
                         1 if o.deferral else 0,
+                        _ts(o.unknown_since),
                         o.id,
                         owner,
                     ),
                 )
+                if cur.rowcount > 0:
+                    applied.add(o.id)
                 wake = wake or (cur.rowcount > 0 and not o.state.is_final)
             return wake
 
         if await self._transaction(update):
             self._notifier.notify()
+        return applied
 
-    async def reap(self) -> int:
-        """Put back (or fail, or cancel) RUNNING jobs whose lease expired; return how many."""
+    async def reap(self, *, lost_limit: int = DEFAULT_LOST_LIMIT) -> int:
+        """Put back (or fail after ``lost_limit`` losses, or cancel) RUNNING jobs whose lease
+        expired; return how many (see :meth:`work.stores.Store.reap`)."""
 
         def update(conn: sqlite3.Connection) -> int:
             now = time.time()
@@ -820,19 +905,21 @@ class SQLiteStore:
             cleared = "owner = NULL, lease_until = NULL, cancel_requested = 0"
             changed = conn.execute(
                 f"UPDATE anywork_jobs SET state = 'cancelled', status = ?, error = 'cancelled',"
-                f" finished_at = ?, {cleared} WHERE {expired} AND cancel_requested = 1",
-                (int(Status.CANCELLED), now, now),
+                f" finished_at = ?, expires_at = ? + result_ttl, {cleared}"
+                f" WHERE {expired} AND cancel_requested = 1",
+                (int(Status.CANCELLED), now, now, now),
             ).rowcount
             changed += conn.execute(
                 f"UPDATE anywork_jobs SET state = 'queued', status = ?, error = 'worker lost',"
-                f" scheduled_for = NULL, due_at = enqueued_at, {cleared}"
-                f" WHERE {expired} AND attempts < max_attempts",
-                (int(Status.INTERNAL_ERROR), now),
+                f" scheduled_for = NULL, due_at = enqueued_at, lost = lost + 1, {cleared}"
+                f" WHERE {expired} AND lost + 1 < ?",
+                (int(Status.INTERNAL_ERROR), now, lost_limit),
             ).rowcount
             changed += conn.execute(
                 f"UPDATE anywork_jobs SET state = 'failed', status = ?, error = 'worker lost',"
-                f" finished_at = ?, {cleared} WHERE {expired}",
-                (int(Status.INTERNAL_ERROR), now, now),
+                f" finished_at = ?, expires_at = ? + result_ttl, lost = lost + 1, {cleared}"
+                f" WHERE {expired}",
+                (int(Status.INTERNAL_ERROR), now, now, now),
             ).rowcount
             return changed
 
@@ -840,6 +927,105 @@ class SQLiteStore:
         if changed:
             self._notifier.notify()
         return changed
+
+    # -- retention ------------------------------------------------------------------------------
+
+    async def purge(
+        self, *, older_than: datetime, states: Sequence[JobState], limit: int | None = None
+    ) -> int:
+        """Delete finished jobs in ``states`` that finished before ``older_than``, oldest
+        first, in transactions of at most 500 (see :meth:`work.stores.Store.purge`)."""
+        wanted = [s.value for s in states if s.is_final]
+        if not wanted or (limit is not None and limit <= 0):
+            return 0
+        sql = (
+            "DELETE FROM anywork_jobs WHERE seq IN (SELECT seq FROM anywork_jobs"
+            f" WHERE {_DONE} AND state IN ({_marks(len(wanted))}) AND finished_at < ?"
+            " LIMIT ?)"
+        )
+        cutoff = older_than.timestamp()
+        total = 0
+        while limit is None or total < limit:
+            batch = _PURGE_BATCH if limit is None else min(_PURGE_BATCH, limit - total)
+
+            def delete(conn: sqlite3.Connection, batch: int = batch) -> int:
+                return conn.execute(sql, (*wanted, cutoff, batch)).rowcount
+
+            deleted = await self._transaction(delete)
+            total += deleted
+            if deleted < batch:
+                break
+        return total
+
+    async def expire(self, queues: Sequence[str], *, result_ttl: float, limit: int) -> int:
+        """Delete up to ``limit`` finished jobs whose time is up, in one transaction (see
+        :meth:`work.stores.Store.expire`): both searches walk partial indexes of finished
+        jobs from the oldest, so they cost what they delete, not what is kept."""
+        if limit <= 0:
+            return 0
+        queues = list(queues)
+
+        def delete(conn: sqlite3.Connection) -> int:
+            now = time.time()
+            n = conn.execute(
+                "DELETE FROM anywork_jobs WHERE seq IN (SELECT seq FROM anywork_jobs"
+                " WHERE expires_at IS NOT NULL AND expires_at <= ? LIMIT ?)",
+                (now, limit),
+            ).rowcount
+            if n < limit and queues:
+                n += conn.execute(
+                    "DELETE FROM anywork_jobs WHERE seq IN (SELECT seq FROM anywork_jobs"
+                    f" WHERE {_DONE} AND finished_at <= ? AND result_ttl IS NULL"
+                    f" AND queue IN ({_marks(len(queues))}) LIMIT ?)",
+                    (now - result_ttl, *queues, limit - n),
+                ).rowcount
+            return n
+
+        return await self._transaction(delete)
+
+    async def retry(self, id: str) -> JobRecord | None:
+        """Queue a FAILED or CANCELLED job again, due now (see :meth:`work.stores.Store.retry`).
+
+        Raises:
+            ValueError: the job is in another state, or its unique key is taken.
+        """
+
+        def update(conn: sqlite3.Connection) -> JobRecord | None:
+            now = time.time()
+            row = conn.execute(
+                "SELECT state, queue, unique_key FROM anywork_jobs WHERE id = ?", (id,)
+            ).fetchone()
+            if row is None:
+                return None
+            if row["state"] not in ("failed", "cancelled"):
+                raise ValueError(
+                    f"job {id!r} is {row['state']}: only a failed or cancelled job can be retried"
+                )
+            if row["unique_key"] is not None:
+                other = conn.execute(
+                    f"SELECT id FROM anywork_jobs WHERE queue = ? AND unique_key = ?"
+                    f" AND state IN {_ACTIVE}",
+                    (row["queue"], row["unique_key"]),
+                ).fetchone()
+                if other is not None:
+                    raise ValueError(
+                        f"job {other['id']!r} holds unique_key {row['unique_key']!r} in queue "
+                        f"{row['queue']!r} and is not finished"
+                    )
+            got = conn.execute(
+                "UPDATE anywork_jobs SET state = 'queued', status = ?, attempts = 0,"
+                " deferrals = 0, lost = 0, result = NULL, error = NULL, scheduled_for = NULL,"
+                " started_at = NULL, finished_at = NULL, expires_at = NULL,"
+                " unknown_since = NULL, enqueued_at = ?, due_at = ?"
+                f" WHERE id = ? RETURNING {_READ_COLUMNS}",
+                (int(Status.UNKNOWN), now, now, id),
+            ).fetchone()
+            return _record(got)
+
+        record = await self._transaction(update)
+        if record is not None:
+            self._notifier.notify()
+        return record
 
     async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
         """Return when a job in ``queues`` is ready, or after ``timeout`` seconds.
@@ -849,7 +1035,7 @@ class SQLiteStore:
         queues = list(queues)
         sql = (
             f"SELECT 1 FROM anywork_jobs WHERE queue IN ({_marks(len(queues))})"
-            " AND (state = 'queued' OR (state = 'scheduled' AND due_at <= ?)) LIMIT 1"
+            f" AND {_CLAIMABLE} LIMIT 1"
         )
 
         def ready(conn: sqlite3.Connection) -> bool:
@@ -927,22 +1113,6 @@ class SQLiteStore:
             if self._watcher is watcher:
                 self._watcher = None
             return True
-
-    # -- for tests ------------------------------------------------------------------------------
-
-    async def corrupt_args(self, id: str, raw: str = "{not json") -> None:
-        """Replace a job's stored args with ``raw`` (a test seam for undecodable payloads).
-
-        Raises:
-            KeyError: no job with this id.
-        """
-
-        def update(conn: sqlite3.Connection) -> None:
-            cur = conn.execute("UPDATE anywork_jobs SET args = ? WHERE id = ?", (raw, id))
-            if not cur.rowcount:
-                raise KeyError(id)
-
-        await self._transaction(update)
 
 
 def _headers_error(headers_json: str) -> str | None:
@@ -1067,3 +1237,27 @@ def _max_event_seq(conn: sqlite3.Connection) -> int:
 def _row_event(row: tuple[Any, ...]) -> JobEvent:
     _, kind, job_id, queue, handler, status, attempt, at, progress = row
     return event_from_values(kind, job_id, queue, handler, status, attempt, at, _loads(progress))
+
+
+def _claimed(row: sqlite3.Row) -> Claimed:
+    """A claimed row as a Claimed. A row that cannot be turned into a record (a time out of
+    range, an unknown state, a payload that is not text) comes back alone with a
+    ``decode_error`` naming what failed, never failing the rest of its batch."""
+    try:
+        record = _record(row, strict=True)
+        error = _decode_error(row["args"]) or _headers_error(row["headers"])
+        unknown_since = _dt(row["unknown_since"])
+    except (TypeError, ValueError, OverflowError, OSError) as exc:
+        return Claimed(_bare_record(row), f"the stored job could not be decoded: {exc}")
+    return Claimed(record, error, unknown_since)
+
+
+def _bare_record(row: sqlite3.Row) -> JobRecord:
+    """The little of a broken row that the worker needs to fail it (id, handler, queue)."""
+    return JobRecord(
+        id=str(row["id"]),
+        handler=str(row["handler"]),
+        queue=str(row["queue"]),
+        state=JobState.RUNNING,
+        attempts=int(row["attempts"]) if isinstance(row["attempts"], int) else 1,
+    )
