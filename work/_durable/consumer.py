@@ -459,28 +459,36 @@ class _Server:
             if slot.record.id in values:
                 slot.progress_sent, slot.progress_at = values[slot.record.id], now
 
+    def progress_due(self, now: float) -> tuple[list[_Slot], float]:
+        """The slots whose unsent progress may be written now, and when the next one may."""
+        due: list[_Slot] = []
+        next_at = math.inf
+        for slot in self.slots.values():
+            if slot.outcome is not None or slot.progress is slot.progress_sent:
+                continue
+            at = slot.progress_at + _PROGRESS_INTERVAL
+            if at <= now:
+                due.append(slot)
+            else:
+                next_at = min(next_at, at)
+        return due, next_at
+
     async def progress_loop(self) -> None:
+        # Slots are only ever held in locals while written: a finished job's slot, execution
+        # and args must not stay reachable from this loop while it waits.
         while True:
             self.progress_event = event = anyio.Event()
             now = anyio.current_time()
-            due: list[_Slot] = []
-            next_at = math.inf
-            for slot in self.slots.values():
-                if slot.outcome is not None or slot.progress is slot.progress_sent:
-                    continue
-                at = slot.progress_at + _PROGRESS_INTERVAL
-                if at <= now:
-                    due.append(slot)
-                else:
-                    next_at = min(next_at, at)
+            due, next_at = self.progress_due(now)
             if due:
                 try:
                     async with self.flush_lock:
-                        await self.write_progress([slot for slot in due if slot.outcome is None])
+                        await self.write_progress([s for s in due if s.outcome is None])
                 except Exception as exc:
                     self.log.warning("storing progress failed; retrying", error=repr(exc))
                     await anyio.sleep(_PROGRESS_INTERVAL)
                 continue
+            del due
             with anyio.move_on_after(next_at - now):
                 await event.wait()
 
