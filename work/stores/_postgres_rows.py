@@ -79,9 +79,19 @@ def decode_row(row: Any) -> tuple[JobRecord, str | None]:
         timeout=row["timeout"],
         retry=retry,
         deferrals=row["deferrals"],
+        progress=_progress(row),
         result_ttl=row["result_ttl"],
     )
     return record, args_error or headers_error
+
+
+def _progress(row: Any) -> dict[str, Any] | None:
+    """The progress column (a row from before schema version 2 has none)."""
+    raw = row.get("progress")
+    if raw is None:
+        return None
+    value, _ = loads_object(raw, "progress")
+    return value
 
 
 _TIMES = ("enqueued_at", "scheduled_for", "started_at", "finished_at")
@@ -227,5 +237,6 @@ def stored_record(rec: JobRecord, args: dict[str, Any], enqueued: datetime) -> J
     put(new, "timeout", None if rec.timeout is None else float(rec.timeout))
     put(new, "retry", _json_copy(rec.retry))
     put(new, "deferrals", rec.deferrals)
+    put(new, "progress", None)  # add() does not store progress
     put(new, "result_ttl", None if rec.result_ttl is None else float(rec.result_ttl))
     return new
