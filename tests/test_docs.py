@@ -97,3 +97,29 @@ def test_benchmark_verdicts_only_on_the_performance_page() -> None:
     for page in [*pages, ROOT / "README.md"]:
         text = page.read_text()
         assert "MISS" not in text and "PASS" not in text, page
+
+
+API_PAGES = {
+    "work": "work.md",
+    "work.adapters": "adapters.md",
+    "work.stores": "stores.md",
+    "work.abc": "abc.md",
+    "work.testing": "testing.md",
+    "work.scheduling": "scheduling.md",
+}
+
+
+@pytest.mark.parametrize("module_name", PUBLIC_MODULES)
+def test_every_public_name_is_in_the_api_reference(module_name: str, root: griffe.Module) -> None:
+    """The module's API page lists it whole, and names the package listing would show as a
+    submodule (``work.adapters.retry`` the module, not the function) get an entry of their own."""
+    module = importlib.import_module(module_name)
+    page = (ROOT / "docs" / "api" / API_PAGES[module_name]).read_text()
+    assert f"::: {module_name}\n" in page
+    package = root[module_name.removeprefix("work.")] if module_name != "work" else root
+    assert isinstance(package, griffe.Module)
+    for name in module.__all__:
+        value = getattr(module, name)
+        listed = package[name]
+        if isinstance(listed, griffe.Module) and not isinstance(value, types.ModuleType):
+            assert f"::: {value.__module__}.{value.__qualname__}\n" in page, name
