@@ -14,6 +14,7 @@ CONTRACT = {
         "UnknownHandlerError", "Handler", "Adapter", "chain", "Worker", "Execution",
         "ConcurrentJob", "PerformWith", "BackgroundWorker", "RetryPolicy", "RetryLater",
         "Exponential", "Fibonacci", "Constant", "Queue", "SyncQueue", "JobRecord", "JobState",
+        "Deferred", "JobStateError",
     },
     "work.adapters": {
         "aggregate_logger", "prometheus", "tracing", "inject_trace", "Health", "retry", "limit",

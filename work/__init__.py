@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from ._core.chain import chain as chain
+from ._core.deferred import Deferred as Deferred
+from ._core.exceptions import JobStateError as JobStateError
 from ._core.exceptions import JobTimeoutError as JobTimeoutError
 from ._core.exceptions import RetryLater as RetryLater
 from ._core.exceptions import StatusError as StatusError
@@ -36,6 +38,7 @@ __all__ = (
     "ConcurrentJob",
     "Constant",
     "Ctx",
+    "Deferred",
     "Execution",
     "Exponential",
     "Fibonacci",
@@ -43,6 +46,7 @@ __all__ = (
     "Job",
     "JobRecord",
     "JobState",
+    "JobStateError",
     "JobTimeoutError",
     "PerformWith",
     "Queue",

@@ -11,6 +11,7 @@ import anyio
 import anyio.lowlevel
 import anyio.to_thread
 
+from .deferred import Deferred
 from .exceptions import JobTimeoutError, StatusError, WorkError
 from .job import Job
 from .status import Status
@@ -134,7 +135,8 @@ def core(handler: Handler) -> Handler:
             ctx.status = Status.CANCELLED
             raise
         if ctx.status is Status.UNKNOWN:
-            ctx.status = Status.SUCCESS
+            # A Deferred says "accepted, finished later": 202, still a success.
+            ctx.status = Status.ACCEPTED if isinstance(result, Deferred) else Status.SUCCESS
         return result
 
     run.__name__ = getattr(handler, "__name__", "handler")

@@ -17,6 +17,7 @@ class Status(IntEnum):
 
     UNKNOWN = -1
     SUCCESS = 200
+    ACCEPTED = 202
     BAD_REQUEST = 400
     UNAUTHORIZED = 401
     FORBIDDEN = 403

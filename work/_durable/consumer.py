@@ -18,6 +18,7 @@ from .._core.job import Job
 from .._core.retry import Exponential
 from .._core.status import Status
 from ..stores._base import Claimed, JobRecord, JobState, Outcome, Store
+from .deferred import expire_waiting
 from .outcome import decide, final, hand_back
 
 if TYPE_CHECKING:
@@ -37,6 +38,8 @@ _MAX_RENEW_INTERVAL = 1.0
 _FINAL_FLUSH_TIMEOUT = 10.0
 # How long a cancelled serve waits for an execution it cancelled to end.
 _CANCEL_WAIT = 5.0
+# How often serve looks for WAITING jobs whose deadline passed ("within about a second").
+_EXPIRE_INTERVAL = 0.5
 
 _log = structlog.get_logger("anywork.serve")
 
@@ -103,6 +106,7 @@ class _Server:
             async with anyio.create_task_group() as background:
                 background.start_soon(self.renew_loop, name="anywork serve: renew leases")
                 background.start_soon(self.reap_loop, name="anywork serve: reap leases")
+                background.start_soon(self.expire_loop, name="anywork serve: expire deadlines")
                 background.start_soon(self.flush_loop, name="anywork serve: complete")
                 async with anyio.create_task_group() as jobs:
                     await self.claim_until_stopped(jobs)
@@ -296,6 +300,14 @@ class _Server:
                 if reaped:
                     self.log.info("put back jobs whose worker was lost", count=reaped)
             await anyio.sleep(interval)
+
+    async def expire_loop(self) -> None:
+        while True:
+            try:
+                await expire_waiting(self.store)
+            except Exception as exc:
+                self.log.warning("expiring deferred deadlines failed; retrying", error=repr(exc))
+            await anyio.sleep(_EXPIRE_INTERVAL)
 
     # -- completing ---------------------------------------------------------------------------
 

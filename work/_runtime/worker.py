@@ -16,6 +16,7 @@ import anyio.lowlevel
 from anyio.abc import TaskGroup
 
 from .._core.chain import as_async, chain, core, finalise_error, handler_exit
+from .._core.deferred import Deferred
 from .._core.exceptions import StatusError, UnknownHandlerError
 from .._core.job import Ctx, Job
 from .._core.status import Status
@@ -763,7 +764,8 @@ class Worker:
             if scope.cancelled_caught:
                 ctx.status = Status.CANCELLED
             elif ctx.status is Status.UNKNOWN:
-                ctx.status = Status.SUCCESS
+                deferred = isinstance(execution.result, Deferred)
+                ctx.status = Status.ACCEPTED if deferred else Status.SUCCESS
         except BaseException as exc:
             ctx.status = Status.CANCELLED
             if not isinstance(exc, anyio.get_cancelled_exc_class()):
