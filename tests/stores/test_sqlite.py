@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.stores.test_conformance import record
-from work import Job, JobState, SyncQueue
-from work.stores import open_store
+from tests.stores.test_conformance import record, seconds_from_now
+from work import Job, JobState, Status, SyncQueue
+from work.stores import Outcome, open_store
 from work.stores.sqlite import SCHEMA_VERSION, SQLiteStore, path_from_url
 
 REPO = Path(__file__).resolve().parents[2]
@@ -167,7 +167,7 @@ async def test_file_settings_and_schema_version(tmp_path: Path) -> None:
     try:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         versions = conn.execute("SELECT version FROM anywork_schema_version").fetchall()
-        assert versions == [(SCHEMA_VERSION,)]
+        assert versions == [(v,) for v in range(1, SCHEMA_VERSION + 1)]
         assert conn.execute("SELECT COUNT(*) FROM anywork_jobs").fetchone() == (2,)
     finally:
         conn.close()
@@ -247,7 +247,8 @@ def test_processes_creating_the_schema_at_once(tmp_path: Path) -> None:
     run_processes(_ADD_AT_ONCE, [[f"sqlite:///{path}"]] * 6)
     conn = sqlite3.connect(path)
     try:
-        assert conn.execute("SELECT COUNT(*) FROM anywork_schema_version").fetchone() == (1,)
+        counted = conn.execute("SELECT COUNT(*) FROM anywork_schema_version").fetchone()
+        assert counted == (SCHEMA_VERSION,)
         assert conn.execute("SELECT COUNT(*) FROM anywork_jobs").fetchone() == (60,)
     finally:
         conn.close()
@@ -349,3 +350,38 @@ def test_worker_processes_run_each_job_once(tmp_path: Path) -> None:
     lines = runs.read_text().split()
     assert sorted(lines) == sorted(r.id for r in records)
     assert {d.result for d in done} <= {p.pid for p in procs}
+
+
+@pytest.mark.anyio
+async def test_version_1_file_migrates_to_deferred_columns(tmp_path: Path) -> None:
+    """A file made by schema version 1 gains the deadline columns and settings table, keeps its
+    jobs, and a unique key held by a WAITING job then blocks a duplicate."""
+    from work.stores.sqlite import _MIGRATIONS
+
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    try:
+        conn.execute("CREATE TABLE anywork_schema_version (version INTEGER NOT NULL)")
+        for statement in _MIGRATIONS[0]:
+            conn.execute(statement)
+        conn.execute("INSERT INTO anywork_schema_version VALUES (1)")
+        conn.commit()
+    finally:
+        conn.close()
+    async with SQLiteStore(f"sqlite:///{path}") as store:
+        (old,) = await store.add([record(unique_key="k")])
+        (claimed,) = await store.claim(["default"], limit=1, lease=30, owner="o")
+        waiting = Outcome(
+            id=old.id,
+            state=JobState.WAITING,
+            status=Status.ACCEPTED,
+            deadline=seconds_from_now(60),
+            ttl=60.0,
+        )
+        await store.complete("o", [waiting])
+        got = await store.get(old.id)
+        assert got is not None and got.state is JobState.WAITING and got.deferred_ttl == 60.0
+        (same,) = await store.add([record(unique_key="k")])
+        assert same.id == old.id
+        assert await store.setdefault_setting("k", "v") == "v"
+        assert claimed.record.id == old.id

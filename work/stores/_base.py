@@ -222,8 +222,8 @@ class Store(Protocol):
         ...
 
     async def cancel(self, id: str) -> bool:
-        """Cancel a job. QUEUED, SCHEDULED or WAITING: it becomes CANCELLED (499) at once. RUNNING: a
-        cancel is requested; the owner learns it from :meth:`renew` and completes the job
+        """Cancel a job. QUEUED, SCHEDULED or WAITING: it becomes CANCELLED (499) at once.
+        RUNNING: a cancel is requested; the owner learns it from :meth:`renew` and completes the job
         CANCELLED (and if the owner is lost, :meth:`reap` makes it CANCELLED). Returns True if
         the job was cancelled or a cancel requested, False if unknown or already final."""
         ...
