@@ -78,6 +78,8 @@ def decode_row(row: Any) -> tuple[JobRecord, str | None]:
         timeout=row["timeout"],
         retry=retry,
         deferrals=row["deferrals"],
+        deadline=row["deadline"],
+        deferred_ttl=row["deferred_ttl"],
     )
     return record, args_error or headers_error
 
@@ -197,4 +199,7 @@ def stored_record(rec: JobRecord, args: dict[str, Any], enqueued: datetime) -> J
     put(new, "timeout", None if rec.timeout is None else float(rec.timeout))
     put(new, "retry", _json_copy(rec.retry))
     put(new, "deferrals", rec.deferrals)
+    # A job is added QUEUED or SCHEDULED: the WAITING columns start empty (add leaves them out).
+    put(new, "deadline", None)
+    put(new, "deferred_ttl", None)
     return new
