@@ -64,6 +64,9 @@ async def test_waiting_outcome_is_stored_and_frees_the_job(store: Store) -> None
     assert not got.state.is_final
     assert await store.claim(["default"], limit=10, lease=30, owner="other") == []
     assert await store.renew(OWNER, [id], lease=30) == {id}
+    assert [rec.id for rec in await store.list(state=JobState.WAITING)] == [id]
+    assert (await store.stats())["default"].get("waiting") == 1
+    assert (await store.stats())["default"].get("running", 0) == 0
 
 
 async def test_settle_succeeded_stores_the_result(store: Store) -> None:
