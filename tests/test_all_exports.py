@@ -14,12 +14,13 @@ CONTRACT = {
         "UnknownHandlerError", "Handler", "Adapter", "chain", "Worker", "Execution",
         "ConcurrentJob", "PerformWith", "BackgroundWorker", "RetryPolicy", "RetryLater",
         "Exponential", "Fibonacci", "Constant", "Queue", "SyncQueue", "JobRecord", "JobState",
-        "Deferred", "JobStateError",
+        "Deferred", "JobStateError", "Webhook",
     },
     "work.adapters": {
         "aggregate_logger", "prometheus", "tracing", "inject_trace", "Health", "retry", "limit",
     },
     "work.stores": {"open_store"},
+    "work.scheduling": {"Webhook", "WebhookHandler"},
 }  # fmt: skip
 
 

@@ -27,6 +27,7 @@ from ._runtime.concurrent import PerformWith as PerformWith
 from ._runtime.worker import Execution as Execution
 from ._runtime.worker import RecurringHandle as RecurringHandle
 from ._runtime.worker import Worker as Worker
+from .scheduling import Webhook as Webhook
 from .stores._base import JobRecord as JobRecord
 from .stores._base import JobState as JobState
 
@@ -57,6 +58,7 @@ __all__ = (
     "StatusError",
     "SyncQueue",
     "UnknownHandlerError",
+    "Webhook",
     "WorkError",
     "Worker",
     "chain",
