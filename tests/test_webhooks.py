@@ -129,10 +129,17 @@ async def state_of(store: Store, id: str, state: JobState) -> bool:
 FIRE = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
 
 
-async def test_webhook_posts_the_seed_body_and_a_success_callback_finishes_it() -> None:
+@pytest.fixture(params=["memory", "sqlite"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    """An entered store: the memory store, or an SQLite file of the test's own."""
+    url = "memory://" if request.param == "memory" else f"sqlite:///{tmp_path / 'jobs.db'}"
+    async with open_store(url) as entered:
+        yield entered
+
+
+async def test_webhook_posts_the_seed_body_and_a_success_callback_finishes_it(store: Store) -> None:
     """The POST carries exactly the seed's fields; the execution WAITs (202) until the success
     callback, which makes it SUCCEEDED with {state, summary, correlation_id}."""
-    store = MemoryStore()
     queue = Queue(store)
     async with receiver() as recv:
         hook = Webhook(recv.url, payload='{"foo":"bar"}', headers={"X-Service": "billing"})
@@ -175,10 +182,9 @@ async def test_webhook_posts_the_seed_body_and_a_success_callback_finishes_it() 
     assert done.result == {"state": '{"rows":3}', "summary": "3 rows", "correlation_id": None}
 
 
-async def test_failure_callback_fails_500_or_retries_by_policy() -> None:
+async def test_failure_callback_fails_500_or_retries_by_policy(store: Store) -> None:
     """A failure callback fails the execution 500 with the summary as error; under a retry
     policy the webhook is called again instead."""
-    store = MemoryStore()
     queue = Queue(store)
     async with receiver() as recv:
         policy = RetryPolicy(max_attempts=2, backoff=Constant(0.01))
@@ -199,9 +205,8 @@ async def test_failure_callback_fails_500_or_retries_by_policy() -> None:
     assert done.error == "disk full" and done.attempts == 2
 
 
-async def test_heartbeat_callback_pushes_the_deadline() -> None:
+async def test_heartbeat_callback_pushes_the_deadline(store: Store) -> None:
     """A heartbeat pushes the deadline one ttl from now and answers it; the job stays WAITING."""
-    store = MemoryStore()
     queue = Queue(store)
     async with receiver() as recv:
         rec = await queue.enqueue(Webhook(recv.url).job(ttl=300))
@@ -219,10 +224,9 @@ async def test_heartbeat_callback_pushes_the_deadline() -> None:
     assert got is not None and got.state is JobState.WAITING and got.deadline == deadline
 
 
-async def test_callback_refusals_404_422_410() -> None:
+async def test_callback_refusals_404_422_410(store: Store) -> None:
     """A wrong token or unknown id is 404, a bad body 422 naming the fields, and a callback
     for an execution that has ended 410."""
-    store = MemoryStore()
     queue = Queue(store)
     async with receiver() as recv:
         rec = await queue.enqueue(Webhook(recv.url).job(ttl=300))
@@ -249,9 +253,8 @@ async def test_callback_refusals_404_422_410() -> None:
     assert (await handle_callback(store, execution_id, token, {"status": "heartbeat"}))[0] == 410
 
 
-async def test_no_callback_within_ttl_fails_504() -> None:
+async def test_no_callback_within_ttl_fails_504(store: Store) -> None:
     """A webhook whose service never calls back fails 504 "no callback within ttl"."""
-    store = MemoryStore()
     queue = Queue(store)
     async with receiver() as recv:
         rec = await queue.enqueue(Webhook(recv.url).job(ttl=0.3))
@@ -261,10 +264,9 @@ async def test_no_callback_within_ttl_fails_504() -> None:
     assert done.error == "no callback within ttl" and len(recv.requests) == 1
 
 
-async def test_callback_right_after_the_answer_still_finishes_the_job() -> None:
+async def test_callback_right_after_the_answer_still_finishes_the_job(store: Store) -> None:
     """A service that calls back at once, maybe before the worker has stored WAITING, still
     completes the execution (the callback waits for the state)."""
-    store = MemoryStore()
     queue = Queue(store)
     answers: list[tuple[int, dict[str, Any]]] = []
 
@@ -281,12 +283,11 @@ async def test_callback_right_after_the_answer_still_finishes_the_job() -> None:
     assert answers and answers[0][0] == 200
 
 
-async def test_refused_connection_is_503_and_other_answers_502() -> None:
+async def test_refused_connection_is_503_and_other_answers_502(store: Store) -> None:
     """A target that refuses connections fails 503; one answering non-2xx fails 502."""
     listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
     port = listener.extra(SocketAttribute.local_port)
     await listener.aclose()  # nothing listens there now: connections are refused
-    store = MemoryStore()
     queue = Queue(store)
     refused = await queue.enqueue(Webhook(f"http://127.0.0.1:{port}/hook").job(ttl=60))
     async with receiver(status=500, body=b"boom") as recv:
@@ -301,10 +302,9 @@ async def test_refused_connection_is_503_and_other_answers_502() -> None:
     assert broken_done.error is not None and "answered 500" in broken_done.error
 
 
-async def test_plain_webhook_succeeds_with_the_answer_body() -> None:
+async def test_plain_webhook_succeeds_with_the_answer_body(store: Store) -> None:
     """callback=False: a 2xx answer succeeds at once with its body (first 64 KiB) as result,
     and the body's callback_url is null; no public URL is needed."""
-    store = MemoryStore()
     queue = Queue(store)
     async with receiver(body=b"x" * (70 * 1024)) as recv:
         rec = await queue.enqueue(Webhook(recv.url, callback=False).job())
@@ -317,10 +317,9 @@ async def test_plain_webhook_succeeds_with_the_answer_body() -> None:
     assert body["job_name"] == rec.id and body["schedule"] is None
 
 
-async def test_callback_webhook_without_public_url_fails_400() -> None:
+async def test_callback_webhook_without_public_url_fails_400(store: Store) -> None:
     """A callback webhook with no public URL fails 400 "no public URL for callbacks" and posts
     nothing; one without a ttl fails 400 too."""
-    store = MemoryStore()
     queue = Queue(store)
     async with receiver() as recv:
         rec = await queue.enqueue(Webhook(recv.url).job(ttl=60))
@@ -377,10 +376,9 @@ async def test_callback_tokens_survive_a_restart(tmp_path: Path) -> None:
     assert await callback_token(MemoryStore(), "job-1") != first
 
 
-async def test_last_successful_execution_is_null_without_schedules_or_history() -> None:
+async def test_last_successful_execution_is_null_without_schedules_or_history(store: Store) -> None:
     """Without a schedule's history, last_successful_execution is null (a plain webhook job);
     the fire time falls back to the job's enqueue time."""
-    store = MemoryStore()
     queue = Queue(store)
     async with receiver() as recv:
         rec = await queue.enqueue(Webhook(recv.url, callback=False).job())
