@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from work import Ctx, Job, Status
-from work._core.chain import finalise_error
+from work import Ctx, Job
 
-__all__ = ["finalise_error", "job_ctx", "settle"]
+__all__ = ["job_ctx"]
 
 
 def job_ctx(job: Job) -> Ctx:
@@ -26,33 +25,3 @@ def job_ctx(job: Job) -> Ctx:
             f"{job!r} has no ctx: adapters run inside a Worker (or set job.ctx = Ctx(job.id))"
         )
     return ctx
-
-
-def settle(ctx: Ctx, error: Exception | None, returned: bool) -> Status:
-    """Return (and store in ``ctx.status``) the status the execution ends with, as seen here.
-
-    The core wrapper has normally set it already. But an adapter listed inside this one
-    may have raised (``limit``'s RetryLater) or been cancelled while waiting, past the core:
-    the Worker settles those only around the whole chain, after every adapter is done, so an
-    adapter that records outcomes applies the same rules itself.
-
-    Args:
-        ctx: the execution's Ctx.
-        error: the exception that escaped the inner chain, if any.
-        returned: True when the inner chain returned; False with no error means cancelled.
-
-    Returns:
-        The final status.
-    """
-    status = ctx.status
-    if returned:
-        if status is not Status.UNKNOWN:
-            return status
-        final = Status.SUCCESS
-    elif error is not None:
-        final = finalise_error(status, error)
-    else:
-        final = Status.CANCELLED
-    if final is not status:
-        ctx.status = final
-    return final

@@ -10,7 +10,7 @@ from typing import Any
 
 from work import Handler, Job, Status
 
-from ._common import job_ctx, settle
+from ._common import job_ctx
 
 __all__ = ["Health", "HealthApp"]
 
@@ -119,26 +119,16 @@ class Health:
             The recording handler.
         """
         record = self.record
-        unknown = Status.UNKNOWN
 
         async def watched(job: Job) -> Any:
             ctx = job.ctx
             if ctx is None:
                 ctx = job_ctx(job)  # raises the usual error
-            error: Exception | None = None
-            returned = False
             try:
-                result = await handler(job)
-                returned = True
-                return result
-            except Exception as exc:
-                error = exc
-                raise
+                return await handler(job)
             finally:
-                status = ctx.status
-                if not returned or status is unknown:
-                    status = settle(ctx, error, returned)
-                record(status)
+                # The Worker's settle step inside has made ctx.status final, whatever happened.
+                record(ctx.status)
 
         return watched
 

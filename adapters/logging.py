@@ -13,7 +13,7 @@ from opentelemetry import trace
 
 from work import Ctx, Handler, Job, Status
 
-from ._common import job_ctx, settle
+from ._common import job_ctx
 
 __all__ = ["AggregateLogger", "JobLogger", "aggregate_logger"]
 
@@ -243,7 +243,6 @@ class AggregateLogger:
         min_level = self._min_level
         emit = self._emit
         perf_counter = time.perf_counter
-        unknown = Status.UNKNOWN
 
         async def logged(job: Job) -> Any:
             ctx = job.ctx
@@ -251,23 +250,19 @@ class AggregateLogger:
                 ctx = job_ctx(job)  # raises the usual error
             entries: list[dict[str, Any]] = []
             ctx["logger"] = JobLogger(entries, min_level)
-            error: Exception | None = None
-            returned = False
             start = perf_counter()
             try:
                 result = await handler(job)
-                returned = True
-                return result
             except Exception as exc:
-                error = exc
+                emit(job, ctx, ctx.status, entries, perf_counter() - start, exc)
                 raise
-            finally:
-                # Also on cancellation (499): logging is synchronous, nothing here can block.
-                elapsed = perf_counter() - start
-                status = ctx.status
-                if not returned or status is unknown:
-                    status = settle(ctx, error, returned)
-                emit(job, ctx, status, entries, elapsed, error)
+            except BaseException:
+                # Cancelled (499): logging is synchronous, nothing here can block.
+                emit(job, ctx, ctx.status, entries, perf_counter() - start, None)
+                raise
+            # The Worker's settle step inside has made ctx.status final, whatever happened.
+            emit(job, ctx, ctx.status, entries, perf_counter() - start, None)
+            return result
 
         return logged
 

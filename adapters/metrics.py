@@ -12,7 +12,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 
 from work import Handler, Job, Status
 
-from ._common import job_ctx, settle
+from ._common import job_ctx
 
 __all__ = ["DEFAULT_BUCKETS", "Prometheus", "prometheus"]
 
@@ -152,8 +152,6 @@ class Prometheus:
         bind = self._bind
         perf_counter = time.perf_counter
 
-        unknown = Status.UNKNOWN
-
         async def measured(job: Job) -> Any:
             if job.handler in ignore:
                 return await handler(job)
@@ -162,22 +160,14 @@ class Prometheus:
                 ctx = job_ctx(job)  # raises the usual error
             children = cache.get((job.handler, job.queue)) or bind(job.handler, job.queue)
             children.in_progress.inc()
-            error: Exception | None = None
-            returned = False
             start = perf_counter()
             try:
-                result = await handler(job)
-                returned = True
-                return result
-            except Exception as exc:
-                error = exc
-                raise
+                return await handler(job)
             finally:
+                # The Worker's settle step inside has made ctx.status final, whatever happened.
                 children.duration.observe(perf_counter() - start)
                 children.in_progress.dec()
                 status = ctx.status
-                if not returned or status is unknown:
-                    status = settle(ctx, error, returned)
                 child = children.by_status.get(status)
                 if child is None:
                     child = children.count_child(status)

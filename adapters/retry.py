@@ -8,7 +8,7 @@ import anyio
 
 from work import Handler, Job, RetryLater, RetryPolicy, Status
 
-from ._common import finalise_error, job_ctx
+from ._common import job_ctx
 
 __all__ = ["Retry", "retry"]
 
@@ -71,8 +71,9 @@ class Retry:
                     if not policy.should_retry(exc.status, ctx.attempt):
                         raise
                     pause = max(exc.delay, policy.delay(ctx.attempt))
-                except Exception as exc:
-                    if not policy.should_retry(finalise_error(ctx.status, exc), ctx.attempt):
+                except Exception:
+                    # The Worker's settle step inside has set the attempt's final status.
+                    if not policy.should_retry(ctx.status, ctx.attempt):
                         raise
                     pause = policy.delay(ctx.attempt)
                 else:

@@ -11,7 +11,7 @@ from opentelemetry.trace import SpanKind, StatusCode, TracerProvider
 
 from work import Handler, Job, Status, __version__
 
-from ._common import job_ctx, settle
+from ._common import job_ctx
 
 __all__ = ["Tracing", "inject_trace", "tracing"]
 
@@ -95,7 +95,7 @@ class Tracing:
         attach, detach = otel_context.attach, otel_context.detach
         set_span_in_context = trace.set_span_in_context
         consumer = SpanKind.CONSUMER
-        unknown, success = Status.UNKNOWN, Status.SUCCESS
+        success = Status.SUCCESS
 
         async def traced(job: Job) -> Any:
             ctx = job.ctx
@@ -117,27 +117,26 @@ class Tracing:
             if span_context.is_valid:
                 ctx["trace_id"] = format(span_context.trace_id, "032x")
             token = attach(set_span_in_context(span, parent))
-            error: Exception | None = None
-            returned = False
+            # The Worker's settle step inside makes ctx.status final, whatever happens there.
             try:
                 result = await handler(job)
-                returned = True
-                return result
             except Exception as exc:
-                error = exc
-                raise
-            finally:
                 detach(token)
-                status = ctx.status
-                if not returned or status is unknown:
-                    status = settle(ctx, error, returned)
-                if status is success and ctx.attempt == 1:
-                    # The common outcome: one attribute, no span status (UNSET means OK).
-                    if span.is_recording():
-                        span.set_attribute("anywork.status", 200)
-                    span.end()
-                else:
-                    _finish(span, status, ctx.attempt, error)
+                _finish(span, ctx.status, ctx.attempt, exc)
+                raise
+            except BaseException:
+                detach(token)
+                _finish(span, ctx.status, ctx.attempt, None)
+                raise
+            detach(token)
+            if ctx.status is success and ctx.attempt == 1:
+                # The common outcome: one attribute, no span status (UNSET means OK).
+                if span.is_recording():
+                    span.set_attribute("anywork.status", 200)
+                span.end()
+            else:
+                _finish(span, ctx.status, ctx.attempt, None)
+            return result
 
         return traced
 

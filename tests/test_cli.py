@@ -12,15 +12,19 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 import work
 from work import JobState, SyncQueue
 from work.cli import CLIError, load_worker, main, mask_url
+
+from .stores.conftest import POSTGRES_URL
 
 REPO = Path(work.__file__).resolve().parents[1]
 
@@ -160,6 +164,54 @@ def spawn(worker_dir: Path) -> Iterator[Callable[..., WorkerProcess]]:
         process.kill()
 
 
+class RedisServer:
+    """A private ``redis-server`` on a free port of 127.0.0.1, that a test may stop and start."""
+
+    def __init__(self, directory: Path, *extra: str) -> None:
+        self.port = free_port()
+        self.directory = directory
+        self.extra = extra
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Start the server and wait until it accepts connections."""
+        self.proc = subprocess.Popen(
+            ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
+             "--appendonly", "no", "--dir", str(self.directory), *self.extra],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+
+        def accepting() -> bool:
+            with socket.socket() as sock:
+                return sock.connect_ex(("127.0.0.1", self.port)) == 0
+
+        wait_for(accepting, 20, f"redis-server on port {self.port}")
+
+    def stop(self) -> None:
+        """Kill the server (as a crash would) and wait for it to be gone."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
+    """Start private Redis servers (``redis_server("--requirepass", "pw")``); all are killed at
+    the end. Never the shared one on 6379: a test may kill its own."""
+    servers: list[RedisServer] = []
+
+    def start(*extra: str) -> RedisServer:
+        server = RedisServer(tmp_path, *extra)
+        servers.append(server)
+        server.start()
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
 def http_get(url: str) -> tuple[int, str]:
     """GET ``url``; return (status, body) for any HTTP status."""
     try:
@@ -265,11 +317,87 @@ def test_cancel_then_cancel_again(capsys: pytest.CaptureFixture[str], store_url:
 
 def test_unknown_job_is_a_runtime_error(capsys: pytest.CaptureFixture[str], store_url: str) -> None:
     """`jobs get` and `jobs cancel` of an unknown id exit 1 with one line naming the id."""
+    assert run(capsys, "enqueue", "add", "--store", store_url)[0] == 0
     for command in ("get", "cancel"):
         code, out, err = run(capsys, "jobs", command, "nope", "--store", store_url)
         assert (code, out) == (1, "")
         assert "no job with id 'nope'" in err
         assert err.count("\n") == 1
+
+
+READ_ONLY = [
+    ["stats"],
+    ["stats", "--json"],
+    ["jobs", "list"],
+    ["jobs", "get", "some-id"],
+    ["jobs", "cancel", "some-id"],
+]
+
+
+def test_read_only_commands_create_no_sqlite_file(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """stats and jobs on a SQLite file that does not exist say so, exit 1, and create nothing;
+    a file that is not an anywork store is not turned into one."""
+    missing = tmp_path / "typo.db"
+    url = f"sqlite:///{missing}"
+    for argv in READ_ONLY:
+        code, out, err = run(capsys, *argv, "--store", url)
+        assert (code, out) == (1, ""), err
+        assert err == (
+            f"anywork: error: no anywork store at {url} (nothing was created: "
+            "`anywork enqueue` or a worker creates one)\n"
+        )
+    assert not missing.exists() and not list(tmp_path.glob("typo.db*"))
+    other = tmp_path / "other.db"
+    other.write_bytes(b"not a database at all")
+    code, _, err = run(capsys, "stats", "--store", f"sqlite:///{other}")
+    assert code == 1 and "no anywork store" in err
+    assert other.read_bytes() == b"not a database at all"
+
+
+def test_read_only_commands_create_no_postgres_schema(
+    capsys: pytest.CaptureFixture[str], pg_schema: str
+) -> None:
+    """On PostgreSQL, stats and jobs on a schema that does not exist exit 1 and create none."""
+    store = ["--store", POSTGRES_URL, "--store-option", f"schema={pg_schema}"]
+    for argv in READ_ONLY:
+        code, _, err = run(capsys, *argv, *store)
+        assert code == 1 and f"no anywork store at {POSTGRES_URL}" in err, err
+
+    async def schema_exists() -> bool:
+        import asyncpg  # type: ignore[import-untyped]
+
+        conn = await asyncpg.connect(POSTGRES_URL)
+        try:
+            query = "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)"
+            return bool(await conn.fetchval(query, pg_schema))
+        finally:
+            await conn.close()
+
+    assert not anyio.run(schema_exists)
+    assert run(capsys, "enqueue", "add", *store)[0] == 0
+    code, out, _ = run(capsys, "stats", "--json", *store)
+    assert (code, json.loads(out)) == (0, {"default": {"queued": 1}})
+
+
+def test_read_only_commands_write_no_redis_key(
+    capsys: pytest.CaptureFixture[str], redis_server: Callable[..., RedisServer]
+) -> None:
+    """On Redis, stats and jobs under a prefix holding no store exit 1 and write no key."""
+    server = redis_server()
+    url = f"redis://127.0.0.1:{server.port}/0"
+    for argv in READ_ONLY:
+        code, _, err = run(capsys, *argv, "--store", url, "--store-option", "prefix=mine")
+        assert code == 1 and f"no anywork store at {url}" in err, err
+    keys = subprocess.run(
+        ["redis-cli", "-p", str(server.port), "--scan"], capture_output=True, check=True
+    )
+    assert keys.stdout == b""
+    assert run(capsys, "enqueue", "add", "--store", url, "--store-option", "prefix=mine")[0] == 0
+    code, out, _ = run(capsys, "jobs", "list", "--json", "--store", url, "--store-option",
+                       "prefix=mine")  # fmt: skip
+    assert code == 0 and len(json.loads(out)) == 1
 
 
 def test_stats_table_and_json(capsys: pytest.CaptureFixture[str], store_url: str) -> None:
@@ -311,18 +439,44 @@ def test_store_from_environment(
     [
         (["enqueue", "add", "--args", "{oops"], 2, "--args is not valid JSON"),
         (["enqueue", "add", "--args", "[1, 2]"], 2, "--args must be a JSON object"),
-        (["enqueue", "add", "--delay", "-1"], 2, "--delay must be >= 0"),
-        (["enqueue", "add", "--max-attempts", "0"], 2, "max_attempts must be >= 1"),
+        (["enqueue", "add", "--delay", "-1"], 2, "argument --delay: must be >= 0 seconds"),
+        (["enqueue", "add", "--delay", "nan"], 2, "--delay: must be a finite number of seconds"),
+        (["enqueue", "add", "--delay", "inf"], 2, "--delay: must be a finite number of seconds"),
+        (["enqueue", "add", "--delay", "1e300"], 2, "--delay: must be at most 3155760000"),
+        (["enqueue", "add", "--max-attempts", "0"], 2, "--max-attempts: must be an integer from 1"),
+        (["enqueue", "add", "--max-attempts", "2147483648"], 2, "to 2147483647, got '2147483648'"),
+        (["enqueue", "add", "--priority", "2147483648"], 2, "to 2147483647, got '2147483648'"),
+        (["enqueue", "add", "--priority", "-2147483649"], 2, "from -2147483648 to 2147483647"),
+        (["enqueue", "add", "--queue", "a\x00b"], 2, "job.queue must not contain control"),
+        (["enqueue", "add", "--queue", "q" * 300], 2, "job.queue must be at most 255 characters"),
+        (["enqueue", " "], 2, "handler must not be"),
+        (["enqueue", "add", "--unique-key", "k\n"], 2, "unique_key must not contain control"),
+        (["enqueue", "add", "--args", '{"s": "\\u0000"}'], 2, "job.args['s'] holds a NUL"),
+        (["enqueue", "add", "--args", "[" * 100 + "]" * 100], 2, "must be a JSON object"),
+        (
+            ["enqueue", "add", "--args", '{"a":' * 100 + "1" + "}" * 100],
+            2,
+            "job.args nests deeper than 64 levels",
+        ),
         (["jobs", "list", "--state", "sleeping"], 2, "invalid choice: 'sleeping'"),
-        (["jobs", "list", "--limit", "ten"], 2, "invalid int value: 'ten'"),
-        (["jobs", "list", "--limit", "-1"], 2, "limit must be"),
-        (["enqueue", "add", "--unique-key", ""], 2, "unique_key must be a non-empty str"),
+        (["jobs", "list", "--limit", "ten"], 2, "--limit: must be an integer, got 'ten'"),
+        (["jobs", "list", "--limit", "-1"], 2, "--limit: must be an integer from 0"),
+        (["jobs", "list", "--limit", "1" + "0" * 20], 2, "--limit: must be an integer from 0"),
+        (["enqueue", "add", "--unique-key", ""], 2, "unique_key must not be blank"),
         (["enqueue", "add", "--args", '{"x": NaN}'], 2, "job.args['x'] is nan"),
         (["stats", "--store", "ftp://x"], 2, "unknown store URL scheme"),
         (["stats", "--store-option", "no-equals"], 2, "--store-option must look like key=value"),
         (["frobnicate"], 2, "invalid choice: 'frobnicate'"),
-        (["worker", "tasks:worker", "--concurrency", "0"], 2, "--concurrency must be >= 1"),
-        (["worker", "tasks:worker", "--processes", "0"], 2, "--processes must be >= 1"),
+        (["worker", "tasks:worker", "--concurrency", "0"], 2, "--concurrency: must be an int"),
+        (["worker", "tasks:worker", "--processes", "0"], 2, "--processes: must be an integer"),
+        (["worker", "tasks:worker", "--processes", "x"], 2, "--processes: must be an integer"),
+        (["worker", "tasks:worker", "--lease", "nan"], 2, "--lease: must be a finite number"),
+        (["worker", "tasks:worker", "--lease", "inf"], 2, "--lease: must be a finite number"),
+        (["worker", "tasks:worker", "--lease=-inf"], 2, "--lease: must be a finite number"),
+        (["worker", "tasks:worker", "--lease", "0"], 2, "--lease: must be > 0 seconds, got '0'"),
+        (["worker", "tasks:worker", "--lease", "-5"], 2, "--lease: must be > 0 seconds"),
+        (["worker", "tasks:worker", "--lease", "1e300"], 2, "--lease: must be at most"),
+        (["worker", "tasks:worker", "--lease", "soon"], 2, "--lease: must be a number of sec"),
         (["worker", "tasks:worker", "--http", "nowhere"], 2, "expected HOST:PORT"),
         (["worker", "tasks", "--store", "memory://"], 2, "must be given as module:attr"),
         (
@@ -355,6 +509,81 @@ def test_bad_input_is_one_line_and_an_exit_code(
     assert err.count("\n") == 1
     assert message in err
     assert "Traceback" not in err
+
+
+@pytest.fixture
+def pg_schema() -> Iterator[str]:
+    """A PostgreSQL schema name of this test's own, dropped afterwards."""
+    schema = f"anywork_cli_{uuid.uuid4().hex[:12]}"
+    yield schema
+    from work.stores.postgres import PostgresStore
+
+    anyio.run(PostgresStore(POSTGRES_URL, schema=schema).drop)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--priority", "2147483647", "--queue", "a\x00b"], "job.queue must not contain"),
+        (["--args", '{"s": "nul \\u0000"}'], "job.args['s'] holds a NUL"),
+        (["--args", '{"s": "\\ud800"}'], "job.args['s'] holds a NUL or a lone surrogate"),
+        (["--unique-key", "k\x00"], "unique_key must not contain control characters"),
+    ],
+)
+def test_enqueue_poison_on_postgres_exits_2(
+    capsys: pytest.CaptureFixture[str], pg_schema: str, options: list[str], message: str
+) -> None:
+    """On PostgreSQL, a value its driver would refuse is bad input (2), never a driver error."""
+    store = ["--store", POSTGRES_URL, "--store-option", f"schema={pg_schema}"]
+    code, _, err = run(capsys, "enqueue", "add", *options, *store)
+    assert (code, err.count("\n")) == (2, 1), err
+    assert message in err and "Error:" not in err
+    code, out, err = run(capsys, "enqueue", "add", "--json", "--priority", "-2147483648", *store)
+    assert code == 0, err
+    code, out, _ = run(capsys, "stats", "--json", *store)
+    assert json.loads(out) == {"default": {"queued": 1}}
+
+
+def test_store_before_or_after_the_command(
+    capsys: pytest.CaptureFixture[str], store_url: str, tmp_path: Path
+) -> None:
+    """--store and --store-option are accepted before the sub-command as well as after it."""
+    code, _, err = run(capsys, "--store", store_url, "enqueue", "add")
+    assert code == 0, err
+    code, out, _ = run(capsys, "--store", store_url, "stats", "--json")
+    assert json.loads(out) == {"default": {"queued": 1}}
+    code, out, _ = run(
+        capsys, "--store", "sqlite:///elsewhere.db", "jobs", "list", "--json", "--store", store_url
+    )
+    assert code == 0 and len(json.loads(out)) == 1  # the later, more specific one wins
+    code, _, err = run(capsys, "--store-option", "bogus", "stats", "--store", store_url)
+    assert code == 2 and "--store-option must look like key=value" in err
+
+
+@pytest.mark.parametrize(
+    ("url", "driver", "extra"),
+    [
+        ("postgresql://127.0.0.1/x", "asyncpg", "postgres"),
+        ("redis://127.0.0.1/0", "redis", "redis"),
+    ],
+)
+def test_missing_driver_names_the_extra(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    url: str,
+    driver: str,
+    extra: str,
+) -> None:
+    """A store whose driver is not installed says which extra installs it, and exits 2."""
+    monkeypatch.setitem(sys.modules, driver, None)  # what `import driver` meets when absent
+    for name in [m for m in sys.modules if m.startswith(f"{driver}.")]:
+        monkeypatch.setitem(sys.modules, name, None)
+    module = "work.stores.postgres" if extra == "postgres" else "work.stores.redis"
+    monkeypatch.delitem(sys.modules, module, raising=False)
+    for argv in (["stats", "--store", url], ["worker", "tasks:worker", "--store", url]):
+        code, _, err = run(capsys, *argv)
+        assert code == 2, err
+        assert f"needs {driver}, which is not installed: pip install 'anywork[{extra}]'" in err
 
 
 def test_help_exits_zero(capsys: pytest.CaptureFixture[str]) -> None:
@@ -499,6 +728,61 @@ def test_worker_http_endpoints(spawn: Callable[..., WorkerProcess], store_url: s
     assert status == 200
     assert "python_info" in body or "process_cpu_seconds_total" in body
     assert http_get(f"{base}/nope")[0] == 404
+    assert proc.stop() == 0
+
+
+def test_bad_redis_credentials_exit_1(
+    capsys: pytest.CaptureFixture[str],
+    spawn: Callable[..., WorkerProcess],
+    redis_server: Callable[..., RedisServer],
+) -> None:
+    """A Redis server that refuses the password ends a command and a worker with exit 1 and
+    one clear line, as PostgreSQL does, instead of retrying forever."""
+    server = redis_server("--requirepass", "sekret")
+    wrong = f"redis://:wrong@127.0.0.1:{server.port}/0"
+    none = f"redis://127.0.0.1:{server.port}/0"
+    code, _, err = run(capsys, "stats", "--store", wrong)
+    assert code == 1, err
+    assert err == (
+        f"anywork: error: cannot open redis://:***@127.0.0.1:{server.port}/0: Redis at "
+        f"127.0.0.1:{server.port} refused the credentials: invalid username-password pair or "
+        "user is disabled.\n"
+    )
+    code, _, err = run(capsys, "stats", "--store", none)
+    assert code == 1 and "refused the credentials: the URL gives no password" in err, err
+    for url in (wrong, none):
+        proc = spawn("tasks:worker", "--store", url)
+        assert proc.proc.wait(timeout=30) == 1, proc.output()
+        assert "refused the credentials" in proc.output()
+        assert "retrying" not in proc.output() and "Traceback" not in proc.output()
+    good = f"redis://:sekret@127.0.0.1:{server.port}/0"
+    assert run(capsys, "enqueue", "add", "--store", good)[0] == 0
+    code, out, err = run(capsys, "stats", "--json", "--store", good)
+    assert (code, json.loads(out)) == (0, {"default": {"queued": 1}}), err
+
+
+def test_ready_reports_503_while_the_store_is_down(
+    spawn: Callable[..., WorkerProcess], redis_server: Callable[..., RedisServer]
+) -> None:
+    """/ready is 503 while the worker's store cannot be reached and 200 again once it is back;
+    /live stays 200 throughout."""
+    server = redis_server()
+    url = f"redis://127.0.0.1:{server.port}/0"
+    port = free_port()
+    proc = spawn("tasks:worker", "--store", url, "--http", f"127.0.0.1:{port}")
+    proc.wait_for_output("serving", timeout=30)
+    base = f"http://127.0.0.1:{port}"
+    assert http_get(f"{base}/ready") == (200, "READY")
+    server.stop()
+    down = wait_for(lambda: http_get(f"{base}/ready")[0] == 503, 20, "/ready to say 503")
+    assert down
+    assert http_get(f"{base}/ready") == (503, "NOT READY: the store does not answer")
+    assert http_get(f"{base}/live") == (200, "OK")
+    server.start()
+    wait_for(lambda: http_get(f"{base}/ready") == (200, "READY"), 30, "/ready to say 200")
+    with SyncQueue(url) as queue:
+        record = queue.enqueue(work.Job("add", {"a": 1, "b": 2}))
+        assert queue.wait(record.id, timeout=30).result == 3
     assert proc.stop() == 0
 
 

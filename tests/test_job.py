@@ -31,7 +31,9 @@ def test_copy_keeps_id_and_copies_args() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
-        ({"handler": ""}, ValueError, "empty"),
+        ({"handler": ""}, ValueError, "non-blank"),
+        ({"handler": " "}, ValueError, "non-blank.*' '"),
+        ({"handler": "\t\n"}, ValueError, "non-blank"),
         ({"handler": 3}, TypeError, "int"),
         ({"handler": "h", "args": [1]}, TypeError, "list"),
         ({"handler": "h", "timeout": 0}, ValueError, "0"),

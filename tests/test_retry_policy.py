@@ -69,7 +69,7 @@ def test_policy_defaults_match_the_contract() -> None:
     assert policy.max_attempts == 3
     assert policy.max_deferrals == 20
     assert isinstance(policy.backoff, Exponential)
-    assert policy.retry_statuses() == [408, 429, 500, 502, 503, 504]
+    assert policy.retry_statuses() == [408, 429, *range(500, 509), 510, 511]
 
 
 def test_should_retry_counts_attempts() -> None:

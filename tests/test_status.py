@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import http
+
 import pytest
 
-from work import JobTimeoutError, RetryLater, Status, StatusError, UnknownHandlerError, WorkError
+from work import (
+    Ctx,
+    JobTimeoutError,
+    RetryLater,
+    Status,
+    StatusError,
+    UnknownHandlerError,
+    WorkError,
+)
 
 
 def test_codes_match_the_contract() -> None:
@@ -15,7 +25,49 @@ def test_codes_match_the_contract() -> None:
         "TOO_MANY_REQUESTS": 429, "NO_RESPONSE": 444, "UNPROCESSABLE": 422, "CANCELLED": 499,
         "INTERNAL_ERROR": 500, "BAD_GATEWAY": 502, "UNAVAILABLE": 503, "GATEWAY_TIMEOUT": 504,
     }  # fmt: skip
-    assert {s.name: int(s) for s in Status} == expected
+    assert {name: int(Status[name]) for name in expected} == expected
+    assert {s.name: int(s) for s in Status if s.name in expected} == expected
+
+
+def test_every_http_code_is_a_member() -> None:
+    """Every code http.HTTPStatus knows, plus 444 and 499, is a Status under HTTP's name too."""
+    for code in http.HTTPStatus:
+        assert int(Status(int(code))) == int(code)
+        assert Status[code.name] is Status(int(code))
+    assert {int(s) for s in Status} == {int(c) for c in http.HTTPStatus} | {-1, 444, 499}
+    named = {"ACCEPTED": 202, "NO_CONTENT": 204, "IM_A_TEAPOT": 418, "OK": 200}
+    assert {name: int(Status[name]) for name in named} == named
+    assert Status["OK"] is Status(200) and Status(200).name == "SUCCESS"
+
+
+def test_ctx_status_accepts_members_and_equal_ints_only() -> None:
+    """ctx.status stores an int as its member; an unknown code is a ValueError naming it."""
+    ctx = Ctx("j")
+    ctx.status = 418
+    assert ctx.status is Status.IM_A_TEAPOT
+    ctx.status = Status.NO_CONTENT
+    assert ctx.status is Status.NO_CONTENT
+    for bad in (299, 600, 0, 99):
+        with pytest.raises(ValueError, match=str(bad)):
+            ctx.status = bad
+    assert ctx.status is Status.NO_CONTENT
+
+
+def test_status_error_refuses_unknown() -> None:
+    """StatusError(-1) is refused: UNKNOWN is not how an execution ends."""
+    with pytest.raises(ValueError, match="UNKNOWN"):
+        StatusError(-1)
+    with pytest.raises(ValueError, match="UNKNOWN"):
+        StatusError(Status.UNKNOWN)
+
+
+def test_is_error() -> None:
+    """is_error is 4xx and 5xx."""
+    assert [
+        s for s in (Status.UNKNOWN, Status.CONTINUE, Status.SUCCESS, Status.FOUND) if s.is_error
+    ] == []
+    assert Status.BAD_REQUEST.is_error and Status.CANCELLED.is_error
+    assert Status.NETWORK_AUTHENTICATION_REQUIRED.is_error
 
 
 @pytest.mark.parametrize(
@@ -43,8 +95,9 @@ def test_coerce_accepts_members_and_equal_ints() -> None:
     """An int equal to a code becomes the member; others are refused with the value named."""
     assert Status.coerce(404) is Status.NOT_FOUND
     assert Status.coerce(Status.CONFLICT) is Status.CONFLICT
-    with pytest.raises(ValueError, match="418"):
-        Status.coerce(418)
+    assert Status.coerce(418) is Status.IM_A_TEAPOT
+    with pytest.raises(ValueError, match="419"):
+        Status.coerce(419)
     with pytest.raises(TypeError, match=r"got '200' \(str\)"):
         Status.coerce("200")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match=r"got True \(bool\)"):

@@ -70,8 +70,10 @@ def test_register_rejects_bad_input() -> None:
     worker = make_worker()
     with pytest.raises(ValueError, match="'ok' is already registered"):
         worker.register("ok", lambda job: None)
-    with pytest.raises(ValueError, match="empty"):
+    with pytest.raises(ValueError, match="blank"):
         worker.register("", lambda job: None)
+    with pytest.raises(ValueError, match="blank"):
+        worker.register("  ", lambda job: None)
     with pytest.raises(TypeError, match="callable"):
         worker.register("x", 42)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="parentheses"):
@@ -521,6 +523,11 @@ async def test_timing_validation() -> None:
             await worker.perform_every(Job("ok"), timedelta(seconds=-2))
         with pytest.raises(ValueError, match="'every tuesday'"):
             await worker.perform_every(Job("ok"), "every tuesday")
+        # croniter would read a 7th field (a year); the docs promise 5 or 6.
+        with pytest.raises(ValueError, match="has 7"):
+            await worker.perform_every(Job("ok"), "0 0 * * * 0 2030")
+        with pytest.raises(ValueError, match="has 4"):
+            await worker.perform_every(Job("ok"), "* * * *")
 
 
 async def test_cancel_scheduled_execution_finishes_it_at_once() -> None:
@@ -759,3 +766,50 @@ async def test_double_start_is_refused() -> None:
     async with make_worker() as worker:
         with pytest.raises(RuntimeError, match="already running"):
             await worker.__aenter__()
+
+
+async def test_stopping_and_wait_stopping_are_the_stop_signal() -> None:
+    """`stopping` turns True and `wait_stopping()` returns once a stop begins, not before."""
+    worker = make_worker()
+    with pytest.raises(RuntimeError, match="never started"):
+        await worker.wait_stopping()
+    seen: list[bool] = []
+    async with worker, anyio.create_task_group() as tg:
+        assert worker.stopping is False
+
+        async def watch() -> None:
+            await worker.wait_stopping()
+            seen.append(worker.stopping)
+
+        tg.start_soon(watch)
+        await anyio.wait_all_tasks_blocked()
+        assert seen == []
+        worker.stop()
+        with anyio.fail_after(5):
+            while not seen:
+                await anyio.lowlevel.checkpoint()
+    assert seen == [True] and worker.stopping is True
+
+
+async def test_lifetime_holds_the_stop_until_the_block_exits() -> None:
+    """Leaving `async with worker` waits for a `lifetime()` block, which sees the stop first."""
+    worker = make_worker()
+    with pytest.raises(RuntimeError, match="not running"):
+        async with worker.lifetime():
+            pass  # pragma: no cover
+    order: list[str] = []
+
+    async def service() -> None:
+        async with worker.lifetime():
+            await worker.wait_stopping()
+            order.append("service saw the stop")
+            await anyio.sleep(0.05)  # hand-back work that the stop must wait for
+            order.append("service done")
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            async with worker:
+                tg.start_soon(service)
+                await anyio.wait_all_tasks_blocked()
+            order.append("worker left")
+    assert order == ["service saw the stop", "service done", "worker left"]

@@ -12,6 +12,7 @@ from starlette.applications import Starlette
 from starlette.routing import Mount, Route
 
 from work import Handler, Job, Status, Worker
+from work._core.chain import settled  # the Worker's settle step, as around every adapter
 from work.adapters import Health
 
 pytestmark = pytest.mark.anyio
@@ -211,5 +212,5 @@ async def test_adapter_records_exceptions(make_job: MakeJob) -> None:
         raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError):
-        await health(boom)(make_job())
+        await health(settled(boom))(make_job())
     assert health.error_ratio == 1.0

@@ -14,6 +14,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from structlog.testing import capture_logs
 
 from work import Adapter, Job, Status, StatusError, Worker
+from work._core.chain import settled  # the Worker's settle step, as around every adapter
 from work.adapters import JobLogger, aggregate_logger, tracing
 
 pytestmark = pytest.mark.anyio
@@ -73,7 +74,7 @@ async def test_nothing_is_written_while_the_handler_runs(make_job: MakeJob) -> N
         seen.append(len(logs))
 
     with capture_logs() as logs:
-        await aggregate_logger()(handler)(make_job())
+        await aggregate_logger()(settled(handler))(make_job())
     assert seen == [0]
     assert len(logs) == 1
 
@@ -137,7 +138,7 @@ async def test_failure_is_logged_with_the_error_and_reraised(make_job: MakeJob) 
         raise RuntimeError("db down")
 
     with capture_logs() as logs, pytest.raises(RuntimeError):
-        await aggregate_logger()(handler)(make_job())
+        await aggregate_logger()(settled(handler))(make_job())
     (event,) = logs
     assert event["log_level"] == "error"
     assert event["status"] == 500

@@ -9,6 +9,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from work import Adapter, Handler, Job, Status, StatusError, Worker
+from work._core.chain import settled  # the Worker's settle step, as around every adapter
 from work.adapters import limit, prometheus
 
 pytestmark = pytest.mark.anyio
@@ -88,9 +89,9 @@ async def test_exception_counts_as_500_and_propagates(
         raise StatusError(Status.CONFLICT)
 
     with pytest.raises(RuntimeError):
-        await adapter(boom)(make_job("boom"))
+        await adapter(settled(boom))(make_job("boom"))
     with pytest.raises(StatusError):
-        await adapter(teapot)(make_job("teapot"))
+        await adapter(settled(teapot))(make_job("teapot"))
     assert count(registry, "boom", "500") == 1
     assert count(registry, "teapot", "409") == 1
 
@@ -102,7 +103,7 @@ async def test_cancellation_counts_as_499(registry: CollectorRegistry, make_job:
         await anyio.sleep_forever()
 
     with anyio.move_on_after(0.01):
-        await prometheus(registry=registry)(hang)(make_job("hang"))
+        await prometheus(registry=registry)(settled(hang))(make_job("hang"))
     assert count(registry, "hang", "499") == 1
     labels = {"handler": "hang", "queue": "default"}
     assert registry.get_sample_value("anywork_jobs_in_progress", labels) == 0.0

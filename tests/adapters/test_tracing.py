@@ -12,6 +12,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 from work import Constant, Handler, Job, Status, Worker
+from work._core.chain import settled  # the Worker's settle step, as around every adapter
 from work.adapters import inject_trace, retry, tracing
 
 pytestmark = pytest.mark.anyio
@@ -72,7 +73,7 @@ async def test_exception_marks_error_and_is_recorded(
         raise RuntimeError("db down")
 
     with pytest.raises(RuntimeError):
-        await tracing(tracer_provider=tracer_provider)(boom)(make_job("boom"))
+        await tracing(tracer_provider=tracer_provider)(settled(boom))(make_job("boom"))
     span = only_span(exporter)
     assert span.status.status_code is StatusCode.ERROR
     assert span.attributes is not None and span.attributes["anywork.status"] == 500

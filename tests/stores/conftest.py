@@ -120,14 +120,88 @@ async def _drop(store: Store, kind: str, options: dict[str, Any]) -> None:
             await client.aclose()
 
 
+async def corrupt_args(store: Store, id: str, raw: str = "{not json") -> None:
+    """Overwrite a job's stored args with ``raw`` directly in the backend (what a buggy or
+    foreign writer might leave), bypassing the store's own checks."""
+    from work.stores.memory import MemoryStore
+    from work.stores.postgres import PostgresStore
+    from work.stores.redis import RedisStore
+    from work.stores.sqlite import SQLiteStore
+
+    if isinstance(store, MemoryStore):
+        store._rows[id].args_json = raw
+    elif isinstance(store, SQLiteStore):
+        import sqlite3
+
+        with sqlite3.connect(store.path, timeout=10) as conn:
+            conn.execute("UPDATE anywork_jobs SET args = ? WHERE id = ?", (raw, id))
+        conn.close()
+    elif isinstance(store, PostgresStore):
+        import asyncpg  # type: ignore[import-untyped]
+
+        conn = await asyncpg.connect(POSTGRES_URL)
+        try:
+            await conn.execute(f'UPDATE "{store.schema}".jobs SET args = $2 WHERE id = $1', id, raw)
+        finally:
+            await conn.close()
+    elif isinstance(store, RedisStore):
+        import redis.asyncio as aioredis
+
+        client = aioredis.Redis.from_url(REDIS_URL)
+        try:
+            await client.hset(f"{store.prefix}:job:{id}", "args", raw)
+        finally:
+            await client.aclose()
+    else:
+        pytest.fail(f"no way to corrupt a job in {type(store).__name__}")
+
+
 @pytest.fixture
 def corrupt() -> Callable[[Store, str], Awaitable[None]]:
     """Write an undecodable payload into a job's stored args, directly in the backend."""
-
-    async def corrupt_args(store: Store, id: str) -> None:
-        seam = getattr(store, "corrupt_args", None)
-        if seam is None:
-            pytest.fail(f"{type(store).__name__} needs a corrupt_args(id) test seam")
-        await seam(id)
-
     return corrupt_args
+
+
+async def poison_record(store: Store, id: str) -> None:
+    """Break a job's stored record directly in the backend so that it cannot be decoded into
+    a JobRecord (a time out of range, a broken field), as a foreign writer might."""
+    from work.stores.memory import MemoryStore
+    from work.stores.postgres import PostgresStore
+    from work.stores.redis import RedisStore
+    from work.stores.sqlite import SQLiteStore
+
+    if isinstance(store, MemoryStore):
+        # Rows are Python objects: only the JSON payload can be broken.
+        store._rows[id].args_json = "{not json"
+    elif isinstance(store, SQLiteStore):
+        import sqlite3
+
+        with sqlite3.connect(store.path, timeout=10) as conn:
+            conn.execute("UPDATE anywork_jobs SET enqueued_at = 1e300 WHERE id = ?", (id,))
+        conn.close()
+    elif isinstance(store, PostgresStore):
+        import asyncpg
+
+        conn = await asyncpg.connect(POSTGRES_URL)
+        try:
+            await conn.execute(
+                f"UPDATE \"{store.schema}\".jobs SET enqueued_at = '-infinity' WHERE id = $1", id
+            )
+        finally:
+            await conn.close()
+    elif isinstance(store, RedisStore):
+        import redis.asyncio as aioredis
+
+        client = aioredis.Redis.from_url(REDIS_URL)
+        try:
+            await client.hset(f"{store.prefix}:job:{id}", "enqueued_at", "not-a-time")
+        finally:
+            await client.aclose()
+    else:
+        pytest.fail(f"no way to poison a job in {type(store).__name__}")
+
+
+@pytest.fixture
+def poison() -> Callable[[Store, str], Awaitable[None]]:
+    """Break a job's stored record directly in the backend (see ``poison_record``)."""
+    return poison_record

@@ -526,20 +526,56 @@ async def test_reap_requeues_an_expired_lease(store: Store) -> None:
     assert await state_of(store, rec.id) is JobState.RUNNING
 
 
-async def test_reap_fails_when_no_attempts_left(store: Store) -> None:
-    """An expired lease on the last attempt fails the job: 500, "worker lost"."""
-    (rec,) = await store.add([record(max_attempts=1)])
-    await store.claim(["default"], limit=1, lease=0.2, owner="lost")
+async def lose(store: Store, id: str, *, lost_limit: int = 3) -> JobRecord:
+    """Claim ``id`` under a short lease, let it expire, reap it; return the record after."""
+    (claimed,) = await store.claim(["default"], limit=1, lease=0.05, owner="lost")
+    assert claimed.record.id == id
 
     async def reaped() -> bool:
-        return await store.reap() == 1
+        return await store.reap(lost_limit=lost_limit) == 1
 
     await until(reaped)
-    got = await store.get(rec.id)
+    got = await store.get(id)
     assert got is not None
+    return got
+
+
+async def test_reap_requeues_whatever_the_policy_until_the_lost_limit(store: Store) -> None:
+    """An expired lease puts a job back even on its last attempt (no RetryPolicy: one
+    attempt), counting the attempt; the lost_limit-th loss fails it 500 "worker lost"."""
+    (rec,) = await store.add([record(max_attempts=1)])
+    for n in (1, 2):
+        got = await lose(store, rec.id)
+        assert got.state is JobState.QUEUED and got.attempts == n
+        assert got.status is Status.INTERNAL_ERROR and got.error == "worker lost"
+        assert got.finished_at is None
+    got = await lose(store, rec.id)
     assert got.state is JobState.FAILED and got.status is Status.INTERNAL_ERROR
-    assert got.error == "worker lost"
+    assert got.error == "worker lost" and got.attempts == 3
     assert got.finished_at is not None
+
+
+async def test_reap_lost_limit_one_fails_at_once(store: Store) -> None:
+    """With lost_limit=1 the first loss fails the job, whatever attempts it has left."""
+    (rec,) = await store.add([record(max_attempts=5)])
+    got = await lose(store, rec.id, lost_limit=1)
+    assert got.state is JobState.FAILED and got.error == "worker lost"
+    assert got.attempts == 1
+
+
+async def test_reap_counts_losses_not_other_outcomes(store: Store) -> None:
+    """Only lost workers count towards the lost limit: a job handed back or retried in
+    between still gets its lost_limit losses."""
+    (rec,) = await store.add([record(max_attempts=9)])
+    await lose(store, rec.id, lost_limit=2)
+    (claimed,) = await store.claim(["default"], limit=1, lease=30, owner="w")
+    await store.complete(
+        "w",
+        [Outcome(id=rec.id, state=JobState.QUEUED, status=Status.UNKNOWN, give_back_attempt=True)],
+    )
+    assert claimed.record.attempts == 2
+    got = await lose(store, rec.id, lost_limit=2)
+    assert got.state is JobState.FAILED and got.attempts == 2
 
 
 async def test_reap_cancels_when_cancel_was_requested(store: Store) -> None:
@@ -632,6 +668,22 @@ async def test_undecodable_payload_is_reported_by_claim(store: Store, corrupt: C
     (claimed,) = await store.claim(["default"], limit=1, lease=30, owner="w")
     assert claimed.record.id == rec.id
     assert claimed.decode_error
+
+
+async def test_undecodable_record_fails_alone_in_its_batch(store: Store, poison: Corrupt) -> None:
+    """A record that cannot be decoded (a time out of range, a broken field, written behind
+    the store's back) comes back from claim alone with a decode_error naming the problem; the
+    other jobs of the same batch are claimed intact."""
+    recs = await store.add([record(args={"n": n}) for n in range(3)])
+    await poison(store, recs[1].id)
+    # A broken due time may move the poisoned job in the order: compare by id.
+    claimed = {c.record.id: c for c in await store.claim(["default"], limit=3, lease=30, owner="w")}
+    assert set(claimed) == {r.id for r in recs}
+    bad = claimed[recs[1].id]
+    assert bad.decode_error and bad.record.handler == "noop"
+    for n in (0, 2):
+        good = claimed[recs[n].id]
+        assert good.decode_error is None and good.record.args == {"n": n}
 
 
 # == Part 2: end to end through Queue and Worker.serve ============================================
@@ -845,8 +897,63 @@ async def test_retry_later_past_max_deferrals_uses_attempts(store: Store) -> Non
     assert done.deferrals == 2 and done.attempts == 2
 
 
-async def test_unknown_handler_is_404(store: Store) -> None:
-    """A job for a handler the worker does not have fails 404, naming the handler."""
+async def test_unknown_handler_is_handed_back_without_an_attempt(store: Store) -> None:
+    """A worker that lacks the handler hands the job back for another worker: no attempt used,
+    due again a little later (no hot loop of claims), the error naming the handler."""
+    worker = Worker(name="old-code")
+
+    @worker.handler()
+    async def known(job: Job) -> None:
+        pass
+
+    queue = Queue(store)
+    rec = await queue.enqueue(Job("mystery"))
+    before = now()
+
+    async def handed_back() -> bool:
+        got = await store.get(rec.id)
+        return got is not None and got.state is JobState.SCHEDULED
+
+    async with serving(store, worker):
+        await until(handed_back)
+    got = await queue.get(rec.id)
+    assert got is not None and got.attempts == 0
+    assert got.error is not None and "mystery" in got.error and "old-code" in got.error
+    assert got.scheduled_for is not None
+    assert got.scheduled_for >= before + timedelta(seconds=0.9)
+
+
+async def test_unknown_handler_runs_on_a_worker_that_has_it(store: Store) -> None:
+    """During a rolling deploy a job handed back by a worker without its handler runs on a
+    worker that has it: SUCCEEDED, one attempt used."""
+    old, new = Worker(name="old"), Worker(name="new")
+
+    @old.handler()
+    async def known(job: Job) -> None:
+        pass
+
+    @new.handler()
+    async def mystery(job: Job) -> str:
+        return "ran"
+
+    queue = Queue(store)
+    rec = await queue.enqueue(Job("mystery"))
+
+    async def handed_back() -> bool:
+        got = await store.get(rec.id)
+        return got is not None and got.state is JobState.SCHEDULED
+
+    async with serving(store, old):
+        await until(handed_back)
+    async with serving(store, new):
+        done = await queue.wait(rec.id, timeout=10)
+    assert done.state is JobState.SUCCEEDED and done.result == "ran"
+    assert done.attempts == 1
+
+
+async def test_unknown_handler_is_404_after_the_grace(store: Store) -> None:
+    """A job whose handler no worker has fails 404, naming the handler, once the grace since
+    its first hand-back has passed; the hand-backs used no attempts."""
     worker = Worker()
 
     @worker.handler()
@@ -855,11 +962,21 @@ async def test_unknown_handler_is_404(store: Store) -> None:
 
     queue = Queue(store)
     rec = await queue.enqueue(Job("mystery"), retry=fast_retry())
-    async with serving(store, worker):
+    async with serving(store, worker, unknown_handler_grace=0.3):
         done = await queue.wait(rec.id, timeout=10)
     assert done.state is JobState.FAILED and done.status is Status.NOT_FOUND
     assert done.error is not None and "mystery" in done.error
     assert done.attempts == 1
+
+
+async def test_unknown_handler_grace_zero_fails_at_once(store: Store) -> None:
+    """unknown_handler_grace=0 restores the old rule: 404 on the first claim."""
+    worker = Worker()
+    queue = Queue(store)
+    rec = await queue.enqueue(Job("mystery"))
+    async with serving(store, worker, unknown_handler_grace=0):
+        done = await queue.wait(rec.id, timeout=10)
+    assert done.state is JobState.FAILED and done.status is Status.NOT_FOUND
 
 
 async def test_undecodable_payload_is_400(store: Store, corrupt: Corrupt) -> None:
@@ -879,6 +996,31 @@ async def test_undecodable_payload_is_400(store: Store, corrupt: Corrupt) -> Non
     assert done.state is JobState.FAILED and done.status is Status.BAD_REQUEST
     assert done.error
     assert ran == []
+
+
+async def test_undecodable_record_fails_400_and_its_batch_runs(
+    store: Store, poison: Corrupt
+) -> None:
+    """Under serve, a record that cannot be decoded ends FAILED 400 naming what failed; the
+    jobs claimed in the same batch run and succeed."""
+    worker = Worker()
+    ran: list[int] = []
+
+    @worker.handler()
+    async def noop(job: Job) -> None:
+        ran.append(job.args["n"])
+
+    queue = Queue(store)
+    recs = await queue.enqueue_many([Job("noop", {"n": n}) for n in range(5)])
+    await poison(store, recs[2].id)
+    async with serving(store, worker):
+        done = [await queue.wait(rec.id, timeout=10) for rec in recs]
+    assert [d.state for d in done] == [JobState.SUCCEEDED] * 2 + [JobState.FAILED] + [
+        JobState.SUCCEEDED
+    ] * 2
+    assert done[2].status is Status.BAD_REQUEST
+    assert done[2].error is not None and ("decode" in done[2].error or "JSON" in done[2].error)
+    assert sorted(ran) == [0, 1, 3, 4]
 
 
 async def test_non_json_result_is_500(store: Store) -> None:
@@ -975,6 +1117,38 @@ async def test_lost_worker_lease_expires_and_job_is_redelivered(store: Store) ->
         done = await queue.wait(rec.id, timeout=10)
     assert done.state is JobState.SUCCEEDED and done.attempts == 2
     assert attempts == [2]
+
+
+async def test_lost_worker_job_without_policy_runs_again(store: Store) -> None:
+    """A job enqueued without a RetryPolicy whose worker died runs again elsewhere: losing a
+    worker is not the job's failure (the lost attempt still counts)."""
+    queue = Queue(store)
+    rec = await queue.enqueue(Job("noop"))
+    await store.claim(["default"], limit=1, lease=0.2, owner="dead-worker")
+    worker = Worker()
+    runs: list[int] = []
+
+    @worker.handler()
+    async def noop(job: Job) -> None:
+        assert job.ctx is not None
+        runs.append(job.ctx.attempt)
+
+    async with serving(store, worker, lease=0.2):
+        done = await queue.wait(rec.id, timeout=10)
+    assert done.state is JobState.SUCCEEDED and done.attempts == 2
+    assert runs == [2]
+
+
+async def test_serve_applies_its_lost_limit(store: Store) -> None:
+    """serve(lost_limit=1) makes its reaper fail a job on its first lost worker."""
+    queue = Queue(store)
+    rec = await queue.enqueue(Job("noop"))
+    await store.claim(["default"], limit=1, lease=0.2, owner="dead-worker")
+    worker = Worker()
+    worker.register("noop", lambda job: None)
+    async with serving(store, worker, lease=0.2, lost_limit=1):
+        done = await queue.wait(rec.id, timeout=10)
+    assert done.state is JobState.FAILED and done.error == "worker lost"
 
 
 async def test_lease_renewed_while_job_runs(store: Store) -> None:

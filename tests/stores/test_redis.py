@@ -336,6 +336,9 @@ async def test_stats_follow_every_transition(store: RedisStore) -> None:
     await store.claim(["default"], limit=2, lease=0, owner="o")
     await store.cancel("c")
     assert await store.reap() == 2
+    assert await store.stats() == {"default": {"queued": 2}, "q": {"cancelled": 1}}
+    await store.claim(["default"], limit=2, lease=0, owner="o")
+    assert await store.reap(lost_limit=2) == 2
     assert await store.stats() == {"default": {"failed": 2}, "q": {"cancelled": 1}}
 
 

@@ -9,11 +9,13 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
+import anyio
 import pytest
 
-from tests.stores.test_conformance import record, seconds_from_now
+from tests.stores.test_conformance import record, seconds_from_now, state_of, until
 from work import Job, JobState, Status, SyncQueue
 from work.stores import Outcome, open_store
 from work.stores.sqlite import SCHEMA_VERSION, SQLiteStore, path_from_url
@@ -247,8 +249,8 @@ def test_processes_creating_the_schema_at_once(tmp_path: Path) -> None:
     run_processes(_ADD_AT_ONCE, [[f"sqlite:///{path}"]] * 6)
     conn = sqlite3.connect(path)
     try:
-        counted = conn.execute("SELECT COUNT(*) FROM anywork_schema_version").fetchone()
-        assert counted == (SCHEMA_VERSION,)
+        versions = conn.execute("SELECT COUNT(*) FROM anywork_schema_version").fetchone()
+        assert versions == (SCHEMA_VERSION,)
         assert conn.execute("SELECT COUNT(*) FROM anywork_jobs").fetchone() == (60,)
     finally:
         conn.close()
@@ -385,3 +387,138 @@ async def test_version_1_file_migrates_to_deferred_columns(tmp_path: Path) -> No
         assert same.id == old.id
         assert await store.setdefault_setting("k", "v") == "v"
         assert claimed.record.id == old.id
+
+
+# -- schema version 1 (anywork before the lost counter and the claim index) --------------------
+
+# Version 1's statements, as `git show main~2:work/stores/sqlite.py` has them.
+_V1_SCHEMA = (
+    """
+    CREATE TABLE anywork_jobs (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, handler TEXT NOT NULL,
+        queue TEXT NOT NULL, args TEXT NOT NULL, headers TEXT NOT NULL,
+        priority INTEGER NOT NULL, state TEXT NOT NULL, status INTEGER NOT NULL,
+        attempts INTEGER NOT NULL, max_attempts INTEGER NOT NULL, result TEXT, error TEXT,
+        unique_key TEXT, enqueued_at REAL NOT NULL, scheduled_for REAL, started_at REAL,
+        finished_at REAL, timeout REAL, retry TEXT, deferrals INTEGER NOT NULL DEFAULT 0,
+        due_at REAL NOT NULL, owner TEXT, lease_until REAL,
+        cancel_requested INTEGER NOT NULL DEFAULT 0
+    )
+    """,
+    "CREATE INDEX anywork_jobs_ready ON anywork_jobs (state, queue, priority DESC, due_at, seq)",
+    "CREATE INDEX anywork_jobs_lease ON anywork_jobs (state, lease_until)",
+    "CREATE INDEX anywork_jobs_queue ON anywork_jobs (queue, seq)",
+    "CREATE UNIQUE INDEX anywork_jobs_unique ON anywork_jobs (queue, unique_key)"
+    " WHERE unique_key IS NOT NULL AND state IN ('queued', 'scheduled', 'running')",
+    "CREATE TABLE anywork_schema_version (version INTEGER NOT NULL)",
+    "INSERT INTO anywork_schema_version VALUES (1)",
+)
+
+
+def _make_v1_file(path: Path) -> None:
+    """A database as anywork with schema version 1 left it: two jobs, one finished."""
+    conn = sqlite3.connect(path)
+    try:
+        with conn:
+            for statement in _V1_SCHEMA:
+                conn.execute(statement)
+            now = time.time()
+            for id, state in (("old-queued", "queued"), ("old-done", "succeeded")):
+                conn.execute(
+                    "INSERT INTO anywork_jobs (id, handler, queue, args, headers, priority,"
+                    " state, status, attempts, max_attempts, enqueued_at, due_at)"
+                    " VALUES (?, 'noop', 'default', '{\"a\": 1}', '{}', 0, ?, -1, 0, 1, ?, ?)",
+                    (id, state, now, now),
+                )
+    finally:
+        conn.close()
+
+
+_OPEN_AND_CLAIM = """
+    import sys, anyio
+    from work.stores import open_store
+
+    async def main(url):
+        async with open_store(url) as store:
+            await store.claim(["nothing-here"], limit=1, lease=30, owner="x")
+
+    anyio.run(main, sys.argv[1])
+"""
+
+
+def test_version_1_file_upgrades_from_several_processes(tmp_path: Path) -> None:
+    """A file with schema version 1 upgrades on open, once, with six processes opening it at
+    the same moment; its jobs survive and the new claim indexes replace the old one."""
+    path = tmp_path / "v1.db"
+    _make_v1_file(path)
+    run_processes(_OPEN_AND_CLAIM, [[f"sqlite:///{path}"]] * 6)
+    conn = sqlite3.connect(path)
+    try:
+        versions = conn.execute("SELECT version FROM anywork_schema_version ORDER BY version")
+        assert versions.fetchall() == [(v,) for v in range(1, SCHEMA_VERSION + 1)]
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(anywork_jobs)")}
+        assert {"lost", "unknown_since"} <= columns
+        indexes = {row[1] for row in conn.execute("PRAGMA index_list(anywork_jobs)")}
+        assert "anywork_jobs_claim" in indexes and "anywork_jobs_ready" not in indexes
+    finally:
+        conn.close()
+
+
+@pytest.mark.anyio
+async def test_version_1_jobs_run_after_the_upgrade(tmp_path: Path) -> None:
+    """A job queued under schema version 1 is claimed intact after the upgrade, and its lost
+    counter starts at zero."""
+    path = tmp_path / "v1.db"
+    _make_v1_file(path)
+    async with SQLiteStore(f"sqlite:///{path}") as store:
+        (claimed,) = await store.claim(["default"], limit=5, lease=0.05, owner="w")
+        assert claimed.record.id == "old-queued" and claimed.record.args == {"a": 1}
+        assert claimed.decode_error is None
+
+        async def reaped() -> bool:
+            return await store.reap() == 1
+
+        await until(reaped)
+        assert await state_of(store, "old-queued") is JobState.QUEUED
+
+
+def _plan(conn: sqlite3.Connection, sql: str, params: tuple[object, ...]) -> str:
+    return "\n".join(row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + sql, params))
+
+
+def test_claim_and_idle_poll_never_scan_finished_rows(tmp_path: Path) -> None:
+    """The claim's and the idle poll's query plans search the partial claim index (which holds
+    unfinished jobs only) in claim order: no full scan and no temporary b-tree to sort."""
+    from work.stores import sqlite as sqlite_store
+
+    path = tmp_path / "plan.db"
+    anyio.run(_open_and_close, f"sqlite:///{path}")
+    conn = sqlite3.connect(path)
+    try:
+        # Give the planner statistics that make the finished rows the bulk of the table.
+        now = time.time()
+        with conn:
+            conn.executemany(
+                "INSERT INTO anywork_jobs (id, handler, queue, args, headers, priority, state,"
+                " status, attempts, max_attempts, enqueued_at, due_at, finished_at)"
+                " VALUES (?, 'noop', 'default', '{}', '{}', 0, 'succeeded', 200, 1, 1, ?, ?, ?)",
+                [(f"done-{n}", now, now, now) for n in range(2000)],
+            )
+        conn.execute("ANALYZE")
+        claim = (
+            "SELECT seq FROM anywork_jobs WHERE queue IN (?) AND "
+            + sqlite_store._CLAIMABLE
+            + " ORDER BY priority DESC, due_at, seq LIMIT ?"
+        )
+        poll = "SELECT 1 FROM anywork_jobs WHERE queue IN (?) AND " + sqlite_store._CLAIMABLE
+        for sql, params in ((claim, ("default", now, 10)), (poll + " LIMIT 1", ("default", now))):
+            plan = _plan(conn, sql, params)
+            assert "USING COVERING INDEX anywork_jobs_claim" in plan, plan
+            assert "TEMP B-TREE" not in plan and "SCAN anywork_jobs" not in plan, plan
+    finally:
+        conn.close()
+
+
+async def _open_and_close(url: str) -> None:
+    async with SQLiteStore(url):
+        pass

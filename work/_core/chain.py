@@ -1,4 +1,4 @@
-"""Composing adapters (``chain``) and the innermost wrapper that finalises every status."""
+"""Composing adapters (``chain``) and the settle step that owns the status rules."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from .job import Job
 from .status import Status
 from .types import Adapter, Handler
 
-__all__ = ["as_async", "chain", "core", "finalise_error", "handler_exit"]
+__all__ = ["as_async", "chain", "compose", "handler_exit", "settled", "status_of_error"]
 
 
 def chain(*adapters: Adapter) -> Adapter:
@@ -70,21 +70,22 @@ def as_async(fn: Callable[[Job], Any]) -> Handler:
         return result
 
     in_thread.__name__ = getattr(fn, "__name__", "handler")
-    in_thread.__anywork_sync__ = True  # type: ignore[attr-defined]
     return in_thread
 
 
-def finalise_error(status: Status, exc: BaseException) -> Status:
+def status_of_error(status: Status, exc: BaseException) -> Status:
     """Return the status an execution ends with when ``exc`` escaped with ``status`` set.
 
-    A StatusError gives its own code; any other exception gives 500 unless a non-2xx status
-    was already set (a handler that set 503 and then raised keeps 503).
+    A StatusError with an error code (4xx, 5xx) gives its own code. Any other exception, and a
+    StatusError whose code is not an error (1xx, 2xx, 3xx: raising says the execution failed,
+    so a "raised success" is a bug in the handler), gives 500 unless an error status was
+    already set (a handler that set 503 and then raised keeps 503).
     """
-    if isinstance(exc, StatusError):
+    if isinstance(exc, StatusError) and exc.status.is_error:
         return exc.status
-    if status is Status.UNKNOWN or status.is_success:
-        return Status.INTERNAL_ERROR
-    return status
+    if status.is_error:
+        return status
+    return Status.INTERNAL_ERROR
 
 
 def handler_exit(exc: SystemExit) -> WorkError:
@@ -92,37 +93,40 @@ def handler_exit(exc: SystemExit) -> WorkError:
     return WorkError(f"the handler raised SystemExit({exc.code!r}); the worker goes on")
 
 
-def core(handler: Handler) -> Handler:
-    """Wrap ``handler`` so that every adapter around it sees the final status.
+def settled(handler: Handler, *, timed: bool = False) -> Handler:
+    """Wrap ``handler`` (an adapter's output, or the handler) so ``ctx.status`` is final after it.
 
-    - returns without a status: 200;
-    - raises StatusError: its status (the exception propagates);
-    - raises anything else: 500 unless a non-2xx status was set (the exception propagates);
-    - outlives ``job.timeout``: 408 and JobTimeoutError (the timeout covers the handler only);
+    The Worker puts this step around the handler and around every adapter, as Starlette's
+    ``ExceptionMiddleware`` turns errors into responses: whatever the inner part does, an
+    adapter that awaited it reads a final ``job.ctx.status`` and needs no rules of its own.
+
+    - returns without a status: 200 (a status set by the handler is kept);
+    - raises: :func:`status_of_error` (the exception propagates);
     - raises SystemExit: 500, re-raised as a :class:`WorkError` (the worker goes on);
-    - cancelled: 499, and the cancellation is always re-raised (KeyboardInterrupt too).
-
-    A sync handler (see :func:`as_async`) cannot be interrupted: it is waited for, and reported
-    as 408 if it returns after its deadline, or 499 if the execution was cancelled meanwhile
-    (its return value is dropped).
+    - cancelled (or KeyboardInterrupt): 499, and it is always re-raised;
+    - with ``timed`` (the step around the handler itself), outlives ``job.timeout``: 408 and
+      :class:`JobTimeoutError` (the timeout covers the handler only, not the adapters). A sync
+      handler (see :func:`as_async`) that returns after its deadline is a timeout too, and its
+      return value is dropped.
     """
 
-    async def run(job: Job) -> Any:
+    async def settle(job: Job) -> Any:
         ctx = job.ctx
-        assert ctx is not None, "core() runs only inside an execution (job.ctx is set)"
+        assert ctx is not None, "settled() runs only inside an execution (job.ctx is set)"
         try:
-            if job.timeout is None:
+            timeout = job.timeout
+            if timeout is None or not timed:
                 result = await handler(job)
             else:
-                deadline = anyio.current_time() + job.timeout
+                deadline = anyio.current_time() + timeout
                 ctx.deadline = deadline
                 with anyio.CancelScope(deadline=deadline) as scope:
                     result = await handler(job)
                 # A thread cannot be interrupted: its late return counts as a timeout too.
                 if scope.cancelled_caught or anyio.current_time() >= deadline:
-                    raise JobTimeoutError(job.timeout, job)
+                    raise JobTimeoutError(timeout, job)
         except Exception as exc:
-            ctx.status = finalise_error(ctx.status, exc)
+            ctx.status = status_of_error(ctx.status, exc)
             raise
         except SystemExit as exc:
             # sys.exit() in a handler is a bad job, not an order to stop the worker: a 500 that
@@ -139,5 +143,18 @@ def core(handler: Handler) -> Handler:
             ctx.status = Status.ACCEPTED if isinstance(result, Deferred) else Status.SUCCESS
         return result
 
-    run.__name__ = getattr(handler, "__name__", "handler")
-    return run
+    settle.__name__ = getattr(handler, "__name__", "handler")
+    return settle
+
+
+def compose(adapters: tuple[Adapter, ...], handler: Handler) -> Handler:
+    """The Worker's chain: ``adapters`` around ``handler``, with a settle step between each.
+
+    ``compose((a, b), h) == settled(a(settled(b(settled(h, timed=True)))))``: every adapter
+    reads a final status after awaiting the inner part, and the outermost one's errors are
+    settled too.
+    """
+    handler = settled(handler, timed=True)
+    for adapter in reversed(adapters):
+        handler = settled(adapter(handler))
+    return handler

@@ -41,15 +41,23 @@ class StatusError(WorkError):
     """Raised by a handler (or adapter) to end an execution with a given status.
 
     ``raise StatusError(Status.BAD_REQUEST, "no such user")`` ends the execution with 400.
-    The message defaults to the status phrase ("Bad Request").
+    The message defaults to the status phrase ("Bad Request"). Raising says the execution
+    failed: a StatusError whose code is not an error (1xx, 2xx, 3xx) ends it with 500, as any
+    other exception does; to end with 204 or 202, set ``job.ctx.status`` and return.
 
     Attributes:
         status: the Status the execution ends with.
         message: the human-readable reason.
+
+    Raises:
+        ValueError: ``status`` is not a known code, or is -1 (UNKNOWN: not an outcome).
+        TypeError: ``status`` is not an int.
     """
 
     def __init__(self, status: Status | int, message: str = "") -> None:
         self.status = Status.coerce(status)
+        if self.status is Status.UNKNOWN:
+            raise ValueError("StatusError needs the code an execution ends with, not -1 (UNKNOWN)")
         self.message = message or self.status.phrase
         super().__init__(f"{int(self.status)} {self.message}")
 

@@ -146,8 +146,8 @@ class Job:
     ) -> None:
         if not isinstance(handler, str):
             raise TypeError(f"Job handler must be a str, got {type(handler).__name__}")
-        if not handler:
-            raise ValueError("Job handler must not be empty")
+        if not handler or handler.isspace():
+            raise ValueError(f"Job handler must be a non-blank name, got {handler!r}")
         if args is not None and not isinstance(args, dict):
             raise TypeError(f"Job args must be a dict, got {type(args).__name__}")
         if not isinstance(queue, str) or not queue:

@@ -155,6 +155,9 @@ def backoff_from_dict(data: dict[str, Any]) -> Backoff:
         raise ValueError(f"cannot rebuild a {kind} backoff from {data!r}: {exc}") from None
 
 
+_STORABLE = (Exponential, Fibonacci, Constant)
+
+
 def _default_retry_on(status: Status) -> bool:
     return status.is_retryable
 
@@ -214,6 +217,33 @@ class RetryPolicy:
     def retry_statuses(self) -> list[int]:
         """The codes ``retry_on`` accepts, evaluated on every Status (stores keep this list)."""
         return [int(s) for s in Status if s is not Status.UNKNOWN and self.retry_on(s)]
+
+    def stored_settings(self) -> dict[str, Any]:
+        """Return what a durable store keeps of the policy besides ``max_attempts``.
+
+        A store rebuilds the backoff from its ``to_dict()`` on another worker, perhaps in
+        another process, so only the built-in schedules (:class:`Exponential`,
+        :class:`Fibonacci`, :class:`Constant`, exactly those classes) can be stored; the
+        ``retry`` adapter takes any Backoff for in-process retries.
+
+        Returns:
+            ``{"backoff": ..., "retry_on": [codes], "max_deferrals": n}``.
+
+        Raises:
+            TypeError: the backoff is not one of the built-in schedules.
+        """
+        backoff = self.backoff
+        if type(backoff) not in _STORABLE:
+            raise TypeError(
+                f"a durable job's RetryPolicy needs a built-in backoff (Exponential, Fibonacci "
+                f"or Constant), which every worker can rebuild; got {backoff!r} "
+                f"({type(backoff).__qualname__}). Custom backoffs work with the retry adapter."
+            )
+        return {
+            "backoff": backoff.to_dict(),
+            "retry_on": self.retry_statuses(),
+            "max_deferrals": self.max_deferrals,
+        }
 
     def __repr__(self) -> str:
         return (

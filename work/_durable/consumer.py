@@ -6,7 +6,7 @@ import os
 import socket
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 import anyio
@@ -17,17 +17,25 @@ from .._core.exceptions import UnknownHandlerError
 from .._core.job import Job
 from .._core.retry import Exponential
 from .._core.status import Status
-from ..stores._base import Claimed, JobRecord, JobState, Outcome, Store
+from ..stores._base import DEFAULT_LOST_LIMIT, Claimed, JobRecord, JobState, Outcome, Store
 from .deferred import expire_waiting
 from .outcome import decide, final, hand_back
 
 if TYPE_CHECKING:
     from .._runtime.worker import Execution, Worker
 
-__all__ = ["DEFAULT_CONCURRENCY", "serve_store"]
+__all__ = [
+    "DEFAULT_CONCURRENCY",
+    "DEFAULT_LOST_LIMIT",
+    "DEFAULT_UNKNOWN_HANDLER_GRACE",
+    "serve_store",
+]
 
 DEFAULT_CONCURRENCY = 16
 """Jobs run at once by ``serve`` when neither ``concurrency`` nor ``max_concurrency`` is set."""
+
+DEFAULT_UNKNOWN_HANDLER_GRACE = 300.0
+"""Seconds a job whose handler no worker has may wait for one before it fails 404."""
 
 
 # How long an idle claim loop waits on the store before claiming again anyway.
@@ -40,6 +48,11 @@ _FINAL_FLUSH_TIMEOUT = 10.0
 _CANCEL_WAIT = 5.0
 # How often serve looks for WAITING jobs whose deadline passed ("within about a second").
 _EXPIRE_INTERVAL = 0.5
+# A job handed back for lack of its handler is due again after this pause, growing with the
+# time it has waited (a tenth of it) up to the cap: a worker without the handler never claims
+# the same job in a hot loop, and one that has it gets it within seconds.
+_UNKNOWN_PAUSE = 1.0
+_UNKNOWN_PAUSE_CAP = 30.0
 
 _log = structlog.get_logger("anywork.serve")
 
@@ -70,6 +83,7 @@ class _Slot:
 
     record: JobRecord
     decode_error: str | None
+    unknown_since: datetime | None = None
     execution: Execution | None = None
     perform_scope: anyio.CancelScope | None = None
     cancel_requested: bool = False  # the store said stop (a cancel, or the lease is lost)
@@ -81,13 +95,23 @@ class _Server:
     """The state of one ``serve`` call."""
 
     def __init__(
-        self, worker: Worker, store: Store, queues: tuple[str, ...], concurrency: int, lease: float
+        self,
+        worker: Worker,
+        store: Store,
+        queues: tuple[str, ...],
+        concurrency: int,
+        lease: float,
+        *,
+        lost_limit: int = DEFAULT_LOST_LIMIT,
+        unknown_handler_grace: float = DEFAULT_UNKNOWN_HANDLER_GRACE,
     ) -> None:
         self.worker = worker
         self.store = store
         self.queues = queues
         self.concurrency = concurrency
         self.lease = lease
+        self.lost_limit = lost_limit
+        self.unknown_handler_grace = unknown_handler_grace
         # Fences every write: a lease this serve lost can never be completed by it.
         self.owner = f"{worker.name}@{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
         self.slots: dict[str, _Slot] = {}  # claimed, outcome not yet written
@@ -183,7 +207,7 @@ class _Server:
             old.lost = True
             if old.execution is not None:
                 old.execution.cancel()
-        slot = _Slot(rec, claimed.decode_error)
+        slot = _Slot(rec, claimed.decode_error, claimed.unknown_since)
         self.slots[rec.id] = slot
         self.active += 1
         jobs.start_soon(self.run_job, slot, name=f"anywork serve: {rec.handler} {rec.id}")
@@ -232,8 +256,7 @@ class _Server:
                     return  # handed back
                 execution = await self.worker.perform(job, attempt=rec.attempts)
         except UnknownHandlerError as exc:
-            message = f"{exc} on {self.worker.name}"
-            slot.outcome = final(rec, JobState.FAILED, Status.NOT_FOUND, message)
+            slot.outcome = self.unknown_handler(slot, exc)
             return
         except RuntimeError:
             return  # the worker stopped before the job started: handed back
@@ -262,6 +285,34 @@ class _Server:
             slot.outcome = final(rec, JobState.CANCELLED, Status.CANCELLED, "cancelled")
         else:
             slot.outcome = decide(rec, execution, stopping=self.worker.stopping)
+
+    def unknown_handler(self, slot: _Slot, exc: UnknownHandlerError) -> Outcome:
+        """Hand a job whose handler this worker lacks back for another worker, without using
+        an attempt and a little later (growing pauses); FAILED 404 once no worker has run it
+        for ``unknown_handler_grace`` seconds since the first such hand-back."""
+        rec = slot.record
+        now = _now()
+        since = slot.unknown_since or now
+        waited = (now - since).total_seconds()
+        if waited >= self.unknown_handler_grace:
+            message = (
+                f"{exc} on {self.worker.name}; no worker ran it within "
+                f"{self.unknown_handler_grace:g} s"
+            )
+            return final(rec, JobState.FAILED, Status.NOT_FOUND, message)
+        pause = min(max(_UNKNOWN_PAUSE, waited / 10), _UNKNOWN_PAUSE_CAP)
+        due = min(
+            now + timedelta(seconds=pause), since + timedelta(seconds=self.unknown_handler_grace)
+        )
+        return Outcome(
+            id=rec.id,
+            state=JobState.SCHEDULED,
+            status=rec.status,
+            error=f"{exc} on {self.worker.name}: handed back for a worker that has it",
+            scheduled_for=due,
+            give_back_attempt=True,
+            unknown_since=since,
+        )
 
     # -- leases -------------------------------------------------------------------------------
 
@@ -293,7 +344,7 @@ class _Server:
         interval = self.lease / 2
         while True:
             try:
-                reaped = await self.store.reap()
+                reaped = await self.store.reap(lost_limit=self.lost_limit)
             except Exception as exc:
                 self.log.warning("reaping expired leases failed; retrying", error=repr(exc))
             else:
@@ -367,6 +418,8 @@ async def serve_store(
     queues: tuple[str, ...] | list[str] = ("default",),
     concurrency: int | None = None,
     lease: float = 30.0,
+    lost_limit: int = DEFAULT_LOST_LIMIT,
+    unknown_handler_grace: float = DEFAULT_UNKNOWN_HANDLER_GRACE,
 ) -> None:
     """Consume jobs from ``store`` with ``worker`` until cancelled or the worker stops.
 
@@ -379,6 +432,13 @@ async def serve_store(
     not finished (or not started) go back to QUEUED without using an attempt, and leaving
     ``async with worker`` waits for that.
 
+    Losing a worker is not a job's failure: a job whose lease expired goes back whatever its
+    RetryPolicy (the attempt counts) until its worker has been lost ``lost_limit`` times, then
+    it fails 500 "worker lost". A job whose handler this worker lacks goes back, without using
+    an attempt and due again after a growing pause, for a worker that has it (a rolling
+    deploy); it fails 404 only when no worker has run it within ``unknown_handler_grace``
+    seconds of the first hand-back.
+
     Args:
         worker: a running Worker holding the handlers.
         store: an entered store.
@@ -386,11 +446,15 @@ async def serve_store(
         concurrency: at most this many of the store's jobs at once (default: the worker's
             ``max_concurrency``, else 16).
         lease: seconds a claim holds before another worker may take the job over.
+        lost_limit: how many times a job's worker may be lost before the job fails (applied by
+            this worker's reaper to every job it reaps).
+        unknown_handler_grace: seconds a job for a handler no worker has may wait for one.
 
     Raises:
         RuntimeError: the worker was never started (a worker already stopping makes ``serve``
             return at once).
-        ValueError: no queues, a concurrency below 1 or a lease that is not positive.
+        ValueError: no queues, a concurrency below 1, a lease or grace that is not positive,
+            or a lost_limit below 1.
     """
     names = _check_queues(queues)
     if concurrency is None:
@@ -399,12 +463,31 @@ async def serve_store(
         raise ValueError(f"concurrency must be an int >= 1, got {concurrency!r}")
     if isinstance(lease, bool) or not isinstance(lease, int | float) or not lease > 0:
         raise ValueError(f"lease must be a number of seconds > 0, got {lease!r}")
+    if isinstance(lost_limit, bool) or not isinstance(lost_limit, int) or lost_limit < 1:
+        raise ValueError(f"lost_limit must be an int >= 1, got {lost_limit!r}")
+    if (
+        isinstance(unknown_handler_grace, bool)
+        or not isinstance(unknown_handler_grace, int | float)
+        or not 0 <= unknown_handler_grace < float("inf")
+    ):
+        raise ValueError(
+            f"unknown_handler_grace must be a finite number of seconds >= 0, "
+            f"got {unknown_handler_grace!r}"
+        )
     if not worker.running:
         if worker.stopping:
             # Started just as the worker began to stop (e.g. start_soon then stop()): there
             # is nothing to serve and nothing to hand back.
             return
         raise RuntimeError(f"{worker.name} is not running: call serve inside `async with worker:`")
-    server = _Server(worker, store, names, concurrency, float(lease))
+    server = _Server(
+        worker,
+        store,
+        names,
+        concurrency,
+        float(lease),
+        lost_limit=lost_limit,
+        unknown_handler_grace=float(unknown_handler_grace),
+    )
     async with worker.lifetime():
         await server.run()

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from .._core.deferred import Deferred
 from .._core.exceptions import RetryLater, StatusError
-from .._core.jsoncheck import check_json
+from .._core.jsoncheck import check_json, json_ok
 from .._core.retry import backoff_from_dict
 from .._core.status import Status
 from ..stores._base import JobRecord, JobState, Outcome
@@ -72,13 +71,13 @@ def hand_back(rec: JobRecord) -> Outcome:
     )
 
 
-def _why_unstorable(result: Any, exc: Exception) -> str:
+def _why_unstorable(result: Any) -> str:
     """Name the part of ``result`` JSON cannot carry, as enqueue does for args."""
     try:
         check_json(result, "the result")
     except TypeError as named:
         return str(named)
-    return str(exc)
+    return "not JSON-serialisable"  # pragma: no cover - json_ok and check_json agree
 
 
 def decide(rec: JobRecord, execution: Execution, *, stopping: bool) -> Outcome:
@@ -91,17 +90,18 @@ def decide(rec: JobRecord, execution: Execution, *, stopping: bool) -> Outcome:
     """
     status = execution.status
     error = execution.error
-    if status is Status.CANCELLED and stopping:
+    if status is Status.CANCELLED and stopping and not isinstance(error, StatusError):
+        # Cancelled by the stop (not a StatusError(499) the handler raised): hand it back.
         return hand_back(rec)
     if status.is_success:
         if isinstance(execution.result, Deferred):
             return waiting(rec, execution.result)
-        try:
-            json.dumps(execution.result, allow_nan=False)
-        except (TypeError, ValueError) as exc:
+        # The same rule as for args at enqueue (str keys, finite floats, JSON types), so that
+        # a result is stored exactly as returned or refused, never silently changed.
+        if not json_ok(execution.result):
             message = (
-                f"the result of handler {rec.handler!r} is not JSON-serialisable, so it cannot be "
-                f"stored: {_why_unstorable(execution.result, exc)}"
+                f"the result of handler {rec.handler!r} cannot be stored as JSON: "
+                f"{_why_unstorable(execution.result)}"
             )
             return final(rec, JobState.FAILED, Status.INTERNAL_ERROR, message)
         return Outcome(id=rec.id, state=JobState.SUCCEEDED, status=status, result=execution.result)
@@ -133,12 +133,10 @@ def retry_or_fail(rec: JobRecord, status: Status, message: str) -> Outcome:
 def waiting(rec: JobRecord, deferred: Deferred) -> Outcome:
     """The outcome of a handler that returned ``Deferred``: WAITING until a deadline ``ttl``
     seconds ahead (FAILED 500 if its provisional result cannot be stored)."""
-    try:
-        json.dumps(deferred.result, allow_nan=False)
-    except (TypeError, ValueError) as exc:
+    if not json_ok(deferred.result):
         message = (
-            f"the Deferred result of handler {rec.handler!r} is not JSON-serialisable, so it "
-            f"cannot be stored: {_why_unstorable(deferred.result, exc)}"
+            f"the Deferred result of handler {rec.handler!r} cannot be stored as JSON: "
+            f"{_why_unstorable(deferred.result)}"
         )
         return final(rec, JobState.FAILED, Status.INTERNAL_ERROR, message)
     return Outcome(

@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-import functools
+import math
 from collections.abc import Iterable
-from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
 import anyio
-from anyio.from_thread import BlockingPortal, start_blocking_portal
-from opentelemetry import propagate
 
 from .._core.job import Job
 from .._core.jsoncheck import check_json
 from .._core.retry import RetryPolicy
 from .._core.status import Status
-from .._runtime.timers import seconds
+from .._core.validate import check_at, check_delay, check_int, check_name, check_payload
+from .._runtime.portal import PortalTwin
 from ..stores._base import JobRecord, JobState, Store
 from ..stores._open import open_store
 from .deferred import complete_waiting, heartbeat_waiting
@@ -29,16 +27,6 @@ __all__ = ["Queue", "SyncQueue"]
 
 # Queue.wait polls the store: first after 10 ms, then 1.5 times longer each time, up to this.
 _WAIT_MAX_INTERVAL = 0.25
-
-
-def _aware(when: datetime) -> datetime:
-    if not isinstance(when, datetime):
-        raise TypeError(f"at must be a datetime, got {type(when).__name__}")
-    if when.tzinfo is None or when.utcoffset() is None:
-        raise ValueError(
-            f"at must be an aware datetime (with tzinfo), got naive {when.isoformat()}"
-        )
-    return when.astimezone(UTC)
 
 
 class Queue:
@@ -106,36 +94,43 @@ class Queue:
             raise TypeError(f"enqueue needs a Job, got {type(job).__name__}")
         if delay is not None and at is not None:
             raise ValueError("give delay or at, not both")
-        if isinstance(priority, bool) or not isinstance(priority, int):
-            raise TypeError(f"priority must be an int, got {priority!r}")
+        check_int(priority, "priority")
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise TypeError(f"retry must be a RetryPolicy or None, got {type(retry).__name__}")
-        if unique_key is not None and (not isinstance(unique_key, str) or not unique_key):
-            raise ValueError(f"unique_key must be a non-empty str or None, got {unique_key!r}")
+        if retry is not None:
+            check_int(retry.max_attempts, "retry.max_attempts", low=1)
+            check_int(retry.max_deferrals, "retry.max_deferrals", low=0)
+        if unique_key is not None:
+            check_name(unique_key, "unique_key")
+        check_name(job.handler, "job.handler")
+        check_name(job.queue, "job.queue")
+        check_name(job.id, "job.id")
+        if job.timeout is not None and not math.isfinite(job.timeout):
+            raise ValueError(f"job.timeout must be a finite number of seconds, got {job.timeout!r}")
         due: datetime | None = None
         if delay is not None:
-            secs = seconds(delay, name="delay")
-            if secs < 0:
-                raise ValueError(f"delay must be >= 0 seconds, got {delay!r}")
+            secs = check_delay(delay)
             if secs > 0:
                 due = now + timedelta(seconds=secs)
         elif at is not None:
-            due = _aware(at)
+            due = check_at(at, now)
+        check_payload(job.args, "job.args")
         check_json(job.args, "job.args")
         headers = dict(job.headers)
         # Continue the producer's trace in the consumer (the tracing adapter extracts it).
+        # Imported here, not at the top, so that `import work` does not load OpenTelemetry;
+        # after the first enqueue this is a dictionary lookup.
+        from opentelemetry import propagate
+
         propagate.inject(headers)
+        check_payload(headers, "job.headers")
         check_json(headers, "job.headers")
         for key, value in headers.items():
             if not isinstance(value, str):
                 raise TypeError(f"job.headers[{key!r}] must be a str, got {type(value).__name__}")
         retry_settings = None
         if retry is not None:
-            retry_settings = {
-                "backoff": retry.backoff.to_dict(),
-                "retry_on": retry.retry_statuses(),
-                "max_deferrals": retry.max_deferrals,
-            }
+            retry_settings = retry.stored_settings()  # TypeError for a custom backoff
             check_json(retry_settings, "the retry policy's settings")
         later = due is not None and due > now
         return JobRecord(
@@ -174,19 +169,26 @@ class Queue:
             job: the job; ``job.id`` becomes the record's id.
             delay: run no sooner than this many seconds (or a timedelta) from now.
             at: run no sooner than this aware datetime.
-            priority: higher runs first.
+            priority: higher runs first; a 32-bit signed int (-2**31 to 2**31 - 1).
             retry: the policy for failed executions (default: no retries; RetryLater still
                 defers up to 20 times).
             unique_key: while a job with this key in the same queue is QUEUED, SCHEDULED,
                 RUNNING or WAITING, return that job's record instead of adding another.
 
+        Every store keeps the same ranges (``work._core.validate``): ``delay`` finite, from 0
+        to 36525 days (about 100 years); ``at`` aware, from 1970-01-01 UTC to 36525 days from now;
+        handler, queue, id and unique key non-blank strs of at most 255 characters without
+        control characters; args and headers nested at most 64 levels, with no NUL or lone
+        surrogate in any str; headers str to str; ``max_attempts`` at most 2**31 - 1.
+
         Returns:
             The stored record; the existing one if the id (or the active unique key) is taken.
 
         Raises:
-            TypeError: args, headers or a setting is not JSON-serialisable (the message names
-                the key); nothing is stored.
-            ValueError: a naive ``at``, a negative ``delay``, or both given.
+            TypeError: args, headers or a setting is not JSON-serialisable, or a value has the
+                wrong type (the message names it); nothing is stored.
+            ValueError: a value out of the ranges above, a naive ``at``, or both ``delay`` and
+                ``at``; nothing is stored.
         """
         (record,) = await self.enqueue_many(
             [job], delay=delay, at=at, priority=priority, retry=retry, unique_key=unique_key
@@ -375,24 +377,16 @@ class SyncQueue:
     def __init__(self, url_or_store: str | Store, **options: Any) -> None:
         queue = Queue(url_or_store, **options)
         self.store = queue.store
-        self._portal_cm: AbstractContextManager[BlockingPortal] = start_blocking_portal()
-        self._portal = self._portal_cm.__enter__()
-        self._queue_cm: AbstractContextManager[Queue] | None = None
-        try:
-            queue_cm = self._portal.wrap_async_context_manager(queue)
-            self._queue = queue_cm.__enter__()
-            self._queue_cm = queue_cm
-        except BaseException:
-            self._portal_cm.__exit__(None, None, None)
-            raise
+        self._twin: PortalTwin[Queue] = PortalTwin("this SyncQueue")
+        self._queue = self._twin.enter(queue)
 
     def __repr__(self) -> str:
         return f"SyncQueue({self.store.url!r})"
 
     def _call(self, fn: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any) -> Any:
-        if self._queue_cm is None:
+        if not self._twin.entered:
             raise RuntimeError(f"{self!r} is closed")
-        return self._portal.call(functools.partial(fn, *args, **kwargs))
+        return self._twin.call(fn, *args, **kwargs)
 
     def enqueue(
         self,
@@ -498,13 +492,7 @@ class SyncQueue:
 
     def close(self) -> None:
         """Leave the store and stop the background event loop. Calling it again does nothing."""
-        queue_cm, self._queue_cm = self._queue_cm, None
-        if queue_cm is None:
-            return
-        try:
-            queue_cm.__exit__(None, None, None)
-        finally:
-            self._portal_cm.__exit__(None, None, None)
+        self._twin.exit()
 
     def __enter__(self) -> Self:
         return self

@@ -6,7 +6,6 @@ import functools
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
-from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Literal, Self, TypeVar, overload
@@ -16,6 +15,7 @@ import anyio.from_thread
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .._core.job import Job
+from .portal import PortalTwin
 from .worker import Execution, RecurringHandle, Worker
 
 __all__ = ["BackgroundWorker", "SyncRecurringHandle"]
@@ -98,10 +98,7 @@ class BackgroundWorker:
             raise ValueError(f"backend must be 'asyncio' or 'trio', got {backend!r}")
         self.worker = worker if worker is not None else Worker(name="background")
         self.backend = backend
-        self._lock = threading.Lock()
-        self._portal_cm: AbstractContextManager[anyio.from_thread.BlockingPortal] | None = None
-        self._portal: anyio.from_thread.BlockingPortal | None = None
-        self._worker_cm: AbstractContextManager[Worker] | None = None
+        self._twin: PortalTwin[Worker] = PortalTwin("this BackgroundWorker", backend)
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -111,36 +108,17 @@ class BackgroundWorker:
         Raises:
             RuntimeError: already started.
         """
-        with self._lock:
-            if self._portal is not None:
-                raise RuntimeError("this BackgroundWorker is already started")
-            portal_cm = anyio.from_thread.start_blocking_portal(self.backend)
-            portal = portal_cm.__enter__()
-            try:
-                worker_cm = portal.wrap_async_context_manager(self.worker)
-                worker_cm.__enter__()
-            except BaseException:
-                portal_cm.__exit__(None, None, None)
-                raise
-            self._portal_cm, self._portal, self._worker_cm = portal_cm, portal, worker_cm
+        self._twin.enter(self.worker)
 
     def stop(self) -> None:
         """Stop the worker gracefully (see ``Worker``: in-flight executions get
         ``shutdown_grace``) and the background loop. No-op when not started."""
-        with self._lock:
-            portal_cm, worker_cm = self._portal_cm, self._worker_cm
-            self._portal_cm = self._portal = self._worker_cm = None
-        if portal_cm is None or worker_cm is None:
-            return
-        try:
-            worker_cm.__exit__(None, None, None)
-        finally:
-            portal_cm.__exit__(None, None, None)
+        self._twin.exit()
 
     @property
     def running(self) -> bool:
         """True between start and stop."""
-        return self._portal is not None
+        return self._twin.entered
 
     def __enter__(self) -> Self:
         self.start()
@@ -155,10 +133,7 @@ class BackgroundWorker:
         self.stop()
 
     def _require_portal(self) -> anyio.from_thread.BlockingPortal:
-        portal = self._portal
-        if portal is None:
-            raise RuntimeError("the BackgroundWorker is not running: call start() first")
-        return portal
+        return self._twin.portal
 
     # -- registry ---------------------------------------------------------------------------
 

@@ -6,8 +6,7 @@ import enum
 import math
 import threading
 from collections.abc import AsyncIterable, AsyncIterator, Callable
-from concurrent.futures import Future
-from contextlib import AbstractContextManager, AsyncExitStack
+from contextlib import AsyncExitStack
 from datetime import timedelta
 from types import TracebackType
 from typing import Any, NoReturn, Self
@@ -19,6 +18,7 @@ from anyio.abc import ObjectReceiveStream
 from .._core.exceptions import UnknownHandlerError
 from .._core.job import Job
 from .._core.status import Status
+from .portal import PortalTwin
 from .timers import seconds
 from .worker import Worker
 
@@ -166,9 +166,7 @@ class ConcurrentJob:
         self._source_lock: anyio.Lock | None = None
         self._exit_stack: AsyncExitStack | None = None
         self._runner: anyio.abc.TaskGroup | None = None
-        self._portal_cm: AbstractContextManager[anyio.from_thread.BlockingPortal] | None = None
-        self._portal: anyio.from_thread.BlockingPortal | None = None
-        self._future: Future[None] | None = None
+        self._twin: PortalTwin[ConcurrentJob] | None = None
         self._thread_lock = threading.Lock()
         self._changed = anyio.Event()
 
@@ -274,16 +272,11 @@ class ConcurrentJob:
             RuntimeError: it is already started (or running in an event loop).
         """
         with self._thread_lock:
-            if self._portal is not None or self._active:
+            if self._twin is not None or self._active:
                 raise RuntimeError(f"{self!r} is already started")
-            cm = anyio.from_thread.start_blocking_portal(backend)
-            portal = cm.__enter__()
-            try:
-                future, _ = portal.start_task(self._run, name=f"{self!r}")
-            except BaseException:
-                cm.__exit__(None, None, None)
-                raise
-            self._portal_cm, self._portal, self._future = cm, portal, future
+            twin: PortalTwin[ConcurrentJob] = PortalTwin(repr(self), backend)
+            twin.enter(self)  # `async with self` on the background loop
+            self._twin = twin
 
     def stop(self) -> None:
         """Stop the pollers: they start no new execution, running ones finish (within the
@@ -296,9 +289,8 @@ class ConcurrentJob:
         once. A no-op when not running.
         """
         with self._thread_lock:
-            portal, cm, future = self._portal, self._portal_cm, self._future
-            self._portal = self._portal_cm = self._future = None
-        if portal is None or cm is None or future is None:
+            twin, self._twin = self._twin, None
+        if twin is None:
             loop_thread = self._loop_thread
             if loop_thread is None:
                 return
@@ -308,12 +300,7 @@ class ConcurrentJob:
                 # anyio.Event is not thread-safe: set it from the loop's own thread.
                 anyio.from_thread.run_sync(self._request_stop)
             return
-        try:
-            if not future.done():
-                portal.call(self._request_stop)
-            future.result()
-        finally:
-            cm.__exit__(None, None, None)
+        twin.exit()  # leaving `async with self` asks the pollers to stop and waits for them
 
     # -- the pollers ------------------------------------------------------------------------
 

@@ -10,7 +10,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Generic, TypeVar
 
 import anyio
-from croniter import croniter
 
 __all__ = ["CronSchedule", "IntervalSchedule", "Schedule", "TimerHeap", "parse_every", "seconds"]
 
@@ -36,8 +35,6 @@ class IntervalSchedule:
     """Every ``interval`` seconds on a fixed grid from the start: tick n is ``start + n*interval``,
     so a slow execution never makes the schedule drift. The first tick is at once."""
 
-    runs_at_once = True
-
     def __init__(self, interval: float) -> None:
         if not interval > 0:
             raise ValueError(f"an interval must be > 0 seconds, got {interval!r}")
@@ -54,18 +51,31 @@ class IntervalSchedule:
 
 
 class CronSchedule:
-    """A cron line read by croniter, in UTC (5 fields, or 6 with seconds last)."""
+    """A cron line read by croniter, in UTC (5 fields, or 6 with seconds last).
 
-    runs_at_once = False
+    Raises:
+        ValueError: not 5 or 6 fields (croniter would also read a 7th, a year, which the docs
+            do not promise), or a line croniter cannot parse.
+    """
 
     def __init__(self, line: str) -> None:
+        # Imported here: croniter is needed only by cron schedules, not by `import work`.
+        from croniter import croniter
+
+        fields = line.split()
+        if len(fields) not in (5, 6):
+            raise ValueError(
+                f"a cron line has 5 fields (minute hour day month weekday) or 6 (seconds "
+                f"last); {line!r} has {len(fields)}"
+            )
         if not croniter.is_valid(line):
             raise ValueError(f"cannot parse cron line {line!r} (croniter rejected it)")
         self.line = line
+        self._croniter = croniter
 
     def next_after_wall(self, now: datetime) -> datetime:
         """Return the first fire time strictly after ``now`` (aware UTC datetime)."""
-        nxt: datetime = croniter(self.line, now).get_next(datetime)
+        nxt: datetime = self._croniter(self.line, now).get_next(datetime)
         return nxt if nxt.tzinfo is not None else nxt.replace(tzinfo=UTC)
 
     def __repr__(self) -> str:

@@ -15,8 +15,7 @@ import anyio
 import anyio.lowlevel
 from anyio.abc import TaskGroup
 
-from .._core.chain import as_async, chain, core, finalise_error, handler_exit
-from .._core.deferred import Deferred
+from .._core.chain import as_async, compose
 from .._core.exceptions import StatusError, UnknownHandlerError
 from .._core.job import Ctx, Job
 from .._core.status import Status
@@ -230,7 +229,9 @@ class Worker:
         if grace < 0:
             raise ValueError(f"shutdown_grace must be >= 0, got {shutdown_grace!r}")
         self.adapters: tuple[Adapter, ...] = tuple(adapters)
-        self._wrap = chain(*self.adapters)
+        for i, adapter in enumerate(self.adapters):
+            if not callable(adapter):
+                raise TypeError(f"adapter #{i} ({adapter!r}) is not callable")
         self.max_concurrency = max_concurrency
         self.name = name or f"worker-{next(self._names)}"
         self.shutdown_grace = grace
@@ -265,18 +266,18 @@ class Worker:
         """Register ``fn`` (``async def`` or plain ``def``) as the handler named ``name``.
 
         Raises:
-            ValueError: ``name`` is empty or already registered.
+            ValueError: ``name`` is blank or already registered.
             TypeError: ``fn`` is not callable or ``name`` not a str.
         """
         if not isinstance(name, str):
             raise TypeError(f"a handler name must be a str, got {type(name).__name__}")
-        if not name:
-            raise ValueError("a handler name must not be empty")
+        if not name or name.isspace():
+            raise ValueError(f"a handler name must not be blank, got {name!r}")
         if name in self._handlers:
             raise ValueError(f"a handler named {name!r} is already registered on {self.name}")
         handler = as_async(fn)
         self._handlers[name] = fn
-        self._chains[name] = self._wrap(core(handler))
+        self._chains[name] = compose(self.adapters, handler)
 
     def handler(self, name: str | None = None) -> Callable[[F], F]:
         """Decorator form of :meth:`register`; the default name is the function's ``__name__``.
@@ -663,6 +664,8 @@ class Worker:
         queues: tuple[str, ...] | list[str] = ("default",),
         concurrency: int | None = None,
         lease: float = 30.0,
+        lost_limit: int = 3,
+        unknown_handler_grace: float = 300.0,
     ) -> None:
         """Consume jobs from a durable store until cancelled or the worker stops.
 
@@ -678,10 +681,23 @@ class Worker:
             concurrency: at most this many of the store's jobs at once (default: the worker's
                 ``max_concurrency``, else 16).
             lease: seconds a claim holds before another worker may take the job over.
+            lost_limit: a job whose worker was lost (its lease expired) goes back whatever its
+                retry policy, until this many losses; then it fails 500 "worker lost".
+            unknown_handler_grace: a job for a handler this worker lacks goes back for another
+                worker without using an attempt; it fails 404 only when no worker has run it
+                within this many seconds of the first hand-back.
         """
         from .._durable.consumer import serve_store
 
-        await serve_store(self, store, queues=queues, concurrency=concurrency, lease=lease)
+        await serve_store(
+            self,
+            store,
+            queues=queues,
+            concurrency=concurrency,
+            lease=lease,
+            lost_limit=lost_limit,
+            unknown_handler_grace=unknown_handler_grace,
+        )
 
     # -- running executions -----------------------------------------------------------------
 
@@ -754,18 +770,10 @@ class Worker:
                 try:
                     execution.result = await execution._handler(execution.job)
                 except Exception as exc:
-                    # The same rules as core(), once more around the whole chain, so an
-                    # exception raised by an adapter also ends as a status.
+                    # The settle steps have set the status already; keep the cause.
                     execution.error = exc
-                    ctx.status = finalise_error(ctx.status, exc)
-                except SystemExit as exc:  # raised by an adapter, outside core()
-                    execution.error = handler_exit(exc)
-                    ctx.status = Status.INTERNAL_ERROR
             if scope.cancelled_caught:
                 ctx.status = Status.CANCELLED
-            elif ctx.status is Status.UNKNOWN:
-                deferred = isinstance(execution.result, Deferred)
-                ctx.status = Status.ACCEPTED if deferred else Status.SUCCESS
         except BaseException as exc:
             ctx.status = Status.CANCELLED
             if not isinstance(exc, anyio.get_cancelled_exc_class()):

@@ -27,12 +27,14 @@ from typing import Any, NoReturn
 
 import anyio
 
+from .. import __version__
 from .._core.job import Job
 from .._core.retry import RetryPolicy
 from .._core.status import Status
+from .._core.validate import INT_MIN
 from .._durable.queue import Queue
 from ..stores import JobRecord, JobState, mask_url
-from ._common import CLIError, connected, open_store_of
+from ._common import CLIError, connected, int_arg, open_store_of, seconds_arg
 from .worker import load_worker, parse_listen, run_worker_command
 
 __all__ = ["CLIError", "build_parser", "load_worker", "main", "mask_url", "record_to_dict"]
@@ -116,7 +118,7 @@ def _bad_input() -> Iterator[None]:
 
 
 async def _cmd_jobs_list(ns: argparse.Namespace) -> int:
-    async with connected(open_store_of(ns)) as store:
+    async with connected(open_store_of(ns), create=False) as store:
         with _bad_input():
             records = await Queue(store).list(
                 state=JobState(ns.state) if ns.state else None,
@@ -151,7 +153,7 @@ async def _cmd_jobs_list(ns: argparse.Namespace) -> int:
 
 
 async def _cmd_jobs_get(ns: argparse.Namespace) -> int:
-    async with connected(open_store_of(ns)) as store:
+    async with connected(open_store_of(ns), create=False) as store:
         record = await Queue(store).get(ns.id)
     if record is None:
         raise CLIError(f"no job with id {ns.id!r} in {mask_url(ns.store)}")
@@ -167,7 +169,7 @@ async def _cmd_jobs_get(ns: argparse.Namespace) -> int:
 
 
 async def _cmd_jobs_cancel(ns: argparse.Namespace) -> int:
-    async with connected(open_store_of(ns)) as store:
+    async with connected(open_store_of(ns), create=False) as store:
         queue = Queue(store)
         if await queue.cancel(ns.id):
             print(f"cancelled {ns.id}")
@@ -179,7 +181,7 @@ async def _cmd_jobs_cancel(ns: argparse.Namespace) -> int:
 
 
 async def _cmd_stats(ns: argparse.Namespace) -> int:
-    async with connected(open_store_of(ns)) as store:
+    async with connected(open_store_of(ns), create=False) as store:
         stats = await Queue(store).stats()
     if ns.json:
         _print_json(stats)
@@ -249,17 +251,21 @@ def _run(
     return run
 
 
-def _add_store(parser: argparse.ArgumentParser) -> None:
+def _add_store(parser: argparse.ArgumentParser, *, top: bool = False) -> None:
+    """Add ``--store`` and ``--store-option``: to the program itself (``top``), where they
+    hold the defaults, and to each sub-command, where they override only when given, so
+    ``anywork --store URL stats`` and ``anywork stats --store URL`` mean the same."""
+    default = os.environ.get("ANYWORK_STORE", DEFAULT_STORE)
     parser.add_argument(
         "--store",
-        default=os.environ.get("ANYWORK_STORE", DEFAULT_STORE),
+        default=default if top else argparse.SUPPRESS,
         metavar="URL",
-        help="store URL (default: $ANYWORK_STORE, else %(default)s)",
+        help=f"store URL (default: $ANYWORK_STORE, else {DEFAULT_STORE})",
     )
     parser.add_argument(
         "--store-option",
         action="append",
-        default=[],
+        default=[] if top else argparse.SUPPRESS,
         metavar="KEY=VALUE",
         help="an option for the store (a JSON value or a string), e.g. schema=jobs; repeatable",
     )
@@ -272,6 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
         The parser; each sub-command stores its coroutine or function in ``func``.
     """
     parser = _Parser(prog=_PROG, description="Run anywork workers and manage durable queues.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    _add_store(parser, top=True)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     states = [str(s) for s in JobState]
 
@@ -279,8 +287,10 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("target", metavar="module:attr", help="a Worker, or a callable returning one")
     _add_store(w)
     w.add_argument("--queues", default="default", help="comma-separated queues (default: default)")
-    w.add_argument("--concurrency", type=int, default=None, help="jobs at once per process")
-    w.add_argument("--processes", type=int, default=1, help="worker processes (a supervisor)")
+    w.add_argument("--concurrency", type=int_arg(1), default=None, help="jobs at once per process")
+    w.add_argument(
+        "--processes", type=int_arg(1), default=1, help="worker processes (a supervisor)"
+    )
     w.add_argument(
         "--http",
         type=parse_listen,
@@ -288,7 +298,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="serve /metrics, /ready, /live (needs the server extra)",
     )
-    w.add_argument("--lease", type=float, default=30.0, help="lease seconds (default: 30)")
+    w.add_argument(
+        "--lease", type=seconds_arg(positive=True), default=30.0, help="lease seconds (default: 30)"
+    )
+    w.add_argument(
+        "--lost-limit",
+        type=int_arg(1),
+        default=3,
+        help="fail a job once its worker was lost this many times (default: 3)",
+    )
     w.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio")
     w.set_defaults(func=run_worker_command)
 
@@ -299,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--state", choices=states)
     ls.add_argument("--queue")
     ls.add_argument("--handler")
-    ls.add_argument("--limit", type=int, default=100)
+    ls.add_argument("--limit", type=int_arg(0), default=100)
     ls.add_argument("--after", metavar="ID", help="the last id of the previous page")
     ls.add_argument("--json", action="store_true", help="print JSON")
     ls.set_defaults(func=_run(_cmd_jobs_list))
@@ -323,10 +341,10 @@ def build_parser() -> argparse.ArgumentParser:
     enq.add_argument("--args", default="{}", metavar="JSON", help="a JSON object (default: {})")
     _add_store(enq)
     enq.add_argument("--queue", default="default")
-    enq.add_argument("--delay", type=float, default=None, metavar="S")
-    enq.add_argument("--priority", type=int, default=0)
+    enq.add_argument("--delay", type=seconds_arg(positive=False), default=None, metavar="S")
+    enq.add_argument("--priority", type=int_arg(INT_MIN), default=0)
     enq.add_argument("--unique-key", default=None, metavar="K")
-    enq.add_argument("--max-attempts", type=int, default=None, metavar="N")
+    enq.add_argument("--max-attempts", type=int_arg(1), default=None, metavar="N")
     enq.add_argument("--json", action="store_true", help="print the stored record as JSON")
     enq.set_defaults(func=_run(_cmd_enqueue))
     return parser

@@ -33,6 +33,9 @@ __all__ = ["load_worker", "parse_listen", "run_worker_command"]
 _SUPERVISOR_ENV = "ANYWORK_SUPERVISOR_PID"
 # A crashed child is restarted after 0.5 s, doubling up to 10 s while it keeps crashing.
 _RESTART_PAUSES = Exponential(0.5, cap=10.0, jitter=False)
+# /ready reads this id from the store, and gives it this long to answer.
+_READY_PROBE_ID = "anywork-ready-probe"
+_READY_PROBE_TIMEOUT = 2.0
 # Schemes whose drivers (asyncpg, redis-py) run on asyncio only.
 _ASYNCIO_ONLY = frozenset({"postgresql", "postgres", "redis", "rediss"})
 
@@ -155,8 +158,8 @@ class _CountingStore:
         await self._inner.complete(owner, outcomes)
         self.counts.update((str(o.state), int(o.status)) for o in outcomes)
 
-    async def reap(self) -> int:
-        return await self._inner.reap()
+    async def reap(self, *, lost_limit: int = 3) -> int:
+        return await self._inner.reap(lost_limit=lost_limit)
 
     async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
         await self._inner.wait_for_work(queues, timeout)
@@ -179,10 +182,24 @@ class _CountingStore:
 
 
 class _Probe:
-    """What ``/ready`` reports: True once the store is connected and the worker serves."""
+    """What ``/ready`` reports: the worker serves (``ready``) and its store answers now."""
 
-    def __init__(self) -> None:
+    def __init__(self, store: Store | None = None) -> None:
         self.ready = False
+        self.store = store
+
+    async def store_answers(self) -> bool:
+        """Read one job by id (the cheapest call every store has), within a bound: a store
+        that is down or hangs makes ``/ready`` say 503 rather than wait or lie."""
+        if self.store is None:
+            return True
+        with anyio.move_on_after(_READY_PROBE_TIMEOUT):
+            try:
+                await self.store.get(_READY_PROBE_ID)
+            except Exception:
+                return False
+            return True
+        return False
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -205,9 +222,11 @@ def _http_app(probe: _Probe) -> Any:
         return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
     async def ready(request: Request) -> Response:
-        if probe.ready:
-            return PlainTextResponse("READY")
-        return PlainTextResponse("NOT READY", status_code=503)
+        if not probe.ready:
+            return PlainTextResponse("NOT READY", status_code=503)
+        if not await probe.store_answers():
+            return PlainTextResponse("NOT READY: the store does not answer", status_code=503)
+        return PlainTextResponse("READY")
 
     async def live(request: Request) -> Response:
         return PlainTextResponse("OK")
@@ -284,7 +303,7 @@ async def _watch_parent(stop: anyio.Event, parent: int) -> None:
 
 async def _run_worker(ns: argparse.Namespace, worker: Worker) -> int:
     store = _CountingStore(open_store_of(ns))
-    probe = _Probe()
+    probe = _Probe(store)
     stop = anyio.Event()
     sock = _bind(*ns.http) if ns.http else None
     queues = tuple(q for q in ns.queues.split(",") if q)
@@ -325,7 +344,13 @@ async def _serve(
     async with entered(store), anyio.create_task_group() as serving, worker:
 
         async def serve() -> None:
-            await worker.serve(store, queues=queues, concurrency=ns.concurrency, lease=ns.lease)
+            await worker.serve(
+                store,
+                queues=queues,
+                concurrency=ns.concurrency,
+                lease=ns.lease,
+                lost_limit=ns.lost_limit,
+            )
             stop.set()
 
         serving.start_soon(serve)
@@ -346,6 +371,7 @@ def _child_command(ns: argparse.Namespace, index: int) -> list[str]:
     """The command line of child ``index``: ours without --processes, its own --http port."""
     cmd = [sys.executable, "-m", "work.cli", "worker", ns.target, "--store", ns.store]
     cmd += ["--queues", ns.queues, "--lease", repr(ns.lease), "--backend", ns.backend]
+    cmd += ["--lost-limit", str(ns.lost_limit)]
     for option in ns.store_option:
         cmd += ["--store-option", option]
     if ns.concurrency is not None:
@@ -429,6 +455,8 @@ def run_worker_command(ns: argparse.Namespace) -> int:
         raise CLIError(f"--concurrency must be >= 1, got {ns.concurrency}", 2)
     if ns.lease <= 0:
         raise CLIError(f"--lease must be > 0 seconds, got {ns.lease:g}", 2)
+    if ns.lost_limit < 1:
+        raise CLIError(f"--lost-limit must be >= 1, got {ns.lost_limit}", 2)
     if not [q for q in ns.queues.split(",") if q]:
         raise CLIError(f"--queues must name at least one queue, got {ns.queues!r}", 2)
     scheme = urlsplit(ns.store).scheme.lower()
@@ -445,8 +473,9 @@ def run_worker_command(ns: argparse.Namespace) -> int:
                 "--http needs the server extra (starlette, uvicorn): pip install 'anywork[server]'",
                 2,
             ) from None
+    # A bad URL, option or a missing driver fails here, once, not in every child.
+    open_store_of(ns)
     if ns.processes > 1:
-        open_store_of(ns)  # a bad URL or option fails here, once, not in every child
         return anyio.run(_supervise, ns)
     worker = load_worker(ns.target)
     return anyio.run(_run_worker, ns, worker, backend=ns.backend)

@@ -1,4 +1,4 @@
-"""Durable schedules' targets: ``Webhook``, its handler and the callbacks that finish it."""
+"""Durable schedules: expressions, schedules, the scheduler, Webhook targets and callbacks."""
 
 from __future__ import annotations
 

@@ -9,6 +9,7 @@ from ._base import Outcome as Outcome
 from ._base import Store as Store
 from ._open import mask_url as mask_url
 from ._open import open_store as open_store
+from ._server import StoreAuthenticationError as StoreAuthenticationError
 from ._server import StoreUnavailableError as StoreUnavailableError
 
 __all__ = (
@@ -17,6 +18,7 @@ __all__ = (
     "JobState",
     "Outcome",
     "Store",
+    "StoreAuthenticationError",
     "StoreUnavailableError",
     "mask_url",
     "open_store",

@@ -35,7 +35,7 @@ from typing import Any, Protocol, Self, runtime_checkable
 
 from .._core.status import Status
 
-__all__ = ["Claimed", "JobRecord", "JobState", "Outcome", "Store"]
+__all__ = ["DEFAULT_LOST_LIMIT", "Claimed", "JobRecord", "JobState", "Outcome", "Store"]
 
 
 class JobState(StrEnum):
@@ -122,13 +122,22 @@ class JobRecord:
         return dataclasses.replace(self, **changes)
 
 
+DEFAULT_LOST_LIMIT = 3
+"""How many times a job's worker may be lost before :meth:`Store.reap` fails it."""
+
+
 @dataclass(frozen=True, slots=True)
 class Claimed:
     """A job a worker has claimed: its record (state RUNNING, attempts counted) and, when the
-    stored payload could not be decoded, why (the worker then fails it with 400)."""
+    stored payload could not be decoded, why (the worker then fails it with 400).
+
+    ``unknown_since`` is when a worker first handed the job back because it lacked its handler
+    (kept by the store from :attr:`Outcome.unknown_since`), or None.
+    """
 
     record: JobRecord
     decode_error: str | None = None
+    unknown_since: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -148,6 +157,9 @@ class Outcome:
         deferral: True for a RetryLater deferral: ``deferrals`` is incremented.
         deadline: for WAITING (the handler returned ``Deferred``): when the wait ends.
         ttl: for WAITING: the Deferred's ttl, kept as the record's ``deferred_ttl``.
+        unknown_since: for a job handed back because this worker lacks its handler, when the
+            first such hand-back happened; the store keeps it and returns it with the next
+            claim (:attr:`Claimed.unknown_since`). Any other outcome clears it (None).
     """
 
     id: str
@@ -160,6 +172,7 @@ class Outcome:
     deferral: bool = False
     deadline: datetime | None = None
     ttl: float | None = None
+    unknown_since: datetime | None = None
 
 
 @runtime_checkable
@@ -254,11 +267,17 @@ class Store(Protocol):
         ``deferred_ttl`` (from ``ttl``); the job is then held by no one."""
         ...
 
-    async def reap(self) -> int:
-        """Handle RUNNING jobs whose lease expired (their worker was lost): back to QUEUED if
-        attempts remain (the attempt counts), else FAILED with 500 and error "worker lost";
-        CANCELLED (499) if a cancel was requested. Returns how many jobs it changed. Safe to
-        call from many workers at once."""
+    async def reap(self, *, lost_limit: int = DEFAULT_LOST_LIMIT) -> int:
+        """Handle RUNNING jobs whose lease expired (their worker was lost).
+
+        Losing a worker is not the job's failure: whatever its retry settings (``attempts``
+        and ``max_attempts`` play no part), the job goes back to QUEUED with status 500 and
+        error "worker lost", ready at once; the attempt counts (``attempts`` is not given
+        back). The store counts, per job, how many times its worker was lost: the
+        ``lost_limit``-th time the job ends FAILED with 500 and "worker lost" instead (a job
+        that kills every worker running it cannot loop forever). A job whose cancel was
+        requested becomes CANCELLED (499). Returns how many jobs it changed. Safe to call from
+        many workers at once."""
         ...
 
     async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:

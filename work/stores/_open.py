@@ -10,6 +10,12 @@ from ._base import Store
 
 __all__ = ["SCHEMES", "mask_url", "open_store"]
 
+# The driver each store module imports, and the extra that installs it.
+_DRIVERS: dict[str, tuple[str, str]] = {
+    "work.stores.postgres": ("asyncpg", "postgres"),
+    "work.stores.redis": ("redis", "redis"),
+}
+
 # scheme -> (module, class); imported only when used, so a driver is needed only for its store.
 SCHEMES: dict[str, tuple[str, str]] = {
     "memory": ("work.stores.memory", "MemoryStore"),
@@ -48,6 +54,8 @@ def open_store(url: str, **options: Any) -> Store:
     Raises:
         ValueError: the URL has no scheme, or one no store handles (the message lists them).
         TypeError: ``url`` is not a str.
+        ImportError: the store's driver is not installed (the message names the extra:
+            ``pip install 'anywork[postgres]'``).
     """
     if not isinstance(url, str):
         raise TypeError(f"a store URL must be a str, got {type(url).__name__}")
@@ -56,6 +64,16 @@ def open_store(url: str, **options: Any) -> Store:
         known = ", ".join(f"{s}://" for s in SCHEMES)
         raise ValueError(f"unknown store URL scheme in {mask_url(url)!r}; known schemes: {known}")
     module_name, class_name = SCHEMES[scheme]
-    module = importlib.import_module(module_name)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        driver, extra = _DRIVERS.get(module_name, ("", ""))
+        if not driver or (exc.name or "").partition(".")[0] != driver:
+            raise
+        raise ImportError(
+            f"the {scheme}:// store needs {driver}, which is not installed: "
+            f"pip install 'anywork[{extra}]'",
+            name=driver,
+        ) from exc
     store: Store = getattr(module, class_name)(url, **options)
     return store

@@ -8,9 +8,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .._core.status import Status
-from ._base import JobRecord, JobState
+from ._base import Claimed, JobRecord, JobState
 
 __all__ = [
+    "claimed_row",
     "decode_row",
     "dumps",
     "insert_object",
@@ -82,6 +83,31 @@ def decode_row(row: Any) -> tuple[JobRecord, str | None]:
         deferred_ttl=row["deferred_ttl"],
     )
     return record, args_error or headers_error
+
+
+_TIMES = ("enqueued_at", "scheduled_for", "started_at", "finished_at")
+
+
+def claimed_row(row: Any) -> Claimed:
+    """A claimed row as a Claimed. A row that cannot be turned into a record (a time stored
+    as +-infinity, which asyncpg reads as a naive datetime; a result that is not JSON …) comes
+    back alone with a ``decode_error`` naming what failed, never failing its whole batch."""
+    try:
+        for name in _TIMES:
+            when = row[name]
+            if when is not None and when.tzinfo is None:
+                raise ValueError(f"job {name} is out of range ({when.year:04d}: +-infinity)")
+        record, error = decode_row(row)
+        return Claimed(record, error, row["unknown_since"])
+    except Exception as exc:  # any broken row, whatever broke: fail it alone
+        bare = JobRecord(
+            id=str(row["id"]),
+            handler=str(row["handler"]),
+            queue=str(row["queue"]),
+            state=JobState.RUNNING,
+            attempts=row["attempts"] if isinstance(row["attempts"], int) else 1,
+        )
+        return Claimed(bare, f"the stored job could not be decoded: {exc}")
 
 
 def utc(when: datetime) -> datetime:

@@ -182,9 +182,9 @@ return stop
 
 # ARGV: prefix, owner, now, cap, and a JSON array with, per outcome, an array of strings: id,
 # state, status, result (opt), error (opt), scheduled_for (opt), give_back ('1'/'0'),
-# deferral ('1'/'0'), deadline (opt), ttl (opt; the last two for WAITING). One argument for
-# the batch, as for add: redis-py packs a command argument by argument, which cost more than
-# the script itself with 8 per outcome.
+# deferral ('1'/'0'), unknown_since (opt), deadline (opt), ttl (opt; the last two for
+# WAITING). One argument for the batch, as for add: redis-py packs a command argument by
+# argument, which cost more than the script itself with 8 per outcome.
 COMPLETE = (
     LUA_PRELUDE
     + r"""
@@ -210,6 +210,9 @@ for _, o in ipairs(cjson.decode(ARGV[5])) do
       redis.call('HINCRBY', jk, 'attempts', -1)
     end
     if o[8] == '1' then redis.call('HINCRBY', jk, 'deferrals', 1) end
+    local unknown = opt(o[9] or '')
+    if unknown then redis.call('HSET', jk, 'unknown_since', unknown)
+    else redis.call('HDEL', jk, 'unknown_since') end
     if state == 'scheduled' then
       due = due or now
       redis.call('HSET', jk, 'scheduled_for', due)
@@ -220,9 +223,10 @@ for _, o in ipairs(cjson.decode(ARGV[5])) do
       wake(q, cap)
     elseif state == 'waiting' then
       -- Held by no one until settled or its deadline passes; it keeps its unique key.
-      local deadline = opt(o[9]) or now
+      local deadline = opt(o[10] or '') or now
       redis.call('HSET', jk, 'deadline', deadline)
-      if opt(o[10]) then redis.call('HSET', jk, 'deferred_ttl', opt(o[10])) end
+      local ttl = opt(o[11] or '')
+      if ttl then redis.call('HSET', jk, 'deferred_ttl', ttl) end
       redis.call('ZADD', P .. ':waiting', deadline, id)
     else
       redis.call('HSET', jk, 'finished_at', now)
@@ -236,11 +240,13 @@ return 0
 """
 )
 
-# ARGV: prefix, now, cap, batch.   Returns how many jobs changed.
+# ARGV: prefix, now, cap, batch, lost_limit.   Returns how many jobs changed. Losing a worker
+# is not the job's failure: the job goes back whatever its attempts, until its worker was lost
+# lost_limit times.
 REAP = (
     LUA_PRELUDE
     + r"""
-local now, cap = ARGV[2], ARGV[3]
+local now, cap, lost_limit = ARGV[2], ARGV[3], tonumber(ARGV[5])
 local n = 0
 local lost = redis.call('ZRANGEBYSCORE', P .. ':running', '-inf', now, 'LIMIT', 0, ARGV[4])
 for _, id in ipairs(lost) do
@@ -255,7 +261,7 @@ for _, id in ipairs(lost) do
       state = 'cancelled'
       redis.call('HSET', jk, 'status', '499', 'error', 'cancelled', 'finished_at', now)
       release_unique(q, f[6], id)
-    elseif tonumber(f[4]) < tonumber(f[5]) then
+    elseif redis.call('HINCRBY', jk, 'lost', 1) < lost_limit then
       state = 'queued'
       redis.call('HSET', jk, 'status', '500', 'error', 'worker lost')
       redis.call('HDEL', jk, 'scheduled_for')

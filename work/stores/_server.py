@@ -6,7 +6,7 @@ import asyncio
 
 from .._core.exceptions import WorkError
 
-__all__ = ["StoreUnavailableError", "require_asyncio"]
+__all__ = ["StoreAuthenticationError", "StoreUnavailableError", "require_asyncio"]
 
 
 class StoreUnavailableError(WorkError, ConnectionError):
@@ -28,6 +28,26 @@ class StoreUnavailableError(WorkError, ConnectionError):
         self.port = port
         super().__init__(
             f"cannot connect to {self.server} at {host}:{port}: {reason or type(reason).__name__}"
+        )
+
+
+class StoreAuthenticationError(WorkError):
+    """Raised when a store's server refuses the credentials (a wrong or missing password or
+    user).
+
+    Not a ``ConnectionError``: waiting cannot heal it, so a worker exits (code 1) instead of
+    retrying, the same on every store.
+
+    Attributes:
+        host: the host the store tried.
+        port: the port the store tried.
+    """
+
+    def __init__(self, server: str, host: str, port: int | str, reason: BaseException) -> None:
+        self.host = host
+        self.port = port
+        super().__init__(
+            f"{server} at {host}:{port} refused the credentials: {reason or type(reason).__name__}"
         )
 
 

@@ -15,7 +15,7 @@ import anyio
 
 from .._core.exceptions import JobStateError
 from .._core.status import Status
-from ._base import Claimed, JobRecord, JobState, Outcome
+from ._base import DEFAULT_LOST_LIMIT, Claimed, JobRecord, JobState, Outcome
 
 __all__ = ["MemoryStore"]
 
@@ -90,6 +90,8 @@ class _Row:
     owner: str | None = None
     lease_until: datetime | None = None
     cancel_requested: bool = False
+    lost: int = 0  # how many times the job's worker was lost (see Store.reap)
+    unknown_since: datetime | None = None  # see Outcome.unknown_since
 
 
 def _due(row: _Row) -> datetime:
@@ -306,7 +308,7 @@ class MemoryStore:
                 )
                 row.owner, row.lease_until, row.cancel_requested = owner, until, False
                 decode_error = _decode_error(row.args_json)
-                out.append(Claimed(self._snapshot(row), decode_error))
+                out.append(Claimed(self._snapshot(row), decode_error, row.unknown_since))
             return out
 
     async def renew(self, owner: str, ids: Sequence[str], *, lease: float) -> set[str]:
@@ -353,14 +355,16 @@ class MemoryStore:
                     deferrals=rec.deferrals + 1 if outcome.deferral else rec.deferrals,
                 )
                 row.owner, row.lease_until, row.cancel_requested = None, None, False
+                row.unknown_since = outcome.unknown_since
                 if outcome.state.is_final:
                     self._active.pop(outcome.id, None)
                 wake = wake or not outcome.state.is_final
         if wake:
             self._notifier.notify()
 
-    async def reap(self) -> int:
-        """Put back (or fail, or cancel) RUNNING jobs whose lease expired; return how many."""
+    async def reap(self, *, lost_limit: int = DEFAULT_LOST_LIMIT) -> int:
+        """Put back (or fail after ``lost_limit`` losses, or cancel) RUNNING jobs whose lease
+        expired; return how many (see :meth:`work.stores.Store.reap`)."""
         now = _now()
         changed = 0
         with self._lock:
@@ -377,20 +381,22 @@ class MemoryStore:
                         error="cancelled",
                         finished_at=now,
                     )
-                elif rec.attempts < rec.max_attempts:
-                    row.record = rec.replace(
-                        state=JobState.QUEUED,
-                        status=Status.INTERNAL_ERROR,
-                        error=_WORKER_LOST,
-                        scheduled_for=None,
-                    )
                 else:
-                    row.record = rec.replace(
-                        state=JobState.FAILED,
-                        status=Status.INTERNAL_ERROR,
-                        error=_WORKER_LOST,
-                        finished_at=now,
-                    )
+                    row.lost += 1
+                    if row.lost < lost_limit:
+                        row.record = rec.replace(
+                            state=JobState.QUEUED,
+                            status=Status.INTERNAL_ERROR,
+                            error=_WORKER_LOST,
+                            scheduled_for=None,
+                        )
+                    else:
+                        row.record = rec.replace(
+                            state=JobState.FAILED,
+                            status=Status.INTERNAL_ERROR,
+                            error=_WORKER_LOST,
+                            finished_at=now,
+                        )
                 row.owner, row.lease_until, row.cancel_requested = None, None, False
                 if row.record.state.is_final:
                     del self._active[rec.id]
@@ -487,17 +493,6 @@ class MemoryStore:
             # Wake a little after the due time so the claim that follows finds it ready.
             timeout = min(timeout, (next_due - now).total_seconds() + 0.001)
         await self._notifier.wait(timeout)
-
-    # -- for tests ------------------------------------------------------------------------------
-
-    async def corrupt_args(self, id: str, raw: str = "{not json") -> None:
-        """Replace a job's stored args with ``raw`` (a test seam for undecodable payloads).
-
-        Raises:
-            KeyError: no job with this id.
-        """
-        with self._lock:
-            self._rows[id].args_json = raw
 
 
 def _decode_error(args_json: str) -> str | None:

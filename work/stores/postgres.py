@@ -19,9 +19,10 @@ import anyio
 import asyncpg  # type: ignore[import-untyped]
 
 from .._core.exceptions import JobStateError
-from ._base import Claimed, JobRecord, JobState, Outcome
+from ._base import DEFAULT_LOST_LIMIT, Claimed, JobRecord, JobState, Outcome
 from ._open import mask_url
 from ._postgres_rows import (
+    claimed_row,
     decode_row,
     dumps,
     insert_object,
@@ -30,11 +31,11 @@ from ._postgres_rows import (
     stored_record,
     utc,
 )
-from ._server import StoreUnavailableError, require_asyncio
+from ._server import StoreAuthenticationError, StoreUnavailableError, require_asyncio
 
 __all__ = ["PostgresStore", "PostgresUnavailableError"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """The schema version this module creates and expects."""
 
 _WORKER_LOST = "worker lost"
@@ -145,6 +146,19 @@ def _migration_v1(s: str, channel: str) -> list[str]:
 
 
 def _migration_v2(s: str) -> list[str]:
+    """The statements that take schema ``s`` (quoted) from version 1 to 2."""
+    return [
+        # How many times the job's worker was lost (reap fails it at the lost limit), and
+        # when a worker first handed it back for lack of its handler.
+        f"ALTER TABLE {s}.jobs ADD COLUMN IF NOT EXISTS lost integer NOT NULL DEFAULT 0",
+        f"ALTER TABLE {s}.jobs ADD COLUMN IF NOT EXISTS unknown_since timestamptz",
+        # The oldest finished jobs first, for purges.
+        f"""CREATE INDEX IF NOT EXISTS jobs_finished ON {s}.jobs (finished_at)
+            WHERE state IN ('succeeded', 'failed', 'cancelled')""",
+    ]
+
+
+def _migration_v3(s: str) -> list[str]:
     """Deferred completion: WAITING jobs' deadline and ttl, a WAITING job keeps its unique
     key, and store-wide settings (the callback secret)."""
     return [
@@ -306,6 +320,7 @@ class PostgresStore:
         Raises:
             RuntimeError: not running on asyncio (asyncpg is asyncio-only).
             PostgresUnavailableError: the server cannot be reached.
+            StoreAuthenticationError: the server refused the password or user.
         """
         _require_asyncio()
         if self._pool is not None:
@@ -320,6 +335,9 @@ class PostgresStore:
             )
         except _CONNECT_ERRORS as exc:
             raise PostgresUnavailableError(*_address(self._dsn), exc) from exc
+        except asyncpg.InvalidAuthorizationSpecificationError as exc:
+            # A wrong password or an unknown user: waiting will not heal it.
+            raise StoreAuthenticationError("PostgreSQL", *_address(self._dsn), exc) from exc
         self._runner = _Runner(self._pool, hold=self._max_size >= 2)
         try:
             await self._migrate()
@@ -392,6 +410,10 @@ class PostgresStore:
                 for statement in _migration_v2(self._s):
                     await conn.execute(statement)
                 await conn.execute(f"INSERT INTO {self._s}.schema_version VALUES (2)")
+            if version < 3:
+                for statement in _migration_v3(self._s):
+                    await conn.execute(statement)
+                await conn.execute(f"INSERT INTO {self._s}.schema_version VALUES (3)")
 
     async def _listen(self) -> None:
         try:
@@ -415,6 +437,31 @@ class PostgresStore:
         for waiter in self._waiters:
             if payload in waiter.queues:
                 waiter.event.set()
+
+    async def exists(self) -> bool:
+        """True when the database holds this store's schema; creates nothing (for read-only
+        commands, which must not leave an empty schema behind).
+
+        Raises:
+            PostgresUnavailableError: the server cannot be reached.
+            StoreAuthenticationError: the server refused the password or user.
+        """
+        _require_asyncio()
+        if self._pool is not None:
+            return True
+        try:
+            conn = await asyncpg.connect(self._dsn, **_connect_only(self._options))
+        except _CONNECT_ERRORS as exc:
+            raise PostgresUnavailableError(*_address(self._dsn), exc) from exc
+        except asyncpg.InvalidAuthorizationSpecificationError as exc:
+            raise StoreAuthenticationError("PostgreSQL", *_address(self._dsn), exc) from exc
+        try:
+            found = await conn.fetchval(
+                "SELECT to_regclass($1) IS NOT NULL", f"{self._s}.schema_version"
+            )
+        finally:
+            await conn.close()
+        return bool(found)
 
     async def drop(self) -> None:
         """Drop the store's schema and everything in it (for tests and teardown).
@@ -679,15 +726,8 @@ class PostgresStore:
             now + timedelta(seconds=lease),
         )
         # RETURNING does not keep the subquery's order.
-        rows = sorted(
-            rows,
-            key=lambda r: (
-                -r["priority"],
-                r["scheduled_for"] or r["enqueued_at"],
-                r["seq"],
-            ),
-        )
-        return [Claimed(*decode_row(row)) for row in rows]
+        rows = sorted(rows, key=_claim_order)
+        return [claimed_row(row) for row in rows]
 
     async def renew(self, owner: str, ids: Sequence[str], *, lease: float) -> set[str]:
         """Extend ``owner``'s leases on ``ids`` in one statement; return those it must stop
@@ -737,12 +777,13 @@ class PostgresStore:
                     attempts = CASE WHEN o.give_back THEN greatest(j.attempts - 1, 0)
                                     ELSE j.attempts END,
                     deferrals = j.deferrals + CASE WHEN o.deferral THEN 1 ELSE 0 END,
-                    owner = NULL, lease_until = NULL, cancel_requested = false
+                    owner = NULL, lease_until = NULL, cancel_requested = false,
+                    unknown_since = o.unknown_since
                 FROM unnest($3::text[], $4::text[], $5::int[], $6::text[], $7::text[],
                             $8::timestamptz[], $9::bool[], $10::bool[], $11::timestamptz[],
-                            $12::float8[])
+                            $12::timestamptz[], $13::float8[])
                     AS o(id, state, status, result, error, scheduled_for, give_back, deferral,
-                         deadline, ttl)
+                         unknown_since, deadline, ttl)
                 WHERE j.id = o.id AND j.state = 'running' AND j.owner = $1""",
             owner,
             _now(),
@@ -754,6 +795,7 @@ class PostgresStore:
             [o.scheduled_for for o in latest],
             [o.give_back_attempt for o in latest],
             [o.deferral for o in latest],
+            [o.unknown_since for o in latest],
             [o.deadline if o.state is JobState.WAITING else None for o in latest],
             [o.ttl if o.state is JobState.WAITING else None for o in latest],
         )
@@ -843,8 +885,9 @@ class PostgresStore:
                 return str(row["value"])
         raise RuntimeError(f"could not read or store the setting {key!r} in {self.url}")
 
-    async def reap(self) -> int:
-        """Put back (or fail, or cancel) RUNNING jobs whose lease expired; return how many.
+    async def reap(self, *, lost_limit: int = DEFAULT_LOST_LIMIT) -> int:
+        """Put back (or fail after ``lost_limit`` losses, or cancel) RUNNING jobs whose lease
+        expired; return how many (see :meth:`work.stores.Store.reap`).
 
         Safe from many workers at once: each expired job is locked by one reaper
         (``SKIP LOCKED``) and re-checked after the lock.
@@ -852,16 +895,16 @@ class PostgresStore:
         rows = await self._require_pool().fetch(
             f"""UPDATE {self._s}.jobs AS j SET
                     state = CASE WHEN j.cancel_requested THEN 'cancelled'
-                                 WHEN j.attempts < j.max_attempts THEN 'queued'
+                                 WHEN j.lost + 1 < $2 THEN 'queued'
                                  ELSE 'failed' END,
                     status = CASE WHEN j.cancel_requested THEN 499 ELSE 500 END,
                     error = CASE WHEN j.cancel_requested THEN 'cancelled'
                                  ELSE {_quote_literal(_WORKER_LOST)} END,
-                    finished_at = CASE WHEN j.cancel_requested OR j.attempts >= j.max_attempts
+                    finished_at = CASE WHEN j.cancel_requested OR j.lost + 1 >= $2
                                        THEN $1::timestamptz ELSE NULL END,
-                    scheduled_for = CASE WHEN j.cancel_requested
-                                           OR j.attempts >= j.max_attempts
+                    scheduled_for = CASE WHEN j.cancel_requested OR j.lost + 1 >= $2
                                          THEN j.scheduled_for ELSE NULL END,
+                    lost = j.lost + CASE WHEN j.cancel_requested THEN 0 ELSE 1 END,
                     owner = NULL, lease_until = NULL, cancel_requested = false
                 FROM (
                     SELECT id FROM {self._s}.jobs
@@ -871,6 +914,7 @@ class PostgresStore:
                 WHERE j.id = lost.id AND j.state = 'running' AND j.lease_until <= $1
                 RETURNING j.id""",
             _now(),
+            lost_limit,
         )
         return len(rows)
 
@@ -901,7 +945,8 @@ class PostgresStore:
             )
             if row["ready"]:
                 return
-            if row["next_due"] is not None:
+            # asyncpg reads 'infinity' as a naive datetime: such a job is never due.
+            if row["next_due"] is not None and row["next_due"].tzinfo is not None:
                 # A little after the due time, so the claim that follows finds it ready.
                 timeout = min(timeout, (row["next_due"] - now).total_seconds() + 0.001)
             if self._listener is None:
@@ -959,20 +1004,16 @@ class PostgresStore:
         )
         return [decode_row(row)[0] for row in await pool.fetch(sql, *params)]
 
-    # -- for tests ------------------------------------------------------------------------
 
-    async def corrupt_args(self, id: str, raw: str = "{not json") -> None:
-        """Overwrite a job's stored args with the text ``raw`` (a test seam: what another
-        writer might store), so that claiming it reports a ``decode_error``.
-
-        Raises:
-            KeyError: no job with this id.
-        """
-        status = await self._require_pool().execute(
-            f"UPDATE {self._s}.jobs SET args = $2 WHERE id = $1", id, raw
-        )
-        if status == "UPDATE 0":
-            raise KeyError(id)
+def _claim_order(row: Any) -> tuple[int, datetime, int]:
+    """A claimed row's place in claim order; asyncpg reads +-infinity as naive datetimes,
+    which must not break the sort of the whole batch."""
+    due = row["scheduled_for"] or row["enqueued_at"]
+    if due is None:
+        due = datetime.min
+    if due.tzinfo is None:
+        due = due.replace(tzinfo=UTC)
+    return (-row["priority"], due, row["seq"])
 
 
 async def _keep_session(conn: Any) -> None:

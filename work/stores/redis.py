@@ -11,16 +11,20 @@ from typing import Any, Self, cast
 import anyio
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
+from redis.exceptions import (
+    AuthenticationError,
+    AuthenticationWrongNumberOfArgsError,
+    NoScriptError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .._core.exceptions import JobStateError
 from .._core.status import Status
-from ._base import Claimed, JobRecord, JobState, Outcome
+from ._base import DEFAULT_LOST_LIMIT, Claimed, JobRecord, JobState, Outcome
 from ._open import mask_url
 from ._redis_lua import ADD, CANCEL, CLAIM, COMPLETE, HEARTBEAT, REAP, RENEW, SETTLE
-from ._server import StoreUnavailableError, require_asyncio
+from ._server import StoreAuthenticationError, StoreUnavailableError, require_asyncio
 
 __all__ = ["RedisStore", "RedisUnavailableError"]
 
@@ -30,6 +34,9 @@ SCHEMA_VERSION = 1
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 _CONNECT_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
+# A refused password or user (redis-py makes the first a ConnectionError; the second is the
+# reply of a server without a password to AUTH with one).
+_AUTH_ERRORS = (AuthenticationError, AuthenticationWrongNumberOfArgsError)
 # Wake tokens kept per queue: each wakes one blocked waiter (see wait_for_work).
 _WAKE_TOKENS = 64
 # Jobs per add script.
@@ -94,7 +101,22 @@ def _int(raw: str | None, default: int = 0) -> int:
 
 
 def _time(raw: str | None) -> datetime | None:
-    return None if raw is None else _EPOCH + timedelta(microseconds=int(raw))
+    """A stored time; one that is unreadable (written behind the store's back) reads as None,
+    so one bad job never breaks get() or list()."""
+    try:
+        return _time_strict(raw)
+    except (ValueError, OverflowError):
+        return None
+
+
+def _time_strict(raw: str | None) -> datetime | None:
+    """A stored time; raises ValueError naming it when unreadable (a claim fails that job)."""
+    if raw is None:
+        return None
+    try:
+        return _EPOCH + timedelta(microseconds=int(raw))
+    except (ValueError, OverflowError):
+        raise ValueError(f"a stored time is not microseconds since the epoch: {raw!r}") from None
 
 
 def _decode(fields: Mapping[str, str], args_raw: bytes | None) -> tuple[JobRecord, str | None]:
@@ -165,6 +187,33 @@ def _from_packed(packed: bytes, args: bytes) -> tuple[JobRecord, str | None]:
     (one bulk string instead of forty, which redis-py parses far faster), then the args."""
     fields = json.loads(packed.decode(errors="replace"))
     return _decode(fields if isinstance(fields, dict) else {}, args or None)
+
+
+def _claimed(packed: bytes, args: bytes) -> Claimed:
+    """A job as the claim script packs it, as a Claimed. A job that cannot be turned into a
+    record comes back alone with a ``decode_error`` naming what failed, never failing its
+    whole batch."""
+    try:
+        record, error = _from_packed(packed, args)
+        fields = json.loads(packed.decode(errors="replace"))
+        for name in ("enqueued_at", "scheduled_for", "started_at", "finished_at"):
+            _time_strict(fields.get(name))
+        unknown_since = _time_strict(fields.get("unknown_since"))
+    except Exception as exc:  # any broken job, whatever broke: fail it alone
+        try:
+            fields = json.loads(packed.decode(errors="replace"))
+            spec = json.loads(fields.get("spec") or "{}")
+        except Exception:  # even the id is unreadable: name what we can
+            fields, spec = {}, {}
+        bare = JobRecord(
+            id=str(fields.get("id", "")),
+            handler=str(spec.get("handler", "") if isinstance(spec, dict) else ""),
+            queue=str(fields.get("queue", "default")),
+            state=JobState.RUNNING,
+            attempts=_int(fields.get("attempts"), 1),
+        )
+        return Claimed(bare, f"the stored job could not be decoded: {exc}")
+    return Claimed(record, error, unknown_since)
 
 
 def _bytes_dict(raw: Any) -> dict[bytes, bytes]:
@@ -284,6 +333,7 @@ class RedisStore:
         Raises:
             RuntimeError: not running on asyncio, or keys written by a newer anywork.
             RedisUnavailableError: the server cannot be reached.
+            StoreAuthenticationError: the server refused the password or user.
         """
         _require_asyncio()
         if self._client is not None:
@@ -292,6 +342,10 @@ class RedisStore:
         client = aioredis.from_url(self._dsn, **self._options)
         try:
             await self._migrate(client)
+        except _AUTH_ERRORS as exc:
+            # redis-py makes these ConnectionErrors, but waiting will not heal them.
+            await client.aclose()
+            raise self._refused(client, exc) from None
         except _CONNECT_ERRORS as exc:
             await client.aclose()
             raise self._unavailable(client, exc) from exc
@@ -330,10 +384,20 @@ class RedisStore:
         if client is not None:
             await client.aclose()
 
-    def _unavailable(self, client: aioredis.Redis, exc: BaseException) -> RedisUnavailableError:
+    def _address(self, client: aioredis.Redis) -> tuple[str, int | str]:
         kwargs = client.connection_pool.connection_kwargs
         host = kwargs.get("path") or kwargs.get("host", "localhost")
-        return RedisUnavailableError(str(host), kwargs.get("port", 6379), exc)
+        return str(host), kwargs.get("port", 6379)
+
+    def _refused(self, client: aioredis.Redis, exc: BaseException) -> StoreAuthenticationError:
+        if client.connection_pool.connection_kwargs.get("password") is None:
+            # The server's own words ("HELLO must be called with the client already
+            # authenticated ...") do not say what to change.
+            exc = AuthenticationError("the URL gives no password")
+        return StoreAuthenticationError("Redis", *self._address(client), exc)
+
+    def _unavailable(self, client: aioredis.Redis, exc: BaseException) -> RedisUnavailableError:
+        return RedisUnavailableError(*self._address(client), exc)
 
     async def _migrate(self, client: aioredis.Redis) -> None:
         key = self._key("schema_version")
@@ -350,6 +414,27 @@ class RedisStore:
         if self._client is None:
             raise RuntimeError(f"{self!r} is not open: use `async with store:`")
         return self._client
+
+    async def exists(self) -> bool:
+        """True when the server holds keys of this store (its layout version); writes
+        nothing (for read-only commands, which must not leave a key behind).
+
+        Raises:
+            RedisUnavailableError: the server cannot be reached.
+            StoreAuthenticationError: the server refused the password or user.
+        """
+        _require_asyncio()
+        if self._client is not None:
+            return True
+        client = aioredis.from_url(self._dsn, **self._options)
+        try:
+            return bool(await client.exists(self._key("schema_version")))
+        except _AUTH_ERRORS as exc:
+            raise self._refused(client, exc) from None
+        except _CONNECT_ERRORS as exc:
+            raise self._unavailable(client, exc) from exc
+        finally:
+            await client.aclose()
 
     async def drop(self) -> None:
         """Delete every key under the store's prefix (for tests and teardown).
@@ -458,9 +543,7 @@ class RedisStore:
         now = _now_us()
         until = now + int(lease * 1_000_000)
         replies = await self._run("claim", [now, limit, until, owner, *queues])
-        return [
-            Claimed(*_from_packed(replies[i], replies[i + 1])) for i in range(0, len(replies), 2)
-        ]
+        return [_claimed(replies[i], replies[i + 1]) for i in range(0, len(replies), 2)]
 
     async def renew(self, owner: str, ids: Sequence[str], *, lease: float) -> set[str]:
         """Extend ``owner``'s leases on ``ids`` in one script; return those it must stop
@@ -495,6 +578,7 @@ class RedisStore:
                     _opt(due),
                     "1" if o.give_back_attempt else "0",
                     "1" if o.deferral else "0",
+                    _opt(None if o.unknown_since is None else str(_us(o.unknown_since))),
                     _opt(deadline),
                     _opt(ttl),
                 ]
@@ -572,13 +656,15 @@ class RedisStore:
         _, stored = await pipe.execute()
         return bytes(stored).decode()
 
-    async def reap(self) -> int:
-        """Put back (or fail, or cancel) RUNNING jobs whose lease expired; return how many.
+    async def reap(self, *, lost_limit: int = DEFAULT_LOST_LIMIT) -> int:
+        """Put back (or fail after ``lost_limit`` losses, or cancel) RUNNING jobs whose lease
+        expired; return how many (see :meth:`work.stores.Store.reap`).
 
         Each call handles at most 1000 of them, in one atomic script, so it is safe from
         many workers at once.
         """
-        return int(await self._run("reap", [_now_us(), _WAKE_TOKENS, _REAP_BATCH]))
+        args = [_now_us(), _WAKE_TOKENS, _REAP_BATCH, lost_limit]
+        return int(await self._run("reap", args))
 
     async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
         """Return when a job in ``queues`` may be ready, or after ``timeout`` seconds.
@@ -658,18 +744,3 @@ class RedisStore:
                         break
             start = f"({int(page[-1][1])}"
         return out
-
-    # -- for tests ------------------------------------------------------------------------
-
-    async def corrupt_args(self, id: str, raw: str = "{not json") -> None:
-        """Overwrite a job's stored args with ``raw`` (a test seam: what another writer might
-        store), so that claiming it reports a ``decode_error``.
-
-        Raises:
-            KeyError: no job with this id.
-        """
-        client = self._require()
-        key = self._key("job", id)
-        if not await client.exists(key):
-            raise KeyError(id)
-        await client.hset(key, "args", raw)

@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from types import TracebackType
 from typing import Any, NoReturn, Self, TypeVar
 from urllib.parse import urlsplit
@@ -19,7 +20,7 @@ import anyio.to_thread
 
 from .._core.exceptions import JobStateError
 from .._core.status import Status
-from ._base import Claimed, JobRecord, JobState, Outcome
+from ._base import DEFAULT_LOST_LIMIT, Claimed, JobRecord, JobState, Outcome
 from .memory import _decode_error, _Notifier
 
 __all__ = ["MIN_SQLITE_VERSION", "SCHEMA_VERSION", "SQLiteStore"]
@@ -27,7 +28,7 @@ __all__ = ["MIN_SQLITE_VERSION", "SCHEMA_VERSION", "SQLiteStore"]
 MIN_SQLITE_VERSION = (3, 35, 0)
 """``UPDATE … RETURNING`` arrived in SQLite 3.35."""
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """The schema this module creates; :meth:`SQLiteStore.__aenter__` migrates older files to it."""
 
 _T = TypeVar("_T")
@@ -38,8 +39,9 @@ _COLUMNS = (
     "timeout, retry, deferrals, deadline, deferred_ttl"
 )
 
-# Each entry migrates the schema from version i to i + 1. Statements are idempotent
-# (IF NOT EXISTS) so a half-applied migration on an old SQLite is harmless to repeat.
+# Each entry migrates the schema from version i to i + 1, inside the one BEGIN IMMEDIATE
+# transaction that read the version (SQLite's DDL is transactional), so concurrent openers
+# apply each step exactly once.
 _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (
         """
@@ -80,6 +82,24 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         " WHERE unique_key IS NOT NULL AND state IN ('queued', 'scheduled', 'running')",
     ),
     (
+        # How many times the job's worker was lost (reap fails it at the lost limit), and when
+        # a worker first handed it back for lack of its handler.
+        "ALTER TABLE anywork_jobs ADD COLUMN lost INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE anywork_jobs ADD COLUMN unknown_since REAL",
+        # Version 1's ready index led with state, so a claim (state = 'queued' OR ...) could
+        # not walk it in claim order: it searched every row of the queue, finished ones
+        # included, and sorted them in a temporary b-tree. These partial indexes hold only
+        # unfinished jobs, in the claim's exact order, so history never slows a claim or an
+        # idle poll.
+        "DROP INDEX IF EXISTS anywork_jobs_ready",
+        "CREATE INDEX IF NOT EXISTS anywork_jobs_claim"
+        " ON anywork_jobs (queue, priority DESC, due_at, seq, state)"
+        " WHERE state IN ('queued', 'scheduled')",
+        # The oldest finished jobs first, for purges.
+        "CREATE INDEX IF NOT EXISTS anywork_jobs_finished ON anywork_jobs (finished_at)"
+        " WHERE state IN ('succeeded', 'failed', 'cancelled')",
+    ),
+    (
         # Deferred completion: WAITING jobs, their deadline and the Deferred's ttl; a WAITING
         # job still holds its unique key; store-wide settings (the callback secret).
         "ALTER TABLE anywork_jobs ADD COLUMN deadline REAL",
@@ -101,7 +121,24 @@ def _ts(value: datetime | None) -> float | None:
 
 
 def _dt(value: float | None) -> datetime | None:
-    return datetime.fromtimestamp(value, UTC) if value is not None else None
+    """Unix seconds as an aware datetime; a time out of datetime's range (written behind the
+    store's back) reads as its nearest bound, so one bad row never breaks get() or list()."""
+    if value is None:
+        return None
+    try:
+        return datetime.fromtimestamp(value, UTC)
+    except (OverflowError, ValueError, OSError):
+        return (datetime.max if value > 0 else datetime.min).replace(tzinfo=UTC)
+
+
+def _dt_strict(value: float | None) -> datetime | None:
+    """As :func:`_dt`, but a time out of range raises (a claim fails that job with 400)."""
+    if value is None:
+        return None
+    try:
+        return datetime.fromtimestamp(value, UTC)
+    except (OverflowError, ValueError, OSError) as exc:
+        raise ValueError(f"a stored time is out of range ({value!r}): {exc}") from None
 
 
 def _loads_object(text: str | None) -> dict[str, Any]:
@@ -123,7 +160,8 @@ def _loads(text: str | None) -> Any:
         return None
 
 
-def _record(row: sqlite3.Row) -> JobRecord:
+def _record(row: sqlite3.Row, *, strict: bool = False) -> JobRecord:
+    dt = _dt_strict if strict else _dt
     return JobRecord(
         id=row["id"],
         handler=row["handler"],
@@ -138,10 +176,10 @@ def _record(row: sqlite3.Row) -> JobRecord:
         result=_loads(row["result"]),
         error=row["error"],
         unique_key=row["unique_key"],
-        enqueued_at=_dt(row["enqueued_at"]),
-        scheduled_for=_dt(row["scheduled_for"]),
-        started_at=_dt(row["started_at"]),
-        finished_at=_dt(row["finished_at"]),
+        enqueued_at=dt(row["enqueued_at"]),
+        scheduled_for=dt(row["scheduled_for"]),
+        started_at=dt(row["started_at"]),
+        finished_at=dt(row["finished_at"]),
         timeout=row["timeout"],
         retry=_loads(row["retry"]),
         deferrals=row["deferrals"],
@@ -164,6 +202,9 @@ _INSERT = (
     f"INSERT INTO anywork_jobs ({_COLUMNS}, due_at) VALUES ({_marks(23)}) ON CONFLICT DO NOTHING"
 )
 _ACTIVE = "('queued', 'scheduled', 'running', 'waiting')"
+# A job ready to be claimed (one parameter: now). The literal `state IN (...)` term lets
+# SQLite use the partial index anywork_jobs_claim, which holds unfinished jobs only.
+_CLAIMABLE = "state IN ('queued', 'scheduled') AND (state = 'queued' OR due_at <= ?)"
 # Positions in _insert_params' tuple (the order of _COLUMNS, then due_at).
 _AT = {name: i for i, name in enumerate(_COLUMNS.split(", "))}
 _ARGS, _HEADERS, _RESULT, _RETRY = _AT["args"], _AT["headers"], _AT["result"], _AT["retry"]
@@ -408,6 +449,29 @@ class SQLiteStore:
         """Close the connection when the outermost ``async with`` ends."""
         await anyio.to_thread.run_sync(self._close)
 
+    async def exists(self) -> bool:
+        """True when the file holds an anywork store; creates nothing (for read-only
+        commands, which must not leave an empty database behind)."""
+        return await anyio.to_thread.run_sync(self._exists)
+
+    def _exists(self) -> bool:
+        if self._conn is not None or self.path == ":memory:":
+            return True
+        target = Path(self.path)
+        if not target.is_file():
+            return False
+        conn = sqlite3.connect(f"{target.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            row = conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' "
+                "AND name = 'anywork_schema_version'"
+            ).fetchone()
+        except sqlite3.DatabaseError:  # not a database at all
+            return False
+        finally:
+            conn.close()
+        return row is not None
+
     def _open(self) -> None:
         with self._lock:
             if self._conn is not None:
@@ -649,18 +713,14 @@ class SQLiteStore:
                 "UPDATE anywork_jobs SET state = 'running', attempts = attempts + 1,"
                 " started_at = ?, owner = ?, lease_until = ?, cancel_requested = 0"
                 " WHERE seq IN (SELECT seq FROM anywork_jobs"
-                f"  WHERE queue IN ({_marks(len(queues))})"
-                "   AND (state = 'queued' OR (state = 'scheduled' AND due_at <= ?))"
+                f"  WHERE queue IN ({_marks(len(queues))}) AND {_CLAIMABLE}"
                 "  ORDER BY priority DESC, due_at, seq LIMIT ?)"
-                f" RETURNING {_COLUMNS}, due_at, seq",
+                f" RETURNING {_COLUMNS}, due_at, seq, unknown_since",
                 (now, owner, now + lease, *queues, now, limit),
             ).fetchall()
             # RETURNING gives no order: put them back in claim order.
             rows.sort(key=lambda r: (-r["priority"], r["due_at"], r["seq"]))
-            return [
-                Claimed(_record(row), _decode_error(row["args"]) or _headers_error(row["headers"]))
-                for row in rows
-            ]
+            return [_claimed(row) for row in rows]
 
         return await self._transaction(update)
 
@@ -706,7 +766,7 @@ class SQLiteStore:
                     " deadline = ?, deferred_ttl = CASE WHEN ? THEN ? ELSE deferred_ttl END,"
                     " scheduled_for = ?, due_at = COALESCE(?, enqueued_at), finished_at = ?,"
                     " attempts = MAX(attempts - ?, 0), deferrals = deferrals + ?,"
-                    " owner = NULL, lease_until = NULL, cancel_requested = 0"
+                    " owner = NULL, lease_until = NULL, cancel_requested = 0, unknown_since = ?"
                     " WHERE id = ? AND state = 'running' AND owner = ?",
                     (
                         o.state.value,
@@ -722,6 +782,7 @@ class SQLiteStore:
                         now if o.state.is_final else None,
                         1 if o.give_back_attempt else 0,
                         1 if o.deferral else 0,
+                        _ts(o.unknown_since),
                         o.id,
                         owner,
                     ),
@@ -732,8 +793,9 @@ class SQLiteStore:
         if await self._transaction(update):
             self._notifier.notify()
 
-    async def reap(self) -> int:
-        """Put back (or fail, or cancel) RUNNING jobs whose lease expired; return how many."""
+    async def reap(self, *, lost_limit: int = DEFAULT_LOST_LIMIT) -> int:
+        """Put back (or fail after ``lost_limit`` losses, or cancel) RUNNING jobs whose lease
+        expired; return how many (see :meth:`work.stores.Store.reap`)."""
 
         def update(conn: sqlite3.Connection) -> int:
             now = time.time()
@@ -746,13 +808,13 @@ class SQLiteStore:
             ).rowcount
             changed += conn.execute(
                 f"UPDATE anywork_jobs SET state = 'queued', status = ?, error = 'worker lost',"
-                f" scheduled_for = NULL, due_at = enqueued_at, {cleared}"
-                f" WHERE {expired} AND attempts < max_attempts",
-                (int(Status.INTERNAL_ERROR), now),
+                f" scheduled_for = NULL, due_at = enqueued_at, lost = lost + 1, {cleared}"
+                f" WHERE {expired} AND lost + 1 < ?",
+                (int(Status.INTERNAL_ERROR), now, lost_limit),
             ).rowcount
             changed += conn.execute(
                 f"UPDATE anywork_jobs SET state = 'failed', status = ?, error = 'worker lost',"
-                f" finished_at = ?, {cleared} WHERE {expired}",
+                f" finished_at = ?, lost = lost + 1, {cleared} WHERE {expired}",
                 (int(Status.INTERNAL_ERROR), now, now),
             ).rowcount
             return changed
@@ -852,7 +914,7 @@ class SQLiteStore:
         queues = list(queues)
         sql = (
             f"SELECT 1 FROM anywork_jobs WHERE queue IN ({_marks(len(queues))})"
-            " AND (state = 'queued' OR (state = 'scheduled' AND due_at <= ?)) LIMIT 1"
+            f" AND {_CLAIMABLE} LIMIT 1"
         )
 
         def ready(conn: sqlite3.Connection) -> bool:
@@ -864,22 +926,6 @@ class SQLiteStore:
             if remaining <= 0:
                 return
             await self._notifier.wait(min(self.poll_interval, remaining))
-
-    # -- for tests ------------------------------------------------------------------------------
-
-    async def corrupt_args(self, id: str, raw: str = "{not json") -> None:
-        """Replace a job's stored args with ``raw`` (a test seam for undecodable payloads).
-
-        Raises:
-            KeyError: no job with this id.
-        """
-
-        def update(conn: sqlite3.Connection) -> None:
-            cur = conn.execute("UPDATE anywork_jobs SET args = ? WHERE id = ?", (raw, id))
-            if not cur.rowcount:
-                raise KeyError(id)
-
-        await self._transaction(update)
 
 
 def _refuse(conn: sqlite3.Connection, id: str, url: str) -> NoReturn:
@@ -893,3 +939,27 @@ def _refuse(conn: sqlite3.Connection, id: str, url: str) -> NoReturn:
 def _headers_error(headers_json: str) -> str | None:
     error = _decode_error(headers_json)
     return error.replace("args", "headers") if error is not None else None
+
+
+def _claimed(row: sqlite3.Row) -> Claimed:
+    """A claimed row as a Claimed. A row that cannot be turned into a record (a time out of
+    range, an unknown state, a payload that is not text) comes back alone with a
+    ``decode_error`` naming what failed, never failing the rest of its batch."""
+    try:
+        record = _record(row, strict=True)
+        error = _decode_error(row["args"]) or _headers_error(row["headers"])
+        unknown_since = _dt(row["unknown_since"])
+    except (TypeError, ValueError, OverflowError, OSError) as exc:
+        return Claimed(_bare_record(row), f"the stored job could not be decoded: {exc}")
+    return Claimed(record, error, unknown_since)
+
+
+def _bare_record(row: sqlite3.Row) -> JobRecord:
+    """The little of a broken row that the worker needs to fail it (id, handler, queue)."""
+    return JobRecord(
+        id=str(row["id"]),
+        handler=str(row["handler"]),
+        queue=str(row["queue"]),
+        state=JobState.RUNNING,
+        attempts=int(row["attempts"]) if isinstance(row["attempts"], int) else 1,
+    )
