@@ -47,15 +47,15 @@ class JobState(StrEnum):
     """Due later: a delay, an ETA or a retry wait (``scheduled_for`` says when)."""
     RUNNING = "running"
     """Claimed by a worker that holds its lease."""
+    WAITING = "waiting"
+    """The handler returned ``Deferred`` (status 202): no worker holds it; ``Queue.complete``
+    finishes it, or its ``deadline`` passes (FAILED 504, or retried)."""
     SUCCEEDED = "succeeded"
     """Finished with a 2xx status; ``result`` holds the handler's return value."""
     FAILED = "failed"
     """Finished for good with a non-2xx status; ``error`` says why."""
     CANCELLED = "cancelled"
     """Cancelled through ``Queue.cancel`` (status 499)."""
-    WAITING = "waiting"
-    """The handler returned ``Deferred`` (status 202): no worker holds it; ``Queue.complete``
-    finishes it, or its ``deadline`` passes (FAILED 504, or retried)."""
 
     @property
     def is_final(self) -> bool:
