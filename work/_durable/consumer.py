@@ -355,9 +355,17 @@ class _Server:
     async def expire_loop(self) -> None:
         while True:
             try:
-                await expire_waiting(self.store)
+                expired = await expire_waiting(self.store)
             except Exception as exc:
                 self.log.warning("expiring deferred deadlines failed; retrying", error=repr(exc))
+            else:
+                for rec in expired:
+                    self.log.info(
+                        "no callback within ttl",
+                        job_id=rec.id,
+                        handler=rec.handler,
+                        state=rec.state.value,
+                    )
             await anyio.sleep(_EXPIRE_INTERVAL)
 
     # -- completing ---------------------------------------------------------------------------

@@ -5,8 +5,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import structlog
-
 from .._core.exceptions import JobStateError
 from .._core.jsoncheck import check_json
 from .._core.status import Status
@@ -17,9 +15,6 @@ __all__ = ["NO_CALLBACK", "complete_waiting", "expire_waiting", "heartbeat_waiti
 
 NO_CALLBACK = "no callback within ttl"
 """The error of a WAITING job whose deadline passed (status 504)."""
-
-_log = structlog.get_logger("anywork.deferred")
-
 
 async def _waiting(store: Store, id: str) -> JobRecord:
     if not isinstance(id, str):
@@ -76,22 +71,17 @@ async def heartbeat_waiting(store: Store, id: str, ttl: float | None = None) -> 
     return await store.heartbeat(id, seconds)
 
 
-async def expire_waiting(store: Store, *, limit: int = 100) -> int:
+async def expire_waiting(store: Store, *, limit: int = 100) -> list[JobRecord]:
     """Fail (504 "no callback within ttl") or retry, by each job's policy, the WAITING jobs
-    whose deadline has passed, and return how many this call changed.
+    whose deadline has passed, and return their new records (the ones this call changed).
 
     Safe to run from every worker and scheduler at once: each job is settled only if it is
     still WAITING with a passed deadline (a heartbeat in between wins).
     """
-    changed = 0
+    changed: list[JobRecord] = []
     for record in await store.expired(limit=limit):
         outcome = resolve(record, Status.GATEWAY_TIMEOUT, None, NO_CALLBACK)
-        if await store.settle(outcome, only_expired=True) is not None:
-            changed += 1
-            _log.info(
-                "deferred job's deadline passed",
-                job_id=record.id,
-                handler=record.handler,
-                retried=outcome.state is JobState.SCHEDULED,
-            )
+        settled = await store.settle(outcome, only_expired=True)
+        if settled is not None:
+            changed.append(settled)
     return changed
