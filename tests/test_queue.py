@@ -311,3 +311,15 @@ def test_sync_queue_with_a_worker_on_another_thread(tmp_path: Path) -> None:
         stop.set()
         thread.join(10)
     assert not thread.is_alive()
+
+
+def test_check_refuses_without_touching_the_store(tmp_path: Path) -> None:
+    """Queue.check raises what enqueue would, on a store that was never entered (no file)."""
+    path = tmp_path / "never.db"
+    queue = Queue(open_store(f"sqlite:///{path}"))
+    with pytest.raises(ValueError, match="priority must be between"):
+        queue.check(Job("x"), priority=2**31)
+    with pytest.raises(ValueError, match=r"job\.queue must not contain control characters"):
+        queue.check(Job("x", queue="a\x00"))
+    queue.check(Job("x"), delay=5, priority=-(2**31))  # fine: returns None
+    assert not path.exists()

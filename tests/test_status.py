@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http
+import pickle
 
 import pytest
 
@@ -140,3 +141,16 @@ def test_unknown_handler_lists_known() -> None:
     """UnknownHandlerError names the missing handler and the registered ones."""
     err = UnknownHandlerError("nope", ["b", "a"])
     assert "'nope'" in str(err) and "'a', 'b'" in str(err)
+
+
+def test_errors_survive_pickling() -> None:
+    """anywork's errors pickle by their own arguments (they travel back from worker processes)."""
+    for err in (
+        StatusError(409, "taken"),
+        JobTimeoutError(2.5),
+        RetryLater(3, "busy"),
+        UnknownHandlerError("x", ["a", "b"]),
+    ):
+        copy = pickle.loads(pickle.dumps(err))
+        assert type(copy) is type(err) and str(copy) == str(err)
+    assert pickle.loads(pickle.dumps(StatusError(409, "taken"))).status is Status.CONFLICT

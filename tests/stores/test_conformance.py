@@ -9,13 +9,14 @@ from __future__ import annotations
 import functools
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio
 import pytest
+from structlog.testing import capture_logs
 
 from work import (
     Constant,
@@ -103,6 +104,7 @@ async def test_add_and_get_round_trip(store: Store) -> None:
         unique_key="img-a",
         timeout=12.5,
         retry=retry,
+        result_ttl=3600.5,
     )
     (stored,) = await store.add([rec])
     got = await store.get(rec.id)
@@ -121,6 +123,7 @@ async def test_add_and_get_round_trip(store: Store) -> None:
     assert got.timeout == 12.5
     assert got.retry == retry
     assert got.deferrals == 0
+    assert got.result_ttl == 3600.5
     assert got.result is None and got.error is None
     assert got.enqueued_at is not None and got.enqueued_at.utcoffset() == timedelta(0)
     assert rec.enqueued_at is not None
@@ -377,6 +380,73 @@ async def test_complete_is_fenced_by_owner(store: Store) -> None:
     assert await state_of(store, rec.id) is JobState.SUCCEEDED
 
 
+async def test_complete_returns_the_ids_it_applied(store: Store) -> None:
+    """complete() returns the ids whose outcome it applied, leaving out those it refused (not
+    the owner's, already final, unknown), so a worker can report discarded outcomes."""
+    a, b, c = await store.add([record() for _ in range(3)])
+    await store.claim(["default"], limit=3, lease=30, owner="w")
+
+    def done(id: str) -> Outcome:
+        return Outcome(id=id, state=JobState.SUCCEEDED, status=Status.SUCCESS, result=1)
+
+    assert await store.complete("w", [done(a.id), done(b.id)]) == {a.id, b.id}
+    assert await store.complete("w", [done(a.id)]) == set()  # final already
+    assert await store.complete("intruder", [done(c.id)]) == set()
+    assert await store.complete("w", [done("no-such-job"), done(c.id)]) == {c.id}
+    assert await store.complete("w", []) == set()
+
+
+class _NoRenew:
+    """A store whose leases are never renewed, so a job's lease runs out while it runs."""
+
+    def __init__(self, inner: Store) -> None:
+        self.inner = inner
+        self.url = inner.url
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def renew(self, owner: str, ids: Sequence[str], *, lease: float) -> set[str]:
+        return set()
+
+
+async def test_serve_logs_an_outcome_the_store_discarded(store: Store) -> None:
+    """A job whose lease was taken over while it ran: its outcome is refused by the store,
+    and serve logs one line naming the job and why."""
+    queue = Queue(store)
+    rec = await queue.enqueue(Job("slow"))
+    started, release = anyio.Event(), anyio.Event()
+    worker = Worker()
+
+    @worker.handler()
+    async def slow(job: Job) -> str:
+        started.set()
+        await release.wait()
+        return "late"
+
+    wrapped: Any = _NoRenew(store)
+    with capture_logs() as logs, anyio.fail_after(20):
+        async with serving(wrapped, worker, lease=0.2):
+            await started.wait()
+            # The lease runs out and a reaper (serve's own, or this one) takes the job over.
+            while (taken := await store.get(rec.id)) is not None and taken.state is (
+                JobState.RUNNING
+            ):
+                await store.reap()
+                await anyio.sleep(0.05)
+            assert taken is not None
+            if taken.state is JobState.QUEUED:  # put back: another worker claims it
+                await store.claim(["default"], limit=1, lease=30, owner="thief")
+            release.set()
+            while not [e for e in logs if "discarded" in e["event"]]:
+                await anyio.sleep(0.02)
+    (line,) = [e for e in logs if "discarded" in e["event"]]
+    assert line["job_id"] == rec.id and line["state"] == "succeeded"
+    assert line["log_level"] == "warning" and "lease was lost" in line["event"]
+    after = await store.get(rec.id)
+    assert after is not None and after.state is not JobState.SUCCEEDED
+
+
 async def test_complete_batch_applies_each_outcome(store: Store) -> None:
     """One complete() call applies many outcomes; results and errors are stored."""
     recs = await store.add([record(str(i), max_attempts=3) for i in range(4)])
@@ -590,6 +660,125 @@ async def test_reap_cancels_when_cancel_was_requested(store: Store) -> None:
     await until(reaped)
     got = await store.get(rec.id)
     assert got is not None and got.state is JobState.CANCELLED and got.status == 499
+
+
+async def finish(store: Store, recs: list[JobRecord], state: JobState) -> None:
+    """Claim ``recs`` (all of the default queue's ready jobs) and end them in ``state``."""
+    claimed = await store.claim(["default"], limit=len(recs), lease=30, owner="f")
+    assert {c.record.id for c in claimed} == {r.id for r in recs}
+    status = Status.SUCCESS if state is JobState.SUCCEEDED else Status.INTERNAL_ERROR
+    await store.complete("f", [Outcome(id=r.id, state=state, status=status) for r in recs])
+
+
+FINAL = [JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED]
+
+
+async def test_purge_deletes_finished_jobs_by_state_and_age(store: Store) -> None:
+    """purge() deletes the finished jobs in the states given that finished before the cutoff,
+    and nothing else: not other states, not newer ones, never unfinished jobs."""
+    ok = await store.add([record() for _ in range(3)])
+    await finish(store, ok, JobState.SUCCEEDED)
+    bad = await store.add([record() for _ in range(2)])
+    await finish(store, bad, JobState.FAILED)
+    (waiting,) = await store.add([record()])
+    (later,) = await store.add([record(scheduled_for=seconds_from_now(3600))])
+    (cancelled,) = await store.add([record(queue="other")])
+    assert await store.cancel(cancelled.id)
+
+    assert await store.purge(older_than=now() - timedelta(hours=1), states=FINAL) == 0
+    cutoff = now() + timedelta(seconds=1)
+    assert await store.purge(older_than=cutoff, states=[JobState.SUCCEEDED], limit=2) == 2
+    assert await store.purge(older_than=cutoff, states=[JobState.SUCCEEDED]) == 1
+    for rec in ok:
+        assert await store.get(rec.id) is None
+    assert all([await store.get(r.id) for r in bad])
+    # Unfinished states are ignored even when asked for.
+    all_states = [*FINAL, JobState.QUEUED, JobState.SCHEDULED, JobState.RUNNING]
+    assert await store.purge(older_than=cutoff, states=all_states) == 3
+    assert await store.get(waiting.id) is not None and await store.get(later.id) is not None
+    assert await store.get(cancelled.id) is None
+    assert [r.id for r in await store.list()] == [waiting.id, later.id]
+    assert await store.stats() == {"default": {"queued": 1, "scheduled": 1}}
+
+
+async def test_expire_uses_the_job_ttl_else_the_workers(store: Store) -> None:
+    """expire() deletes finished jobs of the given queues past the worker's result_ttl, and
+    jobs of any queue past a result_ttl of their own; a job's own ttl wins over the worker's."""
+    (plain,) = await store.add([record()])
+    (own_short,) = await store.add([record(result_ttl=0.05)])
+    (own_long,) = await store.add([record(result_ttl=3600)])
+    await finish(store, [plain, own_short, own_long], JobState.SUCCEEDED)
+    (elsewhere,) = await store.add([record(queue="other")])
+    assert await store.cancel(elsewhere.id)
+    (unfinished,) = await store.add([record()])
+
+    assert await store.expire(["default"], result_ttl=3600, limit=10) == 0
+
+    async def short_gone() -> bool:
+        await store.expire(["default"], result_ttl=3600, limit=10)
+        return await store.get(own_short.id) is None
+
+    await until(short_gone)
+    assert await store.get(plain.id) is not None
+    assert await store.expire(["default"], result_ttl=0, limit=10) == 1
+    assert await store.get(plain.id) is None
+    assert await store.get(own_long.id) is not None
+    assert await store.get(elsewhere.id) is not None  # not one of the queues
+    assert await store.get(unfinished.id) is not None
+    assert await store.expire(["other"], result_ttl=0, limit=10) == 1
+    assert await store.get(elsewhere.id) is None
+
+
+async def test_expire_takes_small_batches(store: Store) -> None:
+    """expire() deletes at most ``limit`` jobs per call."""
+    recs = await store.add([record() for _ in range(5)])
+    await finish(store, recs, JobState.SUCCEEDED)
+    assert await store.expire(["default"], result_ttl=0, limit=2) == 2
+    assert await store.expire(["default"], result_ttl=0, limit=2) == 2
+    assert await store.expire(["default"], result_ttl=0, limit=2) == 1
+    assert await store.list() == []
+
+
+async def test_retry_requeues_a_failed_or_cancelled_job(store: Store) -> None:
+    """retry() makes a FAILED or CANCELLED job QUEUED again, due now, with its attempts,
+    status, error and times cleared; it is claimed and run like a new job."""
+    (failed,) = await store.add([record(args={"a": 1})])
+    await finish(store, [failed], JobState.FAILED)
+    (cancelled,) = await store.add([record()])
+    assert await store.cancel(cancelled.id)
+    again = await store.retry(failed.id)
+    assert again is not None and again.id == failed.id
+    assert again.state is JobState.QUEUED and again.attempts == 0
+    assert again.status is Status.UNKNOWN and again.error is None
+    assert again.finished_at is None and again.started_at is None
+    assert again.args == {"a": 1}
+    assert await store.get(failed.id) == again
+    back = await store.retry(cancelled.id)
+    assert back is not None and back.state is JobState.QUEUED
+    claimed = await store.claim(["default"], limit=5, lease=30, owner="w")
+    assert [c.record.id for c in claimed] == [failed.id, cancelled.id]
+    assert claimed[0].record.attempts == 1
+    assert await store.stats() == {"default": {"running": 2}}
+
+
+async def test_retry_refuses_other_states_and_unknown_ids(store: Store) -> None:
+    """retry() of an unknown id is None; of a job that is not FAILED or CANCELLED, a
+    ValueError naming its state; of a job whose unique key another active job holds, a
+    ValueError."""
+    assert await store.retry("no-such-job") is None
+    (queued,) = await store.add([record()])
+    with pytest.raises(ValueError, match="queued"):
+        await store.retry(queued.id)
+    await finish(store, [queued], JobState.SUCCEEDED)
+    with pytest.raises(ValueError, match="succeeded"):
+        await store.retry(queued.id)
+    (first,) = await store.add([record(unique_key="k", queue="u")])
+    assert await store.cancel(first.id)
+    (second,) = await store.add([record(unique_key="k", queue="u")])
+    with pytest.raises(ValueError, match="unique_key"):
+        await store.retry(first.id)
+    assert await state_of(store, first.id) is JobState.CANCELLED
+    assert await state_of(store, second.id) is JobState.QUEUED
 
 
 async def test_list_pages_filters_and_order(store: Store) -> None:
@@ -1262,3 +1451,57 @@ async def test_wait_times_out_and_stats(store: Store) -> None:
 async def contextlib_nullcontext(value: Store) -> AsyncIterator[Store]:
     """An async context manager that gives ``value`` and does nothing else."""
     yield value
+
+
+async def test_serve_deletes_finished_jobs_past_its_result_ttl(store: Store) -> None:
+    """A serving worker deletes its queues' finished jobs once its result_ttl has passed,
+    but keeps a job enqueued with a longer result_ttl of its own."""
+    worker = Worker()
+    worker.register("noop", lambda job: None)
+    queue = Queue(store)
+    short = await queue.enqueue(Job("noop"))
+    kept = await queue.enqueue(Job("noop"), result_ttl=timedelta(hours=1))
+    assert kept.result_ttl == 3600
+    async with serving(store, worker, result_ttl=0):
+        await queue.wait(kept.id, timeout=10)
+
+        async def deleted() -> bool:
+            return await queue.get(short.id) is None
+
+        await until(deleted)
+    got = await queue.get(kept.id)
+    assert got is not None and got.state is JobState.SUCCEEDED
+
+
+async def test_queue_purge_and_retry(store: Store) -> None:
+    """Queue.purge deletes finished jobs older than a duration (by state) and refuses
+    unfinished states; Queue.retry runs a FAILED job again and names the state otherwise."""
+    worker = Worker()
+    fixed: list[bool] = []
+
+    @worker.handler()
+    async def flaky(job: Job) -> str:
+        if job.args.get("fail") and not fixed:
+            raise StatusError(503, "down")
+        return "ok"
+
+    queue = Queue(store)
+    bad = await queue.enqueue(Job("flaky", {"fail": True}))
+    good = await queue.enqueue(Job("flaky"))
+    async with serving(store, worker):
+        assert (await queue.wait(bad.id, timeout=10)).state is JobState.FAILED
+        await queue.wait(good.id, timeout=10)
+        with pytest.raises(ValueError, match="succeeded"):
+            await queue.retry(good.id)
+        with pytest.raises(LookupError):
+            await queue.retry("nope")
+        fixed.append(True)  # the bug is fixed: run it again
+        again = await queue.retry(bad.id)
+        assert again.state is JobState.QUEUED
+        done = await queue.wait(bad.id, timeout=10)
+    assert done.state is JobState.SUCCEEDED and done.result == "ok" and done.attempts == 1
+    with pytest.raises(ValueError, match="queued"):
+        await queue.purge(older_than=0, states=["queued"])
+    assert await queue.purge(older_than=timedelta(hours=1)) == 0
+    assert await queue.purge(older_than=0, states=[JobState.SUCCEEDED]) == 2
+    assert await queue.list() == []

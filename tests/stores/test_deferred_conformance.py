@@ -129,20 +129,20 @@ async def test_heartbeat_pushes_the_deadline(store: Store) -> None:
     assert back.state is JobState.WAITING and back == await store.get(id)
 
 
-async def test_expired_lists_only_passed_deadlines(store: Store) -> None:
-    """expired() returns the WAITING jobs whose deadline passed, and nothing else."""
+async def test_overdue_lists_only_passed_deadlines(store: Store) -> None:
+    """overdue() returns the WAITING jobs whose deadline passed, and nothing else."""
     late = await make_waiting(store, deadline_in=-1.0)
     await make_waiting(store, deadline_in=60.0)
     await store.add([record()])
-    assert [rec.id for rec in await store.expired()] == [late]
-    assert await store.expired(limit=0) == []
+    assert [rec.id for rec in await store.overdue()] == [late]
+    assert await store.overdue(limit=0) == []
 
 
 async def test_settle_only_expired_loses_to_a_heartbeat(store: Store) -> None:
     """A passed deadline acted on after a heartbeat changes nothing (the heartbeat wins), and
     of two workers acting on one passed deadline only the first changes the job."""
     id = await make_waiting(store, ttl=60.0, deadline_in=-1.0)
-    (seen,) = await store.expired()
+    (seen,) = await store.overdue()
     await store.heartbeat(id)
     fail = Outcome(id=id, state=JobState.FAILED, status=Status.GATEWAY_TIMEOUT, error="late")
     assert await store.settle(fail, only_expired=True) is None
@@ -152,6 +152,17 @@ async def test_settle_only_expired_loses_to_a_heartbeat(store: Store) -> None:
     first = await store.settle(fail, only_expired=True)
     assert first is not None and first.state is JobState.FAILED
     assert await store.settle(fail, only_expired=True) is None
+
+
+async def test_retention_keeps_waiting_jobs_and_expires_settled_ones(store: Store) -> None:
+    """Retention never deletes a WAITING job; once settled final, a job's own result_ttl
+    counts from then, as for any finished job."""
+    id = await make_waiting(store, result_ttl=0.0)
+    assert await store.expire(["default"], result_ttl=0.0, limit=10) == 0
+    assert await store.get(id) is not None
+    await store.settle(Outcome(id=id, state=JobState.SUCCEEDED, status=Status.SUCCESS))
+    deleted = await store.expire(["default"], result_ttl=3600.0, limit=10)
+    assert deleted == 1 and await store.get(id) is None
 
 
 async def test_cancel_waiting_is_immediate(store: Store) -> None:

@@ -48,9 +48,9 @@ class FlakyStore(MemoryStore):
         self._maybe_fail("renew")
         return await super().renew(owner, ids, lease=lease)
 
-    async def complete(self, owner: str, outcomes: Sequence[Outcome]) -> None:
+    async def complete(self, owner: str, outcomes: Sequence[Outcome]) -> set[str]:
         self._maybe_fail("complete")
-        await super().complete(owner, outcomes)
+        return await super().complete(owner, outcomes)
 
     async def reap(self, *, lost_limit: int = 3) -> int:
         self._maybe_fail("reap")
@@ -126,9 +126,11 @@ async def test_serve_survives_store_errors() -> None:
                 done = await queue.wait(rec.id, timeout=10)
                 assert done.state is JobState.SUCCEEDED and done.result == "ok"
     assert store.left == {"claim": 0, "renew": 0, "complete": 0, "reap": 0}
-    events = {entry["event"] for entry in logs if entry["log_level"] == "warning"}
-    assert {"claim failed; retrying", "storing outcomes failed; retrying"} <= events
-    assert all(entry["error"].startswith("ConnectionError") for entry in logs if "error" in entry)
+    # Connection errors are an outage: one line when it starts, one when the store answers.
+    events = [(entry["event"], entry.get("call")) for entry in logs]
+    assert ("store unreachable; retrying until it is back", "claim") in events
+    assert "store reachable again" in {event for event, _ in events}
+    assert all(entry["error"].endswith("connection reset") for entry in logs if "error" in entry)
 
 
 async def test_serve_claims_only_up_to_capacity() -> None:

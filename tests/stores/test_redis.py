@@ -12,8 +12,8 @@ import anyio
 import pytest
 import redis.asyncio as aioredis
 
-from work import WorkError
-from work.stores import JobRecord, JobState, StoreUnavailableError, open_store
+from work import Status, WorkError
+from work.stores import JobRecord, JobState, Outcome, StoreUnavailableError, open_store
 from work.stores.redis import RedisStore, RedisUnavailableError
 
 URL = os.environ.get("ANYWORK_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -356,3 +356,43 @@ async def test_drop_removes_only_its_keys(
             assert (await other.get("y")) is not None
     finally:
         await other.drop()
+
+
+async def test_layout_1_finished_jobs_are_indexed_on_open(
+    make: Callable[[], RedisStore], prefix: str, raw: aioredis.Redis
+) -> None:
+    """Keys at layout version 1 (finished jobs not indexed for retention) are upgraded when a
+    store enters them: the jobs finished before are then found and deleted by expire()."""
+    first = make()
+    try:
+        async with first:
+            await first.add([_job("old"), _job("running")])
+            await first.claim(["default"], limit=1, lease=30, owner="o")
+            await first.complete(
+                "o", [Outcome(id="old", state=JobState.SUCCEEDED, status=Status.SUCCESS)]
+            )
+        # What layout 1 left: no retention index, version 1.
+        await raw.delete(f"{prefix}:done:default")
+        await raw.set(f"{prefix}:schema_version", 1)
+        async with make() as second:
+            assert await raw.get(f"{prefix}:schema_version") == b"2"
+            assert await second.expire(["default"], result_ttl=0, limit=10) == 1
+            assert await second.get("old") is None
+            assert await second.get("running") is not None
+    finally:
+        await first.drop()
+
+
+async def test_idle_claims_and_polls_never_touch_finished_jobs(store: RedisStore) -> None:
+    """Claims and idle polls read only the ready and scheduled sets: finished jobs live in
+    their own retention sets, so history does not slow them."""
+    await store.add([_job(f"j{i}") for i in range(50)])
+    await store.claim(["default"], limit=50, lease=30, owner="o")
+    await store.complete(
+        "o",
+        [Outcome(id=f"j{i}", state=JobState.SUCCEEDED, status=Status.SUCCESS) for i in range(50)],
+    )
+    client = store._require()
+    assert await client.zcard(store._key("ready", "default")) == 0
+    assert await client.zcard(store._key("done", "default")) == 50
+    assert await store.claim(["default"], limit=5, lease=30, owner="o") == []

@@ -459,7 +459,8 @@ def test_version_1_file_upgrades_from_several_processes(tmp_path: Path) -> None:
         columns = {row[1] for row in conn.execute("PRAGMA table_info(anywork_jobs)")}
         assert {"lost", "unknown_since"} <= columns
         indexes = {row[1] for row in conn.execute("PRAGMA index_list(anywork_jobs)")}
-        assert "anywork_jobs_claim" in indexes and "anywork_jobs_ready" not in indexes
+        assert {"anywork_jobs_claim", "anywork_jobs_leases"} <= indexes
+        assert not {"anywork_jobs_ready", "anywork_jobs_lease"} & indexes
     finally:
         conn.close()
 
@@ -515,6 +516,10 @@ def test_claim_and_idle_poll_never_scan_finished_rows(tmp_path: Path) -> None:
             plan = _plan(conn, sql, params)
             assert "USING COVERING INDEX anywork_jobs_claim" in plan, plan
             assert "TEMP B-TREE" not in plan and "SCAN anywork_jobs" not in plan, plan
+        # The reaper's search holds RUNNING jobs only.
+        reap = "SELECT seq FROM anywork_jobs WHERE state = 'running' AND lease_until <= ?"
+        plan = _plan(conn, reap, (now,))
+        assert "anywork_jobs_leases" in plan and "SCAN anywork_jobs" not in plan, plan
     finally:
         conn.close()
 

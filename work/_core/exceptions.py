@@ -16,7 +16,7 @@ naming the bad value; a worker that is not running raises ``RuntimeError``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .status import Status
 
@@ -61,6 +61,10 @@ class StatusError(WorkError):
         self.message = message or self.status.phrase
         super().__init__(f"{int(self.status)} {self.message}")
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled by its own arguments (a handler run in a worker process sends it back).
+        return (type(self), (int(self.status), self.message))
+
 
 class JobTimeoutError(StatusError, TimeoutError):
     """Raised when an execution outlives its job's ``timeout``; its status is 408.
@@ -75,6 +79,9 @@ class JobTimeoutError(StatusError, TimeoutError):
         self.job = job
         name = f" {job.handler!r}" if job is not None else ""
         super().__init__(Status.TIMEOUT, f"job{name} timed out after {timeout:g}s")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (JobTimeoutError, (self.timeout,))
 
 
 class RetryLater(StatusError):
@@ -93,6 +100,9 @@ class RetryLater(StatusError):
         self.delay = float(delay)
         super().__init__(Status.TOO_MANY_REQUESTS, message or f"retry in {self.delay:g}s")
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (RetryLater, (self.delay, self.message))
+
 
 class UnknownHandlerError(WorkError, LookupError):
     """Raised when a job names a handler the worker has not registered.
@@ -107,6 +117,9 @@ class UnknownHandlerError(WorkError, LookupError):
         self.known = sorted(known or [])
         listed = ", ".join(repr(k) for k in self.known) or "none"
         super().__init__(f"no handler named {handler!r} is registered (registered: {listed})")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (UnknownHandlerError, (self.handler, self.known))
 
 
 class JobStateError(WorkError, ValueError):
@@ -124,3 +137,6 @@ class JobStateError(WorkError, ValueError):
         self.state = str(state)
         self.expected = expected
         super().__init__(f"job {job_id!r} is {self.state}, not {expected}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (JobStateError, (self.job_id, self.state, self.expected))

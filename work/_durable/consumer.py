@@ -7,7 +7,7 @@ import socket
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import structlog
@@ -17,7 +17,16 @@ from .._core.exceptions import UnknownHandlerError
 from .._core.job import Job
 from .._core.retry import Exponential
 from .._core.status import Status
-from ..stores._base import DEFAULT_LOST_LIMIT, Claimed, JobRecord, JobState, Outcome, Store
+from .._runtime.timers import seconds
+from ..stores._base import (
+    DEFAULT_LOST_LIMIT,
+    DEFAULT_RESULT_TTL,
+    Claimed,
+    JobRecord,
+    JobState,
+    Outcome,
+    Store,
+)
 from .deferred import expire_waiting
 from .outcome import decide, final, hand_back
 
@@ -27,6 +36,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_CONCURRENCY",
     "DEFAULT_LOST_LIMIT",
+    "DEFAULT_RESULT_TTL",
     "DEFAULT_UNKNOWN_HANDLER_GRACE",
     "serve_store",
 ]
@@ -47,12 +57,18 @@ _FINAL_FLUSH_TIMEOUT = 10.0
 # How long a cancelled serve waits for an execution it cancelled to end.
 _CANCEL_WAIT = 5.0
 # How often serve looks for WAITING jobs whose deadline passed ("within about a second").
-_EXPIRE_INTERVAL = 0.5
+_DEADLINE_INTERVAL = 0.5
 # A job handed back for lack of its handler is due again after this pause, growing with the
 # time it has waited (a tenth of it) up to the cap: a worker without the handler never claims
 # the same job in a hot loop, and one that has it gets it within seconds.
 _UNKNOWN_PAUSE = 1.0
 _UNKNOWN_PAUSE_CAP = 30.0
+# Retention: every interval, delete finished jobs whose time is up, a small batch per store
+# call (a short transaction); while batches come back full, the next follows after a pause.
+_EXPIRE_INTERVAL = 30.0
+_EXPIRE_FIRST = 1.0
+_EXPIRE_BATCH = 200
+_EXPIRE_PAUSE = 0.05
 
 _log = structlog.get_logger("anywork.serve")
 
@@ -75,6 +91,40 @@ class _Backoff:
     async def sleep(self) -> None:
         self._failures += 1
         await anyio.sleep(self._PAUSES.delay(self._failures))
+
+
+class _Outage:
+    """Says once that the store stopped answering and once that it answers again, instead
+    of one line (and a traceback) per failed call while it is down.
+
+    A store error that is not a lost connection (a bug, a bad statement) is still logged
+    every time: retrying will not heal it and each one matters.
+    """
+
+    def __init__(self, log: Any) -> None:
+        self.log = log
+        self.since: float | None = None  # anyio clock time of the first failure
+        self.failures = 0
+
+    def failed(self, call: str, exc: Exception) -> None:
+        """Report a failed store call (``call`` names it: "claim", "storing outcomes")."""
+        if not isinstance(exc, ConnectionError | OSError):
+            self.log.warning(f"{call} failed; retrying", error=repr(exc))
+            return
+        self.failures += 1
+        if self.since is None:
+            self.since = anyio.current_time()
+            self.log.warning(
+                "store unreachable; retrying until it is back", call=call, error=str(exc)
+            )
+
+    def ok(self) -> None:
+        """Report a store call that succeeded: the end of an outage, if there was one."""
+        if self.since is None:
+            return
+        down = anyio.current_time() - self.since
+        self.log.info("store reachable again", down_for=round(down, 1), failed_calls=self.failures)
+        self.since, self.failures = None, 0
 
 
 @dataclass(slots=True, eq=False)
@@ -104,8 +154,10 @@ class _Server:
         *,
         lost_limit: int = DEFAULT_LOST_LIMIT,
         unknown_handler_grace: float = DEFAULT_UNKNOWN_HANDLER_GRACE,
+        result_ttl: float | None = DEFAULT_RESULT_TTL,
     ) -> None:
         self.worker = worker
+        self.result_ttl = result_ttl
         self.store = store
         self.queues = queues
         self.concurrency = concurrency
@@ -124,14 +176,16 @@ class _Server:
         self.pending_event = anyio.Event()
         self.flush_lock = anyio.Lock()
         self.log = _log.bind(worker=worker.name, owner=self.owner)
+        self.outage = _Outage(self.log)
 
     async def run(self) -> None:
         try:
             async with anyio.create_task_group() as background:
                 background.start_soon(self.renew_loop, name="anywork serve: renew leases")
                 background.start_soon(self.reap_loop, name="anywork serve: reap leases")
-                background.start_soon(self.expire_loop, name="anywork serve: expire deadlines")
+                background.start_soon(self.deadline_loop, name="anywork serve: deadlines")
                 background.start_soon(self.flush_loop, name="anywork serve: complete")
+                background.start_soon(self.expire_loop, name="anywork serve: retention")
                 async with anyio.create_task_group() as jobs:
                     await self.claim_until_stopped(jobs)
                 # Every claimed job has ended or been handed back: stop the helpers.
@@ -175,15 +229,16 @@ class _Server:
                 with anyio.CancelScope(shield=True):
                     got = await self.claim_batch(jobs, free)
             except Exception as exc:
-                self.log.warning("claim failed; retrying", error=repr(exc))
+                self.outage.failed("claim", exc)
                 await backoff.sleep()
                 continue
+            self.outage.ok()
             backoff.reset()
             if got < free:
                 try:
                     await self.store.wait_for_work(self.queues, _IDLE_WAIT)
                 except Exception as exc:
-                    self.log.warning("waiting for work failed; retrying", error=repr(exc))
+                    self.outage.failed("waiting for work", exc)
                     await backoff.sleep()
 
     async def claim_batch(self, jobs: TaskGroup, free: int) -> int:
@@ -326,8 +381,9 @@ class _Server:
             try:
                 stop = await self.store.renew(self.owner, ids, lease=self.lease)
             except Exception as exc:
-                self.log.warning("renewing leases failed; retrying", error=repr(exc))
+                self.outage.failed("renewing leases", exc)
                 continue
+            self.outage.ok()
             for id in stop:
                 slot = self.slots.get(id)
                 if slot is None or slot.outcome is not None:
@@ -346,13 +402,15 @@ class _Server:
             try:
                 reaped = await self.store.reap(lost_limit=self.lost_limit)
             except Exception as exc:
-                self.log.warning("reaping expired leases failed; retrying", error=repr(exc))
+                self.outage.failed("reaping expired leases", exc)
             else:
+                self.outage.ok()
                 if reaped:
                     self.log.info("put back jobs whose worker was lost", count=reaped)
             await anyio.sleep(interval)
 
-    async def expire_loop(self) -> None:
+    async def deadline_loop(self) -> None:
+        """Fail or retry WAITING jobs whose deadline passed (504 "no callback within ttl")."""
         while True:
             try:
                 expired = await expire_waiting(self.store)
@@ -366,7 +424,27 @@ class _Server:
                         handler=rec.handler,
                         state=rec.state.value,
                     )
-            await anyio.sleep(_EXPIRE_INTERVAL)
+            await anyio.sleep(_DEADLINE_INTERVAL)
+
+    # -- retention ----------------------------------------------------------------------------
+
+    async def expire_loop(self) -> None:
+        """Delete finished jobs whose time is up (the job's own result_ttl, else this serve's
+        for its queues), in small batches."""
+        if self.result_ttl is None:
+            return
+        await anyio.sleep(_EXPIRE_FIRST)
+        while True:
+            try:
+                deleted = await self.store.expire(
+                    self.queues, result_ttl=self.result_ttl, limit=_EXPIRE_BATCH
+                )
+            except Exception as exc:
+                self.log.warning("deleting expired jobs failed; retrying", error=repr(exc))
+                deleted = 0
+            if deleted:
+                self.log.debug("deleted finished jobs past their result_ttl", count=deleted)
+            await anyio.sleep(_EXPIRE_PAUSE if deleted >= _EXPIRE_BATCH else _EXPIRE_INTERVAL)
 
     # -- completing ---------------------------------------------------------------------------
 
@@ -389,17 +467,31 @@ class _Server:
             outcomes = [slot.outcome for slot in batch if slot.outcome is not None]
             try:
                 with anyio.CancelScope(shield=True):
-                    await self.store.complete(self.owner, outcomes)
+                    applied = await self.store.complete(self.owner, outcomes)
             except Exception as exc:
-                self.log.warning("storing outcomes failed; retrying", error=repr(exc))
+                self.outage.failed("storing outcomes", exc)
                 self.pending[:0] = batch
                 self.pending_event.set()
                 return False
+            self.outage.ok()
+            if applied is not None:
+                self.log_discarded([o for o in outcomes if o.id not in applied])
             for slot in batch:
                 if self.slots.get(slot.record.id) is slot:
                     del self.slots[slot.record.id]
             self.release(len(batch))
             return True
+
+    def log_discarded(self, outcomes: list[Outcome]) -> None:
+        """One line per outcome the store refused: the lease was lost (the worker paused or
+        was cut off longer than the lease) and the job was reaped or claimed by another."""
+        for o in outcomes:
+            self.log.warning(
+                "outcome discarded: the job's lease was lost and the job taken over",
+                job_id=o.id,
+                state=str(o.state),
+                status=int(o.status),
+            )
 
     async def flush_all(self) -> None:
         backoff = _Backoff()
@@ -428,6 +520,7 @@ async def serve_store(
     lease: float = 30.0,
     lost_limit: int = DEFAULT_LOST_LIMIT,
     unknown_handler_grace: float = DEFAULT_UNKNOWN_HANDLER_GRACE,
+    result_ttl: float | timedelta | None = DEFAULT_RESULT_TTL,
 ) -> None:
     """Consume jobs from ``store`` with ``worker`` until cancelled or the worker stops.
 
@@ -457,6 +550,9 @@ async def serve_store(
         lost_limit: how many times a job's worker may be lost before the job fails (applied by
             this worker's reaper to every job it reaps).
         unknown_handler_grace: seconds a job for a handler no worker has may wait for one.
+        result_ttl: seconds (or a timedelta) finished jobs of ``queues`` are kept before this
+            worker deletes them, a small batch at a time (a job enqueued with a
+            ``result_ttl`` of its own keeps that); None keeps them for ever.
 
     Raises:
         RuntimeError: the worker was never started (a worker already stopping makes ``serve``
@@ -488,6 +584,11 @@ async def serve_store(
             # is nothing to serve and nothing to hand back.
             return
         raise RuntimeError(f"{worker.name} is not running: call serve inside `async with worker:`")
+    ttl: float | None = None
+    if result_ttl is not None:
+        ttl = seconds(result_ttl, name="result_ttl")
+        if not 0 <= ttl < float("inf"):
+            raise ValueError(f"result_ttl must be a finite duration >= 0, got {result_ttl!r}")
     server = _Server(
         worker,
         store,
@@ -496,6 +597,7 @@ async def serve_store(
         float(lease),
         lost_limit=lost_limit,
         unknown_handler_grace=float(unknown_handler_grace),
+        result_ttl=ttl,
     )
     async with worker.lifetime():
         await server.run()

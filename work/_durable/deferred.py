@@ -16,6 +16,7 @@ __all__ = ["NO_CALLBACK", "complete_waiting", "expire_waiting", "heartbeat_waiti
 NO_CALLBACK = "no callback within ttl"
 """The error of a WAITING job whose deadline passed (status 504)."""
 
+
 async def _waiting(store: Store, id: str) -> JobRecord:
     if not isinstance(id, str):
         raise TypeError(f"a job id must be a str, got {type(id).__name__}")
@@ -79,7 +80,7 @@ async def expire_waiting(store: Store, *, limit: int = 100) -> list[JobRecord]:
     still WAITING with a passed deadline (a heartbeat in between wins).
     """
     changed: list[JobRecord] = []
-    for record in await store.expired(limit=limit):
+    for record in await store.overdue(limit=limit):
         outcome = resolve(record, Status.GATEWAY_TIMEOUT, None, NO_CALLBACK)
         settled = await store.settle(outcome, only_expired=True)
         if settled is not None:

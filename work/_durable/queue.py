@@ -16,7 +16,8 @@ from .._core.retry import RetryPolicy
 from .._core.status import Status
 from .._core.validate import check_at, check_delay, check_int, check_name, check_payload
 from .._runtime.portal import PortalTwin
-from ..stores._base import JobRecord, JobState, Store
+from .._runtime.timers import seconds
+from ..stores._base import FINAL_STATES, JobRecord, JobState, Store
 from ..stores._open import open_store
 from .deferred import complete_waiting, heartbeat_waiting
 
@@ -89,6 +90,7 @@ class Queue:
         priority: int,
         retry: RetryPolicy | None,
         unique_key: str | None,
+        result_ttl: float | None = None,
     ) -> JobRecord:
         if not isinstance(job, Job):
             raise TypeError(f"enqueue needs a Job, got {type(job).__name__}")
@@ -148,6 +150,34 @@ class Queue:
             scheduled_for=due,
             timeout=job.timeout,
             retry=retry_settings,
+            result_ttl=result_ttl,
+        )
+
+    def check(
+        self,
+        job: Job,
+        *,
+        delay: float | timedelta | None = None,
+        at: datetime | None = None,
+        priority: int = 0,
+        retry: RetryPolicy | None = None,
+        unique_key: str | None = None,
+    ) -> None:
+        """Raise what :meth:`enqueue` would raise for these arguments, without touching the
+        store (which need not be entered): a form or a command line can refuse bad input
+        before it connects.
+
+        Raises:
+            TypeError, ValueError: as for :meth:`enqueue`.
+        """
+        self._record(
+            job,
+            now=datetime.now(UTC),
+            delay=delay,
+            at=at,
+            priority=priority,
+            retry=retry,
+            unique_key=unique_key,
         )
 
     async def enqueue(
@@ -159,6 +189,7 @@ class Queue:
         priority: int = 0,
         retry: RetryPolicy | None = None,
         unique_key: str | None = None,
+        result_ttl: float | timedelta | None = None,
     ) -> JobRecord:
         """Store ``job`` to be run by a worker serving its queue.
 
@@ -174,6 +205,8 @@ class Queue:
                 defers up to 20 times).
             unique_key: while a job with this key in the same queue is QUEUED, SCHEDULED,
                 RUNNING or WAITING, return that job's record instead of adding another.
+            result_ttl: keep the job this long (seconds or a timedelta) once finished, instead
+                of the serving worker's ``result_ttl`` (7 days by default).
 
         Every store keeps the same ranges (``work._core.validate``): ``delay`` finite, from 0
         to 36525 days (about 100 years); ``at`` aware, from 1970-01-01 UTC to 36525 days from now;
@@ -191,7 +224,13 @@ class Queue:
                 ``at``; nothing is stored.
         """
         (record,) = await self.enqueue_many(
-            [job], delay=delay, at=at, priority=priority, retry=retry, unique_key=unique_key
+            [job],
+            delay=delay,
+            at=at,
+            priority=priority,
+            retry=retry,
+            unique_key=unique_key,
+            result_ttl=result_ttl,
         )
         return record
 
@@ -204,6 +243,7 @@ class Queue:
         priority: int = 0,
         retry: RetryPolicy | None = None,
         unique_key: str | None = None,
+        result_ttl: float | timedelta | None = None,
     ) -> list[JobRecord]:
         """Store several jobs with the same options in one store round trip.
 
@@ -216,6 +256,7 @@ class Queue:
             TypeError, ValueError: as for :meth:`enqueue`.
         """
         now = datetime.now(UTC)
+        ttl = _result_ttl(result_ttl)
         records = [
             self._record(
                 job,
@@ -225,6 +266,7 @@ class Queue:
                 priority=priority,
                 retry=retry,
                 unique_key=unique_key,
+                result_ttl=ttl,
             )
             for job in jobs
         ]
@@ -356,6 +398,78 @@ class Queue:
         """Return ``{queue: {state: count}}``."""
         return await self.store.stats()
 
+    # -- history ------------------------------------------------------------------------------
+
+    async def purge(
+        self,
+        *,
+        older_than: datetime | timedelta | float,
+        states: Iterable[JobState | str] = FINAL_STATES,
+    ) -> int:
+        """Delete finished jobs now, whatever their ``result_ttl`` (serving workers delete
+        them anyway once it has passed).
+
+        Args:
+            older_than: jobs that finished before this aware datetime, or more than this long
+                ago (seconds or a timedelta).
+            states: which finished states to delete (default: SUCCEEDED, FAILED and
+                CANCELLED).
+
+        Returns:
+            How many jobs were deleted.
+
+        Raises:
+            ValueError: a state that is not final (unfinished jobs are never purged), an
+                unknown state, a naive datetime or a negative duration.
+        """
+        wanted: list[JobState] = []
+        for state in states:
+            st = JobState(state)
+            if not st.is_final:
+                raise ValueError(
+                    f"only finished jobs can be purged (succeeded, failed, cancelled), "
+                    f"got state {st.value!r}"
+                )
+            wanted.append(st)
+        if isinstance(older_than, datetime):
+            if older_than.tzinfo is None or older_than.utcoffset() is None:
+                raise ValueError(
+                    f"older_than must be an aware datetime (with tzinfo), got naive {older_than!r}"
+                )
+            cutoff = older_than.astimezone(UTC)
+        else:
+            age = seconds(older_than, name="older_than")
+            if not 0 <= age < float("inf"):
+                raise ValueError(f"older_than must be a duration >= 0, got {older_than!r}")
+            cutoff = datetime.now(UTC) - timedelta(seconds=age)
+        return await self.store.purge(older_than=cutoff, states=wanted)
+
+    async def retry(self, id: str) -> JobRecord:
+        """Run a FAILED or CANCELLED job again now: it is QUEUED with its attempts, status,
+        error and result cleared (the same id, args and options).
+
+        Returns:
+            The job's new record.
+
+        Raises:
+            LookupError: the store does not know the job.
+            ValueError: the job is not FAILED or CANCELLED (the message names its state), or
+                another unfinished job holds its unique_key.
+        """
+        record = await self.store.retry(id)
+        if record is None:
+            raise LookupError(f"no job with id {id!r} in {self.store.url}")
+        return record
+
+
+def _result_ttl(value: float | timedelta | None) -> float | None:
+    if value is None:
+        return None
+    ttl = seconds(value, name="result_ttl")
+    if not 0 <= ttl < float("inf"):
+        raise ValueError(f"result_ttl must be a finite duration >= 0, got {value!r}")
+    return ttl
+
 
 class SyncQueue:
     """The synchronous twin of :class:`Queue`, for code with no event loop (scripts, Flask,
@@ -397,6 +511,7 @@ class SyncQueue:
         priority: int = 0,
         retry: RetryPolicy | None = None,
         unique_key: str | None = None,
+        result_ttl: float | timedelta | None = None,
     ) -> JobRecord:
         """Store ``job``; see :meth:`Queue.enqueue`."""
         record: JobRecord = self._call(
@@ -407,6 +522,7 @@ class SyncQueue:
             priority=priority,
             retry=retry,
             unique_key=unique_key,
+            result_ttl=result_ttl,
         )
         return record
 
@@ -419,6 +535,7 @@ class SyncQueue:
         priority: int = 0,
         retry: RetryPolicy | None = None,
         unique_key: str | None = None,
+        result_ttl: float | timedelta | None = None,
     ) -> list[JobRecord]:
         """Store several jobs in one round trip; see :meth:`Queue.enqueue_many`."""
         records: list[JobRecord] = self._call(
@@ -429,6 +546,7 @@ class SyncQueue:
             priority=priority,
             retry=retry,
             unique_key=unique_key,
+            result_ttl=result_ttl,
         )
         return records
 
@@ -489,6 +607,20 @@ class SyncQueue:
         """Return ``{queue: {state: count}}``; see :meth:`Queue.stats`."""
         counts: dict[str, dict[str, int]] = self._call(self._queue.stats)
         return counts
+
+    def purge(
+        self,
+        *,
+        older_than: datetime | timedelta | float,
+        states: Iterable[JobState | str] = FINAL_STATES,
+    ) -> int:
+        """Delete finished jobs now; see :meth:`Queue.purge`."""
+        return int(self._call(self._queue.purge, older_than=older_than, states=list(states)))
+
+    def retry(self, id: str) -> JobRecord:
+        """Run a FAILED or CANCELLED job again now; see :meth:`Queue.retry`."""
+        record: JobRecord = self._call(self._queue.retry, id)
+        return record
 
     def close(self) -> None:
         """Leave the store and stop the background event loop. Calling it again does nothing."""

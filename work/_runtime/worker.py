@@ -15,11 +15,12 @@ import anyio
 import anyio.lowlevel
 from anyio.abc import TaskGroup
 
-from .._core.chain import as_async, compose
+from .._core.chain import compose, is_async_callable
 from .._core.exceptions import StatusError, UnknownHandlerError
 from .._core.job import Ctx, Job
 from .._core.status import Status
 from .._core.types import Adapter, Handler
+from .sync_handlers import ProcessRunner, SyncMode, ThreadRunner
 from .timers import CronSchedule, IntervalSchedule, TimerHeap, parse_every, seconds, utcnow
 
 if TYPE_CHECKING:
@@ -205,9 +206,18 @@ class Worker:
         name: a label for logs and metrics (default ``worker-<n>``).
         shutdown_grace: seconds in-flight executions get to finish when the worker stops,
             before they are cancelled (499).
+        sync_handlers: where plain ``def`` handlers run. ``"thread"`` (the default): in
+            worker threads; a thread cannot be interrupted, so when its execution times out
+            (408) or is cancelled (499) the execution ends at once and its thread is
+            abandoned (it runs on; its result is dropped). ``"process"``: in worker
+            processes, killed when the execution times out or is cancelled; the handler must
+            be a module-level function and the job's args and its result picklable.
+        max_abandoned_threads: with ``"thread"``, while this many abandoned threads are
+            still running, new sync executions end 503 at once instead of starting another.
 
     Raises:
-        ValueError: ``max_concurrency`` < 1 or a negative ``shutdown_grace``.
+        ValueError: ``max_concurrency`` < 1, a negative ``shutdown_grace``, an unknown
+            ``sync_handlers`` or ``max_abandoned_threads`` < 1.
     """
 
     _names = itertools.count(1)
@@ -219,7 +229,15 @@ class Worker:
         max_concurrency: int | None = None,
         name: str | None = None,
         shutdown_grace: float = 10.0,
+        sync_handlers: SyncMode = "thread",
+        max_abandoned_threads: int = 16,
     ) -> None:
+        if sync_handlers not in ("thread", "process"):
+            raise ValueError(f"sync_handlers must be 'thread' or 'process', got {sync_handlers!r}")
+        if isinstance(max_abandoned_threads, bool) or not isinstance(max_abandoned_threads, int):
+            raise TypeError(f"max_abandoned_threads must be an int, got {max_abandoned_threads!r}")
+        if max_abandoned_threads < 1:
+            raise ValueError(f"max_abandoned_threads must be >= 1, got {max_abandoned_threads}")
         if max_concurrency is not None:
             if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int):
                 raise TypeError(f"max_concurrency must be an int or None, got {max_concurrency!r}")
@@ -235,6 +253,9 @@ class Worker:
         self.max_concurrency = max_concurrency
         self.name = name or f"worker-{next(self._names)}"
         self.shutdown_grace = grace
+        self.sync_handlers: SyncMode = sync_handlers
+        self._threads = ThreadRunner(max_abandoned=max_abandoned_threads, name=self.name)
+        self._processes = ProcessRunner()
         self._handlers: dict[str, Callable[[Job], Any]] = {}
         self._chains: dict[str, Handler] = {}
         self._reset()
@@ -254,6 +275,11 @@ class Worker:
         self._handles: set[RecurringHandle] = set()
         self._services = 0
         self._services_done: anyio.Event | None = None
+
+    @property
+    def abandoned_threads(self) -> int:
+        """Threads of sync handlers abandoned after a timeout or cancel that still run."""
+        return self._threads.abandoned
 
     # -- registry ---------------------------------------------------------------------------
 
@@ -275,7 +301,14 @@ class Worker:
             raise ValueError(f"a handler name must not be blank, got {name!r}")
         if name in self._handlers:
             raise ValueError(f"a handler named {name!r} is already registered on {self.name}")
-        handler = as_async(fn)
+        if not callable(fn):
+            raise TypeError(f"a handler must be callable, got {fn!r}")
+        if is_async_callable(fn):
+            handler = fn
+        elif self.sync_handlers == "process":
+            handler = self._processes.wrap(fn)
+        else:
+            handler = self._threads.wrap(fn)
         self._handlers[name] = fn
         self._chains[name] = compose(self.adapters, handler)
 
@@ -666,6 +699,7 @@ class Worker:
         lease: float = 30.0,
         lost_limit: int = 3,
         unknown_handler_grace: float = 300.0,
+        result_ttl: float | timedelta | None = 7 * 24 * 3600.0,
     ) -> None:
         """Consume jobs from a durable store until cancelled or the worker stops.
 
@@ -686,6 +720,9 @@ class Worker:
             unknown_handler_grace: a job for a handler this worker lacks goes back for another
                 worker without using an attempt; it fails 404 only when no worker has run it
                 within this many seconds of the first hand-back.
+            result_ttl: finished jobs of ``queues`` are deleted (a small batch at a time) this
+                long after they finished (default 7 days), unless a job was enqueued with a
+                ``result_ttl`` of its own; None keeps them for ever.
         """
         from .._durable.consumer import serve_store
 
@@ -697,6 +734,7 @@ class Worker:
             lease=lease,
             lost_limit=lost_limit,
             unknown_handler_grace=unknown_handler_grace,
+            result_ttl=result_ttl,
         )
 
     # -- running executions -----------------------------------------------------------------

@@ -180,6 +180,51 @@ async def _cmd_jobs_cancel(ns: argparse.Namespace) -> int:
     raise CLIError(f"job {ns.id} is already {record.state}; nothing to cancel")
 
 
+async def _cmd_jobs_purge(ns: argparse.Namespace) -> int:
+    states = ns.state or [JobState.SUCCEEDED.value, JobState.FAILED.value, JobState.CANCELLED.value]
+    async with connected(open_store_of(ns)) as store:
+        with _bad_input():
+            deleted = await Queue(store).purge(older_than=ns.older_than, states=states)
+    print(f"purged {deleted} job{'' if deleted == 1 else 's'}")
+    return 0
+
+
+async def _cmd_jobs_retry(ns: argparse.Namespace) -> int:
+    async with connected(open_store_of(ns)) as store:
+        try:
+            record = await Queue(store).retry(ns.id)
+        except LookupError:
+            raise CLIError(f"no job with id {ns.id!r} in {mask_url(ns.store)}") from None
+        except ValueError as exc:
+            raise CLIError(str(exc)) from None
+    print(f"retrying {record.id}  {record.handler}  queue={record.queue}  {record.state}")
+    return 0
+
+
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+
+
+def parse_duration(text: str) -> float:
+    """A duration for the command line: seconds (``90``, ``1.5``) or a number with a unit
+    ``s``, ``m``, ``h``, ``d`` or ``w`` (``30d``, ``12h``).
+
+    Raises:
+        argparse.ArgumentTypeError: anything else, a negative or a non-finite value.
+    """
+    raw = text.strip().lower()
+    unit = _UNITS.get(raw[-1:]) if raw else None
+    number = raw[:-1] if unit is not None else raw
+    try:
+        value = float(number) * (unit or 1.0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a duration: {text!r} (seconds, or a number with s, m, h, d or w: 30d)"
+        ) from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"a duration must be finite and >= 0, got {text!r}")
+    return value
+
+
 async def _cmd_stats(ns: argparse.Namespace) -> int:
     async with connected(open_store_of(ns), create=False) as store:
         stats = await Queue(store).stats()
@@ -209,20 +254,20 @@ async def _cmd_enqueue(ns: argparse.Namespace) -> int:
         raise CLIError(f"--args must be a JSON object, got {type(args).__name__}: {ns.args}", 2)
     if ns.delay is not None and ns.delay < 0:
         raise CLIError(f"--delay must be >= 0 seconds, got {ns.delay:g}", 2)
-    try:
+    store = open_store_of(ns)
+    options: dict[str, Any] = {
+        "delay": ns.delay or None,
+        "priority": ns.priority,
+        "unique_key": ns.unique_key,
+    }
+    with _bad_input():
         job = Job(ns.handler, args, queue=ns.queue)
-        retry = None if ns.max_attempts is None else RetryPolicy(max_attempts=ns.max_attempts)
-    except (ValueError, TypeError) as exc:
-        raise CLIError(str(exc), 2) from None
-    async with connected(open_store_of(ns)) as store:
+        options["retry"] = None if ns.max_attempts is None else RetryPolicy(ns.max_attempts)
+        # Refused before connecting: bad input creates no store (no SQLite file, no schema).
+        Queue(store).check(job, **options)
+    async with connected(store):
         with _bad_input():
-            record = await Queue(store).enqueue(
-                job,
-                delay=ns.delay or None,
-                priority=ns.priority,
-                retry=retry,
-                unique_key=ns.unique_key,
-            )
+            record = await Queue(store).enqueue(job, **options)
     if ns.json:
         _print_json(record_to_dict(record))
     else:
@@ -307,10 +352,17 @@ def build_parser() -> argparse.ArgumentParser:
         default=3,
         help="fail a job once its worker was lost this many times (default: 3)",
     )
+    w.add_argument(
+        "--result-ttl",
+        type=parse_duration,
+        default=7 * 86400.0,
+        metavar="DURATION",
+        help="delete finished jobs of its queues this long after they finish (default: 7d)",
+    )
     w.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio")
     w.set_defaults(func=run_worker_command)
 
-    jobs = sub.add_parser("jobs", help="list, show or cancel jobs")
+    jobs = sub.add_parser("jobs", help="list, show, cancel, retry or purge jobs")
     jobs_sub = jobs.add_subparsers(dest="jobs_command", required=True, parser_class=_Parser)
     ls = jobs_sub.add_parser("list", help="list jobs, oldest first")
     _add_store(ls)
@@ -330,6 +382,26 @@ def build_parser() -> argparse.ArgumentParser:
     cancel.add_argument("id")
     _add_store(cancel)
     cancel.set_defaults(func=_run(_cmd_jobs_cancel))
+    purge = jobs_sub.add_parser("purge", help="delete finished jobs now")
+    _add_store(purge)
+    purge.add_argument(
+        "--older-than",
+        type=parse_duration,
+        required=True,
+        metavar="DURATION",
+        help="jobs that finished more than this long ago (seconds, or 30d, 12h, 90m)",
+    )
+    purge.add_argument(
+        "--state",
+        action="append",
+        choices=[JobState.SUCCEEDED.value, JobState.FAILED.value, JobState.CANCELLED.value],
+        help="only jobs in this state; repeatable (default: every finished state)",
+    )
+    purge.set_defaults(func=_run(_cmd_jobs_purge))
+    retry = jobs_sub.add_parser("retry", help="run a failed or cancelled job again now")
+    retry.add_argument("id")
+    _add_store(retry)
+    retry.set_defaults(func=_run(_cmd_jobs_retry))
 
     st = sub.add_parser("stats", help="job counts by queue and state")
     _add_store(st)

@@ -104,6 +104,7 @@ class _CountingStore:
         self._inner = inner
         self.url = inner.url
         self.counts: Counter[tuple[str, int]] = Counter()
+        self.discarded = 0  # outcomes the store refused: the lease had been taken over
 
     def __getattr__(self, name: str) -> Any:
         # Extras a store offers beyond the protocol stay reachable.
@@ -154,9 +155,13 @@ class _CountingStore:
     async def renew(self, owner: str, ids: Sequence[str], *, lease: float) -> set[str]:
         return await self._inner.renew(owner, ids, lease=lease)
 
-    async def complete(self, owner: str, outcomes: Sequence[Outcome]) -> None:
-        await self._inner.complete(owner, outcomes)
-        self.counts.update((str(o.state), int(o.status)) for o in outcomes)
+    async def complete(self, owner: str, outcomes: Sequence[Outcome]) -> set[str] | None:
+        applied = await self._inner.complete(owner, outcomes)
+        # Outcomes the store refused (the lease was lost) are counted apart, not as results.
+        kept = [o for o in outcomes if applied is None or o.id in applied]
+        self.discarded += len(outcomes) - len(kept)
+        self.counts.update((str(o.state), int(o.status)) for o in kept)
+        return applied
 
     async def reap(self, *, lost_limit: int = 3) -> int:
         return await self._inner.reap(lost_limit=lost_limit)
@@ -165,9 +170,11 @@ class _CountingStore:
         await self._inner.wait_for_work(queues, timeout)
 
     def summary(self) -> str:
-        """One line: how many jobs ended in each state, with the statuses behind each."""
+        """One line: how many jobs ended in each state, with the statuses behind each, and
+        how many outcomes the store discarded."""
+        discarded = f"; discarded {self.discarded} (lease lost)" if self.discarded else ""
         if not self.counts:
-            return "processed 0 jobs"
+            return f"processed 0 jobs{discarded}"
         by_state: dict[str, Counter[int]] = {}
         for (state, status), n in self.counts.items():
             by_state.setdefault(state, Counter())[status] += n
@@ -178,7 +185,7 @@ class _CountingStore:
             text = f"{names.get(state, state)} {sum(by_state[state].values())}"
             parts.append(f"{text} ({codes})" if codes else text)
         total = sum(self.counts.values())
-        return f"processed {total} job{'' if total == 1 else 's'}: " + "; ".join(parts)
+        return f"processed {total} job{'' if total == 1 else 's'}: " + "; ".join(parts) + discarded
 
 
 class _Probe:
@@ -350,6 +357,7 @@ async def _serve(
                 concurrency=ns.concurrency,
                 lease=ns.lease,
                 lost_limit=ns.lost_limit,
+                result_ttl=ns.result_ttl,
             )
             stop.set()
 
@@ -371,7 +379,7 @@ def _child_command(ns: argparse.Namespace, index: int) -> list[str]:
     """The command line of child ``index``: ours without --processes, its own --http port."""
     cmd = [sys.executable, "-m", "work.cli", "worker", ns.target, "--store", ns.store]
     cmd += ["--queues", ns.queues, "--lease", repr(ns.lease), "--backend", ns.backend]
-    cmd += ["--lost-limit", str(ns.lost_limit)]
+    cmd += ["--lost-limit", str(ns.lost_limit), "--result-ttl", repr(ns.result_ttl)]
     for option in ns.store_option:
         cmd += ["--store-option", option]
     if ns.concurrency is not None:
@@ -478,4 +486,16 @@ def run_worker_command(ns: argparse.Namespace) -> int:
     if ns.processes > 1:
         return anyio.run(_supervise, ns)
     worker = load_worker(ns.target)
-    return anyio.run(_run_worker, ns, worker, backend=ns.backend)
+    code: int = anyio.run(_run_worker, ns, worker, backend=ns.backend)
+    abandoned = worker.abandoned_threads
+    if abandoned:
+        # Their jobs were handed back (or recorded); the interpreter would wait for the
+        # threads at exit, forever for a wedged one. Exiting here drops their late results.
+        log(
+            f"{abandoned} thread(s) of sync handlers that overran are still running: "
+            f"exiting without waiting for them (their results are dropped)"
+        )
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code

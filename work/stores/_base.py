@@ -35,7 +35,16 @@ from typing import Any, Protocol, Self, runtime_checkable
 
 from .._core.status import Status
 
-__all__ = ["DEFAULT_LOST_LIMIT", "Claimed", "JobRecord", "JobState", "Outcome", "Store"]
+__all__ = [
+    "DEFAULT_LOST_LIMIT",
+    "DEFAULT_RESULT_TTL",
+    "FINAL_STATES",
+    "Claimed",
+    "JobRecord",
+    "JobState",
+    "Outcome",
+    "Store",
+]
 
 
 class JobState(StrEnum):
@@ -92,6 +101,8 @@ class JobRecord:
         deadline: while WAITING, when it fails 504 unless completed or heartbeated first.
         deferred_ttl: the ttl of the ``Deferred`` that made it WAITING (the default push of
             ``Queue.heartbeat``), or None.
+        result_ttl: seconds the job is kept once finished, or None for the purging worker's
+            ``result_ttl`` (7 days by default); see :meth:`Store.expire`.
     """
 
     id: str
@@ -116,6 +127,7 @@ class JobRecord:
     deferrals: int = 0
     deadline: datetime | None = None
     deferred_ttl: float | None = None
+    result_ttl: float | None = None
 
     def replace(self, **changes: Any) -> JobRecord:
         """Return a copy with ``changes`` applied."""
@@ -124,6 +136,13 @@ class JobRecord:
 
 DEFAULT_LOST_LIMIT = 3
 """How many times a job's worker may be lost before :meth:`Store.reap` fails it."""
+
+DEFAULT_RESULT_TTL = 7 * 24 * 3600.0
+"""Seconds a finished job is kept, unless the job or the serving worker says otherwise."""
+
+FINAL_STATES = (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+"""The states a job ends in; the only ones :meth:`Store.purge` and :meth:`Store.expire`
+delete."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,12 +278,16 @@ class Store(Protocol):
         owner must stop running: a cancel was requested, or the job is no longer its own."""
         ...
 
-    async def complete(self, owner: str, outcomes: Sequence[Outcome]) -> None:
+    async def complete(self, owner: str, outcomes: Sequence[Outcome]) -> set[str] | None:
         """Apply each outcome to a job that is RUNNING and held by ``owner`` (others are left
         alone: the lease was lost and the job is someone else's now). Sets ``finished_at`` for
         final states, clears the lease, and applies ``give_back_attempt`` / ``deferral``.
         A WAITING outcome stores ``result`` (the Deferred's), ``deadline`` and
-        ``deferred_ttl`` (from ``ttl``); the job is then held by no one."""
+        ``deferred_ttl`` (from ``ttl``); the job is then held by no one.
+
+        Returns the ids whose outcome was applied, so the caller can report the others as
+        discarded. A store may return None (as stores written before this did): it does not
+        say, and every outcome is taken as applied."""
         ...
 
     async def reap(self, *, lost_limit: int = DEFAULT_LOST_LIMIT) -> int:
@@ -278,6 +301,34 @@ class Store(Protocol):
         that kills every worker running it cannot loop forever). A job whose cancel was
         requested becomes CANCELLED (499). Returns how many jobs it changed. Safe to call from
         many workers at once."""
+        ...
+
+    async def purge(
+        self, *, older_than: datetime, states: Sequence[JobState], limit: int | None = None
+    ) -> int:
+        """Delete finished jobs (in ``states``, of which only SUCCEEDED, FAILED and CANCELLED
+        count) whose ``finished_at`` is before ``older_than``, in every queue, whatever their
+        ``result_ttl``; at most ``limit`` of them (None: all, in small batches). Returns how
+        many were deleted. Unfinished jobs are never deleted."""
+        ...
+
+    async def expire(self, queues: Sequence[str], *, result_ttl: float, limit: int) -> int:
+        """Delete up to ``limit`` finished jobs whose time is up: those with a ``result_ttl``
+        of their own (any queue) once it has passed since ``finished_at``, and those of
+        ``queues`` without one ``result_ttl`` seconds after ``finished_at``. Serving workers
+        call it now and then (the retention); returns how many were deleted. Finding them
+        must not cost in proportion to the jobs kept."""
+        ...
+
+    async def retry(self, id: str) -> JobRecord | None:
+        """Run a FAILED or CANCELLED job again: it becomes QUEUED, due now, with its attempts,
+        deferrals, lost count, status, error, result and times cleared. Returns the new
+        record, or None for an unknown id.
+
+        Raises:
+            ValueError: the job is in another state (the message names it), or another job
+                holding its ``unique_key`` is not finished.
+        """
         ...
 
     async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
@@ -313,7 +364,7 @@ class Store(Protocol):
         """
         ...
 
-    async def expired(self, *, limit: int = 100) -> builtins.list[JobRecord]:
+    async def overdue(self, *, limit: int = 100) -> builtins.list[JobRecord]:
         """Return up to ``limit`` WAITING jobs whose deadline has passed (earliest first)."""
         ...
 

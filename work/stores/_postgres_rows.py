@@ -81,6 +81,7 @@ def decode_row(row: Any) -> tuple[JobRecord, str | None]:
         deferrals=row["deferrals"],
         deadline=row["deadline"],
         deferred_ttl=row["deferred_ttl"],
+        result_ttl=row["result_ttl"],
     )
     return record, args_error or headers_error
 
@@ -138,6 +139,7 @@ def insert_values(rec: JobRecord, args: str, enqueued: datetime) -> tuple[Any, .
         rec.timeout,
         dumps(rec.retry) if rec.retry is not None else None,
         rec.deferrals,
+        rec.result_ttl,
     )
 
 
@@ -180,6 +182,8 @@ def insert_object(rec: JobRecord, args: str, enqueued: datetime) -> dict[str, An
         out["retry"] = rec.retry
     if rec.deferrals != 0:
         out["deferrals"] = rec.deferrals
+    if rec.result_ttl is not None:
+        out["result_ttl"] = rec.result_ttl
     return out
 
 
@@ -228,4 +232,5 @@ def stored_record(rec: JobRecord, args: dict[str, Any], enqueued: datetime) -> J
     # A job is added QUEUED or SCHEDULED: the WAITING columns start empty (add leaves them out).
     put(new, "deadline", None)
     put(new, "deferred_ttl", None)
+    put(new, "result_ttl", None if rec.result_ttl is None else float(rec.result_ttl))
     return new

@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
-__all__ = ["ADD", "CANCEL", "CLAIM", "COMPLETE", "HEARTBEAT", "REAP", "RENEW", "SETTLE"]
+__all__ = [
+    "ADD",
+    "CANCEL",
+    "CLAIM",
+    "COMPLETE",
+    "DELETE",
+    "HEARTBEAT",
+    "REAP",
+    "RENEW",
+    "RETRY",
+    "SETTLE",
+]
 
 # Helpers shared by the scripts. ARGV[1] is always the key prefix. Times are integer
 # microseconds since the epoch, passed and stored as decimal strings, never formatted by Lua
@@ -39,6 +50,24 @@ end
 local function opt(s)
   if s == '' then return nil end
   return string.sub(s, 2)
+end
+-- A job just became final at `now`: index it for retention. Jobs without a result_ttl of
+-- their own go in done:<queue> (by finish time), the others in kept:<queue> (by finish time,
+-- for purges by hand) and in expires (by the time they may go).
+local function finished(jk, q, id, now)
+  local ttl = redis.call('HGET', jk, 'ttl_us')
+  if ttl then
+    redis.call('ZADD', P .. ':kept:' .. q, now, id)
+    -- %.0f: Lua's tostring keeps 14 digits only.
+    redis.call('ZADD', P .. ':expires', string.format('%.0f', tonumber(now) + tonumber(ttl)), id)
+  else
+    redis.call('ZADD', P .. ':done:' .. q, now, id)
+  end
+end
+local function unfinished(q, id)
+  redis.call('ZREM', P .. ':done:' .. q, id)
+  redis.call('ZREM', P .. ':kept:' .. q, id)
+  redis.call('ZREM', P .. ':expires', id)
 end
 """
 
@@ -185,10 +214,12 @@ return stop
 # deferral ('1'/'0'), unknown_since (opt), deadline (opt), ttl (opt; the last two for
 # WAITING). One argument for the batch, as for add: redis-py packs a command argument by
 # argument, which cost more than the script itself with 8 per outcome.
+# Returns the ids whose outcome was applied.
 COMPLETE = (
     LUA_PRELUDE
     + r"""
 local owner, now, cap = ARGV[2], ARGV[3], ARGV[4]
+local applied = {}
 for _, o in ipairs(cjson.decode(ARGV[5])) do
   local id, state = o[1], o[2]
   local jk = jkey(id)
@@ -231,12 +262,14 @@ for _, o in ipairs(cjson.decode(ARGV[5])) do
     else
       redis.call('HSET', jk, 'finished_at', now)
       release_unique(q, f[4], id)
+      finished(jk, q, id, now)
     end
     stat(q, 'running', -1)
     stat(q, state, 1)
+    applied[#applied + 1] = id
   end
 end
-return 0
+return applied
 """
 )
 
@@ -261,6 +294,7 @@ for _, id in ipairs(lost) do
       state = 'cancelled'
       redis.call('HSET', jk, 'status', '499', 'error', 'cancelled', 'finished_at', now)
       release_unique(q, f[6], id)
+      finished(jk, q, id, now)
     elseif redis.call('HINCRBY', jk, 'lost', 1) < lost_limit then
       state = 'queued'
       redis.call('HSET', jk, 'status', '500', 'error', 'worker lost')
@@ -270,6 +304,7 @@ for _, id in ipairs(lost) do
     else
       redis.call('HSET', jk, 'status', '500', 'error', 'worker lost', 'finished_at', now)
       release_unique(q, f[6], id)
+      finished(jk, q, id, now)
     end
     redis.call('HSET', jk, 'state', state)
     stat(q, 'running', -1)
@@ -301,6 +336,7 @@ redis.call('HDEL', jk, 'rmember', 'deadline')
 redis.call('HSET', jk, 'state', 'cancelled', 'status', '499', 'error', 'cancelled',
            'finished_at', now)
 release_unique(q, f[4], id)
+finished(jk, q, id, now)
 stat(q, state, -1)
 stat(q, 'cancelled', 1)
 return 1
@@ -342,6 +378,7 @@ elseif state == 'queued' then
 else
   redis.call('HSET', jk, 'finished_at', now)
   release_unique(q, f[3], id)
+  finished(jk, q, id, now)
 end
 stat(q, 'waiting', -1)
 stat(q, state, 1)
@@ -367,5 +404,64 @@ local deadline = string.format('%d', tonumber(now) + tonumber(ttl))
 redis.call('HSET', jk, 'deadline', deadline)
 redis.call('ZADD', P .. ':waiting', deadline, id)
 return {1, redis.call('HGETALL', jk)}
+"""
+)
+
+# ARGV: prefix, states ("succeeded,failed,cancelled" or a subset), id, ...   Deletes each job
+# that is final and in one of states; returns how many. Unfinished jobs are never deleted.
+DELETE = (
+    LUA_PRELUDE
+    + r"""
+local wanted = {}
+for st in string.gmatch(ARGV[2], '[^,]+') do wanted[st] = true end
+local n = 0
+for i = 3, #ARGV do
+  local id = ARGV[i]
+  local jk = jkey(id)
+  local f = redis.call('HMGET', jk, 'state', 'queue')
+  local state, q = f[1], f[2]
+  if state and q and wanted[state] then
+    redis.call('DEL', jk)
+    redis.call('ZREM', P .. ':all', id)
+    unfinished(q, id)
+    stat(q, state, -1)
+    n = n + 1
+  elseif not state then
+    -- Already gone (another purger): drop the stale index entries.
+    redis.call('ZREM', P .. ':expires', id)
+  end
+end
+return n
+"""
+)
+
+# ARGV: prefix, id, now, cap.   Returns {'ok', HGETALL...}, {'missing'}, {'state', state} or
+# {'unique', other id}.
+RETRY = (
+    LUA_PRELUDE
+    + r"""
+local id, now, cap = ARGV[2], ARGV[3], ARGV[4]
+local jk = jkey(id)
+local f = redis.call('HMGET', jk, 'state', 'queue', 'unique_key', 'seq', 'priority')
+local state, q, ukey = f[1], f[2], f[3]
+if not state then return {'missing'} end
+if state ~= 'failed' and state ~= 'cancelled' then return {'state', state} end
+if ukey then
+  local other = redis.call('HGET', P .. ':unique:' .. q, ukey)
+  if other and other ~= id then return {'unique', other} end
+  redis.call('HSET', P .. ':unique:' .. q, ukey, id)
+end
+unfinished(q, id)
+redis.call('HDEL', jk, 'result', 'error', 'scheduled_for', 'started_at', 'finished_at',
+           'unknown_since', 'owner', 'lease_until', 'cancel_requested')
+redis.call('HSET', jk, 'state', 'queued', 'status', '-1', 'attempts', '0', 'deferrals', '0',
+           'lost', '0', 'enqueued_at', now)
+make_ready(jk, q, id, now, f[4], f[5])
+stat(q, state, -1)
+stat(q, 'queued', 1)
+wake(q, cap)
+local out = {'ok'}
+for _, v in ipairs(redis.call('HGETALL', jk)) do table.insert(out, v) end
+return out
 """
 )

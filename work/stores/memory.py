@@ -15,7 +15,7 @@ import anyio
 
 from .._core.exceptions import JobStateError
 from .._core.status import Status
-from ._base import DEFAULT_LOST_LIMIT, Claimed, JobRecord, JobState, Outcome
+from ._base import DEFAULT_LOST_LIMIT, FINAL_STATES, Claimed, JobRecord, JobState, Outcome
 
 __all__ = ["MemoryStore"]
 
@@ -326,15 +326,18 @@ class MemoryStore:
                     stop.add(id)
         return stop
 
-    async def complete(self, owner: str, outcomes: Sequence[Outcome]) -> None:
-        """Apply outcomes to jobs RUNNING under ``owner``'s lease; others are left alone."""
+    async def complete(self, owner: str, outcomes: Sequence[Outcome]) -> set[str]:
+        """Apply outcomes to jobs RUNNING under ``owner``'s lease; others are left alone.
+        Returns the ids whose outcome was applied."""
         now = _now()
         wake = False
+        applied: set[str] = set()
         with self._lock:
             for outcome in outcomes:
                 row = self._rows.get(outcome.id)
                 if row is None or row.record.state is not JobState.RUNNING or row.owner != owner:
                     continue
+                applied.add(outcome.id)
                 rec = row.record
                 waiting = outcome.state is JobState.WAITING
                 if outcome.state is JobState.SUCCEEDED or waiting:
@@ -361,6 +364,7 @@ class MemoryStore:
                 wake = wake or not outcome.state.is_final
         if wake:
             self._notifier.notify()
+        return applied
 
     async def reap(self, *, lost_limit: int = DEFAULT_LOST_LIMIT) -> int:
         """Put back (or fail after ``lost_limit`` losses, or cancel) RUNNING jobs whose lease
@@ -453,7 +457,7 @@ class MemoryStore:
             row.record = rec.replace(deadline=_now() + timedelta(seconds=seconds or 0.0))
             return self._snapshot(row)
 
-    async def expired(self, *, limit: int = 100) -> builtins.list[JobRecord]:
+    async def overdue(self, *, limit: int = 100) -> builtins.list[JobRecord]:
         """Return up to ``limit`` WAITING jobs whose deadline has passed, earliest first."""
         now = _now()
         with self._lock:
@@ -472,6 +476,93 @@ class MemoryStore:
         as this store object)."""
         with self._lock:
             return self._settings.setdefault(key, value)
+
+    # -- retention ------------------------------------------------------------------------------
+
+    def _delete(self, ids: Sequence[str]) -> None:
+        for id in ids:
+            del self._rows[id]
+
+    async def purge(
+        self, *, older_than: datetime, states: Sequence[JobState], limit: int | None = None
+    ) -> int:
+        """Delete finished jobs in ``states`` that finished before ``older_than`` (see
+        :meth:`work.stores.Store.purge`)."""
+        wanted = set(states) & set(FINAL_STATES)
+        with self._lock:
+            ids = [
+                id
+                for id, row in self._rows.items()
+                if row.record.state in wanted
+                and row.record.finished_at is not None
+                and row.record.finished_at < older_than
+            ][:limit]
+            self._delete(ids)
+        return len(ids)
+
+    async def expire(self, queues: Sequence[str], *, result_ttl: float, limit: int) -> int:
+        """Delete up to ``limit`` finished jobs whose time is up (see
+        :meth:`work.stores.Store.expire`)."""
+        now = _now()
+        ids: list[str] = []
+        with self._lock:
+            for id, row in self._rows.items():
+                rec = row.record
+                if len(ids) >= limit:
+                    break
+                if not rec.state.is_final or rec.finished_at is None:
+                    continue
+                if rec.result_ttl is None and rec.queue not in queues:
+                    continue
+                ttl = result_ttl if rec.result_ttl is None else rec.result_ttl
+                if rec.finished_at + timedelta(seconds=ttl) <= now:
+                    ids.append(id)
+            self._delete(ids)
+        return len(ids)
+
+    async def retry(self, id: str) -> JobRecord | None:
+        """Queue a FAILED or CANCELLED job again, due now (see :meth:`work.stores.Store.retry`).
+
+        Raises:
+            ValueError: the job is in another state, or its unique key is taken.
+        """
+        with self._lock:
+            row = self._rows.get(id)
+            if row is None:
+                return None
+            rec = row.record
+            if rec.state not in (JobState.FAILED, JobState.CANCELLED):
+                raise ValueError(
+                    f"job {id!r} is {rec.state.value}: only a failed or cancelled job can be "
+                    f"retried"
+                )
+            if rec.unique_key is not None:
+                for other in self._active.values():
+                    if (
+                        other.record.unique_key == rec.unique_key
+                        and other.record.queue == rec.queue
+                    ):
+                        raise ValueError(
+                            f"job {other.record.id!r} holds unique_key {rec.unique_key!r} in "
+                            f"queue {rec.queue!r} and is not finished"
+                        )
+            row.record = rec.replace(
+                state=JobState.QUEUED,
+                status=Status.UNKNOWN,
+                attempts=0,
+                deferrals=0,
+                error=None,
+                scheduled_for=None,
+                started_at=None,
+                finished_at=None,
+                enqueued_at=_now(),  # due now: after the jobs already waiting
+            )
+            row.result_json = None
+            row.lost, row.unknown_since = 0, None
+            self._active[id] = row
+            snapshot = self._snapshot(row)
+        self._notifier.notify()
+        return snapshot
 
     async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
         """Return when a job in ``queues`` may be ready, or after ``timeout`` seconds."""

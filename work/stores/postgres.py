@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import functools
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -41,11 +42,33 @@ SCHEMA_VERSION = 3
 _WORKER_LOST = "worker lost"
 # The outcomes whose result complete() stores (a Deferred's provisional one for WAITING).
 _RESULT_STATES = frozenset({JobState.SUCCEEDED, JobState.WAITING})
+_PURGE_BATCH = 1000  # rows per purge statement
 _ACTIVE = "('queued', 'scheduled', 'running', 'waiting')"
 # Connection failures asyncpg reports as builtin errors (TimeoutError is an OSError too).
 _CONNECT_ERRORS = (OSError, asyncpg.exceptions.CannotConnectNowError)
+# What a call raises when the server went away (a restart, a failover, the network), as
+# opposed to a statement that failed: each becomes a PostgresUnavailableError.
+_LOST_ERRORS = (
+    OSError,
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.CannotConnectNowError,
+)
 # When the listening connection is gone, waiters fall back to polling this often.
 _FALLBACK_POLL = 1.0
+
+
+class _QuietPoolFloor(logging.Filter):
+    """Drops asyncpg's "Failed to restore the pool connection floor; retrying" warnings: one
+    traceback per retry while the server is down. ``Worker.serve`` reports the outage itself,
+    in one line, and one more when the server is back."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Failed to restore the pool connection floor")
+
+
+logging.getLogger("asyncpg.pool").addFilter(_QuietPoolFloor())
 
 
 class PostgresUnavailableError(StoreUnavailableError):
@@ -152,6 +175,11 @@ def _migration_v2(s: str) -> list[str]:
         # when a worker first handed it back for lack of its handler.
         f"ALTER TABLE {s}.jobs ADD COLUMN IF NOT EXISTS lost integer NOT NULL DEFAULT 0",
         f"ALTER TABLE {s}.jobs ADD COLUMN IF NOT EXISTS unknown_since timestamptz",
+        # Retention: a job's own result_ttl, and when a finished job that has one may go.
+        f"ALTER TABLE {s}.jobs ADD COLUMN IF NOT EXISTS result_ttl double precision",
+        f"ALTER TABLE {s}.jobs ADD COLUMN IF NOT EXISTS expires_at timestamptz",
+        f"""CREATE INDEX IF NOT EXISTS jobs_expires ON {s}.jobs (expires_at)
+            WHERE expires_at IS NOT NULL""",
         # The oldest finished jobs first, for purges.
         f"""CREATE INDEX IF NOT EXISTS jobs_finished ON {s}.jobs (finished_at)
             WHERE state IN ('succeeded', 'failed', 'cancelled')""",
@@ -178,31 +206,45 @@ class _Runner:
     otherwise: a producer or a serve loop calling one statement at a time skips the pool's
     acquire and release (about a sixth of a small statement's cost)."""
 
-    __slots__ = ("_busy", "_held", "_pool")
+    __slots__ = ("_address", "_busy", "_held", "_pool")
 
-    def __init__(self, pool: Any, *, hold: bool) -> None:
+    def __init__(self, pool: Any, *, hold: bool, address: tuple[str, int | str]) -> None:
         self._pool = pool
         self._held: Any = None
         # With a pool of one, holding its connection would leave none for the others.
         self._busy = not hold
+        self._address = address
 
     async def _call(self, method: str, sql: str, args: tuple[Any, ...]) -> Any:
         if self._busy:
-            return await getattr(self._pool, method)(sql, *args)
+            try:
+                return await getattr(self._pool, method)(sql, *args)
+            except _LOST_ERRORS as exc:
+                raise PostgresUnavailableError(*self._address, exc) from exc
         self._busy = True  # no await since the check: this task has the held connection
         try:
             if self._held is not None and _unusable(self._held):
                 await self._drop_held()  # the server closed it while it sat idle
             if self._held is None:
-                self._held = await self._pool.acquire()
+                try:
+                    self._held = await self._pool.acquire()
+                except _LOST_ERRORS as exc:
+                    raise PostgresUnavailableError(*self._address, exc) from exc
             conn = self._held
             try:
                 return await getattr(conn, method)(sql, *args)
             except BaseException as exc:
-                if isinstance(exc, asyncpg.PostgresError) and not conn.is_closed():
+                # The pool may have released a connection the server closed: is_closed() then
+                # raises InterfaceError, which must not hide what happened (_unusable).
+                gone = _unusable(conn)
+                if isinstance(exc, asyncpg.PostgresError) and not gone:
                     raise  # the statement failed; the connection is fine
                 # Cancelled or broken mid-statement: the pool knows how to clean that up.
                 await self._drop_held()
+                if isinstance(exc, Exception) and (gone or isinstance(exc, _LOST_ERRORS)):
+                    # One clear error for a lost server, not asyncpg's InterfaceError or
+                    # InternalClientError about the state of a dead connection.
+                    raise PostgresUnavailableError(*self._address, exc) from exc
                 raise
         finally:
             self._busy = False
@@ -338,7 +380,7 @@ class PostgresStore:
         except asyncpg.InvalidAuthorizationSpecificationError as exc:
             # A wrong password or an unknown user: waiting will not heal it.
             raise StoreAuthenticationError("PostgreSQL", *_address(self._dsn), exc) from exc
-        self._runner = _Runner(self._pool, hold=self._max_size >= 2)
+        self._runner = _Runner(self._pool, hold=self._max_size >= 2, address=_address(self._dsn))
         try:
             await self._migrate()
         except BaseException:
@@ -591,9 +633,9 @@ class PostgresStore:
             WITH inserted AS (
             INSERT INTO {self._s}.jobs (id, handler, queue, args, headers, priority, state,
                 status, attempts, max_attempts, result, error, unique_key, enqueued_at,
-                scheduled_for, started_at, finished_at, timeout, retry, deferrals)
+                scheduled_for, started_at, finished_at, timeout, retry, deferrals, result_ttl)
             VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7, $8, $9, $10, $11::jsonb, $12, $13, $14,
-                    $15, $16, $17, $18, $19::jsonb, $20)
+                    $15, $16, $17, $18, $19::jsonb, $20, $21)
             ON CONFLICT DO NOTHING
             RETURNING id, queue, state
         ) {self._notify_inserted}
@@ -606,22 +648,23 @@ class PostgresStore:
             WITH inserted AS (
             INSERT INTO {self._s}.jobs (id, handler, queue, args, headers, priority, state,
                 status, attempts, max_attempts, result, error, unique_key, enqueued_at,
-                scheduled_for, started_at, finished_at, timeout, retry, deferrals)
+                scheduled_for, started_at, finished_at, timeout, retry, deferrals, result_ttl)
             SELECT u.id, u.handler, u.queue, u.args, COALESCE(u.headers, '{{}}'),
                 COALESCE(u.priority, 0), u.state, COALESCE(u.status, -1),
                 COALESCE(u.attempts, 0), COALESCE(u.max_attempts, 1), u.result, u.error,
                 u.unique_key, u.enqueued_at, u.scheduled_for, u.started_at, u.finished_at,
-                u.timeout, u.retry, COALESCE(u.deferrals, 0)
+                u.timeout, u.retry, COALESCE(u.deferrals, 0), u.result_ttl
             FROM ROWS FROM (jsonb_to_recordset($1::jsonb) AS (
                     id text, handler text, queue text, args text, headers jsonb,
                     priority integer, state text, status integer, attempts integer,
                     max_attempts integer, result jsonb, error text, unique_key text,
                     enqueued_at timestamptz, scheduled_for timestamptz, started_at timestamptz,
                     finished_at timestamptz, timeout double precision, retry jsonb,
-                    deferrals integer))
+                    deferrals integer, result_ttl double precision))
                 WITH ORDINALITY AS u(id, handler, queue, args, headers, priority, state,
                     status, attempts, max_attempts, result, error, unique_key, enqueued_at,
-                    scheduled_for, started_at, finished_at, timeout, retry, deferrals, ord)
+                    scheduled_for, started_at, finished_at, timeout, retry, deferrals,
+                    result_ttl, ord)
             ORDER BY u.ord
             ON CONFLICT DO NOTHING
             RETURNING id, queue, state
@@ -677,6 +720,9 @@ class PostgresStore:
                     error = CASE WHEN state = 'running' THEN error ELSE 'cancelled' END,
                     finished_at = CASE WHEN state = 'running' THEN finished_at
                                        ELSE $2::timestamptz END,
+                    expires_at = CASE WHEN state = 'running' THEN expires_at
+                                      ELSE $2::timestamptz + result_ttl * interval '1 second'
+                                 END,
                     cancel_requested = (state = 'running'),
                     deadline = NULL
                 WHERE id = $1 AND state IN {_ACTIVE}
@@ -747,19 +793,20 @@ class PostgresStore:
         kept = {row["id"] for row in rows if not row["cancel_requested"]}
         return set(ids) - kept
 
-    async def complete(self, owner: str, outcomes: Sequence[Outcome]) -> None:
+    async def complete(self, owner: str, outcomes: Sequence[Outcome]) -> set[str]:
         """Apply outcomes, in one statement, to jobs RUNNING under ``owner``'s lease; others
-        are left alone (see :meth:`work.stores.Store.complete`)."""
+        are left alone (see :meth:`work.stores.Store.complete`). Returns the ids whose
+        outcome was applied."""
         pool = self._require_pool()
         if not outcomes:
-            return
+            return set()
         # One outcome per job: the first for an id wins, as if applied in order (the job is
         # no longer RUNNING for the ones after it).
         first: dict[str, Outcome] = {}
         for o in outcomes:
             first.setdefault(o.id, o)
         latest = list(first.values())
-        await pool.execute(
+        rows = await pool.fetch(
             f"""UPDATE {self._s}.jobs AS j SET
                     state = o.state,
                     status = o.status,
@@ -774,6 +821,9 @@ class PostgresStore:
                                          ELSE NULL END,
                     finished_at = CASE WHEN o.state IN ('succeeded', 'failed', 'cancelled')
                                        THEN $2::timestamptz ELSE NULL END,
+                    expires_at = CASE WHEN o.state IN ('succeeded', 'failed', 'cancelled')
+                                      THEN $2::timestamptz + j.result_ttl * interval '1 second'
+                                      ELSE NULL END,
                     attempts = CASE WHEN o.give_back THEN greatest(j.attempts - 1, 0)
                                     ELSE j.attempts END,
                     deferrals = j.deferrals + CASE WHEN o.deferral THEN 1 ELSE 0 END,
@@ -784,7 +834,8 @@ class PostgresStore:
                             $12::timestamptz[], $13::float8[])
                     AS o(id, state, status, result, error, scheduled_for, give_back, deferral,
                          unknown_since, deadline, ttl)
-                WHERE j.id = o.id AND j.state = 'running' AND j.owner = $1""",
+                WHERE j.id = o.id AND j.state = 'running' AND j.owner = $1
+                RETURNING j.id""",
             owner,
             _now(),
             [o.id for o in latest],
@@ -799,6 +850,7 @@ class PostgresStore:
             [o.deadline if o.state is JobState.WAITING else None for o in latest],
             [o.ttl if o.state is JobState.WAITING else None for o in latest],
         )
+        return {row["id"] for row in rows}
 
     async def settle(self, outcome: Outcome, *, only_expired: bool = False) -> JobRecord | None:
         """Apply ``outcome`` to a WAITING job in one statement (see
@@ -814,6 +866,9 @@ class PostgresStore:
                     scheduled_for = $7::timestamptz,
                     finished_at = CASE WHEN $3 IN ('succeeded', 'failed', 'cancelled')
                                        THEN $2::timestamptz ELSE NULL END,
+                    expires_at = CASE WHEN $3 IN ('succeeded', 'failed', 'cancelled')
+                                      THEN $2::timestamptz + result_ttl * interval '1 second'
+                                 END,
                     deadline = NULL
                 WHERE id = $1 AND state = 'waiting'{expired}
                 RETURNING *""",
@@ -854,7 +909,7 @@ class PostgresStore:
             raise LookupError(f"no job with id {id!r} in {self.url}")
         raise JobStateError(id, state["state"])
 
-    async def expired(self, *, limit: int = 100) -> list[JobRecord]:
+    async def overdue(self, *, limit: int = 100) -> list[JobRecord]:
         """Return up to ``limit`` WAITING jobs whose deadline has passed, earliest first."""
         rows = await self._require_pool().fetch(
             f"""SELECT * FROM {self._s}.jobs WHERE state = 'waiting' AND deadline <= $1
@@ -904,6 +959,9 @@ class PostgresStore:
                                        THEN $1::timestamptz ELSE NULL END,
                     scheduled_for = CASE WHEN j.cancel_requested OR j.lost + 1 >= $2
                                          THEN j.scheduled_for ELSE NULL END,
+                    expires_at = CASE WHEN j.cancel_requested OR j.lost + 1 >= $2
+                                      THEN $1::timestamptz + j.result_ttl * interval '1 second'
+                                      ELSE NULL END,
                     lost = j.lost + CASE WHEN j.cancel_requested THEN 0 ELSE 1 END,
                     owner = NULL, lease_until = NULL, cancel_requested = false
                 FROM (
@@ -917,6 +975,102 @@ class PostgresStore:
             lost_limit,
         )
         return len(rows)
+
+    # -- retention ------------------------------------------------------------------------
+
+    async def purge(
+        self, *, older_than: datetime, states: Sequence[JobState], limit: int | None = None
+    ) -> int:
+        """Delete finished jobs in ``states`` that finished before ``older_than``, oldest
+        first, in statements of at most 1000 (see :meth:`work.stores.Store.purge`)."""
+        pool = self._require_pool()
+        wanted = [s.value for s in states if s.is_final]
+        if not wanted or (limit is not None and limit <= 0):
+            return 0
+        total = 0
+        while limit is None or total < limit:
+            batch = _PURGE_BATCH if limit is None else min(_PURGE_BATCH, limit - total)
+            rows = await pool.fetch(
+                f"""DELETE FROM {self._s}.jobs WHERE id IN (
+                        SELECT id FROM {self._s}.jobs
+                        WHERE state IN ('succeeded', 'failed', 'cancelled')
+                          AND state = ANY($1::text[]) AND finished_at < $2
+                        ORDER BY finished_at LIMIT $3
+                        FOR UPDATE SKIP LOCKED)
+                    RETURNING 1""",
+                wanted,
+                older_than,
+                batch,
+            )
+            total += len(rows)
+            if len(rows) < batch:
+                break
+        return total
+
+    async def expire(self, queues: Sequence[str], *, result_ttl: float, limit: int) -> int:
+        """Delete up to ``limit`` finished jobs whose time is up, in one statement (see
+        :meth:`work.stores.Store.expire`): both searches walk partial indexes of finished
+        jobs from the oldest, so they cost what they delete, not what is kept."""
+        if limit <= 0:
+            return 0
+        now = _now()
+        rows = await self._require_pool().fetch(
+            f"""WITH own AS (
+                    SELECT id FROM {self._s}.jobs
+                    WHERE expires_at IS NOT NULL AND expires_at <= $1
+                    ORDER BY expires_at LIMIT $4 FOR UPDATE SKIP LOCKED
+                ), plain AS (
+                    SELECT id FROM {self._s}.jobs
+                    WHERE state IN ('succeeded', 'failed', 'cancelled')
+                      AND finished_at <= $2 AND result_ttl IS NULL
+                      AND queue = ANY($3::text[])
+                    ORDER BY finished_at LIMIT $4 FOR UPDATE SKIP LOCKED
+                ), picked AS (
+                    SELECT id FROM own UNION SELECT id FROM plain LIMIT $4
+                )
+                DELETE FROM {self._s}.jobs WHERE id IN (SELECT id FROM picked)
+                RETURNING 1""",
+            now,
+            now - timedelta(seconds=result_ttl),
+            list(queues),
+            limit,
+        )
+        return len(rows)
+
+    async def retry(self, id: str) -> JobRecord | None:
+        """Queue a FAILED or CANCELLED job again, due now (see :meth:`work.stores.Store.retry`).
+
+        Raises:
+            ValueError: the job is in another state, or its unique key is taken.
+        """
+        pool = self._require_pool()
+        try:
+            row = await pool.fetchrow(
+                f"""WITH old AS (SELECT state FROM {self._s}.jobs WHERE id = $1),
+                    new AS (
+                        UPDATE {self._s}.jobs SET state = 'queued', status = -1, attempts = 0,
+                            deferrals = 0, lost = 0, result = NULL, error = NULL,
+                            scheduled_for = NULL, started_at = NULL, finished_at = NULL,
+                            expires_at = NULL, unknown_since = NULL, enqueued_at = $2
+                        WHERE id = $1 AND state IN ('failed', 'cancelled')
+                        RETURNING *)
+                    SELECT (SELECT state FROM old) AS old_state, new.* FROM old
+                    LEFT JOIN new ON true""",
+                id,
+                _now(),
+            )
+        except asyncpg.UniqueViolationError:
+            raise ValueError(
+                f"job {id!r} cannot be retried: another job holding its unique_key in its "
+                f"queue is not finished"
+            ) from None
+        if row is None:
+            return None
+        if row["id"] is None:
+            raise ValueError(
+                f"job {id!r} is {row['old_state']}: only a failed or cancelled job can be retried"
+            )
+        return decode_row(row)[0]
 
     async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
         """Return when a job in ``queues`` may be ready, or after ``timeout`` seconds.

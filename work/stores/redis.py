@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any, Self, cast
@@ -21,15 +22,27 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .._core.exceptions import JobStateError
 from .._core.status import Status
-from ._base import DEFAULT_LOST_LIMIT, Claimed, JobRecord, JobState, Outcome
+from ._base import DEFAULT_LOST_LIMIT, FINAL_STATES, Claimed, JobRecord, JobState, Outcome
 from ._open import mask_url
-from ._redis_lua import ADD, CANCEL, CLAIM, COMPLETE, HEARTBEAT, REAP, RENEW, SETTLE
+from ._redis_lua import (
+    ADD,
+    CANCEL,
+    CLAIM,
+    COMPLETE,
+    DELETE,
+    HEARTBEAT,
+    REAP,
+    RENEW,
+    RETRY,
+    SETTLE,
+)
 from ._server import StoreAuthenticationError, StoreUnavailableError, require_asyncio
 
 __all__ = ["RedisStore", "RedisUnavailableError"]
 
-SCHEMA_VERSION = 1
-"""The key layout version this module writes and expects."""
+SCHEMA_VERSION = 2
+"""The key layout version this module writes and expects (2: finished jobs indexed for
+retention in ``done:<queue>``, ``kept:<queue>`` and ``expires``)."""
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
@@ -45,6 +58,8 @@ _ADD_CHUNK = 1000
 _LIST_CHUNK = 200
 # Expired leases handled per reap call (a reap is one script: keep it short).
 _REAP_BATCH = 1000
+# Jobs deleted per purge script.
+_PURGE_BATCH = 500
 
 
 class RedisUnavailableError(StoreUnavailableError):
@@ -130,6 +145,7 @@ def _decode(fields: Mapping[str, str], args_raw: bytes | None) -> tuple[JobRecor
         headers, spec_error = {}, spec_error or "job headers must map names to strings"
     retry = spec.get("retry")
     timeout = spec.get("timeout")
+    result_ttl = spec.get("result_ttl")
     try:
         result = json.loads(fields["result"]) if "result" in fields else None
     except ValueError:
@@ -161,6 +177,7 @@ def _decode(fields: Mapping[str, str], args_raw: bytes | None) -> tuple[JobRecor
         deferrals=_int(get("deferrals")),
         deadline=_time(get("deadline")),
         deferred_ttl=_float(get("deferred_ttl")),
+        result_ttl=float(result_ttl) if isinstance(result_ttl, int | float) else None,
     )
     return record, args_error or spec_error
 
@@ -235,6 +252,8 @@ def _add_args(rec: JobRecord, now: datetime) -> tuple[list[str], str, datetime]:
         spec["timeout"] = rec.timeout
     if rec.retry is not None:
         spec["retry"] = rec.retry
+    if rec.result_ttl is not None:
+        spec["result_ttl"] = rec.result_ttl
     # Fields a new job rarely has: only sent when set.
     extra: dict[str, str] = {}
     if rec.status is not Status.UNKNOWN:
@@ -251,6 +270,9 @@ def _add_args(rec: JobRecord, now: datetime) -> tuple[list[str], str, datetime]:
         extra["started_at"] = str(_us(rec.started_at))
     if rec.finished_at is not None:
         extra["finished_at"] = str(_us(rec.finished_at))
+    if rec.result_ttl is not None:
+        # The scripts need it in microseconds, as a field of their own.
+        extra["ttl_us"] = str(int(rec.result_ttl * 1_000_000))
     values = [
         rec.id,
         rec.queue,
@@ -364,6 +386,8 @@ class RedisStore:
                 ("cancel", CANCEL),
                 ("settle", SETTLE),
                 ("heartbeat", HEARTBEAT),
+                ("delete", DELETE),
+                ("retry", RETRY),
             )
         }
         self._entries = 1
@@ -409,6 +433,34 @@ class RedisStore:
                 f"keys under {self.prefix!r} are at layout version {version}, newer than this "
                 f"anywork knows ({SCHEMA_VERSION}); upgrade anywork"
             )
+        if version < 2:
+            await self._index_finished(client)
+            await client.set(key, 2)
+
+    async def _index_finished(self, client: aioredis.Redis) -> None:
+        """Layout 1 to 2: index the jobs already finished for retention. Idempotent (ZADD),
+        so several processes upgrading at once do no harm."""
+        start: str = "-inf"
+        while True:
+            page = cast(
+                "list[tuple[bytes, float]]",
+                await client.zrangebyscore(
+                    self._key("all"), start, "+inf", start=0, num=1000, withscores=True
+                ),
+            )
+            if not page:
+                return
+            pipe = client.pipeline(transaction=False)
+            for id, _ in page:
+                pipe.hmget(self._key("job", id.decode()), "state", "queue", "finished_at")
+            fields = await pipe.execute()
+            pipe = client.pipeline(transaction=False)
+            for (id, _), (state, queue, finished_at) in zip(page, fields, strict=True):
+                if state in (b"succeeded", b"failed", b"cancelled") and queue and finished_at:
+                    done = self._key("done", queue.decode())
+                    pipe.zadd(done, {id: int(finished_at)})
+            await pipe.execute()
+            start = f"({int(page[-1][1])}"
 
     def _require(self) -> aioredis.Redis:
         if self._client is None:
@@ -459,17 +511,31 @@ class RedisStore:
             if client is not self._client:
                 await client.aclose()
 
+    @contextlib.contextmanager
+    def _reachable(self, client: aioredis.Redis) -> Iterator[None]:
+        """Turn redis-py's errors for a server that went away into RedisUnavailableError (a
+        builtin ConnectionError, as every store raises), so a worker reports one outage."""
+        try:
+            yield
+        except _AUTH_ERRORS:
+            raise
+        except _CONNECT_ERRORS as exc:
+            if isinstance(exc, StoreUnavailableError):
+                raise
+            raise self._unavailable(client, exc) from exc
+
     async def _run(self, name: str, args: Sequence[Any], client: Any = None) -> Any:
         redis_client = self._require()
         script = self._scripts[name]
         if client is not None:  # a pipeline: redis-py loads its scripts before it runs
             return await script(args=[self.prefix, *args], client=client)
-        try:
-            return await redis_client.evalsha(script.sha, 0, self.prefix, *args)
-        except NoScriptError:
-            # The server lost its script cache (a restart, SCRIPT FLUSH): nothing ran.
-            await redis_client.script_load(script.script)
-            return await redis_client.evalsha(script.sha, 0, self.prefix, *args)
+        with self._reachable(redis_client):
+            try:
+                return await redis_client.evalsha(script.sha, 0, self.prefix, *args)
+            except NoScriptError:
+                # The server lost its script cache (a restart, SCRIPT FLUSH): nothing ran.
+                await redis_client.script_load(script.script)
+                return await redis_client.evalsha(script.sha, 0, self.prefix, *args)
 
     # -- reading --------------------------------------------------------------------------
 
@@ -555,12 +621,13 @@ class RedisStore:
         stop = await self._run("renew", [owner, until, *ids])
         return {id.decode() for id in stop}
 
-    async def complete(self, owner: str, outcomes: Sequence[Outcome]) -> None:
+    async def complete(self, owner: str, outcomes: Sequence[Outcome]) -> set[str]:
         """Apply outcomes, in one script, to jobs RUNNING under ``owner``'s lease; others
-        are left alone (see :meth:`work.stores.Store.complete`)."""
+        are left alone (see :meth:`work.stores.Store.complete`). Returns the ids whose
+        outcome was applied."""
         if not outcomes:
             self._require()
-            return
+            return set()
         batch: list[list[str]] = []
         for o in outcomes:
             waiting = o.state is JobState.WAITING
@@ -583,7 +650,8 @@ class RedisStore:
                     _opt(ttl),
                 ]
             )
-        await self._run("complete", [owner, _now_us(), _WAKE_TOKENS, _dumps(batch)])
+        applied = await self._run("complete", [owner, _now_us(), _WAKE_TOKENS, _dumps(batch)])
+        return {id.decode() if isinstance(id, bytes) else str(id) for id in applied}
 
     async def settle(self, outcome: Outcome, *, only_expired: bool = False) -> JobRecord | None:
         """Apply ``outcome`` to a WAITING job in one atomic script (see
@@ -625,7 +693,7 @@ class RedisStore:
             raise LookupError(f"no job with id {id!r} in {self.url}")
         raise JobStateError(id, bytes(reply[1]).decode())
 
-    async def expired(self, *, limit: int = 100) -> list[JobRecord]:
+    async def overdue(self, *, limit: int = 100) -> list[JobRecord]:
         """Return up to ``limit`` WAITING jobs whose deadline has passed, earliest first."""
         client = self._require()
         if limit <= 0:
@@ -666,6 +734,87 @@ class RedisStore:
         args = [_now_us(), _WAKE_TOKENS, _REAP_BATCH, lost_limit]
         return int(await self._run("reap", args))
 
+    # -- retention ------------------------------------------------------------------------
+
+    async def _delete_older(self, key: str, before: int, states: str, limit: int | None) -> int:
+        """Delete the jobs of sorted set ``key`` scored below ``before`` that are final and in
+        ``states``, up to ``limit``, a page (one atomic script) at a time."""
+        client = self._require()
+        total = kept = 0
+        while limit is None or total < limit:
+            num = _PURGE_BATCH if limit is None else min(_PURGE_BATCH, limit - total)
+            # Deleted jobs leave the set: skip only those kept (not in states) so far.
+            page = await client.zrangebyscore(key, "-inf", f"({before}", start=kept, num=num)
+            if not page:
+                break
+            deleted = int(await self._run("delete", [states, *page]))
+            total += deleted
+            kept += len(page) - deleted
+        return total
+
+    async def _queues(self) -> list[str]:
+        raw = cast("list[bytes]", await self._require().hkeys(self._key("stats")))
+        return sorted({k.decode(errors="replace").rpartition("\0")[0] for k in raw})
+
+    async def purge(
+        self, *, older_than: datetime, states: Sequence[JobState], limit: int | None = None
+    ) -> int:
+        """Delete finished jobs in ``states`` that finished before ``older_than``, oldest
+        first per queue, a script of at most 500 at a time (see
+        :meth:`work.stores.Store.purge`)."""
+        wanted = ",".join(s.value for s in states if s.is_final)
+        if not wanted or (limit is not None and limit <= 0):
+            return 0
+        before = _us(older_than)
+        total = 0
+        for queue in await self._queues():
+            for kind in ("done", "kept"):
+                left = None if limit is None else limit - total
+                if left is not None and left <= 0:
+                    return total
+                total += await self._delete_older(self._key(kind, queue), before, wanted, left)
+        return total
+
+    async def expire(self, queues: Sequence[str], *, result_ttl: float, limit: int) -> int:
+        """Delete up to ``limit`` finished jobs whose time is up (see
+        :meth:`work.stores.Store.expire`): sorted sets of finished jobs are read from the
+        oldest, so it costs what it deletes, not what is kept."""
+        if limit <= 0:
+            return 0
+        now = _now_us()
+        final = ",".join(s.value for s in FINAL_STATES)
+        total = await self._delete_older(self._key("expires"), now + 1, final, limit)
+        cutoff = now - int(result_ttl * 1_000_000)
+        for queue in queues:
+            if total >= limit:
+                break
+            total += await self._delete_older(
+                self._key("done", queue), cutoff + 1, final, limit - total
+            )
+        return total
+
+    async def retry(self, id: str) -> JobRecord | None:
+        """Queue a FAILED or CANCELLED job again, due now, in one script (see
+        :meth:`work.stores.Store.retry`).
+
+        Raises:
+            ValueError: the job is in another state, or its unique key is taken.
+        """
+        reply = await self._run("retry", [id, _now_us(), _WAKE_TOKENS])
+        kind = bytes(reply[0])
+        if kind == b"missing":
+            return None
+        if kind == b"state":
+            raise ValueError(
+                f"job {id!r} is {reply[1].decode()}: only a failed or cancelled job can be retried"
+            )
+        if kind == b"unique":
+            raise ValueError(
+                f"job {reply[1].decode()!r} holds the unique_key of job {id!r} in its queue "
+                f"and is not finished"
+            )
+        return _from_hash(reply[1:])[0]
+
     async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
         """Return when a job in ``queues`` may be ready, or after ``timeout`` seconds.
 
@@ -681,7 +830,8 @@ class RedisStore:
         for queue in queues:
             pipe.zcard(self._key("ready", queue))
             pipe.zrange(self._key("sched", queue), 0, 0, withscores=True)
-        replies = await pipe.execute()
+        with self._reachable(client):
+            replies = await pipe.execute()
         if any(replies[0::2]):
             return
         dues = [first[0][1] for first in replies[1::2] if first]
@@ -692,7 +842,8 @@ class RedisStore:
             return
         # BLPOP's timeout 0 would mean "forever".
         wake_keys = [self._key("wake", q) for q in queues]
-        await client.blpop(wake_keys, timeout=max(timeout, 0.01))
+        with self._reachable(client):
+            await client.blpop(wake_keys, timeout=max(timeout, 0.01))
 
     # -- listing (last: the method named `list` shadows the builtin below it) -------
 

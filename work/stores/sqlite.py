@@ -36,7 +36,7 @@ _T = TypeVar("_T")
 _COLUMNS = (
     "id, handler, queue, args, headers, priority, state, status, attempts, max_attempts, "
     "result, error, unique_key, enqueued_at, scheduled_for, started_at, finished_at, "
-    "timeout, retry, deferrals, deadline, deferred_ttl"
+    "timeout, retry, deferrals, result_ttl, deadline, deferred_ttl"
 )
 
 # Each entry migrates the schema from version i to i + 1, inside the one BEGIN IMMEDIATE
@@ -86,12 +86,21 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # a worker first handed it back for lack of its handler.
         "ALTER TABLE anywork_jobs ADD COLUMN lost INTEGER NOT NULL DEFAULT 0",
         "ALTER TABLE anywork_jobs ADD COLUMN unknown_since REAL",
+        # Retention: a job's own result_ttl, and when a finished job that has one may go.
+        "ALTER TABLE anywork_jobs ADD COLUMN result_ttl REAL",
+        "ALTER TABLE anywork_jobs ADD COLUMN expires_at REAL",
+        "CREATE INDEX IF NOT EXISTS anywork_jobs_expires ON anywork_jobs (expires_at)"
+        " WHERE expires_at IS NOT NULL",
         # Version 1's ready index led with state, so a claim (state = 'queued' OR ...) could
         # not walk it in claim order: it searched every row of the queue, finished ones
         # included, and sorted them in a temporary b-tree. These partial indexes hold only
         # unfinished jobs, in the claim's exact order, so history never slows a claim or an
         # idle poll.
         "DROP INDEX IF EXISTS anywork_jobs_ready",
+        # Only RUNNING jobs have leases: version 1's lease index held every job.
+        "DROP INDEX IF EXISTS anywork_jobs_lease",
+        "CREATE INDEX IF NOT EXISTS anywork_jobs_leases ON anywork_jobs (lease_until)"
+        " WHERE state = 'running'",
         "CREATE INDEX IF NOT EXISTS anywork_jobs_claim"
         " ON anywork_jobs (queue, priority DESC, due_at, seq, state)"
         " WHERE state IN ('queued', 'scheduled')",
@@ -185,6 +194,7 @@ def _record(row: sqlite3.Row, *, strict: bool = False) -> JobRecord:
         deferrals=row["deferrals"],
         deadline=_dt(row["deadline"]),
         deferred_ttl=row["deferred_ttl"],
+        result_ttl=row["result_ttl"],
     )
 
 
@@ -199,11 +209,14 @@ def _marks(n: int) -> str:
 
 # An insert that skips a job whose id, or whose active (queue, unique_key), is taken.
 _INSERT = (
-    f"INSERT INTO anywork_jobs ({_COLUMNS}, due_at) VALUES ({_marks(23)}) ON CONFLICT DO NOTHING"
+    f"INSERT INTO anywork_jobs ({_COLUMNS}, due_at) VALUES ({_marks(24)}) ON CONFLICT DO NOTHING"
 )
 _ACTIVE = "('queued', 'scheduled', 'running', 'waiting')"
 # A job ready to be claimed (one parameter: now). The literal `state IN (...)` term lets
 # SQLite use the partial index anywork_jobs_claim, which holds unfinished jobs only.
+# A finished job: the literal term lets SQLite use the partial index anywork_jobs_finished.
+_DONE = "state IN ('succeeded', 'failed', 'cancelled')"
+_PURGE_BATCH = 500  # rows per purge transaction: other writers wait at most this long
 _CLAIMABLE = "state IN ('queued', 'scheduled') AND (state = 'queued' OR due_at <= ?)"
 # Positions in _insert_params' tuple (the order of _COLUMNS, then due_at).
 _AT = {name: i for i, name in enumerate(_COLUMNS.split(", "))}
@@ -241,6 +254,7 @@ def _insert_params(rec: JobRecord, now: datetime) -> tuple[Any, ...]:
         rec.timeout,
         json.dumps(rec.retry) if rec.retry is not None else None,
         rec.deferrals,
+        rec.result_ttl,
         _ts(rec.deadline),
         rec.deferred_ttl,
         enqueued if scheduled is None else scheduled,  # due_at
@@ -284,6 +298,7 @@ def _stored(rec: JobRecord, params: tuple[Any, ...], args: Any) -> JobRecord:
     put(new, "timeout", None if rec.timeout is None else float(rec.timeout))
     put(new, "retry", _loads(params[_RETRY]))
     put(new, "deferrals", rec.deferrals)
+    put(new, "result_ttl", None if rec.result_ttl is None else float(rec.result_ttl))
     put(new, "deadline", _dt(_ts(rec.deadline)))
     put(new, "deferred_ttl", None if rec.deferred_ttl is None else float(rec.deferred_ttl))
     return new
@@ -682,9 +697,9 @@ class SQLiteStore:
             now = time.time()
             cur = conn.execute(
                 "UPDATE anywork_jobs SET state = 'cancelled', status = ?, error = 'cancelled',"
-                " finished_at = ?, deadline = NULL"
+                " finished_at = ?, expires_at = ? + result_ttl, deadline = NULL"
                 " WHERE id = ? AND state IN ('queued', 'scheduled', 'waiting')",
-                (int(Status.CANCELLED), now, id),
+                (int(Status.CANCELLED), now, now, id),
             )
             if cur.rowcount:
                 return True
@@ -747,15 +762,17 @@ class SQLiteStore:
 
         return await self._transaction(update)
 
-    async def complete(self, owner: str, outcomes: Sequence[Outcome]) -> None:
+    async def complete(self, owner: str, outcomes: Sequence[Outcome]) -> set[str]:
         """Apply outcomes, in one transaction, to jobs RUNNING under ``owner``'s lease; others
-        are left alone."""
+        are left alone. Returns the ids whose outcome was applied."""
         if not outcomes:
-            return
+            return set()
+        applied: set[str] = set()
 
         def update(conn: sqlite3.Connection) -> bool:
             now = time.time()
             wake = False
+            applied.clear()  # the transaction may be retried
             for o in outcomes:
                 scheduled = _ts(o.scheduled_for) if o.state is JobState.SCHEDULED else None
                 waiting = o.state is JobState.WAITING
@@ -765,6 +782,7 @@ class SQLiteStore:
                     " result = CASE WHEN ? THEN ? ELSE result END, error = ?,"
                     " deadline = ?, deferred_ttl = CASE WHEN ? THEN ? ELSE deferred_ttl END,"
                     " scheduled_for = ?, due_at = COALESCE(?, enqueued_at), finished_at = ?,"
+                    " expires_at = ? + result_ttl,"
                     " attempts = MAX(attempts - ?, 0), deferrals = deferrals + ?,"
                     " owner = NULL, lease_until = NULL, cancel_requested = 0, unknown_since = ?"
                     " WHERE id = ? AND state = 'running' AND owner = ?",
@@ -780,6 +798,7 @@ class SQLiteStore:
                         scheduled,
                         scheduled,
                         now if o.state.is_final else None,
+                        now if o.state.is_final else None,
                         1 if o.give_back_attempt else 0,
                         1 if o.deferral else 0,
                         _ts(o.unknown_since),
@@ -787,11 +806,14 @@ class SQLiteStore:
                         owner,
                     ),
                 )
+                if cur.rowcount > 0:
+                    applied.add(o.id)
                 wake = wake or (cur.rowcount > 0 and not o.state.is_final)
             return wake
 
         if await self._transaction(update):
             self._notifier.notify()
+        return applied
 
     async def reap(self, *, lost_limit: int = DEFAULT_LOST_LIMIT) -> int:
         """Put back (or fail after ``lost_limit`` losses, or cancel) RUNNING jobs whose lease
@@ -803,8 +825,9 @@ class SQLiteStore:
             cleared = "owner = NULL, lease_until = NULL, cancel_requested = 0"
             changed = conn.execute(
                 f"UPDATE anywork_jobs SET state = 'cancelled', status = ?, error = 'cancelled',"
-                f" finished_at = ?, {cleared} WHERE {expired} AND cancel_requested = 1",
-                (int(Status.CANCELLED), now, now),
+                f" finished_at = ?, expires_at = ? + result_ttl, {cleared}"
+                f" WHERE {expired} AND cancel_requested = 1",
+                (int(Status.CANCELLED), now, now, now),
             ).rowcount
             changed += conn.execute(
                 f"UPDATE anywork_jobs SET state = 'queued', status = ?, error = 'worker lost',"
@@ -814,8 +837,9 @@ class SQLiteStore:
             ).rowcount
             changed += conn.execute(
                 f"UPDATE anywork_jobs SET state = 'failed', status = ?, error = 'worker lost',"
-                f" finished_at = ?, lost = lost + 1, {cleared} WHERE {expired}",
-                (int(Status.INTERNAL_ERROR), now, now),
+                f" finished_at = ?, expires_at = ? + result_ttl, lost = lost + 1, {cleared}"
+                f" WHERE {expired}",
+                (int(Status.INTERNAL_ERROR), now, now, now),
             ).rowcount
             return changed
 
@@ -837,7 +861,8 @@ class SQLiteStore:
             row = conn.execute(
                 "UPDATE anywork_jobs SET state = ?, status = ?,"
                 " result = CASE WHEN ? THEN ? ELSE result END, error = ?, deadline = NULL,"
-                " scheduled_for = ?, due_at = COALESCE(?, enqueued_at), finished_at = ?"
+                " scheduled_for = ?, due_at = COALESCE(?, enqueued_at), finished_at = ?,"
+                " expires_at = ? + result_ttl"
                 f" WHERE id = ? AND state = 'waiting'{expired} RETURNING {_COLUMNS}",
                 (
                     o.state.value,
@@ -847,6 +872,7 @@ class SQLiteStore:
                     o.error,
                     scheduled,
                     scheduled,
+                    now if o.state.is_final else None,
                     now if o.state.is_final else None,
                     o.id,
                     *((now,) if only_expired else ()),
@@ -878,7 +904,7 @@ class SQLiteStore:
 
         return await self._transaction(update)
 
-    async def expired(self, *, limit: int = 100) -> builtins.list[JobRecord]:
+    async def overdue(self, *, limit: int = 100) -> builtins.list[JobRecord]:
         """Return up to ``limit`` WAITING jobs whose deadline has passed, earliest first."""
 
         def query(conn: sqlite3.Connection) -> list[JobRecord]:
@@ -905,6 +931,105 @@ class SQLiteStore:
             return str(stored)
 
         return await self._transaction(update)
+
+    # -- retention ------------------------------------------------------------------------------
+
+    async def purge(
+        self, *, older_than: datetime, states: Sequence[JobState], limit: int | None = None
+    ) -> int:
+        """Delete finished jobs in ``states`` that finished before ``older_than``, oldest
+        first, in transactions of at most 500 (see :meth:`work.stores.Store.purge`)."""
+        wanted = [s.value for s in states if s.is_final]
+        if not wanted or (limit is not None and limit <= 0):
+            return 0
+        sql = (
+            "DELETE FROM anywork_jobs WHERE seq IN (SELECT seq FROM anywork_jobs"
+            f" WHERE {_DONE} AND state IN ({_marks(len(wanted))}) AND finished_at < ?"
+            " LIMIT ?)"
+        )
+        cutoff = older_than.timestamp()
+        total = 0
+        while limit is None or total < limit:
+            batch = _PURGE_BATCH if limit is None else min(_PURGE_BATCH, limit - total)
+
+            def delete(conn: sqlite3.Connection, batch: int = batch) -> int:
+                return conn.execute(sql, (*wanted, cutoff, batch)).rowcount
+
+            deleted = await self._transaction(delete)
+            total += deleted
+            if deleted < batch:
+                break
+        return total
+
+    async def expire(self, queues: Sequence[str], *, result_ttl: float, limit: int) -> int:
+        """Delete up to ``limit`` finished jobs whose time is up, in one transaction (see
+        :meth:`work.stores.Store.expire`): both searches walk partial indexes of finished
+        jobs from the oldest, so they cost what they delete, not what is kept."""
+        if limit <= 0:
+            return 0
+        queues = list(queues)
+
+        def delete(conn: sqlite3.Connection) -> int:
+            now = time.time()
+            n = conn.execute(
+                "DELETE FROM anywork_jobs WHERE seq IN (SELECT seq FROM anywork_jobs"
+                " WHERE expires_at IS NOT NULL AND expires_at <= ? LIMIT ?)",
+                (now, limit),
+            ).rowcount
+            if n < limit and queues:
+                n += conn.execute(
+                    "DELETE FROM anywork_jobs WHERE seq IN (SELECT seq FROM anywork_jobs"
+                    f" WHERE {_DONE} AND finished_at <= ? AND result_ttl IS NULL"
+                    f" AND queue IN ({_marks(len(queues))}) LIMIT ?)",
+                    (now - result_ttl, *queues, limit - n),
+                ).rowcount
+            return n
+
+        return await self._transaction(delete)
+
+    async def retry(self, id: str) -> JobRecord | None:
+        """Queue a FAILED or CANCELLED job again, due now (see :meth:`work.stores.Store.retry`).
+
+        Raises:
+            ValueError: the job is in another state, or its unique key is taken.
+        """
+
+        def update(conn: sqlite3.Connection) -> JobRecord | None:
+            now = time.time()
+            row = conn.execute(
+                "SELECT state, queue, unique_key FROM anywork_jobs WHERE id = ?", (id,)
+            ).fetchone()
+            if row is None:
+                return None
+            if row["state"] not in ("failed", "cancelled"):
+                raise ValueError(
+                    f"job {id!r} is {row['state']}: only a failed or cancelled job can be retried"
+                )
+            if row["unique_key"] is not None:
+                other = conn.execute(
+                    f"SELECT id FROM anywork_jobs WHERE queue = ? AND unique_key = ?"
+                    f" AND state IN {_ACTIVE}",
+                    (row["queue"], row["unique_key"]),
+                ).fetchone()
+                if other is not None:
+                    raise ValueError(
+                        f"job {other['id']!r} holds unique_key {row['unique_key']!r} in queue "
+                        f"{row['queue']!r} and is not finished"
+                    )
+            got = conn.execute(
+                "UPDATE anywork_jobs SET state = 'queued', status = ?, attempts = 0,"
+                " deferrals = 0, lost = 0, result = NULL, error = NULL, scheduled_for = NULL,"
+                " started_at = NULL, finished_at = NULL, expires_at = NULL,"
+                " unknown_since = NULL, enqueued_at = ?, due_at = ?"
+                f" WHERE id = ? RETURNING {_COLUMNS}",
+                (int(Status.UNKNOWN), now, now, id),
+            ).fetchone()
+            return _record(got)
+
+        record = await self._transaction(update)
+        if record is not None:
+            self._notifier.notify()
+        return record
 
     async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
         """Return when a job in ``queues`` is ready, or after ``timeout`` seconds.
