@@ -284,6 +284,31 @@ async def test_passed_deadline_is_retried_by_policy(store: Store) -> None:
     assert done.attempts == 2 and attempts == [1, 2]
 
 
+async def test_any_serving_worker_acts_on_a_passed_deadline(store: Store) -> None:
+    """A passed deadline is acted on by a worker serving other queues, without the handler:
+    the check is store-wide."""
+    id = await make_waiting(store, deadline_in=-1.0, queue="exports")
+    async with serving(store, Worker(), queues=("default",)):
+        done = await Queue(store).wait(id, timeout=10)
+    assert done.state is JobState.FAILED and done.status is Status.GATEWAY_TIMEOUT
+
+
+async def test_heartbeat_keeps_a_job_waiting_past_its_first_deadline(store: Store) -> None:
+    """A heartbeat before the deadline keeps the job WAITING after the first deadline has
+    passed (a job deferred later, with a shorter wait, fails 504 first)."""
+    worker, _ = deferring_worker(ttl=0.3)
+    queue = Queue(store)
+    kept = await queue.enqueue(Job("start"))
+    async with serving(store, worker):
+        await until(lambda: waits(store, kept.id))
+        await queue.heartbeat(kept.id, 120)
+        later = await queue.enqueue(Job("start"))
+        failed = await queue.wait(later.id, timeout=10)
+        assert failed.status is Status.GATEWAY_TIMEOUT
+        still = await queue.get(kept.id)
+        assert still is not None and still.state is JobState.WAITING
+
+
 async def test_cancel_a_waiting_job(store: Store) -> None:
     """Queue.cancel() of a WAITING job ends it CANCELLED (499); complete() then refuses."""
     worker, _ = deferring_worker()
