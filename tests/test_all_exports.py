@@ -15,6 +15,7 @@ CONTRACT = {
         "ConcurrentJob", "PerformWith", "BackgroundWorker", "RetryPolicy", "RetryLater",
         "Exponential", "Fibonacci", "Constant", "Queue", "SyncQueue", "JobRecord", "JobState",
         "Deferred", "JobStateError", "Webhook",
+        "JobEvent", "JobEventKind",
     },
     "work.adapters": {
         "aggregate_logger", "prometheus", "tracing", "inject_trace", "Health", "retry", "limit",

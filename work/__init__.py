@@ -19,6 +19,8 @@ from ._core.retry import RetryPolicy as RetryPolicy
 from ._core.status import Status as Status
 from ._core.types import Adapter as Adapter
 from ._core.types import Handler as Handler
+from ._durable.events import JobEvent as JobEvent
+from ._durable.events import JobEventKind as JobEventKind
 from ._durable.queue import Queue as Queue
 from ._durable.queue import SyncQueue as SyncQueue
 from ._runtime.background import BackgroundWorker as BackgroundWorker
@@ -45,6 +47,8 @@ __all__ = (
     "Fibonacci",
     "Handler",
     "Job",
+    "JobEvent",
+    "JobEventKind",
     "JobRecord",
     "JobState",
     "JobStateError",

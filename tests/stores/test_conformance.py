@@ -15,12 +15,15 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 from structlog.testing import capture_logs
 
 from work import (
     Constant,
     Job,
+    JobEvent,
+    JobEventKind,
     JobRecord,
     JobState,
     Queue,
@@ -30,6 +33,7 @@ from work import (
     StatusError,
     Worker,
 )
+from work._durable.events import EventStream
 from work.stores import Outcome, Store
 
 pytestmark = pytest.mark.anyio
@@ -813,7 +817,8 @@ async def test_stats_counts_by_queue_and_state(store: Store) -> None:
 
 
 async def test_wait_for_work_wakes_on_add(store: Store, make_store: Callable[[], Store]) -> None:
-    """wait_for_work() returns soon after a job is added (long before its timeout)."""
+    """wait_for_work() sleeps while nothing happens and returns soon after a job is added
+    (long before its timeout)."""
     woke = anyio.Event()
 
     async def waiter() -> None:
@@ -823,7 +828,9 @@ async def test_wait_for_work_wakes_on_add(store: Store, make_store: Callable[[],
     with anyio.fail_after(10):
         async with anyio.create_task_group() as tg:
             tg.start_soon(waiter)
-            await anyio.sleep(0.05)
+            # Deliberately idle: a waiter that returns at once is caught here.
+            await anyio.sleep(0.3)
+            assert not woke.is_set(), "wait_for_work returned before anything was added"
             await store.add([record()])
             await woke.wait()
 
@@ -836,18 +843,26 @@ async def test_wait_for_work_returns_at_once_when_work_is_ready(store: Store) ->
 
 
 async def test_wait_for_work_wakes_when_a_scheduled_job_falls_due(store: Store) -> None:
-    """wait_for_work() returns when a SCHEDULED job falls due."""
-    await store.add([record(scheduled_for=seconds_from_now(0.3))])
+    """wait_for_work() sleeps until a SCHEDULED job falls due, then returns."""
+    due = seconds_from_now(0.5)
+    await store.add([record(scheduled_for=due)])
+    early = 0
     with anyio.fail_after(10):
         while not await store.claim(["default"], limit=1, lease=30, owner="w"):
             await store.wait_for_work(["default"], 30)
+            early += now() < due - timedelta(milliseconds=20)
+    # The add itself may wake a waiter once (so it looks at the new due time); a waiter that
+    # keeps returning before the job is due is polling.
+    assert early <= 1
 
 
 async def test_wait_for_work_times_out(store: Store) -> None:
-    """wait_for_work() returns after its timeout when nothing comes."""
+    """wait_for_work() returns after its timeout (not before) when nothing comes."""
     await store.add([record(queue="other")])
     with anyio.fail_after(5):
-        await store.wait_for_work(["default"], 0.05)
+        started = anyio.current_time()
+        await store.wait_for_work(["default"], 0.3)
+        assert anyio.current_time() - started >= 0.29
 
 
 async def test_undecodable_payload_is_reported_by_claim(store: Store, corrupt: Corrupt) -> None:
@@ -1442,8 +1457,10 @@ async def test_wait_times_out_and_stats(store: Store) -> None:
     """Queue.wait() raises TimeoutError for an unfinished job; stats() counts it."""
     queue = Queue(store)
     rec = await queue.enqueue(Job("noop", queue="q"))
+    started = anyio.current_time()
     with pytest.raises(TimeoutError):
-        await queue.wait(rec.id, timeout=0.1)
+        await queue.wait(rec.id, timeout=0.2)
+    assert anyio.current_time() - started >= 0.19  # it really waited
     assert (await queue.stats())["q"]["queued"] == 1
 
 
@@ -1451,6 +1468,211 @@ async def test_wait_times_out_and_stats(store: Store) -> None:
 async def contextlib_nullcontext(value: Store) -> AsyncIterator[Store]:
     """An async context manager that gives ``value`` and does nothing else."""
     yield value
+
+
+# == Part 3: job events ===========================================================================
+
+END_KINDS = {JobEventKind.SUCCEEDED, JobEventKind.FAILED, JobEventKind.CANCELLED}
+
+
+async def events_of(
+    events: AsyncIterator[JobEvent], job_id: str, *, until_kind: set[JobEventKind] = END_KINDS
+) -> list[JobEvent]:
+    """The events of one job, read until one of ``until_kind`` (under a 10 s deadline)."""
+    seen: list[JobEvent] = []
+    with anyio.fail_after(10):
+        async for event in events:
+            assert event.kind is not JobEventKind.LOST, event
+            if event.job_id == job_id:
+                seen.append(event)
+                if event.kind in until_kind:
+                    return seen
+    raise AssertionError("the event stream ended")
+
+
+async def test_events_enqueued_started_succeeded_in_order(
+    store: Store, make_store: Callable[[], Store]
+) -> None:
+    """A subscriber on another store object (another process's view) sees ENQUEUED, STARTED,
+    SUCCEEDED for a job, in order, with the job's fields."""
+    worker = Worker()
+    worker.register("add", lambda job: job.args["a"] + 1)
+    async with make_store() as other, Queue(other).events() as events:
+        assert isinstance(events, EventStream)
+        async with serving(store, worker):
+            rec = await Queue(store).enqueue(Job("add", {"a": 1}, queue="default"))
+            seen = await events_of(events, rec.id)
+    assert [e.kind for e in seen] == [
+        JobEventKind.ENQUEUED,
+        JobEventKind.STARTED,
+        JobEventKind.SUCCEEDED,
+    ]
+    for event in seen:
+        assert (event.queue, event.handler) == ("default", "add")
+        assert event.at.utcoffset() == timedelta(0)
+        assert event.workflow_id is None and event.schedule_id is None
+    assert [(e.status, e.attempt) for e in seen] == [
+        (Status.UNKNOWN, 0),
+        (Status.UNKNOWN, 1),
+        (Status.SUCCESS, 1),
+    ]
+    assert seen[0].at <= seen[1].at <= seen[2].at
+
+
+async def test_events_retrying_then_failed(store: Store) -> None:
+    """A failing job with retries shows RETRYING (with the status that caused it) and, once
+    the attempts are used up, FAILED."""
+    worker = Worker()
+
+    def broken(job: Job) -> None:
+        raise StatusError(Status.UNAVAILABLE, "down")
+
+    worker.register("broken", broken)
+    queue = Queue(store)
+    async with queue.events() as events, serving(store, worker):
+        rec = await queue.enqueue(Job("broken"), retry=fast_retry(2))
+        seen = await events_of(events, rec.id)
+    assert [(e.kind, e.status, e.attempt) for e in seen] == [
+        (JobEventKind.ENQUEUED, Status.UNKNOWN, 0),
+        (JobEventKind.STARTED, Status.UNKNOWN, 1),
+        (JobEventKind.RETRYING, Status.UNAVAILABLE, 1),
+        (JobEventKind.STARTED, Status.UNAVAILABLE, 2),
+        (JobEventKind.FAILED, Status.UNAVAILABLE, 2),
+    ]
+
+
+async def test_events_cancelled_queued_and_running(store: Store) -> None:
+    """Cancelling a queued job, and a running one, each ends in a CANCELLED event."""
+    started = anyio.Event()
+
+    async def nap(job: Job) -> None:
+        started.set()
+        await anyio.sleep(60)
+
+    worker = Worker()
+    worker.register("nap", nap)
+    queue = Queue(store)
+    async with queue.events(kinds=["cancelled", JobEventKind.STARTED]) as events:
+        waiting = await queue.enqueue(Job("nap", queue="idle"))
+        assert await queue.cancel(waiting.id)
+        assert [e.kind for e in await events_of(events, waiting.id)] == [JobEventKind.CANCELLED]
+        async with serving(store, worker):
+            running = await queue.enqueue(Job("nap"))
+            with anyio.fail_after(10):
+                await started.wait()
+            assert await queue.cancel(running.id)
+            seen = await events_of(events, running.id)
+    assert [(e.kind, e.status) for e in seen] == [
+        (JobEventKind.STARTED, Status.UNKNOWN),
+        (JobEventKind.CANCELLED, Status.CANCELLED),
+    ]
+
+
+async def test_events_filter_by_kind_and_queue(store: Store) -> None:
+    """kinds= and queues= deliver only the matching events."""
+    queue = Queue(store)
+    async with queue.events(kinds=["enqueued"], queues="a") as events:
+        await queue.enqueue(Job("noop", queue="b"))
+        wanted = await queue.enqueue(Job("noop", queue="a"))
+        (event,) = await events_of(events, wanted.id, until_kind={JobEventKind.ENQUEUED})
+    assert event.queue == "a"
+    with pytest.raises(ValueError, match="'nope'"):
+        async with queue.events(kinds=["nope"]):
+            pass
+
+
+async def test_progress_is_stored_throttled_and_evented(store: Store) -> None:
+    """ctx.progress under serve sets the record's progress (the last call always), emits
+    PROGRESS events at most about once a second, and keeps ctx["progress"]."""
+    seen_in_ctx: list[Any] = []
+
+    async def crunch(job: Job) -> str:
+        assert job.ctx is not None
+        for i in range(1, 51):
+            job.ctx.progress(i / 50, f"step {i}")
+            await anyio.lowlevel.checkpoint()
+        seen_in_ctx.append(job.ctx["progress"])
+        return "done"
+
+    worker = Worker()
+    worker.register("crunch", crunch)
+    queue = Queue(store)
+    async with queue.events() as events, serving(store, worker):
+        rec = await queue.enqueue(Job("crunch"))
+        seen = await events_of(events, rec.id)
+        done = await queue.wait(rec.id, timeout=10)
+    progress = [e for e in seen if e.kind is JobEventKind.PROGRESS]
+    assert 1 <= len(progress) <= 3, progress  # 50 calls in well under a second
+    assert progress[-1].progress == {"fraction": 1.0, "message": "step 50"}
+    assert [e.kind for e in seen][-2:] == [JobEventKind.PROGRESS, JobEventKind.SUCCEEDED]
+    assert done.progress == {"fraction": 1.0, "message": "step 50"}
+    assert seen_in_ctx == [{"fraction": 1.0, "message": "step 50"}]
+    assert (await store.get(rec.id)) == done
+
+
+async def test_slow_subscriber_loses_oldest_and_is_told(store: Store) -> None:
+    """A subscriber that reads nothing never holds up the worker; past its buffer the oldest
+    events are dropped and it first reads one LOST event counting them."""
+    worker = Worker()
+    worker.register("noop", lambda job: None)
+    queue = Queue(store)
+    async with queue.events(buffer=5) as slow, queue.events() as fast:
+        async with serving(store, worker, concurrency=4):
+            recs = [await queue.enqueue(Job("noop")) for _ in range(10)]
+            for rec in recs:
+                await queue.wait(rec.id, timeout=20)
+        # Both streams get the same events at the same moments: once the fast one has seen
+        # every SUCCEEDED, the slow one holds the last 5 of the 30 events and dropped 25.
+        ended: set[str] = set()
+        with anyio.fail_after(10):
+            async for event in fast:
+                if event.kind is JobEventKind.SUCCEEDED:
+                    ended.add(event.job_id)
+                    if len(ended) == len(recs):
+                        break
+        lost = await slow.get(timeout=10)
+        assert lost is not None
+        assert (lost.kind, lost.lost) == (JobEventKind.LOST, 25)
+        rest = [await slow.get(timeout=10) for _ in range(5)]
+        assert await slow.get(timeout=0.2) is None
+    assert all(e is not None and e.job_id in {r.id for r in recs} for e in rest)
+    assert rest[-1] is not None and rest[-1].kind is JobEventKind.SUCCEEDED
+
+
+async def test_queue_wait_is_woken_by_the_end_not_by_polling(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Queue.wait reads the record once, then sleeps until the job's end event wakes it."""
+    reads = 0
+    real_get = store.get
+
+    async def counting_get(id: str) -> JobRecord | None:
+        nonlocal reads
+        reads += 1
+        return await real_get(id)
+
+    monkeypatch.setattr(store, "get", counting_get)
+    worker = Worker()
+    worker.register("noop", lambda job: "ok")
+    queue = Queue(store)
+    rec = await queue.enqueue(Job("noop"))
+    done = anyio.Event()
+    result: list[JobRecord] = []
+
+    async def wait() -> None:
+        result.append(await queue.wait(rec.id, timeout=60))
+        done.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(wait)
+        # Deliberately idle for a second: a polling wait would read the record many times.
+        await anyio.sleep(1.0)
+        assert reads == 1
+        with anyio.fail_after(10):
+            async with serving(store, worker):
+                await done.wait()
+    assert result[0].result == "ok"
+    assert reads == 2
 
 
 async def test_serve_deletes_finished_jobs_past_its_result_ttl(store: Store) -> None:

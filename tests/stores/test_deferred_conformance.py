@@ -13,7 +13,17 @@ from typing import Any
 import anyio
 import pytest
 
-from work import Deferred, Job, JobState, JobStateError, Queue, Status, SyncQueue, Worker
+from work import (
+    Deferred,
+    Job,
+    JobEventKind,
+    JobState,
+    JobStateError,
+    Queue,
+    Status,
+    SyncQueue,
+    Worker,
+)
 from work.stores import Outcome, Store
 
 from .test_conformance import fast_retry, now, record, seconds_from_now, serving, until
@@ -180,6 +190,42 @@ async def test_unique_key_sees_a_waiting_job(store: Store) -> None:
     id = await make_waiting(store, unique_key="order-7")
     (again,) = await store.add([record(unique_key="order-7")])
     assert again.id == id and again.state is JobState.WAITING
+
+
+async def test_waiting_and_its_end_are_job_events(store: Store) -> None:
+    """A job going WAITING is a WAITING event; settling it is its final kind; a retry after a
+    passed deadline is ENQUEUED (the job waits to run again), on every store."""
+    queue = Queue(store)
+    seen: list[tuple[str, JobEventKind]] = []
+    async with queue.events() as events:
+        done = await make_waiting(store)
+        await queue.complete(done)
+        again = await make_waiting(store, retry=fast_retry(max_attempts=2).stored_settings())
+        await store.settle(
+            Outcome(
+                id=again,
+                state=JobState.SCHEDULED,
+                status=Status.GATEWAY_TIMEOUT,
+                scheduled_for=seconds_from_now(60),
+            )
+        )
+        with anyio.fail_after(10):
+            async for event in events:
+                seen.append((event.job_id, event.kind))
+                if sum(1 for job_id, _ in seen if job_id == again) == 4:
+                    break
+    assert [k for i, k in seen if i == done] == [
+        JobEventKind.ENQUEUED,
+        JobEventKind.STARTED,
+        JobEventKind.WAITING,
+        JobEventKind.SUCCEEDED,
+    ]
+    assert [k for i, k in seen if i == again] == [
+        JobEventKind.ENQUEUED,
+        JobEventKind.STARTED,
+        JobEventKind.WAITING,
+        JobEventKind.ENQUEUED,
+    ]
 
 
 async def test_setting_first_value_wins_and_is_shared(

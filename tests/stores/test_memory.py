@@ -97,14 +97,21 @@ async def test_non_object_args_are_a_decode_error() -> None:
 async def test_add_from_another_thread_wakes_a_waiter() -> None:
     """A job added from another thread's event loop wakes wait_for_work (by polling)."""
     store = MemoryStore()
+    added = threading.Event()
+
+    async def add_later() -> None:
+        await anyio.sleep(0.3)  # the waiter must sleep meanwhile
+        added.set()
+        await store.add([record()])
 
     def add_elsewhere() -> None:
-        anyio.run(store.add, [record()])
+        anyio.run(add_later)
 
     with anyio.fail_after(5):
         async with anyio.create_task_group() as tg:
             tg.start_soon(anyio.to_thread.run_sync, add_elsewhere)
             await store.wait_for_work(["default"], 30)
+            assert added.is_set(), "wait_for_work returned before the add"
 
 
 async def test_serve_survives_store_errors() -> None:

@@ -16,12 +16,7 @@ import pytest
 
 from work import WorkError
 from work.stores import JobRecord, JobState, StoreUnavailableError, open_store
-from work.stores.postgres import (
-    SCHEMA_VERSION,
-    PostgresStore,
-    PostgresUnavailableError,
-    _unusable,
-)
+from work.stores.postgres import SCHEMA_VERSION, PostgresStore, PostgresUnavailableError, _unusable
 
 URL = os.environ.get("ANYWORK_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -255,6 +250,7 @@ async def test_notify_wakes_a_waiter_at_once(
     async with make() as producer, anyio.create_task_group() as tg:
         tg.start_soon(wait)
         await anyio.sleep(0.2)  # let the waiter block
+        assert not woke.is_set(), "wait_for_work returned before the add"
         added = time.monotonic()
         await producer.add([_job("wake")])
         with anyio.fail_after(2):

@@ -219,6 +219,7 @@ async def test_blpop_wakes_a_waiter_at_once(
     async with make() as producer, anyio.create_task_group() as tg:
         tg.start_soon(wait)
         await anyio.sleep(0.2)  # let the waiter block
+        assert not woke.is_set(), "wait_for_work returned before the add"
         added = time.monotonic()
         await producer.add([_job("wake")])
         with anyio.fail_after(2):
@@ -245,6 +246,7 @@ async def test_a_burst_wakes_every_waiter(
             for n in range(5):
                 tg.start_soon(wait, n)
             await anyio.sleep(0.2)
+            assert not woken, "waiters returned before the add"
             started = time.monotonic()
             await store.add([_job(f"b{i}") for i in range(5)])
         assert time.monotonic() - started < 2.0
@@ -260,12 +262,15 @@ async def test_wait_ends_when_a_scheduled_job_falls_due(store: RedisStore) -> No
     await store.add([_job("later", state=JobState.SCHEDULED, scheduled_for=due)])
     started = time.monotonic()
     claimed: list[str] = []
+    early = 0
     with anyio.fail_after(2):
         # The add's own wake token may end the first wait early: wait until it is claimed.
         while not claimed:
             await store.wait_for_work(["default"], 10)
+            early += datetime.now(UTC) < due
             got = await store.claim(["default"], limit=5, lease=5, owner="o")
             claimed += [c.record.id for c in got]
+    assert early <= 1, "a waiter that keeps returning before the due time is polling"
     assert claimed == ["later"]
     assert time.monotonic() - started < 2.0
     assert datetime.now(UTC) >= due

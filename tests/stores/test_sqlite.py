@@ -169,6 +169,7 @@ async def test_file_settings_and_schema_version(tmp_path: Path) -> None:
     try:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         versions = conn.execute("SELECT version FROM anywork_schema_version").fetchall()
+        # One row per migration applied, each once.
         assert versions == [(v,) for v in range(1, SCHEMA_VERSION + 1)]
         assert conn.execute("SELECT COUNT(*) FROM anywork_jobs").fetchone() == (2,)
     finally:
@@ -387,6 +388,34 @@ async def test_version_1_file_migrates_to_deferred_columns(tmp_path: Path) -> No
         assert same.id == old.id
         assert await store.setdefault_setting("k", "v") == "v"
         assert claimed.record.id == old.id
+
+
+async def test_events_are_written_only_while_someone_listens(tmp_path: Path) -> None:
+    """With no subscriber registered the triggers write no event rows; a subscription
+    registers (and its end unregisters) the store in anywork_event_listeners."""
+    path = tmp_path / "jobs.db"
+
+    def rows(table: str) -> int:
+        conn = sqlite3.connect(path)
+        try:
+            (count,) = conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()
+            return int(count)
+        finally:
+            conn.close()
+
+    async with open_store(f"sqlite:///{path}") as store:
+        await store.add([record()])
+        assert rows("anywork_events") == 0
+        async with store.events():
+            assert rows("anywork_event_listeners") == 1
+            await store.add([record()])
+            assert rows("anywork_events") == 1
+        # The watcher thread unregisters as it ends, about a second after the last subscriber.
+        with anyio.fail_after(5):
+            while rows("anywork_event_listeners"):  # another thread's write: polled
+                await anyio.sleep(0.01)
+        await store.add([record()])
+        assert rows("anywork_events") == 1
 
 
 # -- schema version 1 (anywork before the lost counter and the claim index) --------------------

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import math
 import os
 import socket
+import threading
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import anyio.from_thread
 import structlog
 from anyio.abc import TaskGroup
 
@@ -31,6 +36,8 @@ from .deferred import expire_waiting
 from .outcome import decide, final, hand_back
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from .._runtime.worker import Execution, Worker
 
 __all__ = [
@@ -58,6 +65,8 @@ _FINAL_FLUSH_TIMEOUT = 10.0
 _CANCEL_WAIT = 5.0
 # How often serve looks for WAITING jobs whose deadline passed ("within about a second").
 _DEADLINE_INTERVAL = 0.5
+# A job's progress is written at most this often (the last value always, before its outcome).
+_PROGRESS_INTERVAL = 1.0
 # A job handed back for lack of its handler is due again after this pause, growing with the
 # time it has waited (a tenth of it) up to the cap: a worker without the handler never claims
 # the same job in a hot loop, and one that has it gets it within seconds.
@@ -139,6 +148,9 @@ class _Slot:
     cancel_requested: bool = False  # the store said stop (a cancel, or the lease is lost)
     lost: bool = False  # the same job was claimed again by this owner: drop this run
     outcome: Outcome | None = None
+    progress: dict[str, Any] | None = None  # the last value ctx.progress reported
+    progress_sent: dict[str, Any] | None = None  # the last value written to the store
+    progress_at: float = -math.inf  # when it was written (anyio clock)
 
 
 class _Server:
@@ -155,8 +167,10 @@ class _Server:
         lost_limit: int = DEFAULT_LOST_LIMIT,
         unknown_handler_grace: float = DEFAULT_UNKNOWN_HANDLER_GRACE,
         result_ttl: float | None = DEFAULT_RESULT_TTL,
+        on_discarded: Callable[[Outcome], object] | None = None,
     ) -> None:
         self.worker = worker
+        self.on_discarded = on_discarded
         self.result_ttl = result_ttl
         self.store = store
         self.queues = queues
@@ -175,6 +189,8 @@ class _Server:
         self.pending: list[_Slot] = []  # outcomes waiting for complete()
         self.pending_event = anyio.Event()
         self.flush_lock = anyio.Lock()
+        self.progress_event = anyio.Event()
+        self.thread = threading.get_ident()
         self.log = _log.bind(worker=worker.name, owner=self.owner)
         self.outage = _Outage(self.log)
 
@@ -185,6 +201,7 @@ class _Server:
                 background.start_soon(self.reap_loop, name="anywork serve: reap leases")
                 background.start_soon(self.deadline_loop, name="anywork serve: deadlines")
                 background.start_soon(self.flush_loop, name="anywork serve: complete")
+                background.start_soon(self.progress_loop, name="anywork serve: progress")
                 background.start_soon(self.expire_loop, name="anywork serve: retention")
                 async with anyio.create_task_group() as jobs:
                     await self.claim_until_stopped(jobs)
@@ -322,6 +339,8 @@ class _Server:
                 slot.outcome = final(rec, JobState.CANCELLED, Status.CANCELLED, "cancelled")
             return  # stopped while waiting for a slot: handed back
         slot.execution = execution
+        # Set before the handler can run: perform() returned with no checkpoint since.
+        execution.ctx.progress_hook = functools.partial(self.on_progress, slot)
         if slot.cancel_requested or slot.lost:
             execution.cancel()
         try:
@@ -426,6 +445,74 @@ class _Server:
                     )
             await anyio.sleep(_DEADLINE_INTERVAL)
 
+    # -- progress -------------------------------------------------------------------------------
+
+    def on_progress(self, slot: _Slot, value: dict[str, Any]) -> None:
+        """ctx.progress's hook: note the value and wake the progress loop (from any thread)."""
+        slot.progress = value
+        if threading.get_ident() == self.thread:
+            self.progress_event.set()
+            return
+        # A sync handler runs in one of anyio's worker threads; in a thread of the handler's
+        # own (RuntimeError) the value is written with the next one, or before the outcome.
+        with contextlib.suppress(RuntimeError):
+            anyio.from_thread.run_sync(self.wake_progress)
+
+    def wake_progress(self) -> None:
+        self.progress_event.set()
+
+    def unsent_progress(self, slots: list[_Slot]) -> dict[str, dict[str, Any]]:
+        return {
+            slot.record.id: slot.progress
+            for slot in slots
+            if slot.progress is not None and slot.progress is not slot.progress_sent
+        }
+
+    async def write_progress(self, slots: list[_Slot]) -> None:
+        """Write the unsent progress of ``slots`` (under the flush lock, so a value never
+        overtakes a later one or the outcome)."""
+        values = self.unsent_progress(slots)
+        if not values:
+            return
+        now = anyio.current_time()
+        await self.store.set_progress(self.owner, values)
+        for slot in slots:
+            if slot.record.id in values:
+                slot.progress_sent, slot.progress_at = values[slot.record.id], now
+
+    def progress_due(self, now: float) -> tuple[list[_Slot], float]:
+        """The slots whose unsent progress may be written now, and when the next one may."""
+        due: list[_Slot] = []
+        next_at = math.inf
+        for slot in self.slots.values():
+            if slot.outcome is not None or slot.progress is slot.progress_sent:
+                continue
+            at = slot.progress_at + _PROGRESS_INTERVAL
+            if at <= now:
+                due.append(slot)
+            else:
+                next_at = min(next_at, at)
+        return due, next_at
+
+    async def progress_loop(self) -> None:
+        # Slots are only ever held in locals while written: a finished job's slot, execution
+        # and args must not stay reachable from this loop while it waits.
+        while True:
+            self.progress_event = event = anyio.Event()
+            now = anyio.current_time()
+            due, next_at = self.progress_due(now)
+            if due:
+                try:
+                    async with self.flush_lock:
+                        await self.write_progress([s for s in due if s.outcome is None])
+                except Exception as exc:
+                    self.log.warning("storing progress failed; retrying", error=repr(exc))
+                    await anyio.sleep(_PROGRESS_INTERVAL)
+                continue
+            del due
+            with anyio.move_on_after(next_at - now):
+                await event.wait()
+
     # -- retention ----------------------------------------------------------------------------
 
     async def expire_loop(self) -> None:
@@ -467,6 +554,8 @@ class _Server:
             outcomes = [slot.outcome for slot in batch if slot.outcome is not None]
             try:
                 with anyio.CancelScope(shield=True):
+                    # The last progress reported is stored before the outcome.
+                    await self.write_progress(batch)
                     applied = await self.store.complete(self.owner, outcomes)
             except Exception as exc:
                 self.outage.failed("storing outcomes", exc)
@@ -492,6 +581,11 @@ class _Server:
                 state=str(o.state),
                 status=int(o.status),
             )
+            if self.on_discarded is not None:
+                try:
+                    self.on_discarded(o)
+                except Exception:
+                    self.log.exception("an on_discarded callback raised; ignored")
 
     async def flush_all(self) -> None:
         backoff = _Backoff()
@@ -521,6 +615,7 @@ async def serve_store(
     lost_limit: int = DEFAULT_LOST_LIMIT,
     unknown_handler_grace: float = DEFAULT_UNKNOWN_HANDLER_GRACE,
     result_ttl: float | timedelta | None = DEFAULT_RESULT_TTL,
+    on_discarded: Callable[[Outcome], object] | None = None,
 ) -> None:
     """Consume jobs from ``store`` with ``worker`` until cancelled or the worker stops.
 
@@ -553,6 +648,8 @@ async def serve_store(
         result_ttl: seconds (or a timedelta) finished jobs of ``queues`` are kept before this
             worker deletes them, a small batch at a time (a job enqueued with a
             ``result_ttl`` of its own keeps that); None keeps them for ever.
+        on_discarded: called with each outcome the store refused because the job's lease was
+            lost (the job was taken over); the CLI's exit summary counts them.
 
     Raises:
         RuntimeError: the worker was never started (a worker already stopping makes ``serve``
@@ -598,6 +695,7 @@ async def serve_store(
         lost_limit=lost_limit,
         unknown_handler_grace=float(unknown_handler_grace),
         result_ttl=ttl,
+        on_discarded=on_discarded,
     )
     async with worker.lifetime():
         await server.run()

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
@@ -20,14 +21,15 @@ from .._runtime.timers import seconds
 from ..stores._base import FINAL_STATES, JobRecord, JobState, Store
 from ..stores._open import open_store
 from .deferred import complete_waiting, heartbeat_waiting
+from .events import DEFAULT_EVENT_BUFFER, EventStream, JobEventKind, check_event_filters
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
 __all__ = ["Queue", "SyncQueue"]
 
-# Queue.wait polls the store: first after 10 ms, then 1.5 times longer each time, up to this.
-_WAIT_MAX_INTERVAL = 0.25
+# What Queue.wait listens for (LOST events always come too).
+_END_KINDS = (JobEventKind.SUCCEEDED, JobEventKind.FAILED, JobEventKind.CANCELLED)
 
 
 class Queue:
@@ -277,11 +279,19 @@ class Queue:
     # -- following ----------------------------------------------------------------------------
 
     async def get(self, id: str) -> JobRecord | None:
-        """Return the job's record, or None if the store does not know it."""
+        """Return the job's record, or None if the store does not know it.
+
+        Raises:
+            TypeError, ValueError: ``id`` is not a str a job id can be (as for enqueue).
+        """
+        check_name(id, "id")
         return await self.store.get(id)
 
     async def wait(self, id: str, timeout: float | None = None) -> JobRecord:
         """Wait until the job is SUCCEEDED, FAILED or CANCELLED, and return its record.
+
+        It follows the store's events (:meth:`events`), reading the record again only when
+        one says the job ended: it does not poll the store.
 
         Args:
             id: the job id.
@@ -291,19 +301,62 @@ class Queue:
             TimeoutError: the job was not final within ``timeout``.
             LookupError: the store does not know the job.
         """
-        interval = 0.01
+        check_name(id, "id")
         state = "unknown"
         with anyio.move_on_after(timeout):
+            # Subscribed before the first look, so an end that happens after it is seen; the
+            # record is read again only when an event says this job ended (or events were
+            # lost): no polling.
             while True:
-                record = await self.store.get(id)
-                if record is None:
-                    raise LookupError(f"no job with id {id!r} in {self.store.url}")
-                if record.state.is_final:
-                    return record
-                state = record.state.value
-                await anyio.sleep(interval)
-                interval = min(interval * 1.5, _WAIT_MAX_INTERVAL)
+                async with self.store.events(kinds=_END_KINDS) as events:
+                    lost = False
+                    while not lost:
+                        record = await self.store.get(id)
+                        if record is None:
+                            raise LookupError(f"no job with id {id!r} in {self.store.url}")
+                        if record.state.is_final:
+                            return record
+                        state = record.state.value
+                        async for event in events:
+                            # LOST: look again, subscribed anew (a lost connection reopens).
+                            lost = event.kind is JobEventKind.LOST
+                            if lost or event.job_id == id:
+                                break
         raise TimeoutError(f"job {id!r} was not finished after {timeout:g}s (it is {state})")
+
+    @asynccontextmanager
+    async def events(
+        self,
+        *,
+        kinds: Iterable[JobEventKind | str] | None = None,
+        queues: Iterable[str] | str | None = None,
+        buffer: int = DEFAULT_EVENT_BUFFER,
+    ) -> AsyncIterator[EventStream]:
+        """Follow job state changes as they happen, made by any process on this store::
+
+            async with queue.events(kinds=["succeeded", "failed"]) as events:
+                async for event in events:
+                    print(event.kind, event.job_id, event.status)
+
+        Every change made after the ``async with`` is entered is delivered, each job's in
+        order (see ``docs/events.md`` for the kinds and each store's mechanism). A subscriber
+        that does not keep up never slows the store or the workers: past ``buffer`` unread
+        events its oldest are dropped, and it next receives one ``JobEventKind.LOST`` event
+        whose ``lost`` says how many.
+
+        Args:
+            kinds: only these kinds (names or members; None: all). LOST always comes.
+            queues: only jobs of these queues (a single name is accepted; None: all).
+            buffer: the most unread events kept.
+
+        Raises:
+            ValueError: an unknown kind, an empty queue name or a buffer below 1.
+        """
+        kind_set, queue_set = check_event_filters(kinds, queues)
+        if isinstance(buffer, bool) or not isinstance(buffer, int) or buffer < 1:
+            raise ValueError(f"buffer must be an int >= 1, got {buffer!r}")
+        async with self.store.events(kinds=kind_set, queues=queue_set, buffer=buffer) as stream:
+            yield stream
 
     async def cancel(self, id: str) -> bool:
         """Cancel a job: a QUEUED, SCHEDULED or WAITING one at once; a RUNNING one's execution is
@@ -311,7 +364,11 @@ class Queue:
 
         Returns:
             True if it was cancelled (or the cancel requested), False if unknown or final.
+
+        Raises:
+            TypeError, ValueError: ``id`` is not a str a job id can be (as for enqueue).
         """
+        check_name(id, "id")
         return await self.store.cancel(id)
 
     async def complete(
@@ -382,10 +439,15 @@ class Queue:
             after: the last id of the previous page.
 
         Raises:
-            ValueError: an unknown state or a negative limit.
+            ValueError: an unknown state, a limit below 0 or above 2**31 - 1, or a name or
+                id that no job can have (as for enqueue).
         """
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
             raise ValueError(f"limit must be an int >= 0, got {limit!r}")
+        check_int(limit, "limit", low=0)
+        for value, what in ((queue, "queue"), (handler, "handler"), (after, "after")):
+            if value is not None:
+                check_name(value, what)
         return await self.store.list(
             state=JobState(state) if state is not None else None,
             queue=queue,
@@ -525,6 +587,22 @@ class SyncQueue:
             result_ttl=result_ttl,
         )
         return record
+
+    def check(
+        self,
+        job: Job,
+        *,
+        delay: float | timedelta | None = None,
+        at: datetime | None = None,
+        priority: int = 0,
+        retry: RetryPolicy | None = None,
+        unique_key: str | None = None,
+    ) -> None:
+        """Raise what :meth:`enqueue` would raise, without touching the store; see
+        :meth:`Queue.check`."""
+        self._queue.check(
+            job, delay=delay, at=at, priority=priority, retry=retry, unique_key=unique_key
+        )
 
     def enqueue_many(
         self,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import logging
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -40,6 +41,8 @@ _MAX_STARTING = 32
 # A runner yields to the event loop after this many back-to-back executions, so a burst of
 # jobs that never await anything cannot starve other tasks.
 _YIELD_EVERY = 64
+
+_log = logging.getLogger("anywork.worker")
 
 
 class Execution:
@@ -258,6 +261,7 @@ class Worker:
         self._processes = ProcessRunner()
         self._handlers: dict[str, Callable[[Job], Any]] = {}
         self._chains: dict[str, Handler] = {}
+        self._subscribers: tuple[Callable[[Execution], object], ...] = ()
         self._reset()
 
     def _reset(self) -> None:
@@ -293,7 +297,8 @@ class Worker:
 
         Raises:
             ValueError: ``name`` is blank or already registered.
-            TypeError: ``fn`` is not callable or ``name`` not a str.
+            TypeError: ``fn`` is not callable or ``name`` not a str; with
+                ``sync_handlers="process"``, a plain ``def`` that cannot be pickled.
         """
         if not isinstance(name, str):
             raise TypeError(f"a handler name must be a str, got {type(name).__name__}")
@@ -328,6 +333,39 @@ class Worker:
             return fn
 
         return decorate
+
+    # -- observing --------------------------------------------------------------------------
+
+    def subscribe(self, callback: Callable[[Execution], object]) -> Callable[[], None]:
+        """Call ``callback(execution)`` as each execution starts and as it finishes.
+
+        ``execution.done`` tells the two apart: False when it starts (before the handler
+        runs), True when it has finished (``status``, ``result`` and ``error`` are final). An
+        execution cancelled before it started is seen only once, done. The callback runs in
+        the worker's event loop thread and must not block; one that raises is logged (logger
+        ``anywork.worker``) and does not disturb the worker or the other callbacks.
+
+        Args:
+            callback: a plain function taking the Execution.
+
+        Returns:
+            A function that unsubscribes the callback (calling it twice does nothing).
+        """
+        if not callable(callback):
+            raise TypeError(f"subscribe needs a callable, got {callback!r}")
+        self._subscribers = (*self._subscribers, callback)
+
+        def unsubscribe() -> None:
+            self._subscribers = tuple(s for s in self._subscribers if s is not callback)
+
+        return unsubscribe
+
+    def _notify(self, execution: Execution) -> None:
+        for callback in self._subscribers:
+            try:
+                callback(execution)
+            except Exception:
+                _log.exception("a worker.subscribe callback raised; ignored: %r", callback)
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -802,6 +840,8 @@ class Worker:
         ctx = execution.ctx
         execution._phase = _RUNNING
         ctx._started = time.time()
+        if self._subscribers:
+            self._notify(execution)
         try:
             with anyio.CancelScope() as scope:
                 execution._scope = scope
@@ -830,6 +870,8 @@ class Worker:
             assert self._sem is not None
             self._sem.release()
         self._inflight.discard(execution)
+        if self._subscribers:
+            self._notify(execution)
         if execution._event is not None:
             execution._event.set()
         if execution._callbacks is not None:

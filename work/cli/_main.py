@@ -5,6 +5,7 @@
     anywork worker app:worker --store postgresql://db/jobs --concurrency 16 --http :9000
     anywork enqueue send_email --args '{"to": "a@example.com"}'
     anywork jobs list --state failed
+    anywork jobs watch --queue default
     anywork stats
 
 Exit codes: 0 success, 1 a runtime failure (the store cannot be reached, a job is unknown),
@@ -35,6 +36,7 @@ from .._core.validate import INT_MIN
 from .._durable.queue import Queue
 from ..stores import JobRecord, JobState, mask_url
 from ._common import CLIError, connected, int_arg, open_store_of, seconds_arg
+from .jobs import add_watch_parser
 from .worker import load_worker, parse_listen, run_worker_command
 
 __all__ = ["CLIError", "build_parser", "load_worker", "main", "mask_url", "record_to_dict"]
@@ -154,7 +156,8 @@ async def _cmd_jobs_list(ns: argparse.Namespace) -> int:
 
 async def _cmd_jobs_get(ns: argparse.Namespace) -> int:
     async with connected(open_store_of(ns), create=False) as store:
-        record = await Queue(store).get(ns.id)
+        with _bad_input():
+            record = await Queue(store).get(ns.id)
     if record is None:
         raise CLIError(f"no job with id {ns.id!r} in {mask_url(ns.store)}")
     data = record_to_dict(record)
@@ -171,7 +174,9 @@ async def _cmd_jobs_get(ns: argparse.Namespace) -> int:
 async def _cmd_jobs_cancel(ns: argparse.Namespace) -> int:
     async with connected(open_store_of(ns), create=False) as store:
         queue = Queue(store)
-        if await queue.cancel(ns.id):
+        with _bad_input():
+            cancelled = await queue.cancel(ns.id)
+        if cancelled:
             print(f"cancelled {ns.id}")
             return 0
         record = await queue.get(ns.id)
@@ -182,7 +187,7 @@ async def _cmd_jobs_cancel(ns: argparse.Namespace) -> int:
 
 async def _cmd_jobs_purge(ns: argparse.Namespace) -> int:
     states = ns.state or [JobState.SUCCEEDED.value, JobState.FAILED.value, JobState.CANCELLED.value]
-    async with connected(open_store_of(ns)) as store:
+    async with connected(open_store_of(ns), create=False) as store:
         with _bad_input():
             deleted = await Queue(store).purge(older_than=ns.older_than, states=states)
     print(f"purged {deleted} job{'' if deleted == 1 else 's'}")
@@ -190,7 +195,7 @@ async def _cmd_jobs_purge(ns: argparse.Namespace) -> int:
 
 
 async def _cmd_jobs_retry(ns: argparse.Namespace) -> int:
-    async with connected(open_store_of(ns)) as store:
+    async with connected(open_store_of(ns), create=False) as store:
         try:
             record = await Queue(store).retry(ns.id)
         except LookupError:
@@ -362,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio")
     w.set_defaults(func=run_worker_command)
 
-    jobs = sub.add_parser("jobs", help="list, show, cancel, retry or purge jobs")
+    jobs = sub.add_parser("jobs", help="list, show, cancel, retry, purge or watch jobs")
     jobs_sub = jobs.add_subparsers(dest="jobs_command", required=True, parser_class=_Parser)
     ls = jobs_sub.add_parser("list", help="list jobs, oldest first")
     _add_store(ls)
@@ -382,6 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     cancel.add_argument("id")
     _add_store(cancel)
     cancel.set_defaults(func=_run(_cmd_jobs_cancel))
+    add_watch_parser(jobs_sub, _add_store)
     purge = jobs_sub.add_parser("purge", help="delete finished jobs now")
     _add_store(purge)
     purge.add_argument(

@@ -26,14 +26,18 @@ from __future__ import annotations
 
 import builtins
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from types import TracebackType
-from typing import Any, Protocol, Self, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, Self, runtime_checkable
 
 from .._core.status import Status
+
+if TYPE_CHECKING:
+    from .._durable.events import EventStream, JobEventKind
 
 __all__ = [
     "DEFAULT_LOST_LIMIT",
@@ -103,6 +107,8 @@ class JobRecord:
             ``Queue.heartbeat``), or None.
         result_ttl: seconds the job is kept once finished, or None for the purging worker's
             ``result_ttl`` (7 days by default); see :meth:`Store.expire`.
+        progress: the last progress its handler reported under ``serve``
+            (``{"fraction": float, "message": str}``), or None.
     """
 
     id: str
@@ -128,6 +134,7 @@ class JobRecord:
     deadline: datetime | None = None
     deferred_ttl: float | None = None
     result_ttl: float | None = None
+    progress: dict[str, Any] | None = None
 
     def replace(self, **changes: Any) -> JobRecord:
         """Return a copy with ``changes`` applied."""
@@ -333,8 +340,39 @@ class Store(Protocol):
 
     async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
         """Return when a job in ``queues`` may have become ready (an add, a hand-back, a
-        retry that fell due), or after ``timeout`` seconds at the latest. Spurious returns
-        are allowed; missing a wake-up for longer than ``timeout`` is not."""
+        retry that fell due), or after ``timeout`` seconds at the latest. A spurious return
+        is allowed only when the store changed meanwhile (say a job added to another queue,
+        or claimed by another worker first): in a store where nothing happens it waits the
+        whole ``timeout``. Missing a wake-up for longer than ``timeout`` is not allowed."""
+        ...
+
+    async def set_progress(self, owner: str, progress: Mapping[str, dict[str, Any]]) -> None:
+        """Set ``progress`` (job id -> ``{"fraction": float, "message": str}``) on the jobs
+        RUNNING under ``owner``'s lease (others are left alone, as by :meth:`complete`) and
+        emit a PROGRESS event for each. The value stays on the record once the job ends."""
+        ...
+
+    def events(
+        self,
+        *,
+        kinds: Iterable[JobEventKind] | None = None,
+        queues: Iterable[str] | None = None,
+        buffer: int = 1000,
+    ) -> AbstractAsyncContextManager[EventStream]:
+        """Subscribe to job events: ``async with store.events() as stream: async for event
+        in stream:``.
+
+        Once the ``async with`` is entered, the stream receives every state change that any
+        process makes to any job in this store (filtered by ``kinds`` and ``queues``), each
+        job's events in the order the changes happened: ENQUEUED for an add (or a
+        hand-back), STARTED for a claim, RETRYING for a retry wait or a lost worker's job put
+        back, SUCCEEDED / FAILED / CANCELLED for the end, PROGRESS for :meth:`set_progress`.
+        Changes that are not state changes (a renewed lease, a cancel request to a running
+        job) make no event. Publishing never waits for a subscriber: past ``buffer`` unread
+        events the oldest are dropped and the stream's next event is one LOST event whose
+        ``lost`` counts them (``lost == 0``: an unknown number, e.g. the connection to the
+        server was lost and is back).
+        """
         ...
 
     async def settle(self, outcome: Outcome, *, only_expired: bool = False) -> JobRecord | None:

@@ -81,9 +81,19 @@ def decode_row(row: Any) -> tuple[JobRecord, str | None]:
         deferrals=row["deferrals"],
         deadline=row["deadline"],
         deferred_ttl=row["deferred_ttl"],
+        progress=_progress(row),
         result_ttl=row["result_ttl"],
     )
     return record, args_error or headers_error
+
+
+def _progress(row: Any) -> dict[str, Any] | None:
+    """The progress column (a row from before schema version 2 has none)."""
+    raw = row.get("progress")
+    if raw is None:
+        return None
+    value, _ = loads_object(raw, "progress")
+    return value
 
 
 _TIMES = ("enqueued_at", "scheduled_for", "started_at", "finished_at")
@@ -232,5 +242,6 @@ def stored_record(rec: JobRecord, args: dict[str, Any], enqueued: datetime) -> J
     # A job is added QUEUED or SCHEDULED: the WAITING columns start empty (add leaves them out).
     put(new, "deadline", None)
     put(new, "deferred_ttl", None)
+    put(new, "progress", None)  # add() does not store progress
     put(new, "result_ttl", None if rec.result_ttl is None else float(rec.result_ttl))
     return new

@@ -9,6 +9,7 @@ __all__ = [
     "COMPLETE",
     "DELETE",
     "HEARTBEAT",
+    "PROGRESS",
     "REAP",
     "RENEW",
     "RETRY",
@@ -69,6 +70,23 @@ local function unfinished(q, id)
   redis.call('ZREM', P .. ':kept:' .. q, id)
   redis.call('ZREM', P .. ':expires', id)
 end
+-- Job events: collected while a script runs, then sent in one PUBLISH (a JSON array of
+-- [kind, id, queue, handler, status, attempts, at_us, progress]) to {prefix}:events.
+local EV = {}
+local function emit(kind, id, q, at, progress)
+  local f = redis.call('HMGET', jkey(id), 'spec', 'status', 'attempts')
+  local ok, spec = pcall(cjson.decode, f[1] or '')
+  local handler = ''
+  if ok and type(spec) == 'table' and type(spec.handler) == 'string' then
+    handler = spec.handler
+  end
+  EV[#EV + 1] = {kind, id, q, handler, tonumber(f[2]) or -1, tonumber(f[3]) or 0,
+                 tostring(at), progress or false}
+end
+local function publish_events()
+  if #EV > 0 then redis.call('PUBLISH', P .. ':events', cjson.encode(EV)) end
+end
+local FINAL = {succeeded = true, failed = true, cancelled = true}
 """
 
 # ARGV: prefix, cap, and a JSON array with, per job, an array of strings: id, queue,
@@ -122,9 +140,13 @@ for n, job in ipairs(cjson.decode(ARGV[3])) do
     redis.call('ZADD', P .. ':all', seq, id)
     if state == 'queued' or state == 'scheduled' then woken[q] = (woken[q] or 0) + 1 end
     stat(q, state, 1)
+    local kind = 'enqueued'
+    if FINAL[state] then kind = state elseif state == 'running' then kind = 'started' end
+    emit(kind, id, q, job[7])
   end
 end
 for q, n in pairs(woken) do wake(q, cap, n) end
+publish_events()
 return out
 """
 )
@@ -169,6 +191,7 @@ for _, c in ipairs(cands) do
     redis.call('ZADD', P .. ':running', ARGV[4], id)
     stat(c[4], old, -1)
     stat(c[4], 'running', 1)
+    emit('started', id, c[4], now)
     local h, fields, args = redis.call('HGETALL', jk), {}, ''
     for j = 1, #h, 2 do
       if h[j] == 'args' then args = h[j + 1] else fields[h[j]] = h[j + 1] end
@@ -184,6 +207,7 @@ for i = 6, #ARGV do
     redis.call('DEL', P .. ':wake:' .. ARGV[i])
   end
 end
+publish_events()
 return out
 """
 )
@@ -266,9 +290,15 @@ for _, o in ipairs(cjson.decode(ARGV[5])) do
     end
     stat(q, 'running', -1)
     stat(q, state, 1)
+    local kind = state
+    if state == 'scheduled' then kind = 'retrying' elseif state == 'queued' then
+      kind = 'enqueued'  -- a hand-back
+    end
+    emit(kind, id, q, now)
     applied[#applied + 1] = id
   end
 end
+publish_events()
 return applied
 """
 )
@@ -309,9 +339,11 @@ for _, id in ipairs(lost) do
     redis.call('HSET', jk, 'state', state)
     stat(q, 'running', -1)
     stat(q, state, 1)
+    if state == 'queued' then emit('retrying', id, q, now) else emit(state, id, q, now) end
     n = n + 1
   end
 end
+publish_events()
 return n
 """
 )
@@ -339,6 +371,8 @@ release_unique(q, f[4], id)
 finished(jk, q, id, now)
 stat(q, state, -1)
 stat(q, 'cancelled', 1)
+emit('cancelled', id, q, now)
+publish_events()
 return 1
 """
 )
@@ -382,6 +416,11 @@ else
 end
 stat(q, 'waiting', -1)
 stat(q, state, 1)
+-- events.kind_for_change('waiting', state): a final kind, else ENQUEUED (a retry's wait).
+local kind = 'enqueued'
+if FINAL[state] then kind = state end
+emit(kind, id, q, now)
+publish_events()
 return {1, redis.call('HGETALL', jk)}
 """
 )
@@ -404,6 +443,25 @@ local deadline = string.format('%d', tonumber(now) + tonumber(ttl))
 redis.call('HSET', jk, 'deadline', deadline)
 redis.call('ZADD', P .. ':waiting', deadline, id)
 return {1, redis.call('HGETALL', jk)}
+"""
+)
+
+# ARGV: prefix, owner, now, and a JSON array of [id, progress JSON]. Sets the progress of jobs
+# RUNNING under owner's lease and emits a PROGRESS event for each.
+PROGRESS = (
+    LUA_PRELUDE
+    + r"""
+local owner, now = ARGV[2], ARGV[3]
+for _, p in ipairs(cjson.decode(ARGV[4])) do
+  local jk = jkey(p[1])
+  local f = redis.call('HMGET', jk, 'state', 'owner', 'queue')
+  if f[1] == 'running' and f[2] == owner then
+    redis.call('HSET', jk, 'progress', p[2])
+    emit('progress', p[1], f[3], now, p[2])
+  end
+end
+publish_events()
+return 0
 """
 )
 
@@ -460,6 +518,8 @@ make_ready(jk, q, id, now, f[4], f[5])
 stat(q, state, -1)
 stat(q, 'queued', 1)
 wake(q, cap)
+emit('enqueued', id, q, now)
+publish_events()
 local out = {'ok'}
 for _, v in ipairs(redis.call('HGETALL', jk)) do table.insert(out, v) end
 return out

@@ -5,7 +5,8 @@ from __future__ import annotations
 import builtins
 import json
 import threading
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
@@ -15,6 +16,15 @@ import anyio
 
 from .._core.exceptions import JobStateError
 from .._core.status import Status
+from .._durable.events import (
+    DEFAULT_EVENT_BUFFER,
+    EventHub,
+    EventStream,
+    JobEvent,
+    JobEventKind,
+    check_event_filters,
+    kind_for_change,
+)
 from ._base import DEFAULT_LOST_LIMIT, FINAL_STATES, Claimed, JobRecord, JobState, Outcome
 
 __all__ = ["MemoryStore"]
@@ -79,6 +89,26 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _event(
+    kind: JobEventKind | None, rec: JobRecord, at: datetime, progress: dict[str, Any] | None = None
+) -> builtins.list[JobEvent]:
+    """The event for a change to ``rec`` (already changed), as a list of 0 or 1."""
+    if kind is None:
+        return []
+    return [
+        JobEvent(
+            kind=kind,
+            job_id=rec.id,
+            queue=rec.queue,
+            handler=rec.handler,
+            status=rec.status,
+            attempt=rec.attempts,
+            at=at,
+            progress=progress,
+        )
+    ]
+
+
 @dataclass(slots=True)
 class _Row:
     """A stored job: its record with args and result kept as JSON text, plus the lease."""
@@ -124,6 +154,9 @@ class MemoryStore:
         self._lock = threading.Lock()
         self._notifier = _Notifier()
         self._settings: dict[str, str] = {}
+        # Events are published from whichever thread changed a job: subscribers of other
+        # threads look for them every 50 ms, as waiters for work do.
+        self._hub = EventHub(poll=_CROSS_THREAD_POLL)
 
     def __repr__(self) -> str:
         return f"MemoryStore({self.url!r}, jobs={len(self._rows)})"
@@ -155,6 +188,7 @@ class MemoryStore:
             headers=dict(row.record.headers),
             result=result,
             retry=_copy(row.record.retry),
+            progress=_copy(row.record.progress),
         )
 
     async def get(self, id: str) -> JobRecord | None:
@@ -217,6 +251,7 @@ class MemoryStore:
         instead (see :meth:`work.stores.Store.add`)."""
         out: list[JobRecord] = []
         added = False
+        events: list[JobEvent] = []
         with self._lock:
             for rec in records:
                 existing = self._rows.get(rec.id)
@@ -249,8 +284,10 @@ class MemoryStore:
                 self._rows[rec.id] = self._active[rec.id] = row
                 out.append(self._snapshot(row))
                 added = True
+                events += _event(kind_for_change(None, rec.state.value), row.record, _now())
         if added:
             self._notifier.notify()
+            self._hub.publish(events)
         return out
 
     async def cancel(self, id: str) -> bool:
@@ -274,7 +311,9 @@ class MemoryStore:
                 deadline=None,
             )
             del self._active[id]
-            return True
+            events = _event(JobEventKind.CANCELLED, row.record, _now())
+        self._hub.publish(events)
+        return True
 
     # -- consuming ----------------------------------------------------------------------------
 
@@ -302,6 +341,7 @@ class MemoryStore:
             ready = [row for row in self._active.values() if self._ready(row, queues, now)]
             ready.sort(key=lambda r: (-r.record.priority, _due(r), r.seq))
             out: list[Claimed] = []
+            events: list[JobEvent] = []
             for row in ready[:limit]:
                 row.record = row.record.replace(
                     state=JobState.RUNNING, attempts=row.record.attempts + 1, started_at=now
@@ -309,7 +349,9 @@ class MemoryStore:
                 row.owner, row.lease_until, row.cancel_requested = owner, until, False
                 decode_error = _decode_error(row.args_json)
                 out.append(Claimed(self._snapshot(row), decode_error, row.unknown_since))
-            return out
+                events += _event(JobEventKind.STARTED, row.record, now)
+        self._hub.publish(events)
+        return out
 
     async def renew(self, owner: str, ids: Sequence[str], *, lease: float) -> set[str]:
         """Extend ``owner``'s leases on ``ids``; return those it must stop running."""
@@ -331,6 +373,7 @@ class MemoryStore:
         Returns the ids whose outcome was applied."""
         now = _now()
         wake = False
+        events: list[JobEvent] = []
         applied: set[str] = set()
         with self._lock:
             for outcome in outcomes:
@@ -362,8 +405,11 @@ class MemoryStore:
                 if outcome.state.is_final:
                     self._active.pop(outcome.id, None)
                 wake = wake or not outcome.state.is_final
+                kind = kind_for_change("running", outcome.state.value, attempts_kept=False)
+                events += _event(kind, row.record, now)
         if wake:
             self._notifier.notify()
+        self._hub.publish(events)
         return applied
 
     async def reap(self, *, lost_limit: int = DEFAULT_LOST_LIMIT) -> int:
@@ -371,6 +417,7 @@ class MemoryStore:
         expired; return how many (see :meth:`work.stores.Store.reap`)."""
         now = _now()
         changed = 0
+        events: list[JobEvent] = []
         with self._lock:
             for row in list(self._active.values()):
                 rec = row.record
@@ -405,8 +452,10 @@ class MemoryStore:
                 if row.record.state.is_final:
                     del self._active[rec.id]
                 changed += 1
+                events += _event(kind_for_change("running", row.record.state), row.record, now)
         if changed:
             self._notifier.notify()
+            self._hub.publish(events)
         return changed
 
     async def settle(self, outcome: Outcome, *, only_expired: bool = False) -> JobRecord | None:
@@ -440,8 +489,11 @@ class MemoryStore:
             if outcome.state.is_final:
                 self._active.pop(outcome.id, None)
             settled = self._snapshot(row)
+            kind = kind_for_change("waiting", outcome.state.value)
+            events = _event(kind, row.record, now)
         if not outcome.state.is_final:
             self._notifier.notify()
+        self._hub.publish(events)
         return settled
 
     async def heartbeat(self, id: str, ttl: float | None = None) -> JobRecord:
@@ -561,7 +613,9 @@ class MemoryStore:
             row.lost, row.unknown_since = 0, None
             self._active[id] = row
             snapshot = self._snapshot(row)
+            events = _event(JobEventKind.ENQUEUED, row.record, _now())
         self._notifier.notify()
+        self._hub.publish(events)
         return snapshot
 
     async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
@@ -584,6 +638,37 @@ class MemoryStore:
             # Wake a little after the due time so the claim that follows finds it ready.
             timeout = min(timeout, (next_due - now).total_seconds() + 0.001)
         await self._notifier.wait(timeout)
+
+    # -- events -------------------------------------------------------------------------------
+
+    async def set_progress(self, owner: str, progress: Mapping[str, dict[str, Any]]) -> None:
+        """Set the progress of jobs RUNNING under ``owner``'s lease; emit PROGRESS for each."""
+        now = _now()
+        events: list[JobEvent] = []
+        with self._lock:
+            for id, value in progress.items():
+                row = self._rows.get(id)
+                if row is None or row.record.state is not JobState.RUNNING or row.owner != owner:
+                    continue
+                row.record = row.record.replace(progress=dict(value))
+                events += _event(JobEventKind.PROGRESS, row.record, now, dict(value))
+        self._hub.publish(events)
+
+    @asynccontextmanager
+    async def events(
+        self,
+        *,
+        kinds: Iterable[JobEventKind] | None = None,
+        queues: Iterable[str] | None = None,
+        buffer: int = DEFAULT_EVENT_BUFFER,
+    ) -> AsyncIterator[EventStream]:
+        """Subscribe to this store's job events (see :meth:`work.stores.Store.events`).
+
+        In process: every change made through this store object, from any thread.
+        """
+        kind_set, queue_set = check_event_filters(kinds, queues)
+        with self._hub.open(kinds=kind_set, queues=queue_set, buffer=buffer) as stream:
+            yield stream
 
 
 def _decode_error(args_json: str) -> str | None:

@@ -7,7 +7,7 @@ import contextlib
 import functools
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
@@ -20,6 +20,14 @@ import anyio
 import asyncpg  # type: ignore[import-untyped]
 
 from .._core.exceptions import JobStateError
+from .._durable.events import (
+    DEFAULT_EVENT_BUFFER,
+    EventHub,
+    EventStream,
+    JobEventKind,
+    check_event_filters,
+    event_from_values,
+)
 from ._base import DEFAULT_LOST_LIMIT, Claimed, JobRecord, JobState, Outcome
 from ._open import mask_url
 from ._postgres_rows import (
@@ -36,7 +44,7 @@ from ._server import StoreAuthenticationError, StoreUnavailableError, require_as
 
 __all__ = ["PostgresStore", "PostgresUnavailableError"]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """The schema version this module creates and expects."""
 
 _WORKER_LOST = "worker lost"
@@ -186,7 +194,59 @@ def _migration_v2(s: str) -> list[str]:
     ]
 
 
-def _migration_v3(s: str) -> list[str]:
+def _migration_v3(s: str, channel: str) -> list[str]:
+    """Schema version 3: job events by NOTIFY (a trigger: no other statement changes) and
+    the progress column."""
+    kind_on_insert = """CASE NEW.state WHEN 'running' THEN 'started'
+        WHEN 'succeeded' THEN 'succeeded' WHEN 'failed' THEN 'failed'
+        WHEN 'cancelled' THEN 'cancelled' ELSE 'enqueued' END"""
+    # work._durable.events.kind_for_change, in SQL.
+    kind_on_change = """CASE NEW.state WHEN 'running' THEN 'started'
+        WHEN 'succeeded' THEN 'succeeded' WHEN 'failed' THEN 'failed'
+        WHEN 'cancelled' THEN 'cancelled' WHEN 'waiting' THEN 'waiting'
+        WHEN 'scheduled' THEN CASE WHEN OLD.state = 'running' THEN 'retrying'
+                                   ELSE 'enqueued' END
+        ELSE CASE WHEN OLD.state = 'running' AND NEW.attempts >= OLD.attempts
+                  THEN 'retrying' ELSE 'enqueued' END END"""
+    return [
+        f"ALTER TABLE {s}.jobs ADD COLUMN IF NOT EXISTS progress jsonb",
+        f"""CREATE OR REPLACE FUNCTION {s}.notify_event() RETURNS trigger
+            LANGUAGE plpgsql AS $fn$
+            DECLARE
+                kind text;
+                payload text;
+                at double precision := extract(epoch FROM clock_timestamp());
+            BEGIN
+                IF TG_OP = 'INSERT' THEN
+                    kind := {kind_on_insert};
+                ELSIF OLD.state IS DISTINCT FROM NEW.state THEN
+                    kind := {kind_on_change};
+                ELSE
+                    kind := 'progress';
+                END IF;
+                payload := json_build_array(kind, NEW.id, NEW.queue, NEW.handler, NEW.status,
+                    NEW.attempts, at, CASE WHEN kind = 'progress' THEN NEW.progress END)::text;
+                -- A NOTIFY payload must stay under 8000 bytes: a huge id or handler name
+                -- becomes a LOST event rather than a failed transaction.
+                IF octet_length(payload) >= 8000 THEN
+                    payload := json_build_array('lost')::text;
+                END IF;
+                PERFORM pg_notify({_quote_literal(channel)}, payload);
+                RETURN NULL;
+            END
+            $fn$""",
+        f"""CREATE TRIGGER jobs_event_insert AFTER INSERT ON {s}.jobs
+            FOR EACH ROW EXECUTE FUNCTION {s}.notify_event()""",
+        f"""CREATE TRIGGER jobs_event_state AFTER UPDATE OF state ON {s}.jobs
+            FOR EACH ROW WHEN (OLD.state IS DISTINCT FROM NEW.state)
+            EXECUTE FUNCTION {s}.notify_event()""",
+        f"""CREATE TRIGGER jobs_event_progress AFTER UPDATE OF progress ON {s}.jobs
+            FOR EACH ROW WHEN (NEW.progress IS NOT NULL AND OLD.state = NEW.state)
+            EXECUTE FUNCTION {s}.notify_event()""",
+    ]
+
+
+def _migration_v4(s: str) -> list[str]:
     """Deferred completion: WAITING jobs' deadline and ttl, a WAITING job keeps its unique
     key, and store-wide settings (the callback secret)."""
     return [
@@ -341,6 +401,11 @@ class PostgresStore:
         self._s = _quote_ident(schema)
         # Channel names are identifiers: at most 63 bytes.
         self._channel = f"anywork.{schema}".encode()[:63].decode(errors="ignore")
+        self._events_channel = f"anywork_events.{schema}".encode()[:63].decode(errors="ignore")
+        self._hub = EventHub()
+        self._events_conn: Any = None
+        self._events_users = 0
+        self._events_lock = anyio.Lock()
         self._pool: Any = None
         self._runner: _Runner | None = None
         self._listener: Any = None
@@ -402,6 +467,9 @@ class PostgresStore:
             await self._close()
 
     async def _close(self) -> None:
+        events_conn, self._events_conn = self._events_conn, None
+        if events_conn is not None:
+            events_conn.terminate()
         listener, self._listener = self._listener, None
         pool, self._pool = self._pool, None
         runner, self._runner = self._runner, None
@@ -453,9 +521,13 @@ class PostgresStore:
                     await conn.execute(statement)
                 await conn.execute(f"INSERT INTO {self._s}.schema_version VALUES (2)")
             if version < 3:
-                for statement in _migration_v3(self._s):
+                for statement in _migration_v3(self._s, self._events_channel):
                     await conn.execute(statement)
                 await conn.execute(f"INSERT INTO {self._s}.schema_version VALUES (3)")
+            if version < 4:
+                for statement in _migration_v4(self._s):
+                    await conn.execute(statement)
+                await conn.execute(f"INSERT INTO {self._s}.schema_version VALUES (4)")
 
     async def _listen(self) -> None:
         try:
@@ -479,6 +551,97 @@ class PostgresStore:
         for waiter in self._waiters:
             if payload in waiter.queues:
                 waiter.event.set()
+
+    # -- events -------------------------------------------------------------------------
+
+    async def set_progress(self, owner: str, progress: Mapping[str, dict[str, Any]]) -> None:
+        """Set the progress of jobs RUNNING under ``owner``'s lease, in one statement; a
+        trigger sends a PROGRESS event for each."""
+        if not progress:
+            return
+        await self._require_pool().execute(
+            f"""UPDATE {self._s}.jobs AS j SET progress = p.progress::jsonb
+                FROM unnest($2::text[], $3::text[]) AS p(id, progress)
+                WHERE j.id = p.id AND j.state = 'running' AND j.owner = $1""",
+            owner,
+            list(progress),
+            [dumps(value) for value in progress.values()],
+        )
+
+    @contextlib.asynccontextmanager
+    async def events(
+        self,
+        *,
+        kinds: Iterable[JobEventKind] | None = None,
+        queues: Iterable[str] | None = None,
+        buffer: int = DEFAULT_EVENT_BUFFER,
+    ) -> AsyncIterator[EventStream]:
+        """Subscribe to job events (see :meth:`work.stores.Store.events`).
+
+        Triggers on the jobs table ``NOTIFY`` every change (at commit, in commit order); one
+        connection per store object ``LISTEN``s while anything is subscribed. If that
+        connection is lost, subscribers get a LOST event (``lost == 0``), and the next
+        subscription connects again.
+
+        Raises:
+            PostgresUnavailableError: the server cannot be reached.
+        """
+        kind_set, queue_set = check_event_filters(kinds, queues)
+        self._require_pool()
+        stream = self._hub.open(kinds=kind_set, queues=queue_set, buffer=buffer)
+        try:
+            async with self._events_lock:
+                self._events_users += 1
+                if self._events_conn is None or self._events_conn.is_closed():
+                    await self._listen_events()
+            yield stream
+        finally:
+            stream.close()
+            with anyio.CancelScope(shield=True):
+                async with self._events_lock:
+                    self._events_users -= 1
+                    if self._events_users == 0:
+                        await self._unlisten_events()
+
+    async def _listen_events(self) -> None:
+        try:
+            conn = await asyncpg.connect(self._dsn, **_connect_only(self._options))
+        except _CONNECT_ERRORS as exc:
+            raise PostgresUnavailableError(*_address(self._dsn), exc) from exc
+        try:
+            await conn.add_listener(self._events_channel, self._on_event)
+        except BaseException:
+            conn.terminate()
+            raise
+        conn.add_termination_listener(self._on_events_lost)
+        self._events_conn = conn
+
+    async def _unlisten_events(self) -> None:
+        conn, self._events_conn = self._events_conn, None
+        if conn is None:
+            return
+        conn.remove_termination_listener(self._on_events_lost)
+        try:
+            await asyncio.wait_for(conn.close(), 5)
+        except (OSError, asyncpg.PostgresError, TimeoutError):
+            conn.terminate()
+
+    def _on_events_lost(self, conn: Any) -> None:
+        if conn is self._events_conn:
+            self._events_conn = None
+        self._hub.lose()
+
+    def _on_event(self, conn: Any, pid: int, channel: str, payload: str) -> None:
+        try:
+            values = json.loads(payload)
+            if values[0] == "lost":
+                self._hub.lose(1)
+                return
+            event = event_from_values(*values)
+        except (ValueError, TypeError, IndexError):
+            self._hub.lose(1)
+            return
+        self._hub.publish([event])
 
     async def exists(self) -> bool:
         """True when the database holds this store's schema; creates nothing (for read-only

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any, Self, cast
@@ -22,6 +23,14 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .._core.exceptions import JobStateError
 from .._core.status import Status
+from .._durable.events import (
+    DEFAULT_EVENT_BUFFER,
+    EventHub,
+    EventStream,
+    JobEventKind,
+    check_event_filters,
+    event_from_values,
+)
 from ._base import DEFAULT_LOST_LIMIT, FINAL_STATES, Claimed, JobRecord, JobState, Outcome
 from ._open import mask_url
 from ._redis_lua import (
@@ -31,6 +40,7 @@ from ._redis_lua import (
     COMPLETE,
     DELETE,
     HEARTBEAT,
+    PROGRESS,
     REAP,
     RENEW,
     RETRY,
@@ -177,6 +187,7 @@ def _decode(fields: Mapping[str, str], args_raw: bytes | None) -> tuple[JobRecor
         deferrals=_int(get("deferrals")),
         deadline=_time(get("deadline")),
         deferred_ttl=_float(get("deferred_ttl")),
+        progress=_json_object(get("progress"), "progress")[0] if "progress" in fields else None,
         result_ttl=float(result_ttl) if isinstance(result_ttl, int | float) else None,
     )
     return record, args_error or spec_error
@@ -337,6 +348,11 @@ class RedisStore:
         self._client: aioredis.Redis | None = None
         self._scripts: dict[str, AsyncScript] = {}
         self._entries = 0
+        self._hub = EventHub()
+        self._events_users = 0
+        self._events_reader: asyncio.Task[None] | None = None
+        self._events_pubsub: Any = None
+        self._events_lock = anyio.Lock()
 
     def __repr__(self) -> str:
         return f"RedisStore({self.url!r}, prefix={self.prefix!r})"
@@ -386,6 +402,7 @@ class RedisStore:
                 ("cancel", CANCEL),
                 ("settle", SETTLE),
                 ("heartbeat", HEARTBEAT),
+                ("progress", PROGRESS),
                 ("delete", DELETE),
                 ("retry", RETRY),
             )
@@ -404,6 +421,7 @@ class RedisStore:
         if self._entries > 0:
             return
         self._entries = 0
+        await self._stop_events()
         client, self._client = self._client, None
         if client is not None:
             await client.aclose()
@@ -844,6 +862,108 @@ class RedisStore:
         wake_keys = [self._key("wake", q) for q in queues]
         with self._reachable(client):
             await client.blpop(wake_keys, timeout=max(timeout, 0.01))
+
+    # -- events -------------------------------------------------------------------------
+
+    async def set_progress(self, owner: str, progress: Mapping[str, dict[str, Any]]) -> None:
+        """Set the progress of jobs RUNNING under ``owner``'s lease, in one script that also
+        publishes a PROGRESS event for each."""
+        if not progress:
+            self._require()
+            return
+        batch = [[id, _dumps(value)] for id, value in progress.items()]
+        await self._run("progress", [owner, _now_us(), _dumps(batch)])
+
+    @contextlib.asynccontextmanager
+    async def events(
+        self,
+        *,
+        kinds: Iterable[JobEventKind] | None = None,
+        queues: Iterable[str] | None = None,
+        buffer: int = DEFAULT_EVENT_BUFFER,
+    ) -> AsyncIterator[EventStream]:
+        """Subscribe to job events (see :meth:`work.stores.Store.events`).
+
+        Every script that changes jobs ``PUBLISH``es its events, in the order it made them,
+        to ``{prefix}:events``; one pub/sub connection per store object reads them while
+        anything is subscribed (entering waits for Redis to confirm the subscription). If
+        that connection breaks, subscribers get a LOST event (``lost == 0``) and the next
+        subscription connects again.
+
+        Raises:
+            RedisUnavailableError: the server cannot be reached.
+        """
+        kind_set, queue_set = check_event_filters(kinds, queues)
+        client = self._require()
+        stream = self._hub.open(kinds=kind_set, queues=queue_set, buffer=buffer)
+        try:
+            async with self._events_lock:
+                self._events_users += 1
+                if self._events_reader is None or self._events_reader.done():
+                    await self._start_events(client)
+            yield stream
+        finally:
+            stream.close()
+            with anyio.CancelScope(shield=True):
+                async with self._events_lock:
+                    self._events_users -= 1
+                    if self._events_users == 0:
+                        await self._stop_events()
+
+    async def _start_events(self, client: aioredis.Redis) -> None:
+        pubsub = client.pubsub()
+        try:
+            await pubsub.subscribe(self._key("events"))
+            # Subscribed only once Redis confirms it: from then on nothing is missed.
+            with anyio.fail_after(10):
+                while True:
+                    message = await pubsub.get_message(timeout=1.0)
+                    if message is not None and message["type"] == "subscribe":
+                        break
+        except _CONNECT_ERRORS as exc:
+            await pubsub.aclose()
+            raise self._unavailable(client, exc) from exc
+        except BaseException:
+            await pubsub.aclose()
+            raise
+        self._events_pubsub = pubsub
+        # The store owns this task: it is cancelled and awaited when the last subscriber
+        # leaves or the store closes (redis-py's pub/sub is asyncio-only, like the store).
+        self._events_reader = asyncio.get_running_loop().create_task(
+            self._read_events(pubsub), name=f"anywork redis events {self.prefix}"
+        )
+
+    async def _read_events(self, pubsub: Any) -> None:
+        try:
+            while True:
+                message = await pubsub.get_message(timeout=None)
+                if message is None or message["type"] != "message":
+                    continue
+                try:
+                    batch = json.loads(message["data"])
+                    events = [
+                        event_from_values(
+                            k, i, q, h, st, a, int(at) / 1_000_000, json.loads(p) if p else None
+                        )
+                        for k, i, q, h, st, a, at, p in batch
+                    ]
+                except (ValueError, TypeError):
+                    self._hub.lose(1)
+                    continue
+                self._hub.publish(events)
+        except Exception:
+            self._hub.lose()  # the connection broke: what came meanwhile is unknown
+
+    async def _stop_events(self) -> None:
+        reader, self._events_reader = self._events_reader, None
+        pubsub, self._events_pubsub = self._events_pubsub, None
+        if reader is not None:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
+        if pubsub is not None:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
 
     # -- listing (last: the method named `list` shadows the builtin below it) -------
 
