@@ -473,12 +473,13 @@ def test_stats_table_and_json(capsys: pytest.CaptureFixture[str], store_url: str
     assert code == 0
     header, *rows = [line.split() for line in out.splitlines()]
     assert header == [
-        "QUEUE", "QUEUED", "SCHEDULED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED", "TOTAL",
+        "QUEUE", "QUEUED", "SCHEDULED", "RUNNING", "WAITING", "SUCCEEDED", "FAILED",
+        "CANCELLED", "TOTAL",
     ]  # fmt: skip
     assert rows == [
-        ["a", "2", "0", "0", "0", "0", "0", "2"],
-        ["b", "1", "0", "0", "0", "0", "0", "1"],
-        ["TOTAL", "3", "0", "0", "0", "0", "0", "3"],
+        ["a", "2", "0", "0", "0", "0", "0", "0", "2"],
+        ["b", "1", "0", "0", "0", "0", "0", "0", "1"],
+        ["TOTAL", "3", "0", "0", "0", "0", "0", "0", "3"],
     ]
 
 
