@@ -5,7 +5,9 @@ no-op jobs through a Worker with no adapters and, in the same run, with all five
 (logger, prometheus, tracing, health, retry), prints the ratio against its target, then each
 adapter alone as its own cost in microseconds per job, and the tracing adapter's cost as a ratio
 to the OpenTelemetry SDK's bare span (start with the same attributes, end) measured in the same
-run.
+run twice: in a tight loop, and as a minimal adapter in the same worker (where the span's
+allocations meet the worker's live objects and caches, as the tracing adapter's do). The target
+(<= 1.25x) is checked against the second: it is the adapter's own overhead over the span.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, Sp
 from opentelemetry.trace import SpanKind
 from prometheus_client import CollectorRegistry
 
-from work import Adapter, Execution, Job, Worker
+from work import Adapter, Execution, Handler, Job, Worker
 from work.adapters import Health, aggregate_logger, prometheus, retry, tracing
 
 TARGET = 0.33
@@ -134,6 +136,37 @@ def sdk_span_cost(n: int) -> float:
     return (time.perf_counter() - start) / n * 1e6
 
 
+def bare_span() -> Adapter:
+    """An adapter that only starts a span with the tracing adapter's attributes and ends it
+    with the status attribute: the SDK's bare span measured where the tracing adapter runs
+    (inside a worker, next to its objects), the floor of always-on tracing there."""
+    tracer = tracer_provider().get_tracer("bench")
+
+    def adapter(handler: Handler) -> Handler:
+        async def spanned(job: Job) -> Any:
+            ctx = job.ctx
+            assert ctx is not None
+            span = tracer.start_span(
+                job.handler,
+                kind=SpanKind.CONSUMER,
+                attributes={
+                    "anywork.job.id": job.id,
+                    "anywork.job.handler": job.handler,
+                    "anywork.job.queue": job.queue,
+                    "anywork.job.attempt": ctx.attempt,
+                },
+            )
+            try:
+                return await handler(job)
+            finally:
+                span.set_attribute("anywork.status", int(ctx.status))
+                span.end()
+
+        return spanned
+
+    return adapter
+
+
 async def best_of(runs: int, n: int, make: Callable[[], list[Adapter]]) -> float:
     """The best throughput of ``runs`` runs (fresh adapters each time)."""
     return max([await throughput(n, make()) for _ in range(runs)])
@@ -166,11 +199,20 @@ async def main_async(jobs: int, runs: int) -> None:
         alone = await best_of(runs, jobs, lambda make=make: [make()])  # type: ignore[misc]
         costs[name] = cost = 1e6 / alone - 1e6 / none
         print(f"{name:<28} {alone:>12,.0f} {1e6 / alone:>8.2f} {cost:>12.2f}")
+    bare = await best_of(runs, jobs, lambda: [bare_span()])
+    in_worker = 1e6 / bare - 1e6 / none
+    print(
+        f"{'bare SDK span as an adapter':<28} {bare:>12,.0f} {1e6 / bare:>8.2f} {in_worker:>12.2f}"
+    )
     print()
-    tracing_ratio = costs["tracing"] / floor
+    print(
+        f"{'tracing vs bare span, loop':<28} {costs['tracing']:>8.2f} / {floor:.2f} us = "
+        f"{costs['tracing'] / floor:.2f}x"
+    )
+    tracing_ratio = costs["tracing"] / in_worker
     verdict = "PASS" if tracing_ratio <= TRACING_TARGET else "MISS"
     print(
-        f"{'tracing vs bare SDK span':<28} {costs['tracing']:>8.2f} / {floor:.2f} us = "
+        f"{'tracing vs bare span, worker':<28} {costs['tracing']:>8.2f} / {in_worker:.2f} us = "
         f"{tracing_ratio:.2f}x  target <= {TRACING_TARGET:.2f}x {verdict}"
     )
 

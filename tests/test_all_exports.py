@@ -14,12 +14,14 @@ CONTRACT = {
         "UnknownHandlerError", "Handler", "Adapter", "chain", "Worker", "Execution",
         "ConcurrentJob", "PerformWith", "BackgroundWorker", "RetryPolicy", "RetryLater",
         "Exponential", "Fibonacci", "Constant", "Queue", "SyncQueue", "JobRecord", "JobState",
+        "Deferred", "JobStateError", "Webhook",
         "JobEvent", "JobEventKind",
     },
     "work.adapters": {
         "aggregate_logger", "prometheus", "tracing", "inject_trace", "Health", "retry", "limit",
     },
     "work.stores": {"open_store"},
+    "work.scheduling": {"Webhook", "WebhookHandler"},
 }  # fmt: skip
 
 

@@ -219,13 +219,19 @@ class PostgresServer:
     """A private PostgreSQL instance (initdb into a temp dir as the postgres user, pg_ctl on
     a free port) that a test may stop and start: never the shared server on 5432."""
 
-    def __init__(self) -> None:
+    def __init__(self, password: str | None = None) -> None:
         self.port = free_port()
         self.directory = Path(tempfile.mkdtemp(prefix="anywork-pg-"))
         shutil.chown(self.directory, user="postgres")
         self.data = self.directory / "data"
         self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
-        self._as_postgres("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres")
+        auth = ["-A", "trust"]
+        if password is not None:  # password authentication (scram) for user postgres
+            pwfile = self.directory / "pw"
+            pwfile.write_text(password)
+            shutil.chown(pwfile, user="postgres")
+            auth = ["-A", "scram-sha-256", f"--pwfile={pwfile}"]
+        self._as_postgres("initdb", "-D", str(self.data), *auth, "-U", "postgres")
 
     def _as_postgres(self, *command: str) -> None:
         subprocess.run(
@@ -382,6 +388,8 @@ READ_ONLY = [
     ["jobs", "list"],
     ["jobs", "get", "some-id"],
     ["jobs", "cancel", "some-id"],
+    ["jobs", "retry", "some-id"],
+    ["jobs", "purge", "--older-than", "1d"],
 ]
 
 
@@ -465,12 +473,13 @@ def test_stats_table_and_json(capsys: pytest.CaptureFixture[str], store_url: str
     assert code == 0
     header, *rows = [line.split() for line in out.splitlines()]
     assert header == [
-        "QUEUE", "QUEUED", "SCHEDULED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED", "TOTAL",
+        "QUEUE", "QUEUED", "SCHEDULED", "RUNNING", "WAITING", "SUCCEEDED", "FAILED",
+        "CANCELLED", "TOTAL",
     ]  # fmt: skip
     assert rows == [
-        ["a", "2", "0", "0", "0", "0", "0", "2"],
-        ["b", "1", "0", "0", "0", "0", "0", "1"],
-        ["TOTAL", "3", "0", "0", "0", "0", "0", "3"],
+        ["a", "2", "0", "0", "0", "0", "0", "0", "2"],
+        ["b", "1", "0", "0", "0", "0", "0", "0", "1"],
+        ["TOTAL", "3", "0", "0", "0", "0", "0", "0", "3"],
     ]
 
 
@@ -910,6 +919,31 @@ def test_postgres_outage_is_one_line_and_one_more_on_recovery(
     for noise in ("Traceback", "InterfaceError", "InternalClientError", "pool connection floor"):
         assert noise not in output, output
     assert "processed 2 jobs: succeeded 2" in output
+
+
+def test_bad_postgres_credentials_exit_1(
+    capsys: pytest.CaptureFixture[str], spawn: Callable[..., WorkerProcess]
+) -> None:
+    """A PostgreSQL server that refuses the password ends a command and a worker with exit 1
+    and the same one line as Redis's refusal."""
+    server = PostgresServer(password="sekret")
+    try:
+        server.start()
+        wrong = f"postgresql://postgres:wrong@127.0.0.1:{server.port}/postgres"
+        code, _, err = run(capsys, "stats", "--store", wrong)
+        assert code == 1, err
+        assert err == (
+            f"anywork: error: cannot open postgresql://postgres:***@127.0.0.1:{server.port}/"
+            f"postgres: PostgreSQL at 127.0.0.1:{server.port} refused the credentials: "
+            'password authentication failed for user "postgres"\n'
+        )
+        proc = spawn("tasks:worker", "--store", wrong)
+        assert proc.proc.wait(timeout=30) == 1, proc.output()
+        assert "refused the credentials" in proc.output() and "retrying" not in proc.output()
+        good = f"postgresql://postgres:sekret@127.0.0.1:{server.port}/postgres"
+        assert run(capsys, "enqueue", "add", "--store", good)[0] == 0
+    finally:
+        server.remove()
 
 
 def test_worker_that_cannot_be_loaded_exits_2(

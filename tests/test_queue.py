@@ -328,3 +328,5 @@ def test_check_refuses_without_touching_the_store(tmp_path: Path) -> None:
         queue.check(Job("x", queue="a\x00"))
     queue.check(Job("x"), delay=5, priority=-(2**31))  # fine: returns None
     assert not path.exists()
+    with SyncQueue("memory://") as sync, pytest.raises(ValueError, match="delay must be"):
+        sync.check(Job("x"), delay=float("inf"))

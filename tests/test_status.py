@@ -21,7 +21,7 @@ from work import (
 def test_codes_match_the_contract() -> None:
     """Every contract code has its exact value."""
     expected = {
-        "UNKNOWN": -1, "SUCCESS": 200, "BAD_REQUEST": 400, "UNAUTHORIZED": 401,
+        "UNKNOWN": -1, "SUCCESS": 200, "ACCEPTED": 202, "BAD_REQUEST": 400, "UNAUTHORIZED": 401,
         "FORBIDDEN": 403, "NOT_FOUND": 404, "TIMEOUT": 408, "CONFLICT": 409,
         "TOO_MANY_REQUESTS": 429, "NO_RESPONSE": 444, "UNPROCESSABLE": 422, "CANCELLED": 499,
         "INTERNAL_ERROR": 500, "BAD_GATEWAY": 502, "UNAVAILABLE": 503, "GATEWAY_TIMEOUT": 504,
@@ -75,6 +75,7 @@ def test_is_error() -> None:
     ("status", "success", "retryable"),
     [
         (Status.SUCCESS, True, False),
+        (Status.ACCEPTED, True, False),
         (Status.BAD_REQUEST, False, False),
         (Status.TIMEOUT, False, True),
         (Status.TOO_MANY_REQUESTS, False, True),

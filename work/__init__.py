@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from ._core.chain import chain as chain
+from ._core.deferred import Deferred as Deferred
+from ._core.exceptions import JobStateError as JobStateError
 from ._core.exceptions import JobTimeoutError as JobTimeoutError
 from ._core.exceptions import RetryLater as RetryLater
 from ._core.exceptions import StatusError as StatusError
@@ -27,6 +29,7 @@ from ._runtime.concurrent import PerformWith as PerformWith
 from ._runtime.worker import Execution as Execution
 from ._runtime.worker import RecurringHandle as RecurringHandle
 from ._runtime.worker import Worker as Worker
+from .scheduling import Webhook as Webhook
 from .stores._base import JobRecord as JobRecord
 from .stores._base import JobState as JobState
 
@@ -38,6 +41,7 @@ __all__ = (
     "ConcurrentJob",
     "Constant",
     "Ctx",
+    "Deferred",
     "Execution",
     "Exponential",
     "Fibonacci",
@@ -47,6 +51,7 @@ __all__ = (
     "JobEventKind",
     "JobRecord",
     "JobState",
+    "JobStateError",
     "JobTimeoutError",
     "PerformWith",
     "Queue",
@@ -57,6 +62,7 @@ __all__ = (
     "StatusError",
     "SyncQueue",
     "UnknownHandlerError",
+    "Webhook",
     "WorkError",
     "Worker",
     "chain",

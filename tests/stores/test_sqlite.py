@@ -15,9 +15,9 @@ from pathlib import Path
 import anyio
 import pytest
 
-from tests.stores.test_conformance import record, state_of, until
-from work import Job, JobState, SyncQueue
-from work.stores import open_store
+from tests.stores.test_conformance import record, seconds_from_now, state_of, until
+from work import Job, JobState, Status, SyncQueue
+from work.stores import Outcome, open_store
 from work.stores.sqlite import SCHEMA_VERSION, SQLiteStore, path_from_url
 
 REPO = Path(__file__).resolve().parents[2]
@@ -356,6 +356,40 @@ def test_worker_processes_run_each_job_once(tmp_path: Path) -> None:
 
 
 @pytest.mark.anyio
+async def test_version_1_file_migrates_to_deferred_columns(tmp_path: Path) -> None:
+    """A file made by schema version 1 gains the deadline columns and settings table, keeps its
+    jobs, and a unique key held by a WAITING job then blocks a duplicate."""
+    from work.stores.sqlite import _MIGRATIONS
+
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    try:
+        conn.execute("CREATE TABLE anywork_schema_version (version INTEGER NOT NULL)")
+        for statement in _MIGRATIONS[0]:
+            conn.execute(statement)
+        conn.execute("INSERT INTO anywork_schema_version VALUES (1)")
+        conn.commit()
+    finally:
+        conn.close()
+    async with SQLiteStore(f"sqlite:///{path}") as store:
+        (old,) = await store.add([record(unique_key="k")])
+        (claimed,) = await store.claim(["default"], limit=1, lease=30, owner="o")
+        waiting = Outcome(
+            id=old.id,
+            state=JobState.WAITING,
+            status=Status.ACCEPTED,
+            deadline=seconds_from_now(60),
+            ttl=60.0,
+        )
+        await store.complete("o", [waiting])
+        got = await store.get(old.id)
+        assert got is not None and got.state is JobState.WAITING and got.deferred_ttl == 60.0
+        (same,) = await store.add([record(unique_key="k")])
+        assert same.id == old.id
+        assert await store.setdefault_setting("k", "v") == "v"
+        assert claimed.record.id == old.id
+
+
 async def test_events_are_written_only_while_someone_listens(tmp_path: Path) -> None:
     """With no subscriber registered the triggers write no event rows; a subscription
     registers (and its end unregisters) the store in anywork_event_listeners."""

@@ -9,6 +9,7 @@ from typing import Any
 
 import anyio
 
+from .deferred import Deferred
 from .exceptions import JobTimeoutError, StatusError, WorkError
 from .job import Job
 from .status import Status
@@ -123,7 +124,8 @@ def settled(handler: Handler, *, timed: bool = False) -> Handler:
             ctx.status = Status.CANCELLED
             raise
         if ctx.status is Status.UNKNOWN:
-            ctx.status = Status.SUCCESS
+            # A Deferred says "accepted, finished later": 202, still a success.
+            ctx.status = Status.ACCEPTED if isinstance(result, Deferred) else Status.SUCCESS
         return result
 
     settle.__name__ = getattr(handler, "__name__", "handler")

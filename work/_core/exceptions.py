@@ -6,7 +6,9 @@
     ├── StatusError                  carries .status (a Status)
     │   ├── JobTimeoutError          also a builtin TimeoutError; status 408
     │   └── RetryLater               status 429; asks for another try after .delay seconds
-    └── UnknownHandlerError          also a builtin LookupError; no handler by that name
+    ├── UnknownHandlerError          also a builtin LookupError; no handler by that name
+    └── JobStateError                also a builtin ValueError; the job is not in the state
+                                     an operation needs (complete/heartbeat on a non-WAITING job)
 
 Validation errors on the public API are builtin ``ValueError`` / ``TypeError`` with a message
 naming the bad value; a worker that is not running raises ``RuntimeError``.
@@ -21,7 +23,14 @@ from .status import Status
 if TYPE_CHECKING:
     from .job import Job
 
-__all__ = ["JobTimeoutError", "RetryLater", "StatusError", "UnknownHandlerError", "WorkError"]
+__all__ = [
+    "JobStateError",
+    "JobTimeoutError",
+    "RetryLater",
+    "StatusError",
+    "UnknownHandlerError",
+    "WorkError",
+]
 
 
 class WorkError(Exception):
@@ -111,3 +120,23 @@ class UnknownHandlerError(WorkError, LookupError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (UnknownHandlerError, (self.handler, self.known))
+
+
+class JobStateError(WorkError, ValueError):
+    """Raised when a job is not in the state an operation needs, e.g. ``Queue.complete`` or
+    ``Queue.heartbeat`` on a job that is not WAITING.
+
+    Attributes:
+        job_id: the job's id.
+        state: the state the job is in (a ``JobState`` value, such as ``"succeeded"``).
+        expected: the state the operation needs.
+    """
+
+    def __init__(self, job_id: str, state: str, expected: str = "waiting") -> None:
+        self.job_id = job_id
+        self.state = str(state)
+        self.expected = expected
+        super().__init__(f"job {job_id!r} is {self.state}, not {expected}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (JobStateError, (self.job_id, self.state, self.expected))

@@ -32,6 +32,7 @@ from ..stores._base import (
     Outcome,
     Store,
 )
+from .deferred import expire_waiting
 from .outcome import decide, final, hand_back
 
 if TYPE_CHECKING:
@@ -62,6 +63,8 @@ _MAX_RENEW_INTERVAL = 1.0
 _FINAL_FLUSH_TIMEOUT = 10.0
 # How long a cancelled serve waits for an execution it cancelled to end.
 _CANCEL_WAIT = 5.0
+# How often serve looks for WAITING jobs whose deadline passed ("within about a second").
+_DEADLINE_INTERVAL = 0.5
 # A job's progress is written at most this often (the last value always, before its outcome).
 _PROGRESS_INTERVAL = 1.0
 # A job handed back for lack of its handler is due again after this pause, growing with the
@@ -196,6 +199,7 @@ class _Server:
             async with anyio.create_task_group() as background:
                 background.start_soon(self.renew_loop, name="anywork serve: renew leases")
                 background.start_soon(self.reap_loop, name="anywork serve: reap leases")
+                background.start_soon(self.deadline_loop, name="anywork serve: deadlines")
                 background.start_soon(self.flush_loop, name="anywork serve: complete")
                 background.start_soon(self.progress_loop, name="anywork serve: progress")
                 background.start_soon(self.expire_loop, name="anywork serve: retention")
@@ -423,6 +427,23 @@ class _Server:
                 if reaped:
                     self.log.info("put back jobs whose worker was lost", count=reaped)
             await anyio.sleep(interval)
+
+    async def deadline_loop(self) -> None:
+        """Fail or retry WAITING jobs whose deadline passed (504 "no callback within ttl")."""
+        while True:
+            try:
+                expired = await expire_waiting(self.store)
+            except Exception as exc:
+                self.log.warning("expiring deferred deadlines failed; retrying", error=repr(exc))
+            else:
+                for rec in expired:
+                    self.log.info(
+                        "no callback within ttl",
+                        job_id=rec.id,
+                        handler=rec.handler,
+                        state=rec.state.value,
+                    )
+            await anyio.sleep(_DEADLINE_INTERVAL)
 
     # -- progress -------------------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from .._runtime.portal import PortalTwin
 from .._runtime.timers import seconds
 from ..stores._base import FINAL_STATES, JobRecord, JobState, Store
 from ..stores._open import open_store
+from .deferred import complete_waiting, heartbeat_waiting
 from .events import DEFAULT_EVENT_BUFFER, EventStream, JobEventKind, check_event_filters
 
 if TYPE_CHECKING:
@@ -204,8 +205,8 @@ class Queue:
             priority: higher runs first; a 32-bit signed int (-2**31 to 2**31 - 1).
             retry: the policy for failed executions (default: no retries; RetryLater still
                 defers up to 20 times).
-            unique_key: while a job with this key in the same queue is QUEUED, SCHEDULED or
-                RUNNING, return that job's record instead of adding another.
+            unique_key: while a job with this key in the same queue is QUEUED, SCHEDULED,
+                RUNNING or WAITING, return that job's record instead of adding another.
             result_ttl: keep the job this long (seconds or a timedelta) once finished, instead
                 of the serving worker's ``result_ttl`` (7 days by default).
 
@@ -278,7 +279,12 @@ class Queue:
     # -- following ----------------------------------------------------------------------------
 
     async def get(self, id: str) -> JobRecord | None:
-        """Return the job's record, or None if the store does not know it."""
+        """Return the job's record, or None if the store does not know it.
+
+        Raises:
+            TypeError, ValueError: ``id`` is not a str a job id can be (as for enqueue).
+        """
+        check_name(id, "id")
         return await self.store.get(id)
 
     async def wait(self, id: str, timeout: float | None = None) -> JobRecord:
@@ -295,6 +301,7 @@ class Queue:
             TimeoutError: the job was not final within ``timeout``.
             LookupError: the store does not know the job.
         """
+        check_name(id, "id")
         state = "unknown"
         with anyio.move_on_after(timeout):
             # Subscribed before the first look, so an end that happens after it is seen; the
@@ -352,13 +359,66 @@ class Queue:
             yield stream
 
     async def cancel(self, id: str) -> bool:
-        """Cancel a job: a QUEUED or SCHEDULED one at once; a RUNNING one's execution is
+        """Cancel a job: a QUEUED, SCHEDULED or WAITING one at once; a RUNNING one's execution is
         cancelled within about a second (it ends CANCELLED, 499).
 
         Returns:
             True if it was cancelled (or the cancel requested), False if unknown or final.
+
+        Raises:
+            TypeError, ValueError: ``id`` is not a str a job id can be (as for enqueue).
         """
+        check_name(id, "id")
         return await self.store.cancel(id)
+
+    async def complete(
+        self,
+        id: str,
+        *,
+        status: Status | int = Status.SUCCESS,
+        result: Any = None,
+        error: str | None = None,
+    ) -> JobRecord:
+        """Finish a WAITING job (one whose handler returned ``Deferred``).
+
+        A 2xx ``status`` makes it SUCCEEDED with ``result``; any other status is handled as a
+        handler's would be: retried (the handler runs again) if the job's RetryPolicy retries
+        it and attempts remain, else FAILED with ``error`` (default: the status phrase).
+
+        Args:
+            id: the job id.
+            status: how the work ended.
+            result: the final result (JSON; 2xx only).
+            error: why it failed (non-2xx only).
+
+        Returns:
+            The job's new record.
+
+        Raises:
+            LookupError: the store does not know the job.
+            JobStateError: the job is not WAITING (the message names its state).
+            TypeError: ``result`` is not JSON-serialisable (the message names the part), or
+                ``status`` is not an int.
+            ValueError: an unknown status, or a result given with a non-2xx status.
+        """
+        return await complete_waiting(self.store, id, status=status, result=result, error=error)
+
+    async def heartbeat(self, id: str, ttl: float | None = None) -> JobRecord:
+        """Keep a WAITING job waiting: push its deadline to ``ttl`` seconds from now.
+
+        Args:
+            id: the job id.
+            ttl: seconds from now (default: the ttl of the job's ``Deferred``).
+
+        Returns:
+            The job's new record (``deadline`` updated).
+
+        Raises:
+            LookupError: the store does not know the job.
+            JobStateError: the job is not WAITING (the message names its state).
+            ValueError: ``ttl`` is not a number > 0.
+        """
+        return await heartbeat_waiting(self.store, id, ttl)
 
     async def list(
         self,
@@ -379,10 +439,15 @@ class Queue:
             after: the last id of the previous page.
 
         Raises:
-            ValueError: an unknown state or a negative limit.
+            ValueError: an unknown state, a limit below 0 or above 2**31 - 1, or a name or
+                id that no job can have (as for enqueue).
         """
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
             raise ValueError(f"limit must be an int >= 0, got {limit!r}")
+        check_int(limit, "limit", low=0)
+        for value, what in ((queue, "queue"), (handler, "handler"), (after, "after")):
+            if value is not None:
+                check_name(value, what)
         return await self.store.list(
             state=JobState(state) if state is not None else None,
             queue=queue,
@@ -523,6 +588,22 @@ class SyncQueue:
         )
         return record
 
+    def check(
+        self,
+        job: Job,
+        *,
+        delay: float | timedelta | None = None,
+        at: datetime | None = None,
+        priority: int = 0,
+        retry: RetryPolicy | None = None,
+        unique_key: str | None = None,
+    ) -> None:
+        """Raise what :meth:`enqueue` would raise, without touching the store; see
+        :meth:`Queue.check`."""
+        self._queue.check(
+            job, delay=delay, at=at, priority=priority, retry=retry, unique_key=unique_key
+        )
+
     def enqueue_many(
         self,
         jobs: Iterable[Job],
@@ -565,6 +646,25 @@ class SyncQueue:
     def cancel(self, id: str) -> bool:
         """Cancel a job; see :meth:`Queue.cancel`."""
         return bool(self._call(self._queue.cancel, id))
+
+    def complete(
+        self,
+        id: str,
+        *,
+        status: Status | int = Status.SUCCESS,
+        result: Any = None,
+        error: str | None = None,
+    ) -> JobRecord:
+        """Finish a WAITING job; see :meth:`Queue.complete`."""
+        record: JobRecord = self._call(
+            self._queue.complete, id, status=status, result=result, error=error
+        )
+        return record
+
+    def heartbeat(self, id: str, ttl: float | None = None) -> JobRecord:
+        """Push a WAITING job's deadline; see :meth:`Queue.heartbeat`."""
+        record: JobRecord = self._call(self._queue.heartbeat, id, ttl)
+        return record
 
     def list(
         self,

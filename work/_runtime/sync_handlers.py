@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 import pickle
 import threading
 from collections.abc import Callable
 from typing import Any, Literal
 
 import anyio
-import anyio.to_process
 import anyio.to_thread
 
 from .._core.exceptions import StatusError
@@ -21,9 +19,6 @@ __all__ = ["ProcessRunner", "SyncMode", "ThreadRunner", "run_in_child"]
 
 SyncMode = Literal["thread", "process"]
 """Where a Worker runs plain ``def`` handlers."""
-
-_log = logging.getLogger("anywork.worker")
-
 
 # States of a _ThreadCall.
 _RUNNING, _FINISHED, _ABANDONED = range(3)
@@ -110,7 +105,10 @@ class ThreadRunner:
             self._abandoned += 1
             self.abandoned_total += 1
             running = self._abandoned
-        _log.warning(
+        # Imported here: logging is needed only when a thread is abandoned, not by `import work`.
+        import logging
+
+        logging.getLogger("anywork.worker").warning(
             "abandoned the thread of sync handler %r (job %s) after its execution was "
             "cancelled or timed out; it runs on, its result will be dropped "
             "(%d abandoned threads running on %s, cap %d)",
@@ -158,6 +156,9 @@ class ProcessRunner:
                 f"sync_handlers='process' needs a handler that can be pickled (a module-level "
                 f"function); {fn!r} cannot: {exc}"
             ) from None
+
+        # Imported here, once per handler: only process mode needs it, not `import work`.
+        import anyio.to_process
 
         async def in_process(job: Job) -> Any:
             ctx = job.ctx

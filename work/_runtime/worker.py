@@ -297,7 +297,8 @@ class Worker:
 
         Raises:
             ValueError: ``name`` is blank or already registered.
-            TypeError: ``fn`` is not callable or ``name`` not a str.
+            TypeError: ``fn`` is not callable or ``name`` not a str; with
+                ``sync_handlers="process"``, a plain ``def`` that cannot be pickled.
         """
         if not isinstance(name, str):
             raise TypeError(f"a handler name must be a str, got {type(name).__name__}")

@@ -156,7 +156,8 @@ async def _cmd_jobs_list(ns: argparse.Namespace) -> int:
 
 async def _cmd_jobs_get(ns: argparse.Namespace) -> int:
     async with connected(open_store_of(ns), create=False) as store:
-        record = await Queue(store).get(ns.id)
+        with _bad_input():
+            record = await Queue(store).get(ns.id)
     if record is None:
         raise CLIError(f"no job with id {ns.id!r} in {mask_url(ns.store)}")
     data = record_to_dict(record)
@@ -173,7 +174,9 @@ async def _cmd_jobs_get(ns: argparse.Namespace) -> int:
 async def _cmd_jobs_cancel(ns: argparse.Namespace) -> int:
     async with connected(open_store_of(ns), create=False) as store:
         queue = Queue(store)
-        if await queue.cancel(ns.id):
+        with _bad_input():
+            cancelled = await queue.cancel(ns.id)
+        if cancelled:
             print(f"cancelled {ns.id}")
             return 0
         record = await queue.get(ns.id)
@@ -184,7 +187,7 @@ async def _cmd_jobs_cancel(ns: argparse.Namespace) -> int:
 
 async def _cmd_jobs_purge(ns: argparse.Namespace) -> int:
     states = ns.state or [JobState.SUCCEEDED.value, JobState.FAILED.value, JobState.CANCELLED.value]
-    async with connected(open_store_of(ns)) as store:
+    async with connected(open_store_of(ns), create=False) as store:
         with _bad_input():
             deleted = await Queue(store).purge(older_than=ns.older_than, states=states)
     print(f"purged {deleted} job{'' if deleted == 1 else 's'}")
@@ -192,7 +195,7 @@ async def _cmd_jobs_purge(ns: argparse.Namespace) -> int:
 
 
 async def _cmd_jobs_retry(ns: argparse.Namespace) -> int:
-    async with connected(open_store_of(ns)) as store:
+    async with connected(open_store_of(ns), create=False) as store:
         try:
             record = await Queue(store).retry(ns.id)
         except LookupError:

@@ -1,3 +1,11 @@
-"""Durable schedules: expressions, schedules and the scheduler (public names come later)."""
+"""Durable schedules: expressions, schedules, the scheduler, Webhook targets and callbacks."""
 
-__all__ = ()
+from __future__ import annotations
+
+from ._callbacks import callback_token as callback_token
+from ._callbacks import callback_url as callback_url
+from ._callbacks import handle_callback as handle_callback
+from ._webhook import Webhook as Webhook
+from ._webhook import WebhookHandler as WebhookHandler
+
+__all__ = ("Webhook", "WebhookHandler", "callback_token", "callback_url", "handle_callback")

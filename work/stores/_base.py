@@ -13,6 +13,10 @@ Life of a job in a store::
                   QUEUED <── complete(QUEUED) ─────────┘    (hand-back on shutdown)
                   QUEUED / FAILED <── reap (lease expired: the worker was lost)
 
+    RUNNING ── complete(WAITING) ──> WAITING ── settle ──> SUCCEEDED / FAILED / SCHEDULED
+      (the handler returned Deferred)    ^  heartbeat (deadline pushed)
+                                         └─ (Queue.complete, a callback, or a passed deadline)
+
 Every time is an aware UTC datetime. Stores fence every write of a RUNNING job with the
 ``owner`` token given to :meth:`Store.claim`: a worker whose lease expired and whose job was
 claimed again can no longer complete it.
@@ -56,6 +60,9 @@ class JobState(StrEnum):
     """Due later: a delay, an ETA or a retry wait (``scheduled_for`` says when)."""
     RUNNING = "running"
     """Claimed by a worker that holds its lease."""
+    WAITING = "waiting"
+    """The handler returned ``Deferred`` (status 202): no worker holds it; ``Queue.complete``
+    finishes it, or its ``deadline`` passes (FAILED 504, or retried)."""
     SUCCEEDED = "succeeded"
     """Finished with a 2xx status; ``result`` holds the handler's return value."""
     FAILED = "failed"
@@ -95,6 +102,9 @@ class JobRecord:
         retry: the retry settings kept from the RetryPolicy: ``{"backoff": {...},
             "retry_on": [codes], "max_deferrals": n}``, or None for no retries.
         deferrals: how many RetryLater deferrals it has used.
+        deadline: while WAITING, when it fails 504 unless completed or heartbeated first.
+        deferred_ttl: the ttl of the ``Deferred`` that made it WAITING (the default push of
+            ``Queue.heartbeat``), or None.
         result_ttl: seconds the job is kept once finished, or None for the purging worker's
             ``result_ttl`` (7 days by default); see :meth:`Store.expire`.
         progress: the last progress its handler reported under ``serve``
@@ -121,6 +131,8 @@ class JobRecord:
     timeout: float | None = None
     retry: dict[str, Any] | None = None
     deferrals: int = 0
+    deadline: datetime | None = None
+    deferred_ttl: float | None = None
     result_ttl: float | None = None
     progress: dict[str, Any] | None = None
 
@@ -169,6 +181,8 @@ class Outcome:
         give_back_attempt: True for a hand-back or a RetryLater deferral: ``attempts`` is
             decremented so the claim does not count.
         deferral: True for a RetryLater deferral: ``deferrals`` is incremented.
+        deadline: for WAITING (the handler returned ``Deferred``): when the wait ends.
+        ttl: for WAITING: the Deferred's ttl, kept as the record's ``deferred_ttl``.
         unknown_since: for a job handed back because this worker lacks its handler, when the
             first such hand-back happened; the store keeps it and returns it with the next
             claim (:attr:`Claimed.unknown_since`). Any other outcome clears it (None).
@@ -182,6 +196,8 @@ class Outcome:
     scheduled_for: datetime | None = None
     give_back_attempt: bool = False
     deferral: bool = False
+    deadline: datetime | None = None
+    ttl: float | None = None
     unknown_since: datetime | None = None
 
 
@@ -216,7 +232,7 @@ class Store(Protocol):
 
         Atomic per job: if a job with the same id exists, nothing is written and the existing
         record is returned; if ``unique_key`` is set and a job with that key in that queue is
-        QUEUED, SCHEDULED or RUNNING, nothing is written and that job's record is returned.
+        QUEUED, SCHEDULED, RUNNING or WAITING, nothing is written and that job's record is returned.
         Records arrive with state QUEUED (due now) or SCHEDULED (``scheduled_for`` in the
         future), ``enqueued_at`` set, args/headers already checked to be JSON.
         """
@@ -245,8 +261,8 @@ class Store(Protocol):
         ...
 
     async def cancel(self, id: str) -> bool:
-        """Cancel a job. QUEUED or SCHEDULED: it becomes CANCELLED (499) at once. RUNNING: a
-        cancel is requested; the owner learns it from :meth:`renew` and completes the job
+        """Cancel a job. QUEUED, SCHEDULED or WAITING: it becomes CANCELLED (499) at once.
+        RUNNING: a cancel is requested; the owner learns it from :meth:`renew` and completes the job
         CANCELLED (and if the owner is lost, :meth:`reap` makes it CANCELLED). Returns True if
         the job was cancelled or a cancel requested, False if unknown or already final."""
         ...
@@ -273,6 +289,8 @@ class Store(Protocol):
         """Apply each outcome to a job that is RUNNING and held by ``owner`` (others are left
         alone: the lease was lost and the job is someone else's now). Sets ``finished_at`` for
         final states, clears the lease, and applies ``give_back_attempt`` / ``deferral``.
+        A WAITING outcome stores ``result`` (the Deferred's), ``deadline`` and
+        ``deferred_ttl`` (from ``ttl``); the job is then held by no one.
 
         Returns the ids whose outcome was applied, so the caller can report the others as
         discarded. A store may return None (as stores written before this did): it does not
@@ -355,4 +373,41 @@ class Store(Protocol):
         ``lost`` counts them (``lost == 0``: an unknown number, e.g. the connection to the
         server was lost and is back).
         """
+        ...
+
+    async def settle(self, outcome: Outcome, *, only_expired: bool = False) -> JobRecord | None:
+        """Apply ``outcome`` (SUCCEEDED, FAILED or SCHEDULED) to a WAITING job, atomically, and
+        return the new record. ``attempts`` is left as it is (the attempt was counted at its
+        claim); ``deadline`` is cleared; ``finished_at`` is set for final states; a SUCCEEDED
+        outcome stores its ``result``.
+
+        With ``only_expired`` (a passed deadline being acted on), the outcome is applied only if
+        the job is still WAITING and its deadline has passed by the store's clock; otherwise
+        nothing changes and None is returned (another worker acted first, or a heartbeat
+        pushed the deadline). Safe to call from many workers at once.
+
+        Raises:
+            LookupError: no job with this id.
+            JobStateError: the job is not WAITING (without ``only_expired``).
+        """
+        ...
+
+    async def heartbeat(self, id: str, ttl: float | None = None) -> JobRecord:
+        """Push a WAITING job's deadline to now + ``ttl`` seconds (default: its
+        ``deferred_ttl``), atomically, and return the new record.
+
+        Raises:
+            LookupError: no job with this id.
+            JobStateError: the job is not WAITING.
+        """
+        ...
+
+    async def overdue(self, *, limit: int = 100) -> builtins.list[JobRecord]:
+        """Return up to ``limit`` WAITING jobs whose deadline has passed (earliest first)."""
+        ...
+
+    async def setdefault_setting(self, key: str, value: str) -> str:
+        """Return the store-wide setting ``key``, storing ``value`` first if it has none
+        (atomic: of concurrent callers, in any process, one value wins and all get it). Kept
+        for the store's life, across restarts (e.g. the secret behind callback tokens)."""
         ...

@@ -79,6 +79,8 @@ def decode_row(row: Any) -> tuple[JobRecord, str | None]:
         timeout=row["timeout"],
         retry=retry,
         deferrals=row["deferrals"],
+        deadline=row["deadline"],
+        deferred_ttl=row["deferred_ttl"],
         progress=_progress(row),
         result_ttl=row["result_ttl"],
     )
@@ -237,6 +239,9 @@ def stored_record(rec: JobRecord, args: dict[str, Any], enqueued: datetime) -> J
     put(new, "timeout", None if rec.timeout is None else float(rec.timeout))
     put(new, "retry", _json_copy(rec.retry))
     put(new, "deferrals", rec.deferrals)
+    # A job is added QUEUED or SCHEDULED: the WAITING columns start empty (add leaves them out).
+    put(new, "deadline", None)
+    put(new, "deferred_ttl", None)
     put(new, "progress", None)  # add() does not store progress
     put(new, "result_ttl", None if rec.result_ttl is None else float(rec.result_ttl))
     return new

@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
-__all__ = ["ADD", "CANCEL", "CLAIM", "COMPLETE", "DELETE", "PROGRESS", "REAP", "RENEW", "RETRY"]
+__all__ = [
+    "ADD",
+    "CANCEL",
+    "CLAIM",
+    "COMPLETE",
+    "DELETE",
+    "HEARTBEAT",
+    "PROGRESS",
+    "REAP",
+    "RENEW",
+    "RETRY",
+    "SETTLE",
+]
 
 # Helpers shared by the scripts. ARGV[1] is always the key prefix. Times are integer
 # microseconds since the epoch, passed and stored as decimal strings, never formatted by Lua
@@ -223,9 +235,9 @@ return stop
 
 # ARGV: prefix, owner, now, cap, and a JSON array with, per outcome, an array of strings: id,
 # state, status, result (opt), error (opt), scheduled_for (opt), give_back ('1'/'0'),
-# deferral ('1'/'0'), unknown_since (opt). One argument for the batch, as for add: redis-py
-# packs a command argument by argument, which cost more than the script itself with 8 per
-# outcome.
+# deferral ('1'/'0'), unknown_since (opt), deadline (opt), ttl (opt; the last two for
+# WAITING). One argument for the batch, as for add: redis-py packs a command argument by
+# argument, which cost more than the script itself with 8 per outcome.
 # Returns the ids whose outcome was applied.
 COMPLETE = (
     LUA_PRELUDE
@@ -244,7 +256,7 @@ for _, o in ipairs(cjson.decode(ARGV[5])) do
                'finished_at')
     redis.call('HSET', jk, 'state', state, 'status', o[3])
     local result, err, due = opt(o[4]), opt(o[5]), opt(o[6])
-    if state == 'succeeded' then
+    if state == 'succeeded' or state == 'waiting' then
       if result then redis.call('HSET', jk, 'result', result)
       else redis.call('HDEL', jk, 'result') end
     end
@@ -264,6 +276,13 @@ for _, o in ipairs(cjson.decode(ARGV[5])) do
     elseif state == 'queued' then
       make_ready(jk, q, id, f[6], f[7], f[8])
       wake(q, cap)
+    elseif state == 'waiting' then
+      -- Held by no one until settled or its deadline passes; it keeps its unique key.
+      local deadline = opt(o[10] or '') or now
+      redis.call('HSET', jk, 'deadline', deadline)
+      local ttl = opt(o[11] or '')
+      if ttl then redis.call('HSET', jk, 'deferred_ttl', ttl) end
+      redis.call('ZADD', P .. ':waiting', deadline, id)
     else
       redis.call('HSET', jk, 'finished_at', now)
       release_unique(q, f[4], id)
@@ -341,10 +360,11 @@ if state == 'running' then
   redis.call('HSET', jk, 'cancel_requested', '1')
   return 1
 end
-if state ~= 'queued' and state ~= 'scheduled' then return 0 end
+if state ~= 'queued' and state ~= 'scheduled' and state ~= 'waiting' then return 0 end
 if f[3] then redis.call('ZREM', P .. ':ready:' .. q, f[3]) end
 redis.call('ZREM', P .. ':sched:' .. q, id)
-redis.call('HDEL', jk, 'rmember')
+redis.call('ZREM', P .. ':waiting', id)
+redis.call('HDEL', jk, 'rmember', 'deadline')
 redis.call('HSET', jk, 'state', 'cancelled', 'status', '499', 'error', 'cancelled',
            'finished_at', now)
 release_unique(q, f[4], id)
@@ -354,6 +374,75 @@ stat(q, 'cancelled', 1)
 emit('cancelled', id, q, now)
 publish_events()
 return 1
+"""
+)
+
+# ARGV: prefix, id, now, only_expired ('1'/'0'), cap, state, status, result (opt), error (opt),
+# scheduled_for (opt). Applies the outcome to a WAITING job. Returns {1, job hash} when
+# applied, {0} for an unknown id, {2, state} for a job not WAITING, {3} when only_expired and
+# the deadline has not passed.
+SETTLE = (
+    LUA_PRELUDE
+    + r"""
+local id, now, cap, state = ARGV[2], ARGV[3], ARGV[5], ARGV[6]
+local jk = jkey(id)
+local f = redis.call('HMGET', jk, 'state', 'queue', 'unique_key', 'deadline', 'enqueued_at',
+                     'seq', 'priority')
+if not f[1] then return {0} end
+if f[1] ~= 'waiting' then return {2, f[1]} end
+if ARGV[4] == '1' and (not f[4] or tonumber(f[4]) > tonumber(now)) then return {3} end
+local q = f[2]
+redis.call('ZREM', P .. ':waiting', id)
+redis.call('HDEL', jk, 'deadline', 'scheduled_for', 'finished_at')
+redis.call('HSET', jk, 'state', state, 'status', ARGV[7])
+local result, err, due = opt(ARGV[8]), opt(ARGV[9]), opt(ARGV[10])
+if state == 'succeeded' then
+  if result then redis.call('HSET', jk, 'result', result)
+  else redis.call('HDEL', jk, 'result') end
+end
+if err then redis.call('HSET', jk, 'error', err) else redis.call('HDEL', jk, 'error') end
+if state == 'scheduled' then
+  due = due or now
+  redis.call('HSET', jk, 'scheduled_for', due)
+  redis.call('ZADD', P .. ':sched:' .. q, due, id)
+  wake(q, cap)
+elseif state == 'queued' then
+  make_ready(jk, q, id, f[5], f[6], f[7])
+  wake(q, cap)
+else
+  redis.call('HSET', jk, 'finished_at', now)
+  release_unique(q, f[3], id)
+  finished(jk, q, id, now)
+end
+stat(q, 'waiting', -1)
+stat(q, state, 1)
+-- events.kind_for_change('waiting', state): a final kind, else ENQUEUED (a retry's wait).
+local kind = 'enqueued'
+if FINAL[state] then kind = state end
+emit(kind, id, q, now)
+publish_events()
+return {1, redis.call('HGETALL', jk)}
+"""
+)
+
+# ARGV: prefix, id, now, ttl_us (opt: default the job's deferred_ttl). Pushes a WAITING job's
+# deadline to now + ttl. Returns {1, job hash}, {0} for an unknown id, {2, state} for a job
+# not WAITING.
+HEARTBEAT = (
+    LUA_PRELUDE
+    + r"""
+local id, now = ARGV[2], ARGV[3]
+local jk = jkey(id)
+local f = redis.call('HMGET', jk, 'state', 'deferred_ttl')
+if not f[1] then return {0} end
+if f[1] ~= 'waiting' then return {2, f[1]} end
+local ttl = opt(ARGV[4])
+if not ttl then ttl = math.floor(tonumber(f[2] or '0') * 1000000 + 0.5) end
+-- %d prints the integer exactly (tostring would keep 14 significant digits).
+local deadline = string.format('%d', tonumber(now) + tonumber(ttl))
+redis.call('HSET', jk, 'deadline', deadline)
+redis.call('ZADD', P .. ':waiting', deadline, id)
+return {1, redis.call('HGETALL', jk)}
 """
 )
 

@@ -14,6 +14,7 @@ from typing import Any, Self
 
 import anyio
 
+from .._core.exceptions import JobStateError
 from .._core.status import Status
 from .._durable.events import (
     DEFAULT_EVENT_BUFFER,
@@ -152,6 +153,7 @@ class MemoryStore:
         self._seq = 0
         self._lock = threading.Lock()
         self._notifier = _Notifier()
+        self._settings: dict[str, str] = {}
         # Events are published from whichever thread changed a job: subscribers of other
         # threads look for them every 50 ms, as waiters for work do.
         self._hub = EventHub(poll=_CROSS_THREAD_POLL)
@@ -289,7 +291,8 @@ class MemoryStore:
         return out
 
     async def cancel(self, id: str) -> bool:
-        """Cancel a QUEUED or SCHEDULED job at once, or ask a RUNNING one's owner to stop.
+        """Cancel a QUEUED, SCHEDULED or WAITING job at once, or ask a RUNNING one's owner to
+        stop.
 
         Returns False for an unknown or already final job.
         """
@@ -305,6 +308,7 @@ class MemoryStore:
                 status=Status.CANCELLED,
                 error="cancelled",
                 finished_at=_now(),
+                deadline=None,
             )
             del self._active[id]
             events = _event(JobEventKind.CANCELLED, row.record, _now())
@@ -378,9 +382,12 @@ class MemoryStore:
                     continue
                 applied.add(outcome.id)
                 rec = row.record
-                if outcome.state is JobState.SUCCEEDED:
+                waiting = outcome.state is JobState.WAITING
+                if outcome.state is JobState.SUCCEEDED or waiting:
                     row.result_json = json.dumps(outcome.result)
                 row.record = rec.replace(
+                    deadline=outcome.deadline if waiting else None,
+                    deferred_ttl=outcome.ttl if waiting else rec.deferred_ttl,
                     state=outcome.state,
                     status=outcome.status,
                     error=outcome.error,
@@ -450,6 +457,77 @@ class MemoryStore:
             self._notifier.notify()
             self._hub.publish(events)
         return changed
+
+    async def settle(self, outcome: Outcome, *, only_expired: bool = False) -> JobRecord | None:
+        """Apply ``outcome`` to a WAITING job (see :meth:`work.stores.Store.settle`)."""
+        now = _now()
+        with self._lock:
+            row = self._rows.get(outcome.id)
+            if row is None:
+                if only_expired:
+                    return None
+                raise LookupError(f"no job with id {outcome.id!r} in {self.url}")
+            rec = row.record
+            if rec.state is not JobState.WAITING:
+                if only_expired:
+                    return None
+                raise JobStateError(rec.id, rec.state.value)
+            if only_expired and (rec.deadline is None or rec.deadline > now):
+                return None
+            if outcome.state is JobState.SUCCEEDED:
+                row.result_json = json.dumps(outcome.result)
+            row.record = rec.replace(
+                state=outcome.state,
+                status=outcome.status,
+                error=outcome.error,
+                scheduled_for=(
+                    outcome.scheduled_for if outcome.state is JobState.SCHEDULED else None
+                ),
+                finished_at=now if outcome.state.is_final else None,
+                deadline=None,
+            )
+            if outcome.state.is_final:
+                self._active.pop(outcome.id, None)
+            settled = self._snapshot(row)
+            kind = kind_for_change("waiting", outcome.state.value)
+            events = _event(kind, row.record, now)
+        if not outcome.state.is_final:
+            self._notifier.notify()
+        self._hub.publish(events)
+        return settled
+
+    async def heartbeat(self, id: str, ttl: float | None = None) -> JobRecord:
+        """Push a WAITING job's deadline (see :meth:`work.stores.Store.heartbeat`)."""
+        with self._lock:
+            row = self._rows.get(id)
+            if row is None:
+                raise LookupError(f"no job with id {id!r} in {self.url}")
+            rec = row.record
+            if rec.state is not JobState.WAITING:
+                raise JobStateError(id, rec.state.value)
+            seconds = ttl if ttl is not None else rec.deferred_ttl
+            row.record = rec.replace(deadline=_now() + timedelta(seconds=seconds or 0.0))
+            return self._snapshot(row)
+
+    async def overdue(self, *, limit: int = 100) -> builtins.list[JobRecord]:
+        """Return up to ``limit`` WAITING jobs whose deadline has passed, earliest first."""
+        now = _now()
+        with self._lock:
+            rows = [
+                row
+                for row in self._active.values()
+                if row.record.state is JobState.WAITING
+                and row.record.deadline is not None
+                and row.record.deadline <= now
+            ]
+            rows.sort(key=lambda r: (r.record.deadline or now, r.seq))
+            return [self._snapshot(row) for row in rows[: max(limit, 0)]]
+
+    async def setdefault_setting(self, key: str, value: str) -> str:
+        """Return the setting ``key``, storing ``value`` first if there is none (kept as long
+        as this store object)."""
+        with self._lock:
+            return self._settings.setdefault(key, value)
 
     # -- retention ------------------------------------------------------------------------------
 

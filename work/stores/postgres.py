@@ -19,6 +19,7 @@ import anyio
 # asyncpg ships no type information (no py.typed, no stubs): it is typed as Any here.
 import asyncpg  # type: ignore[import-untyped]
 
+from .._core.exceptions import JobStateError
 from .._durable.events import (
     DEFAULT_EVENT_BUFFER,
     EventHub,
@@ -43,12 +44,14 @@ from ._server import StoreAuthenticationError, StoreUnavailableError, require_as
 
 __all__ = ["PostgresStore", "PostgresUnavailableError"]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """The schema version this module creates and expects."""
 
 _WORKER_LOST = "worker lost"
+# The outcomes whose result complete() stores (a Deferred's provisional one for WAITING).
+_RESULT_STATES = frozenset({JobState.SUCCEEDED, JobState.WAITING})
 _PURGE_BATCH = 1000  # rows per purge statement
-_ACTIVE = "('queued', 'scheduled', 'running')"
+_ACTIVE = "('queued', 'scheduled', 'running', 'waiting')"
 # Connection failures asyncpg reports as builtin errors (TimeoutError is an OSError too).
 _CONNECT_ERRORS = (OSError, asyncpg.exceptions.CannotConnectNowError)
 # What a call raises when the server went away (a restart, a failover, the network), as
@@ -242,6 +245,21 @@ def _migration_v3(s: str, channel: str) -> list[str]:
         f"""CREATE TRIGGER jobs_event_progress AFTER UPDATE OF progress ON {s}.jobs
             FOR EACH ROW WHEN (NEW.progress IS NOT NULL AND OLD.state = NEW.state)
             EXECUTE FUNCTION {s}.notify_event()""",
+    ]
+
+
+def _migration_v4(s: str) -> list[str]:
+    """Deferred completion: WAITING jobs' deadline and ttl, a WAITING job keeps its unique
+    key, and store-wide settings (the callback secret)."""
+    return [
+        f"ALTER TABLE {s}.jobs ADD COLUMN IF NOT EXISTS deadline timestamptz",
+        f"ALTER TABLE {s}.jobs ADD COLUMN IF NOT EXISTS deferred_ttl double precision",
+        f"CREATE INDEX IF NOT EXISTS jobs_deadline ON {s}.jobs (deadline) WHERE state = 'waiting'",
+        f"DROP INDEX IF EXISTS {s}.jobs_unique_active",
+        f"""CREATE UNIQUE INDEX IF NOT EXISTS jobs_unique_active ON {s}.jobs (queue, unique_key)
+            WHERE unique_key IS NOT NULL AND state IN {_ACTIVE}""",
+        f"""CREATE TABLE IF NOT EXISTS {s}.settings (
+            key text PRIMARY KEY, value text NOT NULL)""",
     ]
 
 
@@ -516,6 +534,10 @@ class PostgresStore:
                 for statement in _migration_v3(self._s, self._events_channel):
                     await conn.execute(statement)
                 await conn.execute(f"INSERT INTO {self._s}.schema_version VALUES (3)")
+            if version < 4:
+                for statement in _migration_v4(self._s):
+                    await conn.execute(statement)
+                await conn.execute(f"INSERT INTO {self._s}.schema_version VALUES (4)")
 
     async def _listen(self) -> None:
         try:
@@ -882,7 +904,8 @@ class PostgresStore:
         return missing
 
     async def cancel(self, id: str) -> bool:
-        """Cancel a QUEUED or SCHEDULED job at once, or ask a RUNNING one's owner to stop.
+        """Cancel a QUEUED, SCHEDULED or WAITING job at once, or ask a RUNNING one's owner to
+        stop.
 
         Returns False for an unknown or already final job.
         """
@@ -896,7 +919,8 @@ class PostgresStore:
                     expires_at = CASE WHEN state = 'running' THEN expires_at
                                       ELSE $2::timestamptz + result_ttl * interval '1 second'
                                  END,
-                    cancel_requested = (state = 'running')
+                    cancel_requested = (state = 'running'),
+                    deadline = NULL
                 WHERE id = $1 AND state IN {_ACTIVE}
                 RETURNING id""",
             id,
@@ -983,8 +1007,11 @@ class PostgresStore:
                     state = o.state,
                     status = o.status,
                     error = o.error,
-                    result = CASE WHEN o.state = 'succeeded' THEN o.result::jsonb
+                    result = CASE WHEN o.state IN ('succeeded', 'waiting') THEN o.result::jsonb
                                   ELSE j.result END,
+                    deadline = o.deadline,
+                    deferred_ttl = CASE WHEN o.state = 'waiting' THEN o.ttl
+                                        ELSE j.deferred_ttl END,
                     scheduled_for = CASE WHEN o.state = 'scheduled'
                                          THEN COALESCE(o.scheduled_for, $2::timestamptz)
                                          ELSE NULL END,
@@ -999,9 +1026,10 @@ class PostgresStore:
                     owner = NULL, lease_until = NULL, cancel_requested = false,
                     unknown_since = o.unknown_since
                 FROM unnest($3::text[], $4::text[], $5::int[], $6::text[], $7::text[],
-                            $8::timestamptz[], $9::bool[], $10::bool[], $11::timestamptz[])
+                            $8::timestamptz[], $9::bool[], $10::bool[], $11::timestamptz[],
+                            $12::timestamptz[], $13::float8[])
                     AS o(id, state, status, result, error, scheduled_for, give_back, deferral,
-                         unknown_since)
+                         unknown_since, deadline, ttl)
                 WHERE j.id = o.id AND j.state = 'running' AND j.owner = $1
                 RETURNING j.id""",
             owner,
@@ -1009,14 +1037,104 @@ class PostgresStore:
             [o.id for o in latest],
             [o.state.value for o in latest],
             [int(o.status) for o in latest],
-            [dumps(o.result) if o.state is JobState.SUCCEEDED else None for o in latest],
+            [dumps(o.result) if o.state in _RESULT_STATES else None for o in latest],
             [o.error for o in latest],
             [o.scheduled_for for o in latest],
             [o.give_back_attempt for o in latest],
             [o.deferral for o in latest],
             [o.unknown_since for o in latest],
+            [o.deadline if o.state is JobState.WAITING else None for o in latest],
+            [o.ttl if o.state is JobState.WAITING else None for o in latest],
         )
         return {row["id"] for row in rows}
+
+    async def settle(self, outcome: Outcome, *, only_expired: bool = False) -> JobRecord | None:
+        """Apply ``outcome`` to a WAITING job in one statement (see
+        :meth:`work.stores.Store.settle`)."""
+        pool = self._require_pool()
+        o = outcome
+        now = _now()
+        expired = " AND deadline <= $2" if only_expired else ""
+        row = await pool.fetchrow(
+            f"""UPDATE {self._s}.jobs SET
+                    state = $3, status = $4, error = $5,
+                    result = CASE WHEN $3 = 'succeeded' THEN $6::jsonb ELSE result END,
+                    scheduled_for = $7::timestamptz,
+                    finished_at = CASE WHEN $3 IN ('succeeded', 'failed', 'cancelled')
+                                       THEN $2::timestamptz ELSE NULL END,
+                    expires_at = CASE WHEN $3 IN ('succeeded', 'failed', 'cancelled')
+                                      THEN $2::timestamptz + result_ttl * interval '1 second'
+                                 END,
+                    deadline = NULL
+                WHERE id = $1 AND state = 'waiting'{expired}
+                RETURNING *""",
+            o.id,
+            now,
+            o.state.value,
+            int(o.status),
+            o.error,
+            dumps(o.result) if o.state is JobState.SUCCEEDED else None,
+            o.scheduled_for if o.state is JobState.SCHEDULED else None,
+        )
+        if row is not None:
+            return decode_row(row)[0]
+        if not only_expired:
+            await self._refuse(o.id)
+        return None
+
+    async def heartbeat(self, id: str, ttl: float | None = None) -> JobRecord:
+        """Push a WAITING job's deadline (see :meth:`work.stores.Store.heartbeat`)."""
+        row = await self._require_pool().fetchrow(
+            f"""UPDATE {self._s}.jobs SET deadline =
+                    $2::timestamptz + COALESCE($3::float8, deferred_ttl, 0) * interval '1 second'
+                WHERE id = $1 AND state = 'waiting'
+                RETURNING *""",
+            id,
+            _now(),
+            ttl,
+        )
+        if row is None:
+            await self._refuse(id)
+        return decode_row(row)[0]
+
+    async def _refuse(self, id: str) -> None:
+        state = await self._require_pool().fetchrow(
+            f"SELECT state FROM {self._s}.jobs WHERE id = $1", id
+        )
+        if state is None:
+            raise LookupError(f"no job with id {id!r} in {self.url}")
+        raise JobStateError(id, state["state"])
+
+    async def overdue(self, *, limit: int = 100) -> list[JobRecord]:
+        """Return up to ``limit`` WAITING jobs whose deadline has passed, earliest first."""
+        rows = await self._require_pool().fetch(
+            f"""SELECT * FROM {self._s}.jobs WHERE state = 'waiting' AND deadline <= $1
+                ORDER BY deadline, seq LIMIT $2""",
+            _now(),
+            max(limit, 0),
+        )
+        return [decode_row(row)[0] for row in rows]
+
+    async def setdefault_setting(self, key: str, value: str) -> str:
+        """Return the setting ``key``, storing ``value`` first if there is none."""
+        pool = self._require_pool()
+        # A concurrent first insert, committed after this statement's snapshot, is invisible
+        # to its SELECT: the next statement (a new snapshot) sees it.
+        for _ in range(3):
+            row = await pool.fetchrow(
+                f"""WITH inserted AS (
+                        INSERT INTO {self._s}.settings (key, value) VALUES ($1, $2)
+                        ON CONFLICT DO NOTHING RETURNING value)
+                    SELECT value FROM inserted
+                    UNION ALL
+                    SELECT value FROM {self._s}.settings WHERE key = $1
+                    LIMIT 1""",
+                key,
+                value,
+            )
+            if row is not None:
+                return str(row["value"])
+        raise RuntimeError(f"could not read or store the setting {key!r} in {self.url}")
 
     async def reap(self, *, lost_limit: int = DEFAULT_LOST_LIMIT) -> int:
         """Put back (or fail after ``lost_limit`` losses, or cancel) RUNNING jobs whose lease

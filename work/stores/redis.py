@@ -21,6 +21,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .._core.exceptions import JobStateError
 from .._core.status import Status
 from .._durable.events import (
     DEFAULT_EVENT_BUFFER,
@@ -32,7 +33,19 @@ from .._durable.events import (
 )
 from ._base import DEFAULT_LOST_LIMIT, FINAL_STATES, Claimed, JobRecord, JobState, Outcome
 from ._open import mask_url
-from ._redis_lua import ADD, CANCEL, CLAIM, COMPLETE, DELETE, PROGRESS, REAP, RENEW, RETRY
+from ._redis_lua import (
+    ADD,
+    CANCEL,
+    CLAIM,
+    COMPLETE,
+    DELETE,
+    HEARTBEAT,
+    PROGRESS,
+    REAP,
+    RENEW,
+    RETRY,
+    SETTLE,
+)
 from ._server import StoreAuthenticationError, StoreUnavailableError, require_asyncio
 
 __all__ = ["RedisStore", "RedisUnavailableError"]
@@ -174,10 +187,19 @@ def _decode(fields: Mapping[str, str], args_raw: bytes | None) -> tuple[JobRecor
         timeout=float(timeout) if isinstance(timeout, int | float) else None,
         retry=retry if isinstance(retry, dict) else None,
         deferrals=_int(get("deferrals")),
+        deadline=_time(get("deadline")),
+        deferred_ttl=_float(get("deferred_ttl")),
         progress=_json_object(get("progress"), "progress")[0] if "progress" in fields else None,
         result_ttl=float(result_ttl) if isinstance(result_ttl, int | float) else None,
     )
     return record, args_error or spec_error
+
+
+def _float(raw: str | None) -> float | None:
+    try:
+        return None if raw is None else float(raw)
+    except ValueError:
+        return None
 
 
 def _from_hash(raw: Any) -> tuple[JobRecord, str | None]:
@@ -382,6 +404,8 @@ class RedisStore:
                 ("complete", COMPLETE),
                 ("reap", REAP),
                 ("cancel", CANCEL),
+                ("settle", SETTLE),
+                ("heartbeat", HEARTBEAT),
                 ("progress", PROGRESS),
                 ("delete", DELETE),
                 ("retry", RETRY),
@@ -586,7 +610,8 @@ class RedisStore:
         return stored
 
     async def cancel(self, id: str) -> bool:
-        """Cancel a QUEUED or SCHEDULED job at once, or ask a RUNNING one's owner to stop.
+        """Cancel a QUEUED, SCHEDULED or WAITING job at once, or ask a RUNNING one's owner to
+        stop.
 
         Returns False for an unknown or already final job.
         """
@@ -630,8 +655,11 @@ class RedisStore:
             return set()
         batch: list[list[str]] = []
         for o in outcomes:
-            result = _dumps(o.result) if o.state is JobState.SUCCEEDED else None
+            waiting = o.state is JobState.WAITING
+            result = _dumps(o.result) if o.state is JobState.SUCCEEDED or waiting else None
             due = str(_us(o.scheduled_for)) if o.scheduled_for is not None else None
+            deadline = str(_us(o.deadline)) if waiting and o.deadline is not None else None
+            ttl = repr(float(o.ttl)) if waiting and o.ttl is not None else None
             batch.append(
                 [
                     o.id,
@@ -643,10 +671,83 @@ class RedisStore:
                     "1" if o.give_back_attempt else "0",
                     "1" if o.deferral else "0",
                     _opt(None if o.unknown_since is None else str(_us(o.unknown_since))),
+                    _opt(deadline),
+                    _opt(ttl),
                 ]
             )
         applied = await self._run("complete", [owner, _now_us(), _WAKE_TOKENS, _dumps(batch)])
         return {id.decode() if isinstance(id, bytes) else str(id) for id in applied}
+
+    async def settle(self, outcome: Outcome, *, only_expired: bool = False) -> JobRecord | None:
+        """Apply ``outcome`` to a WAITING job in one atomic script (see
+        :meth:`work.stores.Store.settle`)."""
+        o = outcome
+        result = _dumps(o.result) if o.state is JobState.SUCCEEDED else None
+        due = _us(o.scheduled_for) if o.scheduled_for is not None else None
+        reply = await self._run(
+            "settle",
+            [
+                o.id,
+                _now_us(),
+                "1" if only_expired else "0",
+                _WAKE_TOKENS,
+                o.state.value,
+                str(int(o.status)),
+                _opt(result),
+                _opt(o.error),
+                _opt(str(due) if due is not None and o.state is JobState.SCHEDULED else None),
+            ],
+        )
+        if int(reply[0]) == 1:
+            return _from_hash(reply[1])[0]
+        if only_expired:
+            return None
+        return self._refuse(o.id, reply)
+
+    async def heartbeat(self, id: str, ttl: float | None = None) -> JobRecord:
+        """Push a WAITING job's deadline in one atomic script (see
+        :meth:`work.stores.Store.heartbeat`)."""
+        ttl_us = str(int(ttl * 1_000_000)) if ttl is not None else None
+        reply = await self._run("heartbeat", [id, _now_us(), _opt(ttl_us)])
+        if int(reply[0]) == 1:
+            return _from_hash(reply[1])[0]
+        return self._refuse(id, reply)
+
+    def _refuse(self, id: str, reply: Sequence[Any]) -> JobRecord:
+        if int(reply[0]) == 0:
+            raise LookupError(f"no job with id {id!r} in {self.url}")
+        raise JobStateError(id, bytes(reply[1]).decode())
+
+    async def overdue(self, *, limit: int = 100) -> list[JobRecord]:
+        """Return up to ``limit`` WAITING jobs whose deadline has passed, earliest first."""
+        client = self._require()
+        if limit <= 0:
+            return []
+        ids = cast(
+            "list[bytes]",
+            await client.zrangebyscore(self._key("waiting"), "-inf", _now_us(), start=0, num=limit),
+        )
+        if not ids:
+            return []
+        pipe = client.pipeline(transaction=False)
+        for id in ids:
+            pipe.hgetall(self._key("job", id.decode()))
+        out: list[JobRecord] = []
+        for fields in await pipe.execute():
+            if fields:
+                rec = _from_hash(fields)[0]
+                if rec.state is JobState.WAITING:
+                    out.append(rec)
+        return out
+
+    async def setdefault_setting(self, key: str, value: str) -> str:
+        """Return the setting ``key``, storing ``value`` first if there is none (HSETNX)."""
+        client = self._require()
+        pipe = client.pipeline(transaction=True)
+        pipe.hsetnx(self._key("settings"), key, value)
+        pipe.hget(self._key("settings"), key)
+        _, stored = await pipe.execute()
+        return bytes(stored).decode()
 
     async def reap(self, *, lost_limit: int = DEFAULT_LOST_LIMIT) -> int:
         """Put back (or fail after ``lost_limit`` losses, or cancel) RUNNING jobs whose lease

@@ -15,12 +15,13 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, NoReturn, Self, TypeVar
 from urllib.parse import urlsplit
 
 import anyio
 import anyio.to_thread
 
+from .._core.exceptions import JobStateError
 from .._core.status import Status
 from .._durable.events import (
     DEFAULT_EVENT_BUFFER,
@@ -39,7 +40,7 @@ __all__ = ["MIN_SQLITE_VERSION", "SCHEMA_VERSION", "SQLiteStore"]
 MIN_SQLITE_VERSION = (3, 35, 0)
 """``UPDATE … RETURNING`` arrived in SQLite 3.35."""
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """The schema this module creates; :meth:`SQLiteStore.__aenter__` migrates older files to it."""
 
 _T = TypeVar("_T")
@@ -47,7 +48,7 @@ _T = TypeVar("_T")
 _COLUMNS = (
     "id, handler, queue, args, headers, priority, state, status, attempts, max_attempts, "
     "result, error, unique_key, enqueued_at, scheduled_for, started_at, finished_at, "
-    "timeout, retry, deferrals, result_ttl"
+    "timeout, retry, deferrals, result_ttl, deadline, deferred_ttl"
 )
 # What reads select: the inserted columns plus those only later statements write.
 _READ_COLUMNS = _COLUMNS + ", progress"
@@ -203,6 +204,18 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         END
         """,
     ),
+    # 4: deferred completion.
+    (
+        # Deferred completion: WAITING jobs, their deadline and the Deferred's ttl; a WAITING
+        # job still holds its unique key; store-wide settings (the callback secret).
+        "ALTER TABLE anywork_jobs ADD COLUMN deadline REAL",
+        "ALTER TABLE anywork_jobs ADD COLUMN deferred_ttl REAL",
+        "CREATE INDEX IF NOT EXISTS anywork_jobs_deadline ON anywork_jobs (state, deadline)",
+        "DROP INDEX IF EXISTS anywork_jobs_unique",
+        "CREATE UNIQUE INDEX IF NOT EXISTS anywork_jobs_unique ON anywork_jobs (queue, unique_key)"
+        " WHERE unique_key IS NOT NULL AND state IN ('queued', 'scheduled', 'running', 'waiting')",
+        "CREATE TABLE IF NOT EXISTS anywork_settings (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    ),
 )
 
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
@@ -276,6 +289,8 @@ def _record(row: sqlite3.Row, *, strict: bool = False) -> JobRecord:
         timeout=row["timeout"],
         retry=_loads(row["retry"]),
         deferrals=row["deferrals"],
+        deadline=_dt(row["deadline"]),
+        deferred_ttl=row["deferred_ttl"],
         progress=_loads(row["progress"]),
         result_ttl=row["result_ttl"],
     )
@@ -292,9 +307,9 @@ def _marks(n: int) -> str:
 
 # An insert that skips a job whose id, or whose active (queue, unique_key), is taken.
 _INSERT = (
-    f"INSERT INTO anywork_jobs ({_COLUMNS}, due_at) VALUES ({_marks(22)}) ON CONFLICT DO NOTHING"
+    f"INSERT INTO anywork_jobs ({_COLUMNS}, due_at) VALUES ({_marks(24)}) ON CONFLICT DO NOTHING"
 )
-_ACTIVE = "('queued', 'scheduled', 'running')"
+_ACTIVE = "('queued', 'scheduled', 'running', 'waiting')"
 # A job ready to be claimed (one parameter: now). The literal `state IN (...)` term lets
 # SQLite use the partial index anywork_jobs_claim, which holds unfinished jobs only.
 # A finished job: the literal term lets SQLite use the partial index anywork_jobs_finished.
@@ -338,6 +353,8 @@ def _insert_params(rec: JobRecord, now: datetime) -> tuple[Any, ...]:
         json.dumps(rec.retry) if rec.retry is not None else None,
         rec.deferrals,
         rec.result_ttl,
+        _ts(rec.deadline),
+        rec.deferred_ttl,
         enqueued if scheduled is None else scheduled,  # due_at
     )
 
@@ -381,6 +398,8 @@ def _stored(rec: JobRecord, params: tuple[Any, ...], args: Any) -> JobRecord:
     put(new, "deferrals", rec.deferrals)
     put(new, "progress", None)  # add() does not store progress
     put(new, "result_ttl", None if rec.result_ttl is None else float(rec.result_ttl))
+    put(new, "deadline", _dt(_ts(rec.deadline)))
+    put(new, "deferred_ttl", None if rec.deferred_ttl is None else float(rec.deferred_ttl))
     return new
 
 
@@ -773,7 +792,8 @@ class SQLiteStore:
         return out
 
     async def cancel(self, id: str) -> bool:
-        """Cancel a QUEUED or SCHEDULED job at once, or ask a RUNNING one's owner to stop.
+        """Cancel a QUEUED, SCHEDULED or WAITING job at once, or ask a RUNNING one's owner to
+        stop.
 
         Returns False for an unknown or already final job.
         """
@@ -782,8 +802,8 @@ class SQLiteStore:
             now = time.time()
             cur = conn.execute(
                 "UPDATE anywork_jobs SET state = 'cancelled', status = ?, error = 'cancelled',"
-                " finished_at = ?, expires_at = ? + result_ttl"
-                " WHERE id = ? AND state IN ('queued', 'scheduled')",
+                " finished_at = ?, expires_at = ? + result_ttl, deadline = NULL"
+                " WHERE id = ? AND state IN ('queued', 'scheduled', 'waiting')",
                 (int(Status.CANCELLED), now, now, id),
             )
             if cur.rowcount:
@@ -860,10 +880,12 @@ class SQLiteStore:
             applied.clear()  # the transaction may be retried
             for o in outcomes:
                 scheduled = _ts(o.scheduled_for) if o.state is JobState.SCHEDULED else None
-                succeeded = o.state is JobState.SUCCEEDED
+                waiting = o.state is JobState.WAITING
+                succeeded = o.state is JobState.SUCCEEDED or waiting
                 cur = conn.execute(
                     "UPDATE anywork_jobs SET state = ?, status = ?,"
                     " result = CASE WHEN ? THEN ? ELSE result END, error = ?,"
+                    " deadline = ?, deferred_ttl = CASE WHEN ? THEN ? ELSE deferred_ttl END,"
                     " scheduled_for = ?, due_at = COALESCE(?, enqueued_at), finished_at = ?,"
                     " expires_at = ? + result_ttl,"
                     " attempts = MAX(attempts - ?, 0), deferrals = deferrals + ?,"
@@ -875,6 +897,9 @@ class SQLiteStore:
                         succeeded,
                         json.dumps(o.result) if succeeded else None,
                         o.error,
+                        _ts(o.deadline) if waiting else None,
+                        waiting,
+                        o.ttl,
                         scheduled,
                         scheduled,
                         now if o.state.is_final else None,
@@ -927,6 +952,90 @@ class SQLiteStore:
         if changed:
             self._notifier.notify()
         return changed
+
+    async def settle(self, outcome: Outcome, *, only_expired: bool = False) -> JobRecord | None:
+        """Apply ``outcome`` to a WAITING job in one transaction (see
+        :meth:`work.stores.Store.settle`)."""
+        o = outcome
+        scheduled = _ts(o.scheduled_for) if o.state is JobState.SCHEDULED else None
+        succeeded = o.state is JobState.SUCCEEDED
+
+        def update(conn: sqlite3.Connection) -> JobRecord | None:
+            now = time.time()
+            expired = " AND deadline <= ?" if only_expired else ""
+            row = conn.execute(
+                "UPDATE anywork_jobs SET state = ?, status = ?,"
+                " result = CASE WHEN ? THEN ? ELSE result END, error = ?, deadline = NULL,"
+                " scheduled_for = ?, due_at = COALESCE(?, enqueued_at), finished_at = ?,"
+                " expires_at = ? + result_ttl"
+                f" WHERE id = ? AND state = 'waiting'{expired} RETURNING {_READ_COLUMNS}",
+                (
+                    o.state.value,
+                    int(o.status),
+                    succeeded,
+                    json.dumps(o.result) if succeeded else None,
+                    o.error,
+                    scheduled,
+                    scheduled,
+                    now if o.state.is_final else None,
+                    now if o.state.is_final else None,
+                    o.id,
+                    *((now,) if only_expired else ()),
+                ),
+            ).fetchone()
+            if row is not None:
+                return _record(row)
+            if not only_expired:
+                _refuse(conn, o.id, self.url)
+            return None
+
+        settled = await self._transaction(update)
+        if settled is not None and not settled.state.is_final:
+            self._notifier.notify()
+        return settled
+
+    async def heartbeat(self, id: str, ttl: float | None = None) -> JobRecord:
+        """Push a WAITING job's deadline (see :meth:`work.stores.Store.heartbeat`)."""
+
+        def update(conn: sqlite3.Connection) -> JobRecord:
+            row = conn.execute(
+                "UPDATE anywork_jobs SET deadline = ? + COALESCE(?, deferred_ttl, 0)"
+                f" WHERE id = ? AND state = 'waiting' RETURNING {_READ_COLUMNS}",
+                (time.time(), ttl, id),
+            ).fetchone()
+            if row is None:
+                _refuse(conn, id, self.url)
+            return _record(row)
+
+        return await self._transaction(update)
+
+    async def overdue(self, *, limit: int = 100) -> builtins.list[JobRecord]:
+        """Return up to ``limit`` WAITING jobs whose deadline has passed, earliest first."""
+
+        def query(conn: sqlite3.Connection) -> list[JobRecord]:
+            rows = conn.execute(
+                f"SELECT {_READ_COLUMNS} FROM anywork_jobs"
+                " WHERE state = 'waiting' AND deadline <= ? ORDER BY deadline, seq LIMIT ?",
+                (time.time(), max(limit, 0)),
+            )
+            return [_record(row) for row in rows]
+
+        return await self._run(query)
+
+    async def setdefault_setting(self, key: str, value: str) -> str:
+        """Return the setting ``key``, storing ``value`` first if there is none."""
+
+        def update(conn: sqlite3.Connection) -> str:
+            conn.execute(
+                "INSERT INTO anywork_settings (key, value) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                (key, value),
+            )
+            (stored,) = conn.execute(
+                "SELECT value FROM anywork_settings WHERE key = ?", (key,)
+            ).fetchone()
+            return str(stored)
+
+        return await self._transaction(update)
 
     # -- retention ------------------------------------------------------------------------------
 
@@ -1113,6 +1222,14 @@ class SQLiteStore:
             if self._watcher is watcher:
                 self._watcher = None
             return True
+
+
+def _refuse(conn: sqlite3.Connection, id: str, url: str) -> NoReturn:
+    """Raise why a WAITING-only update of job ``id`` changed nothing."""
+    row = conn.execute("SELECT state FROM anywork_jobs WHERE id = ?", (id,)).fetchone()
+    if row is None:
+        raise LookupError(f"no job with id {id!r} in {url}")
+    raise JobStateError(id, row["state"])
 
 
 def _headers_error(headers_json: str) -> str | None:
