@@ -430,7 +430,9 @@ async def test_serve_logs_an_outcome_the_store_discarded(store: Store) -> None:
 
     wrapped: Any = _NoRenew(store)
     with capture_logs() as logs, anyio.fail_after(20):
-        async with serving(wrapped, worker, lease=0.2):
+        # concurrency=1: the slot stays held until the late outcome is written, so this serve
+        # cannot claim the job again itself (the thief below must be the one that has it).
+        async with serving(wrapped, worker, lease=0.2, concurrency=1):
             await started.wait()
             # The lease runs out and a reaper (serve's own, or this one) takes the job over.
             while (taken := await store.get(rec.id)) is not None and taken.state is (
@@ -709,7 +711,7 @@ async def test_expire_uses_the_job_ttl_else_the_workers(store: Store) -> None:
     """expire() deletes finished jobs of the given queues past the worker's result_ttl, and
     jobs of any queue past a result_ttl of their own; a job's own ttl wins over the worker's."""
     (plain,) = await store.add([record()])
-    (own_short,) = await store.add([record(result_ttl=0.05)])
+    (own_short,) = await store.add([record(result_ttl=2.0)])  # generous: a slow CI machine
     (own_long,) = await store.add([record(result_ttl=3600)])
     await finish(store, [plain, own_short, own_long], JobState.SUCCEEDED)
     (elsewhere,) = await store.add([record(queue="other")])
