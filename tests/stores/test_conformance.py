@@ -430,15 +430,15 @@ async def test_serve_logs_an_outcome_the_store_discarded(store: Store) -> None:
 
     wrapped: Any = _NoRenew(store)
     with capture_logs() as logs, anyio.fail_after(20):
-        # concurrency=1: the slot stays held until the late outcome is written, so this serve
-        # cannot claim the job again itself (the thief below must be the one that has it).
-        async with serving(wrapped, worker, lease=0.2, concurrency=1):
+        # lost_limit=1: the reaped job fails at once, so this serve cannot claim it again
+        # (and succeed with it) before the thief below does.
+        async with serving(wrapped, worker, lease=0.2, lost_limit=1):
             await started.wait()
             # The lease runs out and a reaper (serve's own, or this one) takes the job over.
             while (taken := await store.get(rec.id)) is not None and taken.state is (
                 JobState.RUNNING
             ):
-                await store.reap()
+                await store.reap(lost_limit=1)
                 await anyio.sleep(0.05)
             assert taken is not None
             if taken.state is JobState.QUEUED:  # put back: another worker claims it
