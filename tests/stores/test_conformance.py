@@ -34,7 +34,7 @@ from work import (
     Worker,
 )
 from work._durable.events import EventStream
-from work.stores import Outcome, Store
+from work.stores import Outcome, Store, WorkerInfo
 
 pytestmark = pytest.mark.anyio
 
@@ -1729,3 +1729,53 @@ async def test_queue_purge_and_retry(store: Store) -> None:
     assert await queue.purge(older_than=timedelta(hours=1)) == 0
     assert await queue.purge(older_than=0, states=[JobState.SUCCEEDED]) == 2
     assert await queue.list() == []
+
+
+# -- the worker registry ---------------------------------------------------------------------
+
+
+def _worker_info(id: str, *, started: datetime, seen: datetime, **fields: Any) -> WorkerInfo:
+    """A registry entry with plausible values."""
+    return WorkerInfo(
+        id=id,
+        hostname="host-a",
+        pid=1234,
+        queues=("default", "mail"),
+        handlers=("send", "noop"),
+        concurrency=8,
+        started_at=started,
+        last_seen=seen,
+        **fields,
+    )
+
+
+async def test_worker_registry_round_trip_and_replace(store: Store) -> None:
+    """record_worker stores every field, replaces by id, workers() lists oldest first."""
+    t0 = now().replace(microsecond=0)
+    first = _worker_info("w-1", started=t0, seen=t0)
+    second = _worker_info("w-2", started=t0 - timedelta(seconds=5), seen=t0, heartbeat=2.0)
+    await store.record_worker(first)
+    await store.record_worker(second)
+    assert await store.workers() == [second, first]
+    updated = _worker_info(
+        "w-1", started=t0, seen=t0 + timedelta(seconds=5), running=3, processed=9, failed=1
+    )
+    await store.record_worker(updated)
+    assert await store.workers() == [second, updated]
+
+
+async def test_worker_registry_remove_and_lost(store: Store) -> None:
+    """remove_worker deletes one entry (unknown ids are a no-op); Queue.workers(lost=False)
+    leaves out a worker unseen for 3 heartbeats."""
+    t = now()
+    live = _worker_info("live", started=t, seen=t, heartbeat=5.0)
+    lost = _worker_info("lost", started=t, seen=t - timedelta(seconds=16), heartbeat=5.0)
+    await store.record_worker(live)
+    await store.record_worker(lost)
+    queue = Queue(store)
+    assert {w.id for w in await queue.workers()} == {"live", "lost"}
+    assert [w.id for w in await queue.workers(lost=False)] == ["live"]
+    assert lost.is_lost(t) and not live.is_lost(t)
+    await store.remove_worker("lost")
+    await store.remove_worker("never-registered")
+    assert [w.id for w in await store.workers()] == ["live"]

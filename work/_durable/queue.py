@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import math
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
@@ -18,7 +19,7 @@ from .._core.status import Status
 from .._core.validate import check_at, check_delay, check_int, check_name, check_payload
 from .._runtime.portal import PortalTwin
 from .._runtime.timers import seconds
-from ..stores._base import FINAL_STATES, JobRecord, JobState, Store
+from ..stores._base import FINAL_STATES, JobRecord, JobState, Store, WorkerInfo
 from ..stores._open import open_store
 from .deferred import complete_waiting, heartbeat_waiting
 from .events import DEFAULT_EVENT_BUFFER, EventStream, JobEventKind, check_event_filters
@@ -459,6 +460,21 @@ class Queue:
     async def stats(self) -> dict[str, dict[str, int]]:
         """Return ``{queue: {state: count}}``."""
         return await self.store.stats()
+
+    async def workers(self, *, lost: bool = True) -> builtins.list[WorkerInfo]:
+        """Return the serving workers registered in the store (``anywork serve`` registers
+        itself and heartbeats), oldest first.
+
+        A worker unseen for 3 heartbeats is lost: ``info.is_lost(now)`` says so.
+
+        Args:
+            lost: also return the lost ones.
+        """
+        found = await self.store.workers()
+        if lost:
+            return found
+        now = datetime.now(UTC)
+        return [info for info in found if not info.is_lost(now)]
 
     # -- history ------------------------------------------------------------------------------
 

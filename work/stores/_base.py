@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import builtins
 import dataclasses
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
@@ -48,6 +49,7 @@ __all__ = [
     "JobState",
     "Outcome",
     "Store",
+    "WorkerInfo",
 ]
 
 
@@ -199,6 +201,83 @@ class Outcome:
     deadline: datetime | None = None
     ttl: float | None = None
     unknown_since: datetime | None = None
+
+
+DEFAULT_WORKER_HEARTBEAT = 5.0
+"""Seconds between a serving worker's registry heartbeats (``anywork serve --heartbeat``)."""
+
+WORKER_LOST_AFTER = 3
+"""Missed heartbeats after which a registered worker counts as lost."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerInfo:
+    """A serving worker as the worker registry keeps it (see :meth:`Store.record_worker`).
+
+    Attributes:
+        id: unique per serving process.
+        hostname, pid: where it runs.
+        queues: the queues it serves.
+        handlers: the handler names it has.
+        concurrency: how many jobs it runs at once at most.
+        running: executions running at its last heartbeat.
+        processed: executions finished since it started.
+        failed: of those, the ones that did not end 2xx.
+        started_at, last_seen: aware UTC datetimes (``last_seen``: its last heartbeat).
+        heartbeat: seconds between its heartbeats; unseen for :data:`WORKER_LOST_AFTER` of
+            them, it is lost.
+    """
+
+    id: str
+    hostname: str
+    pid: int
+    queues: tuple[str, ...]
+    handlers: tuple[str, ...]
+    concurrency: int
+    running: int = 0
+    processed: int = 0
+    failed: int = 0
+    started_at: datetime
+    last_seen: datetime
+    heartbeat: float = DEFAULT_WORKER_HEARTBEAT
+
+    def is_lost(self, now: datetime) -> bool:
+        """True when it has not been seen for :data:`WORKER_LOST_AFTER` heartbeats by ``now``."""
+        return (now - self.last_seen).total_seconds() > WORKER_LOST_AFTER * self.heartbeat
+
+    def to_json(self) -> str:
+        """The JSON text stores keep (times as ISO 8601)."""
+        data = dataclasses.asdict(self)
+        data["queues"], data["handlers"] = list(self.queues), list(self.handlers)
+        data["started_at"] = self.started_at.isoformat()
+        data["last_seen"] = self.last_seen.isoformat()
+        return json.dumps(data, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> WorkerInfo:
+        """Read back what :meth:`to_json` wrote.
+
+        Raises:
+            ValueError: the text is not such a record.
+        """
+        try:
+            data = json.loads(text)
+            return cls(
+                id=str(data["id"]),
+                hostname=str(data["hostname"]),
+                pid=int(data["pid"]),
+                queues=tuple(str(q) for q in data["queues"]),
+                handlers=tuple(str(h) for h in data["handlers"]),
+                concurrency=int(data["concurrency"]),
+                running=int(data["running"]),
+                processed=int(data["processed"]),
+                failed=int(data["failed"]),
+                started_at=datetime.fromisoformat(data["started_at"]),
+                last_seen=datetime.fromisoformat(data["last_seen"]),
+                heartbeat=float(data["heartbeat"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"not a worker record: {text!r:.200}") from exc
 
 
 @runtime_checkable
@@ -410,4 +489,16 @@ class Store(Protocol):
         """Return the store-wide setting ``key``, storing ``value`` first if it has none
         (atomic: of concurrent callers, in any process, one value wins and all get it). Kept
         for the store's life, across restarts (e.g. the secret behind callback tokens)."""
+
+    async def record_worker(self, info: WorkerInfo) -> None:
+        """Insert or replace (by ``info.id``) a serving worker's registry entry: the worker
+        registry behind ``Queue.workers``. Called at start and at every heartbeat."""
+        ...
+
+    async def workers(self) -> builtins.list[WorkerInfo]:
+        """Return every registered worker, live or lost, ordered by ``started_at``."""
+        ...
+
+    async def remove_worker(self, id: str) -> None:
+        """Delete a worker's registry entry (a worker that stops cleanly); unknown: no-op."""
         ...

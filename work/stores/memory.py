@@ -25,7 +25,15 @@ from .._durable.events import (
     check_event_filters,
     kind_for_change,
 )
-from ._base import DEFAULT_LOST_LIMIT, FINAL_STATES, Claimed, JobRecord, JobState, Outcome
+from ._base import (
+    DEFAULT_LOST_LIMIT,
+    FINAL_STATES,
+    Claimed,
+    JobRecord,
+    JobState,
+    Outcome,
+    WorkerInfo,
+)
 
 __all__ = ["MemoryStore"]
 
@@ -157,6 +165,7 @@ class MemoryStore:
         # Events are published from whichever thread changed a job: subscribers of other
         # threads look for them every 50 ms, as waiters for work do.
         self._hub = EventHub(poll=_CROSS_THREAD_POLL)
+        self._workers: dict[str, WorkerInfo] = {}
 
     def __repr__(self) -> str:
         return f"MemoryStore({self.url!r}, jobs={len(self._rows)})"
@@ -669,6 +678,23 @@ class MemoryStore:
         kind_set, queue_set = check_event_filters(kinds, queues)
         with self._hub.open(kinds=kind_set, queues=queue_set, buffer=buffer) as stream:
             yield stream
+
+    # -- worker registry ------------------------------------------------------------------
+
+    async def record_worker(self, info: WorkerInfo) -> None:
+        """Insert or replace a serving worker's registry entry."""
+        with self._lock:
+            self._workers[info.id] = info
+
+    async def workers(self) -> builtins.list[WorkerInfo]:
+        """Return every registered worker, by ``started_at``."""
+        with self._lock:
+            return sorted(self._workers.values(), key=lambda w: (w.started_at, w.id))
+
+    async def remove_worker(self, id: str) -> None:
+        """Delete a worker's registry entry."""
+        with self._lock:
+            self._workers.pop(id, None)
 
 
 def _decode_error(args_json: str) -> str | None:

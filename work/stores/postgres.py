@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import functools
 import json
@@ -28,7 +29,7 @@ from .._durable.events import (
     check_event_filters,
     event_from_values,
 )
-from ._base import DEFAULT_LOST_LIMIT, Claimed, JobRecord, JobState, Outcome
+from ._base import DEFAULT_LOST_LIMIT, Claimed, JobRecord, JobState, Outcome, WorkerInfo
 from ._open import mask_url
 from ._postgres_rows import (
     claimed_row,
@@ -411,6 +412,7 @@ class PostgresStore:
         self._events_linger: asyncio.TimerHandle | None = None
         self._events_closers: set[asyncio.Task[None]] = set()
         self._pool: Any = None
+        self._workers_ready = False
         self._runner: _Runner | None = None
         self._listener: Any = None
         self._waiters: set[_Waiter] = set()
@@ -577,6 +579,43 @@ class PostgresStore:
             list(progress),
             [dumps(value) for value in progress.values()],
         )
+
+    # -- worker registry ------------------------------------------------------------------
+
+    async def _workers_table(self) -> _Runner:
+        # Created on first use, not by the migration: additive, independent of the jobs'
+        # schema version. Concurrent creators may race on the catalog: that is harmless.
+        pool = self._require_pool()
+        if not self._workers_ready:
+            with contextlib.suppress(asyncpg.UniqueViolationError, asyncpg.DuplicateTableError):
+                await pool.execute(
+                    f"CREATE TABLE IF NOT EXISTS {self._s}.workers "
+                    f"(id text PRIMARY KEY, data text NOT NULL)"
+                )
+            self._workers_ready = True
+        return pool
+
+    async def record_worker(self, info: WorkerInfo) -> None:
+        """Insert or replace a serving worker's registry entry."""
+        pool = await self._workers_table()
+        await pool.execute(
+            f"INSERT INTO {self._s}.workers (id, data) VALUES ($1, $2) "
+            f"ON CONFLICT (id) DO UPDATE SET data = EXCLUDED.data",
+            info.id,
+            info.to_json(),
+        )
+
+    async def workers(self) -> builtins.list[WorkerInfo]:
+        """Return every registered worker, by ``started_at``."""
+        pool = await self._workers_table()
+        rows = await pool.fetch(f"SELECT data FROM {self._s}.workers")
+        found = [WorkerInfo.from_json(row[0]) for row in rows]
+        return sorted(found, key=lambda w: (w.started_at, w.id))
+
+    async def remove_worker(self, id: str) -> None:
+        """Delete a worker's registry entry."""
+        pool = await self._workers_table()
+        await pool.execute(f"DELETE FROM {self._s}.workers WHERE id = $1", id)
 
     @contextlib.asynccontextmanager
     async def events(

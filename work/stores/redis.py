@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import json
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
@@ -31,7 +32,15 @@ from .._durable.events import (
     check_event_filters,
     event_from_values,
 )
-from ._base import DEFAULT_LOST_LIMIT, FINAL_STATES, Claimed, JobRecord, JobState, Outcome
+from ._base import (
+    DEFAULT_LOST_LIMIT,
+    FINAL_STATES,
+    Claimed,
+    JobRecord,
+    JobState,
+    Outcome,
+    WorkerInfo,
+)
 from ._open import mask_url
 from ._redis_lua import (
     ADD,
@@ -880,6 +889,22 @@ class RedisStore:
             return
         batch = [[id, _dumps(value)] for id, value in progress.items()]
         await self._run("progress", [owner, _now_us(), _dumps(batch)])
+
+    # -- worker registry ------------------------------------------------------------------
+
+    async def record_worker(self, info: WorkerInfo) -> None:
+        """Insert or replace a serving worker's registry entry (a field of one hash)."""
+        await self._require().hset(self._key("workers"), info.id, info.to_json())
+
+    async def workers(self) -> builtins.list[WorkerInfo]:
+        """Return every registered worker, by ``started_at``."""
+        raw = await self._require().hvals(self._key("workers"))
+        found = [WorkerInfo.from_json(value) for value in raw]
+        return sorted(found, key=lambda w: (w.started_at, w.id))
+
+    async def remove_worker(self, id: str) -> None:
+        """Delete a worker's registry entry."""
+        await self._require().hdel(self._key("workers"), id)
 
     @contextlib.asynccontextmanager
     async def events(

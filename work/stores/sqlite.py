@@ -32,7 +32,7 @@ from .._durable.events import (
     check_event_filters,
     event_from_values,
 )
-from ._base import DEFAULT_LOST_LIMIT, Claimed, JobRecord, JobState, Outcome
+from ._base import DEFAULT_LOST_LIMIT, Claimed, JobRecord, JobState, Outcome, WorkerInfo
 from .memory import _decode_error, _Notifier
 
 __all__ = ["MIN_SQLITE_VERSION", "SCHEMA_VERSION", "SQLiteStore"]
@@ -1174,6 +1174,46 @@ class SQLiteStore:
             )
 
         await self._transaction(update)
+
+    # -- worker registry ------------------------------------------------------------------
+
+    # The registry's table is created on first use (not by the schema migration): it is
+    # additive and independent of the jobs' schema version.
+    _WORKERS_TABLE = (
+        "CREATE TABLE IF NOT EXISTS anywork_workers (id TEXT PRIMARY KEY, data TEXT NOT NULL)"
+    )
+
+    async def record_worker(self, info: WorkerInfo) -> None:
+        """Insert or replace a serving worker's registry entry."""
+        data = info.to_json()
+
+        def write(conn: sqlite3.Connection) -> None:
+            conn.execute(self._WORKERS_TABLE)
+            conn.execute(
+                "INSERT OR REPLACE INTO anywork_workers (id, data) VALUES (?, ?)", (info.id, data)
+            )
+
+        await self._transaction(write)
+
+    async def workers(self) -> builtins.list[WorkerInfo]:
+        """Return every registered worker, by ``started_at``."""
+
+        def read(conn: sqlite3.Connection) -> builtins.list[WorkerInfo]:
+            conn.execute(self._WORKERS_TABLE)
+            rows = conn.execute("SELECT data FROM anywork_workers").fetchall()
+            return [WorkerInfo.from_json(row[0]) for row in rows]
+
+        found = await self._run(read)
+        return sorted(found, key=lambda w: (w.started_at, w.id))
+
+    async def remove_worker(self, id: str) -> None:
+        """Delete a worker's registry entry."""
+
+        def write(conn: sqlite3.Connection) -> None:
+            conn.execute(self._WORKERS_TABLE)
+            conn.execute("DELETE FROM anywork_workers WHERE id = ?", (id,))
+
+        await self._transaction(write)
 
     @asynccontextmanager
     async def events(
