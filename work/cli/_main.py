@@ -321,6 +321,48 @@ def _add_store(parser: argparse.ArgumentParser, *, top: bool = False) -> None:
     )
 
 
+def _add_serve_parsers(sub: Any) -> None:
+    """``anywork serve`` and ``anywork workers`` (the HTTP service and its worker registry)."""
+    from .serve import run_serve_command, run_workers_command
+
+    s = sub.add_parser("serve", help="run the HTTP API, the scheduler and a worker in one process")
+    s.add_argument("target", nargs="?", metavar="module:attr", help="your Worker (optional)")
+    _add_store(s)
+    s.add_argument(
+        "--http",
+        type=parse_listen,
+        default=("127.0.0.1", 8000),
+        metavar="HOST:PORT",
+        help="where to listen (default: 127.0.0.1:8000; port 0 picks a free one)",
+    )
+    s.add_argument(
+        "--token",
+        action="append",
+        default=[],
+        help="a bearer token the API accepts (repeatable; also $ANYWORK_TOKENS, comma-separated)",
+    )
+    s.add_argument("--public-url", default=None, metavar="URL", help="the URL clients reach")
+    s.add_argument("--queues", default="default", help="comma-separated queues (default: default)")
+    s.add_argument("--concurrency", type=int_arg(1), default=None, help="jobs at once")
+    s.add_argument("--no-scheduler", action="store_true", help="run no scheduler")
+    s.add_argument("--no-worker", action="store_true", help="run no worker (the API only)")
+    s.add_argument(
+        "--insecure", action="store_true", help="serve without tokens (loopback addresses only)"
+    )
+    s.add_argument(
+        "--heartbeat",
+        type=seconds_arg(positive=True, high=3600.0),
+        default=5.0,
+        help="seconds between worker-registry heartbeats (default: 5; lost after 3 missed)",
+    )
+    s.set_defaults(func=run_serve_command)
+
+    w = sub.add_parser("workers", help="list the registered serving workers, live and lost")
+    _add_store(w)
+    w.add_argument("--json", action="store_true", help="print JSON")
+    w.set_defaults(func=_run(run_workers_command))
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the ``anywork`` program.
 
@@ -366,6 +408,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     w.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio")
     w.set_defaults(func=run_worker_command)
+
+    _add_serve_parsers(sub)
 
     jobs = sub.add_parser("jobs", help="list, show, cancel, retry, purge or watch jobs")
     jobs_sub = jobs.add_subparsers(dest="jobs_command", required=True, parser_class=_Parser)
