@@ -1,0 +1,30 @@
+"""The Worker the service tests serve: handlers that succeed, fail and wait."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+
+from work import Job, Status, StatusError, Worker
+
+worker = Worker(name="service-test")
+
+
+@worker.handler()
+async def echo(job: Job) -> dict[str, Any]:
+    """Return the job's args."""
+    return job.args
+
+
+@worker.handler()
+async def fail(job: Job) -> None:
+    """Fail with 400 (not retried)."""
+    raise StatusError(Status.BAD_REQUEST, "told to fail")
+
+
+@worker.handler()
+async def slow(job: Job) -> str:
+    """Sleep ``args["seconds"]`` seconds."""
+    await anyio.sleep(float(job.args.get("seconds", 30)))
+    return "slept"
