@@ -89,10 +89,13 @@ async def _serve(
 
     store = open_store_of(ns)
     secret = os.environ.get(_SECRET_ENV)
-    app = create_app(store, tokens=tokens or None, secret=secret or None, public_url=ns.public_url)
     stop = anyio.Event()
     sock = _bind(*ns.http)
     host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    # Callback URLs handed to webhooks: the public URL, else where this process listens.
+    public_url = ns.public_url or f"http://{shown}:{port}"
+    app = create_app(store, tokens=tokens or None, secret=secret or None, public_url=public_url)
     async with anyio.create_task_group() as tg:
         tg.start_soon(_watch_signals, stop, tg.cancel_scope)
         try:
@@ -101,14 +104,13 @@ async def _serve(
             async with entered(store), anyio.create_task_group() as serving:
                 server = _uvicorn_server(app)
                 serving.start_soon(server.serve, [sock])
-                shown = f"[{host}]" if ":" in host else host
                 auth = "bearer tokens" if tokens else "NO AUTH (--insecure)"
                 log(f"serving http://{shown}:{port} store={store.url} auth={auth}")
                 try:
                     if worker is None:
                         await stop.wait()
                     else:
-                        await _run_worker(ns, worker, store, queues, stop)
+                        await _run_worker(ns, worker, store, queues, stop, public_url)
                 finally:
                     server.should_exit = True
         finally:
@@ -123,11 +125,16 @@ async def _run_worker(
     store: object,
     queues: tuple[str, ...],
     stop: anyio.Event,
+    public_url: str,
 ) -> None:
+    from ..scheduling import WebhookHandler
+    from ..scheduling._webhook import WEBHOOK_HANDLER
     from ..server._registry import keep_registered
     from ..stores import Store
 
     assert isinstance(store, Store)
+    if WEBHOOK_HANDLER not in worker.handlers:
+        worker.register(WEBHOOK_HANDLER, WebhookHandler(store, public_url=public_url))
     concurrency = ns.concurrency or worker.max_concurrency or 16
     async with anyio.create_task_group() as serving:
         async with worker:

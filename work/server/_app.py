@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -16,7 +15,7 @@ from starlette.routing import BaseRoute, Mount
 
 from .._durable.queue import Queue
 from ..stores import Store
-from . import _events, _jobs, _queues
+from . import _callback, _events, _jobs, _queues
 from ._openapi import openapi
 from ._problems import problem_response
 from ._routing import Call, Endpoint, json_response, starlette_route
@@ -95,7 +94,10 @@ def create_app(
         store: the store the API reads and writes.
         tokens: the bearer tokens accepted on every ``/v1/`` route; None turns auth off (for
             a service on loopback only).
-        secret: the key that signs callback tokens (default: a random one per app).
+        secret: the secret behind callback tokens, stored in the store when it holds none yet
+            (None: the store makes one on first use). Tokens are keyed by the store's own
+            secret, which every process on the store shares (the webhook handler signs with
+            it): a store that already holds one keeps it.
         public_url: the URL clients reach this service at, used in the URLs it hands out.
         relay: a remote-worker relay whose ``asgi`` app is mounted at ``/v1/relay``.
         max_body: the largest request body accepted, in bytes (larger: 413).
@@ -120,10 +122,7 @@ def create_app(
             raise ValueError("tokens is empty: give at least one token, or None for no auth")
     if isinstance(max_body, bool) or not isinstance(max_body, int) or max_body < 1:
         raise ValueError(f"max_body must be an int >= 1, got {max_body!r}")
-    if secret is None:
-        key = secrets.token_bytes(32)
-    else:
-        key = secret.encode() if isinstance(secret, str) else bytes(secret)
+    key = None if secret is None else secret.encode() if isinstance(secret, str) else bytes(secret)
     service = Service(
         store=store,
         queue=Queue(store),
@@ -132,7 +131,13 @@ def create_app(
         public_url=public_url.rstrip("/") if public_url else None,
         max_body=max_body,
     )
-    endpoints = [*_HEALTH, *_jobs.ENDPOINTS, *_queues.ENDPOINTS, *_events.ENDPOINTS]
+    endpoints = [
+        *_HEALTH,
+        *_jobs.ENDPOINTS,
+        *_queues.ENDPOINTS,
+        *_events.ENDPOINTS,
+        *_callback.ENDPOINTS,
+    ]
     document = openapi(endpoints, secured=token_bytes is not None)
     # The document describes itself too; it is built once, from the table above.
     document["paths"]["/openapi.json"] = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -48,6 +48,8 @@ class Endpoint:
         errors: further statuses the route answers with a problem.
         media: the success response's media type.
         tag: the OpenAPI tag.
+        raw_body: hand the route the decoded JSON as it came (the route validates it, in its
+            own order); ``body`` still describes it in OpenAPI.
     """
 
     method: str
@@ -62,7 +64,7 @@ class Endpoint:
     errors: tuple[int, ...] = ()
     media: str = "application/json"
     tag: str = "jobs"
-    params: tuple[str, ...] = field(default=())
+    raw_body: bool = False
 
     @property
     def path_params(self) -> list[str]:
@@ -103,8 +105,10 @@ def _validate(model: type[BaseModel], data: Any, where: str) -> BaseModel:
 def starlette_route(endpoint: Endpoint, service: Service) -> Route:
     """The Starlette route running ``endpoint`` inside the common wrapper."""
     path = endpoint.path
-    for name in endpoint.path_params:
-        path = path.replace("{" + name + "}", "{" + name + ":path}")
+    # Only an ``id`` may hold "/" (sent as %2F, decoded before routing): it takes the rest of
+    # the path up to the segments that follow it.
+    if "id" in endpoint.path_params:
+        path = path.replace("{id}", "{id:path}")
 
     async def run(request: Request) -> Response:
         try:
@@ -122,13 +126,16 @@ def starlette_route(endpoint: Endpoint, service: Service) -> Route:
                     raise Problem(
                         422, "the request body is not JSON", errors={"body": str(exc)}
                     ) from None
-                if not isinstance(data, dict):
+                if endpoint.raw_body:
+                    body = data
+                elif not isinstance(data, dict):
                     raise Problem(
                         422,
                         "the request body must be a JSON object",
                         errors={"body": "expected an object"},
                     )
-                body = _validate(endpoint.body, data, "body")
+                else:
+                    body = _validate(endpoint.body, data, "body")
             params = {k: str(v) for k, v in request.path_params.items()}
             return await endpoint.fn(Call(request, service, params, body, query))
         except Problem as problem:
