@@ -14,7 +14,9 @@ CONTRACT = {
         "UnknownHandlerError", "Handler", "Adapter", "chain", "Worker", "Execution",
         "ConcurrentJob", "PerformWith", "BackgroundWorker", "RetryPolicy", "RetryLater",
         "Exponential", "Fibonacci", "Constant", "Queue", "SyncQueue", "JobRecord", "JobState",
+        "Schedule", "ScheduleRecord", "Schedules", "SyncSchedules", "Scheduler",
     },
+    "work.scheduling": {"Schedule", "ScheduleRecord", "Schedules", "SyncSchedules", "Scheduler"},
     "work.adapters": {
         "aggregate_logger", "prometheus", "tracing", "inject_trace", "Health", "retry", "limit",
     },

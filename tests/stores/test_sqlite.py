@@ -249,8 +249,8 @@ def test_processes_creating_the_schema_at_once(tmp_path: Path) -> None:
     run_processes(_ADD_AT_ONCE, [[f"sqlite:///{path}"]] * 6)
     conn = sqlite3.connect(path)
     try:
-        versions = conn.execute("SELECT COUNT(*) FROM anywork_schema_version").fetchone()
-        assert versions == (SCHEMA_VERSION,)
+        count = conn.execute("SELECT COUNT(*) FROM anywork_schema_version").fetchone()
+        assert count == (SCHEMA_VERSION,)
         assert conn.execute("SELECT COUNT(*) FROM anywork_jobs").fetchone() == (60,)
     finally:
         conn.close()

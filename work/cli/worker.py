@@ -24,6 +24,7 @@ from .._core.retry import Exponential
 from .._runtime.worker import Worker
 from ..stores import Claimed, JobRecord, JobState, Outcome, Store
 from ._common import CLIError, connect_patiently, entered, log, open_store_of
+from .schedules import DelegateSchedules, beside_worker, child_options
 
 if TYPE_CHECKING:
     import uvicorn
@@ -97,7 +98,7 @@ def load_worker(spec: str) -> Worker:
 # --------------------------------------------------------------------------- worker: running
 
 
-class _CountingStore:
+class _CountingStore(DelegateSchedules):
     """A store seen through a counter: every outcome the worker reports is tallied."""
 
     def __init__(self, inner: Store) -> None:
@@ -135,9 +136,15 @@ class _CountingStore:
         handler: str | None = None,
         limit: int = 100,
         after: str | None = None,
+        schedule_id: str | None = None,
     ) -> list[JobRecord]:
         return await self._inner.list(
-            state=state, queue=queue, handler=handler, limit=limit, after=after
+            state=state,
+            queue=queue,
+            handler=handler,
+            limit=limit,
+            after=after,
+            schedule_id=schedule_id,
         )
 
     async def stats(self) -> dict[str, dict[str, int]]:
@@ -360,7 +367,8 @@ async def _serve(
             f"worker {worker.name} serving store={store.url} queues={','.join(queues)} "
             f"concurrency={concurrency} lease={ns.lease:g}s pid={os.getpid()}"
         )
-        await stop.wait()
+        async with beside_worker(ns, store):
+            await stop.wait()
         probe.ready = False
 
 
@@ -376,6 +384,7 @@ def _child_command(ns: argparse.Namespace, index: int) -> list[str]:
         cmd += ["--store-option", option]
     if ns.concurrency is not None:
         cmd += ["--concurrency", str(ns.concurrency)]
+    cmd += child_options(ns)
     if ns.http:
         host, port = ns.http
         cmd += ["--http", f"[{host}]:{port + index}" if ":" in host else f"{host}:{port + index}"]

@@ -1,3 +1,11 @@
-"""Durable schedules: expressions, schedules and the scheduler (public names come later)."""
+"""Durable schedules: ``Schedule``, ``Schedules`` (create, change, list) and ``Scheduler``."""
 
-__all__ = ()
+from __future__ import annotations
+
+from ._schedule import Schedule as Schedule
+from ._schedule import ScheduleRecord as ScheduleRecord
+from ._scheduler import Scheduler as Scheduler
+from ._schedules import Schedules as Schedules
+from ._schedules import SyncSchedules as SyncSchedules
+
+__all__ = ("Schedule", "ScheduleRecord", "Scheduler", "Schedules", "SyncSchedules")

@@ -79,6 +79,7 @@ def decode_row(row: Any) -> tuple[JobRecord, str | None]:
         timeout=row["timeout"],
         retry=retry,
         deferrals=row["deferrals"],
+        schedule_id=row["schedule_id"],
     )
     return record, args_error or headers_error
 
@@ -136,6 +137,7 @@ def insert_values(rec: JobRecord, args: str, enqueued: datetime) -> tuple[Any, .
         rec.timeout,
         dumps(rec.retry) if rec.retry is not None else None,
         rec.deferrals,
+        rec.schedule_id,
     )
 
 
@@ -178,6 +180,8 @@ def insert_object(rec: JobRecord, args: str, enqueued: datetime) -> dict[str, An
         out["retry"] = rec.retry
     if rec.deferrals != 0:
         out["deferrals"] = rec.deferrals
+    if rec.schedule_id is not None:
+        out["schedule_id"] = rec.schedule_id
     return out
 
 
@@ -223,4 +227,5 @@ def stored_record(rec: JobRecord, args: dict[str, Any], enqueued: datetime) -> J
     put(new, "timeout", None if rec.timeout is None else float(rec.timeout))
     put(new, "retry", _json_copy(rec.retry))
     put(new, "deferrals", rec.deferrals)
+    put(new, "schedule_id", rec.schedule_id)
     return new
