@@ -420,9 +420,11 @@ def test_version_1_file_upgrades_from_several_processes(tmp_path: Path) -> None:
     conn = sqlite3.connect(path)
     try:
         versions = conn.execute("SELECT version FROM anywork_schema_version ORDER BY version")
-        assert versions.fetchall() == [(1,), (2,)]
+        assert versions.fetchall() == [(v,) for v in range(1, SCHEMA_VERSION + 1)]
         columns = {row[1] for row in conn.execute("PRAGMA table_info(anywork_jobs)")}
-        assert {"lost", "unknown_since"} <= columns
+        assert {"lost", "unknown_since", "schedule_id"} <= columns
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+        assert "anywork_schedules" in tables
         indexes = {row[1] for row in conn.execute("PRAGMA index_list(anywork_jobs)")}
         assert "anywork_jobs_claim" in indexes and "anywork_jobs_ready" not in indexes
     finally:
