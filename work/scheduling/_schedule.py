@@ -6,13 +6,15 @@ import math
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._core.job import Job
 from .._core.retry import RetryPolicy, backoff_from_dict
 from .._core.status import Status
 from ..stores._base import JobRecord
-from ._expressions import Expression, parse_expression
+
+if TYPE_CHECKING:
+    from ._expressions import Expression
 
 __all__ = ["Schedule", "ScheduleRecord"]
 
@@ -132,6 +134,9 @@ class Schedule:
             raise TypeError(f"timezone must be a str, got {type(timezone).__name__}")
         if not isinstance(target, Job):
             raise TypeError(f"target must be a Job, got {type(target).__name__}")
+        # Imported here: the parser needs croniter, and `import work` stays light.
+        from ._expressions import parse_expression
+
         try:
             expr = parse_expression(expression, timezone)
         except ValueError as exc:

@@ -8,7 +8,6 @@ from types import TracebackType
 from typing import Any, Protocol, Self
 
 import anyio
-import structlog
 from anyio.abc import TaskGroup
 
 from ..stores._base import Firing, JobRecord, ScheduleRow, Store
@@ -16,7 +15,14 @@ from ._schedule import Schedule
 
 __all__ = ["Scheduler", "plan_firing"]
 
-_log = structlog.get_logger("anywork.scheduler")
+
+@functools.cache
+def _log() -> Any:
+    # Imported on first use: `import work` stays light.
+    import structlog
+
+    return structlog.get_logger("anywork.scheduler")
+
 
 _MICROSECOND = timedelta(microseconds=1)
 # Missed fires counted one by one after downtime, at most this many; past it the walk jumps
@@ -90,7 +96,7 @@ def plan_firing(row: ScheduleRow, *, now: datetime) -> Firing:
         )
     except Exception:
         # A stored schedule this version cannot read: stop it rather than fail every tick.
-        _log.exception("schedule cannot be planned: it will not fire again", schedule=row.id)
+        _log().exception("schedule cannot be planned: it will not fire again", schedule=row.id)
         return Firing(schedule_id=row.id, version=row.version, next_fire_at=None)
 
 
@@ -172,7 +178,7 @@ class Scheduler:
                 firing = done.firing
                 if firing.skipped:
                     _misfire_counter().labels(schedule=firing.schedule_id).inc(firing.skipped)
-                    _log.warning(
+                    _log().warning(
                         "schedule missed fires older than its misfire grace",
                         schedule=firing.schedule_id,
                         skipped=firing.skipped,
@@ -195,7 +201,7 @@ class Scheduler:
             except Exception:
                 failures += 1
                 pause = min(self.poll * 2**failures, _MAX_BACKOFF)
-                _log.exception("scheduler tick failed", retry_in=pause)
+                _log().exception("scheduler tick failed", retry_in=pause)
                 await self._clock.sleep(pause)
                 continue
             pause = self.poll
