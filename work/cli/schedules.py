@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import anyio
-from anyio.abc import TaskGroup
+from anyio.abc import TaskGroup, TaskStatus
 
 from .._core.job import Job
 from .._core.retry import RetryPolicy
@@ -304,14 +304,17 @@ async def _cmd_scheduler(ns: argparse.Namespace) -> int:
     if not ns.poll > 0:
         raise CLIError(f"--poll must be > 0 seconds, got {ns.poll:g}", 2)
     async with connected(open_store_of(ns)) as store, anyio.create_task_group() as tg:
-        tg.start_soon(_stop_on_signal, tg)
+        await tg.start(_stop_on_signal, tg)
         log(f"scheduler on store={store.url} poll={ns.poll:g}s pid={os.getpid()}")
         await Scheduler(store, poll=ns.poll).run()
     return 0
 
 
-async def _stop_on_signal(tg: TaskGroup) -> None:
+async def _stop_on_signal(
+    tg: TaskGroup, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+) -> None:
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        task_status.started()
         async for signum in signals:
             log(f"scheduler stopping ({signal.Signals(signum).name})")
             tg.cancel_scope.cancel()
