@@ -55,14 +55,18 @@ def test_three_scheduler_processes_fire_every_second_exactly_once(
     url, options = _store(kind, tmp_path)
     try:
         with SyncSchedules(url, **options) as schedules:
-            # A wide grace: a fire that is late on a busy machine still runs (not coalesced).
-            record = schedules.put(
-                Schedule("svc/every-second", "rate(1 second)", Job("tick"), misfire_grace=30)
-            )
-            anchor = record.anchor
-            assert anchor is not None
             procs = [_start_scheduler(url, options) for _ in range(3)]
             try:
+                for p in procs:  # each says so once its store is open
+                    assert p.stderr is not None
+                    assert b"scheduler on store=" in p.stderr.readline()
+                # Stored once the schedulers run: its first fire (within a second) is not late.
+                # A wide grace: a fire that is late on a busy machine still runs.
+                record = schedules.put(
+                    Schedule("svc/every-second", "rate(1 second)", Job("tick"), misfire_grace=30)
+                )
+                anchor = record.anchor
+                assert anchor is not None
                 deadline = time.monotonic() + 60
                 # Polling the store is the point: the fires happen in other processes.
                 while len(schedules.executions("svc/every-second", limit=1000)) < 6:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass
@@ -36,6 +37,16 @@ def _number(value: Any, name: str) -> float:
     if not math.isfinite(value):
         raise ValueError(f"{name} must be finite, got {value!r}")
     return float(value)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse(expression: str, timezone: str) -> Expression:
+    """Parse an expression once per (text, zone): expressions are immutable, and a scheduler
+    rebuilds a schedule from its stored form at every fire."""
+    # Imported here: the parser needs croniter, and `import work` stays light.
+    from ._expressions import parse_expression
+
+    return parse_expression(expression, timezone)
 
 
 def _retry_spec(policy: RetryPolicy) -> dict[str, Any]:
@@ -134,11 +145,8 @@ class Schedule:
             raise TypeError(f"timezone must be a str, got {type(timezone).__name__}")
         if not isinstance(target, Job):
             raise TypeError(f"target must be a Job, got {type(target).__name__}")
-        # Imported here: the parser needs croniter, and `import work` stays light.
-        from ._expressions import parse_expression
-
         try:
-            expr = parse_expression(expression, timezone)
+            expr = _parse(expression, timezone)
         except ValueError as exc:
             raise ValueError(f"schedule {id!r}: {exc}") from None
         if ttl is not None:
@@ -264,6 +272,7 @@ class Schedule:
                 queue=job.get("queue", "default"),
                 timeout=job.get("timeout"),
                 headers=dict(job.get("headers") or {}),
+                id=spec["id"],  # unused (each fire has its own id): skips making a new one
             )
             start_at = spec.get("start_at")
             return cls(

@@ -294,7 +294,11 @@ def _schedule_fields(row: ScheduleRow) -> str:
 def _schedule_from_hash(raw: Any) -> ScheduleRow:
     """Decode a schedule hash (a dict of bytes, or a flat list from a script)."""
     pairs = _bytes_dict(raw) if isinstance(raw, dict) else _pairs(raw)
-    f = {k.decode(): v.decode(errors="replace") for k, v in pairs.items()}
+    return _schedule_from_fields({k.decode(): v.decode(errors="replace") for k, v in pairs.items()})
+
+
+def _schedule_from_fields(f: dict[str, str]) -> ScheduleRow:
+    """Decode a schedule hash's fields, as text."""
     spec, _ = _json_object(f.get("spec"), "spec")
     return ScheduleRow(
         id=str(spec.get("id", "")),
@@ -730,10 +734,10 @@ class RedisStore:
         :meth:`work.stores.Store.fire_schedules`)."""
         now_us = _us(now)
         until = now_us + int(_PICK_LEASE * 1_000_000)
-        picked = await self._run("pick", [now_us, limit, until])
+        picked = json.loads(await self._run("pick", [now_us, limit, until]))
         if not picked:
             return []
-        firings = [plan(_schedule_from_hash(raw)) for raw in picked]
+        firings = [plan(_schedule_from_fields(fields)) for fields in picked]
         batch: list[list[Any]] = []
         for f in firings:
             job: Any = ""
@@ -749,12 +753,14 @@ class RedisStore:
                     job,
                 ]
             )
-        reply = await self._run("fire", [_WAKE_TOKENS, now_us, _dumps(batch)])
+        reply = json.loads(await self._run("fire", [_WAKE_TOKENS, now_us, _dumps(batch)]))
         out: list[Fired] = []
-        for j in range(0, len(reply), 2):
-            raw = reply[j + 1]
-            record = _from_hash(raw)[0] if raw else None
-            out.append(Fired(firings[int(reply[j])], record))
+        for index, fields in reply:
+            record = None
+            if fields:
+                args = fields.pop("args", None)
+                record = _decode(fields, args.encode() if args is not None else None)[0]
+            out.append(Fired(firings[index], record))
         return out
 
     async def add_execution(self, record: JobRecord, *, exclusive: bool) -> JobRecord:

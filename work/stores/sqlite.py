@@ -1001,30 +1001,47 @@ class SQLiteStore:
                 " ORDER BY next_fire_at, id LIMIT ?",
                 (now.timestamp(), limit),
             ).fetchall()
-            out: list[Fired] = []
-            for row in rows:
-                firing = plan(_schedule_row(row))
-                moved = conn.execute(
-                    "UPDATE anywork_schedules SET next_fire_at = ?,"
-                    " last_fire_at = COALESCE(?, last_fire_at), version = version + 1"
-                    " WHERE id = ? AND version = ?",
-                    (
-                        _ts(firing.next_fire_at),
-                        _ts(firing.last_fire_at),
-                        firing.schedule_id,
-                        firing.version,
-                    ),
-                ).rowcount
-                if not moved:
+            # The write lock is held since the SELECT: nothing changed these rows meanwhile,
+            # so every firing applies, and the statements go in batches.
+            firings = [plan(_schedule_row(row)) for row in rows]
+            conn.executemany(
+                "UPDATE anywork_schedules SET next_fire_at = ?,"
+                " last_fire_at = COALESCE(?, last_fire_at), version = version + 1"
+                " WHERE id = ? AND version = ?",
+                [
+                    (_ts(f.next_fire_at), _ts(f.last_fire_at), f.schedule_id, f.version)
+                    for f in firings
+                ],
+            )
+            jobs = {f.job.id: f.job for f in firings if f.job is not None}
+            taken: set[str] = set()
+            ids = list(jobs)
+            for chunk in _chunks(ids):
+                sql = f"SELECT id FROM anywork_jobs WHERE id IN ({_marks(len(chunk))})"
+                taken.update(id for (id,) in conn.execute(sql, chunk))
+            records: dict[str, JobRecord] = {}
+            params: list[tuple[Any, ...]] = []
+            for f in firings:
+                if f.job is None or f.job.id in taken:
                     continue
-                record = None
-                if firing.job is not None:
-                    stored, new = _add_execution(
-                        conn, firing.job, exclusive=firing.exclusive, now=now
-                    )
-                    record = stored if new else None
-                out.append(Fired(firing, record))
-            return out
+                record = f.job
+                if (
+                    f.exclusive
+                    and conn.execute(
+                        f"SELECT 1 FROM anywork_jobs WHERE schedule_id = ?"
+                        f" AND state IN {_UNFINISHED} LIMIT 1",
+                        (f.schedule_id,),
+                    ).fetchone()
+                ):
+                    record = conflict_record(record, now)
+                records[record.id] = record
+                params.append(_insert_params(record, now))
+            conn.executemany(_INSERT, params)
+            stored = {
+                p[0]: _stored(records[p[0]], p, args)
+                for p, args in zip(params, _loads_all([p[_ARGS] for p in params]), strict=True)
+            }
+            return [Fired(f, stored.get(f.job.id) if f.job is not None else None) for f in firings]
 
         fired = await self._transaction(write)
         if any(f.record is not None for f in fired):
