@@ -214,3 +214,34 @@ def test_sync_twin_has_the_same_methods(tmp_path: Path) -> None:
         assert schedules.delete("svc/s")
     with pytest.raises(RuntimeError, match="closed"):
         schedules.get("svc/s")
+
+
+@pytest.mark.anyio
+async def test_fire_for_a_handler_no_worker_has_fails_404_and_the_schedule_goes_on() -> None:
+    """An execution whose handler no worker has ends FAILED 404 (after the worker's
+    unknown-handler grace); the schedule's next fire is made all the same."""
+    from work import Status, Worker
+
+    async with open_store("memory://") as store:
+        schedules = Schedules(store)
+        await schedules.put(Schedule("svc/orphan", "rate(1 second)", Job("nobody_has_this")))
+        anchor = await _anchor(schedules, "svc/orphan")
+        scheduler = Scheduler(store)
+        (first,) = await scheduler.tick(anchor + timedelta(seconds=1))
+        worker = Worker()
+        async with worker, anyio.create_task_group() as tg:
+            tg.start_soon(lambda: worker.serve(store, unknown_handler_grace=0))
+            with anyio.fail_after(10):
+                while (rec := await store.get(first.id)) is None or not rec.state.is_final:
+                    await anyio.sleep(0.01)
+            worker.stop()
+        assert rec is not None
+        assert rec.state is JobState.FAILED and rec.status is Status.NOT_FOUND
+        (second,) = await scheduler.tick(anchor + timedelta(seconds=2))
+        assert second.state is JobState.QUEUED
+
+
+async def _anchor(schedules: Schedules, id: str) -> datetime:
+    record = await schedules.get(id)
+    assert record is not None and record.anchor is not None
+    return record.anchor
