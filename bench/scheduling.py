@@ -14,6 +14,10 @@ For every store it measures, with real ``anywork scheduler`` processes (``--poll
 - memory: the scheduler process's peak RSS (``VmHWM``) with ``--rss-schedules`` (100,000)
   stored schedules, one of them due every second, over 3 s.
 
+With ``--apscheduler`` (and APScheduler 4 installed), the PostgreSQL burst is also run by
+APScheduler 4's own scheduler and SQLAlchemy data store on the same server, and the ratio
+printed.
+
 Targets (issue 9): burst within 2 s on PostgreSQL and Redis and 5 s on SQLite; lateness p99
 <= 1 s + poll; RSS <= 60 MB. The machine is shared: read the figures as ratios and orders of
 magnitude. Only 127.0.0.1 is ever contacted.
@@ -213,6 +217,58 @@ async def memory(kind: str, folder: Path, n: int) -> dict[str, float]:
         await _drop(url, options)
 
 
+def aps_noop() -> None:
+    """The task APScheduler's schedules run (they are only enqueued here)."""
+
+
+async def apscheduler_burst(n: int) -> float | None:
+    """APScheduler 4 on the same PostgreSQL: ``n`` date-triggered schedules due in one second,
+    one scheduler (role ``scheduler``: it makes jobs, runs none); seconds from the due time
+    until its data store holds ``n`` jobs. None when APScheduler 4 is not installed."""
+    try:
+        from apscheduler import AsyncScheduler, SchedulerRole  # type: ignore[import-not-found,unused-ignore]
+        from apscheduler.datastores.sqlalchemy import SQLAlchemyDataStore  # type: ignore[import-not-found,unused-ignore]
+        from apscheduler.triggers.date import DateTrigger  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        return None
+    import asyncpg  # type: ignore[import-untyped]
+
+    schema = "anywork_bench_aps"
+    conn = await asyncpg.connect(PG_URL)
+    try:
+        await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        store_url = PG_URL.replace("postgresql://", "postgresql+asyncpg://")
+
+        def data_store() -> Any:
+            return SQLAlchemyDataStore(store_url, schema=schema)
+
+        # A worker-role scheduler stores schedules without processing them.
+        async with AsyncScheduler(data_store(), role=SchedulerRole.worker) as adder:
+            far = datetime.now(UTC) + timedelta(days=1)
+            started = time.monotonic()
+            for i in range(200):
+                await adder.add_schedule(aps_noop, DateTrigger(far), id=f"probe-{i}")
+            per = (time.monotonic() - started) / 200
+            for i in range(200):
+                await adder.remove_schedule(f"probe-{i}")
+            due = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=per * n * 1.5 + 10)
+            for i in range(n):
+                await adder.add_schedule(aps_noop, DateTrigger(due), id=f"b-{i:06d}")
+        async with AsyncScheduler(data_store(), role=SchedulerRole.scheduler) as scheduler:
+            await scheduler.start_in_background()
+            await anyio.sleep(max((due - datetime.now(UTC)).total_seconds(), 0))
+            with anyio.fail_after(300):
+                # Polling the table is the point: APScheduler writes the jobs.
+                while await conn.fetchval(f"SELECT count(*) FROM {schema}.jobs") < n:  # noqa: ASYNC110
+                    await anyio.sleep(0.01)
+            elapsed = (datetime.now(UTC) - due).total_seconds()
+            await scheduler.stop()
+        return elapsed
+    finally:
+        await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        await conn.close()
+
+
 def _verdict(ok: bool) -> str:
     return "ok" if ok else "MISS"
 
@@ -228,6 +284,15 @@ async def run(ns: argparse.Namespace) -> None:
 
     for kind in ns.stores.split(","):
         one = await burst(kind, folder, ns.schedules, 1)
+        if kind == "postgresql" and ns.apscheduler:
+            aps = await apscheduler_burst(ns.schedules)
+            if aps is None:
+                report("postgresql APScheduler 4 is not installed: no comparison")
+            else:
+                report(
+                    f"postgresql burst {ns.schedules} due, APScheduler 4 (1 scheduler, same "
+                    f"server): {aps:.2f} s; anywork / APScheduler = {one['seconds'] / aps:.2f}"
+                )
         three = await burst(kind, folder, ns.schedules, 3)
         target = TARGETS[kind]
         report(
@@ -261,6 +326,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--schedules", type=int, default=10_000)
     parser.add_argument("--steady-seconds", type=float, default=10.0)
     parser.add_argument("--rss-schedules", type=int, default=100_000)
+    parser.add_argument(
+        "--apscheduler",
+        action="store_true",
+        help="compare with APScheduler 4 on PostgreSQL (pip install --pre 'apscheduler>=4.0.0a6' "
+        "'sqlalchemy[asyncio]')",
+    )
     ns = parser.parse_args(argv)
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     anyio.run(run, ns)
