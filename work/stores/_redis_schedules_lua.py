@@ -90,12 +90,11 @@ local function add_jobs(ARGV)
     + r"""
 end
 local UNFINISHED = {queued = true, scheduled = true, running = true, waiting = true}
-local function add_execution(sid, job, exclusive, now, cap)
-  local jid = job[1]
-  if redis.call('EXISTS', jkey(jid)) == 1 then return false end
-  local ak = P .. ':sactive:' .. sid
+local function prepare(sid, job, exclusive, now)
+  -- false if the job id exists; else the job, made a 409 record when exclusive and busy.
+  if redis.call('EXISTS', jkey(job[1])) == 1 then return false end
   if exclusive == '1' then
-    local busy = false
+    local ak, busy = P .. ':sactive:' .. sid, false
     for _, eid in ipairs(redis.call('SMEMBERS', ak)) do
       if UNFINISHED[redis.call('HGET', jkey(eid), 'state') or ''] then
         busy = true
@@ -113,11 +112,20 @@ local function add_execution(sid, job, exclusive, now, cap)
       job[12] = '=' .. cjson.encode(extra)
     end
   end
+  return job
+end
+local function index(sid, job)
+  -- After the add: the schedule's execution indexes.
+  local jid = job[1]
+  redis.call('ZADD', P .. ':sexec:' .. sid, redis.call('HGET', jkey(jid), 'seq'), jid)
+  if job[4] ~= 'failed' then redis.call('SADD', P .. ':sactive:' .. sid, jid) end
+end
+local function add_execution(sid, job, exclusive, now, cap)
+  job = prepare(sid, job, exclusive, now)
+  if not job then return false end
   add_jobs({P, cap, cjson.encode({job})})
-  local seq = redis.call('HGET', jkey(jid), 'seq')
-  redis.call('ZADD', P .. ':sexec:' .. sid, seq, jid)
-  if job[4] ~= 'failed' then redis.call('SADD', ak, jid) end
-  return redis.call('HGETALL', jkey(jid))
+  index(sid, job)
+  return redis.call('HGETALL', jkey(job[1]))
 end
 """
 )
@@ -125,13 +133,13 @@ end
 # ARGV: prefix, cap, now, and a JSON array with, per firing: schedule id, version, next fire
 # (opt), last fire (opt), exclusive ('1'/'0'), and the job's add values or ''. Applies each
 # firing whose schedule still has that version. Returns one JSON array with, per firing
-# applied, its index in the batch and the job hash added as an object (or false); '[]' for
-# none.
+# applied, its index in the batch and the state its job was added in ('failed' for a 409
+# record), or false when it added none; '[]' for none applied.
 FIRE = (
     _EXECUTION_PRELUDE
     + r"""
 local cap, now = ARGV[2], ARGV[3]
-local out = {}
+local out, jobs, owners = {}, {}, {}
 for n, f in ipairs(cjson.decode(ARGV[4])) do
   local sid = f[1]
   local sk = P .. ':schedule:' .. sid
@@ -147,13 +155,22 @@ for n, f in ipairs(cjson.decode(ARGV[4])) do
       redis.call('ZREM', P .. ':sdue', sid)
     end
     if last_fire then redis.call('HSET', sk, 'last_fire_at', last_fire) end
-    local rec = false
+    local state = false
     if f[6] ~= '' then
-      local added = add_execution(sid, f[6], f[5], now, cap)
-      if added then rec = pack(added) end
+      local job = prepare(sid, f[6], f[5], now)
+      if job then
+        jobs[#jobs + 1] = job
+        owners[#owners + 1] = sid
+        state = job[4]
+      end
     end
-    out[#out + 1] = {n - 1, rec}
+    out[#out + 1] = {n - 1, state}
   end
+end
+-- One add for the whole batch (job ids are distinct and were checked above).
+if #jobs > 0 then
+  add_jobs({P, cap, cjson.encode(jobs)})
+  for i, job in ipairs(jobs) do index(owners[i], job) end
 end
 if #out == 0 then return '[]' end
 return cjson.encode(out)

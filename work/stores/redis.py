@@ -29,6 +29,7 @@ from ._base import (
     Outcome,
     Plan,
     ScheduleRow,
+    conflict_record,
 )
 from ._open import mask_url
 from ._redis_lua import ADD, CANCEL, CLAIM, COMPLETE, REAP, RENEW
@@ -755,12 +756,26 @@ class RedisStore:
             )
         reply = json.loads(await self._run("fire", [_WAKE_TOKENS, now_us, _dumps(batch)]))
         out: list[Fired] = []
-        for index, fields in reply:
+        stored_at = _time(str(now_us))
+        assert stored_at is not None
+        for index, state in reply:
+            firing = firings[index]
             record = None
-            if fields:
-                args = fields.pop("args", None)
-                record = _decode(fields, args.encode() if args is not None else None)[0]
-            out.append(Fired(firings[index], record))
+            if state and firing.job is not None:
+                # What the script stored, built here rather than read back: args through
+                # JSON, times at the microsecond, a 409 record for an exclusive conflict.
+                job = firing.job
+                record = job.replace(
+                    args=json.loads(_dumps(job.args)),
+                    headers=dict(job.headers),
+                    enqueued_at=_time(str(_us(job.enqueued_at or now))),
+                    scheduled_for=_time(str(_us(job.scheduled_for)))
+                    if job.scheduled_for is not None
+                    else None,
+                )
+                if state == JobState.FAILED:
+                    record = conflict_record(record, stored_at)
+            out.append(Fired(firing, record))
         return out
 
     async def add_execution(self, record: JobRecord, *, exclusive: bool) -> JobRecord:
