@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 import time
-import traceback
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import structlog
 from opentelemetry import trace
+from structlog.typing import FilteringBoundLogger
 
 from work import Ctx, Handler, Job, Status
 
@@ -19,11 +18,15 @@ __all__ = ["AggregateLogger", "JobLogger", "aggregate_logger"]
 
 _LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
 
-# The class of what ``structlog.get_logger()`` returns (not exported by structlog).
-_LazyProxy: type[Any] = type(structlog.get_logger())
-
 Reduce = Callable[[Status, int], bool]
 """``reduce(status, n_entries) -> bool``: True drops the execution's event."""
+
+# What turns a handler's call into an entry: its level name, and a formatted traceback for
+# ``exc_info`` (``log.exception(...)``), both structlog's own processors.
+_ENTRY_PROCESSORS: list[Any] = [
+    structlog.processors.add_log_level,
+    structlog.processors.format_exc_info,
+]
 
 
 def _level_number(level: str | int) -> int:
@@ -38,132 +41,35 @@ def _level_number(level: str | int) -> int:
     return number
 
 
-def _format_exc_info(exc_info: Any) -> str:
-    if isinstance(exc_info, BaseException):
-        return "".join(traceback.format_exception(exc_info))
-    if isinstance(exc_info, tuple):
-        return "".join(traceback.format_exception(*exc_info))
-    return "".join(traceback.format_exception(*sys.exc_info()))
-
-
 class JobLogger:
-    """The logger a handler finds at ``job.ctx["logger"]``: it buffers, it does not write.
+    """The structlog *logger* behind a handler's ``job.ctx["logger"]``: it buffers entries.
 
-    It has the methods of a structlog bound logger (``debug`` … ``critical``, ``exception``,
-    ``log``, ``bind``, ``unbind``, ``new``). Each call appends one entry, a dict with
-    ``event``, ``level``, the bound context and the call's keywords, to the execution's
-    buffer; the aggregate logger emits the buffer as the ``entries`` of a single event when
-    the handler is done. Calls below the adapter's ``level`` are dropped at once.
+    The handler gets a structlog bound logger (``structlog.make_filtering_bound_logger``, with
+    its ``debug`` … ``critical``, ``exception``, ``log``, ``bind``, ``unbind``, ``new``)
+    whose output goes here, as ``structlog.ReturnLogger``'s does: each call appends one
+    entry, a dict with ``event``, ``level``, the bound context and the call's keywords (a
+    formatted ``exception`` for ``exc_info``), to :attr:`entries`. The aggregate logger emits
+    them as the ``entries`` of one event when the handler is done. Calls below the adapter's
+    ``level`` are dropped by the bound logger at once; loggers made with ``bind`` share the
+    buffer.
 
-    Loggers made with ``bind`` share the buffer of the one they came from.
+    Args:
+        entries: the list the entries are appended to.
     """
 
-    __slots__ = ("_context", "_entries", "_min_level")
+    __slots__ = ("entries",)
 
-    def __init__(
-        self,
-        entries: list[dict[str, Any]],
-        min_level: int = 20,
-        context: dict[str, Any] | None = None,
-    ) -> None:
-        self._entries = entries
-        self._min_level = min_level
-        self._context: dict[str, Any] = context if context is not None else {}
+    def __init__(self, entries: list[dict[str, Any]]) -> None:
+        self.entries = entries
 
-    @property
-    def entries(self) -> list[dict[str, Any]]:
-        """The entries logged so far (shared with every logger bound from this one)."""
-        return self._entries
+    def msg(self, **entry: Any) -> None:
+        """Append one entry (structlog calls this, or its aliases, with the event dict)."""
+        self.entries.append(entry)
 
-    def bind(self, **new_values: Any) -> JobLogger:
-        """Return a logger that adds ``new_values`` to every entry (sharing the buffer)."""
-        return JobLogger(self._entries, self._min_level, {**self._context, **new_values})
-
-    def new(self, **new_values: Any) -> JobLogger:
-        """Return a logger whose context is only ``new_values`` (sharing the buffer)."""
-        return JobLogger(self._entries, self._min_level, dict(new_values))
-
-    def unbind(self, *keys: str) -> JobLogger:
-        """Return a logger without ``keys`` in its context.
-
-        Raises:
-            KeyError: a key is not bound.
-        """
-        context = dict(self._context)
-        for key in keys:
-            del context[key]
-        return JobLogger(self._entries, self._min_level, context)
-
-    def try_unbind(self, *keys: str) -> JobLogger:
-        """Return a logger without ``keys`` in its context, ignoring keys that are not bound."""
-        context = {k: v for k, v in self._context.items() if k not in keys}
-        return JobLogger(self._entries, self._min_level, context)
-
-    def is_enabled_for(self, level: int) -> bool:
-        """True when entries at ``level`` (a number, as stdlib ``logging``) are kept."""
-        return level >= self._min_level
-
-    def _add(self, number: int, name: str, event: Any, args: tuple[Any, ...], kw: Any) -> None:
-        if number < self._min_level:
-            return
-        if args:
-            event = str(event) % args
-        entry: dict[str, Any] = {"event": event, "level": name}
-        if self._context:
-            entry.update(self._context)
-        if kw:
-            exc_info = kw.pop("exc_info", None)
-            entry.update(kw)
-            if exc_info:
-                entry["exception"] = _format_exc_info(exc_info)
-        self._entries.append(entry)
-
-    def debug(self, event: Any = None, *args: Any, **kw: Any) -> None:
-        """Buffer a debug entry (``args`` format ``event`` with ``%``, as structlog's)."""
-        self._add(10, "debug", event, args, kw)
-
-    def info(self, event: Any = None, *args: Any, **kw: Any) -> None:
-        """Buffer an info entry."""
-        self._add(20, "info", event, args, kw)
-
-    msg = info
-
-    def warning(self, event: Any = None, *args: Any, **kw: Any) -> None:
-        """Buffer a warning entry."""
-        self._add(30, "warning", event, args, kw)
-
-    warn = warning
-
-    def error(self, event: Any = None, *args: Any, **kw: Any) -> None:
-        """Buffer an error entry."""
-        self._add(40, "error", event, args, kw)
-
-    def critical(self, event: Any = None, *args: Any, **kw: Any) -> None:
-        """Buffer a critical entry."""
-        self._add(50, "critical", event, args, kw)
-
-    fatal = critical
-
-    def exception(self, event: Any = None, *args: Any, **kw: Any) -> None:
-        """Buffer an error entry with the exception being handled, formatted, as ``exception``."""
-        kw.setdefault("exc_info", True)
-        self._add(40, "error", event, args, kw)
-
-    def log(self, level: int | str, event: Any = None, *args: Any, **kw: Any) -> None:
-        """Buffer an entry at ``level`` (a name such as ``"info"`` or a stdlib number)."""
-        number = _level_number(level)
-        name = level.lower() if isinstance(level, str) else _name_of(number)
-        self._add(number, name, event, args, kw)
+    debug = info = warning = warn = error = critical = fatal = exception = log = msg
 
     def __repr__(self) -> str:
-        return f"<JobLogger context={self._context!r} entries={len(self._entries)}>"
-
-
-def _name_of(number: int) -> str:
-    for name, value in reversed(_LEVELS.items()):
-        if number >= value:
-            return name
-    return "debug"
+        return f"<JobLogger entries={len(self.entries)}>"
 
 
 def _trace_id(ctx_trace_id: Any) -> str | None:
@@ -204,7 +110,8 @@ class AggregateLogger:
     """
 
     __slots__ = (
-        "_cached",
+        "_bound",
+        "_bound_class",
         "_min_level",
         "level",
         "logger",
@@ -228,8 +135,14 @@ class AggregateLogger:
         self.silent_success = silent_success
         self.silent_no_response = silent_no_response
         self.reduce = reduce
-        # What structlog cached behind a lazy proxy: None until the first event, False if none.
-        self._cached: Any = None
+        self._bound = isinstance(self.logger, structlog.BoundLoggerBase)
+        # The handler's bound logger class: structlog's level filter, made once per adapter. It
+        # is a BoundLoggerBase, built per execution from (logger, processors, context), which
+        # skips the lazy proxy wrap_logger() would add around each one.
+        self._bound_class = cast(
+            "Callable[[JobLogger, list[Any], dict[str, Any]], FilteringBoundLogger]",
+            structlog.make_filtering_bound_logger(self._min_level),
+        )
 
     def __call__(self, handler: Handler) -> Handler:
         """Wrap ``handler`` so its execution is logged as one event.
@@ -240,7 +153,8 @@ class AggregateLogger:
         Returns:
             The logging handler.
         """
-        min_level = self._min_level
+        bound_class = self._bound_class
+        processors = _ENTRY_PROCESSORS
         emit = self._emit
         perf_counter = time.perf_counter
 
@@ -249,7 +163,7 @@ class AggregateLogger:
             if ctx is None:
                 ctx = job_ctx(job)  # raises the usual error
             entries: list[dict[str, Any]] = []
-            ctx["logger"] = JobLogger(entries, min_level)
+            ctx["logger"] = bound_class(JobLogger(entries), processors, {})
             start = perf_counter()
             try:
                 result = await handler(job)
@@ -265,24 +179,6 @@ class AggregateLogger:
             return result
 
         return logged
-
-    def _target(self) -> Any:
-        """The logger to call: ``logger``, or what structlog cached behind its lazy proxy.
-
-        A ``structlog.get_logger()`` proxy assembles a bound logger on every call, unless
-        structlog is configured with ``cache_logger_on_first_use``: then, from its first use,
-        its ``bind()`` returns one same logger forever. Calling that logger directly is what
-        the proxy would do, less the assembling (~2 µs per event); an uncached proxy is
-        called as it is, so later ``structlog.configure`` calls keep applying to it.
-        """
-        logger = self.logger
-        if type(logger) is _LazyProxy:
-            if self._cached is None:
-                first = logger.bind()  # the first use: structlog caches here if configured to
-                self._cached = first if logger.bind() is first else False
-            if self._cached is not False:
-                return self._cached
-        return logger
 
     def _emit(
         self,
@@ -308,7 +204,10 @@ class AggregateLogger:
             optional["trace_id"] = trace_id
         if error is not None:
             optional["error"] = f"{type(error).__name__}: {error}"
-        logger = self._target()
+        # A lazy proxy (what structlog.get_logger() returns) is asked for its bound logger, as
+        # structlog documents: the cached one when configured so, else a new one (so later
+        # configuration applies), without the failed attribute lookup of calling it directly.
+        logger = self.logger if self._bound else self.logger.bind()
         if status is Status.TIMEOUT or status >= 500:
             log = logger.error
         elif status >= 400 and status is not Status.NO_RESPONSE:

@@ -1,3 +1,4 @@
+# Needs: pip install 'anywork[otel,server]' httpx
 """A worker with every built-in adapter, serving /metrics and /ready over HTTP.
 
 Run: ``python -m examples.observability`` (add ``--json`` for JSON logs). It starts uvicorn on

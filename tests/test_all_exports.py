@@ -15,12 +15,17 @@ CONTRACT = {
         "ConcurrentJob", "PerformWith", "BackgroundWorker", "RetryPolicy", "RetryLater",
         "Exponential", "Fibonacci", "Constant", "Queue", "SyncQueue", "JobRecord", "JobState",
         "Schedule", "ScheduleRecord", "Schedules", "SyncSchedules", "Scheduler",
+        "Deferred", "JobStateError", "Webhook",
+        "JobEvent", "JobEventKind",
     },
-    "work.scheduling": {"Schedule", "ScheduleRecord", "Schedules", "SyncSchedules", "Scheduler"},
     "work.adapters": {
         "aggregate_logger", "prometheus", "tracing", "inject_trace", "Health", "retry", "limit",
     },
     "work.stores": {"open_store"},
+    "work.scheduling": {
+        "Schedule", "ScheduleRecord", "Schedules", "SyncSchedules", "Scheduler", "Webhook",
+        "WebhookHandler",
+    },
 }  # fmt: skip
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -9,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -23,6 +25,7 @@ import pytest
 import work
 from work import JobState, SyncQueue
 from work.cli import CLIError, load_worker, main, mask_url
+from work.stores import open_store
 
 from .stores.conftest import POSTGRES_URL
 
@@ -212,6 +215,60 @@ def redis_server(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
         server.stop()
 
 
+class PostgresServer:
+    """A private PostgreSQL instance (initdb into a temp dir as the postgres user, pg_ctl on
+    a free port) that a test may stop and start: never the shared server on 5432."""
+
+    def __init__(self, password: str | None = None) -> None:
+        self.port = free_port()
+        self.directory = Path(tempfile.mkdtemp(prefix="anywork-pg-"))
+        shutil.chown(self.directory, user="postgres")
+        self.data = self.directory / "data"
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        auth = ["-A", "trust"]
+        if password is not None:  # password authentication (scram) for user postgres
+            pwfile = self.directory / "pw"
+            pwfile.write_text(password)
+            shutil.chown(pwfile, user="postgres")
+            auth = ["-A", "scram-sha-256", f"--pwfile={pwfile}"]
+        self._as_postgres("initdb", "-D", str(self.data), *auth, "-U", "postgres")
+
+    def _as_postgres(self, *command: str) -> None:
+        subprocess.run(
+            ["runuser", "-u", "postgres", "--", *command],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def start(self) -> None:
+        """Start the server and wait until it accepts connections (pg_ctl -w)."""
+        options = f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._as_postgres("pg_ctl", "-D", str(self.data), "-o", options,
+                          "-l", str(self.directory / "log"), "-w", "start")  # fmt: skip
+
+    def stop(self) -> None:
+        """Stop the server (fast: connections are cut, as in a restart or a failover)."""
+        self._as_postgres("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+    def remove(self) -> None:
+        """Stop the server if it runs and delete its files."""
+        with contextlib.suppress(subprocess.CalledProcessError):
+            self.stop()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_server() -> Iterator[PostgresServer]:
+    """A private PostgreSQL instance, started; removed at the end."""
+    server = PostgresServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.remove()
+
+
 def http_get(url: str) -> tuple[int, str]:
     """GET ``url``; return (status, body) for any HTTP status."""
     try:
@@ -331,6 +388,8 @@ READ_ONLY = [
     ["jobs", "list"],
     ["jobs", "get", "some-id"],
     ["jobs", "cancel", "some-id"],
+    ["jobs", "retry", "some-id"],
+    ["jobs", "purge", "--older-than", "1d"],
 ]
 
 
@@ -414,12 +473,13 @@ def test_stats_table_and_json(capsys: pytest.CaptureFixture[str], store_url: str
     assert code == 0
     header, *rows = [line.split() for line in out.splitlines()]
     assert header == [
-        "QUEUE", "QUEUED", "SCHEDULED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED", "TOTAL",
+        "QUEUE", "QUEUED", "SCHEDULED", "RUNNING", "WAITING", "SUCCEEDED", "FAILED",
+        "CANCELLED", "TOTAL",
     ]  # fmt: skip
     assert rows == [
-        ["a", "2", "0", "0", "0", "0", "0", "2"],
-        ["b", "1", "0", "0", "0", "0", "0", "1"],
-        ["TOTAL", "3", "0", "0", "0", "0", "0", "3"],
+        ["a", "2", "0", "0", "0", "0", "0", "0", "2"],
+        ["b", "1", "0", "0", "0", "0", "0", "0", "1"],
+        ["TOTAL", "3", "0", "0", "0", "0", "0", "0", "3"],
     ]
 
 
@@ -449,7 +509,7 @@ def test_store_from_environment(
         (["enqueue", "add", "--priority", "-2147483649"], 2, "from -2147483648 to 2147483647"),
         (["enqueue", "add", "--queue", "a\x00b"], 2, "job.queue must not contain control"),
         (["enqueue", "add", "--queue", "q" * 300], 2, "job.queue must be at most 255 characters"),
-        (["enqueue", " "], 2, "handler must not be"),
+        (["enqueue", " "], 2, "handler must be a non-blank name, got ' '"),
         (["enqueue", "add", "--unique-key", "k\n"], 2, "unique_key must not contain control"),
         (["enqueue", "add", "--args", '{"s": "\\u0000"}'], 2, "job.args['s'] holds a NUL"),
         (["enqueue", "add", "--args", "[" * 100 + "]" * 100], 2, "must be a JSON object"),
@@ -509,6 +569,8 @@ def test_bad_input_is_one_line_and_an_exit_code(
     assert err.count("\n") == 1
     assert message in err
     assert "Traceback" not in err
+    # Bad input is refused before the store is opened: no empty SQLite file is left behind.
+    assert not Path(store_url.removeprefix("sqlite:///")).exists()
 
 
 @pytest.fixture
@@ -784,6 +846,104 @@ def test_ready_reports_503_while_the_store_is_down(
         record = queue.enqueue(work.Job("add", {"a": 1, "b": 2}))
         assert queue.wait(record.id, timeout=30).result == 3
     assert proc.stop() == 0
+    # The outage is one line (a RedisUnavailableError naming the server) and one more after.
+    output = proc.output()
+    assert output.count("store unreachable") == 1, output
+    assert f"cannot connect to Redis at 127.0.0.1:{server.port}" in output
+    assert output.count("store reachable again") == 1, output
+
+
+def test_worker_counts_and_logs_a_discarded_outcome(
+    spawn: Callable[..., WorkerProcess], store_url: str
+) -> None:
+    """A worker paused past its lease, whose job was taken over, does not count the job as
+    its own result: it logs the discarded outcome and its summary says "discarded 1"."""
+    proc = spawn("tasks:worker", "--store", store_url, "--lease", "1")
+    proc.wait_for_output("serving", timeout=30)
+    with SyncQueue(store_url) as queue:
+        record = queue.enqueue(work.Job("nap", {"seconds": 2}))
+        wait_for(lambda: state_of(queue, record.id) is JobState.RUNNING, 20, "the job to run")
+    proc.proc.send_signal(signal.SIGSTOP)  # as a long GC pause or a frozen VM would
+    try:
+
+        async def take_over() -> None:
+            async with open_store(store_url) as store:
+                with anyio.fail_after(20):
+                    while (rec := await store.get(record.id)) and rec.state is JobState.RUNNING:
+                        await store.reap()
+                        await anyio.sleep(0.1)
+                if rec is not None and rec.state is JobState.QUEUED:
+                    await store.claim(["default"], limit=1, lease=60, owner="another-worker")
+
+        anyio.run(take_over)
+    finally:
+        proc.proc.send_signal(signal.SIGCONT)
+    output = proc.wait_for_output("outcome discarded", timeout=20)
+    assert record.id in output
+    assert proc.stop() == 0
+    summary = proc.output().splitlines()[-1]
+    assert summary.endswith("processed 0 jobs; discarded 1 (lease lost)"), proc.output()
+
+
+def test_postgres_outage_is_one_line_and_one_more_on_recovery(
+    spawn: Callable[..., WorkerProcess], postgres_server: PostgresServer
+) -> None:
+    """A worker whose PostgreSQL goes away says so in one line, says it once more when the
+    server is back, and serves again: no asyncpg tracebacks, no InterfaceError."""
+    url = postgres_server.url
+    proc = spawn("tasks:worker", "--store", url)
+    proc.wait_for_output("serving", timeout=30)
+    with SyncQueue(url) as queue:
+        record = queue.enqueue(work.Job("add", {"a": 1, "b": 1}))
+        assert queue.wait(record.id, timeout=20).result == 2
+    postgres_server.stop()
+    proc.wait_for_output("store unreachable", timeout=30)
+    # Down for a few seconds: long enough for several retries of every loop (claim, renew,
+    # reap) and for asyncpg's pool to try to restore its floor, which the test then checks
+    # were folded into the one line.
+    time.sleep(3)
+    postgres_server.start()
+    output = proc.wait_for_output("store reachable again", timeout=60)
+    with SyncQueue(url) as queue:
+        record = queue.enqueue(work.Job("add", {"a": 2, "b": 2}))
+        assert queue.wait(record.id, timeout=30).result == 4
+    assert proc.stop() == 0
+    output = proc.output()
+    assert output.count("store unreachable") == 1, output
+    assert output.count("store reachable again") == 1, output
+    (down,) = [line for line in output.splitlines() if "store unreachable" in line]
+    assert f"cannot connect to PostgreSQL at 127.0.0.1:{postgres_server.port}" in down
+    (back,) = [line for line in output.splitlines() if "store reachable again" in line]
+    failed_calls = int(back.split("failed_calls=")[1].split()[0])
+    assert failed_calls >= 3, back
+    for noise in ("Traceback", "InterfaceError", "InternalClientError", "pool connection floor"):
+        assert noise not in output, output
+    assert "processed 2 jobs: succeeded 2" in output
+
+
+def test_bad_postgres_credentials_exit_1(
+    capsys: pytest.CaptureFixture[str], spawn: Callable[..., WorkerProcess]
+) -> None:
+    """A PostgreSQL server that refuses the password ends a command and a worker with exit 1
+    and the same one line as Redis's refusal."""
+    server = PostgresServer(password="sekret")
+    try:
+        server.start()
+        wrong = f"postgresql://postgres:wrong@127.0.0.1:{server.port}/postgres"
+        code, _, err = run(capsys, "stats", "--store", wrong)
+        assert code == 1, err
+        assert err == (
+            f"anywork: error: cannot open postgresql://postgres:***@127.0.0.1:{server.port}/"
+            f"postgres: PostgreSQL at 127.0.0.1:{server.port} refused the credentials: "
+            'password authentication failed for user "postgres"\n'
+        )
+        proc = spawn("tasks:worker", "--store", wrong)
+        assert proc.proc.wait(timeout=30) == 1, proc.output()
+        assert "refused the credentials" in proc.output() and "retrying" not in proc.output()
+        good = f"postgresql://postgres:sekret@127.0.0.1:{server.port}/postgres"
+        assert run(capsys, "enqueue", "add", "--store", good)[0] == 0
+    finally:
+        server.remove()
 
 
 def test_worker_that_cannot_be_loaded_exits_2(

@@ -41,7 +41,7 @@ JOBS = 10_000
 CONCURRENCY = 8
 WORKERS = 3
 KILLS = 5
-LEASE = 2
+LEASE = 4  # long enough that a worker starved of CPU on a busy machine keeps its leases
 # The restart comes between the third and the fourth kill.
 RESTART_AFTER_KILL = 3
 

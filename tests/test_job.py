@@ -71,3 +71,11 @@ def test_ctx_ids_and_times() -> None:
     assert a.started_at.tzinfo is UTC
     assert abs((datetime.now(UTC) - a.started_at).total_seconds()) < 60
     assert a.deadline is None
+
+
+def test_headers_are_kept_and_copied() -> None:
+    """Job(headers=...) keeps its headers; copy() carries a copy of them."""
+    job = Job("h", headers={"traceparent": "00-abc", "x-corr": "42"})
+    assert job.headers == {"traceparent": "00-abc", "x-corr": "42"}
+    copy = job.copy()
+    assert copy.headers == job.headers and copy.headers is not job.headers

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -190,8 +191,10 @@ async def test_wait_unknown_job_and_timeout() -> None:
     with pytest.raises(LookupError, match="nope"):
         await queue.wait("nope", timeout=1)
     rec = await queue.enqueue(Job("x"))
+    started = anyio.current_time()
     with pytest.raises(TimeoutError, match=rec.id):
-        await queue.wait(rec.id, timeout=0.05)
+        await queue.wait(rec.id, timeout=0.2)
+    assert anyio.current_time() - started >= 0.19  # it really waited
 
 
 @pytest.mark.anyio
@@ -258,8 +261,10 @@ def test_sync_queue_round_trip(tmp_path: Path) -> None:
         assert queue.stats() == {"default": {"queued": 1, "scheduled": 1}}
         assert queue.cancel(rec.id) is True
         assert queue.wait(rec.id, timeout=5).state is JobState.CANCELLED
+        started = time.monotonic()
         with pytest.raises(TimeoutError):
-            queue.wait(other.id, timeout=0.05)
+            queue.wait(other.id, timeout=0.2)
+        assert time.monotonic() - started >= 0.19  # it really waited
         with pytest.raises(TypeError, match="when"):
             queue.enqueue(Job("x", {"when": object()}))
     queue.close()
@@ -311,3 +316,17 @@ def test_sync_queue_with_a_worker_on_another_thread(tmp_path: Path) -> None:
         stop.set()
         thread.join(10)
     assert not thread.is_alive()
+
+
+def test_check_refuses_without_touching_the_store(tmp_path: Path) -> None:
+    """Queue.check raises what enqueue would, on a store that was never entered (no file)."""
+    path = tmp_path / "never.db"
+    queue = Queue(open_store(f"sqlite:///{path}"))
+    with pytest.raises(ValueError, match="priority must be between"):
+        queue.check(Job("x"), priority=2**31)
+    with pytest.raises(ValueError, match=r"job\.queue must not contain control characters"):
+        queue.check(Job("x", queue="a\x00"))
+    queue.check(Job("x"), delay=5, priority=-(2**31))  # fine: returns None
+    assert not path.exists()
+    with SyncQueue("memory://") as sync, pytest.raises(ValueError, match="delay must be"):
+        sync.check(Job("x"), delay=float("inf"))

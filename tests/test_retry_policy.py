@@ -120,3 +120,30 @@ def test_backoff_from_dict_rejects_unknown_descriptions() -> None:
         backoff_from_dict({"kind": "linear"})
     with pytest.raises(ValueError, match="constant"):
         backoff_from_dict({"kind": "constant", "seconds": 1.0, "extra": 2})
+
+
+def test_the_smallest_settings_are_accepted() -> None:
+    """max_attempts=1 (no retry) and max_deferrals=0 (no deferral) are valid policies."""
+    policy = RetryPolicy(max_attempts=1, max_deferrals=0)
+    assert policy.max_attempts == 1 and policy.max_deferrals == 0
+    assert not policy.should_retry(Status.UNAVAILABLE, 1)
+
+
+def test_a_jittered_delay_can_reach_the_full_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Equal jitter spans half to all of the raw delay: the top of the range is the raw value."""
+    monkeypatch.setattr("random.uniform", lambda low, high: high)
+    assert Exponential(base=1, factor=2, jitter=True).delay(3) == 4.0
+    monkeypatch.setattr("random.uniform", lambda low, high: low)
+    assert Exponential(base=1, factor=2, jitter=True).delay(3) == 2.0
+
+
+def test_stored_settings_refuse_a_custom_backoff() -> None:
+    """stored_settings() describes built-in backoffs and refuses others with a TypeError."""
+
+    class Mine(Constant):
+        pass
+
+    settings = RetryPolicy(backoff=Constant(1)).stored_settings()
+    assert settings["backoff"] == {"kind": "constant", "seconds": 1.0}
+    with pytest.raises(TypeError, match="Mine"):
+        RetryPolicy(backoff=Mine(1)).stored_settings()

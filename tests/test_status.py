@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http
+import pickle
 
 import pytest
 
@@ -20,7 +21,7 @@ from work import (
 def test_codes_match_the_contract() -> None:
     """Every contract code has its exact value."""
     expected = {
-        "UNKNOWN": -1, "SUCCESS": 200, "BAD_REQUEST": 400, "UNAUTHORIZED": 401,
+        "UNKNOWN": -1, "SUCCESS": 200, "ACCEPTED": 202, "BAD_REQUEST": 400, "UNAUTHORIZED": 401,
         "FORBIDDEN": 403, "NOT_FOUND": 404, "TIMEOUT": 408, "CONFLICT": 409,
         "TOO_MANY_REQUESTS": 429, "NO_RESPONSE": 444, "UNPROCESSABLE": 422, "CANCELLED": 499,
         "INTERNAL_ERROR": 500, "BAD_GATEWAY": 502, "UNAVAILABLE": 503, "GATEWAY_TIMEOUT": 504,
@@ -74,6 +75,7 @@ def test_is_error() -> None:
     ("status", "success", "retryable"),
     [
         (Status.SUCCESS, True, False),
+        (Status.ACCEPTED, True, False),
         (Status.BAD_REQUEST, False, False),
         (Status.TIMEOUT, False, True),
         (Status.TOO_MANY_REQUESTS, False, True),
@@ -139,3 +141,16 @@ def test_unknown_handler_lists_known() -> None:
     """UnknownHandlerError names the missing handler and the registered ones."""
     err = UnknownHandlerError("nope", ["b", "a"])
     assert "'nope'" in str(err) and "'a', 'b'" in str(err)
+
+
+def test_errors_survive_pickling() -> None:
+    """anywork's errors pickle by their own arguments (they travel back from worker processes)."""
+    for err in (
+        StatusError(409, "taken"),
+        JobTimeoutError(2.5),
+        RetryLater(3, "busy"),
+        UnknownHandlerError("x", ["a", "b"]),
+    ):
+        copy = pickle.loads(pickle.dumps(err))
+        assert type(copy) is type(err) and str(copy) == str(err)
+    assert pickle.loads(pickle.dumps(StatusError(409, "taken"))).status is Status.CONFLICT

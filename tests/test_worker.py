@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 import threading
 import time
@@ -813,3 +814,38 @@ async def test_lifetime_holds_the_stop_until_the_block_exits() -> None:
                 await anyio.wait_all_tasks_blocked()
             order.append("worker left")
     assert order == ["service saw the stop", "service done", "worker left"]
+
+
+async def test_async_partials_and_async_callables_are_awaited_on_the_loop() -> None:
+    """An async functools.partial and an object with an async __call__ run on the event loop
+    thread (awaited), not in a worker thread."""
+    loop_thread = threading.get_ident()
+    seen: dict[str, int] = {}
+
+    async def note(label: str, job: Job) -> None:
+        seen[label] = threading.get_ident()
+
+    class Callable_:
+        async def __call__(self, job: Job) -> None:
+            seen["object"] = threading.get_ident()
+
+    worker = Worker()
+    worker.register("partial", functools.partial(note, "partial"))
+    worker.register("object", Callable_())
+    async with worker:
+        with anyio.fail_after(5):
+            for name in ("partial", "object"):
+                assert (await worker.perform(Job(name), sync=True)).status is Status.SUCCESS
+    assert seen == {"partial": loop_thread, "object": loop_thread}
+
+
+async def test_a_timer_due_before_the_head_fires_on_time() -> None:
+    """perform_in(30 s) then perform_in(0.05 s): the earlier one wakes the timer runner and
+    runs at once, not after the first."""
+    worker = make_worker()
+    async with worker:
+        late = await worker.perform_in(Job("ok"), 30)
+        early = await worker.perform_in(Job("ok"), 0.05)
+        with anyio.fail_after(5):
+            await early.wait()
+        assert early.status is Status.SUCCESS and not late.done

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from ._core.chain import chain as chain
+from ._core.deferred import Deferred as Deferred
+from ._core.exceptions import JobStateError as JobStateError
 from ._core.exceptions import JobTimeoutError as JobTimeoutError
 from ._core.exceptions import RetryLater as RetryLater
 from ._core.exceptions import StatusError as StatusError
@@ -17,6 +19,8 @@ from ._core.retry import RetryPolicy as RetryPolicy
 from ._core.status import Status as Status
 from ._core.types import Adapter as Adapter
 from ._core.types import Handler as Handler
+from ._durable.events import JobEvent as JobEvent
+from ._durable.events import JobEventKind as JobEventKind
 from ._durable.queue import Queue as Queue
 from ._durable.queue import SyncQueue as SyncQueue
 from ._runtime.background import BackgroundWorker as BackgroundWorker
@@ -30,6 +34,7 @@ from .scheduling import Scheduler as Scheduler
 from .scheduling import ScheduleRecord as ScheduleRecord
 from .scheduling import Schedules as Schedules
 from .scheduling import SyncSchedules as SyncSchedules
+from .scheduling import Webhook as Webhook
 from .stores._base import JobRecord as JobRecord
 from .stores._base import JobState as JobState
 
@@ -41,13 +46,17 @@ __all__ = (
     "ConcurrentJob",
     "Constant",
     "Ctx",
+    "Deferred",
     "Execution",
     "Exponential",
     "Fibonacci",
     "Handler",
     "Job",
+    "JobEvent",
+    "JobEventKind",
     "JobRecord",
     "JobState",
+    "JobStateError",
     "JobTimeoutError",
     "PerformWith",
     "Queue",
@@ -63,6 +72,7 @@ __all__ = (
     "SyncQueue",
     "SyncSchedules",
     "UnknownHandlerError",
+    "Webhook",
     "WorkError",
     "Worker",
     "chain",

@@ -214,3 +214,29 @@ async def test_adapter_records_exceptions(make_job: MakeJob) -> None:
     with pytest.raises(RuntimeError):
         await health(settled(boom))(make_job())
     assert health.error_ratio == 1.0
+
+
+def test_last_n_forgets_the_outcome_it_pushes_out() -> None:
+    """last_n=2: an error followed by two successes leaves no error in the count."""
+    health = Health(last_n=2, min_requests=1, clock=FakeClock())
+    health.record(500)
+    health.record(200)
+    assert health.error_ratio == 0.5
+    health.record(200)  # pushes the 500 out
+    assert health.error_ratio == 0.0
+    health.record(503)
+    assert health.error_ratio == 0.5
+
+
+def test_outcomes_at_different_times_expire_separately() -> None:
+    """In a 10 s window, a success at t and an error at t+5 leave the window one at a time."""
+    clock = FakeClock()
+    health = Health(window=10.0, min_requests=1, clock=clock)
+    health.record(200)
+    clock.now += 5.0
+    health.record(500)
+    assert health.error_ratio == 0.5
+    clock.now += 5.01  # the success is out, the error is not
+    assert health.error_ratio == 1.0
+    clock.now += 5.0
+    assert health.error_ratio == 0.0

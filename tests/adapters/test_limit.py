@@ -284,3 +284,53 @@ async def test_worker_rejection_ends_429_and_retry_defers() -> None:
     assert later.result == "ran"
     assert later.ctx.attempt == 1
     assert tries >= 3  # the first job once, the later one rejected at least once, then run
+
+
+async def test_an_idle_spell_caps_the_burst_at_count(make_job: MakeJob) -> None:
+    """After a long idle spell a "3/s" rate allows a burst of exactly 3, not more."""
+    clock = FakeClock()
+    limited = Limit(rate="3/s", wait=False, clock=clock)(noop)
+    await limited(make_job())
+    clock.now += 1000.0
+    for _ in range(3):
+        await limited(make_job())
+    with pytest.raises(RetryLater):
+        await limited(make_job())
+
+
+async def test_a_per_minute_rate_refills_at_its_speed(make_job: MakeJob) -> None:
+    """ "6/m" gives a new start every 10 s: the wait named is 10 s, then 5 s after 5 s."""
+    clock = FakeClock()
+    limited = Limit(rate="6/m", wait=False, clock=clock)(noop)
+    for _ in range(6):
+        await limited(make_job())
+    with pytest.raises(RetryLater) as caught:
+        await limited(make_job())
+    assert caught.value.delay == pytest.approx(10.0)
+    clock.now += 5.0
+    with pytest.raises(RetryLater) as caught:
+        await limited(make_job())
+    assert caught.value.delay == pytest.approx(5.0)
+    clock.now += 5.0
+    await limited(make_job())
+    with pytest.raises(RetryLater):
+        await limited(make_job())
+
+
+async def test_a_cancelled_rate_waiter_refunds_exactly_one_start(make_job: MakeJob) -> None:
+    """A start reserved by a waiter that is cancelled goes back: one, not zero nor two."""
+    clock = FakeClock()
+    limited = Limit(rate="2/s", clock=clock)(noop)
+    with anyio.fail_after(5):
+        await limited(make_job())
+        await limited(make_job())  # the bucket is empty now
+        with anyio.move_on_after(0.05) as waiting:
+            await limited(make_job())  # reserves the next start, 0.5 s away
+        assert waiting.cancelled_caught
+        clock.now += 0.5  # one start refilled
+        with anyio.move_on_after(0.3) as first:
+            await limited(make_job())
+        assert not first.cancelled_caught  # refunded: this start was free at once
+        with anyio.move_on_after(0.1) as second:
+            await limited(make_job())
+        assert second.cancelled_caught  # but only one was refunded: this one must wait

@@ -12,6 +12,7 @@ import pytest
 import structlog
 from opentelemetry.sdk.trace import TracerProvider
 from structlog.testing import capture_logs
+from structlog.typing import FilteringBoundLogger
 
 from work import Adapter, Job, Status, StatusError, Worker
 from work._core.chain import settled  # the Worker's settle step, as around every adapter
@@ -22,7 +23,7 @@ pytestmark = pytest.mark.anyio
 MakeJob = Callable[..., Job]
 
 
-def logs_to(handler: Callable[[JobLogger], Status | None]) -> Callable[[Job], Any]:
+def logs_to(handler: Callable[[FilteringBoundLogger], Status | None]) -> Callable[[Job], Any]:
     """Make a handler that logs through ctx["logger"] and sets the status it returns."""
 
     async def run(job: Job) -> None:
@@ -34,7 +35,7 @@ def logs_to(handler: Callable[[JobLogger], Status | None]) -> Callable[[Job], An
     return run
 
 
-def chatty(log: JobLogger) -> Status:
+def chatty(log: FilteringBoundLogger) -> Status:
     log.info("fetched", rows=3)
     log.warning("slow query", ms=120)
     return Status.SUCCESS
@@ -82,7 +83,7 @@ async def test_nothing_is_written_while_the_handler_runs(make_job: MakeJob) -> N
 async def test_entries_below_level_are_dropped(make_job: MakeJob) -> None:
     """level="info" drops debug entries; level="debug" keeps them."""
 
-    def handler(log: JobLogger) -> None:
+    def handler(log: FilteringBoundLogger) -> None:
         log.debug("detail")
         log.info("step")
 
@@ -96,7 +97,7 @@ async def test_entries_below_level_are_dropped(make_job: MakeJob) -> None:
 async def test_bind_adds_context_and_shares_the_buffer(make_job: MakeJob) -> None:
     """A bound logger adds its context to its entries and writes to the same event."""
 
-    def handler(log: JobLogger) -> None:
+    def handler(log: FilteringBoundLogger) -> None:
         user_log = log.bind(user=7)
         user_log.info("loaded")
         user_log.unbind("user").info("plain")
@@ -114,7 +115,7 @@ async def test_bind_adds_context_and_shares_the_buffer(make_job: MakeJob) -> Non
 async def test_exception_records_the_traceback(make_job: MakeJob) -> None:
     """log.exception() inside an except block keeps the formatted traceback."""
 
-    def handler(log: JobLogger) -> Status:
+    def handler(log: FilteringBoundLogger) -> Status:
         try:
             raise KeyError("missing-key")
         except KeyError:
@@ -258,16 +259,28 @@ def test_unknown_level_is_a_value_error() -> None:
         aggregate_logger(level="verbose")
 
 
-def test_log_method_takes_names_and_numbers() -> None:
-    """JobLogger.log accepts level names and stdlib numbers, filtering by the minimum."""
-    entries: list[dict[str, Any]] = []
-    log = JobLogger(entries, min_level=20)
-    log.log("warning", "a")
-    log.log(40, "b")
-    log.log(10, "c")
-    assert entries == [{"event": "a", "level": "warning"}, {"event": "b", "level": "error"}]
-    assert log.is_enabled_for(20) and not log.is_enabled_for(10)
-    assert "entries=2" in repr(log)
+async def test_the_handler_logger_is_a_structlog_bound_logger(make_job: MakeJob) -> None:
+    """ctx["logger"] is structlog's filtering bound logger over a JobLogger buffer: its log()
+    takes stdlib numbers and filters by the adapter's level."""
+    seen: list[Any] = []
+
+    async def handler(job: Job) -> None:
+        assert job.ctx is not None
+        log = job.ctx["logger"]
+        seen.append(log)
+        log.log(30, "a")
+        log.log(40, "b")
+        log.log(10, "c")
+        assert log.is_enabled_for(20) and not log.is_enabled_for(10)
+
+    with capture_logs() as logs:
+        await aggregate_logger()(handler)(make_job())
+    assert isinstance(seen[0], structlog.BoundLoggerBase)
+    assert "entries=2" in repr(JobLogger([{}, {}]))
+    assert logs[0]["entries"] == [
+        {"event": "a", "level": "warning"},
+        {"event": "b", "level": "error"},
+    ]
 
 
 async def test_with_worker_and_tracing(tracer_provider: TracerProvider) -> None:
@@ -329,7 +342,6 @@ async def test_a_cached_lazy_logger_gets_every_event(make_job: MakeJob) -> None:
         await adapter(logs_to(chatty))(make_job("cached"))
     lines = out.getvalue().splitlines()
     assert [json.loads(line)["handler"] for line in lines] == ["cached"] * 3
-    assert adapter._target() is logger.bind()
 
 
 async def test_an_uncached_lazy_logger_follows_later_configuration(make_job: MakeJob) -> None:

@@ -235,3 +235,44 @@ async def test_a_policy_subclass_is_asked_on_success(make_job: MakeJob) -> None:
     script = Script(Status.SUCCESS)
     await retry(Always(max_attempts=3, backoff=FAST))(script)(make_job())
     assert script.attempts == [1, 2, 3]
+
+
+@pytest.mark.parametrize("max_deferrals", [2, 3])
+async def test_deferrals_are_counted_exactly(make_job: MakeJob, max_deferrals: int) -> None:
+    """Three RetryLater then success: with max_deferrals=3 all three defer without using an
+    attempt; with 2 the third counts as a 429 failure, which one attempt cannot retry."""
+    script = Script(RetryLater(0), RetryLater(0), RetryLater(0), Status.SUCCESS)
+    adapter = retry(max_attempts=1, max_deferrals=max_deferrals, backoff=FAST)
+    job = make_job()
+    if max_deferrals == 3:
+        assert await adapter(settled(script))(job) == "call 4"
+        assert script.attempts == [1, 1, 1, 1]
+    else:
+        with pytest.raises(RetryLater):
+            await adapter(settled(script))(job)
+        assert script.calls == 3
+        assert job.ctx is not None and job.ctx.status is Status.TOO_MANY_REQUESTS
+
+
+class AskedBackoff:
+    """A Backoff that notes which attempt numbers it is asked about (and never pauses)."""
+
+    def __init__(self) -> None:
+        self.asked: list[int] = []
+
+    def delay(self, attempt: int) -> float:
+        """Note ``attempt``; no pause."""
+        self.asked.append(attempt)
+        return 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """A description (unused in process)."""
+        return {"kind": "asked"}
+
+
+async def test_each_pause_is_asked_for_its_attempt(make_job: MakeJob) -> None:
+    """The pause after failed attempt N is backoff.delay(N): 1, then 2, then 3."""
+    backoff = AskedBackoff()
+    script = Script(Status.UNAVAILABLE, Status.UNAVAILABLE, Status.UNAVAILABLE, Status.SUCCESS)
+    await retry(max_attempts=4, backoff=backoff)(settled(script))(make_job())
+    assert backoff.asked == [1, 2, 3] and script.attempts == [1, 2, 3, 4]

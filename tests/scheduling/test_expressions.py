@@ -84,6 +84,15 @@ DESCRIPTIONS = [
     ("@daily", "at 00:00"),
     ("0 9,17 * * 1-5", "at 09:00 and 17:00 on Monday to Friday"),
     ("* * * * *", "every minute"),
+    ("10,40 * * * *", "every hour at :10 and :40"),
+    ("1-10 * * * *", "at minute 1-10 of every hour"),
+    ("*/5 9-17 * * *", "at minute */5 of hour 9-17"),
+    ("cron(0 0 ? * * *)", "at 00:00"),
+    ("cron(0 0 * * ? *)", "at 00:00"),
+    ("cron(0 0 1,15 * ? *)", "at 00:00 on day 1 and 15 of the month"),
+    ("cron(0 0 LW * ? 2027-2035)", "at 00:00 on the last weekday of the month in 2027-2035"),
+    ("cron(0 0 1 * ? 2027,2029)", "at 00:00 on day 1 of the month in 2027 and 2029"),
+    ("0 0 1 jan-mar,dec *", "at 00:00 on day 1 of the month in January to March and December"),
 ]
 
 
@@ -106,6 +115,10 @@ def test_forms_and_attributes() -> None:
     assert parse_expression("@daily") == parse_expression("@daily")
     assert parse_expression("@daily") != parse_expression("@daily", "Europe/Berlin")
     assert len({parse_expression("@daily"), parse_expression("@daily")}) == 1
+    assert parse_expression("@daily") != "@daily"
+    assert parse_expression("@daily", "Europe/Berlin") is parse_expression(
+        "@daily", "Europe/Berlin"
+    )
     assert repr(cron) == "parse_expression('cron(0 9 ? * MON *)', 'Europe/Berlin')"
 
 
@@ -168,6 +181,8 @@ def test_bad_types() -> None:
         parse_expression(5)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="IANA name"):
         check_timezone(None)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="IANA name"):
+        parse_expression("@daily", ["UTC"])  # type: ignore[arg-type]
     daily = parse_expression("@daily")
     with pytest.raises(ValueError, match="after must be an aware datetime"):
         daily.next_after(datetime(2026, 1, 1), anchor=START)

@@ -235,3 +235,26 @@ def test_a_year_daily_matches_zoneinfo(zone: str, at: time, form: str) -> None:
         else f"cron({at.minute} {at.hour} * * ? *)"
     )
     assert year_of(expression, zone) == expected
+
+
+def test_lord_howe_hourly_across_the_half_hour_gap() -> None:
+    """croniter issue #258's case: from 01:43 on Lord Howe's spring day, hourly `0 * * * *`
+    next fires at 03:00 (02:00 never happens), and a fixed `0 2 * * *` at 02:30, the first
+    instant after the gap."""
+    tz = zoneinfo.ZoneInfo("Australia/Lord_Howe")
+    start = datetime(2019, 10, 6, 1, 43, tzinfo=tz)
+    hourly = parse_expression("0 * * * *", "Australia/Lord_Howe")
+    assert hourly.next_after(start, anchor=ANCHOR) == datetime(2019, 10, 6, 3, tzinfo=tz)
+    fixed = parse_expression("0 2 * * *", "Australia/Lord_Howe")
+    after_gap = datetime(2019, 10, 6, 2, 30, tzinfo=tz)
+    assert after_gap.utcoffset() == timedelta(hours=11)
+    assert fixed.next_after(start, anchor=ANCHOR) == after_gap
+
+
+def test_minutely_inside_the_second_pass_is_strictly_later() -> None:
+    """From the second 01:30 of New York's fall-back, a minutely cron fires at the second
+    01:31, never back in the first pass."""
+    after = utc(2026, 11, 1, 6, 30)  # 01:30 EST, the second pass
+    for expression in ("* * * * *", "cron(* * * * ? *)"):
+        minutely = parse_expression(expression, "America/New_York")
+        assert minutely.next_after(after, anchor=ANCHOR) == utc(2026, 11, 1, 6, 31)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
-from datetime import UTC, datetime, timedelta
+import zoneinfo
+from datetime import UTC, date, datetime, time, timedelta
 
 from croniter import croniter
 from hypothesis import given, settings
@@ -68,7 +70,7 @@ def eventbridge(draw: st.DrawFn) -> tuple[str, str]:
     return f"{minute} {hour} {dom} {month} {dow} *", f"{minute} {hour} {tab_dom} {month} {tab_dow}"
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(eventbridge(), st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1)))
 def test_eventbridge_wall_times_match_croniter(pair: tuple[str, str], start: datetime) -> None:
     """On naive wall times, where croniter is right, cron(...) names the times croniter does."""
@@ -89,7 +91,7 @@ EXPRESSIONS = st.one_of(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(EXPRESSIONS, st.sampled_from(ZONES), AFTER, AFTER)
 def test_fires_are_strictly_later_and_monotone(
     expression: str, zone: str, after: datetime, anchor: datetime
@@ -117,3 +119,76 @@ def test_crontab_range_with_equal_ends() -> None:
     assert parse_expression("5-5 * * * *").next_fires(start, 3) == five
     assert parse_expression("5-5/2 * * * *").next_fires(start, 3) == five
     assert parse_expression("cron(5-5 * * * ? *)").next_fires(start, 3) == five
+
+
+ALL_ZONES = sorted(zoneinfo.available_timezones())
+ONE_MINUTE = timedelta(minutes=1)
+
+
+def _minutes(start: datetime, end: datetime) -> list[datetime]:
+    out = []
+    x = start
+    while x < end:
+        out.append(x)
+        x += ONE_MINUTE
+    return out
+
+
+@functools.cache
+def transition_days(zone: str, year: int) -> list[date]:
+    """The local dates in that year around which the zone's UTC offset changes."""
+    tz = zoneinfo.ZoneInfo(zone)
+    days = []
+    x = datetime(year, 1, 1, tzinfo=UTC)
+    while x.year == year:
+        if x.astimezone(tz).utcoffset() != (x + timedelta(days=1)).astimezone(tz).utcoffset():
+            days.append((x + timedelta(hours=12)).astimezone(tz).date())
+        x += timedelta(days=1)
+    return days
+
+
+@st.composite
+def zone_and_day(draw: st.DrawFn) -> tuple[str, date]:
+    """A zone and, when it has any that year, a day next to one of its offset changes."""
+    zone = draw(st.sampled_from(ALL_ZONES))
+    year = draw(st.integers(2020, 2030))
+    near = transition_days(zone, year)
+    if not near:
+        return zone, draw(st.dates(date(year, 1, 1), date(year, 12, 31)))
+    return zone, draw(st.sampled_from(near)) + timedelta(days=draw(st.integers(-1, 1)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(zone_and_day(), st.integers(0, 23), st.sampled_from([0, 15, 30, 45]))
+def test_daily_in_any_zone_is_the_first_instant_reaching_its_wall_time(
+    zone_day: tuple[str, date], hour: int, minute: int
+) -> None:
+    """In any IANA zone, a daily `m h * * *` fires at the first instant whose wall clock has
+    reached that wall time (the exact time, the end of a gap, or a repeat's first pass)."""
+    zone, day = zone_day
+    tz = zoneinfo.ZoneInfo(zone)
+    wall = datetime.combine(day, time(hour, minute))
+    rough = wall.replace(tzinfo=UTC)
+    expected = next(
+        x
+        for x in _minutes(rough - timedelta(hours=16), rough + timedelta(hours=16))
+        if x.astimezone(tz).replace(tzinfo=None) >= wall
+    )
+    daily = parse_expression(f"{minute} {hour} * * *", zone)
+    assert daily.next_after(expected - timedelta(hours=20), anchor=expected) == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(zone_and_day(), st.sampled_from([0, 15, 30, 45]))
+def test_hourly_in_any_zone_is_every_real_occurrence(
+    zone_day: tuple[str, date], minute: int
+) -> None:
+    """In any IANA zone, `m * * * *` fires at exactly the instants whose wall minute is m."""
+    zone, day = zone_day
+    tz = zoneinfo.ZoneInfo(zone)
+    start = datetime.combine(day, time(), UTC) - timedelta(hours=14)
+    end = start + timedelta(hours=52)
+    expected = [x for x in _minutes(start, end) if x.astimezone(tz).minute == minute]
+    hourly = parse_expression(f"{minute} * * * *", zone)
+    fires = hourly.next_fires(start - timedelta(microseconds=1), len(expected) + 1)
+    assert [f for f in fires if f < end] == expected

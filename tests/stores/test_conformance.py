@@ -9,17 +9,21 @@ from __future__ import annotations
 import functools
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
+from structlog.testing import capture_logs
 
 from work import (
     Constant,
     Job,
+    JobEvent,
+    JobEventKind,
     JobRecord,
     JobState,
     Queue,
@@ -29,6 +33,7 @@ from work import (
     StatusError,
     Worker,
 )
+from work._durable.events import EventStream
 from work.stores import Outcome, Store
 
 pytestmark = pytest.mark.anyio
@@ -103,6 +108,7 @@ async def test_add_and_get_round_trip(store: Store) -> None:
         unique_key="img-a",
         timeout=12.5,
         retry=retry,
+        result_ttl=3600.5,
     )
     (stored,) = await store.add([rec])
     got = await store.get(rec.id)
@@ -121,6 +127,7 @@ async def test_add_and_get_round_trip(store: Store) -> None:
     assert got.timeout == 12.5
     assert got.retry == retry
     assert got.deferrals == 0
+    assert got.result_ttl == 3600.5
     assert got.result is None and got.error is None
     assert got.enqueued_at is not None and got.enqueued_at.utcoffset() == timedelta(0)
     assert rec.enqueued_at is not None
@@ -377,6 +384,73 @@ async def test_complete_is_fenced_by_owner(store: Store) -> None:
     assert await state_of(store, rec.id) is JobState.SUCCEEDED
 
 
+async def test_complete_returns_the_ids_it_applied(store: Store) -> None:
+    """complete() returns the ids whose outcome it applied, leaving out those it refused (not
+    the owner's, already final, unknown), so a worker can report discarded outcomes."""
+    a, b, c = await store.add([record() for _ in range(3)])
+    await store.claim(["default"], limit=3, lease=30, owner="w")
+
+    def done(id: str) -> Outcome:
+        return Outcome(id=id, state=JobState.SUCCEEDED, status=Status.SUCCESS, result=1)
+
+    assert await store.complete("w", [done(a.id), done(b.id)]) == {a.id, b.id}
+    assert await store.complete("w", [done(a.id)]) == set()  # final already
+    assert await store.complete("intruder", [done(c.id)]) == set()
+    assert await store.complete("w", [done("no-such-job"), done(c.id)]) == {c.id}
+    assert await store.complete("w", []) == set()
+
+
+class _NoRenew:
+    """A store whose leases are never renewed, so a job's lease runs out while it runs."""
+
+    def __init__(self, inner: Store) -> None:
+        self.inner = inner
+        self.url = inner.url
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def renew(self, owner: str, ids: Sequence[str], *, lease: float) -> set[str]:
+        return set()
+
+
+async def test_serve_logs_an_outcome_the_store_discarded(store: Store) -> None:
+    """A job whose lease was taken over while it ran: its outcome is refused by the store,
+    and serve logs one line naming the job and why."""
+    queue = Queue(store)
+    rec = await queue.enqueue(Job("slow"))
+    started, release = anyio.Event(), anyio.Event()
+    worker = Worker()
+
+    @worker.handler()
+    async def slow(job: Job) -> str:
+        started.set()
+        await release.wait()
+        return "late"
+
+    wrapped: Any = _NoRenew(store)
+    with capture_logs() as logs, anyio.fail_after(20):
+        async with serving(wrapped, worker, lease=0.2):
+            await started.wait()
+            # The lease runs out and a reaper (serve's own, or this one) takes the job over.
+            while (taken := await store.get(rec.id)) is not None and taken.state is (
+                JobState.RUNNING
+            ):
+                await store.reap()
+                await anyio.sleep(0.05)
+            assert taken is not None
+            if taken.state is JobState.QUEUED:  # put back: another worker claims it
+                await store.claim(["default"], limit=1, lease=30, owner="thief")
+            release.set()
+            while not [e for e in logs if "discarded" in e["event"]]:
+                await anyio.sleep(0.02)
+    (line,) = [e for e in logs if "discarded" in e["event"]]
+    assert line["job_id"] == rec.id and line["state"] == "succeeded"
+    assert line["log_level"] == "warning" and "lease was lost" in line["event"]
+    after = await store.get(rec.id)
+    assert after is not None and after.state is not JobState.SUCCEEDED
+
+
 async def test_complete_batch_applies_each_outcome(store: Store) -> None:
     """One complete() call applies many outcomes; results and errors are stored."""
     recs = await store.add([record(str(i), max_attempts=3) for i in range(4)])
@@ -592,6 +666,125 @@ async def test_reap_cancels_when_cancel_was_requested(store: Store) -> None:
     assert got is not None and got.state is JobState.CANCELLED and got.status == 499
 
 
+async def finish(store: Store, recs: list[JobRecord], state: JobState) -> None:
+    """Claim ``recs`` (all of the default queue's ready jobs) and end them in ``state``."""
+    claimed = await store.claim(["default"], limit=len(recs), lease=30, owner="f")
+    assert {c.record.id for c in claimed} == {r.id for r in recs}
+    status = Status.SUCCESS if state is JobState.SUCCEEDED else Status.INTERNAL_ERROR
+    await store.complete("f", [Outcome(id=r.id, state=state, status=status) for r in recs])
+
+
+FINAL = [JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED]
+
+
+async def test_purge_deletes_finished_jobs_by_state_and_age(store: Store) -> None:
+    """purge() deletes the finished jobs in the states given that finished before the cutoff,
+    and nothing else: not other states, not newer ones, never unfinished jobs."""
+    ok = await store.add([record() for _ in range(3)])
+    await finish(store, ok, JobState.SUCCEEDED)
+    bad = await store.add([record() for _ in range(2)])
+    await finish(store, bad, JobState.FAILED)
+    (waiting,) = await store.add([record()])
+    (later,) = await store.add([record(scheduled_for=seconds_from_now(3600))])
+    (cancelled,) = await store.add([record(queue="other")])
+    assert await store.cancel(cancelled.id)
+
+    assert await store.purge(older_than=now() - timedelta(hours=1), states=FINAL) == 0
+    cutoff = now() + timedelta(seconds=1)
+    assert await store.purge(older_than=cutoff, states=[JobState.SUCCEEDED], limit=2) == 2
+    assert await store.purge(older_than=cutoff, states=[JobState.SUCCEEDED]) == 1
+    for rec in ok:
+        assert await store.get(rec.id) is None
+    assert all([await store.get(r.id) for r in bad])
+    # Unfinished states are ignored even when asked for.
+    all_states = [*FINAL, JobState.QUEUED, JobState.SCHEDULED, JobState.RUNNING]
+    assert await store.purge(older_than=cutoff, states=all_states) == 3
+    assert await store.get(waiting.id) is not None and await store.get(later.id) is not None
+    assert await store.get(cancelled.id) is None
+    assert [r.id for r in await store.list()] == [waiting.id, later.id]
+    assert await store.stats() == {"default": {"queued": 1, "scheduled": 1}}
+
+
+async def test_expire_uses_the_job_ttl_else_the_workers(store: Store) -> None:
+    """expire() deletes finished jobs of the given queues past the worker's result_ttl, and
+    jobs of any queue past a result_ttl of their own; a job's own ttl wins over the worker's."""
+    (plain,) = await store.add([record()])
+    (own_short,) = await store.add([record(result_ttl=0.05)])
+    (own_long,) = await store.add([record(result_ttl=3600)])
+    await finish(store, [plain, own_short, own_long], JobState.SUCCEEDED)
+    (elsewhere,) = await store.add([record(queue="other")])
+    assert await store.cancel(elsewhere.id)
+    (unfinished,) = await store.add([record()])
+
+    assert await store.expire(["default"], result_ttl=3600, limit=10) == 0
+
+    async def short_gone() -> bool:
+        await store.expire(["default"], result_ttl=3600, limit=10)
+        return await store.get(own_short.id) is None
+
+    await until(short_gone)
+    assert await store.get(plain.id) is not None
+    assert await store.expire(["default"], result_ttl=0, limit=10) == 1
+    assert await store.get(plain.id) is None
+    assert await store.get(own_long.id) is not None
+    assert await store.get(elsewhere.id) is not None  # not one of the queues
+    assert await store.get(unfinished.id) is not None
+    assert await store.expire(["other"], result_ttl=0, limit=10) == 1
+    assert await store.get(elsewhere.id) is None
+
+
+async def test_expire_takes_small_batches(store: Store) -> None:
+    """expire() deletes at most ``limit`` jobs per call."""
+    recs = await store.add([record() for _ in range(5)])
+    await finish(store, recs, JobState.SUCCEEDED)
+    assert await store.expire(["default"], result_ttl=0, limit=2) == 2
+    assert await store.expire(["default"], result_ttl=0, limit=2) == 2
+    assert await store.expire(["default"], result_ttl=0, limit=2) == 1
+    assert await store.list() == []
+
+
+async def test_retry_requeues_a_failed_or_cancelled_job(store: Store) -> None:
+    """retry() makes a FAILED or CANCELLED job QUEUED again, due now, with its attempts,
+    status, error and times cleared; it is claimed and run like a new job."""
+    (failed,) = await store.add([record(args={"a": 1})])
+    await finish(store, [failed], JobState.FAILED)
+    (cancelled,) = await store.add([record()])
+    assert await store.cancel(cancelled.id)
+    again = await store.retry(failed.id)
+    assert again is not None and again.id == failed.id
+    assert again.state is JobState.QUEUED and again.attempts == 0
+    assert again.status is Status.UNKNOWN and again.error is None
+    assert again.finished_at is None and again.started_at is None
+    assert again.args == {"a": 1}
+    assert await store.get(failed.id) == again
+    back = await store.retry(cancelled.id)
+    assert back is not None and back.state is JobState.QUEUED
+    claimed = await store.claim(["default"], limit=5, lease=30, owner="w")
+    assert [c.record.id for c in claimed] == [failed.id, cancelled.id]
+    assert claimed[0].record.attempts == 1
+    assert await store.stats() == {"default": {"running": 2}}
+
+
+async def test_retry_refuses_other_states_and_unknown_ids(store: Store) -> None:
+    """retry() of an unknown id is None; of a job that is not FAILED or CANCELLED, a
+    ValueError naming its state; of a job whose unique key another active job holds, a
+    ValueError."""
+    assert await store.retry("no-such-job") is None
+    (queued,) = await store.add([record()])
+    with pytest.raises(ValueError, match="queued"):
+        await store.retry(queued.id)
+    await finish(store, [queued], JobState.SUCCEEDED)
+    with pytest.raises(ValueError, match="succeeded"):
+        await store.retry(queued.id)
+    (first,) = await store.add([record(unique_key="k", queue="u")])
+    assert await store.cancel(first.id)
+    (second,) = await store.add([record(unique_key="k", queue="u")])
+    with pytest.raises(ValueError, match="unique_key"):
+        await store.retry(first.id)
+    assert await state_of(store, first.id) is JobState.CANCELLED
+    assert await state_of(store, second.id) is JobState.QUEUED
+
+
 async def test_list_pages_filters_and_order(store: Store) -> None:
     """list() returns enqueue order, filters by state/queue/handler and pages with after=."""
     recs = [record(f"h{i % 2}", queue="a" if i < 5 else "b") for i in range(8)]
@@ -624,7 +817,8 @@ async def test_stats_counts_by_queue_and_state(store: Store) -> None:
 
 
 async def test_wait_for_work_wakes_on_add(store: Store, make_store: Callable[[], Store]) -> None:
-    """wait_for_work() returns soon after a job is added (long before its timeout)."""
+    """wait_for_work() sleeps while nothing happens and returns soon after a job is added
+    (long before its timeout)."""
     woke = anyio.Event()
 
     async def waiter() -> None:
@@ -634,7 +828,9 @@ async def test_wait_for_work_wakes_on_add(store: Store, make_store: Callable[[],
     with anyio.fail_after(10):
         async with anyio.create_task_group() as tg:
             tg.start_soon(waiter)
-            await anyio.sleep(0.05)
+            # Deliberately idle: a waiter that returns at once is caught here.
+            await anyio.sleep(0.3)
+            assert not woke.is_set(), "wait_for_work returned before anything was added"
             await store.add([record()])
             await woke.wait()
 
@@ -647,18 +843,26 @@ async def test_wait_for_work_returns_at_once_when_work_is_ready(store: Store) ->
 
 
 async def test_wait_for_work_wakes_when_a_scheduled_job_falls_due(store: Store) -> None:
-    """wait_for_work() returns when a SCHEDULED job falls due."""
-    await store.add([record(scheduled_for=seconds_from_now(0.3))])
+    """wait_for_work() sleeps until a SCHEDULED job falls due, then returns."""
+    due = seconds_from_now(0.5)
+    await store.add([record(scheduled_for=due)])
+    early = 0
     with anyio.fail_after(10):
         while not await store.claim(["default"], limit=1, lease=30, owner="w"):
             await store.wait_for_work(["default"], 30)
+            early += now() < due - timedelta(milliseconds=20)
+    # The add itself may wake a waiter once (so it looks at the new due time); a waiter that
+    # keeps returning before the job is due is polling.
+    assert early <= 1
 
 
 async def test_wait_for_work_times_out(store: Store) -> None:
-    """wait_for_work() returns after its timeout when nothing comes."""
+    """wait_for_work() returns after its timeout (not before) when nothing comes."""
     await store.add([record(queue="other")])
     with anyio.fail_after(5):
-        await store.wait_for_work(["default"], 0.05)
+        started = anyio.current_time()
+        await store.wait_for_work(["default"], 0.3)
+        assert anyio.current_time() - started >= 0.29
 
 
 async def test_undecodable_payload_is_reported_by_claim(store: Store, corrupt: Corrupt) -> None:
@@ -1253,8 +1457,10 @@ async def test_wait_times_out_and_stats(store: Store) -> None:
     """Queue.wait() raises TimeoutError for an unfinished job; stats() counts it."""
     queue = Queue(store)
     rec = await queue.enqueue(Job("noop", queue="q"))
+    started = anyio.current_time()
     with pytest.raises(TimeoutError):
-        await queue.wait(rec.id, timeout=0.1)
+        await queue.wait(rec.id, timeout=0.2)
+    assert anyio.current_time() - started >= 0.19  # it really waited
     assert (await queue.stats())["q"]["queued"] == 1
 
 
@@ -1262,3 +1468,262 @@ async def test_wait_times_out_and_stats(store: Store) -> None:
 async def contextlib_nullcontext(value: Store) -> AsyncIterator[Store]:
     """An async context manager that gives ``value`` and does nothing else."""
     yield value
+
+
+# == Part 3: job events ===========================================================================
+
+END_KINDS = {JobEventKind.SUCCEEDED, JobEventKind.FAILED, JobEventKind.CANCELLED}
+
+
+async def events_of(
+    events: AsyncIterator[JobEvent], job_id: str, *, until_kind: set[JobEventKind] = END_KINDS
+) -> list[JobEvent]:
+    """The events of one job, read until one of ``until_kind`` (under a 10 s deadline)."""
+    seen: list[JobEvent] = []
+    with anyio.fail_after(10):
+        async for event in events:
+            assert event.kind is not JobEventKind.LOST, event
+            if event.job_id == job_id:
+                seen.append(event)
+                if event.kind in until_kind:
+                    return seen
+    raise AssertionError("the event stream ended")
+
+
+async def test_events_enqueued_started_succeeded_in_order(
+    store: Store, make_store: Callable[[], Store]
+) -> None:
+    """A subscriber on another store object (another process's view) sees ENQUEUED, STARTED,
+    SUCCEEDED for a job, in order, with the job's fields."""
+    worker = Worker()
+    worker.register("add", lambda job: job.args["a"] + 1)
+    async with make_store() as other, Queue(other).events() as events:
+        assert isinstance(events, EventStream)
+        async with serving(store, worker):
+            rec = await Queue(store).enqueue(Job("add", {"a": 1}, queue="default"))
+            seen = await events_of(events, rec.id)
+    assert [e.kind for e in seen] == [
+        JobEventKind.ENQUEUED,
+        JobEventKind.STARTED,
+        JobEventKind.SUCCEEDED,
+    ]
+    for event in seen:
+        assert (event.queue, event.handler) == ("default", "add")
+        assert event.at.utcoffset() == timedelta(0)
+        assert event.workflow_id is None and event.schedule_id is None
+    assert [(e.status, e.attempt) for e in seen] == [
+        (Status.UNKNOWN, 0),
+        (Status.UNKNOWN, 1),
+        (Status.SUCCESS, 1),
+    ]
+    assert seen[0].at <= seen[1].at <= seen[2].at
+
+
+async def test_events_retrying_then_failed(store: Store) -> None:
+    """A failing job with retries shows RETRYING (with the status that caused it) and, once
+    the attempts are used up, FAILED."""
+    worker = Worker()
+
+    def broken(job: Job) -> None:
+        raise StatusError(Status.UNAVAILABLE, "down")
+
+    worker.register("broken", broken)
+    queue = Queue(store)
+    async with queue.events() as events, serving(store, worker):
+        rec = await queue.enqueue(Job("broken"), retry=fast_retry(2))
+        seen = await events_of(events, rec.id)
+    assert [(e.kind, e.status, e.attempt) for e in seen] == [
+        (JobEventKind.ENQUEUED, Status.UNKNOWN, 0),
+        (JobEventKind.STARTED, Status.UNKNOWN, 1),
+        (JobEventKind.RETRYING, Status.UNAVAILABLE, 1),
+        (JobEventKind.STARTED, Status.UNAVAILABLE, 2),
+        (JobEventKind.FAILED, Status.UNAVAILABLE, 2),
+    ]
+
+
+async def test_events_cancelled_queued_and_running(store: Store) -> None:
+    """Cancelling a queued job, and a running one, each ends in a CANCELLED event."""
+    started = anyio.Event()
+
+    async def nap(job: Job) -> None:
+        started.set()
+        await anyio.sleep(60)
+
+    worker = Worker()
+    worker.register("nap", nap)
+    queue = Queue(store)
+    async with queue.events(kinds=["cancelled", JobEventKind.STARTED]) as events:
+        waiting = await queue.enqueue(Job("nap", queue="idle"))
+        assert await queue.cancel(waiting.id)
+        assert [e.kind for e in await events_of(events, waiting.id)] == [JobEventKind.CANCELLED]
+        async with serving(store, worker):
+            running = await queue.enqueue(Job("nap"))
+            with anyio.fail_after(10):
+                await started.wait()
+            assert await queue.cancel(running.id)
+            seen = await events_of(events, running.id)
+    assert [(e.kind, e.status) for e in seen] == [
+        (JobEventKind.STARTED, Status.UNKNOWN),
+        (JobEventKind.CANCELLED, Status.CANCELLED),
+    ]
+
+
+async def test_events_filter_by_kind_and_queue(store: Store) -> None:
+    """kinds= and queues= deliver only the matching events."""
+    queue = Queue(store)
+    async with queue.events(kinds=["enqueued"], queues="a") as events:
+        await queue.enqueue(Job("noop", queue="b"))
+        wanted = await queue.enqueue(Job("noop", queue="a"))
+        (event,) = await events_of(events, wanted.id, until_kind={JobEventKind.ENQUEUED})
+    assert event.queue == "a"
+    with pytest.raises(ValueError, match="'nope'"):
+        async with queue.events(kinds=["nope"]):
+            pass
+
+
+async def test_progress_is_stored_throttled_and_evented(store: Store) -> None:
+    """ctx.progress under serve sets the record's progress (the last call always), emits
+    PROGRESS events at most about once a second, and keeps ctx["progress"]."""
+    seen_in_ctx: list[Any] = []
+
+    async def crunch(job: Job) -> str:
+        assert job.ctx is not None
+        for i in range(1, 51):
+            job.ctx.progress(i / 50, f"step {i}")
+            await anyio.lowlevel.checkpoint()
+        seen_in_ctx.append(job.ctx["progress"])
+        return "done"
+
+    worker = Worker()
+    worker.register("crunch", crunch)
+    queue = Queue(store)
+    async with queue.events() as events, serving(store, worker):
+        rec = await queue.enqueue(Job("crunch"))
+        seen = await events_of(events, rec.id)
+        done = await queue.wait(rec.id, timeout=10)
+    progress = [e for e in seen if e.kind is JobEventKind.PROGRESS]
+    assert 1 <= len(progress) <= 3, progress  # 50 calls in well under a second
+    assert progress[-1].progress == {"fraction": 1.0, "message": "step 50"}
+    assert [e.kind for e in seen][-2:] == [JobEventKind.PROGRESS, JobEventKind.SUCCEEDED]
+    assert done.progress == {"fraction": 1.0, "message": "step 50"}
+    assert seen_in_ctx == [{"fraction": 1.0, "message": "step 50"}]
+    assert (await store.get(rec.id)) == done
+
+
+async def test_slow_subscriber_loses_oldest_and_is_told(store: Store) -> None:
+    """A subscriber that reads nothing never holds up the worker; past its buffer the oldest
+    events are dropped and it first reads one LOST event counting them."""
+    worker = Worker()
+    worker.register("noop", lambda job: None)
+    queue = Queue(store)
+    async with queue.events(buffer=5) as slow, queue.events() as fast:
+        async with serving(store, worker, concurrency=4):
+            recs = [await queue.enqueue(Job("noop")) for _ in range(10)]
+            for rec in recs:
+                await queue.wait(rec.id, timeout=20)
+        # Both streams get the same events at the same moments: once the fast one has seen
+        # every SUCCEEDED, the slow one holds the last 5 of the 30 events and dropped 25.
+        ended: set[str] = set()
+        with anyio.fail_after(10):
+            async for event in fast:
+                if event.kind is JobEventKind.SUCCEEDED:
+                    ended.add(event.job_id)
+                    if len(ended) == len(recs):
+                        break
+        lost = await slow.get(timeout=10)
+        assert lost is not None
+        assert (lost.kind, lost.lost) == (JobEventKind.LOST, 25)
+        rest = [await slow.get(timeout=10) for _ in range(5)]
+        assert await slow.get(timeout=0.2) is None
+    assert all(e is not None and e.job_id in {r.id for r in recs} for e in rest)
+    assert rest[-1] is not None and rest[-1].kind is JobEventKind.SUCCEEDED
+
+
+async def test_queue_wait_is_woken_by_the_end_not_by_polling(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Queue.wait reads the record once, then sleeps until the job's end event wakes it."""
+    reads = 0
+    real_get = store.get
+
+    async def counting_get(id: str) -> JobRecord | None:
+        nonlocal reads
+        reads += 1
+        return await real_get(id)
+
+    monkeypatch.setattr(store, "get", counting_get)
+    worker = Worker()
+    worker.register("noop", lambda job: "ok")
+    queue = Queue(store)
+    rec = await queue.enqueue(Job("noop"))
+    done = anyio.Event()
+    result: list[JobRecord] = []
+
+    async def wait() -> None:
+        result.append(await queue.wait(rec.id, timeout=60))
+        done.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(wait)
+        # Deliberately idle for a second: a polling wait would read the record many times.
+        await anyio.sleep(1.0)
+        assert reads == 1
+        with anyio.fail_after(10):
+            async with serving(store, worker):
+                await done.wait()
+    assert result[0].result == "ok"
+    assert reads == 2
+
+
+async def test_serve_deletes_finished_jobs_past_its_result_ttl(store: Store) -> None:
+    """A serving worker deletes its queues' finished jobs once its result_ttl has passed,
+    but keeps a job enqueued with a longer result_ttl of its own."""
+    worker = Worker()
+    worker.register("noop", lambda job: None)
+    queue = Queue(store)
+    short = await queue.enqueue(Job("noop"))
+    kept = await queue.enqueue(Job("noop"), result_ttl=timedelta(hours=1))
+    assert kept.result_ttl == 3600
+    async with serving(store, worker, result_ttl=0):
+        await queue.wait(kept.id, timeout=10)
+
+        async def deleted() -> bool:
+            return await queue.get(short.id) is None
+
+        await until(deleted)
+    got = await queue.get(kept.id)
+    assert got is not None and got.state is JobState.SUCCEEDED
+
+
+async def test_queue_purge_and_retry(store: Store) -> None:
+    """Queue.purge deletes finished jobs older than a duration (by state) and refuses
+    unfinished states; Queue.retry runs a FAILED job again and names the state otherwise."""
+    worker = Worker()
+    fixed: list[bool] = []
+
+    @worker.handler()
+    async def flaky(job: Job) -> str:
+        if job.args.get("fail") and not fixed:
+            raise StatusError(503, "down")
+        return "ok"
+
+    queue = Queue(store)
+    bad = await queue.enqueue(Job("flaky", {"fail": True}))
+    good = await queue.enqueue(Job("flaky"))
+    async with serving(store, worker):
+        assert (await queue.wait(bad.id, timeout=10)).state is JobState.FAILED
+        await queue.wait(good.id, timeout=10)
+        with pytest.raises(ValueError, match="succeeded"):
+            await queue.retry(good.id)
+        with pytest.raises(LookupError):
+            await queue.retry("nope")
+        fixed.append(True)  # the bug is fixed: run it again
+        again = await queue.retry(bad.id)
+        assert again.state is JobState.QUEUED
+        done = await queue.wait(bad.id, timeout=10)
+    assert done.state is JobState.SUCCEEDED and done.result == "ok" and done.attempts == 1
+    with pytest.raises(ValueError, match="queued"):
+        await queue.purge(older_than=0, states=["queued"])
+    assert await queue.purge(older_than=timedelta(hours=1)) == 0
+    assert await queue.purge(older_than=0, states=[JobState.SUCCEEDED]) == 2
+    assert await queue.list() == []

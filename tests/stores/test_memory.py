@@ -48,9 +48,9 @@ class FlakyStore(MemoryStore):
         self._maybe_fail("renew")
         return await super().renew(owner, ids, lease=lease)
 
-    async def complete(self, owner: str, outcomes: Sequence[Outcome]) -> None:
+    async def complete(self, owner: str, outcomes: Sequence[Outcome]) -> set[str]:
         self._maybe_fail("complete")
-        await super().complete(owner, outcomes)
+        return await super().complete(owner, outcomes)
 
     async def reap(self, *, lost_limit: int = 3) -> int:
         self._maybe_fail("reap")
@@ -97,14 +97,21 @@ async def test_non_object_args_are_a_decode_error() -> None:
 async def test_add_from_another_thread_wakes_a_waiter() -> None:
     """A job added from another thread's event loop wakes wait_for_work (by polling)."""
     store = MemoryStore()
+    added = threading.Event()
+
+    async def add_later() -> None:
+        await anyio.sleep(0.3)  # the waiter must sleep meanwhile
+        added.set()
+        await store.add([record()])
 
     def add_elsewhere() -> None:
-        anyio.run(store.add, [record()])
+        anyio.run(add_later)
 
     with anyio.fail_after(5):
         async with anyio.create_task_group() as tg:
             tg.start_soon(anyio.to_thread.run_sync, add_elsewhere)
             await store.wait_for_work(["default"], 30)
+            assert added.is_set(), "wait_for_work returned before the add"
 
 
 async def test_serve_survives_store_errors() -> None:
@@ -126,9 +133,11 @@ async def test_serve_survives_store_errors() -> None:
                 done = await queue.wait(rec.id, timeout=10)
                 assert done.state is JobState.SUCCEEDED and done.result == "ok"
     assert store.left == {"claim": 0, "renew": 0, "complete": 0, "reap": 0}
-    events = {entry["event"] for entry in logs if entry["log_level"] == "warning"}
-    assert {"claim failed; retrying", "storing outcomes failed; retrying"} <= events
-    assert all(entry["error"].startswith("ConnectionError") for entry in logs if "error" in entry)
+    # Connection errors are an outage: one line when it starts, one when the store answers.
+    events = [(entry["event"], entry.get("call")) for entry in logs]
+    assert ("store unreachable; retrying until it is back", "claim") in events
+    assert "store reachable again" in {event for event, _ in events}
+    assert all(entry["error"].endswith("connection reset") for entry in logs if "error" in entry)
 
 
 async def test_serve_claims_only_up_to_capacity() -> None:

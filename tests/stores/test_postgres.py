@@ -16,12 +16,7 @@ import pytest
 
 from work import WorkError
 from work.stores import JobRecord, JobState, StoreUnavailableError, open_store
-from work.stores.postgres import (
-    SCHEMA_VERSION,
-    PostgresStore,
-    PostgresUnavailableError,
-    _unusable,
-)
+from work.stores.postgres import SCHEMA_VERSION, PostgresStore, PostgresUnavailableError, _unusable
 
 URL = os.environ.get("ANYWORK_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -255,6 +250,7 @@ async def test_notify_wakes_a_waiter_at_once(
     async with make() as producer, anyio.create_task_group() as tg:
         tg.start_soon(wait)
         await anyio.sleep(0.2)  # let the waiter block
+        assert not woke.is_set(), "wait_for_work returned before the add"
         added = time.monotonic()
         await producer.add([_job("wake")])
         with anyio.fail_after(2):
@@ -414,3 +410,94 @@ async def test_drop_removes_the_schema(make: Callable[[], PostgresStore]) -> Non
         )
     finally:
         await conn.close()
+
+
+# -- history does not slow the queue -----------------------------------------------------------
+
+
+async def _fill_finished(store: PostgresStore, n: int) -> None:
+    """Add ``n`` SUCCEEDED jobs in one statement, then ANALYZE (as autovacuum would)."""
+    assert store._pool is not None
+    s = f'"{store.schema}"'
+    await store._pool.execute(
+        f"""INSERT INTO {s}.jobs (id, handler, queue, state, status, attempts, enqueued_at,
+                finished_at)
+            SELECT 'done-' || g, 'h', 'default', 'succeeded', 200, 1, now(), now()
+            FROM generate_series(1, $1) AS g""",
+        n,
+    )
+    await store._pool.execute(f"ANALYZE {s}.jobs")
+
+
+async def _plan(store: PostgresStore, sql: str, *args: object) -> str:
+    assert store._pool is not None
+    rows = await store._pool.fetch("EXPLAIN " + sql, *args)
+    return "\n".join(row[0] for row in rows)
+
+
+async def test_claim_idle_poll_and_expire_use_partial_indexes(store: PostgresStore) -> None:
+    """With 20,000 finished jobs, the claim's pick, the idle poll and the retention search
+    each walk a partial index of unfinished (or expiring) jobs: no sequential scan."""
+    await _fill_finished(store, 20_000)
+    s = f'"{store.schema}"'
+    now = datetime.now(UTC)
+    claim = f"""SELECT id FROM {s}.jobs WHERE queue = $1::text
+                  AND state IN ('queued', 'scheduled') AND (state = 'queued' OR scheduled_for <= $2)
+                ORDER BY priority DESC, COALESCE(scheduled_for, enqueued_at), seq
+                LIMIT 10 FOR UPDATE SKIP LOCKED"""
+    plan = await _plan(store, claim, "default", now)
+    assert "jobs_ready" in plan and "Seq Scan" not in plan and "Sort" not in plan, plan
+    poll = f"""SELECT EXISTS (SELECT 1 FROM {s}.jobs
+                              WHERE queue = ANY($1::text[]) AND state = 'queued'),
+                      (SELECT min(scheduled_for) FROM {s}.jobs
+                       WHERE queue = ANY($1::text[]) AND state = 'scheduled')"""
+    plan = await _plan(store, poll, ["default"])
+    assert "Seq Scan" not in plan, plan
+    expiring = f"""SELECT id FROM {s}.jobs WHERE expires_at IS NOT NULL AND expires_at <= $1
+                   ORDER BY expires_at LIMIT 200"""
+    plan = await _plan(store, expiring, now)
+    assert "jobs_expires" in plan and "Seq Scan" not in plan, plan
+    # The whole of one idle claim and one idle poll through the store itself.
+    assert await store.claim(["default"], limit=10, lease=30, owner="w") == []
+    with anyio.fail_after(5):
+        await store.wait_for_work(["default"], 0.01)
+
+
+async def test_version_1_schema_upgrades_on_open(make: Callable[[], PostgresStore]) -> None:
+    """A schema at version 1 (before the lost counter and retention columns) is upgraded when
+    a store enters it; its jobs are kept and run."""
+    from work.stores.postgres import _migration_v1
+
+    first = make()
+    conn = await asyncpg.connect(URL)
+    try:
+        s = f'"{first.schema}"'
+        await conn.execute(f"CREATE SCHEMA {s}")
+        await conn.execute(f"CREATE TABLE {s}.schema_version (version integer NOT NULL)")
+        for statement in _migration_v1(s, first._channel):
+            await conn.execute(statement)
+        await conn.execute(f"INSERT INTO {s}.schema_version VALUES (1)")
+        await conn.execute(
+            f"INSERT INTO {s}.jobs (id, handler, queue, state, enqueued_at)"
+            " VALUES ('old', 'h', 'default', 'queued', now())"
+        )
+    finally:
+        await conn.close()
+    try:
+        async with first:
+            assert first._pool is not None
+            versions = await first._pool.fetch(f"SELECT version FROM {s}.schema_version")
+            assert sorted(row["version"] for row in versions) == list(range(1, SCHEMA_VERSION + 1))
+            (claimed,) = await first.claim(["default"], limit=5, lease=0.05, owner="w")
+            assert claimed.record.id == "old" and claimed.decode_error is None
+
+            async def reaped() -> bool:
+                return await first.reap() == 1
+
+            with anyio.fail_after(10):
+                while not await reaped():
+                    await anyio.sleep(0.02)
+            got = await first.get("old")
+            assert got is not None and got.state is JobState.QUEUED
+    finally:
+        await first.drop()

@@ -133,3 +133,23 @@ async def test_the_edges_of_each_range_are_stored(store: Store) -> None:
     claimed = await store.claim(["default"], limit=10, lease=30, owner="w")
     assert {c.record.id for c in claimed} == {low.id, past.id, nested.id, text.id}
     await store.wait_for_work(["default"], 0.01)
+
+
+@pytest.mark.parametrize("bad", ["a\x00b", "x" * 256, "", "\ud800"])
+async def test_reading_with_an_impossible_id_or_name_is_a_value_error(
+    store: Store, bad: str
+) -> None:
+    """get, wait, cancel and list with an id or name no job can have raise ValueError on
+    every store (never a driver error), and the store keeps working."""
+    queue = Queue(store)
+    rec = await queue.enqueue(Job("noop"))
+    for call in (queue.get(bad), queue.wait(bad, timeout=1), queue.cancel(bad)):
+        with pytest.raises(ValueError, match="id must"):
+            await call
+    for name in ("queue", "handler", "after"):
+        filters: dict[str, Any] = {name: bad}
+        with pytest.raises(ValueError, match=f"{name} must"):
+            await queue.list(**filters)
+    with pytest.raises(ValueError, match="limit must be between 0 and 2147483647"):
+        await queue.list(limit=10**20)
+    assert [r.id for r in await queue.list()] == [rec.id]

@@ -12,8 +12,8 @@ import anyio
 import pytest
 import redis.asyncio as aioredis
 
-from work import WorkError
-from work.stores import JobRecord, JobState, StoreUnavailableError, open_store
+from work import Status, WorkError
+from work.stores import JobRecord, JobState, Outcome, StoreUnavailableError, open_store
 from work.stores.redis import RedisStore, RedisUnavailableError
 
 URL = os.environ.get("ANYWORK_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -219,6 +219,7 @@ async def test_blpop_wakes_a_waiter_at_once(
     async with make() as producer, anyio.create_task_group() as tg:
         tg.start_soon(wait)
         await anyio.sleep(0.2)  # let the waiter block
+        assert not woke.is_set(), "wait_for_work returned before the add"
         added = time.monotonic()
         await producer.add([_job("wake")])
         with anyio.fail_after(2):
@@ -245,6 +246,7 @@ async def test_a_burst_wakes_every_waiter(
             for n in range(5):
                 tg.start_soon(wait, n)
             await anyio.sleep(0.2)
+            assert not woken, "waiters returned before the add"
             started = time.monotonic()
             await store.add([_job(f"b{i}") for i in range(5)])
         assert time.monotonic() - started < 2.0
@@ -260,12 +262,15 @@ async def test_wait_ends_when_a_scheduled_job_falls_due(store: RedisStore) -> No
     await store.add([_job("later", state=JobState.SCHEDULED, scheduled_for=due)])
     started = time.monotonic()
     claimed: list[str] = []
+    early = 0
     with anyio.fail_after(2):
         # The add's own wake token may end the first wait early: wait until it is claimed.
         while not claimed:
             await store.wait_for_work(["default"], 10)
+            early += datetime.now(UTC) < due
             got = await store.claim(["default"], limit=5, lease=5, owner="o")
             claimed += [c.record.id for c in got]
+    assert early <= 1, "a waiter that keeps returning before the due time is polling"
     assert claimed == ["later"]
     assert time.monotonic() - started < 2.0
     assert datetime.now(UTC) >= due
@@ -356,3 +361,43 @@ async def test_drop_removes_only_its_keys(
             assert (await other.get("y")) is not None
     finally:
         await other.drop()
+
+
+async def test_layout_1_finished_jobs_are_indexed_on_open(
+    make: Callable[[], RedisStore], prefix: str, raw: aioredis.Redis
+) -> None:
+    """Keys at layout version 1 (finished jobs not indexed for retention) are upgraded when a
+    store enters them: the jobs finished before are then found and deleted by expire()."""
+    first = make()
+    try:
+        async with first:
+            await first.add([_job("old"), _job("running")])
+            await first.claim(["default"], limit=1, lease=30, owner="o")
+            await first.complete(
+                "o", [Outcome(id="old", state=JobState.SUCCEEDED, status=Status.SUCCESS)]
+            )
+        # What layout 1 left: no retention index, version 1.
+        await raw.delete(f"{prefix}:done:default")
+        await raw.set(f"{prefix}:schema_version", 1)
+        async with make() as second:
+            assert await raw.get(f"{prefix}:schema_version") == b"2"
+            assert await second.expire(["default"], result_ttl=0, limit=10) == 1
+            assert await second.get("old") is None
+            assert await second.get("running") is not None
+    finally:
+        await first.drop()
+
+
+async def test_idle_claims_and_polls_never_touch_finished_jobs(store: RedisStore) -> None:
+    """Claims and idle polls read only the ready and scheduled sets: finished jobs live in
+    their own retention sets, so history does not slow them."""
+    await store.add([_job(f"j{i}") for i in range(50)])
+    await store.claim(["default"], limit=50, lease=30, owner="o")
+    await store.complete(
+        "o",
+        [Outcome(id=f"j{i}", state=JobState.SUCCEEDED, status=Status.SUCCESS) for i in range(50)],
+    )
+    client = store._require()
+    assert await client.zcard(store._key("ready", "default")) == 0
+    assert await client.zcard(store._key("done", "default")) == 50
+    assert await store.claim(["default"], limit=5, lease=30, owner="o") == []

@@ -15,9 +15,9 @@ from pathlib import Path
 import anyio
 import pytest
 
-from tests.stores.test_conformance import record, state_of, until
-from work import Job, JobState, SyncQueue
-from work.stores import open_store
+from tests.stores.test_conformance import record, seconds_from_now, state_of, until
+from work import Job, JobState, Status, SyncQueue
+from work.stores import Outcome, open_store
 from work.stores.sqlite import SCHEMA_VERSION, SQLiteStore, path_from_url
 
 REPO = Path(__file__).resolve().parents[2]
@@ -169,6 +169,7 @@ async def test_file_settings_and_schema_version(tmp_path: Path) -> None:
     try:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         versions = conn.execute("SELECT version FROM anywork_schema_version").fetchall()
+        # One row per migration applied, each once.
         assert versions == [(v,) for v in range(1, SCHEMA_VERSION + 1)]
         assert conn.execute("SELECT COUNT(*) FROM anywork_jobs").fetchone() == (2,)
     finally:
@@ -354,6 +355,69 @@ def test_worker_processes_run_each_job_once(tmp_path: Path) -> None:
     assert {d.result for d in done} <= {p.pid for p in procs}
 
 
+@pytest.mark.anyio
+async def test_version_1_file_migrates_to_deferred_columns(tmp_path: Path) -> None:
+    """A file made by schema version 1 gains the deadline columns and settings table, keeps its
+    jobs, and a unique key held by a WAITING job then blocks a duplicate."""
+    from work.stores.sqlite import _MIGRATIONS
+
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    try:
+        conn.execute("CREATE TABLE anywork_schema_version (version INTEGER NOT NULL)")
+        for statement in _MIGRATIONS[0]:
+            conn.execute(statement)
+        conn.execute("INSERT INTO anywork_schema_version VALUES (1)")
+        conn.commit()
+    finally:
+        conn.close()
+    async with SQLiteStore(f"sqlite:///{path}") as store:
+        (old,) = await store.add([record(unique_key="k")])
+        (claimed,) = await store.claim(["default"], limit=1, lease=30, owner="o")
+        waiting = Outcome(
+            id=old.id,
+            state=JobState.WAITING,
+            status=Status.ACCEPTED,
+            deadline=seconds_from_now(60),
+            ttl=60.0,
+        )
+        await store.complete("o", [waiting])
+        got = await store.get(old.id)
+        assert got is not None and got.state is JobState.WAITING and got.deferred_ttl == 60.0
+        (same,) = await store.add([record(unique_key="k")])
+        assert same.id == old.id
+        assert await store.setdefault_setting("k", "v") == "v"
+        assert claimed.record.id == old.id
+
+
+async def test_events_are_written_only_while_someone_listens(tmp_path: Path) -> None:
+    """With no subscriber registered the triggers write no event rows; a subscription
+    registers (and its end unregisters) the store in anywork_event_listeners."""
+    path = tmp_path / "jobs.db"
+
+    def rows(table: str) -> int:
+        conn = sqlite3.connect(path)
+        try:
+            (count,) = conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()
+            return int(count)
+        finally:
+            conn.close()
+
+    async with open_store(f"sqlite:///{path}") as store:
+        await store.add([record()])
+        assert rows("anywork_events") == 0
+        async with store.events():
+            assert rows("anywork_event_listeners") == 1
+            await store.add([record()])
+            assert rows("anywork_events") == 1
+        # The watcher thread unregisters as it ends, about a second after the last subscriber.
+        with anyio.fail_after(5):
+            while rows("anywork_event_listeners"):  # another thread's write: polled
+                await anyio.sleep(0.01)
+        await store.add([record()])
+        assert rows("anywork_events") == 1
+
+
 # -- schema version 1 (anywork before the lost counter and the claim index) --------------------
 
 # Version 1's statements, as `git show main~2:work/stores/sqlite.py` has them.
@@ -426,7 +490,8 @@ def test_version_1_file_upgrades_from_several_processes(tmp_path: Path) -> None:
         tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
         assert "anywork_schedules" in tables
         indexes = {row[1] for row in conn.execute("PRAGMA index_list(anywork_jobs)")}
-        assert "anywork_jobs_claim" in indexes and "anywork_jobs_ready" not in indexes
+        assert {"anywork_jobs_claim", "anywork_jobs_leases"} <= indexes
+        assert not {"anywork_jobs_ready", "anywork_jobs_lease"} & indexes
     finally:
         conn.close()
 
@@ -482,6 +547,10 @@ def test_claim_and_idle_poll_never_scan_finished_rows(tmp_path: Path) -> None:
             plan = _plan(conn, sql, params)
             assert "USING COVERING INDEX anywork_jobs_claim" in plan, plan
             assert "TEMP B-TREE" not in plan and "SCAN anywork_jobs" not in plan, plan
+        # The reaper's search holds RUNNING jobs only.
+        reap = "SELECT seq FROM anywork_jobs WHERE state = 'running' AND lease_until <= ?"
+        plan = _plan(conn, reap, (now,))
+        assert "anywork_jobs_leases" in plan and "SCAN anywork_jobs" not in plan, plan
     finally:
         conn.close()
 

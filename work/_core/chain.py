@@ -8,15 +8,21 @@ from collections.abc import Callable
 from typing import Any
 
 import anyio
-import anyio.lowlevel
-import anyio.to_thread
 
+from .deferred import Deferred
 from .exceptions import JobTimeoutError, StatusError, WorkError
 from .job import Job
 from .status import Status
 from .types import Adapter, Handler
 
-__all__ = ["as_async", "chain", "compose", "handler_exit", "settled", "status_of_error"]
+__all__ = [
+    "chain",
+    "compose",
+    "handler_exit",
+    "is_async_callable",
+    "settled",
+    "status_of_error",
+]
 
 
 def chain(*adapters: Adapter) -> Adapter:
@@ -42,34 +48,14 @@ def chain(*adapters: Adapter) -> Adapter:
     return composed
 
 
-def _is_async_callable(fn: Callable[..., Any]) -> bool:
+def is_async_callable(fn: Callable[..., Any]) -> bool:
+    """True for an ``async def`` function, a ``functools.partial`` of one, or an object whose
+    ``__call__`` is ``async def``: handlers that are awaited rather than run in a thread."""
     while isinstance(fn, functools.partial):
         fn = fn.func
     return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
         getattr(fn, "__call__", None)  # noqa: B004 - an object with an async __call__
     )
-
-
-def as_async(fn: Callable[[Job], Any]) -> Handler:
-    """Return ``fn`` as an async handler: a plain ``def`` runs in a worker thread.
-
-    Raises:
-        TypeError: ``fn`` is not callable.
-    """
-    if not callable(fn):
-        raise TypeError(f"a handler must be callable, got {fn!r}")
-    if _is_async_callable(fn):
-        return fn
-
-    async def in_thread(job: Job) -> Any:
-        result = await anyio.to_thread.run_sync(fn, job)
-        # The thread could not be interrupted: a cancellation that arrived while it ran is
-        # delivered now (499), as anyio delivers it at the next checkpoint, never dropped.
-        await anyio.lowlevel.checkpoint_if_cancelled()
-        return result
-
-    in_thread.__name__ = getattr(fn, "__name__", "handler")
-    return in_thread
 
 
 def status_of_error(status: Status, exc: BaseException) -> Status:
@@ -105,7 +91,7 @@ def settled(handler: Handler, *, timed: bool = False) -> Handler:
     - cancelled (or KeyboardInterrupt): 499, and it is always re-raised;
     - with ``timed`` (the step around the handler itself), outlives ``job.timeout``: 408 and
       :class:`JobTimeoutError` (the timeout covers the handler only, not the adapters). A sync
-      handler (see :func:`as_async`) that returns after its deadline is a timeout too, and its
+      handler (run in a thread) that returns after its deadline is a timeout too, and its
       return value is dropped.
     """
 
@@ -138,7 +124,8 @@ def settled(handler: Handler, *, timed: bool = False) -> Handler:
             ctx.status = Status.CANCELLED
             raise
         if ctx.status is Status.UNKNOWN:
-            ctx.status = Status.SUCCESS
+            # A Deferred says "accepted, finished later": 202, still a success.
+            ctx.status = Status.ACCEPTED if isinstance(result, Deferred) else Status.SUCCESS
         return result
 
     settle.__name__ = getattr(handler, "__name__", "handler")

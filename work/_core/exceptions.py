@@ -6,7 +6,9 @@
     ├── StatusError                  carries .status (a Status)
     │   ├── JobTimeoutError          also a builtin TimeoutError; status 408
     │   └── RetryLater               status 429; asks for another try after .delay seconds
-    └── UnknownHandlerError          also a builtin LookupError; no handler by that name
+    ├── UnknownHandlerError          also a builtin LookupError; no handler by that name
+    └── JobStateError                also a builtin ValueError; the job is not in the state
+                                     an operation needs (complete/heartbeat on a non-WAITING job)
 
 Validation errors on the public API are builtin ``ValueError`` / ``TypeError`` with a message
 naming the bad value; a worker that is not running raises ``RuntimeError``.
@@ -14,14 +16,21 @@ naming the bad value; a worker that is not running raises ``RuntimeError``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .status import Status
 
 if TYPE_CHECKING:
     from .job import Job
 
-__all__ = ["JobTimeoutError", "RetryLater", "StatusError", "UnknownHandlerError", "WorkError"]
+__all__ = [
+    "JobStateError",
+    "JobTimeoutError",
+    "RetryLater",
+    "StatusError",
+    "UnknownHandlerError",
+    "WorkError",
+]
 
 
 class WorkError(Exception):
@@ -52,6 +61,10 @@ class StatusError(WorkError):
         self.message = message or self.status.phrase
         super().__init__(f"{int(self.status)} {self.message}")
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled by its own arguments (a handler run in a worker process sends it back).
+        return (type(self), (int(self.status), self.message))
+
 
 class JobTimeoutError(StatusError, TimeoutError):
     """Raised when an execution outlives its job's ``timeout``; its status is 408.
@@ -66,6 +79,9 @@ class JobTimeoutError(StatusError, TimeoutError):
         self.job = job
         name = f" {job.handler!r}" if job is not None else ""
         super().__init__(Status.TIMEOUT, f"job{name} timed out after {timeout:g}s")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (JobTimeoutError, (self.timeout,))
 
 
 class RetryLater(StatusError):
@@ -84,6 +100,9 @@ class RetryLater(StatusError):
         self.delay = float(delay)
         super().__init__(Status.TOO_MANY_REQUESTS, message or f"retry in {self.delay:g}s")
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (RetryLater, (self.delay, self.message))
+
 
 class UnknownHandlerError(WorkError, LookupError):
     """Raised when a job names a handler the worker has not registered.
@@ -98,3 +117,26 @@ class UnknownHandlerError(WorkError, LookupError):
         self.known = sorted(known or [])
         listed = ", ".join(repr(k) for k in self.known) or "none"
         super().__init__(f"no handler named {handler!r} is registered (registered: {listed})")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (UnknownHandlerError, (self.handler, self.known))
+
+
+class JobStateError(WorkError, ValueError):
+    """Raised when a job is not in the state an operation needs, e.g. ``Queue.complete`` or
+    ``Queue.heartbeat`` on a job that is not WAITING.
+
+    Attributes:
+        job_id: the job's id.
+        state: the state the job is in (a ``JobState`` value, such as ``"succeeded"``).
+        expected: the state the operation needs.
+    """
+
+    def __init__(self, job_id: str, state: str, expected: str = "waiting") -> None:
+        self.job_id = job_id
+        self.state = str(state)
+        self.expected = expected
+        super().__init__(f"job {job_id!r} is {self.state}, not {expected}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (JobStateError, (self.job_id, self.state, self.expected))

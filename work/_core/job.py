@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import os
 import time
-from collections.abc import Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,9 +32,21 @@ class Ctx(MutableMapping[str, Any]):
         attempt: 1 for the first attempt, 2 for the first retry, and so on.
         deadline: the anyio clock time (``anyio.current_time()``) by which the execution must
             end, or None when the job has no timeout.
+        progress_hook: called with each value :meth:`progress` records, by whoever runs the
+            execution (``serve`` writes it to the store); None in process. It may be called
+            from a worker thread (a sync handler's).
     """
 
-    __slots__ = ("_execution_id", "_started", "_status", "_values", "attempt", "deadline", "job_id")
+    __slots__ = (
+        "_execution_id",
+        "_started",
+        "_status",
+        "_values",
+        "attempt",
+        "deadline",
+        "job_id",
+        "progress_hook",
+    )
 
     def __init__(
         self,
@@ -51,6 +64,35 @@ class Ctx(MutableMapping[str, Any]):
         self._started = time.time()
         self._status = Status.UNKNOWN
         self._values: dict[str, Any] = dict(values) if values else {}
+        self.progress_hook: Callable[[dict[str, Any]], None] | None = None
+
+    def progress(self, fraction: float, message: str = "") -> None:
+        """Report how far the execution has got.
+
+        The value is kept in ``ctx["progress"]`` as ``{"fraction": fraction, "message":
+        message}``; under ``Worker.serve`` it is also written to the job's record
+        (``JobRecord.progress``, at most about once a second, the last call always) and a
+        PROGRESS event is emitted.
+
+        Args:
+            fraction: the part done, from 0 to 1.
+            message: what is going on, for people watching.
+
+        Raises:
+            ValueError: ``fraction`` is below 0, above 1 or NaN.
+            TypeError: ``fraction`` is not a number or ``message`` not a str.
+        """
+        if isinstance(fraction, bool) or not isinstance(fraction, int | float):
+            raise TypeError(f"progress fraction must be a number, got {type(fraction).__name__}")
+        if math.isnan(fraction) or not 0 <= fraction <= 1:
+            raise ValueError(f"progress fraction must be between 0 and 1, got {fraction!r}")
+        if not isinstance(message, str):
+            raise TypeError(f"progress message must be a str, got {type(message).__name__}")
+        value = {"fraction": float(fraction), "message": message}
+        self._values["progress"] = value
+        hook = self.progress_hook
+        if hook is not None:
+            hook(dict(value))
 
     @property
     def status(self) -> Status:

@@ -9,6 +9,7 @@ row is written.
 from __future__ import annotations
 
 import math
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -38,14 +39,14 @@ MAX_DEPTH = 64
 """How deeply args and headers may nest (dicts and lists in each other)."""
 
 
+# C0 and C1 controls (NUL among them), and surrogates, which UTF-8 cannot encode.
+_BAD_CHAR = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
 def _bad_char(text: str) -> str | None:
     """The first character no store keeps in a name (a control character or a lone surrogate)."""
-    for char in text:
-        code = ord(char)
-        # C0 and C1 controls (NUL among them), and surrogates, which UTF-8 cannot encode.
-        if code < 0x20 or 0x7F <= code < 0xA0 or 0xD800 <= code < 0xE000:
-            return char
-    return None
+    found = _BAD_CHAR.search(text)
+    return None if found is None else found.group()
 
 
 def check_name(value: object, what: str, *, limit: int = MAX_NAME_LENGTH) -> str:
@@ -169,8 +170,12 @@ def check_payload(value: Any, where: str) -> None:
         raise ValueError(problem)
 
 
+# Values with nothing inside to check: skipped without a call (most of any job's args).
+_PLAIN = frozenset({int, float, bool, type(None)})
+
+
 def _payload_ok(value: Any, depth: int) -> bool:
-    """The per-job fast path of :func:`check_payload`: no names built."""
+    """The per-job fast path of :func:`check_payload`: no names built, no call per number."""
     if isinstance(value, str):
         return not _bad_text(value)
     if isinstance(value, dict):
@@ -179,15 +184,26 @@ def _payload_ok(value: Any, depth: int) -> bool:
         for key, item in value.items():
             if isinstance(key, str) and _bad_text(key):
                 return False
-            if not _payload_ok(item, depth + 1):
+            kind = type(item)
+            if kind in _PLAIN:
+                continue
+            if kind is str:
+                if _bad_text(item):
+                    return False
+            elif not _payload_ok(item, depth + 1):
                 return False
         return True
     if isinstance(value, list | tuple):
         if depth >= MAX_DEPTH:
             return False
-        # A plain loop, not all(<generator>): this runs for every item of every job's args.
         for item in value:
-            if not _payload_ok(item, depth + 1):
+            kind = type(item)
+            if kind in _PLAIN:
+                continue
+            if kind is str:
+                if _bad_text(item):
+                    return False
+            elif not _payload_ok(item, depth + 1):
                 return False
     return True
 

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import math
 import os
 import socket
+import threading
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
+import anyio.from_thread
 import structlog
 from anyio.abc import TaskGroup
 
@@ -17,15 +22,28 @@ from .._core.exceptions import UnknownHandlerError
 from .._core.job import Job
 from .._core.retry import Exponential
 from .._core.status import Status
-from ..stores._base import DEFAULT_LOST_LIMIT, Claimed, JobRecord, JobState, Outcome, Store
+from .._runtime.timers import seconds
+from ..stores._base import (
+    DEFAULT_LOST_LIMIT,
+    DEFAULT_RESULT_TTL,
+    Claimed,
+    JobRecord,
+    JobState,
+    Outcome,
+    Store,
+)
+from .deferred import expire_waiting
 from .outcome import decide, final, hand_back
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from .._runtime.worker import Execution, Worker
 
 __all__ = [
     "DEFAULT_CONCURRENCY",
     "DEFAULT_LOST_LIMIT",
+    "DEFAULT_RESULT_TTL",
     "DEFAULT_UNKNOWN_HANDLER_GRACE",
     "serve_store",
 ]
@@ -45,11 +63,21 @@ _MAX_RENEW_INTERVAL = 1.0
 _FINAL_FLUSH_TIMEOUT = 10.0
 # How long a cancelled serve waits for an execution it cancelled to end.
 _CANCEL_WAIT = 5.0
+# How often serve looks for WAITING jobs whose deadline passed ("within about a second").
+_DEADLINE_INTERVAL = 0.5
+# A job's progress is written at most this often (the last value always, before its outcome).
+_PROGRESS_INTERVAL = 1.0
 # A job handed back for lack of its handler is due again after this pause, growing with the
 # time it has waited (a tenth of it) up to the cap: a worker without the handler never claims
 # the same job in a hot loop, and one that has it gets it within seconds.
 _UNKNOWN_PAUSE = 1.0
 _UNKNOWN_PAUSE_CAP = 30.0
+# Retention: every interval, delete finished jobs whose time is up, a small batch per store
+# call (a short transaction); while batches come back full, the next follows after a pause.
+_EXPIRE_INTERVAL = 30.0
+_EXPIRE_FIRST = 1.0
+_EXPIRE_BATCH = 200
+_EXPIRE_PAUSE = 0.05
 
 _log = structlog.get_logger("anywork.serve")
 
@@ -74,6 +102,40 @@ class _Backoff:
         await anyio.sleep(self._PAUSES.delay(self._failures))
 
 
+class _Outage:
+    """Says once that the store stopped answering and once that it answers again, instead
+    of one line (and a traceback) per failed call while it is down.
+
+    A store error that is not a lost connection (a bug, a bad statement) is still logged
+    every time: retrying will not heal it and each one matters.
+    """
+
+    def __init__(self, log: Any) -> None:
+        self.log = log
+        self.since: float | None = None  # anyio clock time of the first failure
+        self.failures = 0
+
+    def failed(self, call: str, exc: Exception) -> None:
+        """Report a failed store call (``call`` names it: "claim", "storing outcomes")."""
+        if not isinstance(exc, ConnectionError | OSError):
+            self.log.warning(f"{call} failed; retrying", error=repr(exc))
+            return
+        self.failures += 1
+        if self.since is None:
+            self.since = anyio.current_time()
+            self.log.warning(
+                "store unreachable; retrying until it is back", call=call, error=str(exc)
+            )
+
+    def ok(self) -> None:
+        """Report a store call that succeeded: the end of an outage, if there was one."""
+        if self.since is None:
+            return
+        down = anyio.current_time() - self.since
+        self.log.info("store reachable again", down_for=round(down, 1), failed_calls=self.failures)
+        self.since, self.failures = None, 0
+
+
 @dataclass(slots=True, eq=False)
 class _Slot:
     """One claimed job, from its claim until its outcome is written."""
@@ -86,6 +148,9 @@ class _Slot:
     cancel_requested: bool = False  # the store said stop (a cancel, or the lease is lost)
     lost: bool = False  # the same job was claimed again by this owner: drop this run
     outcome: Outcome | None = None
+    progress: dict[str, Any] | None = None  # the last value ctx.progress reported
+    progress_sent: dict[str, Any] | None = None  # the last value written to the store
+    progress_at: float = -math.inf  # when it was written (anyio clock)
 
 
 class _Server:
@@ -101,8 +166,12 @@ class _Server:
         *,
         lost_limit: int = DEFAULT_LOST_LIMIT,
         unknown_handler_grace: float = DEFAULT_UNKNOWN_HANDLER_GRACE,
+        result_ttl: float | None = DEFAULT_RESULT_TTL,
+        on_discarded: Callable[[Outcome], object] | None = None,
     ) -> None:
         self.worker = worker
+        self.on_discarded = on_discarded
+        self.result_ttl = result_ttl
         self.store = store
         self.queues = queues
         self.concurrency = concurrency
@@ -120,14 +189,20 @@ class _Server:
         self.pending: list[_Slot] = []  # outcomes waiting for complete()
         self.pending_event = anyio.Event()
         self.flush_lock = anyio.Lock()
+        self.progress_event = anyio.Event()
+        self.thread = threading.get_ident()
         self.log = _log.bind(worker=worker.name, owner=self.owner)
+        self.outage = _Outage(self.log)
 
     async def run(self) -> None:
         try:
             async with anyio.create_task_group() as background:
                 background.start_soon(self.renew_loop, name="anywork serve: renew leases")
                 background.start_soon(self.reap_loop, name="anywork serve: reap leases")
+                background.start_soon(self.deadline_loop, name="anywork serve: deadlines")
                 background.start_soon(self.flush_loop, name="anywork serve: complete")
+                background.start_soon(self.progress_loop, name="anywork serve: progress")
+                background.start_soon(self.expire_loop, name="anywork serve: retention")
                 async with anyio.create_task_group() as jobs:
                     await self.claim_until_stopped(jobs)
                 # Every claimed job has ended or been handed back: stop the helpers.
@@ -171,15 +246,16 @@ class _Server:
                 with anyio.CancelScope(shield=True):
                     got = await self.claim_batch(jobs, free)
             except Exception as exc:
-                self.log.warning("claim failed; retrying", error=repr(exc))
+                self.outage.failed("claim", exc)
                 await backoff.sleep()
                 continue
+            self.outage.ok()
             backoff.reset()
             if got < free:
                 try:
                     await self.store.wait_for_work(self.queues, _IDLE_WAIT)
                 except Exception as exc:
-                    self.log.warning("waiting for work failed; retrying", error=repr(exc))
+                    self.outage.failed("waiting for work", exc)
                     await backoff.sleep()
 
     async def claim_batch(self, jobs: TaskGroup, free: int) -> int:
@@ -263,6 +339,8 @@ class _Server:
                 slot.outcome = final(rec, JobState.CANCELLED, Status.CANCELLED, "cancelled")
             return  # stopped while waiting for a slot: handed back
         slot.execution = execution
+        # Set before the handler can run: perform() returned with no checkpoint since.
+        execution.ctx.progress_hook = functools.partial(self.on_progress, slot)
         if slot.cancel_requested or slot.lost:
             execution.cancel()
         try:
@@ -322,8 +400,9 @@ class _Server:
             try:
                 stop = await self.store.renew(self.owner, ids, lease=self.lease)
             except Exception as exc:
-                self.log.warning("renewing leases failed; retrying", error=repr(exc))
+                self.outage.failed("renewing leases", exc)
                 continue
+            self.outage.ok()
             for id in stop:
                 slot = self.slots.get(id)
                 if slot is None or slot.outcome is not None:
@@ -342,11 +421,117 @@ class _Server:
             try:
                 reaped = await self.store.reap(lost_limit=self.lost_limit)
             except Exception as exc:
-                self.log.warning("reaping expired leases failed; retrying", error=repr(exc))
+                self.outage.failed("reaping expired leases", exc)
             else:
+                self.outage.ok()
                 if reaped:
                     self.log.info("put back jobs whose worker was lost", count=reaped)
             await anyio.sleep(interval)
+
+    async def deadline_loop(self) -> None:
+        """Fail or retry WAITING jobs whose deadline passed (504 "no callback within ttl")."""
+        while True:
+            try:
+                expired = await expire_waiting(self.store)
+            except Exception as exc:
+                self.log.warning("expiring deferred deadlines failed; retrying", error=repr(exc))
+            else:
+                for rec in expired:
+                    self.log.info(
+                        "no callback within ttl",
+                        job_id=rec.id,
+                        handler=rec.handler,
+                        state=rec.state.value,
+                    )
+            await anyio.sleep(_DEADLINE_INTERVAL)
+
+    # -- progress -------------------------------------------------------------------------------
+
+    def on_progress(self, slot: _Slot, value: dict[str, Any]) -> None:
+        """ctx.progress's hook: note the value and wake the progress loop (from any thread)."""
+        slot.progress = value
+        if threading.get_ident() == self.thread:
+            self.progress_event.set()
+            return
+        # A sync handler runs in one of anyio's worker threads; in a thread of the handler's
+        # own (RuntimeError) the value is written with the next one, or before the outcome.
+        with contextlib.suppress(RuntimeError):
+            anyio.from_thread.run_sync(self.wake_progress)
+
+    def wake_progress(self) -> None:
+        self.progress_event.set()
+
+    def unsent_progress(self, slots: list[_Slot]) -> dict[str, dict[str, Any]]:
+        return {
+            slot.record.id: slot.progress
+            for slot in slots
+            if slot.progress is not None and slot.progress is not slot.progress_sent
+        }
+
+    async def write_progress(self, slots: list[_Slot]) -> None:
+        """Write the unsent progress of ``slots`` (under the flush lock, so a value never
+        overtakes a later one or the outcome)."""
+        values = self.unsent_progress(slots)
+        if not values:
+            return
+        now = anyio.current_time()
+        await self.store.set_progress(self.owner, values)
+        for slot in slots:
+            if slot.record.id in values:
+                slot.progress_sent, slot.progress_at = values[slot.record.id], now
+
+    def progress_due(self, now: float) -> tuple[list[_Slot], float]:
+        """The slots whose unsent progress may be written now, and when the next one may."""
+        due: list[_Slot] = []
+        next_at = math.inf
+        for slot in self.slots.values():
+            if slot.outcome is not None or slot.progress is slot.progress_sent:
+                continue
+            at = slot.progress_at + _PROGRESS_INTERVAL
+            if at <= now:
+                due.append(slot)
+            else:
+                next_at = min(next_at, at)
+        return due, next_at
+
+    async def progress_loop(self) -> None:
+        # Slots are only ever held in locals while written: a finished job's slot, execution
+        # and args must not stay reachable from this loop while it waits.
+        while True:
+            self.progress_event = event = anyio.Event()
+            now = anyio.current_time()
+            due, next_at = self.progress_due(now)
+            if due:
+                try:
+                    async with self.flush_lock:
+                        await self.write_progress([s for s in due if s.outcome is None])
+                except Exception as exc:
+                    self.log.warning("storing progress failed; retrying", error=repr(exc))
+                    await anyio.sleep(_PROGRESS_INTERVAL)
+                continue
+            del due
+            with anyio.move_on_after(next_at - now):
+                await event.wait()
+
+    # -- retention ----------------------------------------------------------------------------
+
+    async def expire_loop(self) -> None:
+        """Delete finished jobs whose time is up (the job's own result_ttl, else this serve's
+        for its queues), in small batches."""
+        if self.result_ttl is None:
+            return
+        await anyio.sleep(_EXPIRE_FIRST)
+        while True:
+            try:
+                deleted = await self.store.expire(
+                    self.queues, result_ttl=self.result_ttl, limit=_EXPIRE_BATCH
+                )
+            except Exception as exc:
+                self.log.warning("deleting expired jobs failed; retrying", error=repr(exc))
+                deleted = 0
+            if deleted:
+                self.log.debug("deleted finished jobs past their result_ttl", count=deleted)
+            await anyio.sleep(_EXPIRE_PAUSE if deleted >= _EXPIRE_BATCH else _EXPIRE_INTERVAL)
 
     # -- completing ---------------------------------------------------------------------------
 
@@ -369,17 +554,38 @@ class _Server:
             outcomes = [slot.outcome for slot in batch if slot.outcome is not None]
             try:
                 with anyio.CancelScope(shield=True):
-                    await self.store.complete(self.owner, outcomes)
+                    # The last progress reported is stored before the outcome.
+                    await self.write_progress(batch)
+                    applied = await self.store.complete(self.owner, outcomes)
             except Exception as exc:
-                self.log.warning("storing outcomes failed; retrying", error=repr(exc))
+                self.outage.failed("storing outcomes", exc)
                 self.pending[:0] = batch
                 self.pending_event.set()
                 return False
+            self.outage.ok()
+            if applied is not None:
+                self.log_discarded([o for o in outcomes if o.id not in applied])
             for slot in batch:
                 if self.slots.get(slot.record.id) is slot:
                     del self.slots[slot.record.id]
             self.release(len(batch))
             return True
+
+    def log_discarded(self, outcomes: list[Outcome]) -> None:
+        """One line per outcome the store refused: the lease was lost (the worker paused or
+        was cut off longer than the lease) and the job was reaped or claimed by another."""
+        for o in outcomes:
+            self.log.warning(
+                "outcome discarded: the job's lease was lost and the job taken over",
+                job_id=o.id,
+                state=str(o.state),
+                status=int(o.status),
+            )
+            if self.on_discarded is not None:
+                try:
+                    self.on_discarded(o)
+                except Exception:
+                    self.log.exception("an on_discarded callback raised; ignored")
 
     async def flush_all(self) -> None:
         backoff = _Backoff()
@@ -408,6 +614,8 @@ async def serve_store(
     lease: float = 30.0,
     lost_limit: int = DEFAULT_LOST_LIMIT,
     unknown_handler_grace: float = DEFAULT_UNKNOWN_HANDLER_GRACE,
+    result_ttl: float | timedelta | None = DEFAULT_RESULT_TTL,
+    on_discarded: Callable[[Outcome], object] | None = None,
 ) -> None:
     """Consume jobs from ``store`` with ``worker`` until cancelled or the worker stops.
 
@@ -437,6 +645,11 @@ async def serve_store(
         lost_limit: how many times a job's worker may be lost before the job fails (applied by
             this worker's reaper to every job it reaps).
         unknown_handler_grace: seconds a job for a handler no worker has may wait for one.
+        result_ttl: seconds (or a timedelta) finished jobs of ``queues`` are kept before this
+            worker deletes them, a small batch at a time (a job enqueued with a
+            ``result_ttl`` of its own keeps that); None keeps them for ever.
+        on_discarded: called with each outcome the store refused because the job's lease was
+            lost (the job was taken over); the CLI's exit summary counts them.
 
     Raises:
         RuntimeError: the worker was never started (a worker already stopping makes ``serve``
@@ -468,6 +681,11 @@ async def serve_store(
             # is nothing to serve and nothing to hand back.
             return
         raise RuntimeError(f"{worker.name} is not running: call serve inside `async with worker:`")
+    ttl: float | None = None
+    if result_ttl is not None:
+        ttl = seconds(result_ttl, name="result_ttl")
+        if not 0 <= ttl < float("inf"):
+            raise ValueError(f"result_ttl must be a finite duration >= 0, got {result_ttl!r}")
     server = _Server(
         worker,
         store,
@@ -476,6 +694,8 @@ async def serve_store(
         float(lease),
         lost_limit=lost_limit,
         unknown_handler_grace=float(unknown_handler_grace),
+        result_ttl=ttl,
+        on_discarded=on_discarded,
     )
     async with worker.lifetime():
         await server.run()

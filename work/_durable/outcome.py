@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from .._core.deferred import Deferred
 from .._core.exceptions import RetryLater, StatusError
 from .._core.jsoncheck import check_json, json_ok
 from .._core.retry import backoff_from_dict
@@ -14,7 +15,15 @@ from ..stores._base import JobRecord, JobState, Outcome
 if TYPE_CHECKING:
     from .._runtime.worker import Execution
 
-__all__ = ["DEFAULT_MAX_DEFERRALS", "decide", "final", "hand_back"]
+__all__ = [
+    "DEFAULT_MAX_DEFERRALS",
+    "decide",
+    "final",
+    "hand_back",
+    "resolve",
+    "retry_or_fail",
+    "waiting",
+]
 
 DEFAULT_MAX_DEFERRALS = 20
 """RetryLater deferrals allowed to a job enqueued without a RetryPolicy (RetryPolicy's default)."""
@@ -85,6 +94,8 @@ def decide(rec: JobRecord, execution: Execution, *, stopping: bool) -> Outcome:
         # Cancelled by the stop (not a StatusError(499) the handler raised): hand it back.
         return hand_back(rec)
     if status.is_success:
+        if isinstance(execution.result, Deferred):
+            return waiting(rec, execution.result)
         # The same rule as for args at enqueue (str keys, finite floats, JSON types), so that
         # a result is stored exactly as returned or refused, never silently changed.
         if not json_ok(execution.result):
@@ -102,6 +113,13 @@ def decide(rec: JobRecord, execution: Execution, *, stopping: bool) -> Outcome:
         max_deferrals = retry.get("max_deferrals", DEFAULT_MAX_DEFERRALS)
         if rec.deferrals < max_deferrals:
             return _later(rec, status, message, error.delay, deferral=True)
+    return retry_or_fail(rec, status, message)
+
+
+def retry_or_fail(rec: JobRecord, status: Status, message: str) -> Outcome:
+    """A failed execution's outcome: SCHEDULED for a retry when the job's stored policy
+    retries ``status`` and attempts remain, else FAILED."""
+    retry = rec.retry or {}
     if int(status) in retry.get("retry_on", ()) and rec.attempts < rec.max_attempts:
         try:
             delay = backoff_from_dict(retry["backoff"]).delay(rec.attempts)
@@ -110,3 +128,33 @@ def decide(rec: JobRecord, execution: Execution, *, stopping: bool) -> Outcome:
         else:
             return _later(rec, status, message, delay)
     return final(rec, JobState.FAILED, status, message)
+
+
+def waiting(rec: JobRecord, deferred: Deferred) -> Outcome:
+    """The outcome of a handler that returned ``Deferred``: WAITING until a deadline ``ttl``
+    seconds ahead (FAILED 500 if its provisional result cannot be stored)."""
+    if not json_ok(deferred.result):
+        message = (
+            f"the Deferred result of handler {rec.handler!r} cannot be stored as JSON: "
+            f"{_why_unstorable(deferred.result)}"
+        )
+        return final(rec, JobState.FAILED, Status.INTERNAL_ERROR, message)
+    return Outcome(
+        id=rec.id,
+        state=JobState.WAITING,
+        status=Status.ACCEPTED,
+        result=deferred.result,
+        deadline=_now() + timedelta(seconds=deferred.ttl),
+        ttl=deferred.ttl,
+    )
+
+
+def resolve(rec: JobRecord, status: Status, result: Any, error: str | None) -> Outcome:
+    """The outcome of finishing a WAITING job with ``status`` (``Queue.complete``, a callback,
+    or 504 for a passed deadline): SUCCEEDED with ``result`` for 2xx, else retried or FAILED by
+    the job's stored policy, exactly as a handler's status would be."""
+    if status.is_success:
+        return Outcome(id=rec.id, state=JobState.SUCCEEDED, status=status, result=result)
+    if status is Status.UNKNOWN:
+        status = Status.INTERNAL_ERROR
+    return retry_or_fail(rec, status, error or f"{int(status)} {status.phrase}")

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
@@ -16,16 +17,19 @@ from .._core.retry import RetryPolicy
 from .._core.status import Status
 from .._core.validate import check_at, check_delay, check_int, check_name, check_payload
 from .._runtime.portal import PortalTwin
-from ..stores._base import JobRecord, JobState, Store
+from .._runtime.timers import seconds
+from ..stores._base import FINAL_STATES, JobRecord, JobState, Store
 from ..stores._open import open_store
+from .deferred import complete_waiting, heartbeat_waiting
+from .events import DEFAULT_EVENT_BUFFER, EventStream, JobEventKind, check_event_filters
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
 __all__ = ["Queue", "SyncQueue"]
 
-# Queue.wait polls the store: first after 10 ms, then 1.5 times longer each time, up to this.
-_WAIT_MAX_INTERVAL = 0.25
+# What Queue.wait listens for (LOST events always come too).
+_END_KINDS = (JobEventKind.SUCCEEDED, JobEventKind.FAILED, JobEventKind.CANCELLED)
 
 
 class Queue:
@@ -88,6 +92,7 @@ class Queue:
         priority: int,
         retry: RetryPolicy | None,
         unique_key: str | None,
+        result_ttl: float | None = None,
     ) -> JobRecord:
         if not isinstance(job, Job):
             raise TypeError(f"enqueue needs a Job, got {type(job).__name__}")
@@ -147,6 +152,34 @@ class Queue:
             scheduled_for=due,
             timeout=job.timeout,
             retry=retry_settings,
+            result_ttl=result_ttl,
+        )
+
+    def check(
+        self,
+        job: Job,
+        *,
+        delay: float | timedelta | None = None,
+        at: datetime | None = None,
+        priority: int = 0,
+        retry: RetryPolicy | None = None,
+        unique_key: str | None = None,
+    ) -> None:
+        """Raise what :meth:`enqueue` would raise for these arguments, without touching the
+        store (which need not be entered): a form or a command line can refuse bad input
+        before it connects.
+
+        Raises:
+            TypeError, ValueError: as for :meth:`enqueue`.
+        """
+        self._record(
+            job,
+            now=datetime.now(UTC),
+            delay=delay,
+            at=at,
+            priority=priority,
+            retry=retry,
+            unique_key=unique_key,
         )
 
     async def enqueue(
@@ -158,6 +191,7 @@ class Queue:
         priority: int = 0,
         retry: RetryPolicy | None = None,
         unique_key: str | None = None,
+        result_ttl: float | timedelta | None = None,
     ) -> JobRecord:
         """Store ``job`` to be run by a worker serving its queue.
 
@@ -171,8 +205,10 @@ class Queue:
             priority: higher runs first; a 32-bit signed int (-2**31 to 2**31 - 1).
             retry: the policy for failed executions (default: no retries; RetryLater still
                 defers up to 20 times).
-            unique_key: while a job with this key in the same queue is QUEUED, SCHEDULED or
-                RUNNING, return that job's record instead of adding another.
+            unique_key: while a job with this key in the same queue is QUEUED, SCHEDULED,
+                RUNNING or WAITING, return that job's record instead of adding another.
+            result_ttl: keep the job this long (seconds or a timedelta) once finished, instead
+                of the serving worker's ``result_ttl`` (7 days by default).
 
         Every store keeps the same ranges (``work._core.validate``): ``delay`` finite, from 0
         to 36525 days (about 100 years); ``at`` aware, from 1970-01-01 UTC to 36525 days from now;
@@ -190,7 +226,13 @@ class Queue:
                 ``at``; nothing is stored.
         """
         (record,) = await self.enqueue_many(
-            [job], delay=delay, at=at, priority=priority, retry=retry, unique_key=unique_key
+            [job],
+            delay=delay,
+            at=at,
+            priority=priority,
+            retry=retry,
+            unique_key=unique_key,
+            result_ttl=result_ttl,
         )
         return record
 
@@ -203,6 +245,7 @@ class Queue:
         priority: int = 0,
         retry: RetryPolicy | None = None,
         unique_key: str | None = None,
+        result_ttl: float | timedelta | None = None,
     ) -> list[JobRecord]:
         """Store several jobs with the same options in one store round trip.
 
@@ -215,6 +258,7 @@ class Queue:
             TypeError, ValueError: as for :meth:`enqueue`.
         """
         now = datetime.now(UTC)
+        ttl = _result_ttl(result_ttl)
         records = [
             self._record(
                 job,
@@ -224,6 +268,7 @@ class Queue:
                 priority=priority,
                 retry=retry,
                 unique_key=unique_key,
+                result_ttl=ttl,
             )
             for job in jobs
         ]
@@ -234,11 +279,19 @@ class Queue:
     # -- following ----------------------------------------------------------------------------
 
     async def get(self, id: str) -> JobRecord | None:
-        """Return the job's record, or None if the store does not know it."""
+        """Return the job's record, or None if the store does not know it.
+
+        Raises:
+            TypeError, ValueError: ``id`` is not a str a job id can be (as for enqueue).
+        """
+        check_name(id, "id")
         return await self.store.get(id)
 
     async def wait(self, id: str, timeout: float | None = None) -> JobRecord:
         """Wait until the job is SUCCEEDED, FAILED or CANCELLED, and return its record.
+
+        It follows the store's events (:meth:`events`), reading the record again only when
+        one says the job ended: it does not poll the store.
 
         Args:
             id: the job id.
@@ -248,28 +301,124 @@ class Queue:
             TimeoutError: the job was not final within ``timeout``.
             LookupError: the store does not know the job.
         """
-        interval = 0.01
+        check_name(id, "id")
         state = "unknown"
         with anyio.move_on_after(timeout):
+            # Subscribed before the first look, so an end that happens after it is seen; the
+            # record is read again only when an event says this job ended (or events were
+            # lost): no polling.
             while True:
-                record = await self.store.get(id)
-                if record is None:
-                    raise LookupError(f"no job with id {id!r} in {self.store.url}")
-                if record.state.is_final:
-                    return record
-                state = record.state.value
-                await anyio.sleep(interval)
-                interval = min(interval * 1.5, _WAIT_MAX_INTERVAL)
+                async with self.store.events(kinds=_END_KINDS) as events:
+                    lost = False
+                    while not lost:
+                        record = await self.store.get(id)
+                        if record is None:
+                            raise LookupError(f"no job with id {id!r} in {self.store.url}")
+                        if record.state.is_final:
+                            return record
+                        state = record.state.value
+                        async for event in events:
+                            # LOST: look again, subscribed anew (a lost connection reopens).
+                            lost = event.kind is JobEventKind.LOST
+                            if lost or event.job_id == id:
+                                break
         raise TimeoutError(f"job {id!r} was not finished after {timeout:g}s (it is {state})")
 
+    @asynccontextmanager
+    async def events(
+        self,
+        *,
+        kinds: Iterable[JobEventKind | str] | None = None,
+        queues: Iterable[str] | str | None = None,
+        buffer: int = DEFAULT_EVENT_BUFFER,
+    ) -> AsyncIterator[EventStream]:
+        """Follow job state changes as they happen, made by any process on this store::
+
+            async with queue.events(kinds=["succeeded", "failed"]) as events:
+                async for event in events:
+                    print(event.kind, event.job_id, event.status)
+
+        Every change made after the ``async with`` is entered is delivered, each job's in
+        order (see ``docs/events.md`` for the kinds and each store's mechanism). A subscriber
+        that does not keep up never slows the store or the workers: past ``buffer`` unread
+        events its oldest are dropped, and it next receives one ``JobEventKind.LOST`` event
+        whose ``lost`` says how many.
+
+        Args:
+            kinds: only these kinds (names or members; None: all). LOST always comes.
+            queues: only jobs of these queues (a single name is accepted; None: all).
+            buffer: the most unread events kept.
+
+        Raises:
+            ValueError: an unknown kind, an empty queue name or a buffer below 1.
+        """
+        kind_set, queue_set = check_event_filters(kinds, queues)
+        if isinstance(buffer, bool) or not isinstance(buffer, int) or buffer < 1:
+            raise ValueError(f"buffer must be an int >= 1, got {buffer!r}")
+        async with self.store.events(kinds=kind_set, queues=queue_set, buffer=buffer) as stream:
+            yield stream
+
     async def cancel(self, id: str) -> bool:
-        """Cancel a job: a QUEUED or SCHEDULED one at once; a RUNNING one's execution is
+        """Cancel a job: a QUEUED, SCHEDULED or WAITING one at once; a RUNNING one's execution is
         cancelled within about a second (it ends CANCELLED, 499).
 
         Returns:
             True if it was cancelled (or the cancel requested), False if unknown or final.
+
+        Raises:
+            TypeError, ValueError: ``id`` is not a str a job id can be (as for enqueue).
         """
+        check_name(id, "id")
         return await self.store.cancel(id)
+
+    async def complete(
+        self,
+        id: str,
+        *,
+        status: Status | int = Status.SUCCESS,
+        result: Any = None,
+        error: str | None = None,
+    ) -> JobRecord:
+        """Finish a WAITING job (one whose handler returned ``Deferred``).
+
+        A 2xx ``status`` makes it SUCCEEDED with ``result``; any other status is handled as a
+        handler's would be: retried (the handler runs again) if the job's RetryPolicy retries
+        it and attempts remain, else FAILED with ``error`` (default: the status phrase).
+
+        Args:
+            id: the job id.
+            status: how the work ended.
+            result: the final result (JSON; 2xx only).
+            error: why it failed (non-2xx only).
+
+        Returns:
+            The job's new record.
+
+        Raises:
+            LookupError: the store does not know the job.
+            JobStateError: the job is not WAITING (the message names its state).
+            TypeError: ``result`` is not JSON-serialisable (the message names the part), or
+                ``status`` is not an int.
+            ValueError: an unknown status, or a result given with a non-2xx status.
+        """
+        return await complete_waiting(self.store, id, status=status, result=result, error=error)
+
+    async def heartbeat(self, id: str, ttl: float | None = None) -> JobRecord:
+        """Keep a WAITING job waiting: push its deadline to ``ttl`` seconds from now.
+
+        Args:
+            id: the job id.
+            ttl: seconds from now (default: the ttl of the job's ``Deferred``).
+
+        Returns:
+            The job's new record (``deadline`` updated).
+
+        Raises:
+            LookupError: the store does not know the job.
+            JobStateError: the job is not WAITING (the message names its state).
+            ValueError: ``ttl`` is not a number > 0.
+        """
+        return await heartbeat_waiting(self.store, id, ttl)
 
     async def list(
         self,
@@ -292,10 +441,15 @@ class Queue:
             schedule_id: only the executions of this schedule.
 
         Raises:
-            ValueError: an unknown state or a negative limit.
+            ValueError: an unknown state, a limit below 0 or above 2**31 - 1, or a name or
+                id that no job can have (as for enqueue).
         """
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
             raise ValueError(f"limit must be an int >= 0, got {limit!r}")
+        check_int(limit, "limit", low=0)
+        for value, what in ((queue, "queue"), (handler, "handler"), (after, "after")):
+            if value is not None:
+                check_name(value, what)
         return await self.store.list(
             state=JobState(state) if state is not None else None,
             queue=queue,
@@ -308,6 +462,78 @@ class Queue:
     async def stats(self) -> dict[str, dict[str, int]]:
         """Return ``{queue: {state: count}}``."""
         return await self.store.stats()
+
+    # -- history ------------------------------------------------------------------------------
+
+    async def purge(
+        self,
+        *,
+        older_than: datetime | timedelta | float,
+        states: Iterable[JobState | str] = FINAL_STATES,
+    ) -> int:
+        """Delete finished jobs now, whatever their ``result_ttl`` (serving workers delete
+        them anyway once it has passed).
+
+        Args:
+            older_than: jobs that finished before this aware datetime, or more than this long
+                ago (seconds or a timedelta).
+            states: which finished states to delete (default: SUCCEEDED, FAILED and
+                CANCELLED).
+
+        Returns:
+            How many jobs were deleted.
+
+        Raises:
+            ValueError: a state that is not final (unfinished jobs are never purged), an
+                unknown state, a naive datetime or a negative duration.
+        """
+        wanted: list[JobState] = []
+        for state in states:
+            st = JobState(state)
+            if not st.is_final:
+                raise ValueError(
+                    f"only finished jobs can be purged (succeeded, failed, cancelled), "
+                    f"got state {st.value!r}"
+                )
+            wanted.append(st)
+        if isinstance(older_than, datetime):
+            if older_than.tzinfo is None or older_than.utcoffset() is None:
+                raise ValueError(
+                    f"older_than must be an aware datetime (with tzinfo), got naive {older_than!r}"
+                )
+            cutoff = older_than.astimezone(UTC)
+        else:
+            age = seconds(older_than, name="older_than")
+            if not 0 <= age < float("inf"):
+                raise ValueError(f"older_than must be a duration >= 0, got {older_than!r}")
+            cutoff = datetime.now(UTC) - timedelta(seconds=age)
+        return await self.store.purge(older_than=cutoff, states=wanted)
+
+    async def retry(self, id: str) -> JobRecord:
+        """Run a FAILED or CANCELLED job again now: it is QUEUED with its attempts, status,
+        error and result cleared (the same id, args and options).
+
+        Returns:
+            The job's new record.
+
+        Raises:
+            LookupError: the store does not know the job.
+            ValueError: the job is not FAILED or CANCELLED (the message names its state), or
+                another unfinished job holds its unique_key.
+        """
+        record = await self.store.retry(id)
+        if record is None:
+            raise LookupError(f"no job with id {id!r} in {self.store.url}")
+        return record
+
+
+def _result_ttl(value: float | timedelta | None) -> float | None:
+    if value is None:
+        return None
+    ttl = seconds(value, name="result_ttl")
+    if not 0 <= ttl < float("inf"):
+        raise ValueError(f"result_ttl must be a finite duration >= 0, got {value!r}")
+    return ttl
 
 
 class SyncQueue:
@@ -350,6 +576,7 @@ class SyncQueue:
         priority: int = 0,
         retry: RetryPolicy | None = None,
         unique_key: str | None = None,
+        result_ttl: float | timedelta | None = None,
     ) -> JobRecord:
         """Store ``job``; see :meth:`Queue.enqueue`."""
         record: JobRecord = self._call(
@@ -360,8 +587,25 @@ class SyncQueue:
             priority=priority,
             retry=retry,
             unique_key=unique_key,
+            result_ttl=result_ttl,
         )
         return record
+
+    def check(
+        self,
+        job: Job,
+        *,
+        delay: float | timedelta | None = None,
+        at: datetime | None = None,
+        priority: int = 0,
+        retry: RetryPolicy | None = None,
+        unique_key: str | None = None,
+    ) -> None:
+        """Raise what :meth:`enqueue` would raise, without touching the store; see
+        :meth:`Queue.check`."""
+        self._queue.check(
+            job, delay=delay, at=at, priority=priority, retry=retry, unique_key=unique_key
+        )
 
     def enqueue_many(
         self,
@@ -372,6 +616,7 @@ class SyncQueue:
         priority: int = 0,
         retry: RetryPolicy | None = None,
         unique_key: str | None = None,
+        result_ttl: float | timedelta | None = None,
     ) -> list[JobRecord]:
         """Store several jobs in one round trip; see :meth:`Queue.enqueue_many`."""
         records: list[JobRecord] = self._call(
@@ -382,6 +627,7 @@ class SyncQueue:
             priority=priority,
             retry=retry,
             unique_key=unique_key,
+            result_ttl=result_ttl,
         )
         return records
 
@@ -403,6 +649,25 @@ class SyncQueue:
     def cancel(self, id: str) -> bool:
         """Cancel a job; see :meth:`Queue.cancel`."""
         return bool(self._call(self._queue.cancel, id))
+
+    def complete(
+        self,
+        id: str,
+        *,
+        status: Status | int = Status.SUCCESS,
+        result: Any = None,
+        error: str | None = None,
+    ) -> JobRecord:
+        """Finish a WAITING job; see :meth:`Queue.complete`."""
+        record: JobRecord = self._call(
+            self._queue.complete, id, status=status, result=result, error=error
+        )
+        return record
+
+    def heartbeat(self, id: str, ttl: float | None = None) -> JobRecord:
+        """Push a WAITING job's deadline; see :meth:`Queue.heartbeat`."""
+        record: JobRecord = self._call(self._queue.heartbeat, id, ttl)
+        return record
 
     def list(
         self,
@@ -430,6 +695,20 @@ class SyncQueue:
         """Return ``{queue: {state: count}}``; see :meth:`Queue.stats`."""
         counts: dict[str, dict[str, int]] = self._call(self._queue.stats)
         return counts
+
+    def purge(
+        self,
+        *,
+        older_than: datetime | timedelta | float,
+        states: Iterable[JobState | str] = FINAL_STATES,
+    ) -> int:
+        """Delete finished jobs now; see :meth:`Queue.purge`."""
+        return int(self._call(self._queue.purge, older_than=older_than, states=list(states)))
+
+    def retry(self, id: str) -> JobRecord:
+        """Run a FAILED or CANCELLED job again now; see :meth:`Queue.retry`."""
+        record: JobRecord = self._call(self._queue.retry, id)
+        return record
 
     def close(self) -> None:
         """Leave the store and stop the background event loop. Calling it again does nothing."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import logging
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -15,11 +16,12 @@ import anyio
 import anyio.lowlevel
 from anyio.abc import TaskGroup
 
-from .._core.chain import as_async, compose
+from .._core.chain import compose, is_async_callable
 from .._core.exceptions import StatusError, UnknownHandlerError
 from .._core.job import Ctx, Job
 from .._core.status import Status
 from .._core.types import Adapter, Handler
+from .sync_handlers import ProcessRunner, SyncMode, ThreadRunner
 from .timers import CronSchedule, IntervalSchedule, TimerHeap, parse_every, seconds, utcnow
 
 if TYPE_CHECKING:
@@ -39,6 +41,8 @@ _MAX_STARTING = 32
 # A runner yields to the event loop after this many back-to-back executions, so a burst of
 # jobs that never await anything cannot starve other tasks.
 _YIELD_EVERY = 64
+
+_log = logging.getLogger("anywork.worker")
 
 
 class Execution:
@@ -205,9 +209,18 @@ class Worker:
         name: a label for logs and metrics (default ``worker-<n>``).
         shutdown_grace: seconds in-flight executions get to finish when the worker stops,
             before they are cancelled (499).
+        sync_handlers: where plain ``def`` handlers run. ``"thread"`` (the default): in
+            worker threads; a thread cannot be interrupted, so when its execution times out
+            (408) or is cancelled (499) the execution ends at once and its thread is
+            abandoned (it runs on; its result is dropped). ``"process"``: in worker
+            processes, killed when the execution times out or is cancelled; the handler must
+            be a module-level function and the job's args and its result picklable.
+        max_abandoned_threads: with ``"thread"``, while this many abandoned threads are
+            still running, new sync executions end 503 at once instead of starting another.
 
     Raises:
-        ValueError: ``max_concurrency`` < 1 or a negative ``shutdown_grace``.
+        ValueError: ``max_concurrency`` < 1, a negative ``shutdown_grace``, an unknown
+            ``sync_handlers`` or ``max_abandoned_threads`` < 1.
     """
 
     _names = itertools.count(1)
@@ -219,7 +232,15 @@ class Worker:
         max_concurrency: int | None = None,
         name: str | None = None,
         shutdown_grace: float = 10.0,
+        sync_handlers: SyncMode = "thread",
+        max_abandoned_threads: int = 16,
     ) -> None:
+        if sync_handlers not in ("thread", "process"):
+            raise ValueError(f"sync_handlers must be 'thread' or 'process', got {sync_handlers!r}")
+        if isinstance(max_abandoned_threads, bool) or not isinstance(max_abandoned_threads, int):
+            raise TypeError(f"max_abandoned_threads must be an int, got {max_abandoned_threads!r}")
+        if max_abandoned_threads < 1:
+            raise ValueError(f"max_abandoned_threads must be >= 1, got {max_abandoned_threads}")
         if max_concurrency is not None:
             if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int):
                 raise TypeError(f"max_concurrency must be an int or None, got {max_concurrency!r}")
@@ -235,8 +256,12 @@ class Worker:
         self.max_concurrency = max_concurrency
         self.name = name or f"worker-{next(self._names)}"
         self.shutdown_grace = grace
+        self.sync_handlers: SyncMode = sync_handlers
+        self._threads = ThreadRunner(max_abandoned=max_abandoned_threads, name=self.name)
+        self._processes = ProcessRunner()
         self._handlers: dict[str, Callable[[Job], Any]] = {}
         self._chains: dict[str, Handler] = {}
+        self._subscribers: tuple[Callable[[Execution], object], ...] = ()
         self._reset()
 
     def _reset(self) -> None:
@@ -255,6 +280,11 @@ class Worker:
         self._services = 0
         self._services_done: anyio.Event | None = None
 
+    @property
+    def abandoned_threads(self) -> int:
+        """Threads of sync handlers abandoned after a timeout or cancel that still run."""
+        return self._threads.abandoned
+
     # -- registry ---------------------------------------------------------------------------
 
     @property
@@ -267,7 +297,8 @@ class Worker:
 
         Raises:
             ValueError: ``name`` is blank or already registered.
-            TypeError: ``fn`` is not callable or ``name`` not a str.
+            TypeError: ``fn`` is not callable or ``name`` not a str; with
+                ``sync_handlers="process"``, a plain ``def`` that cannot be pickled.
         """
         if not isinstance(name, str):
             raise TypeError(f"a handler name must be a str, got {type(name).__name__}")
@@ -275,7 +306,14 @@ class Worker:
             raise ValueError(f"a handler name must not be blank, got {name!r}")
         if name in self._handlers:
             raise ValueError(f"a handler named {name!r} is already registered on {self.name}")
-        handler = as_async(fn)
+        if not callable(fn):
+            raise TypeError(f"a handler must be callable, got {fn!r}")
+        if is_async_callable(fn):
+            handler = fn
+        elif self.sync_handlers == "process":
+            handler = self._processes.wrap(fn)
+        else:
+            handler = self._threads.wrap(fn)
         self._handlers[name] = fn
         self._chains[name] = compose(self.adapters, handler)
 
@@ -295,6 +333,39 @@ class Worker:
             return fn
 
         return decorate
+
+    # -- observing --------------------------------------------------------------------------
+
+    def subscribe(self, callback: Callable[[Execution], object]) -> Callable[[], None]:
+        """Call ``callback(execution)`` as each execution starts and as it finishes.
+
+        ``execution.done`` tells the two apart: False when it starts (before the handler
+        runs), True when it has finished (``status``, ``result`` and ``error`` are final). An
+        execution cancelled before it started is seen only once, done. The callback runs in
+        the worker's event loop thread and must not block; one that raises is logged (logger
+        ``anywork.worker``) and does not disturb the worker or the other callbacks.
+
+        Args:
+            callback: a plain function taking the Execution.
+
+        Returns:
+            A function that unsubscribes the callback (calling it twice does nothing).
+        """
+        if not callable(callback):
+            raise TypeError(f"subscribe needs a callable, got {callback!r}")
+        self._subscribers = (*self._subscribers, callback)
+
+        def unsubscribe() -> None:
+            self._subscribers = tuple(s for s in self._subscribers if s is not callback)
+
+        return unsubscribe
+
+    def _notify(self, execution: Execution) -> None:
+        for callback in self._subscribers:
+            try:
+                callback(execution)
+            except Exception:
+                _log.exception("a worker.subscribe callback raised; ignored: %r", callback)
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -666,6 +737,7 @@ class Worker:
         lease: float = 30.0,
         lost_limit: int = 3,
         unknown_handler_grace: float = 300.0,
+        result_ttl: float | timedelta | None = 7 * 24 * 3600.0,
     ) -> None:
         """Consume jobs from a durable store until cancelled or the worker stops.
 
@@ -686,6 +758,9 @@ class Worker:
             unknown_handler_grace: a job for a handler this worker lacks goes back for another
                 worker without using an attempt; it fails 404 only when no worker has run it
                 within this many seconds of the first hand-back.
+            result_ttl: finished jobs of ``queues`` are deleted (a small batch at a time) this
+                long after they finished (default 7 days), unless a job was enqueued with a
+                ``result_ttl`` of its own; None keeps them for ever.
         """
         from .._durable.consumer import serve_store
 
@@ -697,6 +772,7 @@ class Worker:
             lease=lease,
             lost_limit=lost_limit,
             unknown_handler_grace=unknown_handler_grace,
+            result_ttl=result_ttl,
         )
 
     # -- running executions -----------------------------------------------------------------
@@ -764,6 +840,8 @@ class Worker:
         ctx = execution.ctx
         execution._phase = _RUNNING
         ctx._started = time.time()
+        if self._subscribers:
+            self._notify(execution)
         try:
             with anyio.CancelScope() as scope:
                 execution._scope = scope
@@ -792,6 +870,8 @@ class Worker:
             assert self._sem is not None
             self._sem.release()
         self._inflight.discard(execution)
+        if self._subscribers:
+            self._notify(execution)
         if execution._event is not None:
             execution._event.set()
         if execution._callbacks is not None:

@@ -5,6 +5,7 @@
     anywork worker app:worker --store postgresql://db/jobs --concurrency 16 --http :9000
     anywork enqueue send_email --args '{"to": "a@example.com"}'
     anywork jobs list --state failed
+    anywork jobs watch --queue default
     anywork stats
 
 Exit codes: 0 success, 1 a runtime failure (the store cannot be reached, a job is unknown),
@@ -35,6 +36,7 @@ from .._core.validate import INT_MIN
 from .._durable.queue import Queue
 from ..stores import JobRecord, JobState, mask_url
 from ._common import CLIError, connected, int_arg, open_store_of, seconds_arg
+from .jobs import add_watch_parser
 from .schedules import add_commands as add_schedule_commands
 from .schedules import add_worker_options
 from .worker import load_worker, parse_listen, run_worker_command
@@ -156,7 +158,8 @@ async def _cmd_jobs_list(ns: argparse.Namespace) -> int:
 
 async def _cmd_jobs_get(ns: argparse.Namespace) -> int:
     async with connected(open_store_of(ns), create=False) as store:
-        record = await Queue(store).get(ns.id)
+        with _bad_input():
+            record = await Queue(store).get(ns.id)
     if record is None:
         raise CLIError(f"no job with id {ns.id!r} in {mask_url(ns.store)}")
     data = record_to_dict(record)
@@ -173,13 +176,60 @@ async def _cmd_jobs_get(ns: argparse.Namespace) -> int:
 async def _cmd_jobs_cancel(ns: argparse.Namespace) -> int:
     async with connected(open_store_of(ns), create=False) as store:
         queue = Queue(store)
-        if await queue.cancel(ns.id):
+        with _bad_input():
+            cancelled = await queue.cancel(ns.id)
+        if cancelled:
             print(f"cancelled {ns.id}")
             return 0
         record = await queue.get(ns.id)
     if record is None:
         raise CLIError(f"no job with id {ns.id!r} in {mask_url(ns.store)}")
     raise CLIError(f"job {ns.id} is already {record.state}; nothing to cancel")
+
+
+async def _cmd_jobs_purge(ns: argparse.Namespace) -> int:
+    states = ns.state or [JobState.SUCCEEDED.value, JobState.FAILED.value, JobState.CANCELLED.value]
+    async with connected(open_store_of(ns), create=False) as store:
+        with _bad_input():
+            deleted = await Queue(store).purge(older_than=ns.older_than, states=states)
+    print(f"purged {deleted} job{'' if deleted == 1 else 's'}")
+    return 0
+
+
+async def _cmd_jobs_retry(ns: argparse.Namespace) -> int:
+    async with connected(open_store_of(ns), create=False) as store:
+        try:
+            record = await Queue(store).retry(ns.id)
+        except LookupError:
+            raise CLIError(f"no job with id {ns.id!r} in {mask_url(ns.store)}") from None
+        except ValueError as exc:
+            raise CLIError(str(exc)) from None
+    print(f"retrying {record.id}  {record.handler}  queue={record.queue}  {record.state}")
+    return 0
+
+
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+
+
+def parse_duration(text: str) -> float:
+    """A duration for the command line: seconds (``90``, ``1.5``) or a number with a unit
+    ``s``, ``m``, ``h``, ``d`` or ``w`` (``30d``, ``12h``).
+
+    Raises:
+        argparse.ArgumentTypeError: anything else, a negative or a non-finite value.
+    """
+    raw = text.strip().lower()
+    unit = _UNITS.get(raw[-1:]) if raw else None
+    number = raw[:-1] if unit is not None else raw
+    try:
+        value = float(number) * (unit or 1.0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a duration: {text!r} (seconds, or a number with s, m, h, d or w: 30d)"
+        ) from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"a duration must be finite and >= 0, got {text!r}")
+    return value
 
 
 async def _cmd_stats(ns: argparse.Namespace) -> int:
@@ -211,20 +261,20 @@ async def _cmd_enqueue(ns: argparse.Namespace) -> int:
         raise CLIError(f"--args must be a JSON object, got {type(args).__name__}: {ns.args}", 2)
     if ns.delay is not None and ns.delay < 0:
         raise CLIError(f"--delay must be >= 0 seconds, got {ns.delay:g}", 2)
-    try:
+    store = open_store_of(ns)
+    options: dict[str, Any] = {
+        "delay": ns.delay or None,
+        "priority": ns.priority,
+        "unique_key": ns.unique_key,
+    }
+    with _bad_input():
         job = Job(ns.handler, args, queue=ns.queue)
-        retry = None if ns.max_attempts is None else RetryPolicy(max_attempts=ns.max_attempts)
-    except (ValueError, TypeError) as exc:
-        raise CLIError(str(exc), 2) from None
-    async with connected(open_store_of(ns)) as store:
+        options["retry"] = None if ns.max_attempts is None else RetryPolicy(ns.max_attempts)
+        # Refused before connecting: bad input creates no store (no SQLite file, no schema).
+        Queue(store).check(job, **options)
+    async with connected(store):
         with _bad_input():
-            record = await Queue(store).enqueue(
-                job,
-                delay=ns.delay or None,
-                priority=ns.priority,
-                retry=retry,
-                unique_key=ns.unique_key,
-            )
+            record = await Queue(store).enqueue(job, **options)
     if ns.json:
         _print_json(record_to_dict(record))
     else:
@@ -309,11 +359,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=3,
         help="fail a job once its worker was lost this many times (default: 3)",
     )
+    w.add_argument(
+        "--result-ttl",
+        type=parse_duration,
+        default=7 * 86400.0,
+        metavar="DURATION",
+        help="delete finished jobs of its queues this long after they finish (default: 7d)",
+    )
     w.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio")
     add_worker_options(w)
     w.set_defaults(func=run_worker_command)
 
-    jobs = sub.add_parser("jobs", help="list, show or cancel jobs")
+    jobs = sub.add_parser("jobs", help="list, show, cancel, retry, purge or watch jobs")
     jobs_sub = jobs.add_subparsers(dest="jobs_command", required=True, parser_class=_Parser)
     ls = jobs_sub.add_parser("list", help="list jobs, oldest first")
     _add_store(ls)
@@ -333,6 +390,27 @@ def build_parser() -> argparse.ArgumentParser:
     cancel.add_argument("id")
     _add_store(cancel)
     cancel.set_defaults(func=_run(_cmd_jobs_cancel))
+    add_watch_parser(jobs_sub, _add_store)
+    purge = jobs_sub.add_parser("purge", help="delete finished jobs now")
+    _add_store(purge)
+    purge.add_argument(
+        "--older-than",
+        type=parse_duration,
+        required=True,
+        metavar="DURATION",
+        help="jobs that finished more than this long ago (seconds, or 30d, 12h, 90m)",
+    )
+    purge.add_argument(
+        "--state",
+        action="append",
+        choices=[JobState.SUCCEEDED.value, JobState.FAILED.value, JobState.CANCELLED.value],
+        help="only jobs in this state; repeatable (default: every finished state)",
+    )
+    purge.set_defaults(func=_run(_cmd_jobs_purge))
+    retry = jobs_sub.add_parser("retry", help="run a failed or cancelled job again now")
+    retry.add_argument("id")
+    _add_store(retry)
+    retry.set_defaults(func=_run(_cmd_jobs_retry))
 
     st = sub.add_parser("stats", help="job counts by queue and state")
     _add_store(st)

@@ -22,11 +22,9 @@ from .._core.job import Job
 from .._core.retry import RetryPolicy
 from ..scheduling import Schedule, Scheduler, ScheduleRecord, Schedules
 from ..stores import JobRecord, JobState, Store
-from ..stores._base import Fired, Plan, ScheduleRow
 from ._common import CLIError, connected, log, open_store_of
 
 __all__ = [
-    "DelegateSchedules",
     "add_commands",
     "add_worker_options",
     "beside_worker",
@@ -39,53 +37,6 @@ AddStore = Callable[[argparse.ArgumentParser], None]
 Run = Callable[
     [Callable[[argparse.Namespace], Awaitable[int]]], Callable[[argparse.Namespace], int]
 ]
-
-
-class DelegateSchedules:
-    """The schedule methods of the Store protocol, forwarded to ``self._inner``: for a store
-    wrapper (the worker's counting store) that only changes the job methods."""
-
-    _inner: Store
-
-    async def get_schedule(self, id: str) -> ScheduleRow | None:
-        return await self._inner.get_schedule(id)
-
-    async def list_schedules(
-        self,
-        *,
-        prefix: str | None = None,
-        enabled: bool | None = None,
-        limit: int = 100,
-        after: str | None = None,
-    ) -> list[ScheduleRow]:
-        return await self._inner.list_schedules(
-            prefix=prefix, enabled=enabled, limit=limit, after=after
-        )
-
-    async def save_schedule(self, row: ScheduleRow, *, expected: int | None) -> bool:
-        return await self._inner.save_schedule(row, expected=expected)
-
-    async def delete_schedule(self, id: str) -> bool:
-        return await self._inner.delete_schedule(id)
-
-    async def fire_schedules(self, now: datetime, plan: Plan, *, limit: int) -> list[Fired]:
-        return await self._inner.fire_schedules(now, plan, limit=limit)
-
-    async def add_execution(self, record: JobRecord, *, exclusive: bool) -> JobRecord:
-        return await self._inner.add_execution(record, exclusive=exclusive)
-
-    async def executions(
-        self,
-        schedule_id: str,
-        *,
-        state: JobState | None = None,
-        limit: int = 100,
-        before: str | None = None,
-    ) -> list[JobRecord]:
-        return await self._inner.executions(schedule_id, state=state, limit=limit, before=before)
-
-    async def next_schedule_due(self) -> datetime | None:
-        return await self._inner.next_schedule_due()
 
 
 # --------------------------------------------------------------------------- printing

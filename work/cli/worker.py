@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import builtins
 import contextlib
 import importlib
 import os
@@ -11,20 +10,21 @@ import signal
 import socket
 import sys
 import time
-from collections import Counter
-from collections.abc import AsyncIterator, Iterator, Sequence
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from collections import Counter, OrderedDict
+from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import anyio
 from anyio.abc import TaskStatus
 
 from .._core.retry import Exponential
-from .._runtime.worker import Worker
-from ..stores import Claimed, JobRecord, JobState, Outcome, Store
+from .._core.status import Status
+from .._durable.consumer import serve_store
+from .._runtime.worker import Execution, Worker
+from ..stores import Outcome, Store
 from ._common import CLIError, connect_patiently, entered, log, open_store_of
-from .schedules import DelegateSchedules, beside_worker, child_options
+from .schedules import beside_worker, child_options
 
 if TYPE_CHECKING:
     import uvicorn
@@ -39,6 +39,8 @@ _READY_PROBE_ID = "anywork-ready-probe"
 _READY_PROBE_TIMEOUT = 2.0
 # Schemes whose drivers (asyncpg, redis-py) run on asyncio only.
 _ASYNCIO_ONLY = frozenset({"postgresql", "postgres", "redis", "rediss"})
+# Executions whose outcome the tally remembers, in case the store discards it (lease lost).
+_RECENT = 10_000
 
 
 # --------------------------------------------------------------------------- worker: loading
@@ -98,94 +100,65 @@ def load_worker(spec: str) -> Worker:
 # --------------------------------------------------------------------------- worker: running
 
 
-class _CountingStore(DelegateSchedules):
-    """A store seen through a counter: every outcome the worker reports is tallied."""
+class _Tally:
+    """Counts the executions this process finished, by outcome and status, through
+    ``worker.subscribe`` (it sees every execution as it finishes)."""
 
-    def __init__(self, inner: Store) -> None:
-        self._inner = inner
-        self.url = inner.url
+    def __init__(self, worker: Worker) -> None:
+        self._worker = worker
         self.counts: Counter[tuple[str, int]] = Counter()
+        self.discarded = 0  # outcomes the store refused: the lease had been taken over
+        self._recent: OrderedDict[str, tuple[str, int]] = OrderedDict()
+        self.discarded = 0  # outcomes the store refused: the lease had been taken over
 
-    def __getattr__(self, name: str) -> Any:
-        # Extras a store offers beyond the protocol stay reachable.
-        return getattr(self._inner, name)
+    def __call__(self, execution: Execution) -> None:
+        if not execution.done:
+            return  # the start of an execution: only ends are counted
+        status = execution.status
+        if status.is_success:
+            outcome = "succeeded"
+        elif status is Status.CANCELLED:
+            # Cancelled by the worker's stop: serve hands the job back.
+            outcome = "handed back" if self._worker.stopping else "cancelled"
+        else:
+            outcome = "failed"  # retried later or not: the store's policy decides
+        key = (outcome, int(status))
+        self.counts[key] += 1
+        # Remembered until its outcome may come back discarded (within a flush or two).
+        self._recent[execution.job.id] = key
+        if len(self._recent) > _RECENT:
+            self._recent.popitem(last=False)
 
-    async def __aenter__(self) -> Self:
-        await self._inner.__aenter__()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self._inner.__aexit__(exc_type, exc, tb)
-
-    async def add(self, records: Sequence[JobRecord]) -> list[JobRecord]:
-        return await self._inner.add(records)
-
-    async def get(self, id: str) -> JobRecord | None:
-        return await self._inner.get(id)
-
-    async def list(
-        self,
-        *,
-        state: JobState | None = None,
-        queue: str | None = None,
-        handler: str | None = None,
-        limit: int = 100,
-        after: str | None = None,
-        schedule_id: str | None = None,
-    ) -> list[JobRecord]:
-        return await self._inner.list(
-            state=state,
-            queue=queue,
-            handler=handler,
-            limit=limit,
-            after=after,
-            schedule_id=schedule_id,
-        )
-
-    async def stats(self) -> dict[str, dict[str, int]]:
-        return await self._inner.stats()
-
-    async def cancel(self, id: str) -> bool:
-        return await self._inner.cancel(id)
-
-    async def claim(
-        self, queues: Sequence[str], *, limit: int, lease: float, owner: str
-    ) -> builtins.list[Claimed]:
-        return await self._inner.claim(queues, limit=limit, lease=lease, owner=owner)
-
-    async def renew(self, owner: str, ids: Sequence[str], *, lease: float) -> set[str]:
-        return await self._inner.renew(owner, ids, lease=lease)
-
-    async def complete(self, owner: str, outcomes: Sequence[Outcome]) -> None:
-        await self._inner.complete(owner, outcomes)
-        self.counts.update((str(o.state), int(o.status)) for o in outcomes)
-
-    async def reap(self, *, lost_limit: int = 3) -> int:
-        return await self._inner.reap(lost_limit=lost_limit)
-
-    async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
-        await self._inner.wait_for_work(queues, timeout)
+    def discard(self, outcome: Outcome) -> None:
+        """``serve``'s ``on_discarded``: the store refused this job's outcome (the lease was
+        lost), so its execution is counted apart, not as a result."""
+        self.discarded += 1
+        key = self._recent.pop(outcome.id, None)
+        if key is not None and self.counts[key] > 0:
+            self.counts[key] -= 1
+            if not self.counts[key]:
+                del self.counts[key]
 
     def summary(self) -> str:
-        """One line: how many jobs ended in each state, with the statuses behind each."""
+        """One line: how many executions ended each way, with the statuses behind each, and
+        how many outcomes the store discarded."""
+        discarded = f"; discarded {self.discarded} (lease lost)" if self.discarded else ""
         if not self.counts:
-            return "processed 0 jobs"
-        by_state: dict[str, Counter[int]] = {}
-        for (state, status), n in self.counts.items():
-            by_state.setdefault(state, Counter())[status] += n
-        names = {"queued": "handed back", "scheduled": "retry scheduled"}
+            return f"processed 0 jobs{discarded}"
+        by_outcome: dict[str, Counter[int]] = {}
+        for (outcome, status), n in self.counts.items():
+            by_outcome.setdefault(outcome, Counter())[status] += n
         parts = []
-        for state in sorted(by_state, key=lambda s: -sum(by_state[s].values())):
-            codes = ", ".join(f"{c}x{n}" for c, n in sorted(by_state[state].items()) if c >= 0)
-            text = f"{names.get(state, state)} {sum(by_state[state].values())}"
+        for outcome in sorted(by_outcome, key=lambda s: -sum(by_outcome[s].values())):
+            counts = by_outcome[outcome]
+            text = f"{outcome} {sum(counts.values())}"
+            if outcome == "handed back":
+                parts.append(text)  # always 499: the count says it all
+                continue
+            codes = ", ".join(f"{c}x{n}" for c, n in sorted(counts.items()) if c >= 0)
             parts.append(f"{text} ({codes})" if codes else text)
         total = sum(self.counts.values())
-        return f"processed {total} job{'' if total == 1 else 's'}: " + "; ".join(parts)
+        return f"processed {total} job{'' if total == 1 else 's'}: " + "; ".join(parts) + discarded
 
 
 class _Probe:
@@ -309,7 +282,9 @@ async def _watch_parent(stop: anyio.Event, parent: int) -> None:
 
 
 async def _run_worker(ns: argparse.Namespace, worker: Worker) -> int:
-    store = _CountingStore(open_store_of(ns))
+    store = open_store_of(ns)
+    tally = _Tally(worker)
+    unsubscribe = worker.subscribe(tally)
     probe = _Probe(store)
     stop = anyio.Event()
     sock = _bind(*ns.http) if ns.http else None
@@ -328,35 +303,40 @@ async def _run_worker(ns: argparse.Namespace, worker: Worker) -> int:
         tg.start_soon(watch)
         server = await tg.start(_serve_http, sock, probe) if sock is not None else None
         try:
-            await _serve(ns, worker, store, queues, probe, stop)
+            await _serve(ns, worker, store, queues, probe, stop, tally)
         finally:
             probe.ready = False
             watchers.cancel()
             if server is not None:
                 server.should_exit = True
-    log(store.summary())
+    unsubscribe()
+    log(tally.summary())
     return 0
 
 
 async def _serve(
     ns: argparse.Namespace,
     worker: Worker,
-    store: _CountingStore,
+    store: Store,
     queues: tuple[str, ...],
     probe: _Probe,
     stop: anyio.Event,
+    tally: _Tally,
 ) -> None:
     if not await connect_patiently(store, stop):
         return  # told to stop before the store could be reached
     async with entered(store), anyio.create_task_group() as serving, worker:
 
         async def serve() -> None:
-            await worker.serve(
+            await serve_store(
+                worker,
                 store,
+                on_discarded=tally.discard,
                 queues=queues,
                 concurrency=ns.concurrency,
                 lease=ns.lease,
                 lost_limit=ns.lost_limit,
+                result_ttl=ns.result_ttl,
             )
             stop.set()
 
@@ -379,7 +359,7 @@ def _child_command(ns: argparse.Namespace, index: int) -> list[str]:
     """The command line of child ``index``: ours without --processes, its own --http port."""
     cmd = [sys.executable, "-m", "work.cli", "worker", ns.target, "--store", ns.store]
     cmd += ["--queues", ns.queues, "--lease", repr(ns.lease), "--backend", ns.backend]
-    cmd += ["--lost-limit", str(ns.lost_limit)]
+    cmd += ["--lost-limit", str(ns.lost_limit), "--result-ttl", repr(ns.result_ttl)]
     for option in ns.store_option:
         cmd += ["--store-option", option]
     if ns.concurrency is not None:
@@ -487,4 +467,16 @@ def run_worker_command(ns: argparse.Namespace) -> int:
     if ns.processes > 1:
         return anyio.run(_supervise, ns)
     worker = load_worker(ns.target)
-    return anyio.run(_run_worker, ns, worker, backend=ns.backend)
+    code: int = anyio.run(_run_worker, ns, worker, backend=ns.backend)
+    abandoned = worker.abandoned_threads
+    if abandoned:
+        # Their jobs were handed back (or recorded); the interpreter would wait for the
+        # threads at exit, forever for a wedged one. Exiting here drops their late results.
+        log(
+            f"{abandoned} thread(s) of sync handlers that overran are still running: "
+            f"exiting without waiting for them (their results are dropped)"
+        )
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code

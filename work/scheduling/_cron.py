@@ -12,11 +12,17 @@ from datetime import datetime, timedelta
 
 from croniter import CroniterBadDateError, croniter
 
-__all__ = ["CrontabLine", "EventBridgeCron", "FieldSpec"]
+__all__ = [
+    "CrontabLine",
+    "EventBridgeCron",
+    "FieldError",
+    "FieldSpec",
+    "nearest_weekday",
+    "parse_values",
+]
 
 MONTH_NAMES = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")
 DAY_NAMES = ("SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT")
-ORDINALS = ("first", "second", "third", "fourth", "fifth")
 _ONE_MINUTE = timedelta(minutes=1)
 
 
@@ -76,6 +82,7 @@ def parse_values(text: str, spec: FieldSpec) -> frozenset[int]:
 
 
 def _item(item: str, text: str, spec: FieldSpec) -> range:
+    """One list item of a field: `*`, `a`, `a-b`, each with an optional `/step`."""
     if not item:
         raise FieldError(f"{spec.name} {text!r} has an empty list item")
     base, slash, step_text = item.partition("/")
@@ -129,6 +136,7 @@ class _DaySpec:
     dow_nth: frozenset[tuple[int, int]] = frozenset()  # 6#3: the third Friday
 
     def days(self, year: int, month: int) -> tuple[int, ...]:
+        """The days of that month the rule chooses, in order."""
         last = calendar.monthrange(year, month)[1]
         days = {d for d in self.dom if d <= last}
         if self.dom_last:
@@ -279,6 +287,7 @@ class EventBridgeCron:
             wall = self.next_wall(wall + _ONE_MINUTE)
 
     def describe(self) -> str:
+        """The expression in words."""
         from ._describe import describe_eventbridge
 
         return describe_eventbridge(self)
@@ -350,6 +359,7 @@ class CrontabLine:
                 return
 
     def describe(self) -> str:
+        """The line in words."""
         from ._describe import describe_crontab
 
         return describe_crontab(self)

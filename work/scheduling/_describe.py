@@ -46,8 +46,9 @@ def _time(minute: str, hour: str, minutes: Iterable[int], hours: Iterable[int]) 
             return "every minute"
         if step and minute.partition("/")[0] in {"*", "0"}:
             return f"every {step} minutes"
-        if len(mins) == 1:
-            return f"every hour at :{mins[0]:02d}"
+        if len(mins) <= 4:
+            return "every hour at " + _join(f":{m:02d}" for m in mins)
+        return f"at minute {minute} of every hour"
     if len(mins) * len(hrs) <= 4:
         return "at " + _join(f"{h:02d}:{m:02d}" for h in hrs for m in mins)
     return f"at minute {minute} of hour {hour}"

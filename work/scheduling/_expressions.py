@@ -9,6 +9,7 @@ elapsed time and never looks at a wall clock.
 from __future__ import annotations
 
 import abc
+import functools
 import re
 import zoneinfo
 from collections.abc import Iterator
@@ -26,6 +27,7 @@ __all__ = [
 ]
 
 _ZERO = timedelta(0)
+_TICK = timedelta(microseconds=1)
 
 
 def check_timezone(name: str) -> zoneinfo.ZoneInfo:
@@ -182,10 +184,11 @@ class _WallExpression(Expression):
         after = _aware(after, "after").astimezone(UTC)
         local = after.astimezone(self.zone)
         wall = local.replace(tzinfo=None)
-        start = wall
+        # A wall time equal to `after`'s fires at `after` or earlier: start just past it...
+        start = wall + _TICK
         if local.fold == 0:
-            # `after` in the first pass of a repeated hour: the second pass of wall times
-            # earlier than `after`'s is still to come.
+            # ...unless `after` is in the first pass of a repeated hour: then the second pass
+            # of wall times earlier than `after`'s is still to come.
             first, second = _offsets(wall, self.zone)
             if first > second:
                 start = wall - (first - second)
@@ -310,6 +313,15 @@ def parse_expression(expression: str, timezone: str = "UTC") -> Expression:
     """
     if not isinstance(expression, str):
         raise TypeError(f"an expression is a string, got {expression!r}")
+    if not isinstance(timezone, str):
+        check_timezone(timezone)  # the TypeError, before the cache hashes it
+    return _parse(expression, timezone)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse(expression: str, timezone: str) -> Expression:
+    """parse_expression's work, cached: schedulers parse the same few expressions per fire,
+    and an Expression never changes once made."""
     text = expression.strip()
     check_timezone(timezone)
     if not text:

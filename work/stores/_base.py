@@ -13,6 +13,10 @@ Life of a job in a store::
                   QUEUED <── complete(QUEUED) ─────────┘    (hand-back on shutdown)
                   QUEUED / FAILED <── reap (lease expired: the worker was lost)
 
+    RUNNING ── complete(WAITING) ──> WAITING ── settle ──> SUCCEEDED / FAILED / SCHEDULED
+      (the handler returned Deferred)    ^  heartbeat (deadline pushed)
+                                         └─ (Queue.complete, a callback, or a passed deadline)
+
 Every time is an aware UTC datetime. Stores fence every write of a RUNNING job with the
 ``owner`` token given to :meth:`Store.claim`: a worker whose lease expired and whose job was
 claimed again can no longer complete it.
@@ -22,18 +26,24 @@ from __future__ import annotations
 
 import builtins
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from types import TracebackType
-from typing import Any, Protocol, Self, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, Self, runtime_checkable
 
 from .._core.status import Status
+
+if TYPE_CHECKING:
+    from .._durable.events import EventStream, JobEventKind
 
 __all__ = [
     "CONFLICT_ERROR",
     "DEFAULT_LOST_LIMIT",
+    "DEFAULT_RESULT_TTL",
+    "FINAL_STATES",
     "UNFINISHED_STATES",
     "Claimed",
     "Fired",
@@ -56,6 +66,9 @@ class JobState(StrEnum):
     """Due later: a delay, an ETA or a retry wait (``scheduled_for`` says when)."""
     RUNNING = "running"
     """Claimed by a worker that holds its lease."""
+    WAITING = "waiting"
+    """The handler returned ``Deferred`` (status 202): no worker holds it; ``Queue.complete``
+    finishes it, or its ``deadline`` passes (FAILED 504, or retried)."""
     SUCCEEDED = "succeeded"
     """Finished with a 2xx status; ``result`` holds the handler's return value."""
     FAILED = "failed"
@@ -95,6 +108,13 @@ class JobRecord:
         retry: the retry settings kept from the RetryPolicy: ``{"backoff": {...},
             "retry_on": [codes], "max_deferrals": n}``, or None for no retries.
         deferrals: how many RetryLater deferrals it has used.
+        deadline: while WAITING, when it fails 504 unless completed or heartbeated first.
+        deferred_ttl: the ttl of the ``Deferred`` that made it WAITING (the default push of
+            ``Queue.heartbeat``), or None.
+        result_ttl: seconds the job is kept once finished, or None for the purging worker's
+            ``result_ttl`` (7 days by default); see :meth:`Store.expire`.
+        progress: the last progress its handler reported under ``serve``
+            (``{"fraction": float, "message": str}``), or None.
         schedule_id: the id of the schedule whose execution this job is, or None.
     """
 
@@ -118,6 +138,10 @@ class JobRecord:
     timeout: float | None = None
     retry: dict[str, Any] | None = None
     deferrals: int = 0
+    deadline: datetime | None = None
+    deferred_ttl: float | None = None
+    result_ttl: float | None = None
+    progress: dict[str, Any] | None = None
     schedule_id: str | None = None
 
     def replace(self, **changes: Any) -> JobRecord:
@@ -127,6 +151,13 @@ class JobRecord:
 
 DEFAULT_LOST_LIMIT = 3
 """How many times a job's worker may be lost before :meth:`Store.reap` fails it."""
+
+DEFAULT_RESULT_TTL = 7 * 24 * 3600.0
+"""Seconds a finished job is kept, unless the job or the serving worker says otherwise."""
+
+FINAL_STATES = (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+"""The states a job ends in; the only ones :meth:`Store.purge` and :meth:`Store.expire`
+delete."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +189,8 @@ class Outcome:
         give_back_attempt: True for a hand-back or a RetryLater deferral: ``attempts`` is
             decremented so the claim does not count.
         deferral: True for a RetryLater deferral: ``deferrals`` is incremented.
+        deadline: for WAITING (the handler returned ``Deferred``): when the wait ends.
+        ttl: for WAITING: the Deferred's ttl, kept as the record's ``deferred_ttl``.
         unknown_since: for a job handed back because this worker lacks its handler, when the
             first such hand-back happened; the store keeps it and returns it with the next
             claim (:attr:`Claimed.unknown_since`). Any other outcome clears it (None).
@@ -171,6 +204,8 @@ class Outcome:
     scheduled_for: datetime | None = None
     give_back_attempt: bool = False
     deferral: bool = False
+    deadline: datetime | None = None
+    ttl: float | None = None
     unknown_since: datetime | None = None
 
 
@@ -299,7 +334,7 @@ class Store(Protocol):
 
         Atomic per job: if a job with the same id exists, nothing is written and the existing
         record is returned; if ``unique_key`` is set and a job with that key in that queue is
-        QUEUED, SCHEDULED or RUNNING, nothing is written and that job's record is returned.
+        QUEUED, SCHEDULED, RUNNING or WAITING, nothing is written and that job's record is returned.
         Records arrive with state QUEUED (due now) or SCHEDULED (``scheduled_for`` in the
         future), ``enqueued_at`` set, args/headers already checked to be JSON.
         """
@@ -329,8 +364,8 @@ class Store(Protocol):
         ...
 
     async def cancel(self, id: str) -> bool:
-        """Cancel a job. QUEUED or SCHEDULED: it becomes CANCELLED (499) at once. RUNNING: a
-        cancel is requested; the owner learns it from :meth:`renew` and completes the job
+        """Cancel a job. QUEUED, SCHEDULED or WAITING: it becomes CANCELLED (499) at once.
+        RUNNING: a cancel is requested; the owner learns it from :meth:`renew` and completes the job
         CANCELLED (and if the owner is lost, :meth:`reap` makes it CANCELLED). Returns True if
         the job was cancelled or a cancel requested, False if unknown or already final."""
         ...
@@ -353,10 +388,16 @@ class Store(Protocol):
         owner must stop running: a cancel was requested, or the job is no longer its own."""
         ...
 
-    async def complete(self, owner: str, outcomes: Sequence[Outcome]) -> None:
+    async def complete(self, owner: str, outcomes: Sequence[Outcome]) -> set[str] | None:
         """Apply each outcome to a job that is RUNNING and held by ``owner`` (others are left
         alone: the lease was lost and the job is someone else's now). Sets ``finished_at`` for
-        final states, clears the lease, and applies ``give_back_attempt`` / ``deferral``."""
+        final states, clears the lease, and applies ``give_back_attempt`` / ``deferral``.
+        A WAITING outcome stores ``result`` (the Deferred's), ``deadline`` and
+        ``deferred_ttl`` (from ``ttl``); the job is then held by no one.
+
+        Returns the ids whose outcome was applied, so the caller can report the others as
+        discarded. A store may return None (as stores written before this did): it does not
+        say, and every outcome is taken as applied."""
         ...
 
     async def reap(self, *, lost_limit: int = DEFAULT_LOST_LIMIT) -> int:
@@ -372,10 +413,106 @@ class Store(Protocol):
         many workers at once."""
         ...
 
+    async def purge(
+        self, *, older_than: datetime, states: Sequence[JobState], limit: int | None = None
+    ) -> int:
+        """Delete finished jobs (in ``states``, of which only SUCCEEDED, FAILED and CANCELLED
+        count) whose ``finished_at`` is before ``older_than``, in every queue, whatever their
+        ``result_ttl``; at most ``limit`` of them (None: all, in small batches). Returns how
+        many were deleted. Unfinished jobs are never deleted."""
+        ...
+
+    async def expire(self, queues: Sequence[str], *, result_ttl: float, limit: int) -> int:
+        """Delete up to ``limit`` finished jobs whose time is up: those with a ``result_ttl``
+        of their own (any queue) once it has passed since ``finished_at``, and those of
+        ``queues`` without one ``result_ttl`` seconds after ``finished_at``. Serving workers
+        call it now and then (the retention); returns how many were deleted. Finding them
+        must not cost in proportion to the jobs kept."""
+        ...
+
+    async def retry(self, id: str) -> JobRecord | None:
+        """Run a FAILED or CANCELLED job again: it becomes QUEUED, due now, with its attempts,
+        deferrals, lost count, status, error, result and times cleared. Returns the new
+        record, or None for an unknown id.
+
+        Raises:
+            ValueError: the job is in another state (the message names it), or another job
+                holding its ``unique_key`` is not finished.
+        """
+        ...
+
     async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
         """Return when a job in ``queues`` may have become ready (an add, a hand-back, a
-        retry that fell due), or after ``timeout`` seconds at the latest. Spurious returns
-        are allowed; missing a wake-up for longer than ``timeout`` is not."""
+        retry that fell due), or after ``timeout`` seconds at the latest. A spurious return
+        is allowed only when the store changed meanwhile (say a job added to another queue,
+        or claimed by another worker first): in a store where nothing happens it waits the
+        whole ``timeout``. Missing a wake-up for longer than ``timeout`` is not allowed."""
+        ...
+
+    async def set_progress(self, owner: str, progress: Mapping[str, dict[str, Any]]) -> None:
+        """Set ``progress`` (job id -> ``{"fraction": float, "message": str}``) on the jobs
+        RUNNING under ``owner``'s lease (others are left alone, as by :meth:`complete`) and
+        emit a PROGRESS event for each. The value stays on the record once the job ends."""
+        ...
+
+    def events(
+        self,
+        *,
+        kinds: Iterable[JobEventKind] | None = None,
+        queues: Iterable[str] | None = None,
+        buffer: int = 1000,
+    ) -> AbstractAsyncContextManager[EventStream]:
+        """Subscribe to job events: ``async with store.events() as stream: async for event
+        in stream:``.
+
+        Once the ``async with`` is entered, the stream receives every state change that any
+        process makes to any job in this store (filtered by ``kinds`` and ``queues``), each
+        job's events in the order the changes happened: ENQUEUED for an add (or a
+        hand-back), STARTED for a claim, RETRYING for a retry wait or a lost worker's job put
+        back, SUCCEEDED / FAILED / CANCELLED for the end, PROGRESS for :meth:`set_progress`.
+        Changes that are not state changes (a renewed lease, a cancel request to a running
+        job) make no event. Publishing never waits for a subscriber: past ``buffer`` unread
+        events the oldest are dropped and the stream's next event is one LOST event whose
+        ``lost`` counts them (``lost == 0``: an unknown number, e.g. the connection to the
+        server was lost and is back).
+        """
+        ...
+
+    async def settle(self, outcome: Outcome, *, only_expired: bool = False) -> JobRecord | None:
+        """Apply ``outcome`` (SUCCEEDED, FAILED or SCHEDULED) to a WAITING job, atomically, and
+        return the new record. ``attempts`` is left as it is (the attempt was counted at its
+        claim); ``deadline`` is cleared; ``finished_at`` is set for final states; a SUCCEEDED
+        outcome stores its ``result``.
+
+        With ``only_expired`` (a passed deadline being acted on), the outcome is applied only if
+        the job is still WAITING and its deadline has passed by the store's clock; otherwise
+        nothing changes and None is returned (another worker acted first, or a heartbeat
+        pushed the deadline). Safe to call from many workers at once.
+
+        Raises:
+            LookupError: no job with this id.
+            JobStateError: the job is not WAITING (without ``only_expired``).
+        """
+        ...
+
+    async def heartbeat(self, id: str, ttl: float | None = None) -> JobRecord:
+        """Push a WAITING job's deadline to now + ``ttl`` seconds (default: its
+        ``deferred_ttl``), atomically, and return the new record.
+
+        Raises:
+            LookupError: no job with this id.
+            JobStateError: the job is not WAITING.
+        """
+        ...
+
+    async def overdue(self, *, limit: int = 100) -> builtins.list[JobRecord]:
+        """Return up to ``limit`` WAITING jobs whose deadline has passed (earliest first)."""
+        ...
+
+    async def setdefault_setting(self, key: str, value: str) -> str:
+        """Return the store-wide setting ``key``, storing ``value`` first if it has none
+        (atomic: of concurrent callers, in any process, one value wins and all get it). Kept
+        for the store's life, across restarts (e.g. the secret behind callback tokens)."""
         ...
 
     # -- schedules ------------------------------------------------------------------------

@@ -79,9 +79,22 @@ def decode_row(row: Any) -> tuple[JobRecord, str | None]:
         timeout=row["timeout"],
         retry=retry,
         deferrals=row["deferrals"],
+        deadline=row["deadline"],
+        deferred_ttl=row["deferred_ttl"],
+        progress=_progress(row),
+        result_ttl=row["result_ttl"],
         schedule_id=row["schedule_id"],
     )
     return record, args_error or headers_error
+
+
+def _progress(row: Any) -> dict[str, Any] | None:
+    """The progress column (a row from before schema version 2 has none)."""
+    raw = row.get("progress")
+    if raw is None:
+        return None
+    value, _ = loads_object(raw, "progress")
+    return value
 
 
 _TIMES = ("enqueued_at", "scheduled_for", "started_at", "finished_at")
@@ -137,6 +150,7 @@ def insert_values(rec: JobRecord, args: str, enqueued: datetime) -> tuple[Any, .
         rec.timeout,
         dumps(rec.retry) if rec.retry is not None else None,
         rec.deferrals,
+        rec.result_ttl,
         rec.schedule_id,
     )
 
@@ -180,6 +194,8 @@ def insert_object(rec: JobRecord, args: str, enqueued: datetime) -> dict[str, An
         out["retry"] = rec.retry
     if rec.deferrals != 0:
         out["deferrals"] = rec.deferrals
+    if rec.result_ttl is not None:
+        out["result_ttl"] = rec.result_ttl
     if rec.schedule_id is not None:
         out["schedule_id"] = rec.schedule_id
     return out
@@ -227,5 +243,10 @@ def stored_record(rec: JobRecord, args: dict[str, Any], enqueued: datetime) -> J
     put(new, "timeout", None if rec.timeout is None else float(rec.timeout))
     put(new, "retry", _json_copy(rec.retry))
     put(new, "deferrals", rec.deferrals)
+    # A job is added QUEUED or SCHEDULED: the WAITING columns start empty (add leaves them out).
+    put(new, "deadline", None)
+    put(new, "deferred_ttl", None)
+    put(new, "progress", None)  # add() does not store progress
+    put(new, "result_ttl", None if rec.result_ttl is None else float(rec.result_ttl))
     put(new, "schedule_id", rec.schedule_id)
     return new

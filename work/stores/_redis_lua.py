@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
-__all__ = ["ADD", "CANCEL", "CLAIM", "COMPLETE", "REAP", "RENEW"]
+__all__ = [
+    "ADD",
+    "CANCEL",
+    "CLAIM",
+    "COMPLETE",
+    "DELETE",
+    "HEARTBEAT",
+    "PROGRESS",
+    "REAP",
+    "RENEW",
+    "RETRY",
+    "SETTLE",
+]
 
 # Helpers shared by the scripts. ARGV[1] is always the key prefix. Times are integer
 # microseconds since the epoch, passed and stored as decimal strings, never formatted by Lua
@@ -40,6 +52,41 @@ local function opt(s)
   if s == '' then return nil end
   return string.sub(s, 2)
 end
+-- A job just became final at `now`: index it for retention. Jobs without a result_ttl of
+-- their own go in done:<queue> (by finish time), the others in kept:<queue> (by finish time,
+-- for purges by hand) and in expires (by the time they may go).
+local function finished(jk, q, id, now)
+  local ttl = redis.call('HGET', jk, 'ttl_us')
+  if ttl then
+    redis.call('ZADD', P .. ':kept:' .. q, now, id)
+    -- %.0f: Lua's tostring keeps 14 digits only.
+    redis.call('ZADD', P .. ':expires', string.format('%.0f', tonumber(now) + tonumber(ttl)), id)
+  else
+    redis.call('ZADD', P .. ':done:' .. q, now, id)
+  end
+end
+local function unfinished(q, id)
+  redis.call('ZREM', P .. ':done:' .. q, id)
+  redis.call('ZREM', P .. ':kept:' .. q, id)
+  redis.call('ZREM', P .. ':expires', id)
+end
+-- Job events: collected while a script runs, then sent in one PUBLISH (a JSON array of
+-- [kind, id, queue, handler, status, attempts, at_us, progress]) to {prefix}:events.
+local EV = {}
+local function emit(kind, id, q, at, progress)
+  local f = redis.call('HMGET', jkey(id), 'spec', 'status', 'attempts')
+  local ok, spec = pcall(cjson.decode, f[1] or '')
+  local handler = ''
+  if ok and type(spec) == 'table' and type(spec.handler) == 'string' then
+    handler = spec.handler
+  end
+  EV[#EV + 1] = {kind, id, q, handler, tonumber(f[2]) or -1, tonumber(f[3]) or 0,
+                 tostring(at), progress or false}
+end
+local function publish_events()
+  if #EV > 0 then redis.call('PUBLISH', P .. ':events', cjson.encode(EV)) end
+end
+local FINAL = {succeeded = true, failed = true, cancelled = true}
 """
 
 # ARGV: prefix, cap, and a JSON array with, per job, an array of strings: id, queue,
@@ -93,9 +140,13 @@ for n, job in ipairs(cjson.decode(ARGV[3])) do
     redis.call('ZADD', P .. ':all', seq, id)
     if state == 'queued' or state == 'scheduled' then woken[q] = (woken[q] or 0) + 1 end
     stat(q, state, 1)
+    local kind = 'enqueued'
+    if FINAL[state] then kind = state elseif state == 'running' then kind = 'started' end
+    emit(kind, id, q, job[7])
   end
 end
 for q, n in pairs(woken) do wake(q, cap, n) end
+publish_events()
 return out
 """
 )
@@ -140,6 +191,7 @@ for _, c in ipairs(cands) do
     redis.call('ZADD', P .. ':running', ARGV[4], id)
     stat(c[4], old, -1)
     stat(c[4], 'running', 1)
+    emit('started', id, c[4], now)
     local h, fields, args = redis.call('HGETALL', jk), {}, ''
     for j = 1, #h, 2 do
       if h[j] == 'args' then args = h[j + 1] else fields[h[j]] = h[j + 1] end
@@ -155,6 +207,7 @@ for i = 6, #ARGV do
     redis.call('DEL', P .. ':wake:' .. ARGV[i])
   end
 end
+publish_events()
 return out
 """
 )
@@ -182,13 +235,15 @@ return stop
 
 # ARGV: prefix, owner, now, cap, and a JSON array with, per outcome, an array of strings: id,
 # state, status, result (opt), error (opt), scheduled_for (opt), give_back ('1'/'0'),
-# deferral ('1'/'0'), unknown_since (opt). One argument for the batch, as for add: redis-py
-# packs a command argument by argument, which cost more than the script itself with 8 per
-# outcome.
+# deferral ('1'/'0'), unknown_since (opt), deadline (opt), ttl (opt; the last two for
+# WAITING). One argument for the batch, as for add: redis-py packs a command argument by
+# argument, which cost more than the script itself with 8 per outcome.
+# Returns the ids whose outcome was applied.
 COMPLETE = (
     LUA_PRELUDE
     + r"""
 local owner, now, cap = ARGV[2], ARGV[3], ARGV[4]
+local applied = {}
 for _, o in ipairs(cjson.decode(ARGV[5])) do
   local id, state = o[1], o[2]
   local jk = jkey(id)
@@ -201,7 +256,7 @@ for _, o in ipairs(cjson.decode(ARGV[5])) do
                'finished_at')
     redis.call('HSET', jk, 'state', state, 'status', o[3])
     local result, err, due = opt(o[4]), opt(o[5]), opt(o[6])
-    if state == 'succeeded' then
+    if state == 'succeeded' or state == 'waiting' then
       if result then redis.call('HSET', jk, 'result', result)
       else redis.call('HDEL', jk, 'result') end
     end
@@ -221,15 +276,30 @@ for _, o in ipairs(cjson.decode(ARGV[5])) do
     elseif state == 'queued' then
       make_ready(jk, q, id, f[6], f[7], f[8])
       wake(q, cap)
+    elseif state == 'waiting' then
+      -- Held by no one until settled or its deadline passes; it keeps its unique key.
+      local deadline = opt(o[10] or '') or now
+      redis.call('HSET', jk, 'deadline', deadline)
+      local ttl = opt(o[11] or '')
+      if ttl then redis.call('HSET', jk, 'deferred_ttl', ttl) end
+      redis.call('ZADD', P .. ':waiting', deadline, id)
     else
       redis.call('HSET', jk, 'finished_at', now)
       release_unique(q, f[4], id)
+      finished(jk, q, id, now)
     end
     stat(q, 'running', -1)
     stat(q, state, 1)
+    local kind = state
+    if state == 'scheduled' then kind = 'retrying' elseif state == 'queued' then
+      kind = 'enqueued'  -- a hand-back
+    end
+    emit(kind, id, q, now)
+    applied[#applied + 1] = id
   end
 end
-return 0
+publish_events()
+return applied
 """
 )
 
@@ -254,6 +324,7 @@ for _, id in ipairs(lost) do
       state = 'cancelled'
       redis.call('HSET', jk, 'status', '499', 'error', 'cancelled', 'finished_at', now)
       release_unique(q, f[6], id)
+      finished(jk, q, id, now)
     elseif redis.call('HINCRBY', jk, 'lost', 1) < lost_limit then
       state = 'queued'
       redis.call('HSET', jk, 'status', '500', 'error', 'worker lost')
@@ -263,13 +334,16 @@ for _, id in ipairs(lost) do
     else
       redis.call('HSET', jk, 'status', '500', 'error', 'worker lost', 'finished_at', now)
       release_unique(q, f[6], id)
+      finished(jk, q, id, now)
     end
     redis.call('HSET', jk, 'state', state)
     stat(q, 'running', -1)
     stat(q, state, 1)
+    if state == 'queued' then emit('retrying', id, q, now) else emit(state, id, q, now) end
     n = n + 1
   end
 end
+publish_events()
 return n
 """
 )
@@ -286,15 +360,168 @@ if state == 'running' then
   redis.call('HSET', jk, 'cancel_requested', '1')
   return 1
 end
-if state ~= 'queued' and state ~= 'scheduled' then return 0 end
+if state ~= 'queued' and state ~= 'scheduled' and state ~= 'waiting' then return 0 end
 if f[3] then redis.call('ZREM', P .. ':ready:' .. q, f[3]) end
 redis.call('ZREM', P .. ':sched:' .. q, id)
-redis.call('HDEL', jk, 'rmember')
+redis.call('ZREM', P .. ':waiting', id)
+redis.call('HDEL', jk, 'rmember', 'deadline')
 redis.call('HSET', jk, 'state', 'cancelled', 'status', '499', 'error', 'cancelled',
            'finished_at', now)
 release_unique(q, f[4], id)
+finished(jk, q, id, now)
 stat(q, state, -1)
 stat(q, 'cancelled', 1)
+emit('cancelled', id, q, now)
+publish_events()
 return 1
+"""
+)
+
+# ARGV: prefix, id, now, only_expired ('1'/'0'), cap, state, status, result (opt), error (opt),
+# scheduled_for (opt). Applies the outcome to a WAITING job. Returns {1, job hash} when
+# applied, {0} for an unknown id, {2, state} for a job not WAITING, {3} when only_expired and
+# the deadline has not passed.
+SETTLE = (
+    LUA_PRELUDE
+    + r"""
+local id, now, cap, state = ARGV[2], ARGV[3], ARGV[5], ARGV[6]
+local jk = jkey(id)
+local f = redis.call('HMGET', jk, 'state', 'queue', 'unique_key', 'deadline', 'enqueued_at',
+                     'seq', 'priority')
+if not f[1] then return {0} end
+if f[1] ~= 'waiting' then return {2, f[1]} end
+if ARGV[4] == '1' and (not f[4] or tonumber(f[4]) > tonumber(now)) then return {3} end
+local q = f[2]
+redis.call('ZREM', P .. ':waiting', id)
+redis.call('HDEL', jk, 'deadline', 'scheduled_for', 'finished_at')
+redis.call('HSET', jk, 'state', state, 'status', ARGV[7])
+local result, err, due = opt(ARGV[8]), opt(ARGV[9]), opt(ARGV[10])
+if state == 'succeeded' then
+  if result then redis.call('HSET', jk, 'result', result)
+  else redis.call('HDEL', jk, 'result') end
+end
+if err then redis.call('HSET', jk, 'error', err) else redis.call('HDEL', jk, 'error') end
+if state == 'scheduled' then
+  due = due or now
+  redis.call('HSET', jk, 'scheduled_for', due)
+  redis.call('ZADD', P .. ':sched:' .. q, due, id)
+  wake(q, cap)
+elseif state == 'queued' then
+  make_ready(jk, q, id, f[5], f[6], f[7])
+  wake(q, cap)
+else
+  redis.call('HSET', jk, 'finished_at', now)
+  release_unique(q, f[3], id)
+  finished(jk, q, id, now)
+end
+stat(q, 'waiting', -1)
+stat(q, state, 1)
+-- events.kind_for_change('waiting', state): a final kind, else ENQUEUED (a retry's wait).
+local kind = 'enqueued'
+if FINAL[state] then kind = state end
+emit(kind, id, q, now)
+publish_events()
+return {1, redis.call('HGETALL', jk)}
+"""
+)
+
+# ARGV: prefix, id, now, ttl_us (opt: default the job's deferred_ttl). Pushes a WAITING job's
+# deadline to now + ttl. Returns {1, job hash}, {0} for an unknown id, {2, state} for a job
+# not WAITING.
+HEARTBEAT = (
+    LUA_PRELUDE
+    + r"""
+local id, now = ARGV[2], ARGV[3]
+local jk = jkey(id)
+local f = redis.call('HMGET', jk, 'state', 'deferred_ttl')
+if not f[1] then return {0} end
+if f[1] ~= 'waiting' then return {2, f[1]} end
+local ttl = opt(ARGV[4])
+if not ttl then ttl = math.floor(tonumber(f[2] or '0') * 1000000 + 0.5) end
+-- %d prints the integer exactly (tostring would keep 14 significant digits).
+local deadline = string.format('%d', tonumber(now) + tonumber(ttl))
+redis.call('HSET', jk, 'deadline', deadline)
+redis.call('ZADD', P .. ':waiting', deadline, id)
+return {1, redis.call('HGETALL', jk)}
+"""
+)
+
+# ARGV: prefix, owner, now, and a JSON array of [id, progress JSON]. Sets the progress of jobs
+# RUNNING under owner's lease and emits a PROGRESS event for each.
+PROGRESS = (
+    LUA_PRELUDE
+    + r"""
+local owner, now = ARGV[2], ARGV[3]
+for _, p in ipairs(cjson.decode(ARGV[4])) do
+  local jk = jkey(p[1])
+  local f = redis.call('HMGET', jk, 'state', 'owner', 'queue')
+  if f[1] == 'running' and f[2] == owner then
+    redis.call('HSET', jk, 'progress', p[2])
+    emit('progress', p[1], f[3], now, p[2])
+  end
+end
+publish_events()
+return 0
+"""
+)
+
+# ARGV: prefix, states ("succeeded,failed,cancelled" or a subset), id, ...   Deletes each job
+# that is final and in one of states; returns how many. Unfinished jobs are never deleted.
+DELETE = (
+    LUA_PRELUDE
+    + r"""
+local wanted = {}
+for st in string.gmatch(ARGV[2], '[^,]+') do wanted[st] = true end
+local n = 0
+for i = 3, #ARGV do
+  local id = ARGV[i]
+  local jk = jkey(id)
+  local f = redis.call('HMGET', jk, 'state', 'queue')
+  local state, q = f[1], f[2]
+  if state and q and wanted[state] then
+    redis.call('DEL', jk)
+    redis.call('ZREM', P .. ':all', id)
+    unfinished(q, id)
+    stat(q, state, -1)
+    n = n + 1
+  elseif not state then
+    -- Already gone (another purger): drop the stale index entries.
+    redis.call('ZREM', P .. ':expires', id)
+  end
+end
+return n
+"""
+)
+
+# ARGV: prefix, id, now, cap.   Returns {'ok', HGETALL...}, {'missing'}, {'state', state} or
+# {'unique', other id}.
+RETRY = (
+    LUA_PRELUDE
+    + r"""
+local id, now, cap = ARGV[2], ARGV[3], ARGV[4]
+local jk = jkey(id)
+local f = redis.call('HMGET', jk, 'state', 'queue', 'unique_key', 'seq', 'priority')
+local state, q, ukey = f[1], f[2], f[3]
+if not state then return {'missing'} end
+if state ~= 'failed' and state ~= 'cancelled' then return {'state', state} end
+if ukey then
+  local other = redis.call('HGET', P .. ':unique:' .. q, ukey)
+  if other and other ~= id then return {'unique', other} end
+  redis.call('HSET', P .. ':unique:' .. q, ukey, id)
+end
+unfinished(q, id)
+redis.call('HDEL', jk, 'result', 'error', 'scheduled_for', 'started_at', 'finished_at',
+           'unknown_since', 'owner', 'lease_until', 'cancel_requested')
+redis.call('HSET', jk, 'state', 'queued', 'status', '-1', 'attempts', '0', 'deferrals', '0',
+           'lost', '0', 'enqueued_at', now)
+make_ready(jk, q, id, now, f[4], f[5])
+stat(q, state, -1)
+stat(q, 'queued', 1)
+wake(q, cap)
+emit('enqueued', id, q, now)
+publish_events()
+local out = {'ok'}
+for _, v in ipairs(redis.call('HGETALL', jk)) do table.insert(out, v) end
+return out
 """
 )

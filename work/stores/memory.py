@@ -5,7 +5,8 @@ from __future__ import annotations
 import builtins
 import json
 import threading
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
@@ -13,9 +14,20 @@ from typing import Any, Self
 
 import anyio
 
+from .._core.exceptions import JobStateError
 from .._core.status import Status
+from .._durable.events import (
+    DEFAULT_EVENT_BUFFER,
+    EventHub,
+    EventStream,
+    JobEvent,
+    JobEventKind,
+    check_event_filters,
+    kind_for_change,
+)
 from ._base import (
     DEFAULT_LOST_LIMIT,
+    FINAL_STATES,
     UNFINISHED_STATES,
     Claimed,
     Fired,
@@ -89,6 +101,35 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _event(
+    kind: JobEventKind | None, rec: JobRecord, at: datetime, progress: dict[str, Any] | None = None
+) -> builtins.list[JobEvent]:
+    """The event for a change to ``rec`` (already changed), as a list of 0 or 1."""
+    if kind is None:
+        return []
+    return [
+        JobEvent(
+            kind=kind,
+            job_id=rec.id,
+            queue=rec.queue,
+            handler=rec.handler,
+            status=rec.status,
+            attempt=rec.attempts,
+            at=at,
+            progress=progress,
+            schedule_id=rec.schedule_id,
+        )
+    ]
+
+
+def _added_events(records: Sequence[JobRecord], at: datetime) -> builtins.list[JobEvent]:
+    """The events of executions a schedule added (ENQUEUED, or FAILED for a 409 record)."""
+    events: list[JobEvent] = []
+    for rec in records:
+        events += _event(kind_for_change(None, rec.state.value), rec, at)
+    return events
+
+
 @dataclass(slots=True)
 class _Row:
     """A stored job: its record with args and result kept as JSON text, plus the lease."""
@@ -134,6 +175,10 @@ class MemoryStore:
         self._lock = threading.Lock()
         self._notifier = _Notifier()
         self._schedules: dict[str, tuple[ScheduleRow, str]] = {}  # id -> (row, spec JSON)
+        self._settings: dict[str, str] = {}
+        # Events are published from whichever thread changed a job: subscribers of other
+        # threads look for them every 50 ms, as waiters for work do.
+        self._hub = EventHub(poll=_CROSS_THREAD_POLL)
 
     def __repr__(self) -> str:
         return f"MemoryStore({self.url!r}, jobs={len(self._rows)})"
@@ -165,6 +210,7 @@ class MemoryStore:
             headers=dict(row.record.headers),
             result=result,
             retry=_copy(row.record.retry),
+            progress=_copy(row.record.progress),
         )
 
     async def get(self, id: str) -> JobRecord | None:
@@ -230,6 +276,7 @@ class MemoryStore:
         instead (see :meth:`work.stores.Store.add`)."""
         out: list[JobRecord] = []
         added = False
+        events: list[JobEvent] = []
         with self._lock:
             for rec in records:
                 existing = self._rows.get(rec.id)
@@ -262,12 +309,15 @@ class MemoryStore:
                 self._rows[rec.id] = self._active[rec.id] = row
                 out.append(self._snapshot(row))
                 added = True
+                events += _event(kind_for_change(None, rec.state.value), row.record, _now())
         if added:
             self._notifier.notify()
+            self._hub.publish(events)
         return out
 
     async def cancel(self, id: str) -> bool:
-        """Cancel a QUEUED or SCHEDULED job at once, or ask a RUNNING one's owner to stop.
+        """Cancel a QUEUED, SCHEDULED or WAITING job at once, or ask a RUNNING one's owner to
+        stop.
 
         Returns False for an unknown or already final job.
         """
@@ -283,9 +333,12 @@ class MemoryStore:
                 status=Status.CANCELLED,
                 error="cancelled",
                 finished_at=_now(),
+                deadline=None,
             )
             del self._active[id]
-            return True
+            events = _event(JobEventKind.CANCELLED, row.record, _now())
+        self._hub.publish(events)
+        return True
 
     # -- consuming ----------------------------------------------------------------------------
 
@@ -313,6 +366,7 @@ class MemoryStore:
             ready = [row for row in self._active.values() if self._ready(row, queues, now)]
             ready.sort(key=lambda r: (-r.record.priority, _due(r), r.seq))
             out: list[Claimed] = []
+            events: list[JobEvent] = []
             for row in ready[:limit]:
                 row.record = row.record.replace(
                     state=JobState.RUNNING, attempts=row.record.attempts + 1, started_at=now
@@ -320,7 +374,9 @@ class MemoryStore:
                 row.owner, row.lease_until, row.cancel_requested = owner, until, False
                 decode_error = _decode_error(row.args_json)
                 out.append(Claimed(self._snapshot(row), decode_error, row.unknown_since))
-            return out
+                events += _event(JobEventKind.STARTED, row.record, now)
+        self._hub.publish(events)
+        return out
 
     async def renew(self, owner: str, ids: Sequence[str], *, lease: float) -> set[str]:
         """Extend ``owner``'s leases on ``ids``; return those it must stop running."""
@@ -337,19 +393,26 @@ class MemoryStore:
                     stop.add(id)
         return stop
 
-    async def complete(self, owner: str, outcomes: Sequence[Outcome]) -> None:
-        """Apply outcomes to jobs RUNNING under ``owner``'s lease; others are left alone."""
+    async def complete(self, owner: str, outcomes: Sequence[Outcome]) -> set[str]:
+        """Apply outcomes to jobs RUNNING under ``owner``'s lease; others are left alone.
+        Returns the ids whose outcome was applied."""
         now = _now()
         wake = False
+        events: list[JobEvent] = []
+        applied: set[str] = set()
         with self._lock:
             for outcome in outcomes:
                 row = self._rows.get(outcome.id)
                 if row is None or row.record.state is not JobState.RUNNING or row.owner != owner:
                     continue
+                applied.add(outcome.id)
                 rec = row.record
-                if outcome.state is JobState.SUCCEEDED:
+                waiting = outcome.state is JobState.WAITING
+                if outcome.state is JobState.SUCCEEDED or waiting:
                     row.result_json = json.dumps(outcome.result)
                 row.record = rec.replace(
+                    deadline=outcome.deadline if waiting else None,
+                    deferred_ttl=outcome.ttl if waiting else rec.deferred_ttl,
                     state=outcome.state,
                     status=outcome.status,
                     error=outcome.error,
@@ -367,14 +430,19 @@ class MemoryStore:
                 if outcome.state.is_final:
                     self._active.pop(outcome.id, None)
                 wake = wake or not outcome.state.is_final
+                kind = kind_for_change("running", outcome.state.value, attempts_kept=False)
+                events += _event(kind, row.record, now)
         if wake:
             self._notifier.notify()
+        self._hub.publish(events)
+        return applied
 
     async def reap(self, *, lost_limit: int = DEFAULT_LOST_LIMIT) -> int:
         """Put back (or fail after ``lost_limit`` losses, or cancel) RUNNING jobs whose lease
         expired; return how many (see :meth:`work.stores.Store.reap`)."""
         now = _now()
         changed = 0
+        events: list[JobEvent] = []
         with self._lock:
             for row in list(self._active.values()):
                 rec = row.record
@@ -409,9 +477,171 @@ class MemoryStore:
                 if row.record.state.is_final:
                     del self._active[rec.id]
                 changed += 1
+                events += _event(kind_for_change("running", row.record.state), row.record, now)
         if changed:
             self._notifier.notify()
+            self._hub.publish(events)
         return changed
+
+    async def settle(self, outcome: Outcome, *, only_expired: bool = False) -> JobRecord | None:
+        """Apply ``outcome`` to a WAITING job (see :meth:`work.stores.Store.settle`)."""
+        now = _now()
+        with self._lock:
+            row = self._rows.get(outcome.id)
+            if row is None:
+                if only_expired:
+                    return None
+                raise LookupError(f"no job with id {outcome.id!r} in {self.url}")
+            rec = row.record
+            if rec.state is not JobState.WAITING:
+                if only_expired:
+                    return None
+                raise JobStateError(rec.id, rec.state.value)
+            if only_expired and (rec.deadline is None or rec.deadline > now):
+                return None
+            if outcome.state is JobState.SUCCEEDED:
+                row.result_json = json.dumps(outcome.result)
+            row.record = rec.replace(
+                state=outcome.state,
+                status=outcome.status,
+                error=outcome.error,
+                scheduled_for=(
+                    outcome.scheduled_for if outcome.state is JobState.SCHEDULED else None
+                ),
+                finished_at=now if outcome.state.is_final else None,
+                deadline=None,
+            )
+            if outcome.state.is_final:
+                self._active.pop(outcome.id, None)
+            settled = self._snapshot(row)
+            kind = kind_for_change("waiting", outcome.state.value)
+            events = _event(kind, row.record, now)
+        if not outcome.state.is_final:
+            self._notifier.notify()
+        self._hub.publish(events)
+        return settled
+
+    async def heartbeat(self, id: str, ttl: float | None = None) -> JobRecord:
+        """Push a WAITING job's deadline (see :meth:`work.stores.Store.heartbeat`)."""
+        with self._lock:
+            row = self._rows.get(id)
+            if row is None:
+                raise LookupError(f"no job with id {id!r} in {self.url}")
+            rec = row.record
+            if rec.state is not JobState.WAITING:
+                raise JobStateError(id, rec.state.value)
+            seconds = ttl if ttl is not None else rec.deferred_ttl
+            row.record = rec.replace(deadline=_now() + timedelta(seconds=seconds or 0.0))
+            return self._snapshot(row)
+
+    async def overdue(self, *, limit: int = 100) -> builtins.list[JobRecord]:
+        """Return up to ``limit`` WAITING jobs whose deadline has passed, earliest first."""
+        now = _now()
+        with self._lock:
+            rows = [
+                row
+                for row in self._active.values()
+                if row.record.state is JobState.WAITING
+                and row.record.deadline is not None
+                and row.record.deadline <= now
+            ]
+            rows.sort(key=lambda r: (r.record.deadline or now, r.seq))
+            return [self._snapshot(row) for row in rows[: max(limit, 0)]]
+
+    async def setdefault_setting(self, key: str, value: str) -> str:
+        """Return the setting ``key``, storing ``value`` first if there is none (kept as long
+        as this store object)."""
+        with self._lock:
+            return self._settings.setdefault(key, value)
+
+    # -- retention ------------------------------------------------------------------------------
+
+    def _delete(self, ids: Sequence[str]) -> None:
+        for id in ids:
+            del self._rows[id]
+
+    async def purge(
+        self, *, older_than: datetime, states: Sequence[JobState], limit: int | None = None
+    ) -> int:
+        """Delete finished jobs in ``states`` that finished before ``older_than`` (see
+        :meth:`work.stores.Store.purge`)."""
+        wanted = set(states) & set(FINAL_STATES)
+        with self._lock:
+            ids = [
+                id
+                for id, row in self._rows.items()
+                if row.record.state in wanted
+                and row.record.finished_at is not None
+                and row.record.finished_at < older_than
+            ][:limit]
+            self._delete(ids)
+        return len(ids)
+
+    async def expire(self, queues: Sequence[str], *, result_ttl: float, limit: int) -> int:
+        """Delete up to ``limit`` finished jobs whose time is up (see
+        :meth:`work.stores.Store.expire`)."""
+        now = _now()
+        ids: list[str] = []
+        with self._lock:
+            for id, row in self._rows.items():
+                rec = row.record
+                if len(ids) >= limit:
+                    break
+                if not rec.state.is_final or rec.finished_at is None:
+                    continue
+                if rec.result_ttl is None and rec.queue not in queues:
+                    continue
+                ttl = result_ttl if rec.result_ttl is None else rec.result_ttl
+                if rec.finished_at + timedelta(seconds=ttl) <= now:
+                    ids.append(id)
+            self._delete(ids)
+        return len(ids)
+
+    async def retry(self, id: str) -> JobRecord | None:
+        """Queue a FAILED or CANCELLED job again, due now (see :meth:`work.stores.Store.retry`).
+
+        Raises:
+            ValueError: the job is in another state, or its unique key is taken.
+        """
+        with self._lock:
+            row = self._rows.get(id)
+            if row is None:
+                return None
+            rec = row.record
+            if rec.state not in (JobState.FAILED, JobState.CANCELLED):
+                raise ValueError(
+                    f"job {id!r} is {rec.state.value}: only a failed or cancelled job can be "
+                    f"retried"
+                )
+            if rec.unique_key is not None:
+                for other in self._active.values():
+                    if (
+                        other.record.unique_key == rec.unique_key
+                        and other.record.queue == rec.queue
+                    ):
+                        raise ValueError(
+                            f"job {other.record.id!r} holds unique_key {rec.unique_key!r} in "
+                            f"queue {rec.queue!r} and is not finished"
+                        )
+            row.record = rec.replace(
+                state=JobState.QUEUED,
+                status=Status.UNKNOWN,
+                attempts=0,
+                deferrals=0,
+                error=None,
+                scheduled_for=None,
+                started_at=None,
+                finished_at=None,
+                enqueued_at=_now(),  # due now: after the jobs already waiting
+            )
+            row.result_json = None
+            row.lost, row.unknown_since = 0, None
+            self._active[id] = row
+            snapshot = self._snapshot(row)
+            events = _event(JobEventKind.ENQUEUED, row.record, _now())
+        self._notifier.notify()
+        self._hub.publish(events)
+        return snapshot
 
     async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
         """Return when a job in ``queues`` may be ready, or after ``timeout`` seconds."""
@@ -546,16 +776,22 @@ class MemoryStore:
                 if firing.job is not None and firing.job.id not in self._rows:
                     record = self._add_execution(firing.job, exclusive=firing.exclusive, now=now)
                 out.append(Fired(firing, record))
-        if any(f.record is not None for f in out):
+        added = [f.record for f in out if f.record is not None]
+        if added:
             self._notifier.notify()
+            self._hub.publish(_added_events(added, now))
         return out
 
     async def add_execution(self, record: JobRecord, *, exclusive: bool) -> JobRecord:
         """Add one execution off the schedule's cadence (409 if exclusive and one is
         unfinished)."""
+        now = _now()
         with self._lock:
-            stored = self._add_execution(record, exclusive=exclusive, now=_now())
+            new = record.id not in self._rows
+            stored = self._add_execution(record, exclusive=exclusive, now=now)
         self._notifier.notify()
+        if new:
+            self._hub.publish(_added_events([stored], now))
         return stored
 
     async def executions(
@@ -596,6 +832,37 @@ class MemoryStore:
                 if row.enabled and row.next_fire_at is not None
             ]
         return min(dues, default=None)
+
+    # -- events -------------------------------------------------------------------------------
+
+    async def set_progress(self, owner: str, progress: Mapping[str, dict[str, Any]]) -> None:
+        """Set the progress of jobs RUNNING under ``owner``'s lease; emit PROGRESS for each."""
+        now = _now()
+        events: list[JobEvent] = []
+        with self._lock:
+            for id, value in progress.items():
+                row = self._rows.get(id)
+                if row is None or row.record.state is not JobState.RUNNING or row.owner != owner:
+                    continue
+                row.record = row.record.replace(progress=dict(value))
+                events += _event(JobEventKind.PROGRESS, row.record, now, dict(value))
+        self._hub.publish(events)
+
+    @asynccontextmanager
+    async def events(
+        self,
+        *,
+        kinds: Iterable[JobEventKind] | None = None,
+        queues: Iterable[str] | None = None,
+        buffer: int = DEFAULT_EVENT_BUFFER,
+    ) -> AsyncIterator[EventStream]:
+        """Subscribe to this store's job events (see :meth:`work.stores.Store.events`).
+
+        In process: every change made through this store object, from any thread.
+        """
+        kind_set, queue_set = check_event_filters(kinds, queues)
+        with self._hub.open(kinds=kind_set, queues=queue_set, buffer=buffer) as stream:
+            yield stream
 
 
 def _decode_error(args_json: str) -> str | None:

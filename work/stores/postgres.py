@@ -6,7 +6,8 @@ import asyncio
 import contextlib
 import functools
 import json
-from collections.abc import Sequence
+import logging
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
@@ -18,6 +19,15 @@ import anyio
 # asyncpg ships no type information (no py.typed, no stubs): it is typed as Any here.
 import asyncpg  # type: ignore[import-untyped]
 
+from .._core.exceptions import JobStateError
+from .._durable.events import (
+    DEFAULT_EVENT_BUFFER,
+    EventHub,
+    EventStream,
+    JobEventKind,
+    check_event_filters,
+    event_from_values,
+)
 from ._base import (
     DEFAULT_LOST_LIMIT,
     UNFINISHED_STATES,
@@ -45,15 +55,39 @@ from ._server import StoreAuthenticationError, StoreUnavailableError, require_as
 
 __all__ = ["PostgresStore", "PostgresUnavailableError"]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 5
 """The schema version this module creates and expects."""
 
 _WORKER_LOST = "worker lost"
-_ACTIVE = "('queued', 'scheduled', 'running')"
+# The outcomes whose result complete() stores (a Deferred's provisional one for WAITING).
+_RESULT_STATES = frozenset({JobState.SUCCEEDED, JobState.WAITING})
+_PURGE_BATCH = 1000  # rows per purge statement
+_ACTIVE = "('queued', 'scheduled', 'running', 'waiting')"
 # Connection failures asyncpg reports as builtin errors (TimeoutError is an OSError too).
 _CONNECT_ERRORS = (OSError, asyncpg.exceptions.CannotConnectNowError)
+# What a call raises when the server went away (a restart, a failover, the network), as
+# opposed to a statement that failed: each becomes a PostgresUnavailableError.
+_LOST_ERRORS = (
+    OSError,
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.CannotConnectNowError,
+)
 # When the listening connection is gone, waiters fall back to polling this often.
 _FALLBACK_POLL = 1.0
+
+
+class _QuietPoolFloor(logging.Filter):
+    """Drops asyncpg's "Failed to restore the pool connection floor; retrying" warnings: one
+    traceback per retry while the server is down. ``Worker.serve`` reports the outage itself,
+    in one line, and one more when the server is back."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Failed to restore the pool connection floor")
+
+
+logging.getLogger("asyncpg.pool").addFilter(_QuietPoolFloor())
 
 
 class PostgresUnavailableError(StoreUnavailableError):
@@ -160,14 +194,86 @@ def _migration_v2(s: str) -> list[str]:
         # when a worker first handed it back for lack of its handler.
         f"ALTER TABLE {s}.jobs ADD COLUMN IF NOT EXISTS lost integer NOT NULL DEFAULT 0",
         f"ALTER TABLE {s}.jobs ADD COLUMN IF NOT EXISTS unknown_since timestamptz",
+        # Retention: a job's own result_ttl, and when a finished job that has one may go.
+        f"ALTER TABLE {s}.jobs ADD COLUMN IF NOT EXISTS result_ttl double precision",
+        f"ALTER TABLE {s}.jobs ADD COLUMN IF NOT EXISTS expires_at timestamptz",
+        f"""CREATE INDEX IF NOT EXISTS jobs_expires ON {s}.jobs (expires_at)
+            WHERE expires_at IS NOT NULL""",
         # The oldest finished jobs first, for purges.
         f"""CREATE INDEX IF NOT EXISTS jobs_finished ON {s}.jobs (finished_at)
             WHERE state IN ('succeeded', 'failed', 'cancelled')""",
     ]
 
 
-def _migration_v3(s: str) -> list[str]:
-    """Schema version 3: schedules, and the schedule each job is an execution of."""
+def _migration_v3(s: str, channel: str) -> list[str]:
+    """Schema version 3: job events by NOTIFY (a trigger: no other statement changes) and
+    the progress column."""
+    kind_on_insert = """CASE NEW.state WHEN 'running' THEN 'started'
+        WHEN 'succeeded' THEN 'succeeded' WHEN 'failed' THEN 'failed'
+        WHEN 'cancelled' THEN 'cancelled' ELSE 'enqueued' END"""
+    # work._durable.events.kind_for_change, in SQL.
+    kind_on_change = """CASE NEW.state WHEN 'running' THEN 'started'
+        WHEN 'succeeded' THEN 'succeeded' WHEN 'failed' THEN 'failed'
+        WHEN 'cancelled' THEN 'cancelled' WHEN 'waiting' THEN 'waiting'
+        WHEN 'scheduled' THEN CASE WHEN OLD.state = 'running' THEN 'retrying'
+                                   ELSE 'enqueued' END
+        ELSE CASE WHEN OLD.state = 'running' AND NEW.attempts >= OLD.attempts
+                  THEN 'retrying' ELSE 'enqueued' END END"""
+    return [
+        f"ALTER TABLE {s}.jobs ADD COLUMN IF NOT EXISTS progress jsonb",
+        f"""CREATE OR REPLACE FUNCTION {s}.notify_event() RETURNS trigger
+            LANGUAGE plpgsql AS $fn$
+            DECLARE
+                kind text;
+                payload text;
+                at double precision := extract(epoch FROM clock_timestamp());
+            BEGIN
+                IF TG_OP = 'INSERT' THEN
+                    kind := {kind_on_insert};
+                ELSIF OLD.state IS DISTINCT FROM NEW.state THEN
+                    kind := {kind_on_change};
+                ELSE
+                    kind := 'progress';
+                END IF;
+                payload := json_build_array(kind, NEW.id, NEW.queue, NEW.handler, NEW.status,
+                    NEW.attempts, at, CASE WHEN kind = 'progress' THEN NEW.progress END)::text;
+                -- A NOTIFY payload must stay under 8000 bytes: a huge id or handler name
+                -- becomes a LOST event rather than a failed transaction.
+                IF octet_length(payload) >= 8000 THEN
+                    payload := json_build_array('lost')::text;
+                END IF;
+                PERFORM pg_notify({_quote_literal(channel)}, payload);
+                RETURN NULL;
+            END
+            $fn$""",
+        f"""CREATE TRIGGER jobs_event_insert AFTER INSERT ON {s}.jobs
+            FOR EACH ROW EXECUTE FUNCTION {s}.notify_event()""",
+        f"""CREATE TRIGGER jobs_event_state AFTER UPDATE OF state ON {s}.jobs
+            FOR EACH ROW WHEN (OLD.state IS DISTINCT FROM NEW.state)
+            EXECUTE FUNCTION {s}.notify_event()""",
+        f"""CREATE TRIGGER jobs_event_progress AFTER UPDATE OF progress ON {s}.jobs
+            FOR EACH ROW WHEN (NEW.progress IS NOT NULL AND OLD.state = NEW.state)
+            EXECUTE FUNCTION {s}.notify_event()""",
+    ]
+
+
+def _migration_v4(s: str) -> list[str]:
+    """Deferred completion: WAITING jobs' deadline and ttl, a WAITING job keeps its unique
+    key, and store-wide settings (the callback secret)."""
+    return [
+        f"ALTER TABLE {s}.jobs ADD COLUMN IF NOT EXISTS deadline timestamptz",
+        f"ALTER TABLE {s}.jobs ADD COLUMN IF NOT EXISTS deferred_ttl double precision",
+        f"CREATE INDEX IF NOT EXISTS jobs_deadline ON {s}.jobs (deadline) WHERE state = 'waiting'",
+        f"DROP INDEX IF EXISTS {s}.jobs_unique_active",
+        f"""CREATE UNIQUE INDEX IF NOT EXISTS jobs_unique_active ON {s}.jobs (queue, unique_key)
+            WHERE unique_key IS NOT NULL AND state IN {_ACTIVE}""",
+        f"""CREATE TABLE IF NOT EXISTS {s}.settings (
+            key text PRIMARY KEY, value text NOT NULL)""",
+    ]
+
+
+def _migration_v5(s: str) -> list[str]:
+    """Schema version 5: schedules, and the schedule each job is an execution of."""
     return [
         f"ALTER TABLE {s}.jobs ADD COLUMN IF NOT EXISTS schedule_id text",
         f"""CREATE INDEX IF NOT EXISTS jobs_schedule ON {s}.jobs (schedule_id, seq)
@@ -211,31 +317,45 @@ class _Runner:
     otherwise: a producer or a serve loop calling one statement at a time skips the pool's
     acquire and release (about a sixth of a small statement's cost)."""
 
-    __slots__ = ("_busy", "_held", "_pool")
+    __slots__ = ("_address", "_busy", "_held", "_pool")
 
-    def __init__(self, pool: Any, *, hold: bool) -> None:
+    def __init__(self, pool: Any, *, hold: bool, address: tuple[str, int | str]) -> None:
         self._pool = pool
         self._held: Any = None
         # With a pool of one, holding its connection would leave none for the others.
         self._busy = not hold
+        self._address = address
 
     async def _call(self, method: str, sql: str, args: tuple[Any, ...]) -> Any:
         if self._busy:
-            return await getattr(self._pool, method)(sql, *args)
+            try:
+                return await getattr(self._pool, method)(sql, *args)
+            except _LOST_ERRORS as exc:
+                raise PostgresUnavailableError(*self._address, exc) from exc
         self._busy = True  # no await since the check: this task has the held connection
         try:
             if self._held is not None and _unusable(self._held):
                 await self._drop_held()  # the server closed it while it sat idle
             if self._held is None:
-                self._held = await self._pool.acquire()
+                try:
+                    self._held = await self._pool.acquire()
+                except _LOST_ERRORS as exc:
+                    raise PostgresUnavailableError(*self._address, exc) from exc
             conn = self._held
             try:
                 return await getattr(conn, method)(sql, *args)
             except BaseException as exc:
-                if isinstance(exc, asyncpg.PostgresError) and not conn.is_closed():
+                # The pool may have released a connection the server closed: is_closed() then
+                # raises InterfaceError, which must not hide what happened (_unusable).
+                gone = _unusable(conn)
+                if isinstance(exc, asyncpg.PostgresError) and not gone:
                     raise  # the statement failed; the connection is fine
                 # Cancelled or broken mid-statement: the pool knows how to clean that up.
                 await self._drop_held()
+                if isinstance(exc, Exception) and (gone or isinstance(exc, _LOST_ERRORS)):
+                    # One clear error for a lost server, not asyncpg's InterfaceError or
+                    # InternalClientError about the state of a dead connection.
+                    raise PostgresUnavailableError(*self._address, exc) from exc
                 raise
         finally:
             self._busy = False
@@ -332,6 +452,11 @@ class PostgresStore:
         self._s = _quote_ident(schema)
         # Channel names are identifiers: at most 63 bytes.
         self._channel = f"anywork.{schema}".encode()[:63].decode(errors="ignore")
+        self._events_channel = f"anywork_events.{schema}".encode()[:63].decode(errors="ignore")
+        self._hub = EventHub()
+        self._events_conn: Any = None
+        self._events_users = 0
+        self._events_lock = anyio.Lock()
         self._pool: Any = None
         self._runner: _Runner | None = None
         self._listener: Any = None
@@ -371,7 +496,7 @@ class PostgresStore:
         except asyncpg.InvalidAuthorizationSpecificationError as exc:
             # A wrong password or an unknown user: waiting will not heal it.
             raise StoreAuthenticationError("PostgreSQL", *_address(self._dsn), exc) from exc
-        self._runner = _Runner(self._pool, hold=self._max_size >= 2)
+        self._runner = _Runner(self._pool, hold=self._max_size >= 2, address=_address(self._dsn))
         try:
             await self._migrate()
         except BaseException:
@@ -393,6 +518,9 @@ class PostgresStore:
             await self._close()
 
     async def _close(self) -> None:
+        events_conn, self._events_conn = self._events_conn, None
+        if events_conn is not None:
+            events_conn.terminate()
         listener, self._listener = self._listener, None
         pool, self._pool = self._pool, None
         runner, self._runner = self._runner, None
@@ -444,9 +572,17 @@ class PostgresStore:
                     await conn.execute(statement)
                 await conn.execute(f"INSERT INTO {self._s}.schema_version VALUES (2)")
             if version < 3:
-                for statement in _migration_v3(self._s):
+                for statement in _migration_v3(self._s, self._events_channel):
                     await conn.execute(statement)
                 await conn.execute(f"INSERT INTO {self._s}.schema_version VALUES (3)")
+            if version < 4:
+                for statement in _migration_v4(self._s):
+                    await conn.execute(statement)
+                await conn.execute(f"INSERT INTO {self._s}.schema_version VALUES (4)")
+            if version < 5:
+                for statement in _migration_v5(self._s):
+                    await conn.execute(statement)
+                await conn.execute(f"INSERT INTO {self._s}.schema_version VALUES (5)")
 
     async def _listen(self) -> None:
         try:
@@ -470,6 +606,97 @@ class PostgresStore:
         for waiter in self._waiters:
             if payload in waiter.queues:
                 waiter.event.set()
+
+    # -- events -------------------------------------------------------------------------
+
+    async def set_progress(self, owner: str, progress: Mapping[str, dict[str, Any]]) -> None:
+        """Set the progress of jobs RUNNING under ``owner``'s lease, in one statement; a
+        trigger sends a PROGRESS event for each."""
+        if not progress:
+            return
+        await self._require_pool().execute(
+            f"""UPDATE {self._s}.jobs AS j SET progress = p.progress::jsonb
+                FROM unnest($2::text[], $3::text[]) AS p(id, progress)
+                WHERE j.id = p.id AND j.state = 'running' AND j.owner = $1""",
+            owner,
+            list(progress),
+            [dumps(value) for value in progress.values()],
+        )
+
+    @contextlib.asynccontextmanager
+    async def events(
+        self,
+        *,
+        kinds: Iterable[JobEventKind] | None = None,
+        queues: Iterable[str] | None = None,
+        buffer: int = DEFAULT_EVENT_BUFFER,
+    ) -> AsyncIterator[EventStream]:
+        """Subscribe to job events (see :meth:`work.stores.Store.events`).
+
+        Triggers on the jobs table ``NOTIFY`` every change (at commit, in commit order); one
+        connection per store object ``LISTEN``s while anything is subscribed. If that
+        connection is lost, subscribers get a LOST event (``lost == 0``), and the next
+        subscription connects again.
+
+        Raises:
+            PostgresUnavailableError: the server cannot be reached.
+        """
+        kind_set, queue_set = check_event_filters(kinds, queues)
+        self._require_pool()
+        stream = self._hub.open(kinds=kind_set, queues=queue_set, buffer=buffer)
+        try:
+            async with self._events_lock:
+                self._events_users += 1
+                if self._events_conn is None or self._events_conn.is_closed():
+                    await self._listen_events()
+            yield stream
+        finally:
+            stream.close()
+            with anyio.CancelScope(shield=True):
+                async with self._events_lock:
+                    self._events_users -= 1
+                    if self._events_users == 0:
+                        await self._unlisten_events()
+
+    async def _listen_events(self) -> None:
+        try:
+            conn = await asyncpg.connect(self._dsn, **_connect_only(self._options))
+        except _CONNECT_ERRORS as exc:
+            raise PostgresUnavailableError(*_address(self._dsn), exc) from exc
+        try:
+            await conn.add_listener(self._events_channel, self._on_event)
+        except BaseException:
+            conn.terminate()
+            raise
+        conn.add_termination_listener(self._on_events_lost)
+        self._events_conn = conn
+
+    async def _unlisten_events(self) -> None:
+        conn, self._events_conn = self._events_conn, None
+        if conn is None:
+            return
+        conn.remove_termination_listener(self._on_events_lost)
+        try:
+            await asyncio.wait_for(conn.close(), 5)
+        except (OSError, asyncpg.PostgresError, TimeoutError):
+            conn.terminate()
+
+    def _on_events_lost(self, conn: Any) -> None:
+        if conn is self._events_conn:
+            self._events_conn = None
+        self._hub.lose()
+
+    def _on_event(self, conn: Any, pid: int, channel: str, payload: str) -> None:
+        try:
+            values = json.loads(payload)
+            if values[0] == "lost":
+                self._hub.lose(1)
+                return
+            event = event_from_values(*values)
+        except (ValueError, TypeError, IndexError):
+            self._hub.lose(1)
+            return
+        self._hub.publish([event])
 
     async def exists(self) -> bool:
         """True when the database holds this store's schema; creates nothing (for read-only
@@ -624,9 +851,10 @@ class PostgresStore:
             WITH inserted AS (
             INSERT INTO {self._s}.jobs (id, handler, queue, args, headers, priority, state,
                 status, attempts, max_attempts, result, error, unique_key, enqueued_at,
-                scheduled_for, started_at, finished_at, timeout, retry, deferrals, schedule_id)
+                scheduled_for, started_at, finished_at, timeout, retry, deferrals, result_ttl,
+                schedule_id)
             VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7, $8, $9, $10, $11::jsonb, $12, $13, $14,
-                    $15, $16, $17, $18, $19::jsonb, $20, $21)
+                    $15, $16, $17, $18, $19::jsonb, $20, $21, $22)
             ON CONFLICT DO NOTHING
             RETURNING id, queue, state
         ) {self._notify_inserted}
@@ -639,23 +867,24 @@ class PostgresStore:
             WITH inserted AS (
             INSERT INTO {self._s}.jobs (id, handler, queue, args, headers, priority, state,
                 status, attempts, max_attempts, result, error, unique_key, enqueued_at,
-                scheduled_for, started_at, finished_at, timeout, retry, deferrals, schedule_id)
+                scheduled_for, started_at, finished_at, timeout, retry, deferrals, result_ttl,
+                schedule_id)
             SELECT u.id, u.handler, u.queue, u.args, COALESCE(u.headers, '{{}}'),
                 COALESCE(u.priority, 0), u.state, COALESCE(u.status, -1),
                 COALESCE(u.attempts, 0), COALESCE(u.max_attempts, 1), u.result, u.error,
                 u.unique_key, u.enqueued_at, u.scheduled_for, u.started_at, u.finished_at,
-                u.timeout, u.retry, COALESCE(u.deferrals, 0), u.schedule_id
+                u.timeout, u.retry, COALESCE(u.deferrals, 0), u.result_ttl, u.schedule_id
             FROM ROWS FROM (jsonb_to_recordset($1::jsonb) AS (
                     id text, handler text, queue text, args text, headers jsonb,
                     priority integer, state text, status integer, attempts integer,
                     max_attempts integer, result jsonb, error text, unique_key text,
                     enqueued_at timestamptz, scheduled_for timestamptz, started_at timestamptz,
                     finished_at timestamptz, timeout double precision, retry jsonb,
-                    deferrals integer, schedule_id text))
+                    deferrals integer, result_ttl double precision, schedule_id text))
                 WITH ORDINALITY AS u(id, handler, queue, args, headers, priority, state,
                     status, attempts, max_attempts, result, error, unique_key, enqueued_at,
                     scheduled_for, started_at, finished_at, timeout, retry, deferrals,
-                    schedule_id, ord)
+                    result_ttl, schedule_id, ord)
             ORDER BY u.ord
             ON CONFLICT DO NOTHING
             RETURNING id, queue, state
@@ -699,7 +928,8 @@ class PostgresStore:
         return missing
 
     async def cancel(self, id: str) -> bool:
-        """Cancel a QUEUED or SCHEDULED job at once, or ask a RUNNING one's owner to stop.
+        """Cancel a QUEUED, SCHEDULED or WAITING job at once, or ask a RUNNING one's owner to
+        stop.
 
         Returns False for an unknown or already final job.
         """
@@ -710,7 +940,11 @@ class PostgresStore:
                     error = CASE WHEN state = 'running' THEN error ELSE 'cancelled' END,
                     finished_at = CASE WHEN state = 'running' THEN finished_at
                                        ELSE $2::timestamptz END,
-                    cancel_requested = (state = 'running')
+                    expires_at = CASE WHEN state = 'running' THEN expires_at
+                                      ELSE $2::timestamptz + result_ttl * interval '1 second'
+                                 END,
+                    cancel_requested = (state = 'running'),
+                    deadline = NULL
                 WHERE id = $1 AND state IN {_ACTIVE}
                 RETURNING id""",
             id,
@@ -779,52 +1013,152 @@ class PostgresStore:
         kept = {row["id"] for row in rows if not row["cancel_requested"]}
         return set(ids) - kept
 
-    async def complete(self, owner: str, outcomes: Sequence[Outcome]) -> None:
+    async def complete(self, owner: str, outcomes: Sequence[Outcome]) -> set[str]:
         """Apply outcomes, in one statement, to jobs RUNNING under ``owner``'s lease; others
-        are left alone (see :meth:`work.stores.Store.complete`)."""
+        are left alone (see :meth:`work.stores.Store.complete`). Returns the ids whose
+        outcome was applied."""
         pool = self._require_pool()
         if not outcomes:
-            return
+            return set()
         # One outcome per job: the first for an id wins, as if applied in order (the job is
         # no longer RUNNING for the ones after it).
         first: dict[str, Outcome] = {}
         for o in outcomes:
             first.setdefault(o.id, o)
         latest = list(first.values())
-        await pool.execute(
+        rows = await pool.fetch(
             f"""UPDATE {self._s}.jobs AS j SET
                     state = o.state,
                     status = o.status,
                     error = o.error,
-                    result = CASE WHEN o.state = 'succeeded' THEN o.result::jsonb
+                    result = CASE WHEN o.state IN ('succeeded', 'waiting') THEN o.result::jsonb
                                   ELSE j.result END,
+                    deadline = o.deadline,
+                    deferred_ttl = CASE WHEN o.state = 'waiting' THEN o.ttl
+                                        ELSE j.deferred_ttl END,
                     scheduled_for = CASE WHEN o.state = 'scheduled'
                                          THEN COALESCE(o.scheduled_for, $2::timestamptz)
                                          ELSE NULL END,
                     finished_at = CASE WHEN o.state IN ('succeeded', 'failed', 'cancelled')
                                        THEN $2::timestamptz ELSE NULL END,
+                    expires_at = CASE WHEN o.state IN ('succeeded', 'failed', 'cancelled')
+                                      THEN $2::timestamptz + j.result_ttl * interval '1 second'
+                                      ELSE NULL END,
                     attempts = CASE WHEN o.give_back THEN greatest(j.attempts - 1, 0)
                                     ELSE j.attempts END,
                     deferrals = j.deferrals + CASE WHEN o.deferral THEN 1 ELSE 0 END,
                     owner = NULL, lease_until = NULL, cancel_requested = false,
                     unknown_since = o.unknown_since
                 FROM unnest($3::text[], $4::text[], $5::int[], $6::text[], $7::text[],
-                            $8::timestamptz[], $9::bool[], $10::bool[], $11::timestamptz[])
+                            $8::timestamptz[], $9::bool[], $10::bool[], $11::timestamptz[],
+                            $12::timestamptz[], $13::float8[])
                     AS o(id, state, status, result, error, scheduled_for, give_back, deferral,
-                         unknown_since)
-                WHERE j.id = o.id AND j.state = 'running' AND j.owner = $1""",
+                         unknown_since, deadline, ttl)
+                WHERE j.id = o.id AND j.state = 'running' AND j.owner = $1
+                RETURNING j.id""",
             owner,
             _now(),
             [o.id for o in latest],
             [o.state.value for o in latest],
             [int(o.status) for o in latest],
-            [dumps(o.result) if o.state is JobState.SUCCEEDED else None for o in latest],
+            [dumps(o.result) if o.state in _RESULT_STATES else None for o in latest],
             [o.error for o in latest],
             [o.scheduled_for for o in latest],
             [o.give_back_attempt for o in latest],
             [o.deferral for o in latest],
             [o.unknown_since for o in latest],
+            [o.deadline if o.state is JobState.WAITING else None for o in latest],
+            [o.ttl if o.state is JobState.WAITING else None for o in latest],
         )
+        return {row["id"] for row in rows}
+
+    async def settle(self, outcome: Outcome, *, only_expired: bool = False) -> JobRecord | None:
+        """Apply ``outcome`` to a WAITING job in one statement (see
+        :meth:`work.stores.Store.settle`)."""
+        pool = self._require_pool()
+        o = outcome
+        now = _now()
+        expired = " AND deadline <= $2" if only_expired else ""
+        row = await pool.fetchrow(
+            f"""UPDATE {self._s}.jobs SET
+                    state = $3, status = $4, error = $5,
+                    result = CASE WHEN $3 = 'succeeded' THEN $6::jsonb ELSE result END,
+                    scheduled_for = $7::timestamptz,
+                    finished_at = CASE WHEN $3 IN ('succeeded', 'failed', 'cancelled')
+                                       THEN $2::timestamptz ELSE NULL END,
+                    expires_at = CASE WHEN $3 IN ('succeeded', 'failed', 'cancelled')
+                                      THEN $2::timestamptz + result_ttl * interval '1 second'
+                                 END,
+                    deadline = NULL
+                WHERE id = $1 AND state = 'waiting'{expired}
+                RETURNING *""",
+            o.id,
+            now,
+            o.state.value,
+            int(o.status),
+            o.error,
+            dumps(o.result) if o.state is JobState.SUCCEEDED else None,
+            o.scheduled_for if o.state is JobState.SCHEDULED else None,
+        )
+        if row is not None:
+            return decode_row(row)[0]
+        if not only_expired:
+            await self._refuse(o.id)
+        return None
+
+    async def heartbeat(self, id: str, ttl: float | None = None) -> JobRecord:
+        """Push a WAITING job's deadline (see :meth:`work.stores.Store.heartbeat`)."""
+        row = await self._require_pool().fetchrow(
+            f"""UPDATE {self._s}.jobs SET deadline =
+                    $2::timestamptz + COALESCE($3::float8, deferred_ttl, 0) * interval '1 second'
+                WHERE id = $1 AND state = 'waiting'
+                RETURNING *""",
+            id,
+            _now(),
+            ttl,
+        )
+        if row is None:
+            await self._refuse(id)
+        return decode_row(row)[0]
+
+    async def _refuse(self, id: str) -> None:
+        state = await self._require_pool().fetchrow(
+            f"SELECT state FROM {self._s}.jobs WHERE id = $1", id
+        )
+        if state is None:
+            raise LookupError(f"no job with id {id!r} in {self.url}")
+        raise JobStateError(id, state["state"])
+
+    async def overdue(self, *, limit: int = 100) -> list[JobRecord]:
+        """Return up to ``limit`` WAITING jobs whose deadline has passed, earliest first."""
+        rows = await self._require_pool().fetch(
+            f"""SELECT * FROM {self._s}.jobs WHERE state = 'waiting' AND deadline <= $1
+                ORDER BY deadline, seq LIMIT $2""",
+            _now(),
+            max(limit, 0),
+        )
+        return [decode_row(row)[0] for row in rows]
+
+    async def setdefault_setting(self, key: str, value: str) -> str:
+        """Return the setting ``key``, storing ``value`` first if there is none."""
+        pool = self._require_pool()
+        # A concurrent first insert, committed after this statement's snapshot, is invisible
+        # to its SELECT: the next statement (a new snapshot) sees it.
+        for _ in range(3):
+            row = await pool.fetchrow(
+                f"""WITH inserted AS (
+                        INSERT INTO {self._s}.settings (key, value) VALUES ($1, $2)
+                        ON CONFLICT DO NOTHING RETURNING value)
+                    SELECT value FROM inserted
+                    UNION ALL
+                    SELECT value FROM {self._s}.settings WHERE key = $1
+                    LIMIT 1""",
+                key,
+                value,
+            )
+            if row is not None:
+                return str(row["value"])
+        raise RuntimeError(f"could not read or store the setting {key!r} in {self.url}")
 
     async def reap(self, *, lost_limit: int = DEFAULT_LOST_LIMIT) -> int:
         """Put back (or fail after ``lost_limit`` losses, or cancel) RUNNING jobs whose lease
@@ -845,6 +1179,9 @@ class PostgresStore:
                                        THEN $1::timestamptz ELSE NULL END,
                     scheduled_for = CASE WHEN j.cancel_requested OR j.lost + 1 >= $2
                                          THEN j.scheduled_for ELSE NULL END,
+                    expires_at = CASE WHEN j.cancel_requested OR j.lost + 1 >= $2
+                                      THEN $1::timestamptz + j.result_ttl * interval '1 second'
+                                      ELSE NULL END,
                     lost = j.lost + CASE WHEN j.cancel_requested THEN 0 ELSE 1 END,
                     owner = NULL, lease_until = NULL, cancel_requested = false
                 FROM (
@@ -858,6 +1195,102 @@ class PostgresStore:
             lost_limit,
         )
         return len(rows)
+
+    # -- retention ------------------------------------------------------------------------
+
+    async def purge(
+        self, *, older_than: datetime, states: Sequence[JobState], limit: int | None = None
+    ) -> int:
+        """Delete finished jobs in ``states`` that finished before ``older_than``, oldest
+        first, in statements of at most 1000 (see :meth:`work.stores.Store.purge`)."""
+        pool = self._require_pool()
+        wanted = [s.value for s in states if s.is_final]
+        if not wanted or (limit is not None and limit <= 0):
+            return 0
+        total = 0
+        while limit is None or total < limit:
+            batch = _PURGE_BATCH if limit is None else min(_PURGE_BATCH, limit - total)
+            rows = await pool.fetch(
+                f"""DELETE FROM {self._s}.jobs WHERE id IN (
+                        SELECT id FROM {self._s}.jobs
+                        WHERE state IN ('succeeded', 'failed', 'cancelled')
+                          AND state = ANY($1::text[]) AND finished_at < $2
+                        ORDER BY finished_at LIMIT $3
+                        FOR UPDATE SKIP LOCKED)
+                    RETURNING 1""",
+                wanted,
+                older_than,
+                batch,
+            )
+            total += len(rows)
+            if len(rows) < batch:
+                break
+        return total
+
+    async def expire(self, queues: Sequence[str], *, result_ttl: float, limit: int) -> int:
+        """Delete up to ``limit`` finished jobs whose time is up, in one statement (see
+        :meth:`work.stores.Store.expire`): both searches walk partial indexes of finished
+        jobs from the oldest, so they cost what they delete, not what is kept."""
+        if limit <= 0:
+            return 0
+        now = _now()
+        rows = await self._require_pool().fetch(
+            f"""WITH own AS (
+                    SELECT id FROM {self._s}.jobs
+                    WHERE expires_at IS NOT NULL AND expires_at <= $1
+                    ORDER BY expires_at LIMIT $4 FOR UPDATE SKIP LOCKED
+                ), plain AS (
+                    SELECT id FROM {self._s}.jobs
+                    WHERE state IN ('succeeded', 'failed', 'cancelled')
+                      AND finished_at <= $2 AND result_ttl IS NULL
+                      AND queue = ANY($3::text[])
+                    ORDER BY finished_at LIMIT $4 FOR UPDATE SKIP LOCKED
+                ), picked AS (
+                    SELECT id FROM own UNION SELECT id FROM plain LIMIT $4
+                )
+                DELETE FROM {self._s}.jobs WHERE id IN (SELECT id FROM picked)
+                RETURNING 1""",
+            now,
+            now - timedelta(seconds=result_ttl),
+            list(queues),
+            limit,
+        )
+        return len(rows)
+
+    async def retry(self, id: str) -> JobRecord | None:
+        """Queue a FAILED or CANCELLED job again, due now (see :meth:`work.stores.Store.retry`).
+
+        Raises:
+            ValueError: the job is in another state, or its unique key is taken.
+        """
+        pool = self._require_pool()
+        try:
+            row = await pool.fetchrow(
+                f"""WITH old AS (SELECT state FROM {self._s}.jobs WHERE id = $1),
+                    new AS (
+                        UPDATE {self._s}.jobs SET state = 'queued', status = -1, attempts = 0,
+                            deferrals = 0, lost = 0, result = NULL, error = NULL,
+                            scheduled_for = NULL, started_at = NULL, finished_at = NULL,
+                            expires_at = NULL, unknown_since = NULL, enqueued_at = $2
+                        WHERE id = $1 AND state IN ('failed', 'cancelled')
+                        RETURNING *)
+                    SELECT (SELECT state FROM old) AS old_state, new.* FROM old
+                    LEFT JOIN new ON true""",
+                id,
+                _now(),
+            )
+        except asyncpg.UniqueViolationError:
+            raise ValueError(
+                f"job {id!r} cannot be retried: another job holding its unique_key in its "
+                f"queue is not finished"
+            ) from None
+        if row is None:
+            return None
+        if row["id"] is None:
+            raise ValueError(
+                f"job {id!r} is {row['old_state']}: only a failed or cancelled job can be retried"
+            )
+        return decode_row(row)[0]
 
     async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
         """Return when a job in ``queues`` may be ready, or after ``timeout`` seconds.

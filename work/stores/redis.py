@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any, Self, cast
@@ -19,9 +21,19 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .._core.exceptions import JobStateError
 from .._core.status import Status
+from .._durable.events import (
+    DEFAULT_EVENT_BUFFER,
+    EventHub,
+    EventStream,
+    JobEventKind,
+    check_event_filters,
+    event_from_values,
+)
 from ._base import (
     DEFAULT_LOST_LIMIT,
+    FINAL_STATES,
     Claimed,
     Fired,
     JobRecord,
@@ -32,14 +44,27 @@ from ._base import (
     conflict_record,
 )
 from ._open import mask_url
-from ._redis_lua import ADD, CANCEL, CLAIM, COMPLETE, REAP, RENEW
+from ._redis_lua import (
+    ADD,
+    CANCEL,
+    CLAIM,
+    COMPLETE,
+    DELETE,
+    HEARTBEAT,
+    PROGRESS,
+    REAP,
+    RENEW,
+    RETRY,
+    SETTLE,
+)
 from ._redis_schedules_lua import DELETE_SCHEDULE, EXECUTION, FIRE, PICK, SAVE_SCHEDULE
 from ._server import StoreAuthenticationError, StoreUnavailableError, require_asyncio
 
 __all__ = ["RedisStore", "RedisUnavailableError"]
 
-SCHEMA_VERSION = 1
-"""The key layout version this module writes and expects."""
+SCHEMA_VERSION = 2
+"""The key layout version this module writes and expects (2: finished jobs indexed for
+retention in ``done:<queue>``, ``kept:<queue>`` and ``expires``)."""
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
@@ -58,6 +83,8 @@ _REAP_BATCH = 1000
 # Seconds a picked due schedule stays hidden from other schedulers: a scheduler that dies
 # between picking and firing delays that fire by this much (it is not lost).
 _PICK_LEASE = 10.0
+# Jobs deleted per purge script.
+_PURGE_BATCH = 500
 
 
 class RedisUnavailableError(StoreUnavailableError):
@@ -143,6 +170,7 @@ def _decode(fields: Mapping[str, str], args_raw: bytes | None) -> tuple[JobRecor
         headers, spec_error = {}, spec_error or "job headers must map names to strings"
     retry = spec.get("retry")
     timeout = spec.get("timeout")
+    result_ttl = spec.get("result_ttl")
     try:
         result = json.loads(fields["result"]) if "result" in fields else None
     except ValueError:
@@ -173,8 +201,19 @@ def _decode(fields: Mapping[str, str], args_raw: bytes | None) -> tuple[JobRecor
         retry=retry if isinstance(retry, dict) else None,
         deferrals=_int(get("deferrals")),
         schedule_id=get("schedule_id"),
+        deadline=_time(get("deadline")),
+        deferred_ttl=_float(get("deferred_ttl")),
+        progress=_json_object(get("progress"), "progress")[0] if "progress" in fields else None,
+        result_ttl=float(result_ttl) if isinstance(result_ttl, int | float) else None,
     )
     return record, args_error or spec_error
+
+
+def _float(raw: str | None) -> float | None:
+    try:
+        return None if raw is None else float(raw)
+    except ValueError:
+        return None
 
 
 def _from_hash(raw: Any) -> tuple[JobRecord, str | None]:
@@ -240,6 +279,8 @@ def _add_args(rec: JobRecord, now: datetime) -> tuple[list[str], str, datetime]:
         spec["timeout"] = rec.timeout
     if rec.retry is not None:
         spec["retry"] = rec.retry
+    if rec.result_ttl is not None:
+        spec["result_ttl"] = rec.result_ttl
     # Fields a new job rarely has: only sent when set.
     extra: dict[str, str] = {}
     if rec.status is not Status.UNKNOWN:
@@ -258,6 +299,9 @@ def _add_args(rec: JobRecord, now: datetime) -> tuple[list[str], str, datetime]:
         extra["finished_at"] = str(_us(rec.finished_at))
     if rec.schedule_id is not None:
         extra["schedule_id"] = rec.schedule_id
+    if rec.result_ttl is not None:
+        # The scripts need it in microseconds, as a field of their own.
+        extra["ttl_us"] = str(int(rec.result_ttl * 1_000_000))
     values = [
         rec.id,
         rec.queue,
@@ -361,6 +405,11 @@ class RedisStore:
         self._client: aioredis.Redis | None = None
         self._scripts: dict[str, AsyncScript] = {}
         self._entries = 0
+        self._hub = EventHub()
+        self._events_users = 0
+        self._events_reader: asyncio.Task[None] | None = None
+        self._events_pubsub: Any = None
+        self._events_lock = anyio.Lock()
 
     def __repr__(self) -> str:
         return f"RedisStore({self.url!r}, prefix={self.prefix!r})"
@@ -413,6 +462,11 @@ class RedisStore:
                 ("pick", PICK),
                 ("fire", FIRE),
                 ("execution", EXECUTION),
+                ("settle", SETTLE),
+                ("heartbeat", HEARTBEAT),
+                ("progress", PROGRESS),
+                ("delete", DELETE),
+                ("retry", RETRY),
             )
         }
         self._entries = 1
@@ -429,6 +483,7 @@ class RedisStore:
         if self._entries > 0:
             return
         self._entries = 0
+        await self._stop_events()
         client, self._client = self._client, None
         if client is not None:
             await client.aclose()
@@ -458,6 +513,34 @@ class RedisStore:
                 f"keys under {self.prefix!r} are at layout version {version}, newer than this "
                 f"anywork knows ({SCHEMA_VERSION}); upgrade anywork"
             )
+        if version < 2:
+            await self._index_finished(client)
+            await client.set(key, 2)
+
+    async def _index_finished(self, client: aioredis.Redis) -> None:
+        """Layout 1 to 2: index the jobs already finished for retention. Idempotent (ZADD),
+        so several processes upgrading at once do no harm."""
+        start: str = "-inf"
+        while True:
+            page = cast(
+                "list[tuple[bytes, float]]",
+                await client.zrangebyscore(
+                    self._key("all"), start, "+inf", start=0, num=1000, withscores=True
+                ),
+            )
+            if not page:
+                return
+            pipe = client.pipeline(transaction=False)
+            for id, _ in page:
+                pipe.hmget(self._key("job", id.decode()), "state", "queue", "finished_at")
+            fields = await pipe.execute()
+            pipe = client.pipeline(transaction=False)
+            for (id, _), (state, queue, finished_at) in zip(page, fields, strict=True):
+                if state in (b"succeeded", b"failed", b"cancelled") and queue and finished_at:
+                    done = self._key("done", queue.decode())
+                    pipe.zadd(done, {id: int(finished_at)})
+            await pipe.execute()
+            start = f"({int(page[-1][1])}"
 
     def _require(self) -> aioredis.Redis:
         if self._client is None:
@@ -508,17 +591,31 @@ class RedisStore:
             if client is not self._client:
                 await client.aclose()
 
+    @contextlib.contextmanager
+    def _reachable(self, client: aioredis.Redis) -> Iterator[None]:
+        """Turn redis-py's errors for a server that went away into RedisUnavailableError (a
+        builtin ConnectionError, as every store raises), so a worker reports one outage."""
+        try:
+            yield
+        except _AUTH_ERRORS:
+            raise
+        except _CONNECT_ERRORS as exc:
+            if isinstance(exc, StoreUnavailableError):
+                raise
+            raise self._unavailable(client, exc) from exc
+
     async def _run(self, name: str, args: Sequence[Any], client: Any = None) -> Any:
         redis_client = self._require()
         script = self._scripts[name]
         if client is not None:  # a pipeline: redis-py loads its scripts before it runs
             return await script(args=[self.prefix, *args], client=client)
-        try:
-            return await redis_client.evalsha(script.sha, 0, self.prefix, *args)
-        except NoScriptError:
-            # The server lost its script cache (a restart, SCRIPT FLUSH): nothing ran.
-            await redis_client.script_load(script.script)
-            return await redis_client.evalsha(script.sha, 0, self.prefix, *args)
+        with self._reachable(redis_client):
+            try:
+                return await redis_client.evalsha(script.sha, 0, self.prefix, *args)
+            except NoScriptError:
+                # The server lost its script cache (a restart, SCRIPT FLUSH): nothing ran.
+                await redis_client.script_load(script.script)
+                return await redis_client.evalsha(script.sha, 0, self.prefix, *args)
 
     # -- reading --------------------------------------------------------------------------
 
@@ -568,7 +665,8 @@ class RedisStore:
         return stored
 
     async def cancel(self, id: str) -> bool:
-        """Cancel a QUEUED or SCHEDULED job at once, or ask a RUNNING one's owner to stop.
+        """Cancel a QUEUED, SCHEDULED or WAITING job at once, or ask a RUNNING one's owner to
+        stop.
 
         Returns False for an unknown or already final job.
         """
@@ -603,16 +701,20 @@ class RedisStore:
         stop = await self._run("renew", [owner, until, *ids])
         return {id.decode() for id in stop}
 
-    async def complete(self, owner: str, outcomes: Sequence[Outcome]) -> None:
+    async def complete(self, owner: str, outcomes: Sequence[Outcome]) -> set[str]:
         """Apply outcomes, in one script, to jobs RUNNING under ``owner``'s lease; others
-        are left alone (see :meth:`work.stores.Store.complete`)."""
+        are left alone (see :meth:`work.stores.Store.complete`). Returns the ids whose
+        outcome was applied."""
         if not outcomes:
             self._require()
-            return
+            return set()
         batch: list[list[str]] = []
         for o in outcomes:
-            result = _dumps(o.result) if o.state is JobState.SUCCEEDED else None
+            waiting = o.state is JobState.WAITING
+            result = _dumps(o.result) if o.state is JobState.SUCCEEDED or waiting else None
             due = str(_us(o.scheduled_for)) if o.scheduled_for is not None else None
+            deadline = str(_us(o.deadline)) if waiting and o.deadline is not None else None
+            ttl = repr(float(o.ttl)) if waiting and o.ttl is not None else None
             batch.append(
                 [
                     o.id,
@@ -624,9 +726,83 @@ class RedisStore:
                     "1" if o.give_back_attempt else "0",
                     "1" if o.deferral else "0",
                     _opt(None if o.unknown_since is None else str(_us(o.unknown_since))),
+                    _opt(deadline),
+                    _opt(ttl),
                 ]
             )
-        await self._run("complete", [owner, _now_us(), _WAKE_TOKENS, _dumps(batch)])
+        applied = await self._run("complete", [owner, _now_us(), _WAKE_TOKENS, _dumps(batch)])
+        return {id.decode() if isinstance(id, bytes) else str(id) for id in applied}
+
+    async def settle(self, outcome: Outcome, *, only_expired: bool = False) -> JobRecord | None:
+        """Apply ``outcome`` to a WAITING job in one atomic script (see
+        :meth:`work.stores.Store.settle`)."""
+        o = outcome
+        result = _dumps(o.result) if o.state is JobState.SUCCEEDED else None
+        due = _us(o.scheduled_for) if o.scheduled_for is not None else None
+        reply = await self._run(
+            "settle",
+            [
+                o.id,
+                _now_us(),
+                "1" if only_expired else "0",
+                _WAKE_TOKENS,
+                o.state.value,
+                str(int(o.status)),
+                _opt(result),
+                _opt(o.error),
+                _opt(str(due) if due is not None and o.state is JobState.SCHEDULED else None),
+            ],
+        )
+        if int(reply[0]) == 1:
+            return _from_hash(reply[1])[0]
+        if only_expired:
+            return None
+        return self._refuse(o.id, reply)
+
+    async def heartbeat(self, id: str, ttl: float | None = None) -> JobRecord:
+        """Push a WAITING job's deadline in one atomic script (see
+        :meth:`work.stores.Store.heartbeat`)."""
+        ttl_us = str(int(ttl * 1_000_000)) if ttl is not None else None
+        reply = await self._run("heartbeat", [id, _now_us(), _opt(ttl_us)])
+        if int(reply[0]) == 1:
+            return _from_hash(reply[1])[0]
+        return self._refuse(id, reply)
+
+    def _refuse(self, id: str, reply: Sequence[Any]) -> JobRecord:
+        if int(reply[0]) == 0:
+            raise LookupError(f"no job with id {id!r} in {self.url}")
+        raise JobStateError(id, bytes(reply[1]).decode())
+
+    async def overdue(self, *, limit: int = 100) -> list[JobRecord]:
+        """Return up to ``limit`` WAITING jobs whose deadline has passed, earliest first."""
+        client = self._require()
+        if limit <= 0:
+            return []
+        ids = cast(
+            "list[bytes]",
+            await client.zrangebyscore(self._key("waiting"), "-inf", _now_us(), start=0, num=limit),
+        )
+        if not ids:
+            return []
+        pipe = client.pipeline(transaction=False)
+        for id in ids:
+            pipe.hgetall(self._key("job", id.decode()))
+        out: list[JobRecord] = []
+        for fields in await pipe.execute():
+            if fields:
+                rec = _from_hash(fields)[0]
+                if rec.state is JobState.WAITING:
+                    out.append(rec)
+        return out
+
+    async def setdefault_setting(self, key: str, value: str) -> str:
+        """Return the setting ``key``, storing ``value`` first if there is none (HSETNX)."""
+        client = self._require()
+        pipe = client.pipeline(transaction=True)
+        pipe.hsetnx(self._key("settings"), key, value)
+        pipe.hget(self._key("settings"), key)
+        _, stored = await pipe.execute()
+        return bytes(stored).decode()
 
     async def reap(self, *, lost_limit: int = DEFAULT_LOST_LIMIT) -> int:
         """Put back (or fail after ``lost_limit`` losses, or cancel) RUNNING jobs whose lease
@@ -637,6 +813,87 @@ class RedisStore:
         """
         args = [_now_us(), _WAKE_TOKENS, _REAP_BATCH, lost_limit]
         return int(await self._run("reap", args))
+
+    # -- retention ------------------------------------------------------------------------
+
+    async def _delete_older(self, key: str, before: int, states: str, limit: int | None) -> int:
+        """Delete the jobs of sorted set ``key`` scored below ``before`` that are final and in
+        ``states``, up to ``limit``, a page (one atomic script) at a time."""
+        client = self._require()
+        total = kept = 0
+        while limit is None or total < limit:
+            num = _PURGE_BATCH if limit is None else min(_PURGE_BATCH, limit - total)
+            # Deleted jobs leave the set: skip only those kept (not in states) so far.
+            page = await client.zrangebyscore(key, "-inf", f"({before}", start=kept, num=num)
+            if not page:
+                break
+            deleted = int(await self._run("delete", [states, *page]))
+            total += deleted
+            kept += len(page) - deleted
+        return total
+
+    async def _queues(self) -> list[str]:
+        raw = cast("list[bytes]", await self._require().hkeys(self._key("stats")))
+        return sorted({k.decode(errors="replace").rpartition("\0")[0] for k in raw})
+
+    async def purge(
+        self, *, older_than: datetime, states: Sequence[JobState], limit: int | None = None
+    ) -> int:
+        """Delete finished jobs in ``states`` that finished before ``older_than``, oldest
+        first per queue, a script of at most 500 at a time (see
+        :meth:`work.stores.Store.purge`)."""
+        wanted = ",".join(s.value for s in states if s.is_final)
+        if not wanted or (limit is not None and limit <= 0):
+            return 0
+        before = _us(older_than)
+        total = 0
+        for queue in await self._queues():
+            for kind in ("done", "kept"):
+                left = None if limit is None else limit - total
+                if left is not None and left <= 0:
+                    return total
+                total += await self._delete_older(self._key(kind, queue), before, wanted, left)
+        return total
+
+    async def expire(self, queues: Sequence[str], *, result_ttl: float, limit: int) -> int:
+        """Delete up to ``limit`` finished jobs whose time is up (see
+        :meth:`work.stores.Store.expire`): sorted sets of finished jobs are read from the
+        oldest, so it costs what it deletes, not what is kept."""
+        if limit <= 0:
+            return 0
+        now = _now_us()
+        final = ",".join(s.value for s in FINAL_STATES)
+        total = await self._delete_older(self._key("expires"), now + 1, final, limit)
+        cutoff = now - int(result_ttl * 1_000_000)
+        for queue in queues:
+            if total >= limit:
+                break
+            total += await self._delete_older(
+                self._key("done", queue), cutoff + 1, final, limit - total
+            )
+        return total
+
+    async def retry(self, id: str) -> JobRecord | None:
+        """Queue a FAILED or CANCELLED job again, due now, in one script (see
+        :meth:`work.stores.Store.retry`).
+
+        Raises:
+            ValueError: the job is in another state, or its unique key is taken.
+        """
+        reply = await self._run("retry", [id, _now_us(), _WAKE_TOKENS])
+        kind = bytes(reply[0])
+        if kind == b"missing":
+            return None
+        if kind == b"state":
+            raise ValueError(
+                f"job {id!r} is {reply[1].decode()}: only a failed or cancelled job can be retried"
+            )
+        if kind == b"unique":
+            raise ValueError(
+                f"job {reply[1].decode()!r} holds the unique_key of job {id!r} in its queue "
+                f"and is not finished"
+            )
+        return _from_hash(reply[1:])[0]
 
     async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
         """Return when a job in ``queues`` may be ready, or after ``timeout`` seconds.
@@ -653,7 +910,8 @@ class RedisStore:
         for queue in queues:
             pipe.zcard(self._key("ready", queue))
             pipe.zrange(self._key("sched", queue), 0, 0, withscores=True)
-        replies = await pipe.execute()
+        with self._reachable(client):
+            replies = await pipe.execute()
         if any(replies[0::2]):
             return
         dues = [first[0][1] for first in replies[1::2] if first]
@@ -664,7 +922,110 @@ class RedisStore:
             return
         # BLPOP's timeout 0 would mean "forever".
         wake_keys = [self._key("wake", q) for q in queues]
-        await client.blpop(wake_keys, timeout=max(timeout, 0.01))
+        with self._reachable(client):
+            await client.blpop(wake_keys, timeout=max(timeout, 0.01))
+
+    # -- events -------------------------------------------------------------------------
+
+    async def set_progress(self, owner: str, progress: Mapping[str, dict[str, Any]]) -> None:
+        """Set the progress of jobs RUNNING under ``owner``'s lease, in one script that also
+        publishes a PROGRESS event for each."""
+        if not progress:
+            self._require()
+            return
+        batch = [[id, _dumps(value)] for id, value in progress.items()]
+        await self._run("progress", [owner, _now_us(), _dumps(batch)])
+
+    @contextlib.asynccontextmanager
+    async def events(
+        self,
+        *,
+        kinds: Iterable[JobEventKind] | None = None,
+        queues: Iterable[str] | None = None,
+        buffer: int = DEFAULT_EVENT_BUFFER,
+    ) -> AsyncIterator[EventStream]:
+        """Subscribe to job events (see :meth:`work.stores.Store.events`).
+
+        Every script that changes jobs ``PUBLISH``es its events, in the order it made them,
+        to ``{prefix}:events``; one pub/sub connection per store object reads them while
+        anything is subscribed (entering waits for Redis to confirm the subscription). If
+        that connection breaks, subscribers get a LOST event (``lost == 0``) and the next
+        subscription connects again.
+
+        Raises:
+            RedisUnavailableError: the server cannot be reached.
+        """
+        kind_set, queue_set = check_event_filters(kinds, queues)
+        client = self._require()
+        stream = self._hub.open(kinds=kind_set, queues=queue_set, buffer=buffer)
+        try:
+            async with self._events_lock:
+                self._events_users += 1
+                if self._events_reader is None or self._events_reader.done():
+                    await self._start_events(client)
+            yield stream
+        finally:
+            stream.close()
+            with anyio.CancelScope(shield=True):
+                async with self._events_lock:
+                    self._events_users -= 1
+                    if self._events_users == 0:
+                        await self._stop_events()
+
+    async def _start_events(self, client: aioredis.Redis) -> None:
+        pubsub = client.pubsub()
+        try:
+            await pubsub.subscribe(self._key("events"))
+            # Subscribed only once Redis confirms it: from then on nothing is missed.
+            with anyio.fail_after(10):
+                while True:
+                    message = await pubsub.get_message(timeout=1.0)
+                    if message is not None and message["type"] == "subscribe":
+                        break
+        except _CONNECT_ERRORS as exc:
+            await pubsub.aclose()
+            raise self._unavailable(client, exc) from exc
+        except BaseException:
+            await pubsub.aclose()
+            raise
+        self._events_pubsub = pubsub
+        # The store owns this task: it is cancelled and awaited when the last subscriber
+        # leaves or the store closes (redis-py's pub/sub is asyncio-only, like the store).
+        self._events_reader = asyncio.get_running_loop().create_task(
+            self._read_events(pubsub), name=f"anywork redis events {self.prefix}"
+        )
+
+    async def _read_events(self, pubsub: Any) -> None:
+        try:
+            while True:
+                message = await pubsub.get_message(timeout=None)
+                if message is None or message["type"] != "message":
+                    continue
+                try:
+                    batch = json.loads(message["data"])
+                    events = [
+                        event_from_values(
+                            k, i, q, h, st, a, int(at) / 1_000_000, json.loads(p) if p else None
+                        )
+                        for k, i, q, h, st, a, at, p in batch
+                    ]
+                except (ValueError, TypeError):
+                    self._hub.lose(1)
+                    continue
+                self._hub.publish(events)
+        except Exception:
+            self._hub.lose()  # the connection broke: what came meanwhile is unknown
+
+    async def _stop_events(self) -> None:
+        reader, self._events_reader = self._events_reader, None
+        pubsub, self._events_pubsub = self._events_pubsub, None
+        if reader is not None:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
+        if pubsub is not None:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
 
     # -- schedules ------------------------------------------------------------------------
 

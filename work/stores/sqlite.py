@@ -3,22 +3,35 @@
 from __future__ import annotations
 
 import builtins
+import contextlib
 import functools
 import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, NoReturn, Self, TypeVar
 from urllib.parse import urlsplit
 
 import anyio
 import anyio.to_thread
 
+from .._core.exceptions import JobStateError
 from .._core.status import Status
+from .._durable.events import (
+    DEFAULT_EVENT_BUFFER,
+    EventHub,
+    EventStream,
+    JobEvent,
+    JobEventKind,
+    check_event_filters,
+    event_from_values,
+)
 from ._base import (
     DEFAULT_LOST_LIMIT,
     UNFINISHED_STATES,
@@ -38,7 +51,7 @@ __all__ = ["MIN_SQLITE_VERSION", "SCHEMA_VERSION", "SQLiteStore"]
 MIN_SQLITE_VERSION = (3, 35, 0)
 """``UPDATE … RETURNING`` arrived in SQLite 3.35."""
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 5
 """The schema this module creates; :meth:`SQLiteStore.__aenter__` migrates older files to it."""
 
 _T = TypeVar("_T")
@@ -46,8 +59,38 @@ _T = TypeVar("_T")
 _COLUMNS = (
     "id, handler, queue, args, headers, priority, state, status, attempts, max_attempts, "
     "result, error, unique_key, enqueued_at, scheduled_for, started_at, finished_at, "
-    "timeout, retry, deferrals, schedule_id"
+    "timeout, retry, deferrals, result_ttl, deadline, deferred_ttl, schedule_id"
 )
+# What reads select: the inserted columns plus those only later statements write.
+_READ_COLUMNS = _COLUMNS + ", progress"
+
+# Events kept in anywork_events for subscribers in other processes; older ones are pruned.
+_EVENTS_KEPT = 10_000
+# A subscribed store object registers in anywork_event_listeners for this long, renewed
+# every third of it; the triggers record events only while some registration holds.
+_LISTEN_LEASE = 60.0
+# A watcher with no subscriber left ends after this many seconds.
+_WATCHER_LINGER = 1.0
+# How often a subscribed store looks at PRAGMA data_version for changes.
+_WATCH_INTERVAL = 0.05
+# Unix seconds now, in SQL (unixepoch('subsec') needs SQLite 3.42).
+_SQL_NOW = "((julianday('now') - 2440587.5) * 86400.0)"
+# The event a job's state change makes (work._durable.events.kind_for_change, in SQL).
+_SQL_KIND = """CASE NEW.state
+    WHEN 'running' THEN 'started'
+    WHEN 'succeeded' THEN 'succeeded'
+    WHEN 'failed' THEN 'failed'
+    WHEN 'cancelled' THEN 'cancelled'
+    WHEN 'waiting' THEN 'waiting'
+    WHEN 'scheduled' THEN CASE WHEN OLD.state = 'running' THEN 'retrying' ELSE 'enqueued' END
+    ELSE CASE WHEN OLD.state = 'running' AND NEW.attempts >= OLD.attempts
+              THEN 'retrying' ELSE 'enqueued' END
+END"""
+_SQL_EVENT = (
+    "INSERT INTO anywork_events (kind, job_id, queue, handler, status, attempt, at, progress)"
+)
+# Events cost a write each: they are recorded only while some process is subscribed.
+_SQL_LISTENED = f"EXISTS (SELECT 1 FROM anywork_event_listeners WHERE until > {_SQL_NOW})"
 
 # Each entry migrates the schema from version i to i + 1, inside the one BEGIN IMMEDIATE
 # transaction that read the version (SQLite's DDL is transactional), so concurrent openers
@@ -96,12 +139,21 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # a worker first handed it back for lack of its handler.
         "ALTER TABLE anywork_jobs ADD COLUMN lost INTEGER NOT NULL DEFAULT 0",
         "ALTER TABLE anywork_jobs ADD COLUMN unknown_since REAL",
+        # Retention: a job's own result_ttl, and when a finished job that has one may go.
+        "ALTER TABLE anywork_jobs ADD COLUMN result_ttl REAL",
+        "ALTER TABLE anywork_jobs ADD COLUMN expires_at REAL",
+        "CREATE INDEX IF NOT EXISTS anywork_jobs_expires ON anywork_jobs (expires_at)"
+        " WHERE expires_at IS NOT NULL",
         # Version 1's ready index led with state, so a claim (state = 'queued' OR ...) could
         # not walk it in claim order: it searched every row of the queue, finished ones
         # included, and sorted them in a temporary b-tree. These partial indexes hold only
         # unfinished jobs, in the claim's exact order, so history never slows a claim or an
         # idle poll.
         "DROP INDEX IF EXISTS anywork_jobs_ready",
+        # Only RUNNING jobs have leases: version 1's lease index held every job.
+        "DROP INDEX IF EXISTS anywork_jobs_lease",
+        "CREATE INDEX IF NOT EXISTS anywork_jobs_leases ON anywork_jobs (lease_until)"
+        " WHERE state = 'running'",
         "CREATE INDEX IF NOT EXISTS anywork_jobs_claim"
         " ON anywork_jobs (queue, priority DESC, due_at, seq, state)"
         " WHERE state IN ('queued', 'scheduled')",
@@ -109,7 +161,73 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX IF NOT EXISTS anywork_jobs_finished ON anywork_jobs (finished_at)"
         " WHERE state IN ('succeeded', 'failed', 'cancelled')",
     ),
-    # 3: schedules, and the schedule each job is an execution of.
+    # 3: job events (filled by triggers, read by subscribers in any process) and progress.
+    (
+        "ALTER TABLE anywork_jobs ADD COLUMN progress TEXT",  # JSON
+        """
+        CREATE TABLE IF NOT EXISTS anywork_events (
+            seq INTEGER PRIMARY KEY,                -- the newest is never pruned: it only grows
+            kind TEXT NOT NULL,
+            job_id TEXT NOT NULL,
+            queue TEXT NOT NULL,
+            handler TEXT NOT NULL,
+            status INTEGER NOT NULL,
+            attempt INTEGER NOT NULL,
+            at REAL NOT NULL,                       -- Unix seconds (UTC)
+            progress TEXT                           -- JSON, PROGRESS events only
+        )
+        """,
+        """
+        CREATE TABLE IF NOT EXISTS anywork_event_listeners (
+            id TEXT PRIMARY KEY,
+            until REAL NOT NULL                     -- Unix seconds: registered until then
+        )
+        """,
+        f"""
+        CREATE TRIGGER IF NOT EXISTS anywork_events_prune AFTER INSERT ON anywork_events
+        BEGIN DELETE FROM anywork_events WHERE seq <= NEW.seq - {_EVENTS_KEPT}; END
+        """,
+        f"""
+        CREATE TRIGGER IF NOT EXISTS anywork_jobs_event_insert AFTER INSERT ON anywork_jobs
+        WHEN {_SQL_LISTENED}
+        BEGIN
+            {_SQL_EVENT} VALUES (
+                CASE NEW.state WHEN 'running' THEN 'started' WHEN 'succeeded' THEN 'succeeded'
+                    WHEN 'failed' THEN 'failed' WHEN 'cancelled' THEN 'cancelled'
+                    ELSE 'enqueued' END,
+                NEW.id, NEW.queue, NEW.handler, NEW.status, NEW.attempts, {_SQL_NOW}, NULL);
+        END
+        """,
+        f"""
+        CREATE TRIGGER IF NOT EXISTS anywork_jobs_event_state AFTER UPDATE OF state ON anywork_jobs
+        WHEN OLD.state IS NOT NEW.state AND {_SQL_LISTENED}
+        BEGIN
+            {_SQL_EVENT} VALUES ({_SQL_KIND}, NEW.id, NEW.queue, NEW.handler, NEW.status,
+                NEW.attempts, {_SQL_NOW}, NULL);
+        END
+        """,
+        f"""
+        CREATE TRIGGER IF NOT EXISTS anywork_jobs_event_progress
+        AFTER UPDATE OF progress ON anywork_jobs WHEN NEW.progress IS NOT NULL AND {_SQL_LISTENED}
+        BEGIN
+            {_SQL_EVENT} VALUES ('progress', NEW.id, NEW.queue, NEW.handler, NEW.status,
+                NEW.attempts, {_SQL_NOW}, NEW.progress);
+        END
+        """,
+    ),
+    # 4: deferred completion.
+    (
+        # Deferred completion: WAITING jobs, their deadline and the Deferred's ttl; a WAITING
+        # job still holds its unique key; store-wide settings (the callback secret).
+        "ALTER TABLE anywork_jobs ADD COLUMN deadline REAL",
+        "ALTER TABLE anywork_jobs ADD COLUMN deferred_ttl REAL",
+        "CREATE INDEX IF NOT EXISTS anywork_jobs_deadline ON anywork_jobs (state, deadline)",
+        "DROP INDEX IF EXISTS anywork_jobs_unique",
+        "CREATE UNIQUE INDEX IF NOT EXISTS anywork_jobs_unique ON anywork_jobs (queue, unique_key)"
+        " WHERE unique_key IS NOT NULL AND state IN ('queued', 'scheduled', 'running', 'waiting')",
+        "CREATE TABLE IF NOT EXISTS anywork_settings (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    ),
+    # 5: schedules, and the schedule each job is an execution of.
     (
         "ALTER TABLE anywork_jobs ADD COLUMN schedule_id TEXT",
         "CREATE INDEX IF NOT EXISTS anywork_jobs_schedule ON anywork_jobs (schedule_id, seq)"
@@ -204,6 +322,10 @@ def _record(row: sqlite3.Row, *, strict: bool = False) -> JobRecord:
         retry=_loads(row["retry"]),
         deferrals=row["deferrals"],
         schedule_id=row["schedule_id"],
+        deadline=_dt(row["deadline"]),
+        deferred_ttl=row["deferred_ttl"],
+        progress=_loads(row["progress"]),
+        result_ttl=row["result_ttl"],
     )
 
 
@@ -218,11 +340,14 @@ def _marks(n: int) -> str:
 
 # An insert that skips a job whose id, or whose active (queue, unique_key), is taken.
 _INSERT = (
-    f"INSERT INTO anywork_jobs ({_COLUMNS}, due_at) VALUES ({_marks(22)}) ON CONFLICT DO NOTHING"
+    f"INSERT INTO anywork_jobs ({_COLUMNS}, due_at) VALUES ({_marks(25)}) ON CONFLICT DO NOTHING"
 )
-_ACTIVE = "('queued', 'scheduled', 'running')"
+_ACTIVE = "('queued', 'scheduled', 'running', 'waiting')"
 # A job ready to be claimed (one parameter: now). The literal `state IN (...)` term lets
 # SQLite use the partial index anywork_jobs_claim, which holds unfinished jobs only.
+# A finished job: the literal term lets SQLite use the partial index anywork_jobs_finished.
+_DONE = "state IN ('succeeded', 'failed', 'cancelled')"
+_PURGE_BATCH = 500  # rows per purge transaction: other writers wait at most this long
 _CLAIMABLE = "state IN ('queued', 'scheduled') AND (state = 'queued' OR due_at <= ?)"
 # Positions in _insert_params' tuple (the order of _COLUMNS, then due_at).
 _AT = {name: i for i, name in enumerate(_COLUMNS.split(", "))}
@@ -270,7 +395,9 @@ def _add_execution(
 ) -> tuple[JobRecord, bool]:
     """Add a schedule's execution (inside a write transaction). Returns the stored record
     and whether it is new (an existing id gives the existing record)."""
-    row = conn.execute(f"SELECT {_COLUMNS} FROM anywork_jobs WHERE id = ?", (record.id,)).fetchone()
+    row = conn.execute(
+        f"SELECT {_READ_COLUMNS} FROM anywork_jobs WHERE id = ?", (record.id,)
+    ).fetchone()
     if row is not None:
         return _record(row), False
     if (
@@ -315,6 +442,9 @@ def _insert_params(rec: JobRecord, now: datetime) -> tuple[Any, ...]:
         rec.timeout,
         json.dumps(rec.retry) if rec.retry is not None else None,
         rec.deferrals,
+        rec.result_ttl,
+        _ts(rec.deadline),
+        rec.deferred_ttl,
         rec.schedule_id,
         enqueued if scheduled is None else scheduled,  # due_at
     )
@@ -358,6 +488,10 @@ def _stored(rec: JobRecord, params: tuple[Any, ...], args: Any) -> JobRecord:
     put(new, "retry", _loads(params[_RETRY]))
     put(new, "deferrals", rec.deferrals)
     put(new, "schedule_id", rec.schedule_id)
+    put(new, "progress", None)  # add() does not store progress
+    put(new, "result_ttl", None if rec.result_ttl is None else float(rec.result_ttl))
+    put(new, "deadline", _dt(_ts(rec.deadline)))
+    put(new, "deferred_ttl", None if rec.deferred_ttl is None else float(rec.deferred_ttl))
     return new
 
 
@@ -378,7 +512,7 @@ def _insert_each(
     existing: dict[str, JobRecord] = {}
     ids = list(dict.fromkeys(rec.id for rec in records))
     for chunk in _chunks(ids):
-        sql = f"SELECT {_COLUMNS} FROM anywork_jobs WHERE id IN ({_marks(len(chunk))})"
+        sql = f"SELECT {_READ_COLUMNS} FROM anywork_jobs WHERE id IN ({_marks(len(chunk))})"
         for row in conn.execute(sql, chunk):
             existing[row["id"]] = _record(row)
     active: dict[tuple[str, str], JobRecord] = {}
@@ -386,7 +520,7 @@ def _insert_each(
         (rec.queue, rec.unique_key) for rec in records if rec.unique_key is not None
     ):
         row = conn.execute(
-            f"SELECT {_COLUMNS} FROM anywork_jobs WHERE queue = ? AND unique_key = ?"
+            f"SELECT {_READ_COLUMNS} FROM anywork_jobs WHERE queue = ? AND unique_key = ?"
             f" AND state IN {_ACTIVE}",
             (queue, unique_key),
         ).fetchone()
@@ -497,6 +631,10 @@ class SQLiteStore:
         self._entered = 0
         self._lock = threading.Lock()
         self._notifier = _Notifier()
+        # Events come from a watcher thread (see events()): subscribers look every 50 ms.
+        self._hub = EventHub(poll=_WATCH_INTERVAL)
+        self._watcher: _Watcher | None = None
+        self._watcher_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"SQLiteStore({self.url!r})"
@@ -610,6 +748,8 @@ class SQLiteStore:
                 return
             self._entered -= 1
             if self._entered <= 0:
+                if self._watcher is not None:
+                    self._watcher.stop_soon()
                 self._conn.close()
                 self._conn = None
                 self._entered = 0
@@ -646,7 +786,7 @@ class SQLiteStore:
 
         def query(conn: sqlite3.Connection) -> JobRecord | None:
             row = conn.execute(
-                f"SELECT {_COLUMNS} FROM anywork_jobs WHERE id = ?", (id,)
+                f"SELECT {_READ_COLUMNS} FROM anywork_jobs WHERE id = ?", (id,)
             ).fetchone()
             return _record(row) if row is not None else None
 
@@ -682,7 +822,7 @@ class SQLiteStore:
             where.append("seq > (SELECT seq FROM anywork_jobs WHERE id = ?)")
             params.append(after)
         clause = f"WHERE {' AND '.join(where)}" if where else ""
-        sql = f"SELECT {_COLUMNS} FROM anywork_jobs {clause} ORDER BY seq LIMIT ?"
+        sql = f"SELECT {_READ_COLUMNS} FROM anywork_jobs {clause} ORDER BY seq LIMIT ?"
         params.append(max(limit, 0))
 
         def query(conn: sqlite3.Connection) -> list[JobRecord]:
@@ -750,7 +890,8 @@ class SQLiteStore:
         return out
 
     async def cancel(self, id: str) -> bool:
-        """Cancel a QUEUED or SCHEDULED job at once, or ask a RUNNING one's owner to stop.
+        """Cancel a QUEUED, SCHEDULED or WAITING job at once, or ask a RUNNING one's owner to
+        stop.
 
         Returns False for an unknown or already final job.
         """
@@ -759,8 +900,9 @@ class SQLiteStore:
             now = time.time()
             cur = conn.execute(
                 "UPDATE anywork_jobs SET state = 'cancelled', status = ?, error = 'cancelled',"
-                " finished_at = ? WHERE id = ? AND state IN ('queued', 'scheduled')",
-                (int(Status.CANCELLED), now, id),
+                " finished_at = ?, expires_at = ? + result_ttl, deadline = NULL"
+                " WHERE id = ? AND state IN ('queued', 'scheduled', 'waiting')",
+                (int(Status.CANCELLED), now, now, id),
             )
             if cur.rowcount:
                 return True
@@ -791,7 +933,7 @@ class SQLiteStore:
                 " WHERE seq IN (SELECT seq FROM anywork_jobs"
                 f"  WHERE queue IN ({_marks(len(queues))}) AND {_CLAIMABLE}"
                 "  ORDER BY priority DESC, due_at, seq LIMIT ?)"
-                f" RETURNING {_COLUMNS}, due_at, seq, unknown_since",
+                f" RETURNING {_READ_COLUMNS}, due_at, seq, unknown_since",
                 (now, owner, now + lease, *queues, now, limit),
             ).fetchall()
             # RETURNING gives no order: put them back in claim order.
@@ -823,22 +965,27 @@ class SQLiteStore:
 
         return await self._transaction(update)
 
-    async def complete(self, owner: str, outcomes: Sequence[Outcome]) -> None:
+    async def complete(self, owner: str, outcomes: Sequence[Outcome]) -> set[str]:
         """Apply outcomes, in one transaction, to jobs RUNNING under ``owner``'s lease; others
-        are left alone."""
+        are left alone. Returns the ids whose outcome was applied."""
         if not outcomes:
-            return
+            return set()
+        applied: set[str] = set()
 
         def update(conn: sqlite3.Connection) -> bool:
             now = time.time()
             wake = False
+            applied.clear()  # the transaction may be retried
             for o in outcomes:
                 scheduled = _ts(o.scheduled_for) if o.state is JobState.SCHEDULED else None
-                succeeded = o.state is JobState.SUCCEEDED
+                waiting = o.state is JobState.WAITING
+                succeeded = o.state is JobState.SUCCEEDED or waiting
                 cur = conn.execute(
                     "UPDATE anywork_jobs SET state = ?, status = ?,"
                     " result = CASE WHEN ? THEN ? ELSE result END, error = ?,"
+                    " deadline = ?, deferred_ttl = CASE WHEN ? THEN ? ELSE deferred_ttl END,"
                     " scheduled_for = ?, due_at = COALESCE(?, enqueued_at), finished_at = ?,"
+                    " expires_at = ? + result_ttl,"
                     " attempts = MAX(attempts - ?, 0), deferrals = deferrals + ?,"
                     " owner = NULL, lease_until = NULL, cancel_requested = 0, unknown_since = ?"
                     " WHERE id = ? AND state = 'running' AND owner = ?",
@@ -848,8 +995,12 @@ class SQLiteStore:
                         succeeded,
                         json.dumps(o.result) if succeeded else None,
                         o.error,
+                        _ts(o.deadline) if waiting else None,
+                        waiting,
+                        o.ttl,
                         scheduled,
                         scheduled,
+                        now if o.state.is_final else None,
                         now if o.state.is_final else None,
                         1 if o.give_back_attempt else 0,
                         1 if o.deferral else 0,
@@ -858,11 +1009,14 @@ class SQLiteStore:
                         owner,
                     ),
                 )
+                if cur.rowcount > 0:
+                    applied.add(o.id)
                 wake = wake or (cur.rowcount > 0 and not o.state.is_final)
             return wake
 
         if await self._transaction(update):
             self._notifier.notify()
+        return applied
 
     async def reap(self, *, lost_limit: int = DEFAULT_LOST_LIMIT) -> int:
         """Put back (or fail after ``lost_limit`` losses, or cancel) RUNNING jobs whose lease
@@ -874,8 +1028,9 @@ class SQLiteStore:
             cleared = "owner = NULL, lease_until = NULL, cancel_requested = 0"
             changed = conn.execute(
                 f"UPDATE anywork_jobs SET state = 'cancelled', status = ?, error = 'cancelled',"
-                f" finished_at = ?, {cleared} WHERE {expired} AND cancel_requested = 1",
-                (int(Status.CANCELLED), now, now),
+                f" finished_at = ?, expires_at = ? + result_ttl, {cleared}"
+                f" WHERE {expired} AND cancel_requested = 1",
+                (int(Status.CANCELLED), now, now, now),
             ).rowcount
             changed += conn.execute(
                 f"UPDATE anywork_jobs SET state = 'queued', status = ?, error = 'worker lost',"
@@ -885,8 +1040,9 @@ class SQLiteStore:
             ).rowcount
             changed += conn.execute(
                 f"UPDATE anywork_jobs SET state = 'failed', status = ?, error = 'worker lost',"
-                f" finished_at = ?, lost = lost + 1, {cleared} WHERE {expired}",
-                (int(Status.INTERNAL_ERROR), now, now),
+                f" finished_at = ?, expires_at = ? + result_ttl, lost = lost + 1, {cleared}"
+                f" WHERE {expired}",
+                (int(Status.INTERNAL_ERROR), now, now, now),
             ).rowcount
             return changed
 
@@ -894,6 +1050,189 @@ class SQLiteStore:
         if changed:
             self._notifier.notify()
         return changed
+
+    async def settle(self, outcome: Outcome, *, only_expired: bool = False) -> JobRecord | None:
+        """Apply ``outcome`` to a WAITING job in one transaction (see
+        :meth:`work.stores.Store.settle`)."""
+        o = outcome
+        scheduled = _ts(o.scheduled_for) if o.state is JobState.SCHEDULED else None
+        succeeded = o.state is JobState.SUCCEEDED
+
+        def update(conn: sqlite3.Connection) -> JobRecord | None:
+            now = time.time()
+            expired = " AND deadline <= ?" if only_expired else ""
+            row = conn.execute(
+                "UPDATE anywork_jobs SET state = ?, status = ?,"
+                " result = CASE WHEN ? THEN ? ELSE result END, error = ?, deadline = NULL,"
+                " scheduled_for = ?, due_at = COALESCE(?, enqueued_at), finished_at = ?,"
+                " expires_at = ? + result_ttl"
+                f" WHERE id = ? AND state = 'waiting'{expired} RETURNING {_READ_COLUMNS}",
+                (
+                    o.state.value,
+                    int(o.status),
+                    succeeded,
+                    json.dumps(o.result) if succeeded else None,
+                    o.error,
+                    scheduled,
+                    scheduled,
+                    now if o.state.is_final else None,
+                    now if o.state.is_final else None,
+                    o.id,
+                    *((now,) if only_expired else ()),
+                ),
+            ).fetchone()
+            if row is not None:
+                return _record(row)
+            if not only_expired:
+                _refuse(conn, o.id, self.url)
+            return None
+
+        settled = await self._transaction(update)
+        if settled is not None and not settled.state.is_final:
+            self._notifier.notify()
+        return settled
+
+    async def heartbeat(self, id: str, ttl: float | None = None) -> JobRecord:
+        """Push a WAITING job's deadline (see :meth:`work.stores.Store.heartbeat`)."""
+
+        def update(conn: sqlite3.Connection) -> JobRecord:
+            row = conn.execute(
+                "UPDATE anywork_jobs SET deadline = ? + COALESCE(?, deferred_ttl, 0)"
+                f" WHERE id = ? AND state = 'waiting' RETURNING {_READ_COLUMNS}",
+                (time.time(), ttl, id),
+            ).fetchone()
+            if row is None:
+                _refuse(conn, id, self.url)
+            return _record(row)
+
+        return await self._transaction(update)
+
+    async def overdue(self, *, limit: int = 100) -> builtins.list[JobRecord]:
+        """Return up to ``limit`` WAITING jobs whose deadline has passed, earliest first."""
+
+        def query(conn: sqlite3.Connection) -> list[JobRecord]:
+            rows = conn.execute(
+                f"SELECT {_READ_COLUMNS} FROM anywork_jobs"
+                " WHERE state = 'waiting' AND deadline <= ? ORDER BY deadline, seq LIMIT ?",
+                (time.time(), max(limit, 0)),
+            )
+            return [_record(row) for row in rows]
+
+        return await self._run(query)
+
+    async def setdefault_setting(self, key: str, value: str) -> str:
+        """Return the setting ``key``, storing ``value`` first if there is none."""
+
+        def update(conn: sqlite3.Connection) -> str:
+            conn.execute(
+                "INSERT INTO anywork_settings (key, value) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                (key, value),
+            )
+            (stored,) = conn.execute(
+                "SELECT value FROM anywork_settings WHERE key = ?", (key,)
+            ).fetchone()
+            return str(stored)
+
+        return await self._transaction(update)
+
+    # -- retention ------------------------------------------------------------------------------
+
+    async def purge(
+        self, *, older_than: datetime, states: Sequence[JobState], limit: int | None = None
+    ) -> int:
+        """Delete finished jobs in ``states`` that finished before ``older_than``, oldest
+        first, in transactions of at most 500 (see :meth:`work.stores.Store.purge`)."""
+        wanted = [s.value for s in states if s.is_final]
+        if not wanted or (limit is not None and limit <= 0):
+            return 0
+        sql = (
+            "DELETE FROM anywork_jobs WHERE seq IN (SELECT seq FROM anywork_jobs"
+            f" WHERE {_DONE} AND state IN ({_marks(len(wanted))}) AND finished_at < ?"
+            " LIMIT ?)"
+        )
+        cutoff = older_than.timestamp()
+        total = 0
+        while limit is None or total < limit:
+            batch = _PURGE_BATCH if limit is None else min(_PURGE_BATCH, limit - total)
+
+            def delete(conn: sqlite3.Connection, batch: int = batch) -> int:
+                return conn.execute(sql, (*wanted, cutoff, batch)).rowcount
+
+            deleted = await self._transaction(delete)
+            total += deleted
+            if deleted < batch:
+                break
+        return total
+
+    async def expire(self, queues: Sequence[str], *, result_ttl: float, limit: int) -> int:
+        """Delete up to ``limit`` finished jobs whose time is up, in one transaction (see
+        :meth:`work.stores.Store.expire`): both searches walk partial indexes of finished
+        jobs from the oldest, so they cost what they delete, not what is kept."""
+        if limit <= 0:
+            return 0
+        queues = list(queues)
+
+        def delete(conn: sqlite3.Connection) -> int:
+            now = time.time()
+            n = conn.execute(
+                "DELETE FROM anywork_jobs WHERE seq IN (SELECT seq FROM anywork_jobs"
+                " WHERE expires_at IS NOT NULL AND expires_at <= ? LIMIT ?)",
+                (now, limit),
+            ).rowcount
+            if n < limit and queues:
+                n += conn.execute(
+                    "DELETE FROM anywork_jobs WHERE seq IN (SELECT seq FROM anywork_jobs"
+                    f" WHERE {_DONE} AND finished_at <= ? AND result_ttl IS NULL"
+                    f" AND queue IN ({_marks(len(queues))}) LIMIT ?)",
+                    (now - result_ttl, *queues, limit - n),
+                ).rowcount
+            return n
+
+        return await self._transaction(delete)
+
+    async def retry(self, id: str) -> JobRecord | None:
+        """Queue a FAILED or CANCELLED job again, due now (see :meth:`work.stores.Store.retry`).
+
+        Raises:
+            ValueError: the job is in another state, or its unique key is taken.
+        """
+
+        def update(conn: sqlite3.Connection) -> JobRecord | None:
+            now = time.time()
+            row = conn.execute(
+                "SELECT state, queue, unique_key FROM anywork_jobs WHERE id = ?", (id,)
+            ).fetchone()
+            if row is None:
+                return None
+            if row["state"] not in ("failed", "cancelled"):
+                raise ValueError(
+                    f"job {id!r} is {row['state']}: only a failed or cancelled job can be retried"
+                )
+            if row["unique_key"] is not None:
+                other = conn.execute(
+                    f"SELECT id FROM anywork_jobs WHERE queue = ? AND unique_key = ?"
+                    f" AND state IN {_ACTIVE}",
+                    (row["queue"], row["unique_key"]),
+                ).fetchone()
+                if other is not None:
+                    raise ValueError(
+                        f"job {other['id']!r} holds unique_key {row['unique_key']!r} in queue "
+                        f"{row['queue']!r} and is not finished"
+                    )
+            got = conn.execute(
+                "UPDATE anywork_jobs SET state = 'queued', status = ?, attempts = 0,"
+                " deferrals = 0, lost = 0, result = NULL, error = NULL, scheduled_for = NULL,"
+                " started_at = NULL, finished_at = NULL, expires_at = NULL,"
+                " unknown_since = NULL, enqueued_at = ?, due_at = ?"
+                f" WHERE id = ? RETURNING {_READ_COLUMNS}",
+                (int(Status.UNKNOWN), now, now, id),
+            ).fetchone()
+            return _record(got)
+
+        record = await self._transaction(update)
+        if record is not None:
+            self._notifier.notify()
+        return record
 
     async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
         """Return when a job in ``queues`` is ready, or after ``timeout`` seconds.
@@ -1078,7 +1417,7 @@ class SQLiteStore:
             where.append("seq < (SELECT seq FROM anywork_jobs WHERE id = ?)")
             params.append(before)
         sql = (
-            f"SELECT {_COLUMNS} FROM anywork_jobs WHERE {' AND '.join(where)}"
+            f"SELECT {_READ_COLUMNS} FROM anywork_jobs WHERE {' AND '.join(where)}"
             " ORDER BY seq DESC LIMIT ?"
         )
         params.append(max(limit, 0))
@@ -1100,10 +1439,203 @@ class SQLiteStore:
 
         return await self._run(query)
 
+    # -- events -------------------------------------------------------------------------------
+
+    async def set_progress(self, owner: str, progress: Mapping[str, dict[str, Any]]) -> None:
+        """Set the progress of jobs RUNNING under ``owner``'s lease, in one transaction; a
+        trigger records a PROGRESS event for each."""
+        if not progress:
+            return
+        params = [(json.dumps(value), id, owner) for id, value in progress.items()]
+
+        def update(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                "UPDATE anywork_jobs SET progress = ? WHERE id = ? AND state = 'running'"
+                " AND owner = ?",
+                params,
+            )
+
+        await self._transaction(update)
+
+    @asynccontextmanager
+    async def events(
+        self,
+        *,
+        kinds: Iterable[JobEventKind] | None = None,
+        queues: Iterable[str] | None = None,
+        buffer: int = DEFAULT_EVENT_BUFFER,
+    ) -> AsyncIterator[EventStream]:
+        """Subscribe to job events (see :meth:`work.stores.Store.events`).
+
+        While anything is subscribed, one watcher thread per store object registers it in
+        ``anywork_event_listeners`` (renewed every 20 s, lapsing after 60 s), checks ``PRAGMA
+        data_version`` every 50 ms on a connection of its own and reads the new rows of
+        ``anywork_events`` when another connection (any process's, this store's included)
+        committed. Triggers fill that table with every change while some registration holds
+        (none: no event is written, so an unwatched store pays nothing); the last 10 000 are
+        kept, and a subscriber more than that behind is told how many it lost.
+        """
+        kind_set, queue_set = check_event_filters(kinds, queues)
+        stream = self._hub.open(kinds=kind_set, queues=queue_set, buffer=buffer)
+        with stream:
+            await anyio.to_thread.run_sync(self._ensure_watcher)
+            yield stream
+
+    def _ensure_watcher(self) -> None:
+        with self._watcher_lock:
+            if self._watcher is not None:
+                return
+            if self._conn is None:
+                raise RuntimeError(f"{self!r} is not open: use `async with store:` first")
+            # A private :memory: database has no second connection: read through ours.
+            read = self._call if self.path == ":memory:" else None
+            self._watcher = _Watcher(
+                self.path, self._hub, read, self.busy_timeout, self._watcher_may_end
+            )
+            self._watcher.start()
+
+    def _watcher_may_end(self, watcher: _Watcher) -> bool:
+        """The watcher's question once nothing has been subscribed for a while (kept a second
+        so that back-to-back ``Queue.wait`` calls share it): True, and forgotten, unless a
+        subscriber came meanwhile (a new watcher starts for the next one)."""
+        with self._watcher_lock:
+            if self._hub.subscribed:
+                return False
+            if self._watcher is watcher:
+                self._watcher = None
+            return True
+
+
+def _refuse(conn: sqlite3.Connection, id: str, url: str) -> NoReturn:
+    """Raise why a WAITING-only update of job ``id`` changed nothing."""
+    row = conn.execute("SELECT state FROM anywork_jobs WHERE id = ?", (id,)).fetchone()
+    if row is None:
+        raise LookupError(f"no job with id {id!r} in {url}")
+    raise JobStateError(id, row["state"])
+
 
 def _headers_error(headers_json: str) -> str | None:
     error = _decode_error(headers_json)
     return error.replace("args", "headers") if error is not None else None
+
+
+_EVENT_COLUMNS = "seq, kind, job_id, queue, handler, status, attempt, at, progress"
+
+
+class _Watcher(threading.Thread):
+    """Reads new rows of ``anywork_events`` whenever the database changed, and publishes them
+    to the store's hub, while the hub has subscribers."""
+
+    def __init__(
+        self,
+        path: str,
+        hub: EventHub,
+        read: Callable[[Callable[[sqlite3.Connection], Any]], Any] | None,
+        busy_timeout: float,
+        may_end: Callable[[_Watcher], bool],
+    ) -> None:
+        super().__init__(name=f"anywork sqlite events {path}", daemon=True)
+        self._hub = hub
+        self._may_end = may_end
+        self._stop_event = threading.Event()
+        self._conn: sqlite3.Connection | None = None
+        self._id = uuid.uuid4().hex
+        if read is None:
+            conn = sqlite3.connect(
+                path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+            )
+            self._conn = conn
+
+            def read_own(fn: Callable[[sqlite3.Connection], Any]) -> Any:
+                return fn(conn)
+
+            read = read_own
+        self._read = read
+        # Registered first, so every change after the next line is recorded, and then
+        # subscribed from the last event recorded now.
+        self._renewed = time.monotonic()
+        self._read(self._register)
+        self._last = self._read(_max_event_seq)
+
+    def _register(self, conn: sqlite3.Connection) -> None:
+        now = time.time()
+        conn.execute("DELETE FROM anywork_event_listeners WHERE until < ?", (now,))
+        conn.execute(
+            "INSERT OR REPLACE INTO anywork_event_listeners (id, until) VALUES (?, ?)",
+            (self._id, now + _LISTEN_LEASE),
+        )
+
+    def _unregister(self, conn: sqlite3.Connection) -> None:
+        conn.execute("DELETE FROM anywork_event_listeners WHERE id = ?", (self._id,))
+
+    def _renew(self) -> None:
+        if time.monotonic() - self._renewed < _LISTEN_LEASE / 3:
+            return
+        if time.monotonic() - self._renewed >= _LISTEN_LEASE:
+            self._hub.lose()  # stalled past the registration: changes may have gone unrecorded
+        try:
+            self._read(self._register)
+        except sqlite3.OperationalError:
+            return  # locked for longer than the busy timeout: try again on the next round
+        self._renewed = time.monotonic()
+
+    def stop_soon(self) -> None:
+        """Ask the thread to end (it does within 50 ms)."""
+        self._stop_event.set()
+
+    def run(self) -> None:
+        version = None
+        idle_since: float | None = None
+        try:
+            while not self._stop_event.is_set():
+                if self._hub.subscribed:
+                    idle_since = None
+                elif idle_since is None:
+                    idle_since = time.monotonic()
+                elif time.monotonic() - idle_since > _WATCHER_LINGER and self._may_end(self):
+                    return
+                if self._conn is not None:
+                    current = self._conn.execute("PRAGMA data_version").fetchone()[0]
+                    changed, version = current != version, current
+                else:
+                    changed = True  # a :memory: database: no other connection to detect
+                if changed:
+                    self._publish_new()
+                self._renew()
+                self._stop_event.wait(_WATCH_INTERVAL)
+        except sqlite3.Error:
+            self._hub.lose()  # the file went away or broke: say so, then stop
+        finally:
+            with contextlib.suppress(sqlite3.Error, RuntimeError):
+                self._read(self._unregister)
+            if self._conn is not None:
+                self._conn.close()
+
+    def _publish_new(self) -> None:
+        last = self._last
+
+        def query(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
+            sql = f"SELECT {_EVENT_COLUMNS} FROM anywork_events WHERE seq > ? ORDER BY seq"
+            return conn.execute(sql, (last,)).fetchall()
+
+        rows = self._read(query)
+        if not rows:
+            return
+        if rows[0][0] > last + 1:
+            # Pruned before we read them (more than 10 000 behind): they are lost.
+            self._hub.lose(rows[0][0] - last - 1)
+        self._last = rows[-1][0]
+        self._hub.publish(_row_event(row) for row in rows)
+
+
+def _max_event_seq(conn: sqlite3.Connection) -> int:
+    (seq,) = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM anywork_events").fetchone()
+    return int(seq)
+
+
+def _row_event(row: tuple[Any, ...]) -> JobEvent:
+    _, kind, job_id, queue, handler, status, attempt, at, progress = row
+    return event_from_values(kind, job_id, queue, handler, status, attempt, at, _loads(progress))
 
 
 def _claimed(row: sqlite3.Row) -> Claimed:
