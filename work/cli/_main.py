@@ -346,7 +346,9 @@ def _add_serve_parsers(sub: Any) -> None:
     s.add_argument("--public-url", default=None, metavar="URL", help="the URL clients reach")
     s.add_argument("--queues", default="default", help="comma-separated queues (default: default)")
     s.add_argument("--concurrency", type=int_arg(1), default=None, help="jobs at once")
-    s.add_argument("--no-scheduler", action="store_true", help="run no scheduler")
+    s.add_argument(
+        "--no-scheduler", action="store_true", help="run no scheduler (schedules do not fire)"
+    )
     s.add_argument("--no-worker", action="store_true", help="run no worker (the API only)")
     s.add_argument(
         "--insecure", action="store_true", help="serve without tokens (loopback addresses only)"

@@ -107,16 +107,34 @@ async def _serve(
                 auth = "bearer tokens" if tokens else "NO AUTH (--insecure)"
                 log(f"serving http://{shown}:{port} store={store.url} auth={auth}")
                 try:
-                    if worker is None:
-                        await stop.wait()
+                    if ns.no_scheduler:
+                        await _run_worker_or_wait(ns, worker, store, queues, stop, public_url)
                     else:
-                        await _run_worker(ns, worker, store, queues, stop, public_url)
+                        from ..scheduling import Scheduler
+
+                        # Fires due schedules (exactly once, whatever else runs on the store).
+                        async with Scheduler(store):
+                            await _run_worker_or_wait(ns, worker, store, queues, stop, public_url)
                 finally:
                     server.should_exit = True
         finally:
             sock.close()
             tg.cancel_scope.cancel()
     return 0
+
+
+async def _run_worker_or_wait(
+    ns: argparse.Namespace,
+    worker: Worker | None,
+    store: object,
+    queues: tuple[str, ...],
+    stop: anyio.Event,
+    public_url: str,
+) -> None:
+    if worker is None:
+        await stop.wait()
+    else:
+        await _run_worker(ns, worker, store, queues, stop, public_url)
 
 
 async def _run_worker(

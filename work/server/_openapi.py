@@ -77,7 +77,7 @@ def openapi(endpoints: Sequence[Endpoint], *, secured: bool) -> dict[str, Any]:
             }
         elif ep.media != "application/json":
             ok["content"] = {ep.media: {"schema": {"type": "string"}}}
-        responses: dict[str, Any] = {str(ep.ok): ok}
+        responses: dict[str, Any] = {str(code): ok for code in (ep.ok, *ep.extra_ok)}
         codes = set(ep.errors)
         if ep.auth and secured:
             codes.add(401)

@@ -48,6 +48,7 @@ class Endpoint:
         errors: further statuses the route answers with a problem.
         media: the success response's media type.
         tag: the OpenAPI tag.
+        extra_ok: further success statuses answering the same ``response`` model.
         raw_body: hand the route the decoded JSON as it came (the route validates it, in its
             own order); ``body`` still describes it in OpenAPI.
     """
@@ -65,6 +66,7 @@ class Endpoint:
     media: str = "application/json"
     tag: str = "jobs"
     raw_body: bool = False
+    extra_ok: tuple[int, ...] = ()
 
     @property
     def path_params(self) -> list[str]:
