@@ -3,7 +3,9 @@ SQLite and on PostgreSQL (a schema of its own per test), driven over HTTP with h
 
 from __future__ import annotations
 
+import json
 import os
+import queue
 import re
 import signal
 import subprocess
@@ -12,6 +14,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -132,3 +135,46 @@ def serve(store_args: list[str]) -> Iterator[Callable[..., Served]]:
 def service(serve: Callable[..., Served]) -> Served:
     """One ``anywork serve tests.server.app:worker`` with a fast registry heartbeat."""
     return serve("--heartbeat", "0.3")
+
+
+class Receiver:
+    """A tiny webhook receiver: records each JSON body it is sent and answers 200."""
+
+    def __init__(self) -> None:
+        self.bodies: queue.Queue[dict[str, Any]] = queue.Queue()
+        received = self.bodies
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("content-length", "0"))
+                received.put(json.loads(self.rfile.read(length)))
+                self.send_response(200)
+                self.send_header("content-length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass  # quiet
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def next(self, timeout: float = 20) -> dict[str, Any]:
+        """The next body received."""
+        return self.bodies.get(timeout=timeout)
+
+    def close(self) -> None:
+        """Stop serving."""
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """A webhook receiver on 127.0.0.1."""
+    r = Receiver()
+    yield r
+    r.close()

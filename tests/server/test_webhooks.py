@@ -4,61 +4,12 @@ receiver served by the test on 127.0.0.1, which answers through ``POST /v1/callb
 
 from __future__ import annotations
 
-import json
-import queue
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
-import pytest
 
-from .conftest import Served, wait_for
+from .conftest import Receiver, Served, wait_for
 from .test_service import PROBLEM, finished
-
-
-class Receiver:
-    """A tiny webhook receiver: records each JSON body it is sent and answers 200."""
-
-    def __init__(self) -> None:
-        self.bodies: queue.Queue[dict[str, Any]] = queue.Queue()
-        received = self.bodies
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                length = int(self.headers.get("content-length", "0"))
-                received.put(json.loads(self.rfile.read(length)))
-                self.send_response(200)
-                self.send_header("content-length", "2")
-                self.end_headers()
-                self.wfile.write(b"ok")
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass  # quiet
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def next(self, timeout: float = 20) -> dict[str, Any]:
-        """The next body received."""
-        return self.bodies.get(timeout=timeout)
-
-    def close(self) -> None:
-        """Stop serving."""
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(5)
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    """A webhook receiver on 127.0.0.1."""
-    r = Receiver()
-    yield r
-    r.close()
 
 
 def _webhook_job(service: Served, receiver: Receiver, id: str, ttl: float) -> dict[str, Any]:
