@@ -1,9 +1,11 @@
-"""HTTP service throughput: ``POST /v1/jobs`` and ``GET /v1/jobs/{id}`` against a bare route.
+"""HTTP service throughput: ``POST /v1/jobs``, ``GET /v1/jobs/{id}`` and callbacks (heartbeats
+on a waiting webhook execution) against a bare route.
 
 Run ``python -m bench.service [--stores sqlite,postgresql] [--seconds 5] [--connections 32]``.
 
-For each store it starts ``anywork serve --no-worker`` (the API alone, so no worker competes
-for the CPU) and, as the baseline, a bare Starlette app whose one route returns a constant,
+For each store it starts ``anywork serve --no-scheduler --queues hooks`` (its worker serves
+only the queue of the one webhook job the callback run needs, so it does not compete for the
+CPU) and, as the baseline, a bare Starlette app whose one route returns a constant,
 both under uvicorn on 127.0.0.1. A load generator in a second process (an httpx script: this
 module with ``load``) keeps ``--connections`` requests in flight for ``--seconds`` and reports
 requests/s and p50/p99 latency; then it runs again paced at half of the measured maximum rate,
@@ -41,13 +43,20 @@ TOKEN = "bench-token"
 
 
 async def load(
-    url: str, method: str, path: str, connections: int, seconds: float, rate: float | None
+    url: str,
+    method: str,
+    path: str,
+    connections: int,
+    seconds: float,
+    rate: float | None,
+    body: dict[str, Any] | None = None,
 ) -> dict[str, float]:
     """Keep ``connections`` requests in flight (or, with ``rate``, start that many per second)
     for ``seconds``; return requests/s, p50 and p99 in milliseconds and the error count."""
     latencies: list[float] = []
     errors = 0
-    body = {"handler": "bench", "args": {"n": 1}}
+    if body is None:
+        body = {"handler": "bench", "args": {"n": 1}}
     limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
     headers = {"Authorization": f"Bearer {TOKEN}"}
     async with httpx.AsyncClient(base_url=url, limits=limits, headers=headers) as client:
@@ -106,10 +115,18 @@ async def load(
 
 
 def _run_load(
-    url: str, method: str, path: str, connections: int, seconds: float, rate: float | None
+    url: str,
+    method: str,
+    path: str,
+    connections: int,
+    seconds: float,
+    rate: float | None,
+    body: dict[str, Any] | None = None,
 ) -> dict[str, float]:
     cmd = [sys.executable, "-m", "bench.service", "load", url, method, path]
     cmd += ["--connections", str(connections), "--seconds", str(seconds)]
+    if body is not None:
+        cmd += ["--body", json.dumps(body)]
     if rate is not None:
         cmd += ["--rate", str(rate)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=seconds + 120)
@@ -186,11 +203,54 @@ def _row(name: str, full: dict[str, float], half: dict[str, float], base: float)
 
 
 def _measure(
-    url: str, method: str, path: str, ns: argparse.Namespace
+    url: str,
+    method: str,
+    path: str,
+    ns: argparse.Namespace,
+    body: dict[str, Any] | None = None,
 ) -> tuple[dict[str, float], dict[str, float]]:
-    full = _run_load(url, method, path, ns.connections, ns.seconds, None)
-    half = _run_load(url, method, path, ns.connections, ns.seconds, full["rps"] / 2)
+    full = _run_load(url, method, path, ns.connections, ns.seconds, None, body)
+    half = _run_load(url, method, path, ns.connections, ns.seconds, full["rps"] / 2, body)
     return full, half
+
+
+def _callback_url(url: str) -> str:
+    """Enqueue a callback webhook (queue ``hooks``, the only one the worker serves) to a
+    receiver in this process; return its callback URL once the execution waits (heartbeats
+    keep it waiting for the whole run)."""
+    import queue as queue_module
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    got: queue_module.Queue[str] = queue_module.Queue()
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+            got.put(body["callback_url"])
+            self.send_response(200)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    hook = f"http://127.0.0.1:{server.server_address[1]}/hook"
+    args = {"url": hook, "callback": True, "ttl": 3600, "queue": "hooks"}
+    job = {"handler": "anywork.webhook", "queue": "hooks", "args": args}
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    made = httpx.post(url + "/v1/jobs", json=job, headers=headers).json()
+    callback = got.get(timeout=30)
+    server.shutdown()
+    server.server_close()
+    deadline = time.monotonic() + 30
+    while httpx.get(f"{url}/v1/jobs/{made['id']}", headers=headers).json()["state"] != "waiting":
+        if time.monotonic() > deadline:
+            raise TimeoutError("the webhook job never waited")
+        time.sleep(0.05)
+    return callback
 
 
 def _store_args(kind: str, tmp: Path) -> tuple[list[str], str | None]:
@@ -241,7 +301,8 @@ def run(ns: argparse.Namespace) -> None:
     for kind in ns.stores.split(","):
         with tempfile.TemporaryDirectory() as tmp:
             store_args, schema = _store_args(kind, Path(tmp))
-            cmd = [sys.executable, "-m", "work.cli", "serve", *store_args, "--no-worker"]
+            cmd = [sys.executable, "-m", "work.cli", "serve", *store_args, "--no-scheduler"]
+            cmd += ["--queues", "hooks"]
             cmd += ["--http", "127.0.0.1:0", "--token", TOKEN]
             proc, url = _start(cmd)
             try:
@@ -249,6 +310,9 @@ def run(ns: argparse.Namespace) -> None:
                 headers = {"Authorization": f"Bearer {TOKEN}"}
                 made = httpx.post(url + "/v1/jobs", json={"handler": "bench"}, headers=headers)
                 get_full, get_half = _measure(url, "GET", f"/v1/jobs/{made.json()['id']}", ns)
+                callback = _callback_url(url).removeprefix(url)
+                beat = {"status": "heartbeat"}
+                cb_full, cb_half = _measure(url, "POST", callback, ns, beat)
             finally:
                 _stop(proc)
                 if schema is not None:
@@ -256,7 +320,11 @@ def run(ns: argparse.Namespace) -> None:
         print(f"{kind}:")
         print(_row("POST /v1/jobs", enq_full, enq_half, post_full["rps"]))
         print(_row("GET /v1/jobs/{id}", get_full, get_half, bare_full["rps"]))
-    print("ratios: POST /v1/jobs against POST /bare, GET /v1/jobs/{id} against GET /bare")
+        print(_row("POST /v1/callback (beat)", cb_full, cb_half, post_full["rps"]))
+    print(
+        "ratios: POST /v1/jobs and POST /v1/callback against POST /bare, "
+        "GET /v1/jobs/{id} against GET /bare"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -273,9 +341,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.add_argument("--connections", type=int, default=32)
         parser.add_argument("--seconds", type=float, default=5.0)
         parser.add_argument("--rate", type=float, default=None)
+        parser.add_argument("--body", type=json.loads, default=None)
         lns = parser.parse_args(args[1:])
         figures = anyio.run(
-            load, lns.url, lns.method, lns.path, lns.connections, lns.seconds, lns.rate
+            load, lns.url, lns.method, lns.path, lns.connections, lns.seconds, lns.rate, lns.body
         )
         print(json.dumps(figures))
         return 0
