@@ -40,12 +40,14 @@ from ._redis_lua import (
     COMPLETE,
     DELETE,
     HEARTBEAT,
+    LUA_PRELUDE,
     PROGRESS,
     REAP,
     RENEW,
     RETRY,
     SETTLE,
 )
+from ._redis_workflows import RedisWorkflows, workflow_scripts
 from ._server import StoreAuthenticationError, StoreUnavailableError, require_asyncio
 
 __all__ = ["RedisStore", "RedisUnavailableError"]
@@ -307,7 +309,7 @@ def _glob_escape(text: str) -> str:
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
-class RedisStore:
+class RedisStore(RedisWorkflows):
     """A durable store in Redis, for many workers on many machines.
 
     Each job is a hash (``{prefix}:job:{id}``); per queue, a sorted set of ready jobs in claim
@@ -409,6 +411,7 @@ class RedisStore:
                 ("progress", PROGRESS),
                 ("delete", DELETE),
                 ("retry", RETRY),
+                *workflow_scripts(LUA_PRELUDE).items(),
             )
         }
         self._entries = 1
