@@ -83,11 +83,11 @@ def _run(tmp_path: Path, url: str, options: list[str]) -> None:
             for k in range(KILLS):
                 # Kill at spread-out points while members are still finishing.
                 goal = (k + 1) * MEMBERS // (KILLS + 2)
-                wait_until(
-                    lambda goal=goal: sum(1 for x in _lines(runs) if x[0] == "m") >= goal,
-                    60,
-                    f"{goal} member runs",
-                )
+
+                def reached(goal: int = goal) -> bool:
+                    return sum(1 for x in _lines(runs) if x[0] == "m") >= goal
+
+                wait_until(reached, 60, f"{goal} member runs")
                 victim = rng.choice([p for p in procs if p.poll() is None])
                 os.kill(victim.pid, signal.SIGKILL)
                 victim.wait(timeout=10)
@@ -125,8 +125,8 @@ def test_postgres_chord_survives_killed_workers(tmp_path: Path) -> None:
     try:
         _run(tmp_path, POSTGRES_URL, ["--store-option", f"schema={schema}"])
     finally:
-        import asyncpg  # type: ignore[import-untyped]
         import anyio
+        import asyncpg  # type: ignore[import-untyped]
 
         async def drop() -> None:
             conn = await asyncpg.connect(POSTGRES_URL)

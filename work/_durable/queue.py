@@ -267,6 +267,13 @@ class Queue:
                 an id already taken, or ``delay``, ``at``, ``retry`` or ``unique_key`` given.
         """
         if not isinstance(job, Job):
+            from ..workflows._model import Chain, Chord, Group
+
+            if not isinstance(job, Chain | Group | Chord):
+                raise TypeError(
+                    f"enqueue needs a Job or a workflow (Chain, Group, Chord), got "
+                    f"{type(job).__name__}"
+                )
             if delay is not None or at is not None or retry is not None or unique_key is not None:
                 raise ValueError(
                     "delay, at, retry and unique_key apply to one Job: give a workflow's steps "
@@ -327,14 +334,8 @@ class Queue:
     async def _enqueue_workflow(
         self, workflow: Workflow, *, priority: int, result_ttl: float | timedelta | None
     ) -> WorkflowRecord:
-        from ..workflows._model import Chain, Chord, Group
         from ..workflows._plan import compile_workflow
 
-        if not isinstance(workflow, Chain | Group | Chord):
-            raise TypeError(
-                f"enqueue needs a Job or a workflow (Chain, Group, Chord), got "
-                f"{type(workflow).__name__}"
-            )
         store = self._workflow_store()
         now = datetime.now(UTC)
         ttl = _result_ttl(result_ttl)
