@@ -1,0 +1,233 @@
+"""Workflow benchmarks: a chord and a chain on each store, next to plain jobs in the same run.
+
+Run ``python -m bench.workflows [--stores sqlite,postgresql,redis] [--members 10000]
+[--steps 1000] [--concurrency 16]``.
+
+For each store, through the public API (``Queue`` and one in-process ``Worker.serve``):
+
+- **plain**: ``--members`` + 1 no-op jobs enqueued with ``enqueue_many``, then served (jobs/s
+  from the start of serving until the last one ended);
+- **chord**: a Chord of ``--members`` no-op members and a callback (steps/s, the same way;
+  target: at least 0.5x plain);
+- **chain**: a Chain of ``--steps`` no-op steps; its p50 step-to-step latency (a step's
+  ``finished_at`` to the next step's ``started_at``) next to the store's own round trip
+  (p50 of ``store.get``, measured in the same run; target: the step adds at most about one
+  round trip on top of the worker's own pick-up), and the same number of plain jobs run one
+  at a time (concurrency 1) for the chain's steps/s.
+
+Each measurement uses a fresh SQLite file, PostgreSQL schema or Redis key prefix, removed
+afterwards. Only 127.0.0.1 is contacted. On a shared machine the figures are noisy: compare
+the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import statistics
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+__all__ = ["main"]
+
+PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
+REDIS_URL = "redis://127.0.0.1:6379/13"
+
+
+@asynccontextmanager
+async def fresh_store(scheme: str, workdir: Path) -> AsyncIterator[Any]:
+    """An entered store of ``scheme`` in a namespace of its own, removed afterwards."""
+    from work.stores import open_store
+
+    tag = uuid.uuid4().hex[:10]
+    if scheme == "sqlite":
+        store = open_store(f"sqlite:///{workdir / f'wf-{tag}.db'}")
+    elif scheme == "postgresql":
+        store = open_store(PG_URL, schema=f"anywork_bench_wf_{tag}")
+    elif scheme == "redis":
+        store = open_store(REDIS_URL, prefix=f"anywork-bench-wf-{tag}")
+    elif scheme == "memory":
+        store = open_store("memory://")
+    else:
+        raise SystemExit(f"unknown store {scheme!r} (memory, sqlite, postgresql, redis)")
+    try:
+        async with store:
+            yield store
+    finally:
+        await _drop(scheme, tag)
+
+
+async def _drop(scheme: str, tag: str) -> None:
+    if scheme == "postgresql":
+        import asyncpg  # type: ignore[import-untyped]
+
+        conn = await asyncpg.connect(PG_URL)
+        try:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "anywork_bench_wf_{tag}" CASCADE')
+        finally:
+            await conn.close()
+    elif scheme == "redis":
+        import redis.asyncio as aioredis
+
+        client = aioredis.Redis.from_url(REDIS_URL)
+        try:
+            keys = [k async for k in client.scan_iter(match=f"anywork-bench-wf-{tag}*", count=1000)]
+            for i in range(0, len(keys), 1000):
+                await client.delete(*keys[i : i + 1000])
+        finally:
+            await client.aclose()
+
+
+def _worker(concurrency: int) -> Any:
+    from work import Job, Worker
+
+    worker = Worker(max_concurrency=concurrency)
+
+    @worker.handler()
+    async def noop(job: Job) -> int:
+        return 1
+
+    @worker.handler()
+    async def count(job: Job) -> int:
+        return len(job.args["input"])
+
+    return worker
+
+
+async def _serve_until(store: Any, concurrency: int, done: Any) -> float:
+    """Serve ``store`` until ``await done()`` returns; the seconds it took."""
+    worker = _worker(concurrency)
+    async with worker, anyio.create_task_group() as tg:
+        start = time.perf_counter()
+        tg.start_soon(lambda: worker.serve(store, concurrency=concurrency, lease=60))
+        await done()
+        elapsed = time.perf_counter() - start
+        worker.stop()
+    return elapsed
+
+
+async def _all_succeeded(store: Any, n: int) -> None:
+    while True:
+        counts = (await store.stats()).get("default", {})
+        if counts.get("succeeded", 0) >= n:
+            return
+        await anyio.sleep(0.02)
+
+
+async def plain(scheme: str, workdir: Path, n: int, concurrency: int) -> float:
+    """Plain no-op jobs per second."""
+    from work import Job, Queue
+
+    async with fresh_store(scheme, workdir) as store:
+        queue = Queue(store)
+        for i in range(0, n, 1000):
+            await queue.enqueue_many([Job("noop", {"i": j}) for j in range(i, min(n, i + 1000))])
+        secs = await _serve_until(store, concurrency, lambda: _all_succeeded(store, n))
+    return n / secs
+
+
+async def chord(scheme: str, workdir: Path, members: int, concurrency: int) -> float:
+    """A chord's steps (members and callback) per second."""
+    from work import Job, Queue
+    from work.workflows import Chord, WorkflowState
+
+    async with fresh_store(scheme, workdir) as store:
+        queue = Queue(store)
+        rec = await queue.enqueue(Chord([Job("noop") for _ in range(members)], Job("count")))
+
+        async def done() -> None:
+            end = await queue.wait_workflow(rec.id)
+            assert end.state is WorkflowState.SUCCEEDED and end.result == members, end
+
+        secs = await _serve_until(store, concurrency, done)
+    return (members + 1) / secs
+
+
+async def chain(scheme: str, workdir: Path, steps: int) -> tuple[float, float, float]:
+    """(steps/s, p50 step-to-step latency in ms, p50 store round trip in ms) of a chain."""
+    from work import Job, Queue
+    from work.workflows import Chain, WorkflowState
+
+    async with fresh_store(scheme, workdir) as store:
+        queue = Queue(store)
+        rec = await queue.enqueue(Chain(*(Job("noop") for _ in range(steps))))
+
+        async def done() -> None:
+            end = await queue.wait_workflow(rec.id)
+            assert end.state is WorkflowState.SUCCEEDED, end
+
+        secs = await _serve_until(store, 1, done)
+        jobs = await queue.list(workflow_id=rec.id, limit=steps)
+        gaps = [
+            (b.started_at - a.finished_at).total_seconds() * 1000
+            for a, b in itertools.pairwise(jobs)
+            if a.finished_at is not None and b.started_at is not None
+        ]
+        trips = []
+        for _ in range(200):
+            t = time.perf_counter()
+            await store.get(rec.jobs[0])
+            trips.append((time.perf_counter() - t) * 1000)
+    return steps / secs, statistics.median(gaps), statistics.median(trips)
+
+
+async def run(stores: Sequence[str], members: int, steps: int, concurrency: int) -> None:
+    """Measure and print one table."""
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="anywork-bench-wf-") as tmp:
+        workdir = Path(tmp)
+        for scheme in stores:
+            base = await plain(scheme, workdir, members + 1, concurrency)
+            fan = await chord(scheme, workdir, members, concurrency)
+            one_by_one = await plain(scheme, workdir, steps, 1)
+            rate, gap, trip = await chain(scheme, workdir, steps)
+            rows.append(
+                [
+                    scheme,
+                    f"{base:,.0f}",
+                    f"{fan:,.0f}",
+                    f"{fan / base:.2f}x",
+                    f"{one_by_one:,.0f}",
+                    f"{rate:,.0f}",
+                    f"{gap:.2f}",
+                    f"{trip:.2f}",
+                ]
+            )
+            print(f"{scheme}: done", flush=True)
+    head = [
+        "store",
+        "plain/s",
+        "chord/s",
+        "chord:plain",
+        "plain c=1/s",
+        "chain/s",
+        "step gap p50 ms",
+        "round trip p50 ms",
+    ]
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    print(f"chord of {members:,} members + callback, chain of {steps:,} steps")
+    for r in [head, *rows]:
+        print("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line: ``python -m bench.workflows --help``."""
+    parser = argparse.ArgumentParser(prog="python -m bench.workflows", description=__doc__)
+    parser.add_argument("--stores", default="sqlite,postgresql,redis")
+    parser.add_argument("--members", type=int, default=10_000)
+    parser.add_argument("--steps", type=int, default=1_000)
+    parser.add_argument("--concurrency", type=int, default=16)
+    ns = parser.parse_args(argv)
+    anyio.run(run, ns.stores.split(","), ns.members, ns.steps, ns.concurrency)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
