@@ -271,3 +271,87 @@ def _no_wait() -> Any:
     from work import Constant
 
     return Constant(0.0)
+
+
+async def test_a_stale_owner_cannot_complete_a_step_twice(store: Store) -> None:
+    """A step whose lease expired and was claimed again: the old owner's completion is
+    refused, the new owner's releases the next step exactly once, with its result."""
+    from work import Status
+    from work.stores import Outcome
+
+    queue = Queue(store)
+    first, second = Job("add"), Job("add")
+    rec = await queue.enqueue(Chain(first, second))
+    (claimed,) = await store.claim(["default"], limit=1, lease=0, owner="old")
+    assert claimed.record.id == first.id
+    assert await store.reap() == 1
+    (again,) = await store.claim(["default"], limit=1, lease=30, owner="new")
+    assert again.record.id == first.id
+    ok = Outcome(id=first.id, state=JobState.SUCCEEDED, status=Status.SUCCESS, result=1)
+    assert await store.complete("old", [ok]) in (set(), None)
+    assert await queue.get(second.id) is None
+    stale = await queue.get_workflow(rec.id)
+    assert stale is not None and stale.current == 0
+    done = Outcome(id=first.id, state=JobState.SUCCEEDED, status=Status.SUCCESS, result=41)
+    await store.complete("new", [done])
+    released = await queue.get(second.id)
+    assert released is not None and released.state is JobState.QUEUED
+    assert released.args == {"input": 41}
+    await store.complete("new", [done])  # a repeated completion changes nothing
+    assert [j.id for j in await queue.list(workflow_id=rec.id)] == [first.id, second.id]
+    now = await queue.get_workflow(rec.id)
+    assert now is not None and now.current == 1 and now.state is WorkflowState.RUNNING
+
+
+async def test_a_step_lost_too_often_fails_the_workflow_and_runs_on_error(store: Store) -> None:
+    """A step failed by reap (its worker lost at the lost limit) fails the workflow and
+    enqueues on_error once, in the reap's own change."""
+    queue = Queue(store)
+    first, alert = Job("add"), Job("on_error", {"k": "v"})
+    rec = await queue.enqueue(Chain(first, Job("add"), on_error=alert))
+    await store.claim(["default"], limit=1, lease=0, owner="w")
+    assert await store.reap(lost_limit=1) == 1
+    done = await queue.get_workflow(rec.id)
+    assert done is not None and done.state is WorkflowState.FAILED
+    assert done.error == "worker lost" and done.current == 0
+    queued = await queue.get(alert.id)
+    assert queued is not None and queued.state is JobState.QUEUED
+    assert queued.args == {
+        "k": "v",
+        "error": "worker lost",
+        "status": 500,
+        "job_id": first.id,
+        "workflow_id": rec.id,
+    }
+    assert queued.workflow_id == rec.id
+
+
+async def test_cancelling_one_step_cancels_the_workflow(store: Store) -> None:
+    """Queue.cancel of a queued step ends the workflow CANCELLED at that step; no on_error."""
+    queue = Queue(store)
+    alert = Job("on_error")
+    members = [Job("add") for _ in range(3)]
+    rec = await queue.enqueue(Chord(members, Job("total"), on_error=alert))
+    assert await queue.cancel(members[1].id) is True
+    done = await queue.get_workflow(rec.id)
+    assert done is not None and done.state is WorkflowState.CANCELLED
+    assert done.current == 1 and done.finished_at is not None
+    assert await queue.get(alert.id) is None
+    assert await queue.get(rec.jobs[-1]) is None
+
+
+async def test_a_result_that_is_not_json_fails_the_workflow(store: Store) -> None:
+    """A step returning something JSON cannot carry ends FAILED, and so does its workflow."""
+    worker, _ = _worker()
+
+    @worker.handler()
+    async def unstorable(job: Job) -> object:
+        return object()
+
+    queue = Queue(store)
+    rec = await queue.enqueue(Chain(Job("unstorable"), Job("add")))
+    async with _serving(store, worker):
+        done = await queue.wait_workflow(rec.id, timeout=30)
+    assert done.state is WorkflowState.FAILED
+    assert done.error is not None and "JSON" in done.error
+    assert await queue.get(rec.jobs[1]) is None
