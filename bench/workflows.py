@@ -15,6 +15,11 @@ For each store, through the public API (``Queue`` and one in-process ``Worker.se
   round trip on top of the worker's own pick-up), and the same number of plain jobs run one
   at a time (concurrency 1) for the chain's steps/s.
 
+With ``--celery`` (``pip install 'anywork[bench-celery]'``) it also runs Celery's chord of
+``--members`` no-op tasks on the same Redis (a Celery worker process with a pool of
+``--concurrency`` threads, its keys under a prefix of their own) and prints anywork's chord
+(enqueue and run, on Redis, in process) against it.
+
 Each measurement uses a fresh SQLite file, PostgreSQL schema or Redis key prefix, removed
 afterwards. Only 127.0.0.1 is contacted. On a shared machine the figures are noisy: compare
 the ratios.
@@ -24,7 +29,10 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -217,6 +225,86 @@ async def run(stores: Sequence[str], members: int, steps: int, concurrency: int)
         print("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)))
 
 
+CELERY_APP = """
+from celery import Celery
+
+URL = {url!r}
+OPTIONS = {{"global_keyprefix": {prefix!r}}}
+app = Celery("wfcelery", broker=URL, backend=URL)
+app.conf.update(
+    broker_transport_options=OPTIONS,
+    result_backend_transport_options=OPTIONS,
+    worker_prefetch_multiplier=64,
+    result_expires=600,
+)
+
+
+@app.task
+def noop(i):
+    return 1
+
+
+@app.task
+def count(results):
+    return len(results)
+"""
+
+
+async def anywork_chord_total(members: int, concurrency: int) -> float:
+    """anywork's chord on Redis, enqueue included: steps per second."""
+    from work import Job, Queue
+
+    with tempfile.TemporaryDirectory() as tmp:
+        async with fresh_store("redis", Path(tmp)) as store:
+            queue = Queue(store)
+            from work.workflows import Chord
+
+            start = time.perf_counter()
+            rec = await queue.enqueue(Chord([Job("noop") for _ in range(members)], Job("count")))
+            worker = _worker(concurrency)
+            async with worker, anyio.create_task_group() as tg:
+                tg.start_soon(lambda: worker.serve(store, concurrency=concurrency, lease=60))
+                await queue.wait_workflow(rec.id)
+                secs = time.perf_counter() - start
+                worker.stop()
+    return (members + 1) / secs
+
+
+def celery_chord(members: int, concurrency: int) -> float:
+    """Celery's chord of ``members`` no-op tasks and a callback on the same Redis: steps per
+    second, from the chord's apply until its result."""
+    prefix = f"anywork-bench-celery-{uuid.uuid4().hex[:8]}:"
+    with tempfile.TemporaryDirectory(prefix="anywork-bench-celery-") as tmp:
+        Path(tmp, "wfcelery.py").write_text(CELERY_APP.format(url=REDIS_URL, prefix=prefix))
+        env = {**os.environ, "PYTHONPATH": tmp}
+        cmd = [sys.executable, "-m", "celery", "-A", "wfcelery", "worker", "--pool", "threads"]
+        cmd += ["-c", str(concurrency), "--without-gossip", "--without-mingle", "-q"]
+        proc = subprocess.Popen(cmd, cwd=tmp, env=env, stdout=subprocess.DEVNULL)
+        sys.path.insert(0, tmp)
+        try:
+            import celery  # type: ignore[import-untyped, import-not-found, unused-ignore]
+
+            wfcelery = __import__("wfcelery")
+            wfcelery.noop.delay(0).get(timeout=60)  # the worker is up
+            start = time.perf_counter()
+            header = [wfcelery.noop.s(i) for i in range(members)]
+            result = celery.chord(header)(wfcelery.count.s())
+            assert result.get(timeout=1800) == members
+            secs = time.perf_counter() - start
+        finally:
+            sys.path.remove(tmp)
+            proc.terminate()
+            proc.wait(timeout=30)
+            import redis
+
+            client = redis.Redis.from_url(REDIS_URL)
+            keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+            for i in range(0, len(keys), 1000):
+                client.delete(*keys[i : i + 1000])
+            client.close()
+    return (members + 1) / secs
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The command line: ``python -m bench.workflows --help``."""
     parser = argparse.ArgumentParser(prog="python -m bench.workflows", description=__doc__)
@@ -224,8 +312,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--members", type=int, default=10_000)
     parser.add_argument("--steps", type=int, default=1_000)
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--celery", action="store_true", help="compare with Celery's chord")
     ns = parser.parse_args(argv)
-    anyio.run(run, ns.stores.split(","), ns.members, ns.steps, ns.concurrency)
+    if ns.stores:
+        anyio.run(run, ns.stores.split(","), ns.members, ns.steps, ns.concurrency)
+    if ns.celery:
+        ours = anyio.run(anywork_chord_total, ns.members, ns.concurrency)
+        theirs = celery_chord(ns.members, ns.concurrency)
+        print(
+            f"chord of {ns.members:,} on Redis, enqueue included: anywork {ours:,.0f} steps/s, "
+            f"Celery {theirs:,.0f} steps/s: {ours / theirs:.2f}x"
+        )
     return 0
 
 
