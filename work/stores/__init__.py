@@ -7,6 +7,7 @@ from ._base import JobRecord as JobRecord
 from ._base import JobState as JobState
 from ._base import Outcome as Outcome
 from ._base import Store as Store
+from ._base import WorkflowStore as WorkflowStore
 from ._open import mask_url as mask_url
 from ._open import open_store as open_store
 from ._server import StoreAuthenticationError as StoreAuthenticationError
@@ -20,6 +21,7 @@ __all__ = (
     "Store",
     "StoreAuthenticationError",
     "StoreUnavailableError",
+    "WorkflowStore",
     "mask_url",
     "open_store",
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -96,14 +97,12 @@ class MemoryWorkflows:
         if current is None:
             current = first_open(len(jobs), wf.ended.__contains__)
         wf.result_json = result_json
-        wf.record = wf.record.__class__(
-            **{
-                **_fields(wf.record),
-                "state": WorkflowState(final),
-                "current": current,
-                "error": error,
-                "finished_at": datetime.now(UTC),
-            }
+        wf.record = dataclasses.replace(
+            wf.record,
+            state=WorkflowState(final),
+            current=current,
+            error=error,
+            finished_at=datetime.now(UTC),
         )
         return None
 
@@ -146,7 +145,7 @@ class MemoryWorkflows:
         current = rec.current
         if not rec.state.is_final:
             current = first_open(len(rec.jobs), wf.ended.__contains__)
-        return rec.__class__(**{**_fields(rec), "result": result, "current": current})
+        return dataclasses.replace(rec, result=result, current=current)
 
     async def cancel_workflow(self, id: str) -> bool:
         """End a RUNNING workflow CANCELLED and cancel its unfinished jobs."""
@@ -179,7 +178,3 @@ class MemoryWorkflows:
             if state is not None:
                 wfs = [w for w in wfs if w.record.state.value == state]
             return [self._wf_snapshot(w) for w in wfs[:limit]]
-
-
-def _fields(rec: WorkflowRecord) -> dict[str, Any]:
-    return {name: getattr(rec, name) for name in rec.__dataclass_fields__}

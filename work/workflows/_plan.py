@@ -28,7 +28,6 @@ from typing import Any
 
 from .._core.job import Job
 from .._core.retry import RetryPolicy
-from .._core.status import Status
 from ..stores._base import JobRecord, JobState
 from ._model import (
     WORKFLOW_HEADER,
@@ -47,8 +46,11 @@ __all__ = [
     "Plan",
     "PlanStep",
     "Release",
+    "Request",
     "advance",
     "compile_workflow",
+    "drive",
+    "first_open",
     "on_error_record",
     "record_from_template",
     "released_record",
@@ -349,11 +351,6 @@ def advance(
         if spec["forward"] is None:
             return
         target, slot = spec["forward"]
-
-
-def final_status(state: JobState) -> int:
-    """The status a store records for a job cancelled or failed outside ``complete``."""
-    return int(Status.CANCELLED if state is JobState.CANCELLED else Status.INTERNAL_ERROR)
 
 
 def drive(steps: Generator[Request, Any, None], handle: Callable[[Request], Any]) -> None:
