@@ -355,3 +355,44 @@ async def test_a_result_that_is_not_json_fails_the_workflow(store: Store) -> Non
     assert done.state is WorkflowState.FAILED
     assert done.error is not None and "JSON" in done.error
     assert await queue.get(rec.jobs[1]) is None
+
+
+async def test_a_deferred_step_settled_later_releases_the_next(store: Store) -> None:
+    """A step that went WAITING (a Deferred) and is settled SUCCEEDED later releases the
+    next step with the settled result, in the settle's own change; cancel_workflow cancels a
+    WAITING step."""
+    from datetime import UTC, datetime, timedelta
+
+    from work import Status
+    from work.stores import Outcome
+
+    queue = Queue(store)
+    first, second = Job("add"), Job("add")
+    rec = await queue.enqueue(Chain(first, second))
+    await store.claim(["default"], limit=1, lease=30, owner="w")
+    deadline = datetime.now(UTC) + timedelta(hours=1)
+    waiting = Outcome(
+        id=first.id, state=JobState.WAITING, status=Status.ACCEPTED, deadline=deadline, ttl=3600
+    )
+    await store.complete("w", [waiting])
+    assert await queue.get(second.id) is None
+    ok = Outcome(id=first.id, state=JobState.SUCCEEDED, status=Status.SUCCESS, result={"r": 1})
+    await store.settle(ok)
+    released = await queue.get(second.id)
+    assert released is not None and released.args == {"input": {"r": 1}}
+    running = await queue.get_workflow(rec.id)
+    assert running is not None and running.current == 1
+
+    other = await queue.enqueue(Chain(Job("add"), Job("add")))
+    await store.claim(["default"], limit=2, lease=30, owner="w")
+    parked = Outcome(
+        id=other.jobs[0],
+        state=JobState.WAITING,
+        status=Status.ACCEPTED,
+        deadline=deadline,
+        ttl=3600,
+    )
+    await store.complete("w", [parked])
+    assert await queue.cancel_workflow(other.id) is True
+    step = await queue.get(other.jobs[0])
+    assert step is not None and step.state is JobState.CANCELLED

@@ -300,8 +300,9 @@ class PostgresWorkflows:
             await conn.execute(
                 f"""UPDATE {s}.jobs SET state = 'cancelled', status = 499, error = 'cancelled',
                         finished_at = $2::timestamptz,
-                        expires_at = $2::timestamptz + result_ttl * interval '1 second'
-                    WHERE id IN ({steps}) AND state IN ('queued', 'scheduled')""",
+                        expires_at = $2::timestamptz + result_ttl * interval '1 second',
+                        deadline = NULL
+                    WHERE id IN ({steps}) AND state IN ('queued', 'scheduled', 'waiting')""",
                 id,
                 now,
             )

@@ -422,6 +422,7 @@ else
   redis.call('HSET', jk, 'finished_at', now)
   release_unique(q, f[3], id)
   finished(jk, q, id, now)
+  wf_final(id, state, ARGV[7], result, err, now, cap)
 end
 stat(q, 'waiting', -1)
 stat(q, state, 1)

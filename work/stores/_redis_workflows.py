@@ -167,10 +167,11 @@ for _, id in ipairs(cjson.decode(redis.call('HGET', wk, 'jobs'))) do
   local state, q = f[1], f[2]
   if state == 'running' then
     redis.call('HSET', jk, 'cancel_requested', '1')
-  elseif state == 'queued' or state == 'scheduled' then
+  elseif state == 'queued' or state == 'scheduled' or state == 'waiting' then
     if f[3] then redis.call('ZREM', P .. ':ready:' .. q, f[3]) end
     redis.call('ZREM', P .. ':sched:' .. q, id)
-    redis.call('HDEL', jk, 'rmember')
+    redis.call('ZREM', P .. ':waiting', id)
+    redis.call('HDEL', jk, 'rmember', 'deadline')
     redis.call('HSET', jk, 'state', 'cancelled', 'status', '499', 'error', 'cancelled',
                'finished_at', now)
     release_unique(q, f[4], id)

@@ -305,8 +305,9 @@ class SQLiteWorkflows:
             steps = "SELECT job_id FROM anywork_workflow_steps WHERE workflow_id = ?"
             cancelled = conn.execute(
                 "UPDATE anywork_jobs SET state = 'cancelled', status = ?, error = 'cancelled',"
-                " finished_at = ?, expires_at = ? + result_ttl"
-                f" WHERE id IN ({steps}) AND state IN ('queued', 'scheduled') RETURNING id",
+                " finished_at = ?, expires_at = ? + result_ttl, deadline = NULL"
+                f" WHERE id IN ({steps}) AND state IN ('queued', 'scheduled', 'waiting')"
+                " RETURNING id",
                 (int(Status.CANCELLED), now, now, id),
             ).fetchall()
             conn.execute(

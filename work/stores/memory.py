@@ -525,6 +525,12 @@ class MemoryStore(MemoryWorkflows):
             )
             if outcome.state.is_final:
                 self._active.pop(outcome.id, None)
+                result_json = row.result_json if outcome.state is JobState.SUCCEEDED else None
+                self._wf_final(
+                    outcome.id, outcome.state, int(outcome.status), result_json, outcome.error
+                )
+                if outcome.id in self._wf_steps:
+                    self._notifier.notify()
             settled = self._snapshot(row)
             kind = kind_for_change("waiting", outcome.state.value)
             events = _event(kind, row.record, now)

@@ -994,13 +994,17 @@ class SQLiteStore(SQLiteWorkflows):
                 ),
             ).fetchone()
             if row is not None:
+                if o.state.is_final:  # a workflow step: what follows it, in this transaction
+                    result = json.dumps(o.result) if succeeded else None
+                    woke[0] = wf_final(conn, o.id, o.state, int(o.status), result, o.error)
                 return _record(row)
             if not only_expired:
                 _refuse(conn, o.id, self.url)
             return None
 
+        woke = [False]
         settled = await self._transaction(update)
-        if settled is not None and not settled.state.is_final:
+        if settled is not None and (not settled.state.is_final or woke[0]):
             self._notifier.notify()
         return settled
 
