@@ -278,7 +278,14 @@ def celery_chord(members: int, concurrency: int) -> float:
         Path(tmp, "wfcelery.py").write_text(CELERY_APP.format(url=REDIS_URL, prefix=prefix))
         env = {**os.environ, "PYTHONPATH": tmp}
         cmd = [sys.executable, "-m", "celery", "-A", "wfcelery", "worker", "--pool", "threads"]
-        cmd += ["-c", str(concurrency), "--without-gossip", "--without-mingle", "-q"]
+        cmd += [
+            "-c",
+            str(concurrency),
+            "--without-gossip",
+            "--without-mingle",
+            "--loglevel",
+            "WARNING",
+        ]
         proc = subprocess.Popen(cmd, cwd=tmp, env=env, stdout=subprocess.DEVNULL)
         sys.path.insert(0, tmp)
         try:
