@@ -186,6 +186,7 @@ class _Compiler:
         self.order: list[Step] = []
         self.index: dict[int, int] = {}
         self.ids: set[str] = set()
+        self.objects: set[int] = set()  # id() of each Job object seen: one object, one step
         self.records: dict[int, JobRecord] = {}
         self.barriers: list[Barrier] = []
         self.steps: list[PlanStep] = []
@@ -193,12 +194,13 @@ class _Compiler:
     def number(self, node: Node) -> None:
         """Give every step its index in ``jobs``: depth-first, definition order."""
         if isinstance(node, Step):
-            if id(node.job) in {id(s.job) for s in self.order} or node.job.id in self.ids:
+            if id(node.job) in self.objects or node.job.id in self.ids:
                 raise ValueError(
                     f"job id {node.job.id!r} is used twice in one workflow: give each step "
                     "its own Job"
                 )
             self.ids.add(node.job.id)
+            self.objects.add(id(node.job))
             self.index[id(node)] = len(self.order)
             self.order.append(node)
             rec = self.make(node.job, node.retry)
