@@ -340,6 +340,11 @@ class MemoryStore(MemoryWorkflows):
             seq=self._seq,
         )
         self._rows[rec.id] = self._active[rec.id] = row
+        # Published at once (under the lock), so a released step's ENQUEUED may come before
+        # the SUCCEEDED of the step that released it.
+        self._hub.publish(
+            _event(JobEventKind.ENQUEUED, row.record, row.record.enqueued_at or _now())
+        )
 
     def _notify(self) -> None:
         self._notifier.notify()
