@@ -9,11 +9,11 @@ For each store, through the public API (``Queue`` and one in-process ``Worker.se
   from the start of serving until the last one ended);
 - **chord**: a Chord of ``--members`` no-op members and a callback (steps/s, the same way;
   target: at least 0.5x plain);
-- **chain**: a Chain of ``--steps`` no-op steps; its p50 step-to-step latency (a step's
-  ``finished_at`` to the next step's ``started_at``) next to the store's own round trip
-  (p50 of ``store.get``, measured in the same run; target: the step adds at most about one
-  round trip on top of the worker's own pick-up), and the same number of plain jobs run one
-  at a time (concurrency 1) for the chain's steps/s.
+- **chain**: a Chain of ``--steps`` no-op steps at concurrency 1, next to the same number of
+  plain jobs at concurrency 1: the time each step adds (``1/chain - 1/plain``, target: at
+  most one store round trip), its p50 step-to-step gap (a step's ``finished_at`` to the next
+  step's ``started_at``), and the store's own round trips measured in the same run: a read
+  (p50 of ``store.get``) and a write (p50 of ``store.cancel`` of a queued job, one commit).
 
 With ``--celery`` (``pip install 'anywork[bench-celery]'``) it also runs Celery's chord of
 ``--members`` no-op tasks on the same Redis (a Celery worker process with a pool of
@@ -158,8 +158,9 @@ async def chord(scheme: str, workdir: Path, members: int, concurrency: int) -> f
     return (members + 1) / secs
 
 
-async def chain(scheme: str, workdir: Path, steps: int) -> tuple[float, float, float]:
-    """(steps/s, p50 step-to-step latency in ms, p50 store round trip in ms) of a chain."""
+async def chain(scheme: str, workdir: Path, steps: int) -> tuple[float, float, float, float]:
+    """(steps/s, p50 step-to-step latency, p50 read round trip, p50 write round trip; in
+    ms) of a chain."""
     from work import Job, Queue
     from work.workflows import Chain, WorkflowState
 
@@ -183,7 +184,18 @@ async def chain(scheme: str, workdir: Path, steps: int) -> tuple[float, float, f
             t = time.perf_counter()
             await store.get(rec.jobs[0])
             trips.append((time.perf_counter() - t) * 1000)
-    return steps / secs, statistics.median(gaps), statistics.median(trips)
+        # A write round trip: one committed change (a cancel) per call.
+        writes = []
+        for job in await queue.enqueue_many([Job("noop", queue="rt") for _ in range(200)]):
+            t = time.perf_counter()
+            await store.cancel(job.id)
+            writes.append((time.perf_counter() - t) * 1000)
+    return (
+        steps / secs,
+        statistics.median(gaps),
+        statistics.median(trips),
+        statistics.median(writes),
+    )
 
 
 async def run(stores: Sequence[str], members: int, steps: int, concurrency: int) -> None:
@@ -195,7 +207,7 @@ async def run(stores: Sequence[str], members: int, steps: int, concurrency: int)
             base = await plain(scheme, workdir, members + 1, concurrency)
             fan = await chord(scheme, workdir, members, concurrency)
             one_by_one = await plain(scheme, workdir, steps, 1)
-            rate, gap, trip = await chain(scheme, workdir, steps)
+            rate, gap, trip, write = await chain(scheme, workdir, steps)
             rows.append(
                 [
                     scheme,
@@ -204,8 +216,10 @@ async def run(stores: Sequence[str], members: int, steps: int, concurrency: int)
                     f"{fan / base:.2f}x",
                     f"{one_by_one:,.0f}",
                     f"{rate:,.0f}",
+                    f"{1000 / rate - 1000 / one_by_one:.2f}",
                     f"{gap:.2f}",
                     f"{trip:.2f}",
+                    f"{write:.2f}",
                 ]
             )
             print(f"{scheme}: done", flush=True)
@@ -216,8 +230,10 @@ async def run(stores: Sequence[str], members: int, steps: int, concurrency: int)
         "chord:plain",
         "plain c=1/s",
         "chain/s",
-        "step gap p50 ms",
-        "round trip p50 ms",
+        "added ms/step",
+        "gap p50 ms",
+        "read rt ms",
+        "write rt ms",
     ]
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     print(f"chord of {members:,} members + callback, chain of {steps:,} steps")
