@@ -121,12 +121,17 @@ async def _serve_until(store: Any, concurrency: int, done: Any) -> float:
     return elapsed
 
 
-async def _all_succeeded(store: Any, n: int) -> None:
+async def _all_succeeded(store: Any, n: int, last: str) -> None:
+    # The last job enqueued is claimed last: wait for it as wait_workflow waits for a
+    # workflow (one cheap read at a time), then make sure every job ended.
+    from work import Queue
+
+    await Queue(store).wait(last)
     while True:
         counts = (await store.stats()).get("default", {})
         if counts.get("succeeded", 0) >= n:
             return
-        await anyio.sleep(0.02)
+        await anyio.sleep(0.01)
 
 
 async def plain(scheme: str, workdir: Path, n: int, concurrency: int) -> float:
@@ -135,9 +140,11 @@ async def plain(scheme: str, workdir: Path, n: int, concurrency: int) -> float:
 
     async with fresh_store(scheme, workdir) as store:
         queue = Queue(store)
+        last = ""
         for i in range(0, n, 1000):
-            await queue.enqueue_many([Job("noop", {"i": j}) for j in range(i, min(n, i + 1000))])
-        secs = await _serve_until(store, concurrency, lambda: _all_succeeded(store, n))
+            batch = [Job("noop", {"i": j}) for j in range(i, min(n, i + 1000))]
+            last = (await queue.enqueue_many(batch))[-1].id
+        secs = await _serve_until(store, concurrency, lambda: _all_succeeded(store, n, last))
     return n / secs
 
 
