@@ -108,7 +108,7 @@ async def test_bad_timing_is_refused() -> None:
     with pytest.raises(ValueError, match="not both"):
         await queue.enqueue(Job("x"), delay=1, at=datetime.now(UTC))
     with pytest.raises(TypeError, match="at"):
-        await queue.enqueue(Job("x"), at="tomorrow")  # type: ignore[arg-type]
+        await queue.enqueue(Job("x"), at="tomorrow")  # type: ignore[call-overload]
     assert await queue.list() == []
 
 
@@ -117,11 +117,11 @@ async def test_bad_options_are_refused() -> None:
     """Non-Job jobs, non-int priorities, non-policy retries and empty unique keys are refused."""
     queue = Queue(MemoryStore())
     with pytest.raises(TypeError, match="Job"):
-        await queue.enqueue("send")  # type: ignore[arg-type]
+        await queue.enqueue("send")  # type: ignore[call-overload]
     with pytest.raises(TypeError, match="priority"):
-        await queue.enqueue(Job("x"), priority=1.5)  # type: ignore[arg-type]
+        await queue.enqueue(Job("x"), priority=1.5)  # type: ignore[call-overload]
     with pytest.raises(TypeError, match="RetryPolicy"):
-        await queue.enqueue(Job("x"), retry=3)  # type: ignore[arg-type]
+        await queue.enqueue(Job("x"), retry=3)  # type: ignore[call-overload]
     with pytest.raises(ValueError, match="unique_key"):
         await queue.enqueue(Job("x"), unique_key="")
 

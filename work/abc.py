@@ -3,5 +3,6 @@
 from __future__ import annotations
 
 from .stores._base import Store as Store
+from .stores._base import WorkflowStore as WorkflowStore
 
-__all__ = ("Store",)
+__all__ = ("Store", "WorkflowStore")

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Self, overload
 
 import anyio
 
@@ -19,7 +19,7 @@ from .._core.status import Status
 from .._core.validate import check_at, check_delay, check_int, check_name, check_payload
 from .._runtime.portal import PortalTwin
 from .._runtime.timers import seconds
-from ..stores._base import FINAL_STATES, JobRecord, JobState, Store, WorkerInfo
+from ..stores._base import FINAL_STATES, JobRecord, JobState, Store, WorkerInfo, WorkflowStore
 from ..stores._open import open_store
 from .deferred import complete_waiting, heartbeat_waiting
 from .events import DEFAULT_EVENT_BUFFER, EventStream, JobEventKind, check_event_filters
@@ -27,8 +27,15 @@ from .events import DEFAULT_EVENT_BUFFER, EventStream, JobEventKind, check_event
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
+    from ..workflows._model import Chain, Chord, Group, WorkflowRecord
+
+    Workflow = Chain | Group | Chord
+
 __all__ = ["Queue", "SyncQueue"]
 
+# Queue.wait_workflow polls the store: first after 10 ms, then 1.5 times longer each time, up
+# to this.
+_WAIT_MAX_INTERVAL = 0.25
 # What Queue.wait listens for (LOST events always come too).
 _END_KINDS = (JobEventKind.SUCCEEDED, JobEventKind.FAILED, JobEventKind.CANCELLED)
 
@@ -183,6 +190,7 @@ class Queue:
             unique_key=unique_key,
         )
 
+    @overload
     async def enqueue(
         self,
         job: Job,
@@ -193,8 +201,39 @@ class Queue:
         retry: RetryPolicy | None = None,
         unique_key: str | None = None,
         result_ttl: float | timedelta | None = None,
-    ) -> JobRecord:
+    ) -> JobRecord: ...
+
+    @overload
+    async def enqueue(
+        self,
+        job: Workflow,
+        *,
+        delay: None = None,
+        at: None = None,
+        priority: int = 0,
+        retry: None = None,
+        unique_key: None = None,
+        result_ttl: float | timedelta | None = None,
+    ) -> WorkflowRecord: ...
+
+    async def enqueue(
+        self,
+        job: Job | Workflow,
+        *,
+        delay: float | timedelta | None = None,
+        at: datetime | None = None,
+        priority: int = 0,
+        retry: RetryPolicy | None = None,
+        unique_key: str | None = None,
+        result_ttl: float | timedelta | None = None,
+    ) -> JobRecord | WorkflowRecord:
         """Store ``job`` to be run by a worker serving its queue.
+
+        ``job`` may also be a workflow (``work.workflows``: a Chain, Group or Chord): its
+        first steps are stored at once, the others when their turn comes, and its
+        :class:`~work.workflows.WorkflowRecord` is returned. ``priority`` and ``result_ttl``
+        then apply to every step; per-step retries and delays are given with
+        ``work.workflows.step``.
 
         The current OpenTelemetry trace context is written into the stored headers, so the
         consumer's span continues the producer's trace.
@@ -224,8 +263,23 @@ class Queue:
             TypeError: args, headers or a setting is not JSON-serialisable, or a value has the
                 wrong type (the message names it); nothing is stored.
             ValueError: a value out of the ranges above, a naive ``at``, or both ``delay`` and
-                ``at``; nothing is stored.
+                ``at``; nothing is stored. For a workflow also: a Job (or job id) used twice,
+                an id already taken, or ``delay``, ``at``, ``retry`` or ``unique_key`` given.
         """
+        if not isinstance(job, Job):
+            from ..workflows._model import Chain, Chord, Group
+
+            if not isinstance(job, Chain | Group | Chord):
+                raise TypeError(
+                    f"enqueue needs a Job or a workflow (Chain, Group, Chord), got "
+                    f"{type(job).__name__}"
+                )
+            if delay is not None or at is not None or retry is not None or unique_key is not None:
+                raise ValueError(
+                    "delay, at, retry and unique_key apply to one Job: give a workflow's steps "
+                    "their own with work.workflows.step(job, retry=..., delay=...)"
+                )
+            return await self._enqueue_workflow(job, priority=priority, result_ttl=result_ttl)
         (record,) = await self.enqueue_many(
             [job],
             delay=delay,
@@ -276,6 +330,120 @@ class Queue:
         if not records:
             return []
         return await self.store.add(records)
+
+    async def _enqueue_workflow(
+        self, workflow: Workflow, *, priority: int, result_ttl: float | timedelta | None
+    ) -> WorkflowRecord:
+        from ..workflows._plan import compile_workflow
+
+        store = self._workflow_store()
+        now = datetime.now(UTC)
+        ttl = _result_ttl(result_ttl)
+
+        def make(job: Job, retry: RetryPolicy | None) -> JobRecord:
+            return self._record(
+                job,
+                now=now,
+                delay=None,
+                at=None,
+                priority=priority,
+                retry=retry,
+                unique_key=None,
+                result_ttl=ttl,
+            )
+
+        plan = compile_workflow(workflow, make, now)
+        record: WorkflowRecord = await store.add_workflow(plan)
+        return record
+
+    def _workflow_store(self) -> WorkflowStore:
+        if not isinstance(self.store, WorkflowStore):
+            raise TypeError(f"{self.store!r} does not keep workflows (no add_workflow)")
+        return self.store
+
+    async def get_workflow(self, id: str) -> WorkflowRecord | None:
+        """Return the workflow's record, or None if the store does not know it."""
+        record: WorkflowRecord | None = await self._workflow_store().get_workflow(id)
+        return record
+
+    async def wait_workflow(self, id: str, timeout: float | None = None) -> WorkflowRecord:
+        """Wait until the workflow is SUCCEEDED, FAILED or CANCELLED, and return its record.
+
+        Raises:
+            TimeoutError: it had not ended within ``timeout`` seconds.
+            LookupError: the store does not know the workflow.
+        """
+        interval = 0.01
+        with anyio.move_on_after(timeout):
+            while True:
+                record = await self.get_workflow(id)
+                if record is None:
+                    raise LookupError(f"no workflow with id {id!r} in {self.store.url}")
+                if record.state.is_final:
+                    return record
+                await anyio.sleep(interval)
+                interval = min(interval * 1.5, _WAIT_MAX_INTERVAL)
+        raise TimeoutError(f"workflow {id!r} had not ended after {timeout:g}s")
+
+    async def cancel_workflow(self, id: str) -> bool:
+        """Cancel a workflow: its running steps are cancelled, no later step starts, and it
+        ends CANCELLED.
+
+        Returns:
+            True if it was unfinished, False if it had already ended or is unknown.
+        """
+        return await self._workflow_store().cancel_workflow(id)
+
+    async def list_workflows(
+        self, *, state: str | None = None, limit: int = 100, after: str | None = None
+    ) -> builtins.list[WorkflowRecord]:
+        """Return up to ``limit`` workflow records, oldest first (``after``: the last id of
+        the previous page).
+
+        Raises:
+            ValueError: an unknown state or a negative limit.
+        """
+        from ..workflows._model import WorkflowState
+
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise ValueError(f"limit must be an int >= 0, got {limit!r}")
+        wanted = WorkflowState(state).value if state is not None else None
+        records: builtins.list[WorkflowRecord] = await self._workflow_store().list_workflows(
+            state=wanted, limit=limit, after=after
+        )
+        return records
+
+    async def _list_workflow_jobs(
+        self,
+        workflow_id: str,
+        *,
+        state: JobState | None,
+        queue: str | None,
+        handler: str | None,
+        limit: int,
+        after: str | None,
+    ) -> list[JobRecord]:
+        wf = await self.get_workflow(workflow_id)
+        if wf is None:
+            return []
+        ids = [*wf.jobs, *([wf.on_error] if wf.on_error is not None else [])]
+        if after is not None:
+            ids = ids[ids.index(after) + 1 :] if after in ids else []
+        out: list[JobRecord] = []
+        for job_id in ids:
+            if len(out) >= limit:
+                break
+            rec = await self.store.get(job_id)
+            if rec is None:
+                continue  # not released yet (or purged)
+            if state is not None and rec.state is not state:
+                continue
+            if (queue is not None and rec.queue != queue) or (
+                handler is not None and rec.handler != handler
+            ):
+                continue
+            out.append(rec)
+        return out
 
     # -- following ----------------------------------------------------------------------------
 
@@ -430,6 +598,7 @@ class Queue:
         limit: int = 100,
         after: str | None = None,
         schedule_id: str | None = None,
+        workflow_id: str | None = None,
     ) -> list[JobRecord]:
         """Return up to ``limit`` records matching the filters, oldest first.
 
@@ -440,6 +609,8 @@ class Queue:
             limit: the page size.
             after: the last id of the previous page.
             schedule_id: only the executions of this schedule.
+            workflow_id: only the jobs of this workflow that were stored (steps not released
+                yet are not jobs yet), in the order of its ``jobs``, its ``on_error`` last.
 
         Raises:
             ValueError: an unknown state, a limit below 0 or above 2**31 - 1, or a name or
@@ -451,6 +622,15 @@ class Queue:
         for value, what in ((queue, "queue"), (handler, "handler"), (after, "after")):
             if value is not None:
                 check_name(value, what)
+        if workflow_id is not None:
+            return await self._list_workflow_jobs(
+                workflow_id,
+                state=JobState(state) if state is not None else None,
+                queue=queue,
+                handler=handler,
+                limit=limit,
+                after=after,
+            )
         return await self.store.list(
             state=JobState(state) if state is not None else None,
             queue=queue,
@@ -583,6 +763,7 @@ class SyncQueue:
             raise RuntimeError(f"{self!r} is closed")
         return self._twin.call(fn, *args, **kwargs)
 
+    @overload
     def enqueue(
         self,
         job: Job,
@@ -593,9 +774,34 @@ class SyncQueue:
         retry: RetryPolicy | None = None,
         unique_key: str | None = None,
         result_ttl: float | timedelta | None = None,
-    ) -> JobRecord:
-        """Store ``job``; see :meth:`Queue.enqueue`."""
-        record: JobRecord = self._call(
+    ) -> JobRecord: ...
+
+    @overload
+    def enqueue(
+        self,
+        job: Workflow,
+        *,
+        delay: None = None,
+        at: None = None,
+        priority: int = 0,
+        retry: None = None,
+        unique_key: None = None,
+        result_ttl: float | timedelta | None = None,
+    ) -> WorkflowRecord: ...
+
+    def enqueue(
+        self,
+        job: Job | Workflow,
+        *,
+        delay: float | timedelta | None = None,
+        at: datetime | None = None,
+        priority: int = 0,
+        retry: RetryPolicy | None = None,
+        unique_key: str | None = None,
+        result_ttl: float | timedelta | None = None,
+    ) -> JobRecord | WorkflowRecord:
+        """Store ``job`` (or a workflow); see :meth:`Queue.enqueue`."""
+        record: JobRecord | WorkflowRecord = self._call(
             self._queue.enqueue,
             job,
             delay=delay,
@@ -694,6 +900,7 @@ class SyncQueue:
         limit: int = 100,
         after: str | None = None,
         schedule_id: str | None = None,
+        workflow_id: str | None = None,
     ) -> list[JobRecord]:
         """Return a page of records; see :meth:`Queue.list`."""
         records: list[JobRecord] = self._call(
@@ -704,6 +911,35 @@ class SyncQueue:
             limit=limit,
             after=after,
             schedule_id=schedule_id,
+            workflow_id=workflow_id,
+        )
+        return records
+
+    def get_workflow(self, id: str) -> WorkflowRecord | None:
+        """Return the workflow's record, or None; see :meth:`Queue.get_workflow`."""
+        record: WorkflowRecord | None = self._call(self._queue.get_workflow, id)
+        return record
+
+    def wait_workflow(self, id: str, timeout: float | None = None) -> WorkflowRecord:
+        """Block until the workflow has ended; see :meth:`Queue.wait_workflow`.
+
+        Raises:
+            TimeoutError: it had not ended within ``timeout``.
+            LookupError: the store does not know the workflow.
+        """
+        record: WorkflowRecord = self._call(self._queue.wait_workflow, id, timeout)
+        return record
+
+    def cancel_workflow(self, id: str) -> bool:
+        """Cancel a workflow; see :meth:`Queue.cancel_workflow`."""
+        return bool(self._call(self._queue.cancel_workflow, id))
+
+    def list_workflows(
+        self, *, state: str | None = None, limit: int = 100, after: str | None = None
+    ) -> builtins.list[WorkflowRecord]:
+        """Return a page of workflow records; see :meth:`Queue.list_workflows`."""
+        records: builtins.list[WorkflowRecord] = self._call(
+            self._queue.list_workflows, state=state, limit=limit, after=after
         )
         return records
 

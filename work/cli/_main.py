@@ -40,6 +40,7 @@ from .jobs import add_watch_parser
 from .schedules import add_commands as add_schedule_commands
 from .schedules import add_worker_options
 from .worker import load_worker, parse_listen, run_worker_command
+from .workflows import add_workflows_parser
 
 __all__ = ["CLIError", "build_parser", "load_worker", "main", "mask_url", "record_to_dict"]
 
@@ -457,6 +458,8 @@ def build_parser() -> argparse.ArgumentParser:
     retry.add_argument("id")
     _add_store(retry)
     retry.set_defaults(func=_run(_cmd_jobs_retry))
+
+    add_workflows_parser(sub, _add_store, _Parser)
 
     st = sub.add_parser("stats", help="job counts by queue and state")
     _add_store(st)

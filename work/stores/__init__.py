@@ -8,6 +8,7 @@ from ._base import JobState as JobState
 from ._base import Outcome as Outcome
 from ._base import Store as Store
 from ._base import WorkerInfo as WorkerInfo
+from ._base import WorkflowStore as WorkflowStore
 from ._open import mask_url as mask_url
 from ._open import open_store as open_store
 from ._server import StoreAuthenticationError as StoreAuthenticationError
@@ -22,6 +23,7 @@ __all__ = (
     "StoreAuthenticationError",
     "StoreUnavailableError",
     "WorkerInfo",
+    "WorkflowStore",
     "mask_url",
     "open_store",
 )

@@ -55,6 +55,7 @@ __all__ = [
     "ScheduleRow",
     "Store",
     "WorkerInfo",
+    "WorkflowStore",
     "conflict_record",
 ]
 
@@ -149,6 +150,12 @@ class JobRecord:
     def replace(self, **changes: Any) -> JobRecord:
         """Return a copy with ``changes`` applied."""
         return dataclasses.replace(self, **changes)
+
+    @property
+    def workflow_id(self) -> str | None:
+        """The id of the top-level workflow this job is a step (or the ``on_error`` job) of,
+        or None (kept in the ``anywork-workflow-id`` header, so every store keeps it)."""
+        return self.headers.get("anywork-workflow-id")
 
 
 DEFAULT_LOST_LIMIT = 3
@@ -675,4 +682,45 @@ class Store(Protocol):
 
     async def next_schedule_due(self) -> datetime | None:
         """Return the earliest ``next_fire_at`` of an enabled schedule, or None."""
+        ...
+
+
+@runtime_checkable
+class WorkflowStore(Store, Protocol):
+    """A store that also keeps workflows (``work.workflows``): every built-in store does.
+
+    The rules of a workflow (barriers, results flowing, failure) are in
+    ``work/workflows/_plan.py``. The store's part is atomicity: whenever a job that is a
+    workflow step becomes final, in :meth:`complete`, :meth:`cancel` or :meth:`reap`, the
+    store applies the workflow's consequences (fill the step's barrier slot, enqueue what a
+    firing barrier releases, end the workflow, enqueue ``on_error``) in the same transaction
+    as the job's change (one Lua script on Redis). A job's end is applied once (the owner
+    token fences it), so a successor is never lost nor doubled.
+    """
+
+    async def add_workflow(self, plan: Any) -> Any:
+        """Store a compiled workflow (a ``work.workflows._plan.Plan``) and add its first steps,
+        atomically; return its ``WorkflowRecord``.
+
+        Raises:
+            ValueError: the workflow id, or the id of one of its jobs, is taken (nothing is
+                stored).
+        """
+        ...
+
+    async def get_workflow(self, id: str) -> Any:
+        """Return the ``WorkflowRecord``, or None (``current`` computed from the steps that
+        have ended)."""
+        ...
+
+    async def cancel_workflow(self, id: str) -> bool:
+        """If the workflow is RUNNING, end it CANCELLED and cancel its unfinished jobs, in
+        one transaction; return True. Return False when it had ended or is unknown."""
+        ...
+
+    async def list_workflows(
+        self, *, state: str | None = None, limit: int = 100, after: str | None = None
+    ) -> builtins.list[Any]:
+        """Return up to ``limit`` ``WorkflowRecord`` s, oldest first, optionally in one state;
+        ``after`` is the last id of the previous page."""
         ...

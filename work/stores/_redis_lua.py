@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ._redis_workflows import WF_LUA
+
 __all__ = [
     "ADD",
     "CANCEL",
@@ -20,7 +22,8 @@ __all__ = [
 # microseconds since the epoch, passed and stored as decimal strings, never formatted by Lua
 # (whose tostring keeps only 14 significant digits). The ready set of a queue is scored by
 # -priority; members sort, among equal scores, by "due:seq:id" with zero-padded numbers.
-LUA_PRELUDE = r"""
+LUA_PRELUDE = (
+    r"""
 local P = ARGV[1]
 local function jkey(id) return P .. ':job:' .. id end
 local function pad(s, n)
@@ -88,6 +91,8 @@ local function publish_events()
 end
 local FINAL = {succeeded = true, failed = true, cancelled = true}
 """
+    + WF_LUA
+)  # the workflow hook (wf_final), called where a job becomes final
 
 # ARGV: prefix, cap, and a JSON array with, per job, an array of strings: id, queue,
 # unique_key (opt), state, due, priority, enqueued_at, scheduled_for (opt), max_attempts, args,
@@ -287,6 +292,7 @@ for _, o in ipairs(cjson.decode(ARGV[5])) do
       redis.call('HSET', jk, 'finished_at', now)
       release_unique(q, f[4], id)
       finished(jk, q, id, now)
+      wf_final(id, state, o[3], result, err, now, cap)
     end
     stat(q, 'running', -1)
     stat(q, state, 1)
@@ -325,6 +331,7 @@ for _, id in ipairs(lost) do
       redis.call('HSET', jk, 'status', '499', 'error', 'cancelled', 'finished_at', now)
       release_unique(q, f[6], id)
       finished(jk, q, id, now)
+      wf_final(id, state, '499', nil, 'cancelled', now, cap)
     elseif redis.call('HINCRBY', jk, 'lost', 1) < lost_limit then
       state = 'queued'
       redis.call('HSET', jk, 'status', '500', 'error', 'worker lost')
@@ -335,6 +342,7 @@ for _, id in ipairs(lost) do
       redis.call('HSET', jk, 'status', '500', 'error', 'worker lost', 'finished_at', now)
       release_unique(q, f[6], id)
       finished(jk, q, id, now)
+      wf_final(id, state, '500', nil, 'worker lost', now, cap)
     end
     redis.call('HSET', jk, 'state', state)
     stat(q, 'running', -1)
@@ -372,6 +380,7 @@ finished(jk, q, id, now)
 stat(q, state, -1)
 stat(q, 'cancelled', 1)
 emit('cancelled', id, q, now)
+wf_final(id, 'cancelled', '499', nil, 'cancelled', now, '64')
 publish_events()
 return 1
 """
@@ -413,6 +422,7 @@ else
   redis.call('HSET', jk, 'finished_at', now)
   release_unique(q, f[3], id)
   finished(jk, q, id, now)
+  wf_final(id, state, ARGV[7], result, err, now, cap)
 end
 stat(q, 'waiting', -1)
 stat(q, state, 1)

@@ -39,6 +39,7 @@ from ._base import (
     WorkerInfo,
     conflict_record,
 )
+from ._memory_workflows import MemoryWorkflows
 
 __all__ = ["MemoryStore"]
 
@@ -152,7 +153,7 @@ def _due(row: _Row) -> datetime:
     return due if due is not None else datetime.min.replace(tzinfo=UTC)
 
 
-class MemoryStore:
+class MemoryStore(MemoryWorkflows):
     """The reference store: jobs live in this process's memory and die with it.
 
     It implements the :class:`~work.stores.Store` protocol exactly (the conformance suite runs
@@ -181,6 +182,7 @@ class MemoryStore:
         # threads look for them every 50 ms, as waiters for work do.
         self._hub = EventHub(poll=_CROSS_THREAD_POLL)
         self._workers: dict[str, WorkerInfo] = {}
+        self._wf_init()
 
     def __repr__(self) -> str:
         return f"MemoryStore({self.url!r}, jobs={len(self._rows)})"
@@ -324,23 +326,55 @@ class MemoryStore:
         Returns False for an unknown or already final job.
         """
         with self._lock:
-            row = self._rows.get(id)
-            if row is None or row.record.state.is_final:
-                return False
-            if row.record.state is JobState.RUNNING:
-                row.cancel_requested = True
-                return True
-            row.record = row.record.replace(
-                state=JobState.CANCELLED,
-                status=Status.CANCELLED,
-                error="cancelled",
-                finished_at=_now(),
-                deadline=None,
-            )
-            del self._active[id]
-            events = _event(JobEventKind.CANCELLED, row.record, _now())
+            events = self._cancel_locked(id)
+        if events is None:
+            return False
         self._hub.publish(events)
         return True
+
+    def _cancel_locked(self, id: str) -> builtins.list[JobEvent] | None:
+        """Cancel (the lock is held); return the events to publish, or None if the job is
+        unknown or final."""
+        row = self._rows.get(id)
+        if row is None or row.record.state.is_final:
+            return None
+        if row.record.state is JobState.RUNNING:
+            row.cancel_requested = True
+            return []
+        row.record = row.record.replace(
+            state=JobState.CANCELLED,
+            status=Status.CANCELLED,
+            error="cancelled",
+            finished_at=_now(),
+            deadline=None,
+        )
+        del self._active[id]
+        self._wf_final(id, JobState.CANCELLED, int(Status.CANCELLED), None, "cancelled")
+        return _event(JobEventKind.CANCELLED, row.record, _now())
+
+    def _insert_locked(self, rec: JobRecord) -> None:
+        """Add a new job (the lock is held; its id is known to be free)."""
+        self._seq += 1
+        row = _Row(
+            record=rec.replace(
+                args={},
+                result=None,
+                headers=dict(rec.headers),
+                enqueued_at=rec.enqueued_at or _now(),
+            ),
+            args_json=json.dumps(rec.args),
+            result_json=None,
+            seq=self._seq,
+        )
+        self._rows[rec.id] = self._active[rec.id] = row
+        # Published at once (under the lock), so a released step's ENQUEUED may come before
+        # the SUCCEEDED of the step that released it.
+        self._hub.publish(
+            _event(JobEventKind.ENQUEUED, row.record, row.record.enqueued_at or _now())
+        )
+
+    def _notify(self) -> None:
+        self._notifier.notify()
 
     # -- consuming ----------------------------------------------------------------------------
 
@@ -431,6 +465,12 @@ class MemoryStore:
                 row.unknown_since = outcome.unknown_since
                 if outcome.state.is_final:
                     self._active.pop(outcome.id, None)
+                    result_json = row.result_json if outcome.state is JobState.SUCCEEDED else None
+                    # A workflow step: its barrier, successors and workflow, under this lock.
+                    self._wf_final(
+                        outcome.id, outcome.state, int(outcome.status), result_json, outcome.error
+                    )
+                    wake = wake or outcome.id in self._wf_steps
                 wake = wake or not outcome.state.is_final
                 kind = kind_for_change("running", outcome.state.value, attempts_kept=False)
                 events += _event(kind, row.record, now)
@@ -478,6 +518,8 @@ class MemoryStore:
                 row.owner, row.lease_until, row.cancel_requested = None, None, False
                 if row.record.state.is_final:
                     del self._active[rec.id]
+                    final = row.record
+                    self._wf_final(final.id, final.state, int(final.status), None, final.error)
                 changed += 1
                 events += _event(kind_for_change("running", row.record.state), row.record, now)
         if changed:
@@ -515,6 +557,12 @@ class MemoryStore:
             )
             if outcome.state.is_final:
                 self._active.pop(outcome.id, None)
+                result_json = row.result_json if outcome.state is JobState.SUCCEEDED else None
+                self._wf_final(
+                    outcome.id, outcome.state, int(outcome.status), result_json, outcome.error
+                )
+                if outcome.id in self._wf_steps:
+                    self._notifier.notify()
             settled = self._snapshot(row)
             kind = kind_for_change("waiting", outcome.state.value)
             events = _event(kind, row.record, now)

@@ -53,6 +53,7 @@ from ._postgres_rows import (
     stored_record,
     utc,
 )
+from ._postgres_workflows import PostgresWorkflows, workflow_schema, workflow_trigger
 from ._server import StoreAuthenticationError, StoreUnavailableError, require_asyncio
 
 __all__ = ["PostgresStore", "PostgresUnavailableError"]
@@ -402,7 +403,7 @@ class _Waiter:
     event: anyio.Event = field(default_factory=anyio.Event)
 
 
-class PostgresStore:
+class PostgresStore(PostgresWorkflows):
     """A durable store in PostgreSQL, for many workers on many machines.
 
     Jobs live in one table, ``{schema}.jobs``. Claims take a batch in one statement with
@@ -596,6 +597,15 @@ class PostgresStore:
                 for statement in _migration_v5(self._s):
                     await conn.execute(statement)
                 await conn.execute(f"INSERT INTO {self._s}.schema_version VALUES (5)")
+            # Workflows: tables of their own and a trigger, created if missing.
+            for statement in workflow_schema(self._s, _quote_literal(self._channel)):
+                await conn.execute(statement)
+            if not await conn.fetchval(
+                "SELECT 1 FROM pg_trigger WHERE tgname = 'jobs_workflow_step'"
+                " AND tgrelid = $1::regclass",
+                f"{self._s}.jobs",
+            ):
+                await conn.execute(workflow_trigger(self._s))
 
     async def _listen(self) -> None:
         try:

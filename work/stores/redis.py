@@ -53,6 +53,7 @@ from ._redis_lua import (
     COMPLETE,
     DELETE,
     HEARTBEAT,
+    LUA_PRELUDE,
     PROGRESS,
     REAP,
     RENEW,
@@ -60,6 +61,7 @@ from ._redis_lua import (
     SETTLE,
 )
 from ._redis_schedules_lua import DELETE_SCHEDULE, EXECUTION, FIRE, PICK, SAVE_SCHEDULE
+from ._redis_workflows import RedisWorkflows, workflow_scripts
 from ._server import StoreAuthenticationError, StoreUnavailableError, require_asyncio
 
 __all__ = ["RedisStore", "RedisUnavailableError"]
@@ -366,7 +368,7 @@ def _glob_escape(text: str) -> str:
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
-class RedisStore:
+class RedisStore(RedisWorkflows):
     """A durable store in Redis, for many workers on many machines.
 
     Each job is a hash (``{prefix}:job:{id}``); per queue, a sorted set of ready jobs in claim
@@ -473,6 +475,7 @@ class RedisStore:
                 ("progress", PROGRESS),
                 ("delete", DELETE),
                 ("retry", RETRY),
+                *workflow_scripts(LUA_PRELUDE).items(),
             )
         }
         self._entries = 1

@@ -45,6 +45,8 @@ from ._base import (
     WorkerInfo,
     conflict_record,
 )
+from ._sqlite_workflows import SCHEMA as _WORKFLOW_SCHEMA
+from ._sqlite_workflows import SQLiteWorkflows, wf_final, wf_reaped, wf_running_steps
 from .memory import _decode_error, _Notifier
 
 __all__ = ["MIN_SQLITE_VERSION", "SCHEMA_VERSION", "SQLiteStore"]
@@ -576,7 +578,7 @@ def path_from_url(url: str) -> str:
     return path
 
 
-class SQLiteStore:
+class SQLiteStore(SQLiteWorkflows):
     """The default durable store: jobs kept in one SQLite file, no server to run.
 
     Several worker processes (and producers) may share the file: SQLite's write lock
@@ -738,6 +740,8 @@ class SQLiteStore:
                 conn.execute(
                     "INSERT INTO anywork_schema_version (version) VALUES (?)", (version + 1,)
                 )
+            for statement in _WORKFLOW_SCHEMA:  # tables of their own, created if missing
+                conn.execute(statement)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -906,6 +910,7 @@ class SQLiteStore:
                 (int(Status.CANCELLED), now, now, id),
             )
             if cur.rowcount:
+                wf_final(conn, id, JobState.CANCELLED, int(Status.CANCELLED), None, "cancelled")
                 return True
             cur = conn.execute(
                 "UPDATE anywork_jobs SET cancel_requested = 1 WHERE id = ? AND state = 'running'",
@@ -1012,6 +1017,9 @@ class SQLiteStore:
                 )
                 if cur.rowcount > 0:
                     applied.add(o.id)
+                    if o.state.is_final:  # a workflow step: what follows it, in this transaction
+                        result = json.dumps(o.result) if succeeded else None
+                        wake = wf_final(conn, o.id, o.state, int(o.status), result, o.error) or wake
                 wake = wake or (cur.rowcount > 0 and not o.state.is_final)
             return wake
 
@@ -1027,6 +1035,7 @@ class SQLiteStore:
             now = time.time()
             expired = "state = 'running' AND lease_until <= ?"
             cleared = "owner = NULL, lease_until = NULL, cancel_requested = 0"
+            steps = wf_running_steps(conn, now)
             changed = conn.execute(
                 f"UPDATE anywork_jobs SET state = 'cancelled', status = ?, error = 'cancelled',"
                 f" finished_at = ?, expires_at = ? + result_ttl, {cleared}"
@@ -1045,6 +1054,7 @@ class SQLiteStore:
                 f" WHERE {expired}",
                 (int(Status.INTERNAL_ERROR), now, now, now),
             ).rowcount
+            wf_reaped(conn, steps)
             return changed
 
         changed = await self._transaction(update)
@@ -1083,13 +1093,17 @@ class SQLiteStore:
                 ),
             ).fetchone()
             if row is not None:
+                if o.state.is_final:  # a workflow step: what follows it, in this transaction
+                    result = json.dumps(o.result) if succeeded else None
+                    woke[0] = wf_final(conn, o.id, o.state, int(o.status), result, o.error)
                 return _record(row)
             if not only_expired:
                 _refuse(conn, o.id, self.url)
             return None
 
+        woke = [False]
         settled = await self._transaction(update)
-        if settled is not None and not settled.state.is_final:
+        if settled is not None and (not settled.state.is_final or woke[0]):
             self._notifier.notify()
         return settled
 
