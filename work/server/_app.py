@@ -15,7 +15,7 @@ from starlette.routing import BaseRoute, Mount
 
 from .._durable.queue import Queue
 from ..stores import Store
-from . import _callback, _events, _jobs, _queues, _schedules
+from . import _callback, _events, _jobs, _queues, _schedules, _workflows
 from ._openapi import openapi
 from ._problems import problem_response
 from ._routing import Call, Endpoint, json_response, starlette_route
@@ -138,6 +138,7 @@ def create_app(
         *_events.ENDPOINTS,
         *_callback.ENDPOINTS,
         *_schedules.ENDPOINTS,
+        *_workflows.ENDPOINTS,
     ]
     document = openapi(endpoints, secured=token_bytes is not None)
     # The document describes itself too; it is built once, from the table above.

@@ -98,6 +98,10 @@ async def _read_body(request: Request, limit: int) -> bytes:
 def _validate(model: type[BaseModel], data: Any, where: str) -> BaseModel:
     try:
         return model.model_validate(data)
+    except RecursionError:
+        raise Problem(
+            422, f"the request {where} is nested too deeply", errors={where: "too deep"}
+        ) from None
     except ValidationError as exc:
         raise Problem(
             422, f"the request {where} is not valid", errors=field_errors(exc, where)
@@ -124,7 +128,7 @@ def starlette_route(endpoint: Endpoint, service: Service) -> Route:
                 raw = await _read_body(request, service.max_body)
                 try:
                     data = json.loads(raw) if raw else None
-                except (ValueError, UnicodeDecodeError) as exc:
+                except (ValueError, UnicodeDecodeError, RecursionError) as exc:
                     raise Problem(
                         422, "the request body is not JSON", errors={"body": str(exc)}
                     ) from None
