@@ -28,3 +28,24 @@ async def slow(job: Job) -> str:
     """Sleep ``args["seconds"]`` seconds."""
     await anyio.sleep(float(job.args.get("seconds", 30)))
     return "slept"
+
+
+@worker.handler()
+async def add_one(job: Job) -> int:
+    """Return ``input + 1``."""
+    return int(job.args["input"]) + 1
+
+
+@worker.handler()
+async def flaky(job: Job) -> int:
+    """Fail (500, retryable) on the first attempt; then return ``input * 10``."""
+    assert job.ctx is not None
+    if job.ctx.attempt < 2:
+        raise StatusError(Status.INTERNAL_ERROR, "first attempt fails")
+    return int(job.args["input"]) * 10
+
+
+@worker.handler()
+async def total(job: Job) -> int:
+    """Return the sum of ``input`` (a chord's results)."""
+    return sum(job.args["input"])
