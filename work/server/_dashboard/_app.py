@@ -1,0 +1,484 @@
+"""The dashboard app: its routes, the login cookie and CSRF checks, and what each page shows."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import inspect
+import json
+import secrets
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlencode, urlsplit
+
+import anyio
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from ... import JobEvent, JobEventKind, JobRecord, JobState, Queue
+from ...abc import Store
+
+__all__ = ["create_dashboard"]
+
+_HERE = Path(__file__).parent
+COOKIE = "anywork_dashboard"
+PAGE_SIZE = 50
+# A search by args on a store without an args filter reads at most this many jobs per page
+# view, so one search never walks a million rows; "Next" carries on from where it stopped.
+SCAN_LIMIT = 5000
+_SCAN_BATCH = 500
+_STATES = list(JobState)
+_MESSAGES = {
+    "cancelled": "Cancel requested.",
+    "not-cancelled": "Not cancelled: the job had already finished.",
+    "retried": "The job was queued again.",
+    "not-retried": "Not retried: only a failed or cancelled job can run again.",
+}
+
+
+def utc(value: datetime | None) -> str:
+    """Format an aware datetime in UTC as ``YYYY-MM-DD HH:MM:SS`` ("" for None)."""
+    if value is None:
+        return ""
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+@dataclass(frozen=True)
+class _Session:
+    digest: str
+    read_only: bool
+    csrf: str
+
+
+class _Auth:
+    """Checks tokens at login and the session cookie afterwards (the cookie holds an HMAC of
+    the token, never the token itself)."""
+
+    def __init__(self, tokens: Iterable[str], read_only: Iterable[str], secret: bytes) -> None:
+        self._key = secret
+        self._sessions: dict[str, bool] = {}
+        for token in tokens:
+            self._sessions[self._mac("session", token)] = False
+        for token in read_only:
+            # A token given as both is read-only: the narrower grant wins.
+            self._sessions[self._mac("session", token)] = True
+        if not self._sessions:
+            raise ValueError("the dashboard needs at least one token (tokens or read_only_tokens)")
+
+    def _mac(self, purpose: str, value: str) -> str:
+        return hmac.new(self._key, f"{purpose}:{value}".encode(), hashlib.sha256).hexdigest()
+
+    def _find(self, digest: str) -> bool | None:
+        found: bool | None = None
+        for known, read_only in self._sessions.items():
+            # Every entry is compared, so the time taken does not say which one matched.
+            if hmac.compare_digest(known, digest):
+                found = read_only
+        return found
+
+    def login(self, token: str) -> str | None:
+        digest = self._mac("session", token)
+        return digest if self._find(digest) is not None else None
+
+    def session(self, request: Request) -> _Session | None:
+        digest = request.cookies.get(COOKIE, "")
+        read_only = self._find(digest) if digest else None
+        if read_only is None:
+            return None
+        return _Session(digest, read_only, self._mac("csrf", digest))
+
+
+class _Activity:
+    """Finished jobs per queue and minute over the last hour, counted from the store's events
+    (60 small counters per queue, whatever the store holds)."""
+
+    def __init__(self) -> None:
+        self.since: datetime | None = None
+        self._minutes: dict[str, dict[int, list[int]]] = {}
+
+    def add(self, event: JobEvent) -> None:
+        minute = int(event.at.timestamp() // 60)
+        buckets = self._minutes.setdefault(event.queue, {})
+        counts = buckets.setdefault(minute, [0, 0])
+        counts[0 if event.kind is JobEventKind.SUCCEEDED else 1] += 1
+        for old in [m for m in buckets if m <= minute - 60]:
+            del buckets[old]
+
+    def series(self, queue: str, now: datetime) -> list[tuple[int, int]]:
+        last = int(now.timestamp() // 60)
+        buckets = self._minutes.get(queue, {})
+        return [tuple(buckets.get(m, [0, 0])) for m in range(last - 59, last + 1)]  # type: ignore[misc]
+
+
+def _chart(series: list[tuple[int, int]]) -> dict[str, Any]:
+    """Bars for an inline SVG: succeeded above the axis, failed below, one per minute."""
+    peak = max([max(s, f) for s, f in series] + [1])
+    bars = []
+    for i, (ok, failed) in enumerate(series):
+        bars.append(
+            {
+                "x": i * 4,
+                "ok": round(20 * ok / peak, 1),
+                "failed": round(20 * failed / peak, 1),
+            }
+        )
+    return {
+        "bars": bars,
+        "succeeded": sum(s for s, _ in series),
+        "failed": sum(f for _, f in series),
+    }
+
+
+def _parse_search(text: str) -> dict[str, tuple[str, Any]]:
+    """``key=value`` pairs separated by spaces; a value also matches as JSON (``n=3``)."""
+    wanted: dict[str, tuple[str, Any]] = {}
+    for part in text.split():
+        key, sep, raw = part.partition("=")
+        if not sep or not key:
+            raise ValueError(f"search terms are key=value, got {part!r}")
+        try:
+            parsed: Any = json.loads(raw)
+        except ValueError:
+            parsed = raw
+        wanted[key] = (raw, parsed)
+    return wanted
+
+
+def _matches(record: JobRecord, wanted: dict[str, tuple[str, Any]]) -> bool:
+    for key, (raw, parsed) in wanted.items():
+        if key not in record.args:
+            return False
+        value = record.args[key]
+        # True == 1 in Python; a search for n=1 should not find a flag that is true.
+        same_kind = isinstance(value, bool) == isinstance(parsed, bool)
+        if value != raw and (value != parsed or not same_kind):
+            return False
+    return True
+
+
+def _event_json(event: JobEvent) -> dict[str, Any]:
+    return {
+        "kind": str(event.kind),
+        "job_id": event.job_id,
+        "queue": event.queue,
+        "handler": event.handler,
+        "status": int(event.status),
+        "attempt": event.attempt,
+        "at": event.at.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+        "at_text": utc(event.at),
+        "workflow_id": event.workflow_id,
+        "schedule_id": event.schedule_id,
+        "progress": event.progress,
+        "lost": event.lost,
+    }
+
+
+def create_dashboard(
+    store: Store,
+    *,
+    tokens: Iterable[str],
+    read_only_tokens: Iterable[str] = (),
+    secret: bytes | str | None = None,
+) -> Starlette:
+    """Build the dashboard as a Starlette app, to serve alone or mount (``Mount("/", app)``).
+
+    The pages read the store through :class:`work.Queue`; nothing is kept in memory but the
+    last hour's finished-job counters of the overview chart, fed by the store's events while
+    the app's lifespan runs (a host app that mounts it enters ``app.router.lifespan_context``).
+
+    Args:
+        store: an open store (the caller enters and leaves it).
+        tokens: the API tokens that may log in with full rights.
+        read_only_tokens: tokens that may log in to look but not cancel, retry or trigger.
+        secret: the key the session cookies are signed with (random when None, so a restart
+            logs everyone out).
+
+    Raises:
+        ValueError: no token at all.
+    """
+    key = secret.encode() if isinstance(secret, str) else secret or secrets.token_bytes(32)
+    auth = _Auth(list(tokens), list(read_only_tokens), key)
+    queue = Queue(store)
+    activity = _Activity()
+    env = Environment(
+        loader=FileSystemLoader(_HERE / "templates"),
+        autoescape=select_autoescape(["html"]),
+        enable_async=False,
+    )
+    env.filters["utc"] = utc
+    env.filters["pretty"] = lambda value: json.dumps(value, indent=2, sort_keys=True, default=str)
+    env.filters["url"] = lambda value: quote(str(value), safe="")
+    list_takes_args = "args" in inspect.signature(queue.list).parameters
+
+    def base(request: Request) -> str:
+        return str(request.scope.get("root_path", "")).rstrip("/")
+
+    def render(
+        request: Request, template: str, session: _Session, status: int = 200, **context: Any
+    ) -> HTMLResponse:
+        fragment = request.headers.get("x-dashboard-fragment") == "1"
+        html = env.get_template(template).render(
+            base=base(request),
+            session=session,
+            fragment=fragment,
+            now=utc(datetime.now(UTC)),
+            **context,
+        )
+        return HTMLResponse(html, status_code=status, headers={"Cache-Control": "no-store"})
+
+    def to_login(request: Request) -> Response:
+        target = request.url.path
+        if request.url.query:
+            target += "?" + request.url.query
+        return RedirectResponse(f"{base(request)}/login?{urlencode({'next': target})}", 303)
+
+    def same_origin(request: Request) -> bool:
+        # SameSite=Strict keeps the cookie off cross-site requests; the Origin (or Referer)
+        # check refuses them too, for browsers or proxies that do not honour it.
+        source = request.headers.get("origin") or request.headers.get("referer")
+        if source is None:
+            return True
+        return urlsplit(source).netloc == request.headers.get("host", "")
+
+    def safe_next(request: Request, target: str) -> str:
+        root = base(request)
+        if target.startswith(root + "/") and not target.startswith("//") and "\\" not in target:
+            return target
+        return root + "/"
+
+    # -- login ---------------------------------------------------------------------------------
+
+    async def login_page(request: Request) -> Response:
+        nxt = request.query_params.get("next", "")
+        html = env.get_template("login.html").render(base=base(request), next=nxt, error=None)
+        return HTMLResponse(html)
+
+    async def login(request: Request) -> Response:
+        form = await request.form()
+        token = str(form.get("token", ""))
+        nxt = safe_next(request, str(form.get("next", "")))
+        digest = auth.login(token) if same_origin(request) and token else None
+        if digest is None:
+            html = env.get_template("login.html").render(
+                base=base(request), next=nxt, error="That token is not accepted."
+            )
+            return HTMLResponse(html, status_code=401)
+        response = RedirectResponse(nxt, 303)
+        response.set_cookie(
+            COOKIE,
+            digest,
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
+            path=base(request) + "/",
+        )
+        return response
+
+    async def logout(request: Request) -> Response:
+        response = RedirectResponse(f"{base(request)}/login", 303)
+        if same_origin(request):
+            response.delete_cookie(COOKIE, path=base(request) + "/")
+        return response
+
+    # -- pages ---------------------------------------------------------------------------------
+
+    async def overview(request: Request) -> Response:
+        session = auth.session(request)
+        if session is None:
+            return to_login(request)
+        now = datetime.now(UTC)
+        stats = await queue.stats()
+        queues = []
+        for name in sorted(stats):
+            counts = {state.value: stats[name].get(state.value, 0) for state in _STATES}
+            oldest = None
+            if counts[JobState.QUEUED.value]:
+                first = await queue.list(state=JobState.QUEUED, queue=name, limit=1)
+                oldest = first[0] if first else None
+            queues.append(
+                {
+                    "name": name,
+                    "counts": counts,
+                    "total": sum(stats[name].values()),
+                    "oldest": oldest,
+                    "chart": _chart(activity.series(name, now)),
+                }
+            )
+        return render(
+            request,
+            "overview.html",
+            session,
+            page="overview",
+            queues=queues,
+            states=[s.value for s in _STATES],
+            since=utc(activity.since),
+        )
+
+    async def jobs(request: Request) -> Response:
+        session = auth.session(request)
+        if session is None:
+            return to_login(request)
+        params = request.query_params
+        filters = {k: params.get(k, "").strip() for k in ("state", "queue", "handler", "q")}
+        after = params.get("after") or None
+        records: list[JobRecord] = []
+        next_cursor: str | None = None
+        error = None
+        scanned = 0
+        try:
+            wanted = _parse_search(filters["q"])
+            common: dict[str, Any] = {
+                "state": filters["state"] or None,
+                "queue": filters["queue"] or None,
+                "handler": filters["handler"] or None,
+            }
+            if wanted and list_takes_args:
+                common["args"] = {k: parsed for k, (_, parsed) in wanted.items()}
+            if not wanted or list_takes_args:
+                page = await queue.list(**common, limit=PAGE_SIZE + 1, after=after)
+                records = page[:PAGE_SIZE]
+                next_cursor = records[-1].id if len(page) > PAGE_SIZE else None
+            else:
+                cursor = after
+                exhausted = False
+                while len(records) < PAGE_SIZE and scanned < SCAN_LIMIT:
+                    batch = await queue.list(**common, limit=_SCAN_BATCH, after=cursor)
+                    for record in batch:
+                        scanned += 1
+                        cursor = record.id
+                        if _matches(record, wanted):
+                            records.append(record)
+                            if len(records) == PAGE_SIZE:
+                                break
+                    if len(batch) < _SCAN_BATCH and len(records) < PAGE_SIZE:
+                        exhausted = True
+                        break
+                next_cursor = None if exhausted else cursor
+        except ValueError as exc:
+            error = str(exc)
+        query = {k: v for k, v in filters.items() if v}
+        return render(
+            request,
+            "jobs.html",
+            session,
+            status=400 if error else 200,
+            page="jobs",
+            jobs=records,
+            filters=filters,
+            states=[s.value for s in _STATES],
+            next_url=f"?{urlencode({**query, 'after': next_cursor})}" if next_cursor else None,
+            first_url=f"?{urlencode(query)}" if after else None,
+            error=error,
+            scanned=scanned,
+        )
+
+    async def job(request: Request) -> Response:
+        session = auth.session(request)
+        if session is None:
+            return to_login(request)
+        job_id = request.path_params["id"]
+        record = await queue.get(job_id)
+        if record is None:
+            return render(request, "missing.html", session, status=404, page="jobs", id=job_id)
+        timeline = [("enqueued", record.enqueued_at)]
+        if record.scheduled_for is not None and record.scheduled_for != record.enqueued_at:
+            timeline.append(("due", record.scheduled_for))
+        if record.started_at is not None:
+            timeline.append((f"started (attempt {record.attempts})", record.started_at))
+        if record.deadline is not None:
+            timeline.append(("waiting until", record.deadline))
+        if record.finished_at is not None:
+            timeline.append((record.state.value, record.finished_at))
+        timeline.sort(key=lambda item: item[1] or datetime.min.replace(tzinfo=UTC))
+        return render(
+            request,
+            "job.html",
+            session,
+            page="jobs",
+            job=record,
+            timeline=timeline,
+            message=_MESSAGES.get(request.query_params.get("msg", "")),
+        )
+
+    async def action(request: Request) -> Response:
+        session = auth.session(request)
+        if session is None:
+            return to_login(request)
+        form = await request.form()
+        token = str(form.get("csrf", ""))
+        if not same_origin(request) or not hmac.compare_digest(token, session.csrf):
+            return HTMLResponse("cross-site request refused", status_code=403)
+        if session.read_only:
+            return HTMLResponse("this token is read-only", status_code=403)
+        job_id = str(form.get("id", ""))
+        what = request.path_params["what"]
+        if what not in ("cancel", "retry"):
+            return HTMLResponse(f"no action {what!r}", status_code=404)
+        try:
+            if what == "cancel":
+                msg = "cancelled" if await queue.cancel(job_id) else "not-cancelled"
+            else:
+                await queue.retry(job_id)
+                msg = "retried"
+        except LookupError:
+            return HTMLResponse(f"no job {job_id!r}", status_code=404)
+        except ValueError:
+            msg = "not-retried"
+        target = f"{base(request)}/jobs/{quote(job_id, safe='')}?msg={msg}"
+        return RedirectResponse(target, 303)
+
+    async def events(request: Request) -> Response:
+        if auth.session(request) is None:
+            return Response("log in first", status_code=401)
+
+        async def stream() -> AsyncIterator[str]:
+            async with queue.events() as subscription:
+                yield ": following\n\n"
+                async for event in subscription:
+                    yield f"event: {event.kind}\ndata: {json.dumps(_event_json(event))}\n\n"
+
+        return StreamingResponse(
+            stream(),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        )
+
+    async def follow() -> None:
+        kinds = [JobEventKind.SUCCEEDED, JobEventKind.FAILED]
+        while True:
+            try:
+                async with queue.events(kinds=kinds) as subscription:
+                    activity.since = activity.since or datetime.now(UTC)
+                    async for event in subscription:
+                        if event.kind is not JobEventKind.LOST:
+                            activity.add(event)
+            except Exception:  # the chart must never take the app down; try again shortly
+                await anyio.sleep(1.0)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(follow)
+            yield
+            tg.cancel_scope.cancel()
+
+    routes = [
+        Route("/", overview),
+        Route("/login", login_page, methods=["GET"]),
+        Route("/login", login, methods=["POST"]),
+        Route("/logout", logout, methods=["POST"]),
+        Route("/jobs", jobs),
+        Route("/jobs/{id:path}", job),
+        Route("/actions/{what:str}", action, methods=["POST"]),
+        Route("/events", events),
+        Mount("/static", StaticFiles(directory=_HERE / "static"), name="static"),
+    ]
+    return Starlette(routes=routes, lifespan=lifespan)
