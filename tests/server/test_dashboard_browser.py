@@ -1,0 +1,248 @@
+"""The dashboard driven in a real headless Chromium against a real server on SQLite."""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import anyio
+import pytest
+from playwright.sync_api import Browser, BrowserContext, Page, Route, expect, sync_playwright
+
+from work import Job, JobState, SyncQueue, Worker
+from work.stores import open_store
+
+from ._dashboard_server import serve_dashboard
+
+CHROMIUM = "/usr/bin/chromium"
+# Flags that keep Chromium off the network (no updates, sync, field trials or metrics).
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+FULL = "full-token"
+LOOK = "look-token"
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """One headless Debian Chromium for the module (.ci/run installs it when missing)."""
+    if not os.path.exists(CHROMIUM):
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium (.ci/run does it)")
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+        )
+        yield launched
+        launched.close()
+
+
+class Site:
+    """A served dashboard, its store URL, and a browser context that may only reach it."""
+
+    def __init__(self, url: str, store_url: str, context: BrowserContext) -> None:
+        self.url = url
+        self.store_url = store_url
+        self.context = context
+        self.requests: list[str] = []
+        self.blocked: list[str] = []
+
+    def login(self, token: str = FULL) -> Page:
+        page = self.context.new_page()
+        page.on("request", lambda request: self.requests.append(request.url))
+        page.goto(self.url + "/")
+        expect(page).to_have_url(re.compile(r"/login\?next="))
+        page.fill("#token", token)
+        page.click("button[type=submit]")
+        expect(page.get_by_role("heading", name="Overview")).to_be_visible()
+        return page
+
+
+@pytest.fixture
+def site(browser: Browser, tmp_path: Path) -> Iterator[Site]:
+    """A dashboard on a fresh SQLite store; at the end, no request may have left 127.0.0.1."""
+    store_url = f"sqlite:///{tmp_path}/dash.db"
+    with SyncQueue(store_url):
+        pass  # creates the schema before the server and the tests share the file
+    with serve_dashboard(store_url, tokens=[FULL], read_only_tokens=[LOOK]) as running:
+        context = browser.new_context()
+        served = Site(running.url, store_url, context)
+
+        def guard(route: Route) -> None:
+            if urlsplit(route.request.url).hostname == "127.0.0.1":
+                route.continue_()
+            else:
+                served.blocked.append(route.request.url)
+                route.abort()
+
+        context.route("**/*", guard)
+        try:
+            yield served
+        finally:
+            context.close()
+    assert served.requests, "the browser made no request at all"
+    assert served.blocked == []
+    assert all(urlsplit(u).hostname == "127.0.0.1" for u in served.requests), served.requests
+
+
+def run_worker(store_url: str, until: Callable[[], bool] | None = None) -> threading.Thread:
+    """Serve the store's default queue in a thread: ``ok`` succeeds, ``boom`` fails (500)."""
+
+    async def consume() -> None:
+        worker = Worker()
+
+        @worker.handler()
+        async def ok(job: Job) -> dict[str, Any]:
+            return {"sent": job.args.get("customer")}
+
+        @worker.handler()
+        async def boom(job: Job) -> None:
+            raise RuntimeError("the mail server said no")
+
+        async with open_store(store_url) as store, worker, anyio.create_task_group() as tg:
+            tg.start_soon(worker.serve, store)
+            with anyio.fail_after(30):
+                while not (until or (lambda: True))():
+                    await anyio.sleep(0.02)
+            worker.stop()
+
+    thread = threading.Thread(target=anyio.run, args=(consume,), daemon=True)
+    thread.start()
+    return thread
+
+
+def _final(queue: SyncQueue, job_id: str) -> bool:
+    record = queue.get(job_id)
+    return record is not None and record.state.is_final
+
+
+def settle(store_url: str, *ids: str) -> None:
+    """Run a worker until every given job has finished."""
+    with SyncQueue(store_url) as queue:
+        thread = run_worker(store_url, lambda: all(_final(queue, i) for i in ids))
+        for job_id in ids:
+            queue.wait(job_id, timeout=30)
+        thread.join(30)
+    assert not thread.is_alive()
+
+
+def test_login_overview_jobs_and_detail_show_the_store(site: Site) -> None:
+    """After logging in, each page shows what the store holds: counts, rows, args, result, error."""
+    with SyncQueue(site.store_url) as queue:
+        queue.enqueue(Job("ok", {"customer": "acme"}, id="good-1"))
+        queue.enqueue(Job("boom", {"customer": "zeta"}, id="bad-1"))
+        settle(site.store_url, "good-1", "bad-1")
+        queue.enqueue(Job("ok", {"customer": "later"}, queue="mail", id="waits-1"))
+        stats = queue.stats()
+    page = site.login()
+    nav = page.locator("header nav a")
+    expect(nav).to_have_text(["Overview", "Jobs"])
+    card = page.locator("section.queue[data-queue=default]")
+    for state in ("succeeded", "failed", "queued"):
+        expect(card.locator(f"td[data-state={state}]")).to_have_text(
+            str(stats["default"].get(state, 0))
+        )
+    mail = page.locator("section.queue[data-queue=mail]")
+    expect(mail.locator("td[data-state=queued]")).to_have_text("1")
+    expect(mail.locator(".oldest")).to_contain_text("waits-1")
+    expect(mail.locator(".oldest")).to_contain_text(re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d"))
+
+    page.get_by_role("link", name="Jobs", exact=True).click()
+    expect(page.locator("tr[data-job]")).to_have_count(3)
+    page.select_option("select[name=state]", "failed")
+    page.click("form.filters button")
+    expect(page.locator("tr[data-job]")).to_have_count(1)
+    page.click("a:text('bad-1')")
+    expect(page.locator("pre.error-text")).to_contain_text("the mail server said no")
+    expect(page.locator("pre.args")).to_contain_text('"customer": "zeta"')
+    expect(page.locator("dl.fields")).to_contain_text("1 of 1")
+
+    page.goto(site.url + "/jobs/good-1")
+    expect(page.locator("pre.result")).to_contain_text('"sent": "acme"')
+    expect(page.locator("ol.timeline").first).to_contain_text("succeeded")
+
+
+def test_cancel_and_retry_buttons_change_the_store(site: Site) -> None:
+    """The Cancel button cancels a queued job and Retry requeues a failed one, as the store says."""
+    with SyncQueue(site.store_url) as queue:
+        queue.enqueue(Job("boom", {}, id="to-retry"))
+        settle(site.store_url, "to-retry")
+        queue.enqueue(Job("ok", {}, queue="idle", id="to-cancel"))
+        page = site.login()
+        page.goto(site.url + "/jobs/to-cancel")
+        page.get_by_role("button", name="Cancel").click()
+        expect(page.get_by_role("status")).to_have_text("Cancel requested.")
+        assert queue.get("to-cancel").state is JobState.CANCELLED  # type: ignore[union-attr]
+
+        page.goto(site.url + "/jobs/to-retry")
+        page.get_by_role("button", name="Retry").click()
+        expect(page.get_by_role("status")).to_have_text("The job was queued again.")
+        record = queue.get("to-retry")
+        assert record is not None and record.state is JobState.QUEUED and record.attempts == 0
+
+
+def test_search_by_args_and_paging(site: Site) -> None:
+    """The args box finds jobs by key=value; Next pages through the store's cursor."""
+    with SyncQueue(site.store_url) as queue:
+        tiers = ["gold" if i % 10 == 0 else "free" for i in range(120)]
+        queue.enqueue_many([Job("ok", {"customer": i, "tier": t}) for i, t in enumerate(tiers)])
+        page = site.login()
+        page.goto(site.url + "/jobs")
+        expect(page.locator("tr[data-job]")).to_have_count(50)
+        page.get_by_role("link", name="Next").click()
+        expect(page.locator("tr[data-job]")).to_have_count(50)
+        page.get_by_role("link", name="Next").click()
+        expect(page.locator("tr[data-job]")).to_have_count(20)
+        expect(page.get_by_role("link", name="Next")).to_have_count(0)
+
+        page.fill("input[name=q]", "customer=70")
+        page.click("form.filters button")
+        expect(page.locator("tr[data-job]")).to_have_count(1)
+        expect(page.locator("td.args")).to_have_text('{"customer": 70, "tier": "gold"}')
+        page.fill("input[name=q]", "tier=gold")
+        page.click("form.filters button")
+        expect(page.locator("tr[data-job]")).to_have_count(12)
+        page.fill("input[name=q]", "tier")
+        page.click("form.filters button")
+        expect(page.get_by_role("alert")).to_contain_text("key=value")
+
+
+def test_a_job_moves_from_queued_to_succeeded_without_a_reload(site: Site) -> None:
+    """The jobs page follows the store's events: a finished job shows without reloading."""
+    with SyncQueue(site.store_url) as queue:
+        queue.enqueue(Job("ok", {"customer": 1}, id="live-1"))
+        page = site.login()
+        page.goto(site.url + "/jobs")
+        row = page.locator("tr[data-job=live-1] td.job-state")
+        expect(row).to_have_text("queued")
+        expect(page.locator("body")).to_have_attribute("data-live", "open")
+        page.evaluate("window.notReloaded = true")
+        settle(site.store_url, "live-1")
+        expect(row).to_have_text("succeeded", timeout=15000)
+        assert page.evaluate("window.notReloaded") is True
+
+
+def test_a_read_only_token_cannot_act(site: Site) -> None:
+    """A read-only token sees no buttons, and a forged POST with its session is refused."""
+    with SyncQueue(site.store_url) as queue:
+        queue.enqueue(Job("ok", {}, queue="idle", id="keep-me"))
+        page = site.login(LOOK)
+        expect(page.locator(".badge")).to_have_text("read-only")
+        page.goto(site.url + "/jobs/keep-me")
+        expect(page.get_by_role("button", name="Cancel")).to_have_count(0)
+        answer = page.request.post(
+            site.url + "/actions/cancel",
+            form={"id": "keep-me", "csrf": "x"},
+            headers={"Origin": site.url},
+        )
+        assert answer.status == 403
+        assert queue.get("keep-me").state is JobState.QUEUED  # type: ignore[union-attr]
