@@ -8,7 +8,8 @@ failed, 1 % cancelled, over 3 queues and 5 handlers, finished during the last we
 ``--queued`` queued ones (default 10,000) with bulk SQL (the events triggers are off while it
 does, so the setup is not what is measured). Then it times, in the same run:
 
-- the pages, through the ASGI app in process (no socket, so no network time): the overview
+- the pages, through the ASGI app in process with its lifespan running as under a server (no
+  socket, so no network time): the overview
   (``/``), the first page of jobs (``/jobs``), the queued jobs of one queue, and an args search
   (``/jobs?q=customer=7``, which scans at most 5,000 jobs on a store without an args filter);
 - the store calls behind them, run directly through ``Queue``: ``stats()`` (the overview's
@@ -16,7 +17,10 @@ does, so the setup is not what is measured). Then it times, in the same run:
   queue (the oldest queued job).
 
 It prints the median and p95 in milliseconds and the page / direct ratio. The target is under
-100 ms for the overview and the jobs page. Only 127.0.0.1 is ever contacted.
+100 ms for the overview and the jobs page. When counting takes 50 ms or more, the overview
+serves counts taken in the background (see docs/dashboard.md), so its time is then the
+page's own and the direct rows show what that background count costs. Only 127.0.0.1 is
+ever contacted.
 """
 
 from __future__ import annotations
@@ -146,7 +150,11 @@ async def measure(store: Store, samples: int) -> list[tuple[str, list[float]]]:
     app = create_dashboard(store, tokens=[TOKEN])
     transport = httpx.ASGITransport(app=app)
     rows: list[tuple[str, list[float]]] = []
-    async with httpx.AsyncClient(transport=transport, base_url="http://bench") as client:
+    # The lifespan runs as under a server: it keeps slow counts fresh in the background.
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://bench") as client,
+    ):
         login = await client.post(
             "/login", data={"token": TOKEN}, headers={"origin": "http://bench"}
         )

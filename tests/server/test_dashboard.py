@@ -14,6 +14,7 @@ from starlette.routing import Mount
 
 from work import Job, JobState, Queue, Worker
 from work.server._dashboard import create_dashboard
+from work.server._dashboard._app import _Counts
 from work.stores import open_store
 from work.stores.memory import MemoryStore
 
@@ -197,3 +198,24 @@ async def test_overview_counts_the_last_hours_finished_jobs(store: MemoryStore) 
         # A minute's bar, above the axis for successes and below it for the failure.
         assert re.search(r'<rect x="\d+" y="1.0" width="3" height="20.0" class="ok"/>', text)
         assert re.search(r'<rect x="\d+" y="21" width="3" height="6.7" class="bad"/>', text)
+
+
+async def test_slow_counts_are_taken_in_the_background(
+    store: MemoryStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When counting is slow, the overview shows the last background count and its age."""
+    monkeypatch.setattr(_Counts, "SLOW", 0.0)  # every count now counts as slow
+    queue = Queue(store)
+    app = create_dashboard(store, tokens=["full"])
+    async with app.router.lifespan_context(app), logged_in(app) as c:
+        first = await c.get("/")
+        assert "Counts as of" in first.text
+        await queue.enqueue(Job("ok", {}, id="new-1"))
+        with anyio.fail_after(10):  # the background count catches up, with no request's help
+            while 'data-state="queued">1<' not in (await c.get("/")).text:
+                await anyio.sleep(0.05)
+    async with logged_in(app) as c:
+        # Without the lifespan nobody refreshes in the background: each request counts.
+        await queue.enqueue(Job("ok", {}, id="new-2"))
+        page = await c.get("/")
+        assert 'data-state="queued">2<' in page.text and "Counts as of" not in page.text

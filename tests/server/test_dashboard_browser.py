@@ -148,11 +148,11 @@ def test_login_overview_jobs_and_detail_show_the_store(site: Site) -> None:
     expect(nav).to_have_text(["Overview", "Jobs"])
     card = page.locator("section.queue[data-queue=default]")
     for state in ("succeeded", "failed", "queued"):
-        expect(card.locator(f"td[data-state={state}]")).to_have_text(
+        expect(card.locator(f"[data-state={state}]")).to_have_text(
             str(stats["default"].get(state, 0))
         )
     mail = page.locator("section.queue[data-queue=mail]")
-    expect(mail.locator("td[data-state=queued]")).to_have_text("1")
+    expect(mail.locator("[data-state=queued]")).to_have_text("1")
     expect(mail.locator(".oldest")).to_contain_text("waits-1")
     expect(mail.locator(".oldest")).to_contain_text(re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d"))
 

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import inspect
 import json
 import secrets
+import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 import anyio
 from jinja2 import Environment, FileSystemLoader, select_autoescape
@@ -118,6 +120,55 @@ class _Activity:
         return [tuple(buckets.get(m, [0, 0])) for m in range(last - 59, last + 1)]  # type: ignore[misc]
 
 
+@dataclass(frozen=True)
+class _Snapshot:
+    stats: dict[str, dict[str, int]]
+    oldest: dict[str, JobRecord]
+    taken_at: datetime
+    took: float
+
+
+class _Counts:
+    """The overview's counts and oldest queued jobs. Taken per request while that is cheap;
+    once one take is slow (a store whose counts scan its history), taken in the background
+    instead, at most every few times its own duration, and the page shows the last one with
+    its age: viewers never wait for, nor multiply, a slow count."""
+
+    SLOW = 0.05
+
+    def __init__(self, queue: Queue) -> None:
+        self._queue = queue
+        self.current: _Snapshot | None = None
+        self.following = False  # True while the app's lifespan refreshes in the background
+
+    @property
+    def slow(self) -> bool:
+        return self.current is not None and self.current.took >= self.SLOW
+
+    async def take(self) -> _Snapshot:
+        started = time.perf_counter()
+        stats = await self._queue.stats()
+        oldest: dict[str, JobRecord] = {}
+        for name, by_state in stats.items():
+            if by_state.get(JobState.QUEUED.value):
+                first = await self._queue.list(state=JobState.QUEUED, queue=name, limit=1)
+                if first:
+                    oldest[name] = first[0]
+        snap = _Snapshot(stats, oldest, datetime.now(UTC), time.perf_counter() - started)
+        self.current = snap
+        return snap
+
+    async def refresh_forever(self) -> None:
+        while True:
+            if self.slow:
+                # A failed count is retried next time; the page keeps the last one.
+                with contextlib.suppress(Exception):
+                    await self.take()
+            took = self.current.took if self.current is not None else 0.0
+            # A slow count runs at most a fifth of the time, and never more than every 2 s.
+            await anyio.sleep(max(2.0, 5 * took))
+
+
 def _chart(series: list[tuple[int, int]]) -> dict[str, Any]:
     """Bars for an inline SVG: succeeded above the axis, failed below, one per minute."""
     peak = max([max(s, f) for s, f in series] + [1])
@@ -164,6 +215,14 @@ def _matches(record: JobRecord, wanted: dict[str, tuple[str, Any]]) -> bool:
     return True
 
 
+async def _form(request: Request) -> dict[str, str]:
+    """The posted form's fields (urlencoded, as the pages send; no multipart library needed)."""
+    body = await request.body()
+    if len(body) > 65536:
+        return {}
+    return dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
+
+
 def _event_json(event: JobEvent) -> dict[str, Any]:
     return {
         "kind": str(event.kind),
@@ -208,6 +267,7 @@ def create_dashboard(
     auth = _Auth(list(tokens), list(read_only_tokens), key)
     queue = Queue(store)
     activity = _Activity()
+    counts = _Counts(queue)
     env = Environment(
         loader=FileSystemLoader(_HERE / "templates"),
         autoescape=select_autoescape(["html"]),
@@ -262,7 +322,7 @@ def create_dashboard(
         return HTMLResponse(html)
 
     async def login(request: Request) -> Response:
-        form = await request.form()
+        form = await _form(request)
         token = str(form.get("token", ""))
         nxt = safe_next(request, str(form.get("next", "")))
         digest = auth.login(token) if same_origin(request) and token else None
@@ -295,20 +355,18 @@ def create_dashboard(
         if session is None:
             return to_login(request)
         now = datetime.now(UTC)
-        stats = await queue.stats()
+        snap = counts.current
+        if snap is None or not counts.slow or not counts.following:
+            snap = await counts.take()
         queues = []
-        for name in sorted(stats):
-            counts = {state.value: stats[name].get(state.value, 0) for state in _STATES}
-            oldest = None
-            if counts[JobState.QUEUED.value]:
-                first = await queue.list(state=JobState.QUEUED, queue=name, limit=1)
-                oldest = first[0] if first else None
+        for name in sorted(snap.stats):
+            by_state = {state.value: snap.stats[name].get(state.value, 0) for state in _STATES}
             queues.append(
                 {
                     "name": name,
-                    "counts": counts,
-                    "total": sum(stats[name].values()),
-                    "oldest": oldest,
+                    "counts": by_state,
+                    "total": sum(snap.stats[name].values()),
+                    "oldest": snap.oldest.get(name),
                     "chart": _chart(activity.series(name, now)),
                 }
             )
@@ -320,6 +378,7 @@ def create_dashboard(
             queues=queues,
             states=[s.value for s in _STATES],
             since=utc(activity.since),
+            snapshot=snap if counts.slow and counts.following else None,
         )
 
     async def jobs(request: Request) -> Response:
@@ -412,7 +471,7 @@ def create_dashboard(
         session = auth.session(request)
         if session is None:
             return to_login(request)
-        form = await request.form()
+        form = await _form(request)
         token = str(form.get("csrf", ""))
         if not same_origin(request) or not hmac.compare_digest(token, session.csrf):
             return HTMLResponse("cross-site request refused", status_code=403)
@@ -465,10 +524,15 @@ def create_dashboard(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(follow)
-            yield
-            tg.cancel_scope.cancel()
+        counts.following = True
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(follow)
+                tg.start_soon(counts.refresh_forever)
+                yield
+                tg.cancel_scope.cancel()
+        finally:
+            counts.following = False
 
     routes = [
         Route("/", overview),
