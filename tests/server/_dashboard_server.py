@@ -1,4 +1,4 @@
-"""A real dashboard server on 127.0.0.1 in a thread (uvicorn), for the browser tests and scripts."""
+"""The HTTP service with its dashboard, served for real on 127.0.0.1 in a thread (uvicorn)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import anyio
 import uvicorn
 
-from work.server._dashboard import create_dashboard
+from work.server import create_app
 from work.stores import open_store
 
 
@@ -37,7 +37,8 @@ def serve_dashboard(
 
     async def main() -> None:
         async with open_store(store_url) as store:
-            app = create_dashboard(store, tokens=tokens, read_only_tokens=read_only_tokens)
+            # The whole service, as `anywork serve` builds it: the dashboard is at /.
+            app = create_app(store, tokens=list(tokens), read_only_tokens=read_only_tokens)
             config = uvicorn.Config(
                 app, log_level="warning", lifespan="on", timeout_graceful_shutdown=1
             )

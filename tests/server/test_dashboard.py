@@ -13,6 +13,7 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 
 from work import Job, JobState, Queue, Worker
+from work.server import create_app
 from work.server._dashboard import create_dashboard
 from work.server._dashboard._app import _Counts
 from work.stores import open_store
@@ -219,3 +220,33 @@ async def test_slow_counts_are_taken_in_the_background(
         await queue.enqueue(Job("ok", {}, id="new-2"))
         page = await c.get("/")
         assert 'data-state="queued">2<' in page.text and "Counts as of" not in page.text
+
+
+async def test_create_app_serves_the_dashboard_at_the_root(store: MemoryStore) -> None:
+    """create_app serves the dashboard at / beside the API; unknown paths stay problem 404s."""
+    app = create_app(store, tokens=["full"], read_only_tokens=["look"])
+    async with client(app) as c:
+        assert (await c.get("/")).headers["location"] == "/login?next=%2F"
+        missing = await c.get("/nowhere")
+        assert missing.status_code == 404
+        assert missing.headers["content-type"].startswith("application/problem+json")
+        api = await c.get("/v1/queues", headers={"authorization": "Bearer look"})
+        assert api.status_code == 401  # a read-only dashboard token is no API token
+    async with logged_in(app, "look") as c:
+        assert "read-only" in (await c.get("/")).text
+
+
+async def test_without_tokens_there_is_no_login(store: MemoryStore) -> None:
+    """tokens=None (``anywork serve --insecure``, loopback only) opens the pages directly."""
+    await Queue(store).enqueue(Job("ok", {}, id="j1"))
+    app = create_dashboard(store, tokens=None)
+    async with client(app) as c:
+        assert (await c.get("/login")).headers["location"] == "/"
+        page = await c.get("/jobs/j1")
+        assert page.status_code == 200 and "Log out" not in page.text
+        crossed = await c.post(
+            "/actions/cancel",
+            data={"id": "j1", "csrf": csrf_of(page.text)},
+            headers={"origin": "http://evil"},
+        )
+        assert crossed.status_code == 403

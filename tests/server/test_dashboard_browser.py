@@ -6,6 +6,7 @@ import os
 import re
 import threading
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -15,7 +16,7 @@ import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, Route, expect, sync_playwright
 
 from work import Job, JobState, SyncQueue, Worker
-from work.stores import open_store
+from work.stores import WorkerInfo, open_store
 
 from ._dashboard_server import serve_dashboard
 
@@ -145,7 +146,7 @@ def test_login_overview_jobs_and_detail_show_the_store(site: Site) -> None:
         stats = queue.stats()
     page = site.login()
     nav = page.locator("header nav a")
-    expect(nav).to_have_text(["Overview", "Jobs"])
+    expect(nav).to_have_text(["Overview", "Jobs", "Workers"])
     card = page.locator("section.queue[data-queue=default]")
     for state in ("succeeded", "failed", "queued"):
         expect(card.locator(f"[data-state={state}]")).to_have_text(
@@ -246,3 +247,65 @@ def test_a_read_only_token_cannot_act(site: Site) -> None:
         )
         assert answer.status == 403
         assert queue.get("keep-me").state is JobState.QUEUED  # type: ignore[union-attr]
+
+
+def test_workers_live_and_lost_and_queues_no_live_worker_serves(site: Site) -> None:
+    """Workers shows each registered worker as live or lost with its handlers and counts; the
+    overview flags queued handlers that no live worker on their queue has."""
+    now = datetime.now(UTC)
+
+    async def register() -> None:
+        async with open_store(site.store_url) as store:
+            await store.record_worker(
+                WorkerInfo(
+                    id="w-live",
+                    hostname="alpha",
+                    pid=11,
+                    queues=("default",),
+                    handlers=("ok",),
+                    concurrency=4,
+                    running=1,
+                    processed=42,
+                    failed=2,
+                    started_at=now - timedelta(minutes=5),
+                    last_seen=now + timedelta(hours=1),
+                )
+            )
+            await store.record_worker(
+                WorkerInfo(
+                    id="w-lost",
+                    hostname="beta",
+                    pid=12,
+                    queues=("default", "mail"),
+                    handlers=("ok", "boom"),
+                    concurrency=2,
+                    processed=7,
+                    started_at=now - timedelta(hours=2),
+                    last_seen=now - timedelta(hours=1),
+                )
+            )
+
+    # Playwright's sync API holds this thread's event loop: run the store calls in another.
+    thread = threading.Thread(target=anyio.run, args=(register,))
+    thread.start()
+    thread.join(30)
+    with SyncQueue(site.store_url) as queue:
+        queue.enqueue(Job("ok", {}, queue="default"))
+        queue.enqueue(Job("boom", {}, queue="default"))
+        queue.enqueue(Job("ok", {}, queue="mail"))
+    page = site.login()
+    default = page.locator("section.queue[data-queue=default] .unserved")
+    expect(default).to_contain_text("boom (1 queued)")
+    expect(default).not_to_contain_text("ok")
+    # Only the lost worker serves mail: nothing live can run its job.
+    expect(page.locator("section.queue[data-queue=mail] .unserved")).to_contain_text("ok")
+
+    page.get_by_role("link", name="Workers", exact=True).click()
+    live = page.locator("tr[data-worker=w-live]")
+    expect(live.locator(".worker-state")).to_have_text("live")
+    expect(live.locator(".processed")).to_have_text("42")
+    expect(live.locator(".running")).to_have_text("1/4")
+    lost = page.locator("tr[data-worker=w-lost]")
+    expect(lost.locator(".worker-state")).to_have_text("lost")
+    expect(lost).to_contain_text("ok, boom")
+    expect(lost).to_contain_text((now - timedelta(hours=1)).strftime("%Y-%m-%d %H:%M:%S"))

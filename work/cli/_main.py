@@ -344,6 +344,12 @@ def _add_serve_parsers(sub: Any) -> None:
         default=[],
         help="a bearer token the API accepts (repeatable; also $ANYWORK_TOKENS, comma-separated)",
     )
+    s.add_argument(
+        "--read-only-token",
+        action="append",
+        default=[],
+        help="a token that logs in to the dashboard to look only (repeatable)",
+    )
     s.add_argument("--public-url", default=None, metavar="URL", help="the URL clients reach")
     s.add_argument("--queues", default="default", help="comma-separated queues (default: default)")
     s.add_argument("--concurrency", type=int_arg(1), default=None, help="jobs at once")

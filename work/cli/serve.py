@@ -95,7 +95,13 @@ async def _serve(
     shown = f"[{host}]" if ":" in host else host
     # Callback URLs handed to webhooks: the public URL, else where this process listens.
     public_url = ns.public_url or f"http://{shown}:{port}"
-    app = create_app(store, tokens=tokens or None, secret=secret or None, public_url=public_url)
+    app = create_app(
+        store,
+        tokens=tokens or None,
+        secret=secret or None,
+        public_url=public_url,
+        read_only_tokens=[t.strip() for t in ns.read_only_token if t.strip()],
+    )
     async with anyio.create_task_group() as tg:
         tg.start_soon(_watch_signals, stop, tg.cancel_scope)
         try:

@@ -16,6 +16,7 @@ from starlette.routing import BaseRoute, Mount
 from .._durable.queue import Queue
 from ..stores import Store
 from . import _callback, _events, _jobs, _queues, _schedules, _workflows
+from ._dashboard import create_dashboard
 from ._openapi import openapi
 from ._problems import problem_response
 from ._routing import Call, Endpoint, json_response, starlette_route
@@ -83,6 +84,7 @@ def create_app(
     public_url: str | None = None,
     relay: Any = None,
     max_body: int = DEFAULT_MAX_BODY,
+    read_only_tokens: Sequence[str] = (),
 ) -> Starlette:
     """The HTTP service as a Starlette app, to run with uvicorn or mount in your own
     Starlette/FastAPI app (``Mount("/jobs", app=create_app(...))``).
@@ -101,6 +103,8 @@ def create_app(
         public_url: the URL clients reach this service at, used in the URLs it hands out.
         relay: a remote-worker relay whose ``asgi`` app is mounted at ``/v1/relay``.
         max_body: the largest request body accepted, in bytes (larger: 413).
+        read_only_tokens: tokens that log in to the dashboard (served at ``/``) to look, not
+            to cancel, retry or trigger; the API does not accept them.
 
     Raises:
         ValueError: an empty ``tokens`` list or a blank token (give None to run without
@@ -167,6 +171,11 @@ def create_app(
     )
     if relay is not None:
         routes.append(Mount("/v1/relay", app=relay.asgi))
+    # The dashboard's routes join this router, so an unknown path stays a problem+json 404.
+    dashboard = create_dashboard(
+        store, tokens=tokens, read_only_tokens=read_only_tokens, secret=key
+    )
+    routes.extend(dashboard.routes)
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
@@ -177,7 +186,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with store:
+        async with store, dashboard.router.lifespan_context(dashboard):
             yield
 
     app = Starlette(

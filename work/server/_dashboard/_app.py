@@ -9,6 +9,7 @@ import inspect
 import json
 import secrets
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -37,6 +38,8 @@ PAGE_SIZE = 50
 # view, so one search never walks a million rows; "Next" carries on from where it stopped.
 SCAN_LIMIT = 5000
 _SCAN_BATCH = 500
+# Queued jobs read per queue to find handlers no live worker has (as the API's /v1/queues).
+UNSERVED_SCAN = 1000
 _STATES = list(JobState)
 _MESSAGES = {
     "cancelled": "Cancel requested.",
@@ -64,16 +67,23 @@ class _Auth:
     """Checks tokens at login and the session cookie afterwards (the cookie holds an HMAC of
     the token, never the token itself)."""
 
-    def __init__(self, tokens: Iterable[str], read_only: Iterable[str], secret: bytes) -> None:
+    def __init__(
+        self, tokens: Iterable[str] | None, read_only: Iterable[str], secret: bytes
+    ) -> None:
         self._key = secret
         self._sessions: dict[str, bool] = {}
-        for token in tokens:
+        # No tokens at all (``anywork serve --insecure``, loopback only): no login either.
+        self.open = tokens is None and not list(read_only)
+        for token in tokens or ():
             self._sessions[self._mac("session", token)] = False
         for token in read_only:
             # A token given as both is read-only: the narrower grant wins.
             self._sessions[self._mac("session", token)] = True
-        if not self._sessions:
-            raise ValueError("the dashboard needs at least one token (tokens or read_only_tokens)")
+        if not self._sessions and not self.open:
+            raise ValueError(
+                "the dashboard needs at least one token (tokens or read_only_tokens), "
+                "or tokens=None for no login"
+            )
 
     def _mac(self, purpose: str, value: str) -> str:
         return hmac.new(self._key, f"{purpose}:{value}".encode(), hashlib.sha256).hexdigest()
@@ -91,6 +101,8 @@ class _Auth:
         return digest if self._find(digest) is not None else None
 
     def session(self, request: Request) -> _Session | None:
+        if self.open:
+            return _Session("open", False, self._mac("csrf", "open"))
         digest = request.cookies.get(COOKIE, "")
         read_only = self._find(digest) if digest else None
         if read_only is None:
@@ -124,6 +136,7 @@ class _Activity:
 class _Snapshot:
     stats: dict[str, dict[str, int]]
     oldest: dict[str, JobRecord]
+    unserved: dict[str, dict[str, int]]
     taken_at: datetime
     took: float
 
@@ -148,13 +161,24 @@ class _Counts:
     async def take(self) -> _Snapshot:
         started = time.perf_counter()
         stats = await self._queue.stats()
+        now = datetime.now(UTC)
+        live = [info for info in await self._queue.workers() if not info.is_lost(now)]
         oldest: dict[str, JobRecord] = {}
+        unserved: dict[str, dict[str, int]] = {}
         for name, by_state in stats.items():
-            if by_state.get(JobState.QUEUED.value):
-                first = await self._queue.list(state=JobState.QUEUED, queue=name, limit=1)
-                if first:
-                    oldest[name] = first[0]
-        snap = _Snapshot(stats, oldest, datetime.now(UTC), time.perf_counter() - started)
+            if not by_state.get(JobState.QUEUED.value):
+                continue
+            # The oldest queued jobs, and among them the handlers no live worker on this
+            # queue has (as GET /v1/queues flags them).
+            queued = await self._queue.list(state=JobState.QUEUED, queue=name, limit=UNSERVED_SCAN)
+            if queued:
+                oldest[name] = queued[0]
+            served = {h for info in live if name in info.queues for h in info.handlers}
+            lacking = Counter(r.handler for r in queued if r.handler not in served)
+            if lacking:
+                unserved[name] = dict(sorted(lacking.items()))
+        took = time.perf_counter() - started
+        snap = _Snapshot(stats, oldest, unserved, datetime.now(UTC), took)
         self.current = snap
         return snap
 
@@ -243,7 +267,7 @@ def _event_json(event: JobEvent) -> dict[str, Any]:
 def create_dashboard(
     store: Store,
     *,
-    tokens: Iterable[str],
+    tokens: Iterable[str] | None,
     read_only_tokens: Iterable[str] = (),
     secret: bytes | str | None = None,
 ) -> Starlette:
@@ -255,16 +279,17 @@ def create_dashboard(
 
     Args:
         store: an open store (the caller enters and leaves it).
-        tokens: the API tokens that may log in with full rights.
+        tokens: the API tokens that may log in with full rights; None (and no read-only
+            token): no login at all, as ``anywork serve --insecure`` on loopback.
         read_only_tokens: tokens that may log in to look but not cancel, retry or trigger.
         secret: the key the session cookies are signed with (random when None, so a restart
             logs everyone out).
 
     Raises:
-        ValueError: no token at all.
+        ValueError: an empty ``tokens`` and no read-only token.
     """
     key = secret.encode() if isinstance(secret, str) else secret or secrets.token_bytes(32)
-    auth = _Auth(list(tokens), list(read_only_tokens), key)
+    auth = _Auth(None if tokens is None else list(tokens), list(read_only_tokens), key)
     queue = Queue(store)
     activity = _Activity()
     counts = _Counts(queue)
@@ -317,6 +342,8 @@ def create_dashboard(
     # -- login ---------------------------------------------------------------------------------
 
     async def login_page(request: Request) -> Response:
+        if auth.open:
+            return RedirectResponse(f"{base(request)}/", 303)
         nxt = request.query_params.get("next", "")
         html = env.get_template("login.html").render(base=base(request), next=nxt, error=None)
         return HTMLResponse(html)
@@ -367,6 +394,7 @@ def create_dashboard(
                     "counts": by_state,
                     "total": sum(snap.stats[name].values()),
                     "oldest": snap.oldest.get(name),
+                    "unserved": snap.unserved.get(name, {}),
                     "chart": _chart(activity.series(name, now)),
                 }
             )
@@ -380,6 +408,17 @@ def create_dashboard(
             since=utc(activity.since),
             snapshot=snap if counts.slow and counts.following else None,
         )
+
+    async def workers(request: Request) -> Response:
+        session = auth.session(request)
+        if session is None:
+            return to_login(request)
+        now = datetime.now(UTC)
+        found = await queue.workers()
+        # Live ones first, each group oldest first.
+        ordered = sorted(found, key=lambda info: (info.is_lost(now), info.started_at))
+        rows = [{"info": info, "lost": info.is_lost(now)} for info in ordered]
+        return render(request, "workers.html", session, page="workers", workers=rows)
 
     async def jobs(request: Request) -> Response:
         session = auth.session(request)
@@ -540,6 +579,7 @@ def create_dashboard(
         Route("/login", login, methods=["POST"]),
         Route("/logout", logout, methods=["POST"]),
         Route("/jobs", jobs),
+        Route("/workers", workers),
         Route("/jobs/{id:path}", job),
         Route("/actions/{what:str}", action, methods=["POST"]),
         Route("/events", events),

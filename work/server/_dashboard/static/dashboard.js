@@ -65,5 +65,8 @@
     source.onerror = function () { body.dataset.live = "reconnecting"; };
   }
   // A slow refresh as well, for changes no event reports (and browsers without EventSource).
-  window.setInterval(function () { if (body.dataset.live !== "open") { schedule(); } }, 5000);
+  // Heartbeats are no job events: the workers page always refreshes on this tick.
+  window.setInterval(function () {
+    if (body.dataset.live !== "open" || body.dataset.page === "workers") { schedule(); }
+  }, 5000);
 })();
