@@ -4,7 +4,7 @@ Run ``python -m bench.screenshots [--out docs/img]`` (needs /usr/bin/chromium; s
 docs/dashboard.md). It serves the dashboard on a temporary SQLite store on 127.0.0.1, runs a
 worker over a few hundred jobs (some fail, some wait in a queue no worker serves), and takes a
 laptop-sized screenshot of the login form, the overview, the jobs list, an args search and a
-job's detail, and a phone-sized one of the overview and the jobs list.
+job's detail and the workers, and a phone-sized one of the overview and the jobs list.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import sys
 import tempfile
 import threading
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from playwright.sync_api import sync_playwright
 
 from tests.server._dashboard_server import serve_dashboard
 from work import Job, SyncQueue, Worker
-from work.stores import open_store
+from work.stores import WorkerInfo, open_store
 
 __all__ = ["main"]
 
@@ -81,6 +82,27 @@ def demo_data(store_url: str) -> None:
             finally:
                 queue.close()
             worker.stop()
+            # Two registry entries for the Workers page: one live, one lost an hour ago.
+            now = datetime.now(UTC)
+            for name, host, seen, done in (
+                ("web-1:4711", "web-1", now, 240),
+                ("web-2:815", "web-2", now - timedelta(hours=1), 1175),
+            ):
+                await store.record_worker(
+                    WorkerInfo(
+                        id=name,
+                        hostname=host,
+                        pid=int(name.split(":")[1]),
+                        queues=("default",),
+                        handlers=("charge_card", "resize_image", "send_email"),
+                        concurrency=8,
+                        processed=done,
+                        failed=done // 20,
+                        started_at=now - timedelta(hours=3),
+                        last_seen=seen,
+                        heartbeat=600.0,  # stays live while the screenshots are taken
+                    )
+                )
 
     thread = threading.Thread(target=anyio.run, args=(consume,))
     thread.start()
@@ -122,6 +144,7 @@ def shoot(out: Path) -> list[Path]:
                 ("dashboard-jobs.png", "/jobs"),
                 ("dashboard-search.png", "/jobs?q=customer%3Dc3"),
                 ("dashboard-job.png", f"/jobs/{failed}"),
+                ("dashboard-workers.png", "/workers"),
             ]
             for name, path in shots:
                 laptop.goto(running.url + path)
