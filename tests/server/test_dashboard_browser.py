@@ -309,3 +309,19 @@ def test_workers_live_and_lost_and_queues_no_live_worker_serves(site: Site) -> N
     expect(lost.locator(".worker-state")).to_have_text("lost")
     expect(lost).to_contain_text("ok, boom")
     expect(lost).to_contain_text((now - timedelta(hours=1)).strftime("%Y-%m-%d %H:%M:%S"))
+
+
+def test_a_jobs_page_lists_its_events_as_they_happen(site: Site) -> None:
+    """An open job page adds the job's events to its timeline and shows its new state, live."""
+    with SyncQueue(site.store_url) as queue:
+        queue.enqueue(Job("ok", {"customer": 2}, id="live-2"))
+        page = site.login()
+        page.goto(site.url + "/jobs/live-2")
+        expect(page.locator("body")).to_have_attribute("data-live", "open")
+        expect(page.get_by_role("button", name="Cancel")).to_be_visible()
+        settle(site.store_url, "live-2")
+        events = page.locator("#live-events li")
+        expect(events.last).to_contain_text("succeeded (status 200, attempt 1)", timeout=15000)
+        expect(events.first).to_contain_text("started")
+        expect(page.locator("pre.result")).to_contain_text('"sent": 2')
+        expect(page.get_by_role("button", name="Cancel")).to_have_count(0)
