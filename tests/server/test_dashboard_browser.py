@@ -10,13 +10,16 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo
 
 import anyio
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, Route, expect, sync_playwright
 
 from work import Job, JobState, SyncQueue, Worker
+from work.scheduling import Schedule, SyncSchedules
 from work.stores import WorkerInfo, open_store
+from work.workflows import Chain, WorkflowState
 
 from ._dashboard_server import serve_dashboard
 
@@ -146,7 +149,7 @@ def test_login_overview_jobs_and_detail_show_the_store(site: Site) -> None:
         stats = queue.stats()
     page = site.login()
     nav = page.locator("header nav a")
-    expect(nav).to_have_text(["Overview", "Jobs", "Workers"])
+    expect(nav).to_have_text(["Overview", "Jobs", "Schedules", "Workflows", "Workers"])
     card = page.locator("section.queue[data-queue=default]")
     for state in ("succeeded", "failed", "queued"):
         expect(card.locator(f"[data-state={state}]")).to_have_text(
@@ -325,3 +328,82 @@ def test_a_jobs_page_lists_its_events_as_they_happen(site: Site) -> None:
         expect(events.first).to_contain_text("started")
         expect(page.locator("pre.result")).to_contain_text('"sent": 2')
         expect(page.get_by_role("button", name="Cancel")).to_have_count(0)
+
+
+def test_schedules_page_shows_fires_and_acts(site: Site) -> None:
+    """A schedule shows in words and as written, with its zone and next five fires in UTC and
+    in its zone; Disable and Trigger now change the store; executions show their latency."""
+    schedule = Schedule(
+        "billing/nightly",
+        "cron(30 2 * * ? *)",
+        Job("ok", {"customer": "all"}),
+        timezone="Europe/Paris",
+        description="charge every card",
+    )
+    with SyncSchedules(site.store_url) as schedules:
+        schedules.put(schedule)
+        page = site.login()
+        page.get_by_role("link", name="Schedules", exact=True).click()
+        row = page.locator("tr[data-schedule='billing/nightly']")
+        expect(row).to_contain_text(schedule.describe())
+        expect(row).to_contain_text("cron(30 2 * * ? *)")
+        expect(row).to_contain_text("Europe/Paris")
+        row.get_by_role("link", name="billing/nightly").click()
+        expect(page.locator(".describe")).to_have_text(schedule.describe())
+        fires = schedule.next_fires(datetime.now(UTC), 5)
+        cells = page.locator("table.fires tbody tr")
+        expect(cells).to_have_count(5)
+        paris = ZoneInfo("Europe/Paris")
+        for i, when in enumerate(fires):
+            expect(cells.nth(i)).to_contain_text(when.strftime("%Y-%m-%d %H:%M:%S"))
+            expect(cells.nth(i)).to_contain_text(
+                when.astimezone(paris).strftime("%Y-%m-%d 02:30:00")
+            )
+
+        page.get_by_role("button", name="Trigger now").click()
+        expect(page.get_by_role("status")).to_have_text("One execution was started now.")
+        runs = schedules.executions("billing/nightly")
+        assert len(runs) == 1 and runs[0].schedule_id == "billing/nightly"
+        settle(site.store_url, runs[0].id)
+        page.reload()
+        execution = page.locator(f"tr[data-job='{runs[0].id}']")
+        expect(execution.locator(".job-state")).to_have_text("succeeded")
+        expect(execution.locator(".latency")).to_have_text(re.compile(r"^\d+\.\d{3} s$"))
+
+        page.get_by_role("button", name="Disable").click()
+        expect(page.get_by_role("status")).to_contain_text("disabled")
+        record = schedules.get("billing/nightly")
+        assert record is not None and record.schedule.enabled is False
+        page.get_by_role("button", name="Enable").click()
+        record = schedules.get("billing/nightly")
+        expect(page.get_by_role("button", name="Disable")).to_be_visible()
+        assert schedules.get("billing/nightly").schedule.enabled is True  # type: ignore[union-attr]
+
+
+def test_workflows_page_draws_the_steps_with_their_states(site: Site) -> None:
+    """A chain's steps are drawn in order, each box with its job's state; the list shows it."""
+    with SyncQueue(site.store_url) as queue:
+        flow = queue.enqueue(
+            Chain(Job("ok", {"customer": 1}), Job("boom", {}), Job("ok", {"customer": 3}))
+        )
+        thread = run_worker(site.store_url, lambda: _workflow_ended(queue, flow.id))
+        ended = queue.wait_workflow(flow.id, timeout=30)
+        thread.join(30)
+        assert ended.state is WorkflowState.FAILED
+        page = site.login()
+        page.get_by_role("link", name="Workflows", exact=True).click()
+        row = page.locator(f"tr[data-workflow='{flow.id}']")
+        expect(row.locator(".workflow-state")).to_have_text("failed")
+        row.get_by_role("link").click()
+        nodes = page.locator("svg a.node")
+        expect(nodes).to_have_count(3)
+        expect(nodes.nth(0)).to_have_class(re.compile("node-succeeded"))
+        expect(nodes.nth(1)).to_have_class(re.compile("node-failed"))
+        expect(nodes.nth(2)).to_contain_text("not started")
+        expect(page.locator("svg line.edge")).to_have_count(2)
+        expect(page.locator("pre.error-text")).to_contain_text("the mail server said no")
+
+
+def _workflow_ended(queue: SyncQueue, id: str) -> bool:
+    record = queue.get_workflow(id)
+    return record is not None and record.state is not WorkflowState.RUNNING

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
+from zoneinfo import ZoneInfo
 
 import anyio
 from jinja2 import Environment, FileSystemLoader, select_autoescape
@@ -28,6 +29,7 @@ from starlette.staticfiles import StaticFiles
 
 from ... import JobEvent, JobEventKind, JobRecord, JobState, Queue
 from ...abc import Store
+from ...scheduling import Schedules
 
 __all__ = ["create_dashboard"]
 
@@ -46,7 +48,14 @@ _MESSAGES = {
     "not-cancelled": "Not cancelled: the job had already finished.",
     "retried": "The job was queued again.",
     "not-retried": "Not retried: only a failed or cancelled job can run again.",
+    "paused": "The schedule is disabled: it fires nothing until enabled.",
+    "resumed": "The schedule is enabled again, from now.",
+    "triggered": "One execution was started now.",
+    "wf-cancelled": "The workflow was cancelled.",
+    "wf-not-cancelled": "Not cancelled: the workflow had already ended.",
 }
+# The most steps a workflow page draws and looks up (a 10,000-member chord stays one page).
+MAX_STEPS = 200
 
 
 def utc(value: datetime | None) -> str:
@@ -54,6 +63,26 @@ def utc(value: datetime | None) -> str:
     if value is None:
         return ""
     return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def in_zone(value: datetime | None, zone: str) -> str:
+    """Format an aware datetime as wall time in the IANA zone ``zone`` ("" for None)."""
+    if value is None:
+        return ""
+    return value.astimezone(ZoneInfo(zone)).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _layout(kind: str, count: int) -> list[list[int]]:
+    """Columns of step indexes for the graph: a chain's steps one after another, a group's
+    side by side, a chord's header side by side and then its callback. (The record gives
+    the top-level form only: a nested form is drawn as the steps' order.)"""
+    if count == 0:
+        return []
+    if kind == "group":
+        return [list(range(count))]
+    if kind == "chord" and count > 1:
+        return [list(range(count - 1)), [count - 1]]
+    return [[i] for i in range(count)]
 
 
 @dataclass(frozen=True)
@@ -293,12 +322,14 @@ def create_dashboard(
     queue = Queue(store)
     activity = _Activity()
     counts = _Counts(queue)
+    schedules = Schedules(store)
     env = Environment(
         loader=FileSystemLoader(_HERE / "templates"),
         autoescape=select_autoescape(["html"]),
         enable_async=False,
     )
     env.filters["utc"] = utc
+    env.filters["in_zone"] = in_zone
     env.filters["pretty"] = lambda value: json.dumps(value, indent=2, sort_keys=True, default=str)
     env.filters["url"] = lambda value: quote(str(value), safe="")
     list_takes_args = "args" in inspect.signature(queue.list).parameters
@@ -420,6 +451,148 @@ def create_dashboard(
         rows = [{"info": info, "lost": info.is_lost(now)} for info in ordered]
         return render(request, "workers.html", session, page="workers", workers=rows)
 
+    async def schedules_page(request: Request) -> Response:
+        session = auth.session(request)
+        if session is None:
+            return to_login(request)
+        after = request.query_params.get("after") or None
+        page = await schedules.list(limit=PAGE_SIZE + 1, after=after)
+        shown = page[:PAGE_SIZE]
+        next_cursor = shown[-1].schedule.id if len(page) > PAGE_SIZE else None
+        return render(
+            request,
+            "schedules.html",
+            session,
+            page="schedules",
+            schedules=shown,
+            next_url=f"?{urlencode({'after': next_cursor})}" if next_cursor else None,
+            first_url="?" if after else None,
+        )
+
+    async def schedule_page(request: Request) -> Response:
+        session = auth.session(request)
+        if session is None:
+            return to_login(request)
+        schedule_id = request.path_params["id"]
+        record = await schedules.get(schedule_id)
+        if record is None:
+            return render(
+                request, "missing.html", session, status=404, page="schedules", id=schedule_id
+            )
+        sched = record.schedule
+        now = datetime.now(UTC)
+        anchor = record.anchor or sched.start_at or now
+        fires: list[datetime] = []
+        when: datetime | None = now
+        while len(fires) < 5 and when is not None:
+            when = sched.next_after(when, anchor=anchor)
+            if when is not None:
+                fires.append(when)
+        runs = await schedules.executions(schedule_id, limit=20)
+        executions = []
+        for job in runs:
+            # From when it was due (a manual trigger's: when it was made) to its start.
+            due = job.scheduled_for or job.enqueued_at
+            latency = None
+            if job.started_at is not None and due is not None:
+                latency = (job.started_at - due).total_seconds()
+            executions.append({"job": job, "latency": latency})
+        return render(
+            request,
+            "schedule.html",
+            session,
+            page="schedules",
+            record=record,
+            schedule=sched,
+            fires=fires,
+            executions=executions,
+            message=_MESSAGES.get(request.query_params.get("msg", "")),
+        )
+
+    async def workflows_page(request: Request) -> Response:
+        session = auth.session(request)
+        if session is None:
+            return to_login(request)
+        state = request.query_params.get("state", "").strip()
+        after = request.query_params.get("after") or None
+        error = None
+        shown: list[Any] = []
+        next_cursor = None
+        try:
+            page = await queue.list_workflows(state=state or None, limit=PAGE_SIZE + 1, after=after)
+            shown = page[:PAGE_SIZE]
+            next_cursor = shown[-1].id if len(page) > PAGE_SIZE else None
+        except ValueError as exc:
+            error = str(exc)
+        query = {"state": state} if state else {}
+        return render(
+            request,
+            "workflows.html",
+            session,
+            status=400 if error else 200,
+            page="workflows",
+            workflows=shown,
+            state=state,
+            states=["running", "succeeded", "failed", "cancelled"],
+            error=error,
+            next_url=f"?{urlencode({**query, 'after': next_cursor})}" if next_cursor else None,
+            first_url=f"?{urlencode(query)}" if after else None,
+        )
+
+    async def workflow_page(request: Request) -> Response:
+        session = auth.session(request)
+        if session is None:
+            return to_login(request)
+        workflow_id = request.path_params["id"]
+        record = await queue.get_workflow(workflow_id)
+        if record is None:
+            return render(
+                request, "missing.html", session, status=404, page="workflows", id=workflow_id
+            )
+        ids = list(record.jobs[:MAX_STEPS])
+        found = [await queue.get(job_id) for job_id in ids]
+        steps = [{"id": job_id, "job": job} for job_id, job in zip(ids, found, strict=True)]
+        columns = _layout(record.kind, len(steps))
+        # Boxes 150 x 44, 60 apart horizontally, 14 vertically.
+        nodes: list[dict[str, Any]] = []
+        for col, members in enumerate(columns):
+            for row, index in enumerate(members):
+                job = found[index]
+                nodes.append(
+                    {
+                        "x": 10 + col * 210,
+                        "y": 10 + row * 58,
+                        "col": col,
+                        "id": ids[index],
+                        "label": job.handler if job is not None else ids[index],
+                        "state": job.state.value if job is not None else "not started",
+                    }
+                )
+        # Every box of one column links to every box of the next (a chain's step to the
+        # next, a chord's header members to its callback).
+        points = [(int(n["col"]), int(n["x"]), int(n["y"])) for n in nodes]
+        edges = [
+            {"x1": ax + 150, "y1": ay + 22, "x2": bx, "y2": by + 22}
+            for acol, ax, ay in points
+            for bcol, bx, by in points
+            if bcol == acol + 1
+        ]
+        tallest = max((len(c) for c in columns), default=1)
+        return render(
+            request,
+            "workflow.html",
+            session,
+            page="workflows",
+            workflow=record,
+            steps=steps,
+            nodes=nodes,
+            edges=edges,
+            width=max(len(columns), 1) * 210 + 10,
+            height=tallest * 58 + 14,
+            more=len(record.jobs) - len(ids),
+            message=_MESSAGES.get(request.query_params.get("msg", "")),
+        )
+
     async def jobs(request: Request) -> Response:
         session = auth.session(request)
         if session is None:
@@ -518,6 +691,23 @@ def create_dashboard(
             return HTMLResponse("this token is read-only", status_code=403)
         job_id = str(form.get("id", ""))
         what = request.path_params["what"]
+        root = base(request)
+        if what in ("pause", "resume", "trigger"):
+            try:
+                if what == "pause":
+                    await schedules.pause(job_id)
+                elif what == "resume":
+                    await schedules.resume(job_id)
+                else:
+                    await schedules.trigger(job_id)
+            except LookupError:
+                return HTMLResponse(f"no schedule {job_id!r}", status_code=404)
+            msg = {"pause": "paused", "resume": "resumed", "trigger": "triggered"}[what]
+            return RedirectResponse(f"{root}/schedules/{quote(job_id, safe='')}?msg={msg}", 303)
+        if what == "cancel-workflow":
+            done = await queue.cancel_workflow(job_id)
+            msg = "wf-cancelled" if done else "wf-not-cancelled"
+            return RedirectResponse(f"{root}/workflows/{quote(job_id, safe='')}?msg={msg}", 303)
         if what not in ("cancel", "retry"):
             return HTMLResponse(f"no action {what!r}", status_code=404)
         try:
@@ -530,8 +720,7 @@ def create_dashboard(
             return HTMLResponse(f"no job {job_id!r}", status_code=404)
         except ValueError:
             msg = "not-retried"
-        target = f"{base(request)}/jobs/{quote(job_id, safe='')}?msg={msg}"
-        return RedirectResponse(target, 303)
+        return RedirectResponse(f"{root}/jobs/{quote(job_id, safe='')}?msg={msg}", 303)
 
     async def events(request: Request) -> Response:
         if auth.session(request) is None:
@@ -579,6 +768,10 @@ def create_dashboard(
         Route("/login", login, methods=["POST"]),
         Route("/logout", logout, methods=["POST"]),
         Route("/jobs", jobs),
+        Route("/schedules", schedules_page),
+        Route("/schedules/{id:path}", schedule_page),
+        Route("/workflows", workflows_page),
+        Route("/workflows/{id:path}", workflow_page),
         Route("/workers", workers),
         Route("/jobs/{id:path}", job),
         Route("/actions/{what:str}", action, methods=["POST"]),
