@@ -4,7 +4,8 @@ Run ``python -m bench.screenshots [--out docs/img]`` (needs /usr/bin/chromium; s
 docs/dashboard.md). It serves the dashboard on a temporary SQLite store on 127.0.0.1, runs a
 worker over a few hundred jobs (some fail, some wait in a queue no worker serves), and takes a
 laptop-sized screenshot of the login form, the overview, the jobs list, an args search and a
-job's detail and the workers, and a phone-sized one of the overview and the jobs list.
+job's detail, the schedules, a schedule, the workflows, a workflow and the workers, and a
+phone-sized one of the overview and the jobs list.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from playwright.sync_api import sync_playwright
 
 from tests.server._dashboard_server import serve_dashboard
 from work import Job, SyncQueue, Worker
+from work.scheduling import Schedule, SyncSchedules
 from work.stores import WorkerInfo, open_store
+from work.workflows import Chord
 
 __all__ = ["main"]
 
@@ -108,6 +111,59 @@ def demo_data(store_url: str) -> None:
     thread.start()
     thread.join(120)
 
+    with SyncSchedules(store_url) as schedules:
+        schedules.put(
+            Schedule(
+                "billing/nightly",
+                "cron(30 2 * * ? *)",
+                Job("charge_card", {"order": 1}),
+                timezone="Europe/Paris",
+                description="charge the day's orders",
+            )
+        )
+        schedules.put(Schedule("reports/hourly", "rate(1 hour)", Job("build_report", {})))
+        schedules.put(
+            Schedule("mail/digest", "0 8 * * 1", Job("send_email", {}), timezone="America/New_York")
+        )
+        manual = schedules.trigger("billing/nightly")
+    with SyncQueue(store_url) as queue:
+        flow = queue.enqueue(
+            Chord(
+                [Job("resize_image", {"customer": f"c{i}", "order": i}) for i in range(3)],
+                Job("send_email", {"customer": "c0", "order": 99}),
+            )
+        )
+        ids = [manual.id, *flow.jobs]
+
+    async def run_flow() -> None:
+        worker = Worker()
+
+        @worker.handler()
+        async def resize_image(job: Job) -> dict[str, Any]:
+            return {"sizes": [64, 256]}
+
+        @worker.handler()
+        async def send_email(job: Job) -> dict[str, Any]:
+            return {"message_id": "m-99"}
+
+        @worker.handler()
+        async def charge_card(job: Job) -> dict[str, Any]:
+            return {"charged": True}
+
+        async with open_store(store_url) as store, worker, anyio.create_task_group() as tg:
+            tg.start_soon(worker.serve, store)
+            queue = SyncQueue(store_url)
+            try:
+                for job_id in ids:
+                    await anyio.to_thread.run_sync(queue.wait, job_id, 60.0)
+            finally:
+                queue.close()
+            worker.stop()
+
+    thread = threading.Thread(target=anyio.run, args=(run_flow,))
+    thread.start()
+    thread.join(120)
+
 
 def shoot(out: Path) -> list[Path]:
     """Take the screenshots into ``out`` and return their paths."""
@@ -124,6 +180,7 @@ def shoot(out: Path) -> list[Path]:
             demo_data(store_url)
             with SyncQueue(store_url) as queue:
                 failed = queue.list(state="failed", limit=1)[0].id
+                workflow = queue.list_workflows(limit=1)[0].id
 
             def page_for(width: int, height: int, scale: float) -> Any:
                 context = browser.new_context(
@@ -144,6 +201,10 @@ def shoot(out: Path) -> list[Path]:
                 ("dashboard-jobs.png", "/jobs"),
                 ("dashboard-search.png", "/jobs?q=customer%3Dc3"),
                 ("dashboard-job.png", f"/jobs/{failed}"),
+                ("dashboard-schedules.png", "/schedules"),
+                ("dashboard-schedule.png", "/schedules/billing%2Fnightly"),
+                ("dashboard-workflows.png", "/workflows"),
+                ("dashboard-workflow.png", f"/workflows/{workflow}"),
                 ("dashboard-workers.png", "/workers"),
             ]
             for name, path in shots:
