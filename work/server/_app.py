@@ -195,4 +195,5 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.anywork = service
+    app.state.dashboard = dashboard  # its HTML routes are not part of the API's document
     return app
