@@ -22,6 +22,7 @@ CONTRACT = {
     },
     "work.stores": {"open_store"},
     "work.scheduling": {"Webhook", "WebhookHandler"},
+    "work.testing": {"VirtualClock", "drain"},
 }  # fmt: skip
 
 
