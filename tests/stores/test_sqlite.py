@@ -390,6 +390,7 @@ async def test_version_1_file_migrates_to_deferred_columns(tmp_path: Path) -> No
         assert claimed.record.id == old.id
 
 
+@pytest.mark.anyio
 async def test_events_are_written_only_while_someone_listens(tmp_path: Path) -> None:
     """With no subscriber registered the triggers write no event rows; a subscription
     registers (and its end unregisters) the store in anywork_event_listeners."""
