@@ -68,6 +68,9 @@ def test_kind_for_change_rules() -> None:
     assert kind_for_change("running", "failed") is JobEventKind.FAILED
     assert kind_for_change("queued", "cancelled") is JobEventKind.CANCELLED
     assert kind_for_change("running", "running") is None
+    assert kind_for_change("running", "waiting") is JobEventKind.WAITING  # Deferred
+    assert kind_for_change("waiting", "succeeded") is JobEventKind.SUCCEEDED
+    assert kind_for_change("waiting", "scheduled") is JobEventKind.ENQUEUED  # a retry's wait
 
 
 async def test_hub_drops_oldest_and_reports_count() -> None:

@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import anyio
+import httpx
 import pytest
 from anyio.abc import SocketAttribute, SocketStream
 
@@ -389,3 +390,42 @@ async def test_last_successful_execution_is_null_without_schedules_or_history(st
     assert rec.enqueued_at is not None
     assert body["scheduled_time_ms"] == int(rec.enqueued_at.timestamp() * 1000)
     assert abs(body["invocation_latency_ms"]) < timedelta(seconds=30).total_seconds() * 1000
+
+
+async def test_callback_url_routes_through_a_starlette_app(store: Store) -> None:
+    """The callback_url of a schedule-like execution id (holding "/") reaches handle_callback
+    through a Starlette route ``/v1/callback/{execution_id:path}/{token}``, as the docs show."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    async def callback(request: Request) -> JSONResponse:
+        code, answer = await handle_callback(
+            store,
+            request.path_params["execution_id"],
+            request.path_params["token"],
+            await request.json(),
+        )
+        return JSONResponse(answer, status_code=code)
+
+    app = Starlette(
+        routes=[Route("/v1/callback/{execution_id:path}/{token}", callback, methods=["POST"])]
+    )
+    queue = Queue(store)
+    async with receiver() as recv:
+        rec = await queue.enqueue(Webhook(recv.url).job(id="svc/nightly@20261205T120000Z", ttl=60))
+        async with serving(store, webhook_worker(store)):
+            request = await recv.next_request(1)
+            await until(lambda: state_of(store, rec.id, JobState.WAITING))
+    url = request["json"]["callback_url"]
+    assert "svc%2Fnightly" in url
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url=PUBLIC) as client:
+        answer = await client.post(url, json={"status": "heartbeat"})
+        assert answer.status_code == 200 and "deadline" in answer.json()
+        answer = await client.post(url, json={"status": "success", "summary": "ok"})
+        assert answer.status_code == 200 and answer.json()["state"] == "succeeded"
+        assert (await client.post(url, json={"status": "success"})).status_code == 410
+        wrong = url[:-1] + ("B" if url.endswith("A") else "A")
+        assert (await client.post(wrong, json={"status": "success"})).status_code == 404

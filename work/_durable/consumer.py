@@ -434,8 +434,9 @@ class _Server:
             try:
                 expired = await expire_waiting(self.store)
             except Exception as exc:
-                self.log.warning("expiring deferred deadlines failed; retrying", error=repr(exc))
+                self.outage.failed("acting on passed deadlines", exc)
             else:
+                self.outage.ok()
                 for rec in expired:
                     self.log.info(
                         "no callback within ttl",

@@ -43,7 +43,8 @@ class JobEventKind(StrEnum):
     """What happened to a job."""
 
     ENQUEUED = "enqueued"
-    """Added to the store (QUEUED or SCHEDULED), or handed back on a worker's shutdown."""
+    """Added to the store (QUEUED or SCHEDULED), handed back on a worker's shutdown, run
+    again by ``Queue.retry``, or due again after a WAITING job's failed completion."""
     STARTED = "started"
     """Claimed by a worker: RUNNING (``attempt`` counts this claim)."""
     PROGRESS = "progress"
@@ -52,7 +53,8 @@ class JobEventKind(StrEnum):
     """The execution ended and the job will run again: a retry wait, a ``RetryLater``, or a
     lost worker's job put back (``status`` is the status that caused it)."""
     WAITING = "waiting"
-    """The job waits for an outside completion (deferred completion; not emitted yet)."""
+    """The handler returned ``Deferred``: the job waits for an outside completion
+    (``Queue.complete``, a callback) until its deadline."""
     SUCCEEDED = "succeeded"
     """Finished with a 2xx status."""
     FAILED = "failed"

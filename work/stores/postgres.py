@@ -74,6 +74,8 @@ _LOST_ERRORS = (
     asyncpg.exceptions.CrashShutdownError,
     asyncpg.exceptions.CannotConnectNowError,
 )
+# A connection for events stays this long after its last subscriber left.
+_EVENTS_LINGER = 1.0
 # When the listening connection is gone, waiters fall back to polling this often.
 _FALLBACK_POLL = 1.0
 
@@ -457,6 +459,8 @@ class PostgresStore:
         self._events_conn: Any = None
         self._events_users = 0
         self._events_lock = anyio.Lock()
+        self._events_linger: asyncio.TimerHandle | None = None
+        self._events_closers: set[asyncio.Task[None]] = set()
         self._pool: Any = None
         self._runner: _Runner | None = None
         self._listener: Any = None
@@ -518,6 +522,12 @@ class PostgresStore:
             await self._close()
 
     async def _close(self) -> None:
+        if self._events_linger is not None:
+            self._events_linger.cancel()
+            self._events_linger = None
+        for closer in list(self._events_closers):
+            with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                await closer
         events_conn, self._events_conn = self._events_conn, None
         if events_conn is not None:
             events_conn.terminate()
@@ -647,6 +657,9 @@ class PostgresStore:
         try:
             async with self._events_lock:
                 self._events_users += 1
+                if self._events_linger is not None:
+                    self._events_linger.cancel()
+                    self._events_linger = None
                 if self._events_conn is None or self._events_conn.is_closed():
                     await self._listen_events()
             yield stream
@@ -656,7 +669,7 @@ class PostgresStore:
                 async with self._events_lock:
                     self._events_users -= 1
                     if self._events_users == 0:
-                        await self._unlisten_events()
+                        self._linger_events()
 
     async def _listen_events(self) -> None:
         try:
@@ -670,6 +683,26 @@ class PostgresStore:
             raise
         conn.add_termination_listener(self._on_events_lost)
         self._events_conn = conn
+
+    def _linger_events(self) -> None:
+        """The last subscriber left: keep the connection a second for the next one (back to
+        back ``Queue.wait`` calls share it), then close it unless someone subscribed."""
+        if self._events_linger is not None:
+            self._events_linger.cancel()
+        loop = asyncio.get_running_loop()
+        self._events_linger = loop.call_later(_EVENTS_LINGER, self._events_idle)
+
+    def _events_idle(self) -> None:
+        self._events_linger = None
+        task = asyncio.get_running_loop().create_task(self._close_idle_events())
+        # Kept until done (the store owns it; closing the store closes the connection anyway).
+        self._events_closers.add(task)
+        task.add_done_callback(self._events_closers.discard)
+
+    async def _close_idle_events(self) -> None:
+        async with self._events_lock:
+            if self._events_users == 0:
+                await self._unlisten_events()
 
     async def _unlisten_events(self) -> None:
         conn, self._events_conn = self._events_conn, None

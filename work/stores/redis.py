@@ -74,6 +74,8 @@ _CONNECT_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 _AUTH_ERRORS = (AuthenticationError, AuthenticationWrongNumberOfArgsError)
 # Wake tokens kept per queue: each wakes one blocked waiter (see wait_for_work).
 _WAKE_TOKENS = 64
+# A pub/sub connection for events stays this long after its last subscriber left.
+_EVENTS_LINGER = 1.0
 # Jobs per add script.
 _ADD_CHUNK = 1000
 # Keys fetched per round trip while listing.
@@ -410,6 +412,8 @@ class RedisStore:
         self._events_reader: asyncio.Task[None] | None = None
         self._events_pubsub: Any = None
         self._events_lock = anyio.Lock()
+        self._events_linger: asyncio.TimerHandle | None = None
+        self._events_closers: set[asyncio.Task[None]] = set()
 
     def __repr__(self) -> str:
         return f"RedisStore({self.url!r}, prefix={self.prefix!r})"
@@ -483,6 +487,9 @@ class RedisStore:
         if self._entries > 0:
             return
         self._entries = 0
+        for closer in list(self._events_closers):
+            with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                await closer
         await self._stop_events()
         client, self._client = self._client, None
         if client is not None:
@@ -961,6 +968,9 @@ class RedisStore:
         try:
             async with self._events_lock:
                 self._events_users += 1
+                if self._events_linger is not None:
+                    self._events_linger.cancel()
+                    self._events_linger = None
                 if self._events_reader is None or self._events_reader.done():
                     await self._start_events(client)
             yield stream
@@ -970,7 +980,7 @@ class RedisStore:
                 async with self._events_lock:
                     self._events_users -= 1
                     if self._events_users == 0:
-                        await self._stop_events()
+                        self._linger_events()
 
     async def _start_events(self, client: aioredis.Redis) -> None:
         pubsub = client.pubsub()
@@ -1016,7 +1026,30 @@ class RedisStore:
         except Exception:
             self._hub.lose()  # the connection broke: what came meanwhile is unknown
 
+    def _linger_events(self) -> None:
+        """The last subscriber left: keep the connection a second for the next one (back to
+        back ``Queue.wait`` calls share it), then close it unless someone subscribed."""
+        if self._events_linger is not None:
+            self._events_linger.cancel()
+        loop = asyncio.get_running_loop()
+        self._events_linger = loop.call_later(_EVENTS_LINGER, self._events_idle)
+
+    def _events_idle(self) -> None:
+        self._events_linger = None
+        task = asyncio.get_running_loop().create_task(self._close_idle_events())
+        # Kept until done (the store owns it; closing the store closes the connection anyway).
+        self._events_closers.add(task)
+        task.add_done_callback(self._events_closers.discard)
+
+    async def _close_idle_events(self) -> None:
+        async with self._events_lock:
+            if self._events_users == 0:
+                await self._stop_events()
+
     async def _stop_events(self) -> None:
+        if self._events_linger is not None:
+            self._events_linger.cancel()
+            self._events_linger = None
         reader, self._events_reader = self._events_reader, None
         pubsub, self._events_pubsub = self._events_pubsub, None
         if reader is not None:
