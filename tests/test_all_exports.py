@@ -14,6 +14,7 @@ CONTRACT = {
         "UnknownHandlerError", "Handler", "Adapter", "chain", "Worker", "Execution",
         "ConcurrentJob", "PerformWith", "BackgroundWorker", "RetryPolicy", "RetryLater",
         "Exponential", "Fibonacci", "Constant", "Queue", "SyncQueue", "JobRecord", "JobState",
+        "Schedule", "ScheduleRecord", "Schedules", "SyncSchedules", "Scheduler",
         "Deferred", "JobStateError", "Webhook",
         "JobEvent", "JobEventKind",
     },
@@ -21,7 +22,10 @@ CONTRACT = {
         "aggregate_logger", "prometheus", "tracing", "inject_trace", "Health", "retry", "limit",
     },
     "work.stores": {"open_store"},
-    "work.scheduling": {"Webhook", "WebhookHandler"},
+    "work.scheduling": {
+        "Schedule", "ScheduleRecord", "Schedules", "SyncSchedules", "Scheduler", "Webhook",
+        "WebhookHandler",
+    },
     "work.testing": {"VirtualClock", "drain"},
 }  # fmt: skip
 

@@ -44,3 +44,15 @@ def test_cron_example_runs_both_schedules() -> None:
     cron, interval = int(match[1]), int(match[2])
     assert 1 <= cron <= 4 and 3 <= interval <= 7
     assert out.count("cron */1s") == cron and out.count("every 0.5s") == interval
+
+
+def test_schedules_example_prints_next_fires_and_executions(tmp_path: Path) -> None:
+    """The schedules example on SQLite prints each schedule's next fires, then executions of
+    the every-second schedule (one per second, all succeeded) and of the manual trigger."""
+    out = run_example("schedules.py", str(tmp_path / "jobs.db"), "2.5")
+    assert re.search(r"demo/daily-report\s+cron\(30 6 \? \* MON-FRI \*\)\s+next \(UTC\): ", out)
+    assert "demo/new-year        at(2030-01-01T00:00:00)    next (UTC): 2030-01-01 00:00:00" in out
+    match = re.search(r"demo/heartbeat: (\d+) executions", out)
+    assert match and 1 <= int(match[1]) <= 4, out
+    assert re.search(r"demo/heartbeat@\d{8}T\d{6}Z\s+succeeded alive at", out)
+    assert re.search(r"demo/daily-report@manual-\S+\s+succeeded daily report built", out)

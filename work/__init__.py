@@ -29,6 +29,11 @@ from ._runtime.concurrent import PerformWith as PerformWith
 from ._runtime.worker import Execution as Execution
 from ._runtime.worker import RecurringHandle as RecurringHandle
 from ._runtime.worker import Worker as Worker
+from .scheduling import Schedule as Schedule
+from .scheduling import Scheduler as Scheduler
+from .scheduling import ScheduleRecord as ScheduleRecord
+from .scheduling import Schedules as Schedules
+from .scheduling import SyncSchedules as SyncSchedules
 from .scheduling import Webhook as Webhook
 from .stores._base import JobRecord as JobRecord
 from .stores._base import JobState as JobState
@@ -58,9 +63,14 @@ __all__ = (
     "RecurringHandle",
     "RetryLater",
     "RetryPolicy",
+    "Schedule",
+    "ScheduleRecord",
+    "Scheduler",
+    "Schedules",
     "Status",
     "StatusError",
     "SyncQueue",
+    "SyncSchedules",
     "UnknownHandlerError",
     "Webhook",
     "WorkError",

@@ -250,8 +250,8 @@ def test_processes_creating_the_schema_at_once(tmp_path: Path) -> None:
     run_processes(_ADD_AT_ONCE, [[f"sqlite:///{path}"]] * 6)
     conn = sqlite3.connect(path)
     try:
-        versions = conn.execute("SELECT COUNT(*) FROM anywork_schema_version").fetchone()
-        assert versions == (SCHEMA_VERSION,)
+        count = conn.execute("SELECT COUNT(*) FROM anywork_schema_version").fetchone()
+        assert count == (SCHEMA_VERSION,)
         assert conn.execute("SELECT COUNT(*) FROM anywork_jobs").fetchone() == (60,)
     finally:
         conn.close()
@@ -487,7 +487,9 @@ def test_version_1_file_upgrades_from_several_processes(tmp_path: Path) -> None:
         versions = conn.execute("SELECT version FROM anywork_schema_version ORDER BY version")
         assert versions.fetchall() == [(v,) for v in range(1, SCHEMA_VERSION + 1)]
         columns = {row[1] for row in conn.execute("PRAGMA table_info(anywork_jobs)")}
-        assert {"lost", "unknown_since"} <= columns
+        assert {"lost", "unknown_since", "schedule_id"} <= columns
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+        assert "anywork_schedules" in tables
         indexes = {row[1] for row in conn.execute("PRAGMA index_list(anywork_jobs)")}
         assert {"anywork_jobs_claim", "anywork_jobs_leases"} <= indexes
         assert not {"anywork_jobs_ready", "anywork_jobs_lease"} & indexes

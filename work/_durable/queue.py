@@ -429,6 +429,7 @@ class Queue:
         handler: str | None = None,
         limit: int = 100,
         after: str | None = None,
+        schedule_id: str | None = None,
     ) -> list[JobRecord]:
         """Return up to ``limit`` records matching the filters, oldest first.
 
@@ -438,6 +439,7 @@ class Queue:
             handler: only jobs for this handler.
             limit: the page size.
             after: the last id of the previous page.
+            schedule_id: only the executions of this schedule.
 
         Raises:
             ValueError: an unknown state, a limit below 0 or above 2**31 - 1, or a name or
@@ -455,6 +457,7 @@ class Queue:
             handler=handler,
             limit=limit,
             after=after,
+            schedule_id=schedule_id,
         )
 
     async def stats(self) -> dict[str, dict[str, int]]:
@@ -675,10 +678,17 @@ class SyncQueue:
         handler: str | None = None,
         limit: int = 100,
         after: str | None = None,
+        schedule_id: str | None = None,
     ) -> list[JobRecord]:
         """Return a page of records; see :meth:`Queue.list`."""
         records: list[JobRecord] = self._call(
-            self._queue.list, state=state, queue=queue, handler=handler, limit=limit, after=after
+            self._queue.list,
+            state=state,
+            queue=queue,
+            handler=handler,
+            limit=limit,
+            after=after,
+            schedule_id=schedule_id,
         )
         return records
 

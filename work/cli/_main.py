@@ -37,6 +37,8 @@ from .._durable.queue import Queue
 from ..stores import JobRecord, JobState, mask_url
 from ._common import CLIError, connected, int_arg, open_store_of, seconds_arg
 from .jobs import add_watch_parser
+from .schedules import add_commands as add_schedule_commands
+from .schedules import add_worker_options
 from .worker import load_worker, parse_listen, run_worker_command
 
 __all__ = ["CLIError", "build_parser", "load_worker", "main", "mask_url", "record_to_dict"]
@@ -365,6 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="delete finished jobs of its queues this long after they finish (default: 7d)",
     )
     w.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio")
+    add_worker_options(w)
     w.set_defaults(func=run_worker_command)
 
     jobs = sub.add_parser("jobs", help="list, show, cancel, retry, purge or watch jobs")
@@ -425,6 +428,8 @@ def build_parser() -> argparse.ArgumentParser:
     enq.add_argument("--max-attempts", type=int_arg(1), default=None, metavar="N")
     enq.add_argument("--json", action="store_true", help="print the stored record as JSON")
     enq.set_defaults(func=_run(_cmd_enqueue))
+
+    add_schedule_commands(sub, _add_store, _run)
     return parser
 
 

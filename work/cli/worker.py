@@ -24,6 +24,7 @@ from .._durable.consumer import serve_store
 from .._runtime.worker import Execution, Worker
 from ..stores import Outcome, Store
 from ._common import CLIError, connect_patiently, entered, log, open_store_of
+from .schedules import beside_worker, child_options
 
 if TYPE_CHECKING:
     import uvicorn
@@ -346,7 +347,8 @@ async def _serve(
             f"worker {worker.name} serving store={store.url} queues={','.join(queues)} "
             f"concurrency={concurrency} lease={ns.lease:g}s pid={os.getpid()}"
         )
-        await stop.wait()
+        async with beside_worker(ns, store):
+            await stop.wait()
         probe.ready = False
 
 
@@ -362,6 +364,7 @@ def _child_command(ns: argparse.Namespace, index: int) -> list[str]:
         cmd += ["--store-option", option]
     if ns.concurrency is not None:
         cmd += ["--concurrency", str(ns.concurrency)]
+    cmd += child_options(ns)
     if ns.http:
         host, port = ns.http
         cmd += ["--http", f"[{host}]:{port + index}" if ":" in host else f"{host}:{port + index}"]

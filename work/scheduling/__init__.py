@@ -5,7 +5,23 @@ from __future__ import annotations
 from ._callbacks import callback_token as callback_token
 from ._callbacks import callback_url as callback_url
 from ._callbacks import handle_callback as handle_callback
+from ._schedule import Schedule as Schedule
+from ._schedule import ScheduleRecord as ScheduleRecord
+from ._scheduler import Scheduler as Scheduler
+from ._schedules import Schedules as Schedules
+from ._schedules import SyncSchedules as SyncSchedules
 from ._webhook import Webhook as Webhook
 from ._webhook import WebhookHandler as WebhookHandler
 
-__all__ = ("Webhook", "WebhookHandler", "callback_token", "callback_url", "handle_callback")
+__all__ = (
+    "Schedule",
+    "ScheduleRecord",
+    "Scheduler",
+    "Schedules",
+    "SyncSchedules",
+    "Webhook",
+    "WebhookHandler",
+    "callback_token",
+    "callback_url",
+    "handle_callback",
+)

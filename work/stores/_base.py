@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import builtins
 import dataclasses
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -40,14 +40,20 @@ if TYPE_CHECKING:
     from .._durable.events import EventStream, JobEventKind
 
 __all__ = [
+    "CONFLICT_ERROR",
     "DEFAULT_LOST_LIMIT",
     "DEFAULT_RESULT_TTL",
     "FINAL_STATES",
+    "UNFINISHED_STATES",
     "Claimed",
+    "Fired",
+    "Firing",
     "JobRecord",
     "JobState",
     "Outcome",
+    "ScheduleRow",
     "Store",
+    "conflict_record",
 ]
 
 
@@ -109,6 +115,7 @@ class JobRecord:
             ``result_ttl`` (7 days by default); see :meth:`Store.expire`.
         progress: the last progress its handler reported under ``serve``
             (``{"fraction": float, "message": str}``), or None.
+        schedule_id: the id of the schedule whose execution this job is, or None.
     """
 
     id: str
@@ -135,6 +142,7 @@ class JobRecord:
     deferred_ttl: float | None = None
     result_ttl: float | None = None
     progress: dict[str, Any] | None = None
+    schedule_id: str | None = None
 
     def replace(self, **changes: Any) -> JobRecord:
         """Return a copy with ``changes`` applied."""
@@ -201,6 +209,100 @@ class Outcome:
     unknown_since: datetime | None = None
 
 
+UNFINISHED_STATES = ("queued", "scheduled", "running", "waiting")
+"""The states of an execution that is not over yet, as stored (an exclusive schedule fires
+nothing while one of its executions is in one of them)."""
+
+CONFLICT_ERROR = "previous execution still running"
+"""The error of a fire an exclusive schedule records as 409 instead of running it."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ScheduleRow:
+    """A schedule as a store keeps it (a snapshot).
+
+    The store does not interpret ``spec`` (the schedule's own description, JSON): it only
+    keeps the columns it queries and changes.
+
+    Attributes:
+        id: the schedule id.
+        spec: the schedule as JSON (``work.scheduling.Schedule``'s description of itself).
+        enabled: a disabled schedule is never due.
+        next_fire_at: when it fires next (aware UTC), or None when it never fires again.
+        anchor: the instant ``rate()`` counts from.
+        last_fire_at: the fire of its last execution made on its cadence, or None.
+        created_at, updated_at: aware UTC.
+        version: bumped by every change; writes are conditional on it.
+    """
+
+    id: str
+    spec: dict[str, Any]
+    enabled: bool = True
+    next_fire_at: datetime | None = None
+    anchor: datetime
+    last_fire_at: datetime | None = None
+    created_at: datetime
+    updated_at: datetime
+    version: int = 1
+
+    def replace(self, **changes: Any) -> ScheduleRow:
+        """Return a copy with ``changes`` applied."""
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Firing:
+    """What to do with one due schedule, as the scheduler planned it.
+
+    Attributes:
+        schedule_id: the schedule.
+        version: the schedule's version the plan was made from: the store applies the firing
+            only while the schedule still has it.
+        next_fire_at: its new next fire (None: it never fires again).
+        last_fire_at: the fire executed (None when this firing executes nothing).
+        job: the execution to add, or None.
+        exclusive: add the job as FAILED 409 instead while another execution of the schedule
+            is unfinished (see :data:`UNFINISHED_STATES`).
+        skipped: fires missed for good (older than the misfire grace), for the caller to count.
+    """
+
+    schedule_id: str
+    version: int
+    next_fire_at: datetime | None
+    last_fire_at: datetime | None = None
+    job: JobRecord | None = None
+    exclusive: bool = False
+    skipped: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Fired:
+    """A firing a store applied, and the execution it added (a 409 record for an exclusive
+    conflict; None when the firing had no job or a job with its id already existed)."""
+
+    firing: Firing
+    record: JobRecord | None
+
+
+def conflict_record(record: JobRecord, now: datetime) -> JobRecord:
+    """``record`` as an exclusive schedule's conflicting fire is stored: FAILED, 409, run never.
+
+    Args:
+        record: the execution the fire would have added.
+        now: when it is recorded.
+    """
+    return record.replace(
+        state=JobState.FAILED,
+        status=Status.CONFLICT,
+        error=CONFLICT_ERROR,
+        finished_at=now,
+    )
+
+
+Plan = Callable[[ScheduleRow], Firing]
+"""Turns a due schedule into the firing a store applies (a pure function: no I/O)."""
+
+
 @runtime_checkable
 class Store(Protocol):
     """A durable home for jobs. Implement every method with the semantics below; the shared
@@ -250,6 +352,7 @@ class Store(Protocol):
         handler: str | None = None,
         limit: int = 100,
         after: str | None = None,
+        schedule_id: str | None = None,
     ) -> list[JobRecord]:
         """Return up to ``limit`` records matching the filters, ordered by enqueue order
         (oldest first); ``after`` is the last id of the previous page."""
@@ -410,4 +513,75 @@ class Store(Protocol):
         """Return the store-wide setting ``key``, storing ``value`` first if it has none
         (atomic: of concurrent callers, in any process, one value wins and all get it). Kept
         for the store's life, across restarts (e.g. the secret behind callback tokens)."""
+        ...
+
+    # -- schedules ------------------------------------------------------------------------
+
+    async def get_schedule(self, id: str) -> ScheduleRow | None:
+        """Return the schedule's row, or None."""
+        ...
+
+    async def list_schedules(
+        self,
+        *,
+        prefix: str | None = None,
+        enabled: bool | None = None,
+        limit: int = 100,
+        after: str | None = None,
+    ) -> builtins.list[ScheduleRow]:
+        """Return up to ``limit`` schedules ordered by id: those whose id starts with
+        ``prefix``, with that ``enabled``, and whose id sorts after ``after`` (the last id of
+        the previous page; it need not exist). Ids compare by their UTF-8 bytes."""
+        ...
+
+    async def save_schedule(self, row: ScheduleRow, *, expected: int | None) -> bool:
+        """Write ``row`` as it is, atomically, if the stored schedule's version is
+        ``expected`` (``None``: only if there is no schedule with that id). Returns whether it
+        was written. Callers bump ``row.version``."""
+        ...
+
+    async def delete_schedule(self, id: str) -> bool:
+        """Delete the schedule (its executions stay). Returns False if it did not exist."""
+        ...
+
+    async def fire_schedules(
+        self, now: datetime, plan: Plan, *, limit: int
+    ) -> builtins.list[Fired]:
+        """Fire due schedules: take up to ``limit`` enabled schedules whose ``next_fire_at``
+        is at or before ``now`` (earliest first), call ``plan`` on each, and apply each firing
+        atomically with the job it adds: the schedule's ``next_fire_at`` and
+        ``last_fire_at`` change, its version is bumped, and the job is added (skipped if its id
+        exists; FAILED 409 via :func:`conflict_record` when ``exclusive`` and an execution of
+        the schedule is unfinished).
+
+        Exactly once across any number of concurrent callers in any number of processes: a
+        due schedule is planned by one caller at a time (row locks, a write lock, or a pick
+        that hides it for a few seconds), a firing is applied only if the schedule still has
+        the version it was planned from, and the job id is the second guard. A caller that
+        dies before applying changes nothing (on Redis the schedule is due again a few
+        seconds later). Returns the firings applied. ``plan`` runs inside the store's
+        transaction: it must not block or raise (an exception aborts the whole call).
+        """
+        ...
+
+    async def add_execution(self, record: JobRecord, *, exclusive: bool) -> JobRecord:
+        """Add one execution of ``record.schedule_id`` off its cadence (a manual trigger):
+        as ``add``, but atomically FAILED 409 when ``exclusive`` and an execution of the
+        schedule is unfinished. Returns the stored record."""
+        ...
+
+    async def executions(
+        self,
+        schedule_id: str,
+        *,
+        state: JobState | None = None,
+        limit: int = 100,
+        before: str | None = None,
+    ) -> builtins.list[JobRecord]:
+        """Return up to ``limit`` jobs with this ``schedule_id``, newest (last enqueued)
+        first; ``before`` is the last id of the previous page (unknown: an empty page)."""
+        ...
+
+    async def next_schedule_due(self) -> datetime | None:
+        """Return the earliest ``next_fire_at`` of an enabled schedule, or None."""
         ...

@@ -83,6 +83,7 @@ def decode_row(row: Any) -> tuple[JobRecord, str | None]:
         deferred_ttl=row["deferred_ttl"],
         progress=_progress(row),
         result_ttl=row["result_ttl"],
+        schedule_id=row["schedule_id"],
     )
     return record, args_error or headers_error
 
@@ -150,6 +151,7 @@ def insert_values(rec: JobRecord, args: str, enqueued: datetime) -> tuple[Any, .
         dumps(rec.retry) if rec.retry is not None else None,
         rec.deferrals,
         rec.result_ttl,
+        rec.schedule_id,
     )
 
 
@@ -194,6 +196,8 @@ def insert_object(rec: JobRecord, args: str, enqueued: datetime) -> dict[str, An
         out["deferrals"] = rec.deferrals
     if rec.result_ttl is not None:
         out["result_ttl"] = rec.result_ttl
+    if rec.schedule_id is not None:
+        out["schedule_id"] = rec.schedule_id
     return out
 
 
@@ -244,4 +248,5 @@ def stored_record(rec: JobRecord, args: dict[str, Any], enqueued: datetime) -> J
     put(new, "deferred_ttl", None)
     put(new, "progress", None)  # add() does not store progress
     put(new, "result_ttl", None if rec.result_ttl is None else float(rec.result_ttl))
+    put(new, "schedule_id", rec.schedule_id)
     return new

@@ -26,7 +26,19 @@ from .._durable.events import (
     check_event_filters,
     kind_for_change,
 )
-from ._base import DEFAULT_LOST_LIMIT, FINAL_STATES, Claimed, JobRecord, JobState, Outcome
+from ._base import (
+    DEFAULT_LOST_LIMIT,
+    FINAL_STATES,
+    UNFINISHED_STATES,
+    Claimed,
+    Fired,
+    JobRecord,
+    JobState,
+    Outcome,
+    Plan,
+    ScheduleRow,
+    conflict_record,
+)
 
 __all__ = ["MemoryStore"]
 
@@ -127,8 +139,17 @@ def _event(
             attempt=rec.attempts,
             at=at,
             progress=progress,
+            schedule_id=rec.schedule_id,
         )
     ]
+
+
+def _added_events(records: Sequence[JobRecord], at: datetime) -> builtins.list[JobEvent]:
+    """The events of executions a schedule added (ENQUEUED, or FAILED for a 409 record)."""
+    events: list[JobEvent] = []
+    for rec in records:
+        events += _event(kind_for_change(None, rec.state.value), rec, at)
+    return events
 
 
 @dataclass(slots=True)
@@ -180,6 +201,7 @@ class MemoryStore:
         self._seq = 0
         self._lock = threading.Lock()
         self._notifier = _Notifier()
+        self._schedules: dict[str, tuple[ScheduleRow, str]] = {}  # id -> (row, spec JSON)
         self._settings: dict[str, str] = {}
         # Events are published from whichever thread changed a job: subscribers of other
         # threads look for them every 50 ms, as waiters for work do.
@@ -239,6 +261,7 @@ class MemoryStore:
         handler: str | None = None,
         limit: int = 100,
         after: str | None = None,
+        schedule_id: str | None = None,
     ) -> list[JobRecord]:
         """Return up to ``limit`` records matching the filters, in enqueue order.
 
@@ -265,6 +288,8 @@ class MemoryStore:
                 if queue is not None and rec.queue != queue:
                     continue
                 if handler is not None and rec.handler != handler:
+                    continue
+                if schedule_id is not None and rec.schedule_id != schedule_id:
                     continue
                 out.append(self._snapshot(row))
             return out
@@ -680,6 +705,175 @@ class MemoryStore:
             slack = 0.0 if self.clock.virtual else 0.001
             timeout = min(timeout, (next_due - now).total_seconds() + slack)
         await self._notifier.wait(timeout, self.clock)
+
+    # -- schedules ------------------------------------------------------------------------------
+
+    def _schedule(self, id: str) -> ScheduleRow | None:
+        entry = self._schedules.get(id)
+        if entry is None:
+            return None
+        row, spec_json = entry
+        return row.replace(spec=json.loads(spec_json))
+
+    async def get_schedule(self, id: str) -> ScheduleRow | None:
+        """Return the schedule's row, or None."""
+        with self._lock:
+            return self._schedule(id)
+
+    async def list_schedules(
+        self,
+        *,
+        prefix: str | None = None,
+        enabled: bool | None = None,
+        limit: int = 100,
+        after: str | None = None,
+    ) -> builtins.list[ScheduleRow]:
+        """Return up to ``limit`` schedules ordered by id (see
+        :meth:`work.stores.Store.list_schedules`)."""
+        with self._lock:
+            ids = sorted(self._schedules, key=lambda i: i.encode())
+            out: list[ScheduleRow] = []
+            for id in ids:
+                if len(out) >= limit:
+                    break
+                if after is not None and id.encode() <= after.encode():
+                    continue
+                if prefix is not None and not id.startswith(prefix):
+                    continue
+                row = self._schedule(id)
+                if row is not None and (enabled is None or row.enabled == enabled):
+                    out.append(row)
+            return out
+
+    async def save_schedule(self, row: ScheduleRow, *, expected: int | None) -> bool:
+        """Write ``row`` if the stored version is ``expected`` (None: only a new id)."""
+        spec_json = json.dumps(row.spec)
+        with self._lock:
+            entry = self._schedules.get(row.id)
+            current = entry[0].version if entry is not None else None
+            if current != expected:
+                return False
+            self._schedules[row.id] = (row.replace(spec={}), spec_json)
+            return True
+
+    async def delete_schedule(self, id: str) -> bool:
+        """Delete the schedule (its executions stay); False if it did not exist."""
+        with self._lock:
+            return self._schedules.pop(id, None) is not None
+
+    def _add_execution(self, record: JobRecord, *, exclusive: bool, now: datetime) -> JobRecord:
+        """Add a schedule's execution (under the lock); the existing record if its id is
+        taken, a 409 record if ``exclusive`` and another execution is unfinished."""
+        existing = self._rows.get(record.id)
+        if existing is not None:
+            return self._snapshot(existing)
+        if exclusive and any(
+            row.record.schedule_id == record.schedule_id
+            and row.record.state.value in UNFINISHED_STATES
+            for row in self._active.values()
+        ):
+            record = conflict_record(record, now)
+        self._seq += 1
+        row = _Row(
+            record=record.replace(args={}, result=None, headers=dict(record.headers)),
+            args_json=json.dumps(record.args),
+            result_json=None,
+            seq=self._seq,
+        )
+        self._rows[record.id] = row
+        if not record.state.is_final:
+            self._active[record.id] = row
+        return self._snapshot(row)
+
+    async def fire_schedules(
+        self, now: datetime, plan: Plan, *, limit: int
+    ) -> builtins.list[Fired]:
+        """Fire due schedules under the store's lock (see
+        :meth:`work.stores.Store.fire_schedules`)."""
+        out: list[Fired] = []
+        with self._lock:
+            due = sorted(
+                (
+                    row
+                    for row, _ in self._schedules.values()
+                    if row.enabled and row.next_fire_at is not None and row.next_fire_at <= now
+                ),
+                key=lambda r: (r.next_fire_at, r.id),
+            )[:limit]
+            for row in due:
+                full = self._schedule(row.id)
+                assert full is not None
+                firing = plan(full)
+                if firing.version != row.version:
+                    continue
+                self._schedules[row.id] = (
+                    row.replace(
+                        next_fire_at=firing.next_fire_at,
+                        last_fire_at=firing.last_fire_at or row.last_fire_at,
+                        version=row.version + 1,
+                    ),
+                    self._schedules[row.id][1],
+                )
+                record = None
+                if firing.job is not None and firing.job.id not in self._rows:
+                    record = self._add_execution(firing.job, exclusive=firing.exclusive, now=now)
+                out.append(Fired(firing, record))
+        added = [f.record for f in out if f.record is not None]
+        if added:
+            self._notifier.notify()
+            self._hub.publish(_added_events(added, now))
+        return out
+
+    async def add_execution(self, record: JobRecord, *, exclusive: bool) -> JobRecord:
+        """Add one execution off the schedule's cadence (409 if exclusive and one is
+        unfinished)."""
+        now = self.clock.now()
+        with self._lock:
+            new = record.id not in self._rows
+            stored = self._add_execution(record, exclusive=exclusive, now=now)
+        self._notifier.notify()
+        if new:
+            self._hub.publish(_added_events([stored], now))
+        return stored
+
+    async def executions(
+        self,
+        schedule_id: str,
+        *,
+        state: JobState | None = None,
+        limit: int = 100,
+        before: str | None = None,
+    ) -> builtins.list[JobRecord]:
+        """Return the schedule's jobs, newest first; ``before`` is the previous page's last
+        id."""
+        with self._lock:
+            end = self._seq + 1
+            if before is not None:
+                before_row = self._rows.get(before)
+                if before_row is None:
+                    return []
+                end = before_row.seq
+            out: list[JobRecord] = []
+            for row in reversed(self._rows.values()):
+                if len(out) >= limit:
+                    break
+                rec = row.record
+                if row.seq >= end or rec.schedule_id != schedule_id:
+                    continue
+                if state is not None and rec.state != state:
+                    continue
+                out.append(self._snapshot(row))
+            return out
+
+    async def next_schedule_due(self) -> datetime | None:
+        """Return the earliest next fire of an enabled schedule, or None."""
+        with self._lock:
+            dues = [
+                row.next_fire_at
+                for row, _ in self._schedules.values()
+                if row.enabled and row.next_fire_at is not None
+            ]
+        return min(dues, default=None)
 
     # -- events -------------------------------------------------------------------------------
 

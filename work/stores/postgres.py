@@ -28,7 +28,18 @@ from .._durable.events import (
     check_event_filters,
     event_from_values,
 )
-from ._base import DEFAULT_LOST_LIMIT, Claimed, JobRecord, JobState, Outcome
+from ._base import (
+    DEFAULT_LOST_LIMIT,
+    UNFINISHED_STATES,
+    Claimed,
+    Fired,
+    JobRecord,
+    JobState,
+    Outcome,
+    Plan,
+    ScheduleRow,
+    conflict_record,
+)
 from ._open import mask_url
 from ._postgres_rows import (
     claimed_row,
@@ -44,7 +55,7 @@ from ._server import StoreAuthenticationError, StoreUnavailableError, require_as
 
 __all__ = ["PostgresStore", "PostgresUnavailableError"]
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 """The schema version this module creates and expects."""
 
 _WORKER_LOST = "worker lost"
@@ -261,6 +272,46 @@ def _migration_v4(s: str) -> list[str]:
         f"""CREATE TABLE IF NOT EXISTS {s}.settings (
             key text PRIMARY KEY, value text NOT NULL)""",
     ]
+
+
+def _migration_v5(s: str) -> list[str]:
+    """Schema version 5: schedules, and the schedule each job is an execution of."""
+    return [
+        f"ALTER TABLE {s}.jobs ADD COLUMN IF NOT EXISTS schedule_id text",
+        f"""CREATE INDEX IF NOT EXISTS jobs_schedule ON {s}.jobs (schedule_id, seq)
+            WHERE schedule_id IS NOT NULL""",
+        f"""CREATE TABLE IF NOT EXISTS {s}.schedules (
+            id            text COLLATE "C" PRIMARY KEY,
+            spec          jsonb NOT NULL,
+            enabled       boolean NOT NULL,
+            next_fire_at  timestamptz,
+            anchor        timestamptz NOT NULL,
+            last_fire_at  timestamptz,
+            created_at    timestamptz NOT NULL,
+            updated_at    timestamptz NOT NULL,
+            version       bigint NOT NULL
+        )""",
+        f"""CREATE INDEX IF NOT EXISTS schedules_due ON {s}.schedules (next_fire_at)
+            WHERE enabled AND next_fire_at IS NOT NULL""",
+    ]
+
+
+_UNFINISHED = "(" + ", ".join(f"'{state}'" for state in UNFINISHED_STATES) + ")"
+
+
+def _schedule_row(row: Any) -> ScheduleRow:
+    spec = row["spec"]
+    return ScheduleRow(
+        id=row["id"],
+        spec=json.loads(spec) if isinstance(spec, str) else dict(spec),
+        enabled=row["enabled"],
+        next_fire_at=row["next_fire_at"],
+        anchor=row["anchor"],
+        last_fire_at=row["last_fire_at"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        version=row["version"],
+    )
 
 
 class _Runner:
@@ -538,6 +589,10 @@ class PostgresStore:
                 for statement in _migration_v4(self._s):
                     await conn.execute(statement)
                 await conn.execute(f"INSERT INTO {self._s}.schema_version VALUES (4)")
+            if version < 5:
+                for statement in _migration_v5(self._s):
+                    await conn.execute(statement)
+                await conn.execute(f"INSERT INTO {self._s}.schema_version VALUES (5)")
 
     async def _listen(self) -> None:
         try:
@@ -829,9 +884,10 @@ class PostgresStore:
             WITH inserted AS (
             INSERT INTO {self._s}.jobs (id, handler, queue, args, headers, priority, state,
                 status, attempts, max_attempts, result, error, unique_key, enqueued_at,
-                scheduled_for, started_at, finished_at, timeout, retry, deferrals, result_ttl)
+                scheduled_for, started_at, finished_at, timeout, retry, deferrals, result_ttl,
+                schedule_id)
             VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7, $8, $9, $10, $11::jsonb, $12, $13, $14,
-                    $15, $16, $17, $18, $19::jsonb, $20, $21)
+                    $15, $16, $17, $18, $19::jsonb, $20, $21, $22)
             ON CONFLICT DO NOTHING
             RETURNING id, queue, state
         ) {self._notify_inserted}
@@ -844,23 +900,24 @@ class PostgresStore:
             WITH inserted AS (
             INSERT INTO {self._s}.jobs (id, handler, queue, args, headers, priority, state,
                 status, attempts, max_attempts, result, error, unique_key, enqueued_at,
-                scheduled_for, started_at, finished_at, timeout, retry, deferrals, result_ttl)
+                scheduled_for, started_at, finished_at, timeout, retry, deferrals, result_ttl,
+                schedule_id)
             SELECT u.id, u.handler, u.queue, u.args, COALESCE(u.headers, '{{}}'),
                 COALESCE(u.priority, 0), u.state, COALESCE(u.status, -1),
                 COALESCE(u.attempts, 0), COALESCE(u.max_attempts, 1), u.result, u.error,
                 u.unique_key, u.enqueued_at, u.scheduled_for, u.started_at, u.finished_at,
-                u.timeout, u.retry, COALESCE(u.deferrals, 0), u.result_ttl
+                u.timeout, u.retry, COALESCE(u.deferrals, 0), u.result_ttl, u.schedule_id
             FROM ROWS FROM (jsonb_to_recordset($1::jsonb) AS (
                     id text, handler text, queue text, args text, headers jsonb,
                     priority integer, state text, status integer, attempts integer,
                     max_attempts integer, result jsonb, error text, unique_key text,
                     enqueued_at timestamptz, scheduled_for timestamptz, started_at timestamptz,
                     finished_at timestamptz, timeout double precision, retry jsonb,
-                    deferrals integer, result_ttl double precision))
+                    deferrals integer, result_ttl double precision, schedule_id text))
                 WITH ORDINALITY AS u(id, handler, queue, args, headers, priority, state,
                     status, attempts, max_attempts, result, error, unique_key, enqueued_at,
                     scheduled_for, started_at, finished_at, timeout, retry, deferrals,
-                    result_ttl, ord)
+                    result_ttl, schedule_id, ord)
             ORDER BY u.ord
             ON CONFLICT DO NOTHING
             RETURNING id, queue, state
@@ -1319,6 +1376,213 @@ class PostgresStore:
             except (PostgresUnavailableError, asyncpg.PostgresError):
                 self._listener = None
 
+    # -- schedules ------------------------------------------------------------------------
+
+    async def get_schedule(self, id: str) -> ScheduleRow | None:
+        """Return the schedule's row, or None."""
+        row = await self._require_pool().fetchrow(
+            f"SELECT * FROM {self._s}.schedules WHERE id = $1", id
+        )
+        return _schedule_row(row) if row is not None else None
+
+    async def list_schedules(
+        self,
+        *,
+        prefix: str | None = None,
+        enabled: bool | None = None,
+        limit: int = 100,
+        after: str | None = None,
+    ) -> list[ScheduleRow]:
+        """Return up to ``limit`` schedules ordered by id (byte order: the id column is
+        ``COLLATE "C"``); see :meth:`work.stores.Store.list_schedules`."""
+        where: list[str] = []
+        params: list[Any] = []
+        if prefix:
+            params.append(prefix)
+            where.append(f"left(id, length(${len(params)})) = ${len(params)}")
+        if enabled is not None:
+            params.append(enabled)
+            where.append(f"enabled = ${len(params)}")
+        if after is not None:
+            params.append(after)
+            where.append(f"id > ${len(params)}")
+        params.append(max(limit, 0))
+        sql = (
+            f"SELECT * FROM {self._s}.schedules"
+            + (" WHERE " + " AND ".join(where) if where else "")
+            + f" ORDER BY id LIMIT ${len(params)}"
+        )
+        return [_schedule_row(row) for row in await self._require_pool().fetch(sql, *params)]
+
+    async def save_schedule(self, row: ScheduleRow, *, expected: int | None) -> bool:
+        """Write ``row`` if the stored version is ``expected`` (None: only a new id)."""
+        values = (
+            row.id,
+            dumps(row.spec),
+            row.enabled,
+            row.next_fire_at,
+            row.anchor,
+            row.last_fire_at,
+            row.created_at,
+            row.updated_at,
+            row.version,
+        )
+        pool = self._require_pool()
+        if expected is None:
+            done = await pool.fetchrow(
+                f"""INSERT INTO {self._s}.schedules (id, spec, enabled, next_fire_at, anchor,
+                        last_fire_at, created_at, updated_at, version)
+                    VALUES ($1, $2::jsonb, $3, $4, $5, $6, $7, $8, $9)
+                    ON CONFLICT DO NOTHING RETURNING id""",
+                *values,
+            )
+        else:
+            done = await pool.fetchrow(
+                f"""UPDATE {self._s}.schedules SET spec = $2::jsonb, enabled = $3,
+                        next_fire_at = $4, anchor = $5, last_fire_at = $6, created_at = $7,
+                        updated_at = $8, version = $9
+                    WHERE id = $1 AND version = $10 RETURNING id""",
+                *values,
+                expected,
+            )
+        return done is not None
+
+    async def delete_schedule(self, id: str) -> bool:
+        """Delete the schedule (its executions stay); False if it did not exist."""
+        done = await self._require_pool().fetchrow(
+            f"DELETE FROM {self._s}.schedules WHERE id = $1 RETURNING id", id
+        )
+        return done is not None
+
+    async def fire_schedules(self, now: datetime, plan: Plan, *, limit: int) -> list[Fired]:
+        """Fire due schedules in one transaction: the due rows are locked with ``FOR UPDATE
+        SKIP LOCKED`` (concurrent schedulers take different ones), advanced in one statement,
+        and their jobs added in one more (see :meth:`work.stores.Store.fire_schedules`)."""
+        self._require_pool()
+        async with self._pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                f"""SELECT * FROM {self._s}.schedules
+                    WHERE enabled AND next_fire_at IS NOT NULL AND next_fire_at <= $1
+                    ORDER BY next_fire_at, id LIMIT $2
+                    FOR UPDATE SKIP LOCKED""",
+                now,
+                limit,
+            )
+            if not rows:
+                return []
+            firings = [plan(_schedule_row(row)) for row in rows]
+            await conn.execute(
+                f"""UPDATE {self._s}.schedules AS s SET next_fire_at = u.next_fire_at,
+                        last_fire_at = COALESCE(u.last_fire_at, s.last_fire_at),
+                        version = s.version + 1
+                    FROM unnest($1::text[], $2::bigint[], $3::timestamptz[], $4::timestamptz[])
+                        AS u(id, version, next_fire_at, last_fire_at)
+                    WHERE s.id = u.id AND s.version = u.version""",
+                [f.schedule_id for f in firings],
+                [f.version for f in firings],
+                [f.next_fire_at for f in firings],
+                [f.last_fire_at for f in firings],
+            )
+            with_jobs = [f for f in firings if f.job is not None]
+            busy: set[str] = set()
+            exclusive = [f.schedule_id for f in with_jobs if f.exclusive]
+            if exclusive:
+                busy = {
+                    row["schedule_id"]
+                    for row in await conn.fetch(
+                        f"""SELECT DISTINCT schedule_id FROM {self._s}.jobs
+                            WHERE schedule_id = ANY($1::text[]) AND state IN {_UNFINISHED}""",
+                        exclusive,
+                    )
+                }
+            records: dict[str, JobRecord] = {}
+            for f in with_jobs:
+                assert f.job is not None
+                job = f.job
+                if f.exclusive and f.schedule_id in busy:
+                    job = conflict_record(job, now)
+                records[f.schedule_id] = job
+            stored = await self._insert_in(conn, list(records.values()), now)
+        return [
+            Fired(f, stored.get(records[f.schedule_id].id) if f.schedule_id in records else None)
+            for f in firings
+        ]
+
+    async def _insert_in(
+        self, conn: Any, records: Sequence[JobRecord], now: datetime
+    ) -> dict[str, JobRecord]:
+        """Insert jobs on ``conn`` (in its transaction), skipping taken ids; return the
+        records inserted by id."""
+        if not records:
+            return {}
+        args = [dumps(rec.args) for rec in records]
+        enqueued = [utc(rec.enqueued_at) if rec.enqueued_at else now for rec in records]
+        batch = dumps(
+            [insert_object(rec, a, e) for rec, a, e in zip(records, args, enqueued, strict=True)]
+        )
+        inserted = {row["id"] for row in await conn.fetch(self._insert_sql, batch)}
+        return {
+            rec.id: stored_record(rec, json.loads(a), e)
+            for rec, a, e in zip(records, args, enqueued, strict=True)
+            if rec.id in inserted
+        }
+
+    async def add_execution(self, record: JobRecord, *, exclusive: bool) -> JobRecord:
+        """Add one execution off the schedule's cadence (409 if exclusive and one is
+        unfinished), serialised with the schedule's fires by its row lock."""
+        self._require_pool()
+        now = _now()
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                f"SELECT 1 FROM {self._s}.schedules WHERE id = $1 FOR UPDATE",
+                record.schedule_id,
+            )
+            existing = await conn.fetchrow(f"SELECT * FROM {self._s}.jobs WHERE id = $1", record.id)
+            if existing is not None:
+                return decode_row(existing)[0]
+            if exclusive and await conn.fetchval(
+                f"""SELECT EXISTS (SELECT 1 FROM {self._s}.jobs
+                    WHERE schedule_id = $1 AND state IN {_UNFINISHED})""",
+                record.schedule_id,
+            ):
+                record = conflict_record(record, now)
+            stored = await self._insert_in(conn, [record], now)
+        return stored[record.id]
+
+    async def executions(
+        self,
+        schedule_id: str,
+        *,
+        state: JobState | None = None,
+        limit: int = 100,
+        before: str | None = None,
+    ) -> list[JobRecord]:
+        """Return the schedule's jobs, newest first; ``before`` is the previous page's last
+        id."""
+        params: list[Any] = [schedule_id]
+        where = ["schedule_id = $1"]
+        if state is not None:
+            params.append(str(state))
+            where.append(f"state = ${len(params)}")
+        if before is not None:
+            params.append(before)
+            where.append(f"seq < (SELECT seq FROM {self._s}.jobs WHERE id = ${len(params)})")
+        params.append(max(limit, 0))
+        sql = (
+            f"SELECT * FROM {self._s}.jobs WHERE {' AND '.join(where)}"
+            f" ORDER BY seq DESC LIMIT ${len(params)}"
+        )
+        return [decode_row(row)[0] for row in await self._require_pool().fetch(sql, *params)]
+
+    async def next_schedule_due(self) -> datetime | None:
+        """Return the earliest next fire of an enabled schedule, or None."""
+        row = await self._require_pool().fetchrow(
+            f"""SELECT min(next_fire_at) AS due FROM {self._s}.schedules
+                WHERE enabled AND next_fire_at IS NOT NULL"""
+        )
+        due: datetime | None = row["due"]
+        return due
+
     # -- listing (last: the method named `list` shadows the builtin below it) -------
 
     async def list(
@@ -1329,6 +1593,7 @@ class PostgresStore:
         handler: str | None = None,
         limit: int = 100,
         after: str | None = None,
+        schedule_id: str | None = None,
     ) -> list[JobRecord]:
         """Return up to ``limit`` records matching the filters, in enqueue order.
 
@@ -1338,7 +1603,12 @@ class PostgresStore:
         pool = self._require_pool()
         where: list[str] = []
         params: list[Any] = []
-        for column, value in (("state", state), ("queue", queue), ("handler", handler)):
+        for column, value in (
+            ("state", state),
+            ("queue", queue),
+            ("handler", handler),
+            ("schedule_id", schedule_id),
+        ):
             if value is not None:
                 params.append(str(value))
                 where.append(f"{column} = ${len(params)}")

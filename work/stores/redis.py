@@ -31,7 +31,18 @@ from .._durable.events import (
     check_event_filters,
     event_from_values,
 )
-from ._base import DEFAULT_LOST_LIMIT, FINAL_STATES, Claimed, JobRecord, JobState, Outcome
+from ._base import (
+    DEFAULT_LOST_LIMIT,
+    FINAL_STATES,
+    Claimed,
+    Fired,
+    JobRecord,
+    JobState,
+    Outcome,
+    Plan,
+    ScheduleRow,
+    conflict_record,
+)
 from ._open import mask_url
 from ._redis_lua import (
     ADD,
@@ -46,6 +57,7 @@ from ._redis_lua import (
     RETRY,
     SETTLE,
 )
+from ._redis_schedules_lua import DELETE_SCHEDULE, EXECUTION, FIRE, PICK, SAVE_SCHEDULE
 from ._server import StoreAuthenticationError, StoreUnavailableError, require_asyncio
 
 __all__ = ["RedisStore", "RedisUnavailableError"]
@@ -70,6 +82,9 @@ _ADD_CHUNK = 1000
 _LIST_CHUNK = 200
 # Expired leases handled per reap call (a reap is one script: keep it short).
 _REAP_BATCH = 1000
+# Seconds a picked due schedule stays hidden from other schedulers: a scheduler that dies
+# between picking and firing delays that fire by this much (it is not lost).
+_PICK_LEASE = 10.0
 # Jobs deleted per purge script.
 _PURGE_BATCH = 500
 
@@ -187,6 +202,7 @@ def _decode(fields: Mapping[str, str], args_raw: bytes | None) -> tuple[JobRecor
         timeout=float(timeout) if isinstance(timeout, int | float) else None,
         retry=retry if isinstance(retry, dict) else None,
         deferrals=_int(get("deferrals")),
+        schedule_id=get("schedule_id"),
         deadline=_time(get("deadline")),
         deferred_ttl=_float(get("deferred_ttl")),
         progress=_json_object(get("progress"), "progress")[0] if "progress" in fields else None,
@@ -283,6 +299,8 @@ def _add_args(rec: JobRecord, now: datetime) -> tuple[list[str], str, datetime]:
         extra["started_at"] = str(_us(rec.started_at))
     if rec.finished_at is not None:
         extra["finished_at"] = str(_us(rec.finished_at))
+    if rec.schedule_id is not None:
+        extra["schedule_id"] = rec.schedule_id
     if rec.result_ttl is not None:
         # The scripts need it in microseconds, as a field of their own.
         extra["ttl_us"] = str(int(rec.result_ttl * 1_000_000))
@@ -301,6 +319,45 @@ def _add_args(rec: JobRecord, now: datetime) -> tuple[list[str], str, datetime]:
         _opt(_dumps(extra) if extra else None),
     ]
     return values, args, enqueued
+
+
+def _schedule_fields(row: ScheduleRow) -> str:
+    """A schedule row as the save script's JSON object of strings."""
+    fields = {
+        "spec": _dumps(row.spec),
+        "enabled": "1" if row.enabled else "0",
+        "anchor": str(_us(row.anchor)),
+        "created_at": str(_us(row.created_at)),
+        "updated_at": str(_us(row.updated_at)),
+        "version": str(row.version),
+    }
+    if row.next_fire_at is not None:
+        fields["next_fire_at"] = str(_us(row.next_fire_at))
+    if row.last_fire_at is not None:
+        fields["last_fire_at"] = str(_us(row.last_fire_at))
+    return _dumps(fields)
+
+
+def _schedule_from_hash(raw: Any) -> ScheduleRow:
+    """Decode a schedule hash (a dict of bytes, or a flat list from a script)."""
+    pairs = _bytes_dict(raw) if isinstance(raw, dict) else _pairs(raw)
+    return _schedule_from_fields({k.decode(): v.decode(errors="replace") for k, v in pairs.items()})
+
+
+def _schedule_from_fields(f: dict[str, str]) -> ScheduleRow:
+    """Decode a schedule hash's fields, as text."""
+    spec, _ = _json_object(f.get("spec"), "spec")
+    return ScheduleRow(
+        id=str(spec.get("id", "")),
+        spec=spec,
+        enabled=f.get("enabled") == "1",
+        next_fire_at=_time(f.get("next_fire_at")),
+        anchor=_time(f.get("anchor")) or _EPOCH,
+        last_fire_at=_time(f.get("last_fire_at")),
+        created_at=_time(f.get("created_at")) or _EPOCH,
+        updated_at=_time(f.get("updated_at")) or _EPOCH,
+        version=_int(f.get("version"), 0),
+    )
 
 
 def _glob_escape(text: str) -> str:
@@ -404,6 +461,11 @@ class RedisStore:
                 ("complete", COMPLETE),
                 ("reap", REAP),
                 ("cancel", CANCEL),
+                ("save_schedule", SAVE_SCHEDULE),
+                ("delete_schedule", DELETE_SCHEDULE),
+                ("pick", PICK),
+                ("fire", FIRE),
+                ("execution", EXECUTION),
                 ("settle", SETTLE),
                 ("heartbeat", HEARTBEAT),
                 ("progress", PROGRESS),
@@ -998,6 +1060,182 @@ class RedisStore:
             with contextlib.suppress(Exception):
                 await pubsub.aclose()
 
+    # -- schedules ------------------------------------------------------------------------
+
+    async def get_schedule(self, id: str) -> ScheduleRow | None:
+        """Return the schedule's row, or None."""
+        fields = await self._require().hgetall(self._key("schedule", id))
+        return _schedule_from_hash(fields) if fields else None
+
+    async def list_schedules(
+        self,
+        *,
+        prefix: str | None = None,
+        enabled: bool | None = None,
+        limit: int = 100,
+        after: str | None = None,
+    ) -> list[ScheduleRow]:
+        """Return up to ``limit`` schedules ordered by id (byte-wise, ``ZRANGEBYLEX``); see
+        :meth:`work.stores.Store.list_schedules`."""
+        client = self._require()
+        low = "-"
+        if prefix:
+            low = "[" + prefix
+        if after is not None and (not prefix or after >= prefix):
+            low = "(" + after
+        high = "[" + prefix + "\xff" if prefix else "+"
+        out: list[ScheduleRow] = []
+        while len(out) < limit:
+            ids = cast(
+                "list[bytes]",
+                await client.zrangebylex(
+                    self._key("schedules"), low, high, start=0, num=_LIST_CHUNK
+                ),
+            )
+            if not ids:
+                break
+            pipe = client.pipeline(transaction=False)
+            for raw_id in ids:
+                pipe.hgetall(self._key("schedule", raw_id.decode()))
+            for fields in await pipe.execute():
+                if not fields:
+                    continue
+                row = _schedule_from_hash(fields)
+                if prefix and not row.id.startswith(prefix):
+                    continue
+                if enabled is None or row.enabled == enabled:
+                    out.append(row)
+                    if len(out) >= limit:
+                        break
+            low = "(" + ids[-1].decode()
+        return out
+
+    async def save_schedule(self, row: ScheduleRow, *, expected: int | None) -> bool:
+        """Write ``row`` if the stored version is ``expected`` (None: only a new id), in one
+        script."""
+        expected_text = "" if expected is None else str(expected)
+        return bool(
+            await self._run("save_schedule", [row.id, expected_text, _schedule_fields(row)])
+        )
+
+    async def delete_schedule(self, id: str) -> bool:
+        """Delete the schedule (its executions stay); False if it did not exist."""
+        return bool(await self._run("delete_schedule", [id]))
+
+    async def fire_schedules(self, now: datetime, plan: Plan, *, limit: int) -> list[Fired]:
+        """Fire due schedules: one script picks them (hiding them from other schedulers for
+        a few seconds), ``plan`` runs here, and one script applies each firing whose schedule
+        still has the version planned from, adding its job (see
+        :meth:`work.stores.Store.fire_schedules`)."""
+        now_us = _us(now)
+        until = now_us + int(_PICK_LEASE * 1_000_000)
+        picked = json.loads(await self._run("pick", [now_us, limit, until]))
+        if not picked:
+            return []
+        firings = [plan(_schedule_from_fields(fields)) for fields in picked]
+        batch: list[list[Any]] = []
+        for f in firings:
+            job: Any = ""
+            if f.job is not None:
+                job = _add_args(f.job, now)[0]
+            batch.append(
+                [
+                    f.schedule_id,
+                    str(f.version),
+                    _opt(str(_us(f.next_fire_at)) if f.next_fire_at is not None else None),
+                    _opt(str(_us(f.last_fire_at)) if f.last_fire_at is not None else None),
+                    "1" if f.exclusive else "0",
+                    job,
+                ]
+            )
+        reply = json.loads(await self._run("fire", [_WAKE_TOKENS, now_us, _dumps(batch)]))
+        out: list[Fired] = []
+        stored_at = _time(str(now_us))
+        assert stored_at is not None
+        for index, state in reply:
+            firing = firings[index]
+            record = None
+            if state and firing.job is not None:
+                # What the script stored, built here rather than read back: args through
+                # JSON, times at the microsecond, a 409 record for an exclusive conflict.
+                job = firing.job
+                record = job.replace(
+                    args=json.loads(_dumps(job.args)),
+                    headers=dict(job.headers),
+                    enqueued_at=_time(str(_us(job.enqueued_at or now))),
+                    scheduled_for=_time(str(_us(job.scheduled_for)))
+                    if job.scheduled_for is not None
+                    else None,
+                )
+                if state == JobState.FAILED:
+                    record = conflict_record(record, stored_at)
+            out.append(Fired(firing, record))
+        return out
+
+    async def add_execution(self, record: JobRecord, *, exclusive: bool) -> JobRecord:
+        """Add one execution off the schedule's cadence (409 if exclusive and one is
+        unfinished), in one script."""
+        values = _add_args(record, datetime.now(UTC))[0]
+        raw = await self._run(
+            "execution",
+            [
+                _WAKE_TOKENS,
+                _now_us(),
+                record.schedule_id or "",
+                "1" if exclusive else "0",
+                _dumps(values),
+            ],
+        )
+        return _from_hash(raw)[0]
+
+    async def executions(
+        self,
+        schedule_id: str,
+        *,
+        state: JobState | None = None,
+        limit: int = 100,
+        before: str | None = None,
+    ) -> list[JobRecord]:
+        """Return the schedule's jobs, newest first; ``before`` is the previous page's last
+        id."""
+        client = self._require()
+        key = self._key("sexec", schedule_id)
+        high = "+inf"
+        if before is not None:
+            seq = await client.zscore(key, before)
+            if seq is None:
+                return []
+            high = f"({int(seq)}"
+        out: list[JobRecord] = []
+        while len(out) < limit:
+            page = cast(
+                "list[tuple[bytes, float]]",
+                await client.zrevrangebyscore(
+                    key, high, "-inf", start=0, num=_LIST_CHUNK, withscores=True
+                ),
+            )
+            if not page:
+                break
+            pipe = client.pipeline(transaction=False)
+            for id, _ in page:
+                pipe.hgetall(self._key("job", id.decode()))
+            for fields in await pipe.execute():
+                if not fields:
+                    continue
+                rec = _from_hash(fields)[0]
+                if state is None or rec.state == state:
+                    out.append(rec)
+                    if len(out) >= limit:
+                        break
+            high = f"({int(page[-1][1])}"
+        return out
+
+    async def next_schedule_due(self) -> datetime | None:
+        """Return the earliest next fire of an enabled schedule, or None (a schedule another
+        scheduler is firing right now counts at the end of its pick lease)."""
+        first = await self._require().zrange(self._key("sdue"), 0, 0, withscores=True)
+        return _time(str(int(first[0][1]))) if first else None
+
     # -- listing (last: the method named `list` shadows the builtin below it) -------
 
     async def list(
@@ -1008,6 +1246,7 @@ class RedisStore:
         handler: str | None = None,
         limit: int = 100,
         after: str | None = None,
+        schedule_id: str | None = None,
     ) -> list[JobRecord]:
         """Return up to ``limit`` records matching the filters, in enqueue order.
 
@@ -1042,6 +1281,7 @@ class RedisStore:
                     (state is None or rec.state == state)
                     and (queue is None or rec.queue == queue)
                     and (handler is None or rec.handler == handler)
+                    and (schedule_id is None or rec.schedule_id == schedule_id)
                 ):
                     out.append(rec)
                     if len(out) >= limit:

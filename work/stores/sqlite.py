@@ -33,7 +33,18 @@ from .._durable.events import (
     check_event_filters,
     event_from_values,
 )
-from ._base import DEFAULT_LOST_LIMIT, Claimed, JobRecord, JobState, Outcome
+from ._base import (
+    DEFAULT_LOST_LIMIT,
+    UNFINISHED_STATES,
+    Claimed,
+    Fired,
+    JobRecord,
+    JobState,
+    Outcome,
+    Plan,
+    ScheduleRow,
+    conflict_record,
+)
 from .memory import _decode_error, _Notifier
 
 __all__ = ["MIN_SQLITE_VERSION", "SCHEMA_VERSION", "SQLiteStore"]
@@ -41,7 +52,7 @@ __all__ = ["MIN_SQLITE_VERSION", "SCHEMA_VERSION", "SQLiteStore"]
 MIN_SQLITE_VERSION = (3, 35, 0)
 """``UPDATE … RETURNING`` arrived in SQLite 3.35."""
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 """The schema this module creates; :meth:`SQLiteStore.__aenter__` migrates older files to it."""
 
 _T = TypeVar("_T")
@@ -49,7 +60,7 @@ _T = TypeVar("_T")
 _COLUMNS = (
     "id, handler, queue, args, headers, priority, state, status, attempts, max_attempts, "
     "result, error, unique_key, enqueued_at, scheduled_for, started_at, finished_at, "
-    "timeout, retry, deferrals, result_ttl, deadline, deferred_ttl"
+    "timeout, retry, deferrals, result_ttl, deadline, deferred_ttl, schedule_id"
 )
 # What reads select: the inserted columns plus those only later statements write.
 _READ_COLUMNS = _COLUMNS + ", progress"
@@ -217,6 +228,27 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         " WHERE unique_key IS NOT NULL AND state IN ('queued', 'scheduled', 'running', 'waiting')",
         "CREATE TABLE IF NOT EXISTS anywork_settings (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
     ),
+    # 5: schedules, and the schedule each job is an execution of.
+    (
+        "ALTER TABLE anywork_jobs ADD COLUMN schedule_id TEXT",
+        "CREATE INDEX IF NOT EXISTS anywork_jobs_schedule ON anywork_jobs (schedule_id, seq)"
+        " WHERE schedule_id IS NOT NULL",
+        """
+        CREATE TABLE IF NOT EXISTS anywork_schedules (
+            id TEXT PRIMARY KEY,
+            spec TEXT NOT NULL,                     -- JSON: the Schedule
+            enabled INTEGER NOT NULL,
+            next_fire_at REAL,                      -- Unix seconds (UTC)
+            anchor REAL NOT NULL,
+            last_fire_at REAL,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            version INTEGER NOT NULL
+        )
+        """,
+        "CREATE INDEX IF NOT EXISTS anywork_schedules_due ON anywork_schedules (next_fire_at)"
+        " WHERE enabled = 1 AND next_fire_at IS NOT NULL",
+    ),
 )
 
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
@@ -290,6 +322,7 @@ def _record(row: sqlite3.Row, *, strict: bool = False) -> JobRecord:
         timeout=row["timeout"],
         retry=_loads(row["retry"]),
         deferrals=row["deferrals"],
+        schedule_id=row["schedule_id"],
         deadline=_dt(row["deadline"]),
         deferred_ttl=row["deferred_ttl"],
         progress=_loads(row["progress"]),
@@ -308,7 +341,7 @@ def _marks(n: int) -> str:
 
 # An insert that skips a job whose id, or whose active (queue, unique_key), is taken.
 _INSERT = (
-    f"INSERT INTO anywork_jobs ({_COLUMNS}, due_at) VALUES ({_marks(24)}) ON CONFLICT DO NOTHING"
+    f"INSERT INTO anywork_jobs ({_COLUMNS}, due_at) VALUES ({_marks(25)}) ON CONFLICT DO NOTHING"
 )
 _ACTIVE = "('queued', 'scheduled', 'running', 'waiting')"
 # A job ready to be claimed (one parameter: now). The literal `state IN (...)` term lets
@@ -322,6 +355,63 @@ _AT = {name: i for i, name in enumerate(_COLUMNS.split(", "))}
 _ARGS, _HEADERS, _RESULT, _RETRY = _AT["args"], _AT["headers"], _AT["result"], _AT["retry"]
 _ENQUEUED, _SCHEDULED = _AT["enqueued_at"], _AT["scheduled_for"]
 _STARTED, _FINISHED = _AT["started_at"], _AT["finished_at"]
+
+
+_SCHEDULE_COLUMNS = (
+    "id, spec, enabled, next_fire_at, anchor, last_fire_at, created_at, updated_at, version"
+)
+_UNFINISHED = "(" + ", ".join(f"'{state}'" for state in UNFINISHED_STATES) + ")"
+
+
+def _schedule_row(row: sqlite3.Row) -> ScheduleRow:
+    return ScheduleRow(
+        id=row["id"],
+        spec=_loads_object(row["spec"]),
+        enabled=bool(row["enabled"]),
+        next_fire_at=_dt(row["next_fire_at"]),
+        anchor=datetime.fromtimestamp(row["anchor"], UTC),
+        last_fire_at=_dt(row["last_fire_at"]),
+        created_at=datetime.fromtimestamp(row["created_at"], UTC),
+        updated_at=datetime.fromtimestamp(row["updated_at"], UTC),
+        version=row["version"],
+    )
+
+
+def _schedule_params(row: ScheduleRow) -> tuple[Any, ...]:
+    return (
+        row.id,
+        json.dumps(row.spec),
+        int(row.enabled),
+        _ts(row.next_fire_at),
+        row.anchor.timestamp(),
+        _ts(row.last_fire_at),
+        row.created_at.timestamp(),
+        row.updated_at.timestamp(),
+        row.version,
+    )
+
+
+def _add_execution(
+    conn: sqlite3.Connection, record: JobRecord, *, exclusive: bool, now: datetime
+) -> tuple[JobRecord, bool]:
+    """Add a schedule's execution (inside a write transaction). Returns the stored record
+    and whether it is new (an existing id gives the existing record)."""
+    row = conn.execute(
+        f"SELECT {_READ_COLUMNS} FROM anywork_jobs WHERE id = ?", (record.id,)
+    ).fetchone()
+    if row is not None:
+        return _record(row), False
+    if (
+        exclusive
+        and conn.execute(
+            f"SELECT 1 FROM anywork_jobs WHERE schedule_id = ? AND state IN {_UNFINISHED} LIMIT 1",
+            (record.schedule_id,),
+        ).fetchone()
+    ):
+        record = conflict_record(record, now)
+    params = _insert_params(record, now)
+    conn.execute(_INSERT, params)
+    return _stored(record, params, json.loads(params[_ARGS])), True
 
 
 class _Conflict(Exception):
@@ -356,6 +446,7 @@ def _insert_params(rec: JobRecord, now: datetime) -> tuple[Any, ...]:
         rec.result_ttl,
         _ts(rec.deadline),
         rec.deferred_ttl,
+        rec.schedule_id,
         enqueued if scheduled is None else scheduled,  # due_at
     )
 
@@ -397,6 +488,7 @@ def _stored(rec: JobRecord, params: tuple[Any, ...], args: Any) -> JobRecord:
     put(new, "timeout", None if rec.timeout is None else float(rec.timeout))
     put(new, "retry", _loads(params[_RETRY]))
     put(new, "deferrals", rec.deferrals)
+    put(new, "schedule_id", rec.schedule_id)
     put(new, "progress", None)  # add() does not store progress
     put(new, "result_ttl", None if rec.result_ttl is None else float(rec.result_ttl))
     put(new, "deadline", _dt(_ts(rec.deadline)))
@@ -717,6 +809,7 @@ class SQLiteStore:
         handler: str | None = None,
         limit: int = 100,
         after: str | None = None,
+        schedule_id: str | None = None,
     ) -> list[JobRecord]:
         """Return up to ``limit`` records matching the filters, in enqueue order.
 
@@ -725,7 +818,12 @@ class SQLiteStore:
         """
         where: list[str] = []
         params: list[Any] = []
-        for column, value in (("state", state), ("queue", queue), ("handler", handler)):
+        for column, value in (
+            ("state", state),
+            ("queue", queue),
+            ("handler", handler),
+            ("schedule_id", schedule_id),
+        ):
             if value is not None:
                 where.append(f"{column} = ?")
                 params.append(str(value))
@@ -1192,6 +1290,190 @@ class SQLiteStore:
                 self.clock.wake_at(at)  # advance stops there, and this wait ends
                 timeout = min(timeout, at - now)
             await self.clock.wait(event, timeout)
+
+    # -- schedules ------------------------------------------------------------------------------
+
+    async def get_schedule(self, id: str) -> ScheduleRow | None:
+        """Return the schedule's row, or None."""
+
+        def query(conn: sqlite3.Connection) -> ScheduleRow | None:
+            row = conn.execute(
+                f"SELECT {_SCHEDULE_COLUMNS} FROM anywork_schedules WHERE id = ?", (id,)
+            ).fetchone()
+            return _schedule_row(row) if row is not None else None
+
+        return await self._run(query)
+
+    async def list_schedules(
+        self,
+        *,
+        prefix: str | None = None,
+        enabled: bool | None = None,
+        limit: int = 100,
+        after: str | None = None,
+    ) -> builtins.list[ScheduleRow]:
+        """Return up to ``limit`` schedules ordered by id (see
+        :meth:`work.stores.Store.list_schedules`)."""
+        where: list[str] = []
+        params: list[Any] = []
+        if prefix:
+            where.append("substr(id, 1, length(?)) = ?")
+            params += [prefix, prefix]
+        if enabled is not None:
+            where.append("enabled = ?")
+            params.append(int(enabled))
+        if after is not None:
+            where.append("id > ?")
+            params.append(after)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        sql = f"SELECT {_SCHEDULE_COLUMNS} FROM anywork_schedules {clause} ORDER BY id LIMIT ?"
+        params.append(max(limit, 0))
+
+        def query(conn: sqlite3.Connection) -> list[ScheduleRow]:
+            return [_schedule_row(row) for row in conn.execute(sql, params)]
+
+        return await self._run(query)
+
+    async def save_schedule(self, row: ScheduleRow, *, expected: int | None) -> bool:
+        """Write ``row`` if the stored version is ``expected`` (None: only a new id)."""
+        params = _schedule_params(row)
+
+        def write(conn: sqlite3.Connection) -> bool:
+            if expected is None:
+                sql = (
+                    f"INSERT INTO anywork_schedules ({_SCHEDULE_COLUMNS})"
+                    f" VALUES ({_marks(9)}) ON CONFLICT DO NOTHING"
+                )
+                return conn.execute(sql, params).rowcount == 1
+            sql = (
+                "UPDATE anywork_schedules SET spec = ?, enabled = ?, next_fire_at = ?,"
+                " anchor = ?, last_fire_at = ?, created_at = ?, updated_at = ?, version = ?"
+                " WHERE id = ? AND version = ?"
+            )
+            return conn.execute(sql, (*params[1:], params[0], expected)).rowcount == 1
+
+        return await self._transaction(write)
+
+    async def delete_schedule(self, id: str) -> bool:
+        """Delete the schedule (its executions stay); False if it did not exist."""
+
+        def write(conn: sqlite3.Connection) -> bool:
+            return conn.execute("DELETE FROM anywork_schedules WHERE id = ?", (id,)).rowcount > 0
+
+        return await self._transaction(write)
+
+    async def fire_schedules(
+        self, now: datetime, plan: Plan, *, limit: int
+    ) -> builtins.list[Fired]:
+        """Fire due schedules in one ``BEGIN IMMEDIATE`` transaction: the write lock makes
+        each due schedule planned and applied by one process (see
+        :meth:`work.stores.Store.fire_schedules`)."""
+
+        def write(conn: sqlite3.Connection) -> list[Fired]:
+            rows = conn.execute(
+                f"SELECT {_SCHEDULE_COLUMNS} FROM anywork_schedules"
+                " WHERE enabled = 1 AND next_fire_at IS NOT NULL AND next_fire_at <= ?"
+                " ORDER BY next_fire_at, id LIMIT ?",
+                (now.timestamp(), limit),
+            ).fetchall()
+            # The write lock is held since the SELECT: nothing changed these rows meanwhile,
+            # so every firing applies, and the statements go in batches.
+            firings = [plan(_schedule_row(row)) for row in rows]
+            conn.executemany(
+                "UPDATE anywork_schedules SET next_fire_at = ?,"
+                " last_fire_at = COALESCE(?, last_fire_at), version = version + 1"
+                " WHERE id = ? AND version = ?",
+                [
+                    (_ts(f.next_fire_at), _ts(f.last_fire_at), f.schedule_id, f.version)
+                    for f in firings
+                ],
+            )
+            jobs = {f.job.id: f.job for f in firings if f.job is not None}
+            taken: set[str] = set()
+            ids = list(jobs)
+            for chunk in _chunks(ids):
+                sql = f"SELECT id FROM anywork_jobs WHERE id IN ({_marks(len(chunk))})"
+                taken.update(id for (id,) in conn.execute(sql, chunk))
+            records: dict[str, JobRecord] = {}
+            params: list[tuple[Any, ...]] = []
+            for f in firings:
+                if f.job is None or f.job.id in taken:
+                    continue
+                record = f.job
+                if (
+                    f.exclusive
+                    and conn.execute(
+                        f"SELECT 1 FROM anywork_jobs WHERE schedule_id = ?"
+                        f" AND state IN {_UNFINISHED} LIMIT 1",
+                        (f.schedule_id,),
+                    ).fetchone()
+                ):
+                    record = conflict_record(record, now)
+                records[record.id] = record
+                params.append(_insert_params(record, now))
+            conn.executemany(_INSERT, params)
+            stored = {
+                p[0]: _stored(records[p[0]], p, args)
+                for p, args in zip(params, _loads_all([p[_ARGS] for p in params]), strict=True)
+            }
+            return [Fired(f, stored.get(f.job.id) if f.job is not None else None) for f in firings]
+
+        fired = await self._transaction(write)
+        if any(f.record is not None for f in fired):
+            self._notifier.notify()
+        return fired
+
+    async def add_execution(self, record: JobRecord, *, exclusive: bool) -> JobRecord:
+        """Add one execution off the schedule's cadence (409 if exclusive and one is
+        unfinished)."""
+
+        def write(conn: sqlite3.Connection) -> JobRecord:
+            return _add_execution(conn, record, exclusive=exclusive, now=self.clock.now())[0]
+
+        stored = await self._transaction(write)
+        self._notifier.notify()
+        return stored
+
+    async def executions(
+        self,
+        schedule_id: str,
+        *,
+        state: JobState | None = None,
+        limit: int = 100,
+        before: str | None = None,
+    ) -> builtins.list[JobRecord]:
+        """Return the schedule's jobs, newest first; ``before`` is the previous page's last
+        id."""
+        where = ["schedule_id = ?"]
+        params: list[Any] = [schedule_id]
+        if state is not None:
+            where.append("state = ?")
+            params.append(str(state))
+        if before is not None:
+            where.append("seq < (SELECT seq FROM anywork_jobs WHERE id = ?)")
+            params.append(before)
+        sql = (
+            f"SELECT {_READ_COLUMNS} FROM anywork_jobs WHERE {' AND '.join(where)}"
+            " ORDER BY seq DESC LIMIT ?"
+        )
+        params.append(max(limit, 0))
+
+        def query(conn: sqlite3.Connection) -> list[JobRecord]:
+            return [_record(row) for row in conn.execute(sql, params)]
+
+        return await self._run(query)
+
+    async def next_schedule_due(self) -> datetime | None:
+        """Return the earliest next fire of an enabled schedule, or None."""
+
+        def query(conn: sqlite3.Connection) -> datetime | None:
+            (due,) = conn.execute(
+                "SELECT MIN(next_fire_at) FROM anywork_schedules"
+                " WHERE enabled = 1 AND next_fire_at IS NOT NULL"
+            ).fetchone()
+            return _dt(due)
+
+        return await self._run(query)
 
     # -- events -------------------------------------------------------------------------------
 
