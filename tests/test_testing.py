@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import anyio
 import pytest
 
 from work import Deferred, Job, JobState, Queue, Status, Worker
+from work.scheduling import Schedule, Scheduler, Schedules
 from work.stores import open_store
 from work.stores._base import Store
 from work.testing import VirtualClock, drain
@@ -230,3 +233,75 @@ async def test_drain_on_a_running_worker_and_named_queues(clocked: Store) -> Non
     assert got_b is not None and got_b.state is JobState.QUEUED
     with pytest.raises(ValueError, match="queue names"):
         await drain(queue, worker, queues=[])
+
+
+def _berlin_daily(day: date, hour: int, minute: int) -> datetime:
+    """Independently of the scheduler: the first instant of ``day`` whose Berlin wall clock has
+    reached ``hour:minute`` (a time in the spring gap fires just after it; one repeated by the
+    fall-back fires at its first occurrence)."""
+    berlin = ZoneInfo("Europe/Berlin")
+    t = datetime(day.year, day.month, day.day, tzinfo=berlin).astimezone(UTC)
+    while True:
+        wall = t.astimezone(berlin)
+        if (wall.hour, wall.minute) >= (hour, minute) or wall.date() > day:
+            return t
+        t += timedelta(minutes=1)
+
+
+async def test_a_year_of_berlin_schedules_on_a_virtual_clock(clocked: Store) -> None:
+    """A year of an hourly and a daily (02:30, inside the spring gap) Europe/Berlin schedule
+    fire at exactly the instants an independent zoneinfo computation gives."""
+    clock = _clock(clocked)
+    start = START
+    schedules = Schedules(clocked)
+    tick = Job("tick")
+    await schedules.put(Schedule("b/hourly", "cron(0 * * * ? *)", tick, timezone="Europe/Berlin"))
+    await schedules.put(Schedule("b/daily", "cron(30 2 * * ? *)", tick, timezone="Europe/Berlin"))
+    end = START + timedelta(days=365)
+    with anyio.fail_after(240):
+        async with Scheduler(clocked, clock=clock):
+            await clock.advance_to(end)
+    fires: dict[str, list[datetime]] = {"b/hourly": [], "b/daily": []}
+    after: str | None = None
+    while page := await clocked.list(handler="tick", limit=1000, after=after):
+        for rec in page:
+            assert rec.schedule_id is not None and rec.scheduled_for is not None
+            fires[rec.schedule_id].append(rec.scheduled_for)
+        after = page[-1].id
+    hours = int((end - start).total_seconds() // 3600)
+    assert sorted(fires["b/hourly"]) == [start + timedelta(hours=h + 1) for h in range(hours)]
+    days = [START.date() + timedelta(days=d) for d in range(366)]
+    expected = [t for t in (_berlin_daily(d, 2, 30) for d in days) if start < t <= end]
+    assert sorted(fires["b/daily"]) == expected
+    # Spring-forward (29 March 2026): 03:00 CEST, the first instant after the gap; fall-back
+    # (25 October 2026): the first 02:30, in CEST; the hourly one fires 23 and 25 times.
+    assert datetime(2026, 3, 29, 1, 0, tzinfo=UTC) in fires["b/daily"]
+    assert datetime(2026, 10, 25, 0, 30, tzinfo=UTC) in fires["b/daily"]
+    assert datetime(2026, 10, 25, 1, 30, tzinfo=UTC) not in fires["b/daily"]
+    berlin = ZoneInfo("Europe/Berlin")
+    per_day = Counter(t.astimezone(berlin).date() for t in fires["b/hourly"])
+    assert per_day[date(2026, 3, 29)] == 23 and per_day[date(2026, 10, 25)] == 25
+
+
+async def test_schedule_executions_see_their_fire_time(clocked: Store) -> None:
+    """Under a scheduler and serve on one VirtualClock, each execution of an hourly schedule
+    starts at its fire time (ctx.started_at == scheduled_for)."""
+    clock = _clock(clocked)
+    seen: list[tuple[datetime, datetime]] = []
+
+    async def tick(job: Job) -> None:
+        assert job.ctx is not None
+        rec = await clocked.get(job.id)
+        assert rec is not None and rec.scheduled_for is not None
+        seen.append((job.ctx.started_at, rec.scheduled_for))
+
+    await Schedules(clocked).put(Schedule("hourly", "rate(1 hour)", Job("tick")))
+    with anyio.fail_after(60):
+        async with Worker(clock=clock) as worker, Scheduler(clocked, clock=clock):
+            worker.register("tick", tick)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(worker.serve, clocked)
+                await clock.advance(timedelta(days=7))
+                worker.stop()
+    assert [s for s, _ in seen] == [START + timedelta(hours=h + 1) for h in range(7 * 24)]
+    assert all(started == fired for started, fired in seen)
