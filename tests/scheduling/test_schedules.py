@@ -84,6 +84,7 @@ def test_attributes_carry_the_constructor_names() -> None:
     assert schedule.ttl == 30.0 and schedule.misfire_grace == 5.0
     assert schedule.retry is retry and schedule.start_at == start
     assert schedule.description == "d"
+    assert isinstance(schedule.target, Job)
     assert schedule.target is not target and schedule.target.handler == "report"
 
 

@@ -15,6 +15,7 @@ from typing import Any, Self
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from .._core.clock import clock_of
+from .._core.job import Job
 from .._core.jsoncheck import check_json
 from ..stores._base import JobRecord, JobState, ScheduleRow, Store
 from ..stores._open import open_store
@@ -131,8 +132,9 @@ class Schedules:
         """
         if not isinstance(schedule, Schedule):
             raise TypeError(f"put needs a Schedule, got {type(schedule).__name__}")
-        check_json(schedule.target.args, "target.args")
-        check_json(schedule.target.headers, "target.headers")
+        if isinstance(schedule.target, Job):
+            check_json(schedule.target.args, "target.args")
+            check_json(schedule.target.headers, "target.headers")
         # Compared with what the store holds, which went through JSON.
         spec = json.loads(json.dumps(schedule.to_spec()))
         for _ in range(_CAS_TRIES):

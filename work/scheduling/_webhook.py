@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import importlib
 import math
-import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from .._core.clock import clock_of
 from .._core.deferred import Deferred
 from .._core.exceptions import StatusError
 from .._core.job import Job
@@ -257,12 +257,13 @@ class WebhookHandler:
         scheduled = _parse_time(job.args.get("scheduled_time"))
         if scheduled is None and record is not None:
             scheduled = record.scheduled_for or record.enqueued_at
+        now = clock_of(self.store).now()  # the store's clock (a VirtualClock in tests)
         if scheduled is None:
-            scheduled = datetime.now(UTC)
+            scheduled = now
         expression = job.args.get("schedule")
         if expression is None and found is not None:
             expression = getattr(found.schedule, "expression", None)
-        latency_ms = max(int(time.time() * 1000) - _ms(scheduled), 0)
+        latency_ms = max(_ms(now) - _ms(scheduled), 0)
         url = None
         if hook.callback and self.public_url is not None:
             token = await callback_token(self.store, job.id)
