@@ -594,6 +594,16 @@ class MemoryStore:
         with self._lock:
             return self._settings.setdefault(key, value)
 
+    async def get_setting(self, key: str) -> str | None:
+        """Return the setting ``key``, or None."""
+        with self._lock:
+            return self._settings.get(key)
+
+    async def set_setting(self, key: str, value: str) -> None:
+        """Store ``value`` as the setting ``key`` (replacing any)."""
+        with self._lock:
+            self._settings[key] = value
+
     # -- retention ------------------------------------------------------------------------------
 
     def _delete(self, ids: Sequence[str]) -> None:

@@ -1144,6 +1144,28 @@ class SQLiteStore:
 
         return await self._transaction(update)
 
+    async def get_setting(self, key: str) -> str | None:
+        """Return the setting ``key``, or None."""
+
+        def query(conn: sqlite3.Connection) -> str | None:
+            row = conn.execute("SELECT value FROM anywork_settings WHERE key = ?", (key,))
+            found = row.fetchone()
+            return None if found is None else str(found[0])
+
+        return await self._run(query)
+
+    async def set_setting(self, key: str, value: str) -> None:
+        """Store ``value`` as the setting ``key`` (replacing any)."""
+
+        def update(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO anywork_settings (key, value) VALUES (?, ?)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (key, value),
+            )
+
+        await self._transaction(update)
+
     # -- retention ------------------------------------------------------------------------------
 
     async def purge(
