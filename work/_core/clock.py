@@ -13,7 +13,6 @@ from time import time as _system_time
 
 import anyio
 import anyio.lowlevel
-import sniffio
 
 __all__ = ["SYSTEM", "Clock", "VirtualClock", "clock_of", "current_clock"]
 
@@ -100,12 +99,13 @@ def use_clock(clock: Clock) -> None:
 async def _all_tasks_blocked() -> None:
     """Return once every other task is blocked (waiting on an event, a lock, I/O, a thread or
     a sleep) and none can run."""
-    if sniffio.current_async_library() != "asyncio":
-        await anyio.wait_all_tasks_blocked()  # trio's own: exact and without polling
+    try:
+        me = asyncio.current_task()
+    except RuntimeError:  # not asyncio: trio's own check, exact and without polling
+        await anyio.wait_all_tasks_blocked()
         return
     # anyio's asyncio version polls every 0.1 s; a virtual clock settles after every step, so
     # it yields to the loop instead, as often as runnable tasks remain.
-    me = asyncio.current_task()
     while True:
         await asyncio.sleep(0)
         for task in asyncio.all_tasks():
