@@ -26,6 +26,7 @@ CONTRACT = {
         "Schedule", "ScheduleRecord", "Schedules", "SyncSchedules", "Scheduler", "Webhook",
         "WebhookHandler",
     },
+    "work.testing": {"VirtualClock", "drain"},
 }  # fmt: skip
 
 

@@ -84,6 +84,7 @@ def test_attributes_carry_the_constructor_names() -> None:
     assert schedule.ttl == 30.0 and schedule.misfire_grace == 5.0
     assert schedule.retry is retry and schedule.start_at == start
     assert schedule.description == "d"
+    assert isinstance(schedule.target, Job)
     assert schedule.target is not target and schedule.target.handler == "report"
 
 
@@ -164,7 +165,7 @@ def test_plan_for_an_unreadable_schedule_stops_it() -> None:
 
 
 def test_scheduler_refuses_bad_settings() -> None:
-    """poll <= 0, batch < 1 and a clock other than None are refused."""
+    """poll <= 0, batch < 1 and a clock that is not a Clock are refused."""
     store = open_store("memory://")
     with pytest.raises(ValueError, match="poll"):
         Scheduler(store, poll=0)

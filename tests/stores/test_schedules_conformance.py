@@ -71,6 +71,7 @@ async def test_put_creates_and_get_reads_back(store: Store) -> None:
     got = await schedules.get("billing/invoices")
     assert got is not None
     assert got.schedule == schedule
+    assert isinstance(got.schedule.target, Job)
     assert got.schedule.target.queue == "billing" and got.schedule.target.args == {"day": 1}
     assert got.schedule.retry is not None and got.schedule.retry.max_attempts == 4
     assert got.schedule.exclusive and got.schedule.ttl == 30.0
@@ -95,6 +96,7 @@ async def test_put_changed_expression_reanchors_other_changes_keep_next_fire(sto
     first = await schedules.put(Schedule("a/x", "rate(1 hour)", Job("h", {"v": 1})))
     args_changed = await schedules.put(Schedule("a/x", "rate(1 hour)", Job("h", {"v": 2})))
     assert args_changed.next_fire_at == first.next_fire_at
+    assert isinstance(args_changed.schedule.target, Job)
     assert args_changed.schedule.target.args == {"v": 2}
     assert args_changed.updated_at >= first.updated_at
     retimed = await schedules.put(Schedule("a/x", "rate(2 minutes)", Job("h", {"v": 2})))
@@ -150,7 +152,8 @@ async def test_sync_creates_updates_and_deletes_under_prefix(store: Store) -> No
     ids = [r.schedule.id for r in await schedules.list()]
     assert ids == ["app/keep", "app/new", "other/x"]
     kept = await schedules.get("app/keep")
-    assert kept is not None and kept.schedule.target.args == {"v": 2}
+    assert kept is not None and isinstance(kept.schedule.target, Job)
+    assert kept.schedule.target.args == {"v": 2}
     with pytest.raises(ValueError, match="does not start with"):
         await schedules.sync([Schedule("zzz/a", "rate(1 hour)", Job("h"))], prefix="app/")
     assert [r.schedule.id for r in await schedules.sync([], prefix="app/")] == []

@@ -10,7 +10,7 @@ import socket
 import threading
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -18,6 +18,7 @@ import anyio.from_thread
 import structlog
 from anyio.abc import TaskGroup
 
+from .._core.clock import _current, clock_of
 from .._core.exceptions import UnknownHandlerError
 from .._core.job import Job
 from .._core.retry import Exponential
@@ -80,10 +81,6 @@ _EXPIRE_BATCH = 200
 _EXPIRE_PAUSE = 0.05
 
 _log = structlog.get_logger("anywork.serve")
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
 
 
 class _Backoff:
@@ -170,6 +167,8 @@ class _Server:
         on_discarded: Callable[[Outcome], object] | None = None,
     ) -> None:
         self.worker = worker
+        # A store given a clock sets the time (a VirtualClock in tests), else the worker's.
+        self.clock = clock_of(store) if clock_of(store).virtual else worker.clock
         self.on_discarded = on_discarded
         self.result_ttl = result_ttl
         self.store = store
@@ -365,7 +364,7 @@ class _Server:
         an attempt and a little later (growing pauses); FAILED 404 once no worker has run it
         for ``unknown_handler_grace`` seconds since the first such hand-back."""
         rec = slot.record
-        now = _now()
+        now = self.clock.now()
         since = slot.unknown_since or now
         waited = (now - since).total_seconds()
         if waited >= self.unknown_handler_grace:
@@ -393,7 +392,7 @@ class _Server:
     async def renew_loop(self) -> None:
         interval = min(self.lease / 3, _MAX_RENEW_INTERVAL)
         while True:
-            await anyio.sleep(interval)
+            await self.clock.sleep(interval, due=False)
             ids = list(self.slots)
             if not ids:
                 continue
@@ -426,7 +425,7 @@ class _Server:
                 self.outage.ok()
                 if reaped:
                     self.log.info("put back jobs whose worker was lost", count=reaped)
-            await anyio.sleep(interval)
+            await self.clock.sleep(interval, due=False)
 
     async def deadline_loop(self) -> None:
         """Fail or retry WAITING jobs whose deadline passed (504 "no callback within ttl")."""
@@ -444,7 +443,7 @@ class _Server:
                         handler=rec.handler,
                         state=rec.state.value,
                     )
-            await anyio.sleep(_DEADLINE_INTERVAL)
+            await self.clock.sleep(_DEADLINE_INTERVAL, due=False)
 
     # -- progress -------------------------------------------------------------------------------
 
@@ -521,7 +520,7 @@ class _Server:
         for its queues), in small batches."""
         if self.result_ttl is None:
             return
-        await anyio.sleep(_EXPIRE_FIRST)
+        await self.clock.sleep(_EXPIRE_FIRST, due=False)
         while True:
             try:
                 deleted = await self.store.expire(
@@ -532,7 +531,8 @@ class _Server:
                 deleted = 0
             if deleted:
                 self.log.debug("deleted finished jobs past their result_ttl", count=deleted)
-            await anyio.sleep(_EXPIRE_PAUSE if deleted >= _EXPIRE_BATCH else _EXPIRE_INTERVAL)
+            pause = _EXPIRE_PAUSE if deleted >= _EXPIRE_BATCH else _EXPIRE_INTERVAL
+            await self.clock.sleep(pause, due=False)
 
     # -- completing ---------------------------------------------------------------------------
 
@@ -698,5 +698,10 @@ async def serve_store(
         result_ttl=ttl,
         on_discarded=on_discarded,
     )
-    async with worker.lifetime():
-        await server.run()
+    # decide() and the other outcome rules read the time from the serve's clock.
+    token = _current.set(server.clock)
+    try:
+        async with worker.lifetime():
+            await server.run()
+    finally:
+        _current.reset(token)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from .._core.clock import current_clock
 from .._core.deferred import Deferred
 from .._core.exceptions import RetryLater, StatusError
 from .._core.jsoncheck import check_json, json_ok
@@ -30,7 +31,8 @@ DEFAULT_MAX_DEFERRALS = 20
 
 
 def _now() -> datetime:
-    return datetime.now(UTC)
+    # The clock of the serve that decides (a VirtualClock in tests), else the system's.
+    return current_clock().now()
 
 
 def _describe(error: BaseException | None, status: Status) -> str:

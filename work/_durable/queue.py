@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Self, overload
 
 import anyio
 
+from .._core.clock import clock_of
 from .._core.job import Job
 from .._core.jsoncheck import check_json
 from .._core.retry import RetryPolicy
@@ -182,7 +183,7 @@ class Queue:
         """
         self._record(
             job,
-            now=datetime.now(UTC),
+            now=clock_of(self.store).now(),
             delay=delay,
             at=at,
             priority=priority,
@@ -312,7 +313,7 @@ class Queue:
         Raises:
             TypeError, ValueError: as for :meth:`enqueue`.
         """
-        now = datetime.now(UTC)
+        now = clock_of(self.store).now()
         ttl = _result_ttl(result_ttl)
         records = [
             self._record(
@@ -702,7 +703,7 @@ class Queue:
             age = seconds(older_than, name="older_than")
             if not 0 <= age < float("inf"):
                 raise ValueError(f"older_than must be a duration >= 0, got {older_than!r}")
-            cutoff = datetime.now(UTC) - timedelta(seconds=age)
+            cutoff = clock_of(self.store).now() - timedelta(seconds=age)
         return await self.store.purge(older_than=cutoff, states=wanted)
 
     async def retry(self, id: str) -> JobRecord:

@@ -11,6 +11,8 @@ from typing import Generic, TypeVar
 
 import anyio
 
+from .._core.clock import SYSTEM, Clock
+
 __all__ = ["CronSchedule", "IntervalSchedule", "Schedule", "TimerHeap", "parse_every", "seconds"]
 
 T = TypeVar("T")
@@ -98,22 +100,25 @@ def parse_every(every: float | timedelta | str) -> Schedule:
 
 
 class TimerHeap(Generic[T]):
-    """Items due at anyio clock times, served by ONE task (not one sleeping task per item).
+    """Items due at times of ``clock``, served by ONE task (not one sleeping task per item).
 
     ``push`` adds an item; ``run(fire)`` (the serving task) calls ``fire(item)`` for each item
     as it falls due, in due order, and sleeps until the next one otherwise.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock = SYSTEM) -> None:
         self._heap: list[tuple[float, int, T]] = []
         self._seq = itertools.count()
         self._wake = anyio.Event()
+        self._clock = clock
+        # Real time: anyio's monotonic clock (blind to wall-clock jumps); virtual: the clock's.
+        self.time: Callable[[], float] = clock.time if clock.virtual else anyio.current_time
 
     def __len__(self) -> int:
         return len(self._heap)
 
     def push(self, when: float, item: T) -> None:
-        """Add ``item`` due at anyio clock time ``when``."""
+        """Add ``item`` due at time ``when`` (of :attr:`time`)."""
         heapq.heappush(self._heap, (when, next(self._seq), item))
         if self._heap[0][2] is item:
             self._wake.set()
@@ -128,14 +133,13 @@ class TimerHeap(Generic[T]):
         """Serve the heap forever: call ``fire`` for each item as it falls due."""
         heap = self._heap
         while True:
-            now = anyio.current_time()
+            now = self.time()
             while heap and heap[0][0] <= now:
                 fire(heapq.heappop(heap)[2])
             if self._wake.is_set():
                 self._wake = anyio.Event()
             if heap:
-                with anyio.move_on_after(heap[0][0] - now):
-                    await self._wake.wait()
+                await self._clock.wait(self._wake, heap[0][0] - now, due=True)
             else:
                 await self._wake.wait()
 

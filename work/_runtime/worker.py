@@ -5,7 +5,6 @@ from __future__ import annotations
 import collections
 import itertools
 import logging
-import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
@@ -17,12 +16,13 @@ import anyio.lowlevel
 from anyio.abc import TaskGroup
 
 from .._core.chain import compose, is_async_callable
+from .._core.clock import SYSTEM, Clock
 from .._core.exceptions import StatusError, UnknownHandlerError
 from .._core.job import Ctx, Job
 from .._core.status import Status
 from .._core.types import Adapter, Handler
 from .sync_handlers import ProcessRunner, SyncMode, ThreadRunner
-from .timers import CronSchedule, IntervalSchedule, TimerHeap, parse_every, seconds, utcnow
+from .timers import CronSchedule, IntervalSchedule, TimerHeap, parse_every, seconds
 
 if TYPE_CHECKING:
     from ..stores._base import Store
@@ -217,10 +217,14 @@ class Worker:
             be a module-level function and the job's args and its result picklable.
         max_abandoned_threads: with ``"thread"``, while this many abandoned threads are
             still running, new sync executions end 503 at once instead of starting another.
+        clock: the time ``perform_at``, ``perform_in``, ``perform_every`` and
+            ``ctx.started_at`` run on (default: the system clock); a
+            :class:`work.testing.VirtualClock` in tests.
 
     Raises:
         ValueError: ``max_concurrency`` < 1, a negative ``shutdown_grace``, an unknown
             ``sync_handlers`` or ``max_abandoned_threads`` < 1.
+        TypeError: a ``clock`` that is not a Clock.
     """
 
     _names = itertools.count(1)
@@ -234,7 +238,11 @@ class Worker:
         shutdown_grace: float = 10.0,
         sync_handlers: SyncMode = "thread",
         max_abandoned_threads: int = 16,
+        clock: Clock | None = None,
     ) -> None:
+        if clock is not None and not isinstance(clock, Clock):
+            raise TypeError(f"clock must be a work.testing.VirtualClock or None, got {clock!r}")
+        self.clock: Clock = clock or SYSTEM
         if sync_handlers not in ("thread", "process"):
             raise ValueError(f"sync_handlers must be 'thread' or 'process', got {sync_handlers!r}")
         if isinstance(max_abandoned_threads, bool) or not isinstance(max_abandoned_threads, int):
@@ -384,7 +392,7 @@ class Worker:
         self._services_done.set()
         if self.max_concurrency is not None:
             self._sem = anyio.Semaphore(self.max_concurrency, fast_acquire=True)
-        self._timers = TimerHeap()
+        self._timers = TimerHeap(self.clock)
         tg = anyio.create_task_group()
         await tg.__aenter__()
         self._tg = tg
@@ -571,7 +579,7 @@ class Worker:
             raise ValueError(
                 f"perform_at needs an aware datetime (with tzinfo), got naive {when.isoformat()}"
             )
-        delay = (when - utcnow()).total_seconds()
+        delay = (when - self.clock.now()).total_seconds()
         return self._schedule(job, max(delay, 0.0))
 
     async def perform_in(self, job: Job, delay: float | timedelta) -> Execution:
@@ -590,7 +598,7 @@ class Worker:
     def _schedule(self, job: Job, delay: float) -> Execution:
         execution = self._new_execution(job)
         assert self._timers is not None
-        self._timers.push(anyio.current_time() + delay, execution)
+        self._timers.push(self._timers.time() + delay, execution)
         return execution
 
     async def perform_every(
@@ -672,22 +680,21 @@ class Worker:
     ) -> None:
         try:
             with handle._scope:
+                clock = self.clock
                 if isinstance(schedule, IntervalSchedule):
-                    start = anyio.current_time()
+                    # Real time: anyio's monotonic clock, blind to wall-clock jumps.
+                    now = clock.time if clock.virtual else anyio.current_time
+                    start = now()
                     while True:
                         execution = await self.perform(job)
                         handle._started(execution)
                         if sync:
                             await execution.wait()
-                        nxt = schedule.next_after(start, anyio.current_time())
-                        await anyio.sleep(nxt - anyio.current_time())
+                        nxt = schedule.next_after(start, now())
+                        await clock.sleep(nxt - now())
                 else:
                     while True:
-                        nxt_wall = schedule.next_after_wall(utcnow())
-                        # Sleep in short hops on the wall clock: a long monotonic sleep would
-                        # miss a wall-clock jump (suspend, NTP step).
-                        while (left := (nxt_wall - utcnow()).total_seconds()) > 0:  # noqa: ASYNC110
-                            await anyio.sleep(min(left, 60.0))
+                        await clock.sleep_until(schedule.next_after_wall(clock.now()))
                         execution = await self.perform(job)
                         handle._started(execution)
                         if sync:
@@ -839,7 +846,7 @@ class Worker:
     async def _execute(self, execution: Execution) -> None:
         ctx = execution.ctx
         execution._phase = _RUNNING
-        ctx._started = time.time()
+        ctx._started = self.clock.time()
         if self._subscribers:
             self._notify(execution)
         try:

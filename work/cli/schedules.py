@@ -20,7 +20,17 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from .._core.job import Job
 from .._core.retry import RetryPolicy
-from ..scheduling import Schedule, Scheduler, ScheduleRecord, Schedules
+from .._runtime.worker import Worker
+from ..scheduling import (
+    Schedule,
+    Scheduler,
+    ScheduleRecord,
+    Schedules,
+    Webhook,
+    WebhookHandler,
+    keep_public_url,
+)
+from ..scheduling._webhook import WEBHOOK_HANDLER, _check_public_url
 from ..stores import JobRecord, JobState, Store
 from ._common import CLIError, connected, log, open_store_of
 
@@ -30,6 +40,8 @@ __all__ = [
     "beside_worker",
     "child_options",
     "load_schedules",
+    "public_url_arg",
+    "register_webhooks",
     "schedule_to_dict",
 ]
 
@@ -170,11 +182,23 @@ async def _cmd_put(ns: argparse.Namespace) -> int:
         raise CLIError(f"--args is not valid JSON ({exc}): {ns.args!r}", 2) from None
     if not isinstance(args, dict):
         raise CLIError(f"--args must be a JSON object, got {type(args).__name__}", 2)
+    if ns.webhook is None and (ns.payload is not None or ns.no_callback):
+        raise CLIError("--payload and --no-callback go with --webhook URL", 2)
     with _bad_input():
+        target: Job | Webhook
+        if ns.webhook is not None:
+            target = Webhook(
+                ns.webhook,
+                payload=ns.payload or "",
+                callback=not ns.no_callback,
+                queue=ns.queue,
+            )
+        else:
+            target = Job(ns.job, args, queue=ns.queue)
         schedule = Schedule(
             ns.id,
             ns.expression,
-            Job(ns.job, args, queue=ns.queue),
+            target,
             timezone=ns.tz,
             enabled=not ns.disabled,
             exclusive=ns.exclusive,
@@ -256,6 +280,9 @@ async def _cmd_scheduler(ns: argparse.Namespace) -> int:
         raise CLIError(f"--poll must be > 0 seconds, got {ns.poll:g}", 2)
     async with connected(open_store_of(ns)) as store, anyio.create_task_group() as tg:
         await tg.start(_stop_on_signal, tg)
+        if ns.public_url:
+            await keep_public_url(store, ns.public_url)
+            log(f"public URL for webhook callbacks: {ns.public_url}")
         log(f"scheduler on store={store.url} poll={ns.poll:g}s pid={os.getpid()}")
         await Scheduler(store, poll=ns.poll).run()
     return 0
@@ -305,12 +332,26 @@ def add_commands(sub: Any, add_store: AddStore, run: Run) -> None:
     put.add_argument("id")
     put.add_argument("expression", help="cron(...), rate(...), at(...) or a crontab line")
     add_store(put)
-    put.add_argument("--job", required=True, metavar="HANDLER", help="the handler to run")
+    what = put.add_mutually_exclusive_group(required=True)
+    what.add_argument("--job", metavar="HANDLER", help="the handler to run")
+    what.add_argument("--webhook", metavar="URL", help="POST to this URL (anywork.webhook)")
     put.add_argument("--args", default="{}", metavar="JSON", help="a JSON object (default: {})")
+    put.add_argument("--payload", default=None, metavar="STR", help="a --webhook's payload")
+    put.add_argument(
+        "--no-callback",
+        action="store_true",
+        help="a --webhook that succeeds on its 2xx answer instead of waiting for a callback",
+    )
     put.add_argument("--queue", default="default")
     put.add_argument("--tz", default="UTC", help="IANA time zone (default: UTC)")
     put.add_argument("--exclusive", action="store_true", help="record overlapping fires as 409")
-    put.add_argument("--ttl", type=float, default=None, metavar="S", help="execution timeout")
+    put.add_argument(
+        "--ttl",
+        type=float,
+        default=None,
+        metavar="S",
+        help="execution timeout (a callback --webhook's wait for its callback; required there)",
+    )
     put.add_argument("--misfire-grace", type=float, default=60.0, metavar="S")
     put.add_argument("--max-attempts", type=int, default=None, metavar="N")
     put.add_argument("--disabled", action="store_true", help="store it paused")
@@ -341,15 +382,46 @@ def add_commands(sub: Any, add_store: AddStore, run: Run) -> None:
     sch = sub.add_parser("scheduler", help="run a scheduler (any number may run on one store)")
     add_store(sch)
     sch.add_argument("--poll", type=float, default=1.0, metavar="S", help="(default: 1)")
+    _add_public_url(sch)
     sch.set_defaults(func=run(_cmd_scheduler))
 
 
 # --------------------------------------------------------------------------- the worker's options
 
 
+def public_url_arg(value: str) -> str:
+    """argparse type of ``--public-url``: an absolute http(s) URL, without a trailing ``/``."""
+    try:
+        return _check_public_url(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _add_public_url(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--public-url",
+        type=public_url_arg,
+        default=None,
+        metavar="URL",
+        help="the URL webhook callbacks reach anywork serve at; kept in the store for the "
+        "anywork.webhook handlers of every process",
+    )
+
+
+async def register_webhooks(ns: argparse.Namespace, worker: Worker, store: Store) -> None:
+    """Register ``anywork.webhook`` on ``worker`` (unless it has its own), and keep
+    ``--public-url``, if given, in the store's settings."""
+    public_url = getattr(ns, "public_url", None)
+    if public_url:
+        await keep_public_url(store, public_url)
+    if WEBHOOK_HANDLER not in worker.handlers:
+        worker.register(WEBHOOK_HANDLER, WebhookHandler(store, public_url=public_url))
+
+
 def add_worker_options(parser: argparse.ArgumentParser) -> None:
-    """Add ``--scheduler``, ``--schedules module:attr`` and ``--schedules-prefix`` to
-    ``anywork worker``."""
+    """Add ``--scheduler``, ``--schedules module:attr``, ``--schedules-prefix`` and
+    ``--public-url`` to ``anywork worker``."""
+    _add_public_url(parser)
     parser.add_argument(
         "--scheduler", action="store_true", help="also run a scheduler in each process"
     )
@@ -375,6 +447,8 @@ def child_options(ns: argparse.Namespace) -> list[str]:
         out.append("--scheduler")
     if getattr(ns, "schedules", None):
         out += ["--schedules", ns.schedules, "--schedules-prefix", ns.schedules_prefix]
+    if getattr(ns, "public_url", None):
+        out += ["--public-url", ns.public_url]
     return out
 
 

@@ -24,7 +24,7 @@ from .._durable.consumer import serve_store
 from .._runtime.worker import Execution, Worker
 from ..stores import Outcome, Store
 from ._common import CLIError, connect_patiently, entered, log, open_store_of
-from .schedules import beside_worker, child_options
+from .schedules import beside_worker, child_options, register_webhooks
 
 if TYPE_CHECKING:
     import uvicorn
@@ -340,6 +340,7 @@ async def _serve(
             )
             stop.set()
 
+        await register_webhooks(ns, worker, store)
         serving.start_soon(serve)
         probe.ready = True
         concurrency = ns.concurrency or worker.max_concurrency or 16

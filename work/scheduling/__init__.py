@@ -12,6 +12,8 @@ from ._schedules import Schedules as Schedules
 from ._schedules import SyncSchedules as SyncSchedules
 from ._webhook import Webhook as Webhook
 from ._webhook import WebhookHandler as WebhookHandler
+from ._webhook import keep_public_url as keep_public_url
+from ._webhook import stored_public_url as stored_public_url
 
 __all__ = (
     "Schedule",
@@ -24,4 +26,6 @@ __all__ = (
     "callback_token",
     "callback_url",
     "handle_callback",
+    "keep_public_url",
+    "stored_public_url",
 )

@@ -13,6 +13,7 @@ from .._core.job import Job
 from .._core.retry import RetryPolicy, backoff_from_dict
 from .._core.status import Status
 from ..stores._base import JobRecord
+from ._webhook import Webhook
 
 if TYPE_CHECKING:
     from ._expressions import Expression
@@ -124,7 +125,7 @@ class Schedule:
         self,
         id: str,
         expression: str,
-        target: Job,
+        target: Job | Webhook,
         *,
         timezone: str = "UTC",
         enabled: bool = True,
@@ -143,8 +144,8 @@ class Schedule:
             raise TypeError(f"expression must be a str, got {type(expression).__name__}")
         if not isinstance(timezone, str):
             raise TypeError(f"timezone must be a str, got {type(timezone).__name__}")
-        if not isinstance(target, Job):
-            raise TypeError(f"target must be a Job, got {type(target).__name__}")
+        if not isinstance(target, Job | Webhook):
+            raise TypeError(f"target must be a Job or a Webhook, got {type(target).__name__}")
         try:
             expr = _parse(expression, timezone)
         except ValueError as exc:
@@ -156,6 +157,11 @@ class Schedule:
         misfire_grace = _number(misfire_grace, "misfire_grace")
         if misfire_grace < 0:
             raise ValueError(f"misfire_grace must be >= 0 seconds, got {misfire_grace!r}")
+        if isinstance(target, Webhook) and target.callback and ttl is None:
+            raise ValueError(
+                f"schedule {id!r}: a Webhook(callback=True) target needs a ttl (seconds to "
+                f"wait for the callback)"
+            )
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise TypeError(f"retry must be a RetryPolicy or None, got {type(retry).__name__}")
         if start_at is not None:
@@ -164,7 +170,9 @@ class Schedule:
             raise TypeError(f"description must be a str, got {type(description).__name__}")
         self.id = id
         self.expression = expression
-        self.target = target.copy()
+        self.target: Job | Webhook = (
+            target.copy() if isinstance(target, Job) else Webhook.from_dict(target.to_dict())
+        )
         self.timezone = timezone
         self.enabled = bool(enabled)
         self.exclusive = bool(exclusive)
@@ -236,17 +244,22 @@ class Schedule:
     def to_spec(self) -> dict[str, Any]:
         """The schedule as JSON, as stores keep it (:meth:`from_spec` reads it back)."""
         target = self.target
-        job: dict[str, Any] = {"handler": target.handler, "args": target.args}
-        if target.queue != "default":
-            job["queue"] = target.queue
-        if target.timeout is not None:
-            job["timeout"] = target.timeout
-        if target.headers:
-            job["headers"] = target.headers
+        spec_target: dict[str, Any]
+        if isinstance(target, Webhook):
+            spec_target = {"webhook": target.to_dict()}
+        else:
+            job: dict[str, Any] = {"handler": target.handler, "args": target.args}
+            if target.queue != "default":
+                job["queue"] = target.queue
+            if target.timeout is not None:
+                job["timeout"] = target.timeout
+            if target.headers:
+                job["headers"] = target.headers
+            spec_target = {"job": job}
         return {
             "id": self.id,
             "expression": self.expression,
-            "target": {"job": job},
+            "target": spec_target,
             "timezone": self.timezone,
             "enabled": self.enabled,
             "exclusive": self.exclusive,
@@ -265,15 +278,19 @@ class Schedule:
             ValueError: the description is not one (a field is missing or bad).
         """
         try:
-            job = spec["target"]["job"]
-            target = Job(
-                job["handler"],
-                dict(job.get("args") or {}),
-                queue=job.get("queue", "default"),
-                timeout=job.get("timeout"),
-                headers=dict(job.get("headers") or {}),
-                id=spec["id"],  # unused (each fire has its own id): skips making a new one
-            )
+            target: Job | Webhook
+            if "webhook" in spec["target"]:
+                target = Webhook.from_dict(spec["target"]["webhook"])
+            else:
+                job = spec["target"]["job"]
+                target = Job(
+                    job["handler"],
+                    dict(job.get("args") or {}),
+                    queue=job.get("queue", "default"),
+                    timeout=job.get("timeout"),
+                    headers=dict(job.get("headers") or {}),
+                    id=spec["id"],  # unused (each fire has its own id): skips making a new one
+                )
             start_at = spec.get("start_at")
             return cls(
                 spec["id"],
@@ -294,9 +311,22 @@ class Schedule:
     def execution(self, job_id: str, *, fire: datetime, now: datetime) -> JobRecord:
         """The job record of one execution: the target with ``job_id``, this schedule's id,
         ``scheduled_for=fire``, the retry policy, and ``ttl`` (else the target's timeout) as
-        the timeout."""
+        the timeout. A Webhook target's job is its ``anywork.webhook`` job, on the webhook's
+        queue, whose callback wait ``ttl`` bounds (the POST itself has the webhook's timeout)."""
         target = self.target
         retry = self.retry
+        timeout: float | None
+        if isinstance(target, Webhook):
+            target = target.job(
+                id=job_id,
+                ttl=self.ttl,
+                schedule_id=self.id,
+                schedule=self.expression,
+                scheduled_time=fire,
+            )
+            timeout = None
+        else:
+            timeout = self.ttl if self.ttl is not None else target.timeout
         return JobRecord(
             id=job_id,
             handler=target.handler,
@@ -306,7 +336,7 @@ class Schedule:
             max_attempts=retry.max_attempts if retry is not None else 1,
             enqueued_at=now,
             scheduled_for=fire,
-            timeout=self.ttl if self.ttl is not None else target.timeout,
+            timeout=timeout,
             retry=(
                 {
                     "backoff": retry.backoff.to_dict(),

@@ -5,11 +5,13 @@ from __future__ import annotations
 import functools
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
-from typing import Any, Protocol, Self
+from typing import Any, Self
 
 import anyio
 from anyio.abc import TaskGroup
 
+from .._core.clock import Clock, clock_of
+from .._durable.deferred import expire_waiting
 from ..stores._base import Firing, JobRecord, ScheduleRow, Store
 from ._schedule import Schedule
 
@@ -33,25 +35,6 @@ _MAX_WALK = 100_000
 _MIN_PAUSE = 0.005
 # Pause after a tick that failed (the store unreachable), at most.
 _MAX_BACKOFF = 30.0
-
-
-class _Clock(Protocol):
-    """What a scheduler reads time from: ``now()`` (aware UTC) and ``await sleep(seconds)``.
-    The seam a virtual clock plugs into."""
-
-    def now(self) -> datetime: ...
-
-    async def sleep(self, seconds: float) -> None: ...
-
-
-class _SystemClock:
-    """Real time: the wall clock for fire times, anyio's sleep for pauses."""
-
-    def now(self) -> datetime:
-        return datetime.now(UTC)
-
-    async def sleep(self, seconds: float) -> None:
-        await anyio.sleep(seconds)
 
 
 def plan_firing(row: ScheduleRow, *, now: datetime) -> Firing:
@@ -132,23 +115,24 @@ class Scheduler:
 
     Args:
         store: an entered store.
-        clock: None (real time). Reserved for a virtual clock.
+        clock: the time it fires on (default: the store's clock, else the system's); a
+            :class:`work.testing.VirtualClock` in tests.
         poll: seconds between looks at the store at most (a schedule stored by another
             process is seen within this); a fire known to be due sooner wakes it sooner.
         batch: due schedules taken per store call.
 
     Raises:
         ValueError: ``poll`` <= 0 or ``batch`` < 1.
-        TypeError: a ``clock`` other than None.
+        TypeError: a ``clock`` that is not a Clock.
     """
 
     def __init__(
-        self, store: Store, *, clock: None = None, poll: float = 1.0, batch: int = 500
+        self, store: Store, *, clock: Clock | None = None, poll: float = 1.0, batch: int = 500
     ) -> None:
         if not isinstance(store, Store):
             raise TypeError(f"Scheduler needs a store, got {type(store).__name__}")
-        if clock is not None:
-            raise TypeError("Scheduler(clock=...) accepts only None in this version")
+        if clock is not None and not isinstance(clock, Clock):
+            raise TypeError(f"clock must be a work.testing.VirtualClock or None, got {clock!r}")
         if isinstance(poll, bool) or not isinstance(poll, int | float) or not poll > 0:
             raise ValueError(f"poll must be > 0 seconds, got {poll!r}")
         if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
@@ -156,7 +140,7 @@ class Scheduler:
         self.store = store
         self.poll = float(poll)
         self.batch = batch
-        self._clock: _Clock = _SystemClock()
+        self.clock: Clock = clock or clock_of(store)
         self._tg: TaskGroup | None = None
 
     def __repr__(self) -> str:
@@ -169,7 +153,7 @@ class Scheduler:
             Every execution record it made, the 409 ones of exclusive schedules included
             (not those another scheduler made).
         """
-        when = self._clock.now() if now is None else now.astimezone(UTC)
+        when = self.clock.now() if now is None else now.astimezone(UTC)
         plan = functools.partial(plan_firing, now=when)
         out: list[JobRecord] = []
         while True:
@@ -196,18 +180,23 @@ class Scheduler:
         while True:
             try:
                 await self.tick()
+                # WAITING executions whose callback never came end 504 at their ttl even when
+                # no worker serves the store (a lone scheduler).
+                await expire_waiting(self.store)
                 due = await self.store.next_schedule_due()
                 failures = 0
             except Exception:
                 failures += 1
                 pause = min(self.poll * 2**failures, _MAX_BACKOFF)
                 _log().exception("scheduler tick failed", retry_in=pause)
-                await self._clock.sleep(pause)
+                await self.clock.sleep(pause, due=False)
                 continue
             pause = self.poll
             if due is not None:
-                pause = min(pause, (due - self._clock.now()).total_seconds())
-            await self._clock.sleep(max(pause, _MIN_PAUSE))
+                pause = min(pause, (due - self.clock.now()).total_seconds())
+                self.clock.wake_at(due.timestamp())  # a virtual clock stops at the next fire
+            # A poll: a virtual clock need not stop at it (it does at the next fire).
+            await self.clock.sleep(max(pause, _MIN_PAUSE), due=False)
 
     async def __aenter__(self) -> Self:
         """Start firing in the background."""

@@ -8,12 +8,14 @@ import json
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from contextlib import AbstractContextManager
-from datetime import UTC, datetime
+from datetime import datetime
 from types import TracebackType
 from typing import Any, Self
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
+from .._core.clock import clock_of
+from .._core.job import Job
 from .._core.jsoncheck import check_json
 from ..stores._base import JobRecord, JobState, ScheduleRow, Store
 from ..stores._open import open_store
@@ -24,10 +26,6 @@ __all__ = ["Schedules", "SyncSchedules"]
 # A write that lost a race with another writer is redone from a fresh read, at most this often.
 _CAS_TRIES = 20
 _PAGE = 500
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
 
 
 def _anchor(schedule: Schedule, now: datetime) -> datetime:
@@ -110,7 +108,7 @@ class Schedules:
             old = await self.store.get_schedule(id)
             if old is None:
                 raise LookupError(f"no schedule with id {id!r} in {self.store.url}")
-            new = change(old, _now())
+            new = change(old, clock_of(self.store).now())
             if new is None:
                 return await self._record(old)
             new = new.replace(version=old.version + 1)
@@ -134,13 +132,14 @@ class Schedules:
         """
         if not isinstance(schedule, Schedule):
             raise TypeError(f"put needs a Schedule, got {type(schedule).__name__}")
-        check_json(schedule.target.args, "target.args")
-        check_json(schedule.target.headers, "target.headers")
+        if isinstance(schedule.target, Job):
+            check_json(schedule.target.args, "target.args")
+            check_json(schedule.target.headers, "target.headers")
         # Compared with what the store holds, which went through JSON.
         spec = json.loads(json.dumps(schedule.to_spec()))
         for _ in range(_CAS_TRIES):
             old = await self.store.get_schedule(schedule.id)
-            now = _now()
+            now = clock_of(self.store).now()
             if old is None:
                 anchor = _anchor(schedule, now)
                 row = ScheduleRow(
@@ -228,7 +227,7 @@ class Schedules:
         if row is None:
             raise LookupError(f"no schedule with id {id!r} in {self.store.url}")
         schedule = Schedule.from_spec(row.spec)
-        now = _now()
+        now = clock_of(self.store).now()
         job_id = f"{id}@manual-{now:%Y%m%dT%H%M%S}{now.microsecond:06d}Z-{uuid.uuid4().hex[:6]}"
         record = schedule.execution(job_id, fire=now, now=now)
         return await self.store.add_execution(record, exclusive=schedule.exclusive)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import importlib
 import math
-import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from .._core.clock import clock_of
 from .._core.deferred import Deferred
 from .._core.exceptions import StatusError
 from .._core.job import Job
@@ -19,7 +19,15 @@ from ._callbacks import callback_token, callback_url
 if TYPE_CHECKING:
     from ..stores._base import JobRecord, Store
 
-__all__ = ["BODY_LIMIT", "WEBHOOK_HANDLER", "Webhook", "WebhookHandler"]
+__all__ = [
+    "BODY_LIMIT",
+    "PUBLIC_URL_SETTING",
+    "WEBHOOK_HANDLER",
+    "Webhook",
+    "WebhookHandler",
+    "keep_public_url",
+    "stored_public_url",
+]
 
 WEBHOOK_HANDLER = "anywork.webhook"
 """The handler name a Webhook's jobs run under."""
@@ -187,6 +195,42 @@ class Webhook:
         return Job(WEBHOOK_HANDLER, args, queue=self.queue, id=id)
 
 
+PUBLIC_URL_SETTING = "public_url"
+"""The store setting that keeps the public URL given to ``anywork worker``/``scheduler``/
+``serve --public-url``, for the handlers of later processes started without one."""
+
+
+def _check_public_url(public_url: str) -> str:
+    parts = urlsplit(public_url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"public_url must be an absolute http(s) URL, got {public_url!r}")
+    return public_url.rstrip("/")
+
+
+async def keep_public_url(store: Store, public_url: str) -> str:
+    """Keep ``public_url`` in the store's settings (replacing any) and return it, checked.
+
+    Raises:
+        ValueError: not an absolute http(s) URL.
+    """
+    url = _check_public_url(public_url)
+    setter = getattr(store, "set_setting", None)
+    if setter is not None:
+        await setter(PUBLIC_URL_SETTING, url)
+    else:  # a store of another package: the first URL kept stays
+        await store.setdefault_setting(PUBLIC_URL_SETTING, url)
+    return url
+
+
+async def stored_public_url(store: Store) -> str | None:
+    """The public URL kept in the store's settings, or None."""
+    getter = getattr(store, "get_setting", None)
+    if getter is None:
+        return None
+    value = await getter(PUBLIC_URL_SETTING)
+    return value if isinstance(value, str) and value else None
+
+
 class WebhookHandler:
     """The ``anywork.webhook`` handler: POSTs a :class:`Webhook` job's body and waits for the
     service's callback (see ``docs/schedules.md``)::
@@ -197,15 +241,14 @@ class WebhookHandler:
         store: the store the worker serves (an entered one): it holds the callback secret and
             the executions the callbacks finish.
         public_url: the base URL at which ``anywork serve`` answers ``/v1/callback/…``; without
-            it, a callback webhook fails 400 "no public URL for callbacks".
+            it, the one kept in the store (``--public-url`` of ``anywork worker``,
+            ``scheduler`` or ``serve``, read at each call) is used, and with neither a
+            callback webhook fails 400 "no public URL for callbacks".
     """
 
     def __init__(self, store: Store, public_url: str | None = None) -> None:
         if public_url is not None:
-            parts = urlsplit(public_url)
-            if parts.scheme not in ("http", "https") or not parts.netloc:
-                raise ValueError(f"public_url must be an absolute http(s) URL, got {public_url!r}")
-            public_url = public_url.rstrip("/")
+            public_url = _check_public_url(public_url)
         self.store = store
         self.public_url = public_url
 
@@ -232,9 +275,12 @@ class WebhookHandler:
             ttl = getattr(found.schedule, "ttl", None)
         if hook.callback and ttl is None:
             raise StatusError(Status.BAD_REQUEST, "a callback webhook needs a ttl")
-        if hook.callback and self.public_url is None:
+        public_url = self.public_url
+        if hook.callback and public_url is None:
+            public_url = await stored_public_url(self.store)
+        if hook.callback and public_url is None:
             raise StatusError(Status.BAD_REQUEST, "no public URL for callbacks")
-        body = await self._body(job, hook, record, ttl, schedule_id, found)
+        body = await self._body(job, hook, record, ttl, schedule_id, found, public_url)
         answer = await _post(hook, body)
         if not 200 <= answer[0] < 300:
             raise StatusError(
@@ -253,20 +299,22 @@ class WebhookHandler:
         ttl: float | None,
         schedule_id: str | None,
         found: Any,
+        public_url: str | None,
     ) -> dict[str, Any]:
         scheduled = _parse_time(job.args.get("scheduled_time"))
         if scheduled is None and record is not None:
             scheduled = record.scheduled_for or record.enqueued_at
+        now = clock_of(self.store).now()  # the store's clock (a VirtualClock in tests)
         if scheduled is None:
-            scheduled = datetime.now(UTC)
+            scheduled = now
         expression = job.args.get("schedule")
         if expression is None and found is not None:
             expression = getattr(found.schedule, "expression", None)
-        latency_ms = max(int(time.time() * 1000) - _ms(scheduled), 0)
+        latency_ms = max(_ms(now) - _ms(scheduled), 0)
         url = None
-        if hook.callback and self.public_url is not None:
+        if hook.callback and public_url is not None:
             token = await callback_token(self.store, job.id)
-            url = callback_url(self.public_url, job.id, token)
+            url = callback_url(public_url, job.id, token)
         last = getattr(found, "last_success", None) if found is not None else None
         return {
             "callback_url": url,

@@ -198,7 +198,9 @@ def _text(value: object) -> str | None:
 def _config_json(found: ScheduleRecord) -> dict[str, Any]:
     schedule = found.schedule
     service, _, name = schedule.id.rpartition("/")
-    args = schedule.target.args
+    target = schedule.target
+    # A Webhook target (Python or CLI) or the webhook Job this API stores: the same fields.
+    args = target.to_dict() if isinstance(target, Webhook) else target.args
     retry = schedule.retry
     return {
         "service": service,

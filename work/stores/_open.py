@@ -16,6 +16,9 @@ _DRIVERS: dict[str, tuple[str, str]] = {
     "work.stores.redis": ("redis", "redis"),
 }
 
+# The stores that take a `clock` option (a VirtualClock in tests).
+_CLOCKED = frozenset({"MemoryStore", "SQLiteStore"})
+
 # scheme -> (module, class); imported only when used, so a driver is needed only for its store.
 SCHEMES: dict[str, tuple[str, str]] = {
     "memory": ("work.stores.memory", "MemoryStore"),
@@ -49,10 +52,12 @@ def open_store(url: str, **options: Any) -> Store:
 
     URLs: ``memory://``, ``sqlite:///relative.db``, ``sqlite:////absolute.db``,
     ``postgresql://user@host:port/db``, ``redis://host:port/db``. ``options`` go to the
-    store's constructor (see each store's docs).
+    store's constructor (see each store's docs); ``clock`` (a
+    :class:`work.testing.VirtualClock`) is taken by the memory and SQLite stores only.
 
     Raises:
-        ValueError: the URL has no scheme, or one no store handles (the message lists them).
+        ValueError: the URL has no scheme, or one no store handles (the message lists them);
+            a ``clock`` for a store other than memory and SQLite.
         TypeError: ``url`` is not a str.
         ImportError: the store's driver is not installed (the message names the extra:
             ``pip install 'anywork[postgres]'``).
@@ -64,6 +69,11 @@ def open_store(url: str, **options: Any) -> Store:
         known = ", ".join(f"{s}://" for s in SCHEMES)
         raise ValueError(f"unknown store URL scheme in {mask_url(url)!r}; known schemes: {known}")
     module_name, class_name = SCHEMES[scheme]
+    if options.get("clock") is not None and class_name not in _CLOCKED:
+        raise ValueError(
+            f"the {scheme}:// store cannot run on a clock other than the system's (a "
+            f"VirtualClock works with memory:// and sqlite:// only)"
+        )
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:

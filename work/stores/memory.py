@@ -5,8 +5,8 @@ from __future__ import annotations
 import builtins
 import json
 import threading
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
@@ -14,6 +14,7 @@ from typing import Any, Self
 
 import anyio
 
+from .._core.clock import SYSTEM, Clock
 from .._core.exceptions import JobStateError
 from .._core.status import Status
 from .._durable.events import (
@@ -72,8 +73,11 @@ class _Notifier:
         for event in events:
             event.set()
 
-    async def wait(self, timeout: float) -> None:
+    async def wait(self, timeout: float, clock: Clock = SYSTEM) -> None:
         """Return after a ``notify`` or ``timeout`` seconds, whichever comes first."""
+        if clock.virtual:
+            await self._wait_virtual(timeout, clock)
+            return
         ident = threading.get_ident()
         deadline = anyio.current_time() + max(timeout, 0.0)
         event = anyio.Event()
@@ -98,9 +102,27 @@ class _Notifier:
                     if not waiters:
                         del self._waiters[ident]
 
+    async def _wait_virtual(self, timeout: float, clock: Clock) -> None:
+        # One event loop only (a VirtualClock is driven from its test): no cross-thread poll.
+        with self.listen() as event:
+            await clock.wait(event, timeout)
 
-def _now() -> datetime:
-    return datetime.now(UTC)
+    @contextmanager
+    def listen(self) -> Iterator[anyio.Event]:
+        """Register an Event that the next ``notify`` in this thread sets."""
+        event = anyio.Event()
+        ident = threading.get_ident()
+        with self._lock:
+            self._waiters.setdefault(ident, set()).add(event)
+        try:
+            yield event
+        finally:
+            with self._lock:
+                waiters = self._waiters.get(ident)
+                if waiters is not None:
+                    waiters.discard(event)
+                    if not waiters:
+                        del self._waiters[ident]
 
 
 def _event(
@@ -166,10 +188,15 @@ class MemoryStore(MemoryWorkflows):
 
     Args:
         url: ``"memory://"`` (anything after the scheme is ignored).
+        clock: the time every due time, claim, lease, deadline and retention is read from
+            (default: the system clock; a :class:`work.testing.VirtualClock` in tests).
     """
 
-    def __init__(self, url: str = "memory://") -> None:
+    def __init__(self, url: str = "memory://", *, clock: Clock | None = None) -> None:
+        if clock is not None and not isinstance(clock, Clock):
+            raise TypeError(f"clock must be a work.testing.VirtualClock or None, got {clock!r}")
         self.url = url
+        self.clock: Clock = clock or SYSTEM
         self._rows: dict[str, _Row] = {}
         # The rows that are not final: claims, reaps and waits only look at these.
         self._active: dict[str, _Row] = {}
@@ -198,6 +225,13 @@ class MemoryStore(MemoryWorkflows):
         tb: TracebackType | None,
     ) -> None:
         """Do nothing: the jobs stay, so the store can be entered again."""
+
+    def _wake_at(self, rec: JobRecord) -> None:
+        """Tell a virtual clock when ``rec`` falls due (its due time, its deadline)."""
+        if self.clock.virtual:
+            for when in (rec.scheduled_for, rec.deadline):
+                if when is not None:
+                    self.clock.wake_at(when.timestamp())
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -304,16 +338,19 @@ class MemoryStore(MemoryWorkflows):
                         args={},
                         result=None,
                         headers=dict(rec.headers),
-                        enqueued_at=rec.enqueued_at or _now(),
+                        enqueued_at=rec.enqueued_at or self.clock.now(),
                     ),
                     args_json=json.dumps(rec.args),
                     result_json=result_json,
                     seq=self._seq,
                 )
                 self._rows[rec.id] = self._active[rec.id] = row
+                self._wake_at(row.record)
                 out.append(self._snapshot(row))
                 added = True
-                events += _event(kind_for_change(None, rec.state.value), row.record, _now())
+                events += _event(
+                    kind_for_change(None, rec.state.value), row.record, self.clock.now()
+                )
         if added:
             self._notifier.notify()
             self._hub.publish(events)
@@ -345,12 +382,12 @@ class MemoryStore(MemoryWorkflows):
             state=JobState.CANCELLED,
             status=Status.CANCELLED,
             error="cancelled",
-            finished_at=_now(),
+            finished_at=self.clock.now(),
             deadline=None,
         )
         del self._active[id]
         self._wf_final(id, JobState.CANCELLED, int(Status.CANCELLED), None, "cancelled")
-        return _event(JobEventKind.CANCELLED, row.record, _now())
+        return _event(JobEventKind.CANCELLED, row.record, self.clock.now())
 
     def _insert_locked(self, rec: JobRecord) -> None:
         """Add a new job (the lock is held; its id is known to be free)."""
@@ -360,7 +397,7 @@ class MemoryStore(MemoryWorkflows):
                 args={},
                 result=None,
                 headers=dict(rec.headers),
-                enqueued_at=rec.enqueued_at or _now(),
+                enqueued_at=rec.enqueued_at or self.clock.now(),
             ),
             args_json=json.dumps(rec.args),
             result_json=None,
@@ -370,7 +407,7 @@ class MemoryStore(MemoryWorkflows):
         # Published at once (under the lock), so a released step's ENQUEUED may come before
         # the SUCCEEDED of the step that released it.
         self._hub.publish(
-            _event(JobEventKind.ENQUEUED, row.record, row.record.enqueued_at or _now())
+            _event(JobEventKind.ENQUEUED, row.record, row.record.enqueued_at or self.clock.now())
         )
 
     def _notify(self) -> None:
@@ -396,7 +433,7 @@ class MemoryStore(MemoryWorkflows):
         """Claim up to ``limit`` ready jobs, best first (see :meth:`work.stores.Store.claim`)."""
         if limit <= 0:
             return []
-        now = _now()
+        now = self.clock.now()
         until = now + timedelta(seconds=lease)
         with self._lock:
             ready = [row for row in self._active.values() if self._ready(row, queues, now)]
@@ -416,7 +453,7 @@ class MemoryStore(MemoryWorkflows):
 
     async def renew(self, owner: str, ids: Sequence[str], *, lease: float) -> set[str]:
         """Extend ``owner``'s leases on ``ids``; return those it must stop running."""
-        until = _now() + timedelta(seconds=lease)
+        until = self.clock.now() + timedelta(seconds=lease)
         stop: set[str] = set()
         with self._lock:
             for id in ids:
@@ -432,7 +469,7 @@ class MemoryStore(MemoryWorkflows):
     async def complete(self, owner: str, outcomes: Sequence[Outcome]) -> set[str]:
         """Apply outcomes to jobs RUNNING under ``owner``'s lease; others are left alone.
         Returns the ids whose outcome was applied."""
-        now = _now()
+        now = self.clock.now()
         wake = False
         events: list[JobEvent] = []
         applied: set[str] = set()
@@ -463,6 +500,7 @@ class MemoryStore(MemoryWorkflows):
                 )
                 row.owner, row.lease_until, row.cancel_requested = None, None, False
                 row.unknown_since = outcome.unknown_since
+                self._wake_at(row.record)
                 if outcome.state.is_final:
                     self._active.pop(outcome.id, None)
                     result_json = row.result_json if outcome.state is JobState.SUCCEEDED else None
@@ -482,7 +520,7 @@ class MemoryStore(MemoryWorkflows):
     async def reap(self, *, lost_limit: int = DEFAULT_LOST_LIMIT) -> int:
         """Put back (or fail after ``lost_limit`` losses, or cancel) RUNNING jobs whose lease
         expired; return how many (see :meth:`work.stores.Store.reap`)."""
-        now = _now()
+        now = self.clock.now()
         changed = 0
         events: list[JobEvent] = []
         with self._lock:
@@ -529,7 +567,7 @@ class MemoryStore(MemoryWorkflows):
 
     async def settle(self, outcome: Outcome, *, only_expired: bool = False) -> JobRecord | None:
         """Apply ``outcome`` to a WAITING job (see :meth:`work.stores.Store.settle`)."""
-        now = _now()
+        now = self.clock.now()
         with self._lock:
             row = self._rows.get(outcome.id)
             if row is None:
@@ -563,6 +601,7 @@ class MemoryStore(MemoryWorkflows):
                 )
                 if outcome.id in self._wf_steps:
                     self._notifier.notify()
+            self._wake_at(row.record)
             settled = self._snapshot(row)
             kind = kind_for_change("waiting", outcome.state.value)
             events = _event(kind, row.record, now)
@@ -581,12 +620,13 @@ class MemoryStore(MemoryWorkflows):
             if rec.state is not JobState.WAITING:
                 raise JobStateError(id, rec.state.value)
             seconds = ttl if ttl is not None else rec.deferred_ttl
-            row.record = rec.replace(deadline=_now() + timedelta(seconds=seconds or 0.0))
+            row.record = rec.replace(deadline=self.clock.now() + timedelta(seconds=seconds or 0.0))
+            self._wake_at(row.record)
             return self._snapshot(row)
 
     async def overdue(self, *, limit: int = 100) -> builtins.list[JobRecord]:
         """Return up to ``limit`` WAITING jobs whose deadline has passed, earliest first."""
-        now = _now()
+        now = self.clock.now()
         with self._lock:
             rows = [
                 row
@@ -603,6 +643,16 @@ class MemoryStore(MemoryWorkflows):
         as this store object)."""
         with self._lock:
             return self._settings.setdefault(key, value)
+
+    async def get_setting(self, key: str) -> str | None:
+        """Return the setting ``key``, or None."""
+        with self._lock:
+            return self._settings.get(key)
+
+    async def set_setting(self, key: str, value: str) -> None:
+        """Store ``value`` as the setting ``key`` (replacing any)."""
+        with self._lock:
+            self._settings[key] = value
 
     # -- retention ------------------------------------------------------------------------------
 
@@ -630,7 +680,7 @@ class MemoryStore(MemoryWorkflows):
     async def expire(self, queues: Sequence[str], *, result_ttl: float, limit: int) -> int:
         """Delete up to ``limit`` finished jobs whose time is up (see
         :meth:`work.stores.Store.expire`)."""
-        now = _now()
+        now = self.clock.now()
         ids: list[str] = []
         with self._lock:
             for id, row in self._rows.items():
@@ -682,20 +732,20 @@ class MemoryStore(MemoryWorkflows):
                 scheduled_for=None,
                 started_at=None,
                 finished_at=None,
-                enqueued_at=_now(),  # due now: after the jobs already waiting
+                enqueued_at=self.clock.now(),  # due now: after the jobs already waiting
             )
             row.result_json = None
             row.lost, row.unknown_since = 0, None
             self._active[id] = row
             snapshot = self._snapshot(row)
-            events = _event(JobEventKind.ENQUEUED, row.record, _now())
+            events = _event(JobEventKind.ENQUEUED, row.record, self.clock.now())
         self._notifier.notify()
         self._hub.publish(events)
         return snapshot
 
     async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
         """Return when a job in ``queues`` may be ready, or after ``timeout`` seconds."""
-        now = _now()
+        now = self.clock.now()
         with self._lock:
             next_due: datetime | None = None
             for row in self._active.values():
@@ -710,9 +760,11 @@ class MemoryStore(MemoryWorkflows):
                 ):
                     next_due = rec.scheduled_for
         if next_due is not None:
-            # Wake a little after the due time so the claim that follows finds it ready.
-            timeout = min(timeout, (next_due - now).total_seconds() + 0.001)
-        await self._notifier.wait(timeout)
+            # Wake a little after the due time so the claim that follows finds it ready (on a
+            # virtual clock, exactly at it: time stops there, and stands still).
+            slack = 0.0 if self.clock.virtual else 0.001
+            timeout = min(timeout, (next_due - now).total_seconds() + slack)
+        await self._notifier.wait(timeout, self.clock)
 
     # -- schedules ------------------------------------------------------------------------------
 
@@ -835,7 +887,7 @@ class MemoryStore(MemoryWorkflows):
     async def add_execution(self, record: JobRecord, *, exclusive: bool) -> JobRecord:
         """Add one execution off the schedule's cadence (409 if exclusive and one is
         unfinished)."""
-        now = _now()
+        now = self.clock.now()
         with self._lock:
             new = record.id not in self._rows
             stored = self._add_execution(record, exclusive=exclusive, now=now)
@@ -887,7 +939,7 @@ class MemoryStore(MemoryWorkflows):
 
     async def set_progress(self, owner: str, progress: Mapping[str, dict[str, Any]]) -> None:
         """Set the progress of jobs RUNNING under ``owner``'s lease; emit PROGRESS for each."""
-        now = _now()
+        now = self.clock.now()
         events: list[JobEvent] = []
         with self._lock:
             for id, value in progress.items():

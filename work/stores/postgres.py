@@ -1243,6 +1243,22 @@ class PostgresStore(PostgresWorkflows):
                 return str(row["value"])
         raise RuntimeError(f"could not read or store the setting {key!r} in {self.url}")
 
+    async def get_setting(self, key: str) -> str | None:
+        """Return the setting ``key``, or None."""
+        pool = self._require_pool()
+        row = await pool.fetchrow(f"SELECT value FROM {self._s}.settings WHERE key = $1", key)
+        return None if row is None else str(row["value"])
+
+    async def set_setting(self, key: str, value: str) -> None:
+        """Store ``value`` as the setting ``key`` (replacing any)."""
+        pool = self._require_pool()
+        await pool.execute(
+            f"""INSERT INTO {self._s}.settings (key, value) VALUES ($1, $2)
+                ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value""",
+            key,
+            value,
+        )
+
     async def reap(self, *, lost_limit: int = DEFAULT_LOST_LIMIT) -> int:
         """Put back (or fail after ``lost_limit`` losses, or cancel) RUNNING jobs whose lease
         expired; return how many (see :meth:`work.stores.Store.reap`).

@@ -816,6 +816,15 @@ class RedisStore(RedisWorkflows):
         _, stored = await pipe.execute()
         return bytes(stored).decode()
 
+    async def get_setting(self, key: str) -> str | None:
+        """Return the setting ``key``, or None."""
+        stored: Any = await self._require().hget(self._key("settings"), key)
+        return None if stored is None else bytes(stored).decode()
+
+    async def set_setting(self, key: str, value: str) -> None:
+        """Store ``value`` as the setting ``key`` (replacing any)."""
+        await self._require().hset(self._key("settings"), key, value)
+
     async def reap(self, *, lost_limit: int = DEFAULT_LOST_LIMIT) -> int:
         """Put back (or fail after ``lost_limit`` losses, or cancel) RUNNING jobs whose lease
         expired; return how many (see :meth:`work.stores.Store.reap`).

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 import anyio
 import anyio.to_thread
 
+from .._core.clock import SYSTEM, Clock
 from .._core.exceptions import JobStateError
 from .._core.status import Status
 from .._durable.events import (
@@ -600,6 +601,8 @@ class SQLiteStore(SQLiteWorkflows):
             never corrupts the file; a power cut (not a process crash) may lose the last
             transactions committed before it. ``"FULL"`` syncs every commit to disk too.
         poll_interval: seconds between checks for new work while idle.
+        clock: the time every due time, claim, lease, deadline and retention is read from
+            (default: the system clock; a :class:`work.testing.VirtualClock` in tests).
 
     Raises:
         ValueError: a bad URL or option.
@@ -613,7 +616,11 @@ class SQLiteStore(SQLiteWorkflows):
         busy_timeout: float = 5.0,
         synchronous: str = "NORMAL",
         poll_interval: float = 0.015,
+        clock: Clock | None = None,
     ) -> None:
+        if clock is not None and not isinstance(clock, Clock):
+            raise TypeError(f"clock must be a work.testing.VirtualClock or None, got {clock!r}")
+        self.clock: Clock = clock or SYSTEM
         if sqlite3.sqlite_version_info < MIN_SQLITE_VERSION:
             raise RuntimeError(
                 f"SQLiteStore needs SQLite >= 3.35 (UPDATE ... RETURNING); this Python links "
@@ -760,7 +767,9 @@ class SQLiteStore(SQLiteWorkflows):
                 self._entered = 0
 
     async def _run(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
-        return await anyio.to_thread.run_sync(self._call, fn)
+        # A call in a thread looks idle to a VirtualClock's check: mark it.
+        with self.clock.busy():
+            return await anyio.to_thread.run_sync(self._call, fn)
 
     def _call(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
         with self._lock:
@@ -860,7 +869,7 @@ class SQLiteStore(SQLiteWorkflows):
         """
         if not records:
             return []
-        now = datetime.now(UTC)
+        now = self.clock.now()
         params = [_insert_params(rec, now) for rec in records]
 
         def insert(conn: sqlite3.Connection) -> list[int | JobRecord] | None:
@@ -902,7 +911,7 @@ class SQLiteStore(SQLiteWorkflows):
         """
 
         def update(conn: sqlite3.Connection) -> bool:
-            now = time.time()
+            now = self.clock.time()
             cur = conn.execute(
                 "UPDATE anywork_jobs SET state = 'cancelled', status = ?, error = 'cancelled',"
                 " finished_at = ?, expires_at = ? + result_ttl, deadline = NULL"
@@ -932,7 +941,7 @@ class SQLiteStore(SQLiteWorkflows):
         queues = list(queues)
 
         def update(conn: sqlite3.Connection) -> list[Claimed]:
-            now = time.time()
+            now = self.clock.time()
             rows = conn.execute(
                 "UPDATE anywork_jobs SET state = 'running', attempts = attempts + 1,"
                 " started_at = ?, owner = ?, lease_until = ?, cancel_requested = 0"
@@ -954,7 +963,7 @@ class SQLiteStore(SQLiteWorkflows):
             return set()
 
         def update(conn: sqlite3.Connection) -> set[str]:
-            until = time.time() + lease
+            until = self.clock.time() + lease
             held: set[str] = set()
             stop: set[str] = set()
             for chunk in _chunks(ids):
@@ -979,7 +988,7 @@ class SQLiteStore(SQLiteWorkflows):
         applied: set[str] = set()
 
         def update(conn: sqlite3.Connection) -> bool:
-            now = time.time()
+            now = self.clock.time()
             wake = False
             applied.clear()  # the transaction may be retried
             for o in outcomes:
@@ -1032,7 +1041,7 @@ class SQLiteStore(SQLiteWorkflows):
         expired; return how many (see :meth:`work.stores.Store.reap`)."""
 
         def update(conn: sqlite3.Connection) -> int:
-            now = time.time()
+            now = self.clock.time()
             expired = "state = 'running' AND lease_until <= ?"
             cleared = "owner = NULL, lease_until = NULL, cancel_requested = 0"
             steps = wf_running_steps(conn, now)
@@ -1070,7 +1079,7 @@ class SQLiteStore(SQLiteWorkflows):
         succeeded = o.state is JobState.SUCCEEDED
 
         def update(conn: sqlite3.Connection) -> JobRecord | None:
-            now = time.time()
+            now = self.clock.time()
             expired = " AND deadline <= ?" if only_expired else ""
             row = conn.execute(
                 "UPDATE anywork_jobs SET state = ?, status = ?,"
@@ -1114,7 +1123,7 @@ class SQLiteStore(SQLiteWorkflows):
             row = conn.execute(
                 "UPDATE anywork_jobs SET deadline = ? + COALESCE(?, deferred_ttl, 0)"
                 f" WHERE id = ? AND state = 'waiting' RETURNING {_READ_COLUMNS}",
-                (time.time(), ttl, id),
+                (self.clock.time(), ttl, id),
             ).fetchone()
             if row is None:
                 _refuse(conn, id, self.url)
@@ -1129,7 +1138,7 @@ class SQLiteStore(SQLiteWorkflows):
             rows = conn.execute(
                 f"SELECT {_READ_COLUMNS} FROM anywork_jobs"
                 " WHERE state = 'waiting' AND deadline <= ? ORDER BY deadline, seq LIMIT ?",
-                (time.time(), max(limit, 0)),
+                (self.clock.time(), max(limit, 0)),
             )
             return [_record(row) for row in rows]
 
@@ -1149,6 +1158,28 @@ class SQLiteStore(SQLiteWorkflows):
             return str(stored)
 
         return await self._transaction(update)
+
+    async def get_setting(self, key: str) -> str | None:
+        """Return the setting ``key``, or None."""
+
+        def query(conn: sqlite3.Connection) -> str | None:
+            row = conn.execute("SELECT value FROM anywork_settings WHERE key = ?", (key,))
+            found = row.fetchone()
+            return None if found is None else str(found[0])
+
+        return await self._run(query)
+
+    async def set_setting(self, key: str, value: str) -> None:
+        """Store ``value`` as the setting ``key`` (replacing any)."""
+
+        def update(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO anywork_settings (key, value) VALUES (?, ?)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (key, value),
+            )
+
+        await self._transaction(update)
 
     # -- retention ------------------------------------------------------------------------------
 
@@ -1188,7 +1219,7 @@ class SQLiteStore(SQLiteWorkflows):
         queues = list(queues)
 
         def delete(conn: sqlite3.Connection) -> int:
-            now = time.time()
+            now = self.clock.time()
             n = conn.execute(
                 "DELETE FROM anywork_jobs WHERE seq IN (SELECT seq FROM anywork_jobs"
                 " WHERE expires_at IS NOT NULL AND expires_at <= ? LIMIT ?)",
@@ -1213,7 +1244,7 @@ class SQLiteStore(SQLiteWorkflows):
         """
 
         def update(conn: sqlite3.Connection) -> JobRecord | None:
-            now = time.time()
+            now = self.clock.time()
             row = conn.execute(
                 "SELECT state, queue, unique_key FROM anywork_jobs WHERE id = ?", (id,)
             ).fetchone()
@@ -1261,14 +1292,41 @@ class SQLiteStore(SQLiteWorkflows):
         )
 
         def ready(conn: sqlite3.Connection) -> bool:
-            return conn.execute(sql, (*queues, time.time())).fetchone() is not None
+            return conn.execute(sql, (*queues, self.clock.time())).fetchone() is not None
 
+        if self.clock.virtual:
+            await self._wait_virtual(queues, timeout)
+            return
         deadline = anyio.current_time() + timeout
         while not await self._run(ready):
             remaining = deadline - anyio.current_time()
             if remaining <= 0:
                 return
             await self._notifier.wait(min(self.poll_interval, remaining))
+
+    async def _wait_virtual(self, queues: builtins.list[str], timeout: float) -> None:
+        """wait_for_work on a virtual clock: one look, then a wait that makes the clock stop
+        at the next due time or WAITING deadline (time stands still between its steps)."""
+        marks = _marks(len(queues))
+        sql = (
+            f"SELECT min(at) FROM (SELECT min(due_at) AS at FROM anywork_jobs WHERE queue IN"
+            f" ({marks}) AND state IN ('queued', 'scheduled') UNION ALL"
+            f" SELECT min(deadline) FROM anywork_jobs WHERE state = 'waiting')"
+        )
+
+        def next_due(conn: sqlite3.Connection) -> float | None:
+            at: float | None = conn.execute(sql, queues).fetchone()[0]
+            return at
+
+        with self._notifier.listen() as event:
+            at = await self._run(next_due)
+            now = self.clock.time()
+            if at is not None and at <= now:
+                return
+            if at is not None:
+                self.clock.wake_at(at)  # advance stops there, and this wait ends
+                timeout = min(timeout, at - now)
+            await self.clock.wait(event, timeout)
 
     # -- schedules ------------------------------------------------------------------------------
 
@@ -1407,7 +1465,7 @@ class SQLiteStore(SQLiteWorkflows):
         unfinished)."""
 
         def write(conn: sqlite3.Connection) -> JobRecord:
-            return _add_execution(conn, record, exclusive=exclusive, now=datetime.now(UTC))[0]
+            return _add_execution(conn, record, exclusive=exclusive, now=self.clock.now())[0]
 
         stored = await self._transaction(write)
         self._notifier.notify()
