@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .remote._scalers import Scaler as Scaler
 from .stores._base import Store as Store
 
-__all__ = ("Store",)
+__all__ = ("Scaler", "Store")

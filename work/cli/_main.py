@@ -37,6 +37,7 @@ from .._durable.queue import Queue
 from ..stores import JobRecord, JobState, mask_url
 from ._common import CLIError, connected, int_arg, open_store_of, seconds_arg
 from .jobs import add_watch_parser
+from .remote import add_remote_parser
 from .worker import load_worker, parse_listen, run_worker_command
 
 __all__ = ["CLIError", "build_parser", "load_worker", "main", "mask_url", "record_to_dict"]
@@ -366,6 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     w.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio")
     w.set_defaults(func=run_worker_command)
+    add_remote_parser(sub)
 
     jobs = sub.add_parser("jobs", help="list, show, cancel, retry, purge or watch jobs")
     jobs_sub = jobs.add_subparsers(dest="jobs_command", required=True, parser_class=_Parser)

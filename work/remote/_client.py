@@ -1,0 +1,286 @@
+"""The worker side of the relay: join over WebSocket, run the relay's jobs, answer, reconnect."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+import time
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import sniffio
+
+from .._core.exceptions import StatusError, UnknownHandlerError
+from .._core.job import Job
+from .._core.jsoncheck import json_ok
+from .._core.retry import Exponential
+from .._core.status import Status
+from ._messages import CLOSE_VERSION, PROTOCOL_VERSION, ProtocolError, decode, encode
+
+if TYPE_CHECKING:
+    from .._runtime.worker import Execution, Worker
+
+__all__ = ["connect_worker"]
+
+_log = logging.getLogger("anywork.remote")
+
+# Reconnecting after the relay went: 0.1 s, doubling up to 5 s, with jitter so that a fleet of
+# workers does not knock on a restarted relay all at the same instant.
+_BACKOFF = Exponential(0.1, cap=5.0, jitter=True)
+_OPEN_TIMEOUT = 10.0
+# The relay accepts frames up to uvicorn's default 16 MiB; match it.
+_MAX_FRAME = 16 * 1024 * 1024
+
+
+class _Leave(Exception):
+    """The session ended because the worker chose to leave (idle, or stopping)."""
+
+
+def _ws_url(url: str) -> str:
+    if not isinstance(url, str):
+        raise TypeError(f"url must be a str, got {type(url).__name__}")
+    for http, ws in (("http://", "ws://"), ("https://", "wss://")):
+        if url.startswith(http):
+            return ws + url[len(http) :]
+    if not url.startswith(("ws://", "wss://")):
+        raise ValueError(f"url must start with ws://, wss://, http:// or https://, got {url!r}")
+    return url
+
+
+async def connect_worker(
+    worker: Worker,
+    url: str,
+    *,
+    token: str | None = None,
+    concurrency: int | None = None,
+    idle_exit: float | None = None,
+) -> None:
+    """Serve ``worker``'s handlers to the relay at ``url`` (see ``Worker.connect``)."""
+    url = _ws_url(url)
+    if concurrency is None:
+        concurrency = worker.max_concurrency or 16
+    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+        raise ValueError(f"concurrency must be an int >= 1, got {concurrency!r}")
+    if idle_exit is not None and (
+        isinstance(idle_exit, bool) or not isinstance(idle_exit, int | float) or idle_exit <= 0
+    ):
+        raise ValueError(f"idle_exit must be a number of seconds > 0 or None, got {idle_exit!r}")
+    if not worker.handlers:
+        raise ValueError(f"{worker.name} has no handlers to offer the relay")
+    session = _Session(worker, url, token, concurrency, idle_exit)
+    async with worker.lifetime():
+        await session.run()
+
+
+class _Session:
+    """One worker's membership of a relay, across reconnections."""
+
+    def __init__(
+        self, worker: Worker, url: str, token: str | None, concurrency: int, idle: float | None
+    ) -> None:
+        self.worker = worker
+        self.url = url
+        self.token = token
+        self.concurrency = concurrency
+        self.idle_exit = idle
+        self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        self.running: dict[str, Execution | None] = {}
+        self.idle_since = time.monotonic()
+        self.lock = anyio.Lock()
+
+    def _connect(self) -> Any:
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
+        options: dict[str, Any] = {
+            "additional_headers": headers,
+            "open_timeout": _OPEN_TIMEOUT,
+            "max_size": _MAX_FRAME,
+            "compression": None,  # small JSON frames: deflate costs more than it saves
+        }
+        if sniffio.current_async_library() == "trio":
+            from websockets.trio.client import connect as trio_connect
+
+            return trio_connect(self.url, **options)
+        from websockets.asyncio.client import connect as asyncio_connect
+
+        return asyncio_connect(self.url, **options)
+
+    def _idle_for(self) -> float:
+        return 0.0 if self.running else time.monotonic() - self.idle_since
+
+    async def run(self) -> None:
+        from websockets.exceptions import InvalidStatus, InvalidURI, WebSocketException
+
+        attempt = 0
+        while not self.worker.stopping:
+            try:
+                async with self._connect() as ws:
+                    attempt = 0
+                    await self._session(ws)
+                    return  # left on purpose
+            except InvalidStatus as exc:
+                code = exc.response.status_code
+                if code in (401, 403):
+                    raise PermissionError(
+                        f"the relay at {self.url} refused this worker's token (HTTP {code})"
+                    ) from None
+                reason = f"HTTP {code}"
+            except InvalidURI as exc:
+                raise ValueError(f"not a WebSocket URL: {self.url!r} ({exc})") from None
+            except ConnectionRefusedError as exc:
+                if exc.args and str(exc.args[0]).startswith("relay refused"):
+                    raise
+                reason = str(exc) or type(exc).__name__
+            except (OSError, TimeoutError, WebSocketException) as exc:
+                reason = str(exc) or type(exc).__name__
+            attempt += 1
+            pause = _BACKOFF.delay(attempt)
+            _log.info("relay %s unreachable (%s); retrying in %.2f s", self.url, reason, pause)
+            if self.idle_exit is not None and self._idle_for() + pause >= self.idle_exit:
+                _log.info("idle for %g s without a relay: leaving", self.idle_exit)
+                return
+            with anyio.move_on_after(pause):
+                await self.worker.wait_stopping()
+
+    async def _session(self, ws: Any) -> None:
+        hello = {
+            "type": "hello",
+            "version": PROTOCOL_VERSION,
+            "worker_id": self.worker_id,
+            "handlers": sorted(self.worker.handlers),
+            "concurrency": self.concurrency,
+        }
+        await ws.send(encode(hello))
+        with anyio.fail_after(_OPEN_TIMEOUT):
+            answer = decode(await ws.recv())
+        if answer["type"] != "welcome" or answer.get("version") != PROTOCOL_VERSION:
+            reason = answer.get("reason") or f"relay answered {answer!r}"
+            raise ConnectionRefusedError(f"relay refused this worker: {reason}")
+        _log.info("joined relay %s as %s", self.url, self.worker_id)
+        # Errors leave the task group as values, not raised inside it: the caller sees the
+        # exception itself (its reconnect logic matches on the type), not an ExceptionGroup.
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._leave_when_done, ws)
+            failure = await self._read(ws, tg)
+            tg.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
+
+    async def _read(self, ws: Any, tg: Any) -> Exception | None:
+        """Run the relay's jobs until the connection ends; return why when not on purpose."""
+        from websockets.exceptions import ConnectionClosed
+
+        try:
+            async for frame in ws:
+                try:
+                    message = decode(frame)
+                    kind = message["type"]
+                    if kind == "job":
+                        delivery = message["id"]
+                        self.running[delivery] = None
+                        tg.start_soon(self._run_job, ws, delivery, message["job"])
+                    elif kind == "cancel":
+                        execution = self.running.get(message.get("id", ""))
+                        if execution is not None:
+                            execution.cancel()
+                except (ProtocolError, KeyError, TypeError) as exc:
+                    _log.warning("ignoring a frame from the relay: %s", exc)
+        except ConnectionClosed as exc:
+            received = exc.rcvd
+            if received is not None and received.code == CLOSE_VERSION:
+                return ConnectionRefusedError(f"relay refused this worker: {received.reason}")
+            if self._leaving:
+                return None
+            return exc
+        # A clean close after our bye: the session is over on purpose.
+        if not self.worker.stopping and not self._leaving:
+            return ConnectionResetError("the relay closed the connection")
+        return None
+
+    _leaving = False
+
+    async def _leave_when_done(self, ws: Any) -> None:
+        """Say bye when idle for ``idle_exit`` seconds or when the worker stops."""
+        async with anyio.create_task_group() as tg:
+
+            async def on_stop() -> None:
+                await self.worker.wait_stopping()
+                tg.cancel_scope.cancel()
+
+            async def on_idle() -> None:
+                if self.idle_exit is None:
+                    await anyio.sleep_forever()
+                assert self.idle_exit is not None
+                while True:
+                    left = self.idle_exit - self._idle_for()
+                    if left <= 0 and not self.running:
+                        break
+                    await anyio.sleep(max(left, 0.05))
+                _log.info("idle for %g s: leaving", self.idle_exit)
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(on_stop)
+            tg.start_soon(on_idle)
+        self._leaving = True
+        from websockets.exceptions import ConnectionClosed
+
+        try:
+            async with self.lock:
+                await ws.send(encode({"type": "bye"}))
+        except ConnectionClosed:
+            pass  # the relay went first: the reader ends the session
+
+    async def _run_job(self, ws: Any, delivery: str, raw: Any) -> None:
+        try:
+            status, result, error = await self._execute(delivery, raw)
+        finally:
+            self.running.pop(delivery, None)
+            if not self.running:
+                self.idle_since = time.monotonic()
+        frame: dict[str, Any] = {"type": "result", "id": delivery, "status": int(status)}
+        frame["result"] = result
+        frame["error"] = error
+        from websockets.exceptions import ConnectionClosed
+
+        try:
+            async with self.lock:
+                await ws.send(encode(frame))
+        except ConnectionClosed:
+            _log.info("relay went before the answer to %s could be sent", delivery)
+
+    async def _execute(self, delivery: str, raw: Any) -> tuple[Status, Any, str | None]:
+        try:
+            job = Job(
+                raw["handler"],
+                raw.get("args") or {},
+                id=raw.get("id"),
+                timeout=raw.get("timeout"),
+                headers=raw.get("headers") or {},
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            return Status.BAD_REQUEST, None, f"bad job from the relay: {exc}"
+        try:
+            execution = await self.worker.perform(job)
+        except UnknownHandlerError as exc:
+            return Status.NOT_FOUND, None, str(exc)
+        except RuntimeError as exc:
+            return Status.UNAVAILABLE, None, str(exc)
+        if delivery in self.running:
+            self.running[delivery] = execution
+        await execution.wait()
+        status = execution.status
+        if status.is_success:
+            if not json_ok(execution.result):
+                kind = type(execution.result).__name__
+                return Status.INTERNAL_ERROR, None, f"the result is a {kind}, not JSON"
+            return status, execution.result, None
+        return status, None, _describe(execution.error, status)
+
+
+def _describe(error: BaseException | None, status: Status) -> str:
+    if isinstance(error, StatusError):
+        return error.message
+    if error is not None:
+        return f"{type(error).__name__}: {error}"
+    return status.phrase
