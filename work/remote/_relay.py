@@ -183,6 +183,7 @@ class Relay:
         self._waiting: collections.deque[_Pending] = collections.deque()
         self._conns: dict[int, _Conn] = {}
         self._ids = itertools.count(1)
+        self.asgi: _RelayApp = _RelayApp(self)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -360,12 +361,7 @@ class Relay:
 
     # -- the WebSocket endpoint -------------------------------------------------------------
 
-    async def asgi(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        """The relay's ASGI 3 app: a WebSocket endpoint at its root for remote workers.
-
-        Mount it anywhere (``Mount("/v1/relay", relay.asgi)``). A plain HTTP request gets 426;
-        a connection without the right ``Authorization: Bearer`` token is refused (HTTP 403).
-        """
+    async def _asgi(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
             await _lifespan(receive, send)
             return
@@ -507,6 +503,28 @@ class Relay:
         if again:
             self._hook("inbound")
         self._dispatch()
+
+
+class _RelayApp:
+    """The relay's ASGI 3 app: a WebSocket endpoint at its root for remote workers.
+
+    An object rather than a function so that Starlette treats it as a raw ASGI app wherever it
+    goes: ``WebSocketRoute("/v1/relay", relay.asgi)`` (workers connect to exactly that path) or
+    ``Mount("/v1/relay", relay.asgi)`` (workers connect to ``/v1/relay/``). A plain HTTP
+    request gets 426; a connection without the right ``Authorization: Bearer`` token is refused
+    (HTTP 403); lifespan messages are answered when it is served on its own.
+    """
+
+    __slots__ = ("relay",)
+
+    def __init__(self, relay: Relay) -> None:
+        self.relay = relay
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await self.relay._asgi(scope, receive, send)
+
+    def __repr__(self) -> str:
+        return f"<relay.asgi of {self.relay!r}>"
 
 
 async def _pump(ws: Any, outbox: Any) -> None:
