@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -30,7 +31,7 @@ async def echo(job: Job) -> dict[str, Any]:
 
 
 @worker.handler("hold")
-async def hold(job: Job) -> int:
+def hold(job: Job) -> int:
     """Write this pid into the file named by ``args["marks"]``; the first runner then hangs,
     a later one returns its pid (so a test can SIGKILL the first mid-job)."""
     marks = Path(job.args["marks"])
@@ -38,7 +39,7 @@ async def hold(job: Job) -> int:
     with marks.open("a") as f:
         f.write(f"{os.getpid()}\n")
     if first:
-        await anyio.sleep(60)
+        time.sleep(60)  # a plain def: runs in a thread, killed with its process
     return os.getpid()
 
 

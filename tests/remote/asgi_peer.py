@@ -54,7 +54,7 @@ class Peer:
         headers = []
         if self.token is not None:
             headers.append((b"authorization", f"Bearer {self.token}".encode()))
-        scope = {
+        scope: dict[str, Any] = {
             "type": "websocket",
             "asgi": {"version": "3.0"},
             "path": "/",
@@ -66,13 +66,16 @@ class Peer:
             "client": ("127.0.0.1", 50000),
             "server": ("127.0.0.1", 8000),
         }
-        tg.start_soon(self.relay.asgi, scope, self._app_in.receive, self._app_out.send)
+        tg.start_soon(self._run_app, scope)
         await self._to_app.send({"type": "websocket.connect"})
         message = await self._from_app.receive()
         if message["type"] == "websocket.close":
             self.closed = message.get("code", 1000)
             return False
-        return message["type"] == "websocket.accept"
+        return bool(message["type"] == "websocket.accept")
+
+    async def _run_app(self, scope: dict[str, Any]) -> None:
+        await self.relay.asgi(scope, self._app_in.receive, self._app_out.send)
 
     async def join(self, tg: TaskGroup, message: dict[str, Any]) -> dict[str, Any]:
         """Open, say hello and return the relay's answer."""

@@ -41,7 +41,7 @@ async def test_job_goes_to_the_worker_with_its_handler() -> None:
 
 
 async def test_back_pressure_never_exceeds_a_workers_concurrency() -> None:
-    """With concurrency 2, five do calls put two jobs on the worker; each answer lets one more in."""
+    """Concurrency 2, five do calls: two jobs on the worker; each answer lets one more in."""
     relay = Relay()
     with anyio.fail_after(5):
         async with anyio.create_task_group() as tg, relay:
@@ -58,12 +58,12 @@ async def test_back_pressure_never_exceeds_a_workers_concurrency() -> None:
             await peer.answer(first)
             third = await peer.recv()
             assert third is not None and relay.state.in_flight == 2
-            for job in (second, third):
-                await peer.answer(job)
+            for done in (second, third):
+                await peer.answer(done)
             for _ in range(2):
-                job = await peer.recv()
-                assert job is not None
-                await peer.answer(job)
+                late = await peer.recv()
+                assert late is not None
+                await peer.answer(late)
             while len(out) < 5:
                 await anyio.sleep(0.01)
         assert all(r.status == Status.OK for r in out)
@@ -173,8 +173,8 @@ async def test_garbage_hello_and_other_versions_are_refused_clearly() -> None:
             junk = Peer(relay)
             assert await junk.open(tg)
             await junk.send("hello?")
-            answer = await junk.recv()
-            assert answer is not None and answer["type"] == "refused"
+            refusal = await junk.recv()
+            assert refusal is not None and refusal["type"] == "refused"
             assert await junk.recv() is None and junk.closed == 1007
             assert relay.state.connected == 0
 

@@ -8,6 +8,7 @@ import hmac
 import itertools
 import logging
 import math
+from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
@@ -40,6 +41,11 @@ if TYPE_CHECKING:
 __all__ = ["Relay", "RelayState", "RemoteResult"]
 
 _log = logging.getLogger("anywork.remote")
+
+# The ASGI 3 callables' types, as Starlette spells them (without importing it: an extra).
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 # A worker must say hello this soon after its WebSocket opens, or it is closed.
 _HELLO_TIMEOUT = 10.0
@@ -361,7 +367,7 @@ class Relay:
 
     # -- the WebSocket endpoint -------------------------------------------------------------
 
-    async def _asgi(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def _asgi(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             await _lifespan(receive, send)
             return
@@ -520,7 +526,7 @@ class _RelayApp:
     def __init__(self, relay: Relay) -> None:
         self.relay = relay
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.relay._asgi(scope, receive, send)
 
     def __repr__(self) -> str:
@@ -533,7 +539,7 @@ async def _pump(ws: Any, outbox: Any) -> None:
         await ws.send_text(frame)
 
 
-async def _lifespan(receive: Any, send: Any) -> None:
+async def _lifespan(receive: Receive, send: Send) -> None:
     """Answer an ASGI server's lifespan messages when the relay is served on its own."""
     while True:
         message = await receive()
@@ -544,7 +550,7 @@ async def _lifespan(receive: Any, send: Any) -> None:
             return
 
 
-async def _upgrade_required(send: Any) -> None:
+async def _upgrade_required(send: Send) -> None:
     body = b"this is a WebSocket endpoint for anywork remote workers\n"
     await send(
         {
