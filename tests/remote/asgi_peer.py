@@ -7,6 +7,7 @@ played by the test, so it can send what a real worker never would (garbage, wron
 from __future__ import annotations
 
 import json
+from collections.abc import MutableMapping
 from typing import Any
 
 import anyio
@@ -45,7 +46,9 @@ class Peer:
         self.relay = relay
         self.token = token
         self._to_app, self._app_in = anyio.create_memory_object_stream[dict[str, Any]](1000)
-        self._app_out, self._from_app = anyio.create_memory_object_stream[dict[str, Any]](1000)
+        self._app_out, self._from_app = anyio.create_memory_object_stream[MutableMapping[str, Any]](
+            1000
+        )
         self.closed: int | None = None
         _open.append(self)
 
