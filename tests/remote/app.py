@@ -107,6 +107,8 @@ def build(token: str | None, scaler: Any = None) -> Any:
                 "connected": s.connected,
                 "capacity": s.capacity,
                 "workers": sorted(c.worker_id for c in relay._conns.values()),
+                "processes": getattr(recording, "processes", None),
+                "started": getattr(recording, "started", None),
             }
         )
 

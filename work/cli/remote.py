@@ -41,14 +41,15 @@ def add_remote_parser(sub: Any) -> None:
 
 def run_remote_command(ns: argparse.Namespace) -> int:
     """Run ``anywork remote``: exit 0 when it leaves (idle or a signal), 1 when refused."""
-    worker = load_worker(ns.target)
-    token = ns.token if ns.token is not None else os.environ.get(_TOKEN_ENV) or None
+    from ..remote._client import ws_url
+
     try:
-        return anyio.run(_run, ns, worker, token, backend=ns.backend)
-    except (PermissionError, ConnectionRefusedError) as exc:
-        raise CLIError(str(exc)) from None
+        ws_url(ns.url)
     except ValueError as exc:
         raise CLIError(str(exc), 2) from None
+    worker = load_worker(ns.target)
+    token = ns.token if ns.token is not None else os.environ.get(_TOKEN_ENV) or None
+    return anyio.run(_run, ns, worker, token, backend=ns.backend)
 
 
 async def _run(ns: argparse.Namespace, worker: Any, token: str | None) -> int:
@@ -67,6 +68,10 @@ async def _run(ns: argparse.Namespace, worker: Any, token: str | None) -> int:
             await worker.connect(
                 ns.url, token=token, concurrency=ns.concurrency, idle_exit=ns.idle_exit
             )
+        except (PermissionError, ConnectionRefusedError) as exc:
+            raise CLIError(str(exc)) from None
+        except ValueError as exc:
+            raise CLIError(str(exc), 2) from None
         finally:
             tg.cancel_scope.cancel()
     log(f"worker {worker.name} left {ns.url}")

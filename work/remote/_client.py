@@ -22,7 +22,7 @@ from ._messages import CLOSE_VERSION, PROTOCOL_VERSION, ProtocolError, decode, e
 if TYPE_CHECKING:
     from .._runtime.worker import Execution, Worker
 
-__all__ = ["connect_worker"]
+__all__ = ["connect_worker", "ws_url"]
 
 _log = logging.getLogger("anywork.remote")
 
@@ -38,7 +38,8 @@ class _Leave(Exception):
     """The session ended because the worker chose to leave (idle, or stopping)."""
 
 
-def _ws_url(url: str) -> str:
+def ws_url(url: str) -> str:
+    """Return ``url`` as a ws:// or wss:// URL (http(s):// is mapped), or raise ValueError."""
     if not isinstance(url, str):
         raise TypeError(f"url must be a str, got {type(url).__name__}")
     for http, ws in (("http://", "ws://"), ("https://", "wss://")):
@@ -58,7 +59,7 @@ async def connect_worker(
     idle_exit: float | None = None,
 ) -> None:
     """Serve ``worker``'s handlers to the relay at ``url`` (see ``Worker.connect``)."""
-    url = _ws_url(url)
+    url = ws_url(url)
     if concurrency is None:
         concurrency = worker.max_concurrency or 16
     if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
