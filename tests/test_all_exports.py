@@ -22,6 +22,8 @@ CONTRACT = {
     },
     "work.stores": {"open_store"},
     "work.scheduling": {"Webhook", "WebhookHandler"},
+    "work.remote": {"Relay", "RelayState", "Scaler", "ProcessScaler", "RemoteResult"},
+    "work.abc": {"Store", "Scaler"},
 }  # fmt: skip
 
 

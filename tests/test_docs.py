@@ -23,6 +23,7 @@ PUBLIC_MODULES = tuple(
         "work.abc",
         "work.testing",
         "work.scheduling",
+        "work.remote",
     )
     if importlib.util.find_spec(name) is not None
 )
@@ -106,6 +107,7 @@ API_PAGES = {
     "work.abc": "abc.md",
     "work.testing": "testing.md",
     "work.scheduling": "scheduling.md",
+    "work.remote": "remote.md",
 }
 
 
