@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 import os
 import secrets
 import socket
@@ -20,6 +22,8 @@ from .._core.status import Status
 from ._messages import CLOSE_VERSION, PROTOCOL_VERSION, ProtocolError, decode, encode
 
 if TYPE_CHECKING:
+    from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
     from .._runtime.worker import Execution, Worker
 
 __all__ = ["connect_worker", "ws_url"]
@@ -68,6 +72,9 @@ async def connect_worker(
         isinstance(idle_exit, bool) or not isinstance(idle_exit, int | float) or idle_exit <= 0
     ):
         raise ValueError(f"idle_exit must be a number of seconds > 0 or None, got {idle_exit!r}")
+    if worker.max_concurrency is not None:
+        # More would wait in perform, holding up the connection's reader (and its cancels).
+        concurrency = min(concurrency, worker.max_concurrency)
     if not worker.handlers:
         raise ValueError(f"{worker.name} has no handlers to offer the relay")
     session = _Session(worker, url, token, concurrency, idle_exit)
@@ -87,9 +94,8 @@ class _Session:
         self.concurrency = concurrency
         self.idle_exit = idle
         self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
-        self.running: dict[str, Execution | None] = {}
+        self.running: dict[str, Execution] = {}
         self.idle_since = time.monotonic()
-        self.lock = anyio.Lock()
 
     def _connect(self) -> Any:
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
@@ -159,16 +165,24 @@ class _Session:
             reason = answer.get("reason") or f"relay answered {answer!r}"
             raise ConnectionRefusedError(f"relay refused this worker: {reason}")
         _log.info("joined relay %s as %s", self.url, self.worker_id)
+        # Answers and the bye go out through one queue and one sender task: a finished
+        # execution's callback (plain, not async) can queue its answer without a task per job.
+        send, outbox = anyio.create_memory_object_stream[str](math.inf)
         # Errors leave the task group as values, not raised inside it: the caller sees the
         # exception itself (its reconnect logic matches on the type), not an ExceptionGroup.
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._leave_when_done, ws)
-            failure = await self._read(ws, tg)
-            tg.cancel_scope.cancel()
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._leave_when_done, send)
+                tg.start_soon(_pump, ws, outbox)
+                failure = await self._read(ws, send)
+                tg.cancel_scope.cancel()
+        finally:
+            send.close()
+            outbox.close()
         if failure is not None:
             raise failure
 
-    async def _read(self, ws: Any, tg: Any) -> Exception | None:
+    async def _read(self, ws: Any, send: MemoryObjectSendStream[str]) -> Exception | None:
         """Run the relay's jobs until the connection ends; return why when not on purpose."""
         from websockets.exceptions import ConnectionClosed
 
@@ -178,9 +192,7 @@ class _Session:
                     message = decode(frame)
                     kind = message["type"]
                     if kind == "job":
-                        delivery = message["id"]
-                        self.running[delivery] = None
-                        tg.start_soon(self._run_job, ws, delivery, message["job"])
+                        await self._start(message["id"], message["job"], send)
                     elif kind == "cancel":
                         execution = self.running.get(message.get("id", ""))
                         if execution is not None:
@@ -201,7 +213,7 @@ class _Session:
 
     _leaving = False
 
-    async def _leave_when_done(self, ws: Any) -> None:
+    async def _leave_when_done(self, send: MemoryObjectSendStream[str]) -> None:
         """Say bye when idle for ``idle_exit`` seconds or when the worker stops."""
         async with anyio.create_task_group() as tg:
 
@@ -224,33 +236,11 @@ class _Session:
             tg.start_soon(on_stop)
             tg.start_soon(on_idle)
         self._leaving = True
-        from websockets.exceptions import ConnectionClosed
+        with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
+            send.send_nowait(encode({"type": "bye"}))
 
-        try:
-            async with self.lock:
-                await ws.send(encode({"type": "bye"}))
-        except ConnectionClosed:
-            pass  # the relay went first: the reader ends the session
-
-    async def _run_job(self, ws: Any, delivery: str, raw: Any) -> None:
-        try:
-            status, result, error = await self._execute(delivery, raw)
-        finally:
-            self.running.pop(delivery, None)
-            if not self.running:
-                self.idle_since = time.monotonic()
-        frame: dict[str, Any] = {"type": "result", "id": delivery, "status": int(status)}
-        frame["result"] = result
-        frame["error"] = error
-        from websockets.exceptions import ConnectionClosed
-
-        try:
-            async with self.lock:
-                await ws.send(encode(frame))
-        except ConnectionClosed:
-            _log.info("relay went before the answer to %s could be sent", delivery)
-
-    async def _execute(self, delivery: str, raw: Any) -> tuple[Status, Any, str | None]:
+    async def _start(self, delivery: str, raw: Any, send: MemoryObjectSendStream[str]) -> None:
+        """Start the job of a ``job`` message; its answer is queued when it ends."""
         try:
             job = Job(
                 raw["handler"],
@@ -259,24 +249,52 @@ class _Session:
                 timeout=raw.get("timeout"),
                 headers=raw.get("headers") or {},
             )
-        except (KeyError, TypeError, ValueError) as exc:
-            return Status.BAD_REQUEST, None, f"bad job from the relay: {exc}"
-        try:
             execution = await self.worker.perform(job)
         except UnknownHandlerError as exc:
-            return Status.NOT_FOUND, None, str(exc)
-        except RuntimeError as exc:
-            return Status.UNAVAILABLE, None, str(exc)
-        if delivery in self.running:
-            self.running[delivery] = execution
-        await execution.wait()
-        status = execution.status
-        if status.is_success:
-            if not json_ok(execution.result):
+            _queue(send, delivery, Status.NOT_FOUND, None, str(exc))
+            return
+        except RuntimeError as exc:  # the worker is stopping
+            _queue(send, delivery, Status.UNAVAILABLE, None, str(exc))
+            return
+        except (KeyError, TypeError, ValueError) as exc:
+            _queue(send, delivery, Status.BAD_REQUEST, None, f"bad job from the relay: {exc}")
+            return
+        self.running[delivery] = execution
+
+        def done(execution: Execution) -> None:
+            self.running.pop(delivery, None)
+            if not self.running:
+                self.idle_since = time.monotonic()
+            status = execution.status
+            if not status.is_success:
+                _queue(send, delivery, status, None, _describe(execution.error, status))
+            elif json_ok(execution.result):
+                _queue(send, delivery, status, execution.result, None)
+            else:
                 kind = type(execution.result).__name__
-                return Status.INTERNAL_ERROR, None, f"the result is a {kind}, not JSON"
-            return status, execution.result, None
-        return status, None, _describe(execution.error, status)
+                error = f"the result is a {kind}, not JSON"
+                _queue(send, delivery, Status.INTERNAL_ERROR, None, error)
+
+        execution._add_done_callback(done)
+
+
+def _queue(
+    send: MemoryObjectSendStream[str], delivery: str, status: Status, result: Any, error: str | None
+) -> None:
+    """Queue a ``result`` frame (dropped when the connection is already gone)."""
+    frame = {"type": "result", "id": delivery, "status": int(status), "result": result}
+    frame["error"] = error
+    with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
+        send.send_nowait(encode(frame))
+
+
+async def _pump(ws: Any, outbox: MemoryObjectReceiveStream[str]) -> None:
+    """Send the queued frames in order; the reader notices when the connection goes."""
+    from websockets.exceptions import ConnectionClosed
+
+    with contextlib.suppress(ConnectionClosed):
+        async for frame in outbox:
+            await ws.send(frame)
 
 
 def _describe(error: BaseException | None, status: Status) -> str:
