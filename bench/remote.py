@@ -26,6 +26,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +116,10 @@ def _rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def _at_least(count: Callable[[], int], n: int) -> bool:
+    return count() >= n
+
+
 async def _wait_for(check: Callable[[], bool]) -> None:
     with anyio.fail_after(30):
         while not check():  # noqa: ASYNC110 (uvicorn and the relay offer no event for these)
@@ -144,7 +149,7 @@ async def run(samples: int, jobs: int, inflight: int) -> list[tuple[str, float, 
             for n in (1, 4):
                 peer = [sys.executable, "-m", "bench.remote", "--peer", base]
                 procs = [_spawn(peer) for _ in range(n)]
-                await _wait_for(lambda n=n: len(echo.peers) >= n)
+                await _wait_for(partial(_at_least, lambda: len(echo.peers), n))
                 rows.append((f"raw echo x{n}", *await _measure(echo.call, samples, jobs, inflight)))
                 for proc in procs:
                     proc.terminate()
@@ -153,7 +158,7 @@ async def run(samples: int, jobs: int, inflight: int) -> list[tuple[str, float, 
                 cmd = [sys.executable, "-m", "work.cli", "remote", f"{base}/v1/relay"]
                 cmd += ["bench.remote:worker", "--concurrency", str(inflight)]
                 procs = [_spawn(cmd) for _ in range(n)]
-                await _wait_for(lambda n=n: relay.state.connected >= n)
+                await _wait_for(partial(_at_least, lambda: relay.state.connected, n))
 
                 async def do() -> None:
                     (await relay.do(Job("noop"))).raise_for_status()
