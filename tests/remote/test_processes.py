@@ -223,3 +223,20 @@ def test_remote_command_rejects_bad_arguments() -> None:
         check=False,
     )
     assert bad_target.returncode == 2 and "module:attr" in bad_target.stderr
+
+
+@pytest.mark.anyio
+async def test_worker_of_another_protocol_version_is_refused_clearly(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker speaking protocol version 2 to this relay (version 1) is refused with a
+    reason naming both versions, and gives up instead of reconnecting."""
+    from work.remote import _client
+
+    monkeypatch.setattr(_client, "PROTOCOL_VERSION", 2)
+    worker = Worker(name="future")
+    worker.register("noop", lambda job: None)
+    with anyio.fail_after(20):
+        async with worker:
+            with pytest.raises(ConnectionRefusedError, match="version 2.*speaks 1"):
+                await worker.connect(cluster.server.ws, token="s3cret")

@@ -260,3 +260,27 @@ async def test_a_failing_scaler_does_not_fail_the_job(caplog: pytest.LogCaptureF
         result = await relay.do(Job("h"), timeout=0.05)
     assert result.status == Status.UNAVAILABLE
     assert "scaler bug" in caplog.text
+
+
+async def test_do_carries_the_callers_trace_context_in_the_job_headers() -> None:
+    """do writes the current span's trace context (traceparent) into the headers it sends,
+    so the remote worker's tracing adapter continues the caller's trace."""
+    from opentelemetry.sdk.trace import TracerProvider
+
+    tracer = TracerProvider().get_tracer("test")
+    relay = Relay()
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg, relay:
+            peer = Peer(relay)
+            await peer.join(tg, hello(["h"]))
+            out: list[RemoteResult] = []
+            with tracer.start_as_current_span("caller") as span:
+                tg.start_soon(_do, relay, Job("h", headers={"x-request": "r1"}), out)
+                job = await peer.recv()
+            assert job is not None
+            trace_id = format(span.get_span_context().trace_id, "032x")
+            assert job["job"]["headers"]["x-request"] == "r1"
+            assert trace_id in job["job"]["headers"]["traceparent"]
+            await peer.answer(job)
+            while not out:
+                await anyio.sleep(0.01)
