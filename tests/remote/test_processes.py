@@ -238,5 +238,5 @@ async def test_worker_of_another_protocol_version_is_refused_clearly(
     worker.register("noop", lambda job: None)
     with anyio.fail_after(20):
         async with worker:
-            with pytest.raises(ConnectionRefusedError, match="version 2.*speaks 1"):
+            with pytest.raises(ConnectionRefusedError, match=r"version 2.*speaks 1"):
                 await worker.connect(cluster.server.ws, token="s3cret")
