@@ -38,10 +38,6 @@ _OPEN_TIMEOUT = 10.0
 _MAX_FRAME = 16 * 1024 * 1024
 
 
-class _Leave(Exception):
-    """The session ended because the worker chose to leave (idle, or stopping)."""
-
-
 def ws_url(url: str) -> str:
     """Return ``url`` as a ws:// or wss:// URL (http(s):// is mapped), or raise ValueError."""
     if not isinstance(url, str):
@@ -158,9 +154,18 @@ class _Session:
             "handlers": sorted(self.worker.handlers),
             "concurrency": self.concurrency,
         }
-        await ws.send(encode(hello))
-        with anyio.fail_after(_OPEN_TIMEOUT):
-            answer = decode(await ws.recv())
+        from websockets.exceptions import ConnectionClosed
+
+        try:
+            await ws.send(encode(hello))
+            with anyio.fail_after(_OPEN_TIMEOUT):
+                answer = decode(await ws.recv())
+        except ConnectionClosed as exc:
+            if exc.rcvd is not None and exc.rcvd.code == CLOSE_VERSION:
+                raise ConnectionRefusedError(
+                    f"relay refused this worker: {exc.rcvd.reason}"
+                ) from None
+            raise
         if answer["type"] != "welcome" or answer.get("version") != PROTOCOL_VERSION:
             reason = answer.get("reason") or f"relay answered {answer!r}"
             raise ConnectionRefusedError(f"relay refused this worker: {reason}")
