@@ -284,3 +284,56 @@ async def test_do_carries_the_callers_trace_context_in_the_job_headers() -> None
             await peer.answer(job)
             while not out:
                 await anyio.sleep(0.01)
+
+
+async def test_bye_stops_routing_and_closes_once_the_workers_jobs_are_answered() -> None:
+    """A worker that says bye gets no new job; the relay closes it normally (1000) once its
+    in-flight job is answered, and a new job waits for another worker."""
+    relay = Relay()
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg, relay:
+            peer = Peer(relay)
+            await peer.join(tg, hello(["h"], worker_id="leaving"))
+            out: list[RemoteResult] = []
+            tg.start_soon(_do, relay, Job("h"), out)
+            job = await peer.recv()
+            assert job is not None
+            await peer.send({"type": "bye"})
+            while relay.state.capacity:
+                await anyio.sleep(0.01)
+            tg.start_soon(_do, relay, Job("h"), out, 0.2)
+            await peer.answer(job, 201, "made")
+            assert await peer.recv() is None and peer.closed == 1000
+            while len(out) < 2:
+                await anyio.sleep(0.01)
+    assert [r.status for r in out] == [Status.CREATED, Status.UNAVAILABLE]
+    assert out[0].result == "made" and out[0].worker_id == "leaving"
+
+
+async def test_lifecycle_edges_lifespan_not_running_and_repr() -> None:
+    """Served alone, relay.asgi answers lifespan; a worker connecting to a stopped relay is
+    closed with 1012; a relay cannot be entered twice; reprs name the state."""
+    relay = Relay()
+    sent: list[dict[str, Any]] = []
+    messages = iter([{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}])
+
+    async def receive() -> dict[str, Any]:
+        return next(messages)
+
+    async def send(message: Any) -> None:
+        sent.append(dict(message))
+
+    await relay.asgi({"type": "lifespan"}, receive, send)
+    assert [m["type"] for m in sent] == [
+        "lifespan.startup.complete",
+        "lifespan.shutdown.complete",
+    ]
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            peer = Peer(relay)
+            assert not await peer.open(tg) and peer.closed == 1012
+    assert "stopped" in repr(relay) and "relay.asgi" in repr(relay.asgi)
+    async with relay:
+        assert "running" in repr(relay)
+        with pytest.raises(RuntimeError, match="already running"):
+            await relay.__aenter__()
