@@ -15,7 +15,14 @@ import sniffio
 
 from work import Job, Worker
 from work.remote import ProcessScaler, RelayState
-from work.remote._messages import ProtocolError, decode, parse_hello, parse_result
+from work.remote._messages import (
+    ProtocolError,
+    batched,
+    decode,
+    parse_hello,
+    parse_result,
+    unbatch,
+)
 
 from .procs import free_port
 
@@ -91,7 +98,7 @@ async def test_worker_answers_odd_jobs_cancels_and_survives_garbage_and_a_restar
             await ws.send(json.dumps({"type": "job", **job}))
         await ws.send(json.dumps({"type": "cancel", "id": "d"}))
         while len(answers) < 4:
-            answers.append(json.loads(await ws.recv()))
+            answers.extend(unbatch(json.loads(await ws.recv())))
         await _close(ws, 1012, "restarting")
 
     worker = _worker()
@@ -148,6 +155,10 @@ def test_messages_refuse_malformed_hellos_and_results() -> None:
             parse_result({**result, field: value})
     with pytest.raises(ProtocolError, match="not JSON"):
         decode(b"\xff")
+    two = decode(batched(['{"type":"bye"}', '{"type":"bye"}']))
+    assert unbatch(two) == [{"type": "bye"}] * 2
+    with pytest.raises(ProtocolError, match="batch"):
+        unbatch({"type": "batch", "messages": [two]})
 
 
 def test_process_scaler_checks_its_arguments_and_builds_its_command() -> None:

@@ -337,3 +337,36 @@ async def test_lifecycle_edges_lifespan_not_running_and_repr() -> None:
         assert "running" in repr(relay)
         with pytest.raises(RuntimeError, match="already running"):
             await relay.__aenter__()
+
+
+async def test_a_batch_frame_answers_several_jobs_and_a_bad_batch_is_garbage() -> None:
+    """Several results in one batch frame each end their do; a batch holding a batch is a
+    protocol error (the worker is closed with 1007)."""
+    relay = Relay(max_redeliveries=0)
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg, relay:
+            peer = Peer(relay)
+            await peer.join(tg, hello(["h"], concurrency=4))
+            out: list[RemoteResult] = []
+            for i in range(3):
+                tg.start_soon(_do, relay, Job("h", {"i": i}), out)
+            jobs: list[dict[str, Any]] = []
+            while len(jobs) < 3:
+                frame = await peer.recv()
+                assert frame is not None
+                jobs.extend(frame["messages"] if frame["type"] == "batch" else [frame])
+            results = [
+                {"type": "result", "id": j["id"], "status": 200, "result": j["job"]["args"]}
+                for j in jobs
+            ]
+            await peer.send({"type": "batch", "messages": results})
+            while len(out) < 3:
+                await anyio.sleep(0.01)
+            assert sorted(r.result["i"] for r in out) == [0, 1, 2]
+            tg.start_soon(_do, relay, Job("h"), out)
+            assert await peer.recv() is not None
+            await peer.send({"type": "batch", "messages": [{"type": "batch", "messages": []}]})
+            assert await peer.recv() is None and peer.closed == 1007
+            while len(out) < 4:
+                await anyio.sleep(0.01)
+    assert out[3].status == Status.BAD_GATEWAY

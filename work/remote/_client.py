@@ -19,7 +19,15 @@ from .._core.job import Job
 from .._core.jsoncheck import json_ok
 from .._core.retry import Exponential
 from .._core.status import Status
-from ._messages import CLOSE_VERSION, PROTOCOL_VERSION, ProtocolError, decode, encode
+from ._messages import (
+    CLOSE_VERSION,
+    PROTOCOL_VERSION,
+    ProtocolError,
+    batched,
+    decode,
+    encode,
+    unbatch,
+)
 
 if TYPE_CHECKING:
     from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
@@ -34,6 +42,8 @@ _log = logging.getLogger("anywork.remote")
 # workers does not knock on a restarted relay all at the same instant.
 _BACKOFF = Exponential(0.1, cap=5.0, jitter=True)
 _OPEN_TIMEOUT = 10.0
+# At most this many queued answers go out as one batch frame.
+_BATCH = 256
 # The relay accepts frames up to uvicorn's default 16 MiB; match it.
 _MAX_FRAME = 16 * 1024 * 1024
 
@@ -194,16 +204,21 @@ class _Session:
         try:
             async for frame in ws:
                 try:
-                    message = decode(frame)
-                    kind = message["type"]
-                    if kind == "job":
-                        await self._start(message["id"], message["job"], send)
-                    elif kind == "cancel":
-                        execution = self.running.get(message.get("id", ""))
-                        if execution is not None:
-                            execution.cancel()
-                except (ProtocolError, KeyError, TypeError) as exc:
+                    messages = unbatch(decode(frame))
+                except (ProtocolError, KeyError) as exc:
                     _log.warning("ignoring a frame from the relay: %s", exc)
+                    continue
+                for message in messages:
+                    try:
+                        kind = message["type"]
+                        if kind == "job":
+                            await self._start(message["id"], message["job"], send)
+                        elif kind == "cancel":
+                            execution = self.running.get(message.get("id", ""))
+                            if execution is not None:
+                                execution.cancel()
+                    except (KeyError, TypeError) as exc:
+                        _log.warning("ignoring a message from the relay: %s", exc)
         except ConnectionClosed as exc:
             received = exc.rcvd
             if received is not None and received.code == CLOSE_VERSION:
@@ -299,7 +314,11 @@ async def _pump(ws: Any, outbox: MemoryObjectReceiveStream[str]) -> None:
 
     with contextlib.suppress(ConnectionClosed):
         async for frame in outbox:
-            await ws.send(frame)
+            frames = [frame]
+            with contextlib.suppress(anyio.WouldBlock):
+                while len(frames) < _BATCH:
+                    frames.append(outbox.receive_nowait())
+            await ws.send(batched(frames))
 
 
 def _describe(error: BaseException | None, status: Status) -> str:

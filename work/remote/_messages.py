@@ -4,6 +4,7 @@ Every frame is one JSON object with a ``type``. A worker opens with ``hello``; t
 ``welcome`` (or ``refused`` and closes with :data:`CLOSE_VERSION` when the versions differ).
 Then the relay sends ``job`` and ``cancel`` frames and the worker sends ``result`` frames, and
 ``bye`` when it wants to leave (the relay stops routing to it and closes once it is idle).
+Either side may send several messages as one ``batch`` frame.
 docs/remote.md draws the schema.
 """
 
@@ -19,10 +20,12 @@ __all__ = [
     "CLOSE_VERSION",
     "PROTOCOL_VERSION",
     "ProtocolError",
+    "batched",
     "decode",
     "encode",
     "parse_hello",
     "parse_result",
+    "unbatch",
 ]
 
 # Bump on any change a peer of the other version would misread; both ends refuse a mismatch.
@@ -64,6 +67,31 @@ def decode(frame: str | bytes) -> dict[str, Any]:
     if not isinstance(message, dict) or not isinstance(message.get("type"), str):
         raise ProtocolError(f"frame is not an object with a string 'type': {_clip(frame)}")
     return message
+
+
+def batched(frames: list[str]) -> str:
+    """One frame carrying ``frames`` (encoded messages) as a ``batch``: a busy sender drains
+    its queue into one frame instead of one frame (and one system call) per message."""
+    if len(frames) == 1:
+        return frames[0]
+    return '{"type":"batch","messages":[' + ",".join(frames) + "]}"
+
+
+def unbatch(message: dict[str, Any]) -> list[dict[str, Any]]:
+    """The messages in ``message``: its ``messages`` when it is a batch, else itself.
+
+    Raises:
+        ProtocolError: a batch whose ``messages`` is not a list of typed objects.
+    """
+    if message["type"] != "batch":
+        return [message]
+    inner = message.get("messages")
+    if not isinstance(inner, list) or not all(
+        isinstance(m, dict) and isinstance(m.get("type"), str) and m["type"] != "batch"
+        for m in inner
+    ):
+        raise ProtocolError("a batch needs 'messages', a list of (unbatched) message objects")
+    return inner
 
 
 def parse_hello(message: dict[str, Any]) -> tuple[str, frozenset[str], int]:

@@ -27,10 +27,12 @@ from ._messages import (
     CLOSE_VERSION,
     PROTOCOL_VERSION,
     ProtocolError,
+    batched,
     decode,
     encode,
     parse_hello,
     parse_result,
+    unbatch,
 )
 
 if TYPE_CHECKING:
@@ -47,6 +49,8 @@ Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
+# At most this many queued messages go out as one batch frame.
+_BATCH = 256
 # A worker must say hello this soon after its WebSocket opens, or it is closed.
 _HELLO_TIMEOUT = 10.0
 
@@ -472,15 +476,15 @@ class Relay:
 
         while True:
             try:
-                message = decode(await ws.receive_text())
-                kind = message["type"]
-                if kind == "result":
-                    self._answer(conn, *parse_result(message))
-                elif kind == "bye":
-                    conn.leaving = True
-                    self._dispatch()
-                else:
-                    raise ProtocolError(f"unexpected message type {kind!r}")
+                for message in unbatch(decode(await ws.receive_text())):
+                    kind = message["type"]
+                    if kind == "result":
+                        self._answer(conn, *parse_result(message))
+                    elif kind == "bye":
+                        conn.leaving = True
+                        self._dispatch()
+                    else:
+                        raise ProtocolError(f"unexpected message type {kind!r}")
             except WebSocketDisconnect:
                 return "disconnected"
             except (ProtocolError, KeyError) as exc:
@@ -567,7 +571,11 @@ class _RelayApp:
 async def _pump(ws: Any, outbox: Any) -> None:
     """Send the connection's queued frames in order (dispatch itself never awaits)."""
     async for frame in outbox:
-        await ws.send_text(frame)
+        frames = [frame]
+        with contextlib.suppress(anyio.WouldBlock):
+            while len(frames) < _BATCH:
+                frames.append(outbox.receive_nowait())
+        await ws.send_text(batched(frames))
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:
