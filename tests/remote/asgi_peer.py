@@ -50,6 +50,7 @@ class Peer:
             1000
         )
         self.closed: int | None = None
+        self._batched: list[dict[str, Any]] = []
         _open.append(self)
 
     async def open(self, tg: TaskGroup) -> bool:
@@ -94,13 +95,20 @@ class Peer:
         await self._to_app.send({"type": "websocket.receive", "text": text})
 
     async def recv(self) -> dict[str, Any] | None:
-        """The next message from the relay, or None once it closed the connection."""
+        """The next message from the relay (a batch frame's messages one at a time), or None
+        once it closed the connection."""
+        if self._batched:
+            return self._batched.pop(0)
         message = await self._from_app.receive()
         if message["type"] == "websocket.close":
             self.closed = message.get("code", 1000)
             return None
         assert message["type"] == "websocket.send", message
         data: dict[str, Any] = json.loads(message["text"])
+        if data["type"] == "batch":
+            self._batched.extend(data["messages"][1:])
+            first: dict[str, Any] = data["messages"][0]
+            return first
         return data
 
     async def answer(self, job: dict[str, Any], status: int = 200, result: Any = None) -> None:
