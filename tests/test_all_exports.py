@@ -27,6 +27,8 @@ CONTRACT = {
         "WebhookHandler",
     },
     "work.testing": {"VirtualClock", "drain"},
+    "work.remote": {"Relay", "RelayState", "Scaler", "ProcessScaler", "RemoteResult"},
+    "work.abc": {"Store", "Scaler", "WorkflowStore"},
 }  # fmt: skip
 
 

@@ -24,6 +24,7 @@ PUBLIC_MODULES = tuple(
         "work.testing",
         "work.scheduling",
         "work.server",
+        "work.remote",
     )
     if importlib.util.find_spec(name) is not None
 )
@@ -108,6 +109,7 @@ API_PAGES = {
     "work.testing": "testing.md",
     "work.scheduling": "scheduling.md",
     "work.server": "server.md",
+    "work.remote": "remote.md",
 }
 
 

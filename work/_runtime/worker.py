@@ -782,6 +782,38 @@ class Worker:
             result_ttl=result_ttl,
         )
 
+    # -- remote relay -----------------------------------------------------------------------
+
+    async def connect(
+        self,
+        url: str,
+        *,
+        token: str | None = None,
+        concurrency: int | None = None,
+        idle_exit: float | None = None,
+    ) -> None:
+        """Join the relay at ``url`` and run the jobs it hands over until the worker stops.
+
+        Announces the handlers and ``concurrency``, runs each job through this worker's
+        adapters, answers with its status, result and error, and reconnects with backoff when
+        the relay goes (see docs/remote.md). Needs the ``remote`` extra (``websockets``).
+
+        Args:
+            url: the relay's WebSocket URL (``ws://host:8000/v1/relay``; http(s) works too).
+            token: the relay's bearer token.
+            concurrency: jobs at once (default: ``max_concurrency``, else 16).
+            idle_exit: return after this many seconds without a job (None: never).
+
+        Raises:
+            PermissionError: the relay refused the token.
+            ConnectionRefusedError: the relay speaks another protocol version.
+            ValueError: a bad url, concurrency or idle_exit, or no handler registered.
+            RuntimeError: the worker is not running.
+        """
+        from ..remote._client import connect_worker
+
+        await connect_worker(self, url, token=token, concurrency=concurrency, idle_exit=idle_exit)
+
     # -- running executions -----------------------------------------------------------------
 
     async def _admit(self, execution: Execution) -> None:

@@ -37,6 +37,7 @@ from .._durable.queue import Queue
 from ..stores import JobRecord, JobState, mask_url
 from ._common import CLIError, connected, int_arg, open_store_of, seconds_arg
 from .jobs import add_watch_parser
+from .remote import add_remote_parser
 from .schedules import add_commands as add_schedule_commands
 from .schedules import add_worker_options
 from .worker import load_worker, parse_listen, run_worker_command
@@ -420,6 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio")
     add_worker_options(w)
     w.set_defaults(func=run_worker_command)
+    add_remote_parser(sub)
 
     _add_serve_parsers(sub)
 
