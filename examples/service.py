@@ -1,3 +1,4 @@
+# Needs: pip install 'anywork[server,webhooks]'
 """The HTTP service: start ``anywork serve`` on SQLite, then drive the webhook flow over HTTP.
 
 A tiny receiver plays the called service: it gets the webhook's POST (with a
