@@ -131,6 +131,36 @@ def test_worker_syncs_declared_schedules_and_runs_their_fires(tmp_path: Path) ->
         assert done.result == "ticked" and done.id.startswith("app/tick@")
 
 
+def test_serve_syncs_declared_schedules_and_runs_their_fires(tmp_path: Path) -> None:
+    """`anywork serve app:worker --schedules app:SCHEDULES` syncs the declared schedules at
+    start (deleting one removed from code under the prefix) and its scheduler and worker run
+    their fires."""
+    (tmp_path / "app.py").write_text(APP)
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    with SyncSchedules(url) as schedules:
+        from work import Job, Schedule
+
+        schedules.put(Schedule("app/removed", "rate(1 hour)", Job("tick")))
+        schedules.put(Schedule("other/kept", "rate(1 hour)", Job("tick")))
+        cmd = [sys.executable, "-m", "work.cli", "serve", "app:worker", "--store", url]
+        cmd += ["--insecure", "--http", "127.0.0.1:0"]
+        cmd += ["--schedules", "app:SCHEDULES", "--schedules-prefix", "app/"]
+        proc = subprocess.Popen(cmd, cwd=tmp_path, stderr=subprocess.PIPE, env=_env())
+        try:
+            deadline = time.monotonic() + 60
+            # Polling the store is the point: the work happens in the serve process.
+            while not schedules.executions("app/tick", state=JobState.SUCCEEDED):
+                assert time.monotonic() < deadline, "no execution succeeded"
+                assert proc.poll() is None, proc.stderr.read() if proc.stderr else b""
+                time.sleep(0.1)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err
+        assert b"synced 1 schedules from app:SCHEDULES" in err
+        assert [r.schedule.id for r in schedules.list()] == ["app/tick", "other/kept"]
+
+
 def test_worker_with_a_bad_schedules_spec_exits_2(tmp_path: Path) -> None:
     """--schedules naming nothing importable is one line and exit code 2."""
     (tmp_path / "app.py").write_text(APP)

@@ -362,6 +362,19 @@ def _add_serve_parsers(sub: Any) -> None:
         "--insecure", action="store_true", help="serve without tokens (loopback addresses only)"
     )
     s.add_argument(
+        "--schedules",
+        default=None,
+        metavar="module:attr",
+        help="a list of Schedules to sync into the store at start",
+    )
+    s.add_argument(
+        "--schedules-prefix",
+        default="",
+        metavar="P",
+        help="the id prefix --schedules owns: other schedules under it are deleted "
+        "(default: '', every schedule in the store)",
+    )
+    s.add_argument(
         "--heartbeat",
         type=seconds_arg(positive=True, high=3600.0),
         default=5.0,

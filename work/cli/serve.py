@@ -107,7 +107,14 @@ async def _serve(
         try:
             if not await connect_patiently(store, stop):
                 return 0
-            async with entered(store), anyio.create_task_group() as serving:
+            from .schedules import beside_worker
+
+            # --schedules: the declared schedules are synced into the store before serving.
+            async with (
+                entered(store),
+                beside_worker(ns, store),
+                anyio.create_task_group() as serving,
+            ):
                 server = _uvicorn_server(app)
                 serving.start_soon(server.serve, [sock])
                 auth = "bearer tokens" if tokens else "NO AUTH (--insecure)"
