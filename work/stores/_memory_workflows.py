@@ -6,14 +6,15 @@ import builtins
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from ._base import JobRecord, JobState
 
 if TYPE_CHECKING:
     import threading
+    from collections.abc import Sequence
 
+    from .._core.clock import Clock
     from ..workflows._model import WorkflowRecord
     from ..workflows._plan import Plan, Request
 
@@ -37,6 +38,7 @@ class MemoryWorkflows:
     _lock: threading.Lock
     _rows: dict[str, Any]
     _hub: Any
+    clock: Clock
 
     def _wf_init(self) -> None:
         self._workflows: dict[str, _Workflow] = {}
@@ -58,9 +60,42 @@ class MemoryWorkflows:
         from ..workflows._plan import advance, drive
 
         drive(
-            advance(job_id, state, status, result_json, error, datetime.now(UTC)),
+            advance(job_id, state, status, result_json, error, self.clock.now()),
             self._wf_handle,
         )
+
+    def _wf_retried(self, job_id: str) -> None:
+        """The hook: job ``job_id`` was just queued again by a retry (the lock is held)."""
+        if job_id not in self._wf_steps:
+            return
+        from ..workflows._plan import drive, resume
+
+        drive(resume(job_id, self.clock.now()), self._wf_handle)
+
+    def _wf_owners(self, ids: Sequence[str]) -> set[str]:
+        """The workflows of the jobs ``ids`` (steps or on_error), before they are deleted."""
+        from ..workflows._model import WORKFLOW_HEADER
+
+        owners: set[str] = set()
+        for id in ids:
+            row = self._rows.get(id)
+            owner = row.record.headers.get(WORKFLOW_HEADER) if row is not None else None
+            if owner is not None:
+                owners.add(owner)
+        return owners
+
+    def _wf_forget(self, owners: set[str]) -> None:
+        """Delete those of the workflows ``owners`` that ended and have no job left."""
+        for wf_id in owners:
+            wf = self._workflows.get(wf_id)
+            if wf is None or not wf.record.state.is_final:
+                continue
+            ids = [*wf.record.jobs, *([wf.record.on_error] if wf.record.on_error else [])]
+            if any(id in self._rows for id in ids):
+                continue
+            del self._workflows[wf_id]
+            for id in wf.record.jobs:
+                self._wf_steps.pop(id, None)
 
     def _wf_handle(self, req: Request) -> Any:
         from ..workflows._plan import first_open
@@ -73,6 +108,8 @@ class MemoryWorkflows:
             info[4] = True
             self._workflows[info[0]].ended.add(info[1])
             return tuple(info[:4])
+        if kind in ("unend", "resume"):
+            return self._wf_reopen(kind, req[1])
         if kind == "lock":
             wf = self._workflows.get(req[1])
             return None if wf is None else (wf.record.state.value, wf.on_error)
@@ -102,9 +139,40 @@ class MemoryWorkflows:
             state=WorkflowState(final),
             current=current,
             error=error,
-            finished_at=datetime.now(UTC),
+            finished_at=self.clock.now(),
         )
         return None
+
+    def _wf_reopen(self, kind: str, job_id: str) -> Any:
+        """The "unend" and "resume" requests (see ``work/workflows/_plan.py``)."""
+        from ..workflows._model import WorkflowState
+
+        info = self._wf_steps[job_id] if job_id in self._wf_steps else None
+        if info is None:
+            return None
+        wf = self._workflows[info[0]]
+        if kind == "resume" and (
+            wf.record.state is not WorkflowState.FAILED or wf.record.current != info[1]
+        ):
+            return None
+        info[4] = False
+        wf.ended.discard(info[1])
+        if kind == "unend":
+            return None
+        wf.on_error = None  # it ran when the workflow failed: once
+        wf.result_json = None
+        wf.record = dataclasses.replace(
+            wf.record, state=WorkflowState.RUNNING, error=None, finished_at=None
+        )
+        ended = []
+        for id in wf.record.jobs:
+            step, row = self._wf_steps.get(id), self._rows.get(id)
+            if step is None or step[4] or row is None or not row.record.state.is_final:
+                continue
+            rec = row.record
+            result = row.result_json if rec.state is JobState.SUCCEEDED else None
+            ended.append((id, rec.state.value, int(rec.status), result, rec.error))
+        return ended
 
     async def add_workflow(self, plan: Plan) -> WorkflowRecord:
         """Store a compiled workflow and add its first steps (see

@@ -657,8 +657,10 @@ class MemoryStore(MemoryWorkflows):
     # -- retention ------------------------------------------------------------------------------
 
     def _delete(self, ids: Sequence[str]) -> None:
+        workflows = self._wf_owners(ids)
         for id in ids:
             del self._rows[id]
+        self._wf_forget(workflows)  # a finished workflow goes with its last job
 
     async def purge(
         self, *, older_than: datetime, states: Sequence[JobState], limit: int | None = None
@@ -737,6 +739,7 @@ class MemoryStore(MemoryWorkflows):
             row.result_json = None
             row.lost, row.unknown_since = 0, None
             self._active[id] = row
+            self._wf_retried(id)  # the failed step of a FAILED workflow: it runs again
             snapshot = self._snapshot(row)
             events = _event(JobEventKind.ENQUEUED, row.record, self.clock.now())
         self._notifier.notify()

@@ -54,6 +54,7 @@ __all__ = [
     "on_error_record",
     "record_from_template",
     "released_record",
+    "resume",
     "template",
 ]
 
@@ -301,6 +302,9 @@ def compile_workflow(workflow: Chain | Group | Chord, make: MakeRecord, now: dat
 # transaction. Requests (each answered by the store, inside its transaction):
 #   ("step", job_id)            -> (workflow_id, index, target, slot) and mark the step ended,
 #                                  or None (not a step, or its end was already recorded)
+#   ("unend", job_id)           -> None: mark the step not ended again (it ended while its
+#                                  workflow was FAILED: a retry that resumes the workflow
+#                                  replays it, see resume())
 #   ("lock", workflow_id)       -> the workflow's state (str) and on_error template, locked
 #                                  for the rest of the transaction, or None
 #   ("fill", wf, barrier, slot, value_json) -> None while the barrier waits; when this slot
@@ -308,6 +312,13 @@ def compile_workflow(workflow: Chain | Group | Chord, make: MakeRecord, now: dat
 #   ("add", [JobRecord])        -> None: add these jobs
 #   ("finish", wf, state, result_json, error, current) -> None: end the workflow
 #                                  (current None: the first step not ended)
+# and, for resume() only:
+#   ("resume", job_id)          -> None unless job_id is the step that failed its FAILED
+#                                  workflow; then the store has made the workflow RUNNING again
+#                                  (no error, no finished_at, on_error dropped: it ran once) and
+#                                  the step not ended, and answers the steps that ended while
+#                                  it was FAILED: [(job_id, state, status, result_json, error)]
+#                                  of each step not ended whose job is final, in ``jobs`` order
 
 Request = tuple[Any, ...]
 
@@ -327,7 +338,12 @@ def advance(
     wf, index, target, slot = info
     locked = yield ("lock", wf)
     if locked is None or locked[0] != "running":
-        return  # the workflow already ended: a Group's other members just finish
+        # The workflow already ended: a Group's other members just finish. Under a FAILED
+        # workflow the end is kept for later: retrying the failed step resumes the workflow,
+        # and then this end counts (see resume()).
+        if locked is not None and locked[0] == "failed":
+            yield ("unend", job_id)
+        return
     on_error = locked[1]
     if state is not JobState.SUCCEEDED:
         final = "failed" if state is JobState.FAILED else "cancelled"
@@ -353,6 +369,15 @@ def advance(
         if spec["forward"] is None:
             return
         target, slot = spec["forward"]
+
+
+def resume(job_id: str, now: datetime) -> Generator[Request, Any, None]:
+    """The consequences of retrying job ``job_id``, as store requests: if it is the step that
+    failed its workflow, the workflow runs again, and the steps that ended meanwhile (a
+    Group's other members) count now, as if they had ended under a RUNNING workflow."""
+    ended = yield ("resume", job_id)
+    for other, state, status, result_json, error in ended or ():
+        yield from advance(other, JobState(state), status, result_json, error, now)
 
 
 def drive(steps: Generator[Request, Any, None], handle: Callable[[Request], Any]) -> None:
