@@ -338,7 +338,7 @@ class Queue:
         from ..workflows._plan import compile_workflow
 
         store = self._workflow_store()
-        now = datetime.now(UTC)
+        now = clock_of(self.store).now()  # a VirtualClock's time on a store given one
         ttl = _result_ttl(result_ttl)
 
         def make(job: Job, retry: RetryPolicy | None) -> JobRecord:

@@ -147,7 +147,7 @@ class MemoryWorkflows:
         """The "unend" and "resume" requests (see ``work/workflows/_plan.py``)."""
         from ..workflows._model import WorkflowState
 
-        info = self._wf_steps[job_id] if job_id in self._wf_steps else None
+        info = self._wf_steps.get(job_id)
         if info is None:
             return None
         wf = self._workflows[info[0]]

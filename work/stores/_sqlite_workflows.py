@@ -6,10 +6,13 @@ from __future__ import annotations
 import builtins
 import json
 import sqlite3
-import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from .._core.clock import SYSTEM, Clock
 from .._core.status import Status
 from ._base import JobRecord, JobState
 
@@ -17,7 +20,38 @@ if TYPE_CHECKING:
     from ..workflows._model import WorkflowRecord
     from ..workflows._plan import Plan, Request
 
-__all__ = ["SCHEMA", "SQLiteWorkflows", "wf_final", "wf_reaped", "wf_running_steps"]
+__all__ = [
+    "SCHEMA",
+    "WF_OWNER",
+    "SQLiteWorkflows",
+    "wf_clock",
+    "wf_final",
+    "wf_purged",
+    "wf_reaped",
+    "wf_retried",
+    "wf_running_steps",
+]
+
+# The clock of the store whose connection a call runs on (set around each call, in its
+# thread), so that the hooks below, called with a bare connection, read the store's time.
+_clock: ContextVar[Clock] = ContextVar("anywork_sqlite_workflow_clock", default=SYSTEM)
+
+
+@contextmanager
+def wf_clock(clock: Clock) -> Iterator[None]:
+    """Run the workflow hooks called inside this block on ``clock`` (the store's)."""
+    token = _clock.set(clock)
+    try:
+        yield
+    finally:
+        _clock.reset(token)
+
+
+# A RETURNING clause for a DELETE of jobs: the workflow each deleted job belonged to.
+WF_OWNER = (
+    " RETURNING CASE WHEN json_valid(headers)"
+    """ THEN json_extract(headers, '$."anywork-workflow-id"') END"""
+)
 
 # Created (if missing) in the transaction that migrates the jobs' schema: tables of their own,
 # so the jobs table and its migrations stay as they are.
@@ -81,7 +115,7 @@ _WF_COLUMNS = (
 def _add(conn: sqlite3.Connection, records: list[JobRecord], *, strict: bool = False) -> None:
     from .sqlite import _INSERT, _insert_params
 
-    now = datetime.now(UTC)
+    now = _clock.get().now()
     cur = conn.executemany(_INSERT, [_insert_params(rec, now) for rec in records])
     # A released step whose id someone took meanwhile is skipped rather than failing the
     # transaction that ends its predecessor (which would fail the worker's complete forever).
@@ -105,6 +139,8 @@ def _handle(conn: sqlite3.Connection, req: Request) -> Any:
             (req[1],),
         ).fetchone()
         return None if row is None else tuple(row)
+    if kind in ("unend", "resume"):
+        return _reopen(conn, kind, req[1])
     if kind == "lock":  # BEGIN IMMEDIATE already holds the database's write lock
         row = conn.execute(
             "SELECT state, on_error FROM anywork_workflows WHERE id = ?", (req[1],)
@@ -142,9 +178,42 @@ def _handle(conn: sqlite3.Connection, req: Request) -> Any:
     conn.execute(
         "UPDATE anywork_workflows SET state = ?, result = ?, error = ?, finished_at = ?,"
         " current = COALESCE(?, n_jobs) WHERE id = ?",
-        (final, result_json, error, time.time(), current, wf),
+        (final, result_json, error, _clock.get().time(), current, wf),
     )
     return None
+
+
+def _reopen(conn: sqlite3.Connection, kind: str, job_id: str) -> Any:
+    """The "unend" and "resume" requests (see ``work/workflows/_plan.py``)."""
+    step = conn.execute(
+        "SELECT workflow_id, idx FROM anywork_workflow_steps WHERE job_id = ?", (job_id,)
+    ).fetchone()
+    if step is None:
+        return None
+    wf, idx = step
+    if kind == "resume":
+        row = conn.execute(
+            "SELECT 1 FROM anywork_workflows WHERE id = ? AND state = 'failed' AND current = ?",
+            (wf, idx),
+        ).fetchone()
+        if row is None:
+            return None
+    conn.execute("UPDATE anywork_workflow_steps SET ended = 0 WHERE job_id = ?", (job_id,))
+    if kind == "unend":
+        return None
+    # on_error ran when the workflow failed: once.
+    conn.execute(
+        "UPDATE anywork_workflows SET state = 'running', result = NULL, error = NULL,"
+        " finished_at = NULL, on_error = NULL WHERE id = ?",
+        (wf,),
+    )
+    rows = conn.execute(
+        "SELECT j.id, j.state, j.status, j.result, j.error FROM anywork_workflow_steps s"
+        " JOIN anywork_jobs j ON j.id = s.job_id WHERE s.workflow_id = ? AND s.ended = 0"
+        " AND j.state IN ('succeeded', 'failed', 'cancelled') ORDER BY s.idx",
+        (wf,),
+    ).fetchall()
+    return [(r[0], r[1], int(r[2]), r[3] if r[1] == "succeeded" else None, r[4]) for r in rows]
 
 
 def wf_final(
@@ -159,7 +228,7 @@ def wf_final(
     was a workflow step (jobs may have been added: wake the workers)."""
     from ..workflows._plan import advance, drive
 
-    steps = advance(job_id, state, status, result_json, error, datetime.now(UTC))
+    steps = advance(job_id, state, status, result_json, error, _clock.get().now())
     was_step = False
 
     def handle(req: Request) -> Any:
@@ -170,6 +239,36 @@ def wf_final(
 
     drive(steps, handle)
     return was_step
+
+
+def wf_retried(conn: sqlite3.Connection, job_id: str) -> None:
+    """The hook: job ``job_id`` was just queued again by a retry in this transaction; if it
+    is the step that failed its workflow, the workflow resumes."""
+    from ..workflows._plan import drive, resume
+
+    drive(resume(job_id, _clock.get().now()), lambda req: _handle(conn, req))
+
+
+def wf_purged(conn: sqlite3.Connection, owners: builtins.list[Any]) -> None:
+    """After a DELETE of jobs ``... WF_OWNER``: delete the workflows among ``owners`` (its
+    rows) that ended and have no job left."""
+    for wf in {row[0] for row in owners if row[0] is not None}:
+        row = conn.execute(
+            "SELECT on_error_id FROM anywork_workflows WHERE id = ? AND state <> 'running'",
+            (wf,),
+        ).fetchone()
+        if row is None:
+            continue
+        left = conn.execute(
+            "SELECT 1 FROM anywork_jobs WHERE id = ? OR id IN"
+            " (SELECT job_id FROM anywork_workflow_steps WHERE workflow_id = ?) LIMIT 1",
+            (row[0], wf),
+        ).fetchone()
+        if left is not None:
+            continue
+        for table in ("workflow_slots", "workflow_barriers", "workflow_steps"):
+            conn.execute(f"DELETE FROM anywork_{table} WHERE workflow_id = ?", (wf,))
+        conn.execute("DELETE FROM anywork_workflows WHERE id = ?", (wf,))
 
 
 def wf_running_steps(conn: sqlite3.Connection, now: float) -> builtins.list[str]:
@@ -301,7 +400,7 @@ class SQLiteWorkflows:
             if row is None or row[0] != "running":
                 return False
             _handle(conn, ("finish", id, "cancelled", None, None, _first_open(conn, id)))
-            now = time.time()
+            now = _clock.get().time()
             steps = "SELECT job_id FROM anywork_workflow_steps WHERE workflow_id = ?"
             cancelled = conn.execute(
                 "UPDATE anywork_jobs SET state = 'cancelled', status = ?, error = 'cancelled',"

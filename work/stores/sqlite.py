@@ -47,7 +47,16 @@ from ._base import (
     conflict_record,
 )
 from ._sqlite_workflows import SCHEMA as _WORKFLOW_SCHEMA
-from ._sqlite_workflows import SQLiteWorkflows, wf_final, wf_reaped, wf_running_steps
+from ._sqlite_workflows import (
+    WF_OWNER,
+    SQLiteWorkflows,
+    wf_clock,
+    wf_final,
+    wf_purged,
+    wf_reaped,
+    wf_retried,
+    wf_running_steps,
+)
 from .memory import _decode_error, _Notifier
 
 __all__ = ["MIN_SQLITE_VERSION", "SCHEMA_VERSION", "SQLiteStore"]
@@ -775,7 +784,8 @@ class SQLiteStore(SQLiteWorkflows):
         with self._lock:
             if self._conn is None:
                 raise RuntimeError(f"{self!r} is not open: use `async with store:` first")
-            return fn(self._conn)
+            with wf_clock(self.clock):  # workflow hooks read the store's time
+                return fn(self._conn)
 
     @staticmethod
     def _write(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], _T]) -> _T:
@@ -1202,7 +1212,9 @@ class SQLiteStore(SQLiteWorkflows):
             batch = _PURGE_BATCH if limit is None else min(_PURGE_BATCH, limit - total)
 
             def delete(conn: sqlite3.Connection, batch: int = batch) -> int:
-                return conn.execute(sql, (*wanted, cutoff, batch)).rowcount
+                gone = conn.execute(sql + WF_OWNER, (*wanted, cutoff, batch)).fetchall()
+                wf_purged(conn, gone)  # a finished workflow goes with its last job
+                return len(gone)
 
             deleted = await self._transaction(delete)
             total += deleted
@@ -1220,19 +1232,20 @@ class SQLiteStore(SQLiteWorkflows):
 
         def delete(conn: sqlite3.Connection) -> int:
             now = self.clock.time()
-            n = conn.execute(
+            gone = conn.execute(
                 "DELETE FROM anywork_jobs WHERE seq IN (SELECT seq FROM anywork_jobs"
-                " WHERE expires_at IS NOT NULL AND expires_at <= ? LIMIT ?)",
+                " WHERE expires_at IS NOT NULL AND expires_at <= ? LIMIT ?)" + WF_OWNER,
                 (now, limit),
-            ).rowcount
-            if n < limit and queues:
-                n += conn.execute(
+            ).fetchall()
+            if len(gone) < limit and queues:
+                gone += conn.execute(
                     "DELETE FROM anywork_jobs WHERE seq IN (SELECT seq FROM anywork_jobs"
                     f" WHERE {_DONE} AND finished_at <= ? AND result_ttl IS NULL"
-                    f" AND queue IN ({_marks(len(queues))}) LIMIT ?)",
-                    (now - result_ttl, *queues, limit - n),
-                ).rowcount
-            return n
+                    f" AND queue IN ({_marks(len(queues))}) LIMIT ?)" + WF_OWNER,
+                    (now - result_ttl, *queues, limit - len(gone)),
+                ).fetchall()
+            wf_purged(conn, gone)  # a finished workflow goes with its last job
+            return len(gone)
 
         return await self._transaction(delete)
 
@@ -1273,6 +1286,8 @@ class SQLiteStore(SQLiteWorkflows):
                 f" WHERE id = ? RETURNING {_READ_COLUMNS}",
                 (int(Status.UNKNOWN), now, now, id),
             ).fetchone()
+            if row["state"] == "failed":
+                wf_retried(conn, id)  # the failed step of a FAILED workflow: it runs again
             return _record(got)
 
         record = await self._transaction(update)
