@@ -155,15 +155,15 @@ async def test_a_finished_workflow_goes_with_its_last_purged_job(store: Store) -
     """A finished workflow's record stays while any of its jobs (on_error included) is kept,
     and is deleted with the last one; a RUNNING workflow's record is never deleted."""
     gate = anyio.Event()
-    worker, seen = _worker(gate)
+    worker, _ = _worker(gate)
     queue = Queue(store)
     failed = await queue.enqueue(Chain(Job("twice"), Job("add"), on_error=Job("on_error")))
     running = await queue.enqueue(Chain(Job("add"), Job("gated")))
     async with _serving(store, worker):
         await _until_failed(queue, failed.id)
-        with anyio.fail_after(30):
-            while "on_error" not in seen or "gated" not in seen:
-                await anyio.sleep(0.01)
+        assert failed.on_error is not None
+        await queue.wait(failed.on_error, timeout=30)
+        await queue.wait(running.jobs[0], timeout=30)
         assert await store.purge(older_than=FAR, states=[JobState.FAILED]) == 1
         assert await queue.get_workflow(failed.id) is not None  # on_error's job is kept
         # The running chain's first step and the on_error job go; the running one stays.

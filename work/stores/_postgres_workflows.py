@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from ..workflows._model import WorkflowRecord
     from ..workflows._plan import Plan
 
-__all__ = ["PostgresWorkflows", "workflow_schema"]
+__all__ = ["PostgresWorkflows", "workflow_schema", "workflow_trigger", "workflow_triggers"]
 
 
 def workflow_schema(s: str, channel: str) -> list[str]:
@@ -84,46 +84,54 @@ def workflow_schema(s: str, channel: str) -> list[str]:
             $fn$""",
         # A step became final: fill its barrier slot, release what follows, end the
         # workflow, enqueue on_error; all in the transaction of the step's own update.
-        f"""CREATE OR REPLACE FUNCTION {s}.workflow_step_ended() RETURNS trigger
-            LANGUAGE plpgsql AS $fn$
+        f"""CREATE OR REPLACE FUNCTION {s}.workflow_apply(
+                j_id text, j_state text, j_status integer, j_result jsonb, j_error text
+            ) RETURNS void LANGUAGE plpgsql AS $fn$
             DECLARE
                 st record; wf record; b record; rel jsonb; a jsonb;
                 tgt integer; slt integer; val jsonb;
                 now_ timestamptz := clock_timestamp();
             BEGIN
                 UPDATE {s}.workflow_steps SET ended = true
-                    WHERE job_id = NEW.id AND NOT ended
+                    WHERE job_id = j_id AND NOT ended
                     RETURNING workflow_id, idx, target, slot INTO st;
-                IF NOT FOUND THEN RETURN NULL; END IF;
+                IF NOT FOUND THEN RETURN; END IF;
                 SELECT state, on_error INTO wf FROM {s}.workflows
                     WHERE id = st.workflow_id FOR UPDATE;
-                IF NOT FOUND OR wf.state <> 'running' THEN RETURN NULL; END IF;
-                IF NEW.state <> 'succeeded' THEN
-                    UPDATE {s}.workflows SET state = NEW.state, error = NEW.error,
+                IF NOT FOUND THEN RETURN; END IF;
+                IF wf.state <> 'running' THEN
+                    -- Kept: a retry of the failed step replays it (workflow_step_retried).
+                    IF wf.state = 'failed' THEN
+                        UPDATE {s}.workflow_steps SET ended = false WHERE job_id = j_id;
+                    END IF;
+                    RETURN;
+                END IF;
+                IF j_state <> 'succeeded' THEN
+                    UPDATE {s}.workflows SET state = j_state, error = j_error,
                         current = st.idx, finished_at = now_
                         WHERE id = st.workflow_id;
-                    IF NEW.state = 'failed' AND wf.on_error IS NOT NULL THEN
+                    IF j_state = 'failed' AND wf.on_error IS NOT NULL THEN
                         PERFORM {s}.workflow_add(wf.on_error, (wf.on_error->'args')
-                            || jsonb_build_object('error', coalesce(NEW.error, ''),
-                                'status', NEW.status, 'job_id', NEW.id,
+                            || jsonb_build_object('error', coalesce(j_error, ''),
+                                'status', j_status, 'job_id', j_id,
                                 'workflow_id', st.workflow_id), 0, now_);
                     END IF;
-                    RETURN NULL;
+                    RETURN;
                 END IF;
-                val := coalesce(NEW.result, 'null'::jsonb);
+                val := coalesce(j_result, 'null'::jsonb);
                 tgt := st.target;
                 slt := st.slot;
                 LOOP
                     IF tgt = -1 THEN
                         UPDATE {s}.workflows SET state = 'succeeded', result = val,
                             current = n_jobs, finished_at = now_ WHERE id = st.workflow_id;
-                        RETURN NULL;
+                        RETURN;
                     END IF;
                     INSERT INTO {s}.workflow_slots VALUES (st.workflow_id, tgt, slt, val);
                     UPDATE {s}.workflow_barriers SET remaining = remaining - 1
                         WHERE workflow_id = st.workflow_id AND barrier = tgt
                         RETURNING remaining, spec INTO b;
-                    IF b.remaining > 0 THEN RETURN NULL; END IF;
+                    IF b.remaining > 0 THEN RETURN; END IF;
                     IF b.spec->>'mode' = 'one' THEN
                         SELECT value INTO val FROM {s}.workflow_slots
                             WHERE workflow_id = st.workflow_id AND barrier = tgt AND slot = 0;
@@ -141,11 +149,68 @@ def workflow_schema(s: str, channel: str) -> list[str]:
                             (rel->>'delay')::double precision, now_);
                     END LOOP;
                     IF jsonb_typeof(b.spec->'forward') IS DISTINCT FROM 'array' THEN
-                        RETURN NULL;
+                        RETURN;
                     END IF;
                     tgt := (b.spec->'forward'->>0)::integer;
                     slt := (b.spec->'forward'->>1)::integer;
                 END LOOP;
+            END
+            $fn$""",
+        f"""CREATE OR REPLACE FUNCTION {s}.workflow_step_ended() RETURNS trigger
+            LANGUAGE plpgsql AS $fn$
+            BEGIN
+                PERFORM {s}.workflow_apply(NEW.id, NEW.state, NEW.status, NEW.result,
+                    NEW.error);
+                RETURN NULL;
+            END
+            $fn$""",
+        # A retried job that failed its FAILED workflow: the workflow runs again (on_error
+        # already ran: dropped), and the steps that ended meanwhile count now, in order.
+        f"""CREATE OR REPLACE FUNCTION {s}.workflow_step_retried() RETURNS trigger
+            LANGUAGE plpgsql AS $fn$
+            DECLARE st record; j record;
+            BEGIN
+                SELECT workflow_id, idx INTO st FROM {s}.workflow_steps WHERE job_id = NEW.id;
+                IF NOT FOUND THEN RETURN NULL; END IF;
+                PERFORM 1 FROM {s}.workflows WHERE id = st.workflow_id
+                    AND state = 'failed' AND current = st.idx FOR UPDATE;
+                IF NOT FOUND THEN RETURN NULL; END IF;
+                UPDATE {s}.workflow_steps SET ended = false WHERE job_id = NEW.id;
+                UPDATE {s}.workflows SET state = 'running', result = NULL, error = NULL,
+                    finished_at = NULL, on_error = NULL WHERE id = st.workflow_id;
+                FOR j IN SELECT jb.id, jb.state, jb.status, jb.result, jb.error
+                        FROM {s}.workflow_steps ws JOIN {s}.jobs jb ON jb.id = ws.job_id
+                        WHERE ws.workflow_id = st.workflow_id AND NOT ws.ended
+                          AND jb.state IN ('succeeded', 'failed', 'cancelled')
+                        ORDER BY ws.idx LOOP
+                    PERFORM {s}.workflow_apply(j.id, j.state, j.status, j.result, j.error);
+                END LOOP;
+                RETURN NULL;
+            END
+            $fn$""",
+        # Jobs deleted (purge, expire): a finished workflow goes with its last job. The
+        # workflows are locked first, then looked at in a new snapshot, so that two purgers
+        # of one workflow's last jobs cannot both leave it behind.
+        f"""CREATE OR REPLACE FUNCTION {s}.workflow_jobs_deleted() RETURNS trigger
+            LANGUAGE plpgsql AS $fn$
+            DECLARE ids text[];
+            BEGIN
+                SELECT array_agg(DISTINCT headers->>'anywork-workflow-id') INTO ids
+                    FROM gone WHERE headers ? 'anywork-workflow-id';
+                IF ids IS NULL THEN RETURN NULL; END IF;
+                PERFORM 1 FROM {s}.workflows WHERE id = ANY(ids) AND state <> 'running'
+                    ORDER BY id FOR UPDATE;
+                SELECT array_agg(w.id) INTO ids FROM {s}.workflows w
+                    WHERE w.id = ANY(ids) AND w.state <> 'running'
+                      AND NOT EXISTS (SELECT 1 FROM {s}.jobs jb WHERE jb.id = w.on_error_id
+                          OR jb.id IN (SELECT job_id FROM {s}.workflow_steps
+                                       WHERE workflow_id = w.id));
+                IF ids IS NULL THEN RETURN NULL; END IF;
+                DELETE FROM {s}.workflow_slots WHERE workflow_id = ANY(ids);
+                DELETE FROM {s}.workflow_barriers WHERE workflow_id = ANY(ids);
+                DELETE FROM {s}.workflow_steps WHERE workflow_id = ANY(ids);
+                DELETE FROM {s}.workflows WHERE id = ANY(ids);
+                RETURN NULL;
             END
             $fn$""",
     ]
@@ -159,6 +224,23 @@ def workflow_trigger(s: str) -> str:
                            AND OLD.state IS DISTINCT FROM NEW.state
                            AND NEW.headers ? 'anywork-workflow-id')
         EXECUTE FUNCTION {s}.workflow_step_ended()"""
+
+
+def workflow_triggers(s: str) -> dict[str, str]:
+    """The triggers added since ``jobs_workflow_step``, by name (each created once, when
+    missing, so that a store made by an older anywork gets them when it is opened):
+    ``jobs_workflow_retry`` resumes a FAILED workflow when its failed step is retried;
+    ``jobs_workflow_purge`` deletes a finished workflow with its last job."""
+    return {
+        "jobs_workflow_retry": f"""CREATE TRIGGER jobs_workflow_retry
+            AFTER UPDATE OF state ON {s}.jobs
+            FOR EACH ROW WHEN (OLD.state = 'failed' AND NEW.state = 'queued'
+                               AND NEW.headers ? 'anywork-workflow-id')
+            EXECUTE FUNCTION {s}.workflow_step_retried()""",
+        "jobs_workflow_purge": f"""CREATE TRIGGER jobs_workflow_purge
+            AFTER DELETE ON {s}.jobs REFERENCING OLD TABLE AS gone
+            FOR EACH STATEMENT EXECUTE FUNCTION {s}.workflow_jobs_deleted()""",
+    }
 
 
 _WF_COLUMNS = (

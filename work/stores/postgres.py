@@ -53,7 +53,12 @@ from ._postgres_rows import (
     stored_record,
     utc,
 )
-from ._postgres_workflows import PostgresWorkflows, workflow_schema, workflow_trigger
+from ._postgres_workflows import (
+    PostgresWorkflows,
+    workflow_schema,
+    workflow_trigger,
+    workflow_triggers,
+)
 from ._server import StoreAuthenticationError, StoreUnavailableError, require_asyncio
 
 __all__ = ["PostgresStore", "PostgresUnavailableError"]
@@ -606,6 +611,13 @@ class PostgresStore(PostgresWorkflows):
                 f"{self._s}.jobs",
             ):
                 await conn.execute(workflow_trigger(self._s))
+            for name, statement in workflow_triggers(self._s).items():
+                if not await conn.fetchval(
+                    "SELECT 1 FROM pg_trigger WHERE tgname = $1 AND tgrelid = $2::regclass",
+                    name,
+                    f"{self._s}.jobs",
+                ):
+                    await conn.execute(statement)
 
     async def _listen(self) -> None:
         try:
