@@ -483,12 +483,14 @@ DELETE = (
 local wanted = {}
 for st in string.gmatch(ARGV[2], '[^,]+') do wanted[st] = true end
 local n = 0
+local workflows = {}
 for i = 3, #ARGV do
   local id = ARGV[i]
   local jk = jkey(id)
   local f = redis.call('HMGET', jk, 'state', 'queue')
   local state, q = f[1], f[2]
   if state and q and wanted[state] then
+    wf_note(workflows, id, jk)
     redis.call('DEL', jk)
     redis.call('ZREM', P .. ':all', id)
     unfinished(q, id)
@@ -499,6 +501,7 @@ for i = 3, #ARGV do
     redis.call('ZREM', P .. ':expires', id)
   end
 end
+wf_purge(workflows)  -- a finished workflow goes with its last job
 return n
 """
 )
@@ -529,6 +532,7 @@ stat(q, state, -1)
 stat(q, 'queued', 1)
 wake(q, cap)
 emit('enqueued', id, q, now)
+if state == 'failed' then wf_retried(id, now, cap) end
 publish_events()
 local out = {'ok'}
 for _, v in ipairs(redis.call('HGETALL', jk)) do table.insert(out, v) end

@@ -71,7 +71,14 @@ local function wf_final(id, state, status, result, err, now, cap)
   local wk = P .. ':wf:' .. wf
   redis.call('ZREM', P .. ':wfopen:' .. wf, st[2])
   local w = redis.call('HMGET', wk, 'state', 'on_error', 'n_jobs')
-  if w[1] ~= 'running' then return end
+  if w[1] ~= 'running' then
+    -- Kept: a retry of the failed step replays it (wf_retried).
+    if w[1] == 'failed' then
+      redis.call('HSET', sk, 'ended', '0')
+      redis.call('ZADD', P .. ':wfopen:' .. wf, st[2], st[2])
+    end
+    return
+  end
   if state ~= 'succeeded' then
     redis.call('HSET', wk, 'state', state, 'current', st[2], 'finished_at', now)
     if err then redis.call('HSET', wk, 'error', err) end
@@ -115,6 +122,68 @@ local function wf_final(id, state, status, result, err, now, cap)
     end
     if type(spec.forward) ~= 'table' then return end
     tgt, slt = tostring(spec.forward[1]), tostring(spec.forward[2])
+  end
+end
+-- Job `id` was just queued again by RETRY: if it is the step that failed its FAILED
+-- workflow, the workflow runs again (on_error ran once: dropped) and the steps that ended
+-- meanwhile count now, in order.
+local function wf_retried(id, now, cap)
+  local sk = P .. ':wfstep:' .. id
+  local st = redis.call('HMGET', sk, 'wf', 'idx')
+  if not st[1] then return end
+  local wf = st[1]
+  local wk = P .. ':wf:' .. wf
+  local w = redis.call('HMGET', wk, 'state', 'current', 'jobs')
+  if w[1] ~= 'failed' or w[2] ~= st[2] then return end
+  redis.call('HSET', sk, 'ended', '0')
+  redis.call('ZADD', P .. ':wfopen:' .. wf, st[2], st[2])
+  redis.call('HSET', wk, 'state', 'running')
+  redis.call('HDEL', wk, 'result', 'error', 'finished_at', 'on_error')
+  for _, jid in ipairs(cjson.decode(w[3])) do
+    if redis.call('HGET', P .. ':wfstep:' .. jid, 'ended') == '0' then
+      local f = redis.call('HMGET', jkey(jid), 'state', 'status', 'result', 'error')
+      if f[1] and FINAL[f[1]] then
+        local result = nil
+        if f[1] == 'succeeded' then result = f[3] or nil end
+        wf_final(jid, f[1], f[2], result, f[4] or nil, now, cap)
+      end
+    end
+  end
+end
+-- Job hash `jk` (of job `id`) is about to be deleted: note its workflow in `seen`.
+local function wf_note(seen, id, jk)
+  local wf = redis.call('HGET', P .. ':wfstep:' .. id, 'wf')
+  if not wf then
+    local ok, spec = pcall(cjson.decode, redis.call('HGET', jk, 'spec') or '')
+    if ok and type(spec) == 'table' and type(spec.headers) == 'table' then
+      wf = spec.headers['anywork-workflow-id']
+    end
+  end
+  if type(wf) == 'string' then seen[wf] = true end
+end
+-- After deletes: the workflows in `seen` that ended and have no job left go too.
+local function wf_purge(seen)
+  for wf in pairs(seen) do
+    local wk = P .. ':wf:' .. wf
+    local w = redis.call('HMGET', wk, 'state', 'jobs', 'on_error_id')
+    if w[1] and w[1] ~= 'running' then
+      local jobs = cjson.decode(w[2])
+      local left = w[3] and w[3] ~= '' and redis.call('EXISTS', jkey(w[3])) == 1
+      for _, jid in ipairs(jobs) do
+        if left then break end
+        left = redis.call('EXISTS', jkey(jid)) == 1
+      end
+      if not left then
+        for _, jid in ipairs(jobs) do redis.call('DEL', P .. ':wfstep:' .. jid) end
+        local b = 0
+        while redis.call('DEL', P .. ':wfb:' .. wf .. ':' .. b) == 1 do
+          redis.call('DEL', P .. ':wfs:' .. wf .. ':' .. b)
+          b = b + 1
+        end
+        redis.call('DEL', wk, P .. ':wfopen:' .. wf)
+        redis.call('ZREM', P .. ':workflows', wf)
+      end
+    end
   end
 end
 """
