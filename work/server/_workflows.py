@@ -12,6 +12,7 @@ from starlette.responses import Response
 from .._core.job import Job
 from .._core.retry import Constant, RetryPolicy
 from ..workflows import Chain, Chord, Group, Step, WorkflowRecord
+from ..workflows._plan import check_limits
 from ._jobs import valid_id
 from ._problems import Problem
 from ._routing import Call, Endpoint, json_response
@@ -227,8 +228,33 @@ def workflow_json(record: WorkflowRecord) -> dict[str, Any]:
     }
 
 
+def _body_children(node: Any) -> list[Any] | None:
+    """A parsed node's nodes (for check_limits), None for a step."""
+    if isinstance(node, StepIn):
+        return None
+    if isinstance(node, ChainIn):
+        return list(node.chain)
+    if isinstance(node, GroupIn):
+        return list(node.group)
+    if isinstance(node, ChordIn | ChordBody):
+        body = node.chord if isinstance(node, ChordIn) else node
+        return [*body.header, body.callback]
+    assert isinstance(node, WorkflowIn)
+    if node.chain is not None:
+        return list(node.chain)
+    if node.group is not None:
+        return list(node.group)
+    assert node.chord is not None
+    return _body_children(node.chord)
+
+
 async def _enqueue(call: Call) -> Response:
     body: WorkflowIn = call.body
+    form = next(f for f in ("chain", "group", "chord") if getattr(body, f) is not None)
+    try:  # before building anything: a tree too deep for the stack is refused, not a 500
+        check_limits(body, _body_children)
+    except ValueError as exc:
+        raise Problem(422, str(exc), errors={f"body.{form}": str(exc)}) from None
     try:
         on_error = _job(body.on_error) if body.on_error is not None else None
         options: dict[str, Any] = {"on_error": on_error, "id": body.id, "name": body.name}

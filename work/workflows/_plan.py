@@ -21,7 +21,7 @@ one atomic change.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -41,6 +41,8 @@ from ._model import (
 )
 
 __all__ = [
+    "MAX_DEPTH",
+    "MAX_STEPS",
     "TOP",
     "Barrier",
     "Plan",
@@ -48,6 +50,7 @@ __all__ = [
     "Release",
     "Request",
     "advance",
+    "check_limits",
     "compile_workflow",
     "drive",
     "first_open",
@@ -57,6 +60,12 @@ __all__ = [
     "resume",
     "template",
 ]
+
+MAX_DEPTH = 32
+"""How deeply workflows may nest: the top-level one is level 1, a workflow inside it level 2."""
+
+MAX_STEPS = 10_000
+"""How many steps (Jobs, ``on_error`` not counted) one workflow may have."""
 
 TOP = -1
 """The target of the step (or barrier) whose value is the workflow's result."""
@@ -254,15 +263,56 @@ class _Compiler:
         return Release(t, s.immutable, s.delay)
 
 
+def check_limits(root: Any, children: Callable[[Any], Sequence[Any] | None]) -> None:
+    """Check a workflow tree against :data:`MAX_DEPTH` and :data:`MAX_STEPS` without
+    recursion (a tree too deep for Python's stack is refused, not a crash).
+
+    ``children(node)`` gives a nested workflow's nodes, or None for a step. Used on
+    :class:`Chain`/:class:`Group`/:class:`Chord` and on the HTTP service's parsed bodies.
+
+    Raises:
+        ValueError: naming the limit that was passed.
+    """
+    steps = 0
+    stack: list[tuple[Any, int]] = [(root, 1)]
+    while stack:
+        node, depth = stack.pop()
+        kids = children(node)
+        if kids is None:
+            steps += 1
+            if steps > MAX_STEPS:
+                raise ValueError(
+                    f"a workflow may have at most {MAX_STEPS:,} steps (MAX_STEPS): this one "
+                    "has more"
+                )
+            continue
+        if depth > MAX_DEPTH:
+            raise ValueError(
+                f"workflows may nest at most {MAX_DEPTH} levels deep (MAX_DEPTH): this one "
+                f"reaches level {depth}"
+            )
+        stack.extend((kid, depth + 1) for kid in kids)
+
+
+def _children(node: Node) -> Sequence[Node] | None:
+    if isinstance(node, Step):
+        return None
+    if isinstance(node, Chord):
+        return [*node.header.steps, node.callback]
+    return node.steps
+
+
 def compile_workflow(workflow: Chain | Group | Chord, make: MakeRecord, now: datetime) -> Plan:
     """Check ``workflow`` and compile it into a :class:`Plan` (nothing is stored).
 
     ``make`` builds (and checks) a step's record as ``Queue.enqueue`` would.
 
     Raises:
-        ValueError: a Job (or job id) used twice, or a bad value in a step.
+        ValueError: a Job (or job id) used twice, a bad value in a step, or a workflow
+            nested deeper than :data:`MAX_DEPTH` or with more than :data:`MAX_STEPS` steps.
         TypeError: a value of the wrong type.
     """
+    check_limits(workflow, _children)
     c = _Compiler(make, workflow.id)
     c.number(workflow)
     starts = c.link(workflow, (TOP, 0))
