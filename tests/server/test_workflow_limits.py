@@ -8,6 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
+from work import Queue
 from work.server import create_app
 from work.stores import open_store
 
@@ -55,4 +56,4 @@ async def test_depth_and_step_limits_are_422_problems() -> None:
             assert r.status_code == 422, r.text
             assert "10,000 steps" in r.json()["errors"]["body.chord"]
             assert r.json()["status"] == 422 and r.json()["title"]
-        assert len(await store.list_workflows()) == 2
+        assert len(await Queue(store).list_workflows()) == 2
