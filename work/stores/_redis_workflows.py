@@ -153,10 +153,13 @@ end
 -- Job hash `jk` (of job `id`) is about to be deleted: note its workflow in `seen`.
 local function wf_note(seen, id, jk)
   local wf = redis.call('HGET', P .. ':wfstep:' .. id, 'wf')
-  if not wf then
-    local ok, spec = pcall(cjson.decode, redis.call('HGET', jk, 'spec') or '')
-    if ok and type(spec) == 'table' and type(spec.headers) == 'table' then
-      wf = spec.headers['anywork-workflow-id']
+  if not wf then  -- an on_error job: its header names the workflow
+    local raw = redis.call('HGET', jk, 'spec') or ''
+    if string.find(raw, 'anywork-workflow-id', 1, true) then
+      local ok, spec = pcall(cjson.decode, raw)
+      if ok and type(spec) == 'table' and type(spec.headers) == 'table' then
+        wf = spec.headers['anywork-workflow-id']
+      end
     end
   end
   if type(wf) == 'string' then seen[wf] = true end
