@@ -696,6 +696,12 @@ class WorkflowStore(Store, Protocol):
     firing barrier releases, end the workflow, enqueue ``on_error``) in the same transaction
     as the job's change (one Lua script on Redis). A job's end is applied once (the owner
     token fences it), so a successor is never lost nor doubled.
+
+    Two more hooks, in the same transaction as their own change: :meth:`retry` of the step
+    that failed a FAILED workflow resumes it (``work.workflows._plan.resume``: RUNNING again,
+    ``on_error`` dropped, steps that ended meanwhile replayed); :meth:`purge` and
+    :meth:`expire` delete a finished workflow with the last of its jobs (steps and
+    ``on_error``).
     """
 
     async def add_workflow(self, plan: Any) -> Any:
