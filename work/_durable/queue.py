@@ -669,7 +669,7 @@ class Queue:
         states: Iterable[JobState | str] = FINAL_STATES,
     ) -> int:
         """Delete finished jobs now, whatever their ``result_ttl`` (serving workers delete
-        them anyway once it has passed).
+        them anyway once it has passed). A finished workflow goes with the last of its jobs.
 
         Args:
             older_than: jobs that finished before this aware datetime, or more than this long
@@ -709,6 +709,10 @@ class Queue:
     async def retry(self, id: str) -> JobRecord:
         """Run a FAILED or CANCELLED job again now: it is QUEUED with its attempts, status,
         error and result cleared (the same id, args and options).
+
+        Retrying the step that failed a FAILED workflow resumes the workflow in the same
+        transaction: it is RUNNING again and what follows the step runs as normal; its
+        ``on_error`` does not run again (docs/workflows.md, "Retrying a failed step").
 
         Returns:
             The job's new record.
