@@ -18,9 +18,10 @@ TOKEN = "limits-token"
 
 
 def _nested(levels: int) -> dict[str, Any]:
-    """A body ``levels`` deep: groups around one chain of one step."""
-    node: dict[str, Any] = {"chain": [{"handler": "x"}]}
-    for _ in range(levels - 1):
+    """A body ``levels`` deep: groups around a chain holding a chord of one step."""
+    chord = {"chord": {"header": [{"handler": "x"}], "callback": {"handler": "y"}}}
+    node: dict[str, Any] = {"chain": [chord]}
+    for _ in range(levels - 2):
         node = {"group": [node]}
     return node
 
