@@ -13,7 +13,7 @@ import pytest
 
 from work import Job, JobState, Queue, Worker
 from work.stores import Store
-from work.workflows import Chain, Chord, WorkflowState
+from work.workflows import Chain, Chord, Group, WorkflowState
 
 pytestmark = pytest.mark.anyio
 
@@ -191,3 +191,48 @@ async def test_a_workflow_goes_with_its_last_expired_job(store: Store) -> None:
     assert await store.expire(["default"], result_ttl=0, limit=100) == 2
     assert await queue.get_workflow(gone.id) is None
     assert [w.id for w in await queue.list_workflows()] == [kept.id]
+
+
+async def test_only_the_step_at_current_resumes_and_failures_meanwhile_count(
+    store: Store,
+) -> None:
+    """Retrying a failed member that is not the workflow's ``current`` runs it alone; retrying
+    the one at ``current`` resumes the workflow, where a member that failed meanwhile fails it
+    again at once (now at its index, on_error not again); once every member succeeds, the
+    group's result is complete."""
+    worker, seen = _worker()
+    queue = Queue(store)
+    rec = await queue.enqueue(Group(Job("twice"), Job("twice"), on_error=Job("on_error")))
+
+    async def ended(i: int, state: JobState) -> None:
+        done = await queue.wait(rec.jobs[i], timeout=30)
+        assert done.state is state
+
+    async def workflow() -> Any:
+        got = await queue.get_workflow(rec.id)
+        assert got is not None
+        return got
+
+    async with _serving(store, worker):
+        cur = (await _until_failed(queue, rec.id)).current
+        other = 1 - cur
+        await ended(other, JobState.FAILED)
+        await queue.retry(rec.jobs[other])  # not at current: it runs alone
+        await ended(other, JobState.FAILED)
+        after = await workflow()
+        assert (after.state, after.current) == (WorkflowState.FAILED, cur)
+        await queue.retry(rec.jobs[cur])  # resumes; the other's second failure counts now
+        after = await workflow()
+        assert (after.state, after.current) == (WorkflowState.FAILED, other)
+        await ended(cur, JobState.FAILED)
+        await queue.retry(rec.jobs[other])  # resumes; fails at cur again; other succeeds
+        await ended(other, JobState.SUCCEEDED)
+        after = await workflow()
+        assert (after.state, after.current) == (WorkflowState.FAILED, cur)
+        await queue.retry(rec.jobs[cur])
+        done = await queue.wait_workflow(rec.id, timeout=30)
+        await anyio.sleep(0.2)
+    assert done.state is WorkflowState.SUCCEEDED
+    assert done.result == [10, 10]
+    assert len(seen["twice"]) == 6
+    assert len(seen["on_error"]) == 1
