@@ -1015,7 +1015,7 @@ def test_store_commands_and_a_worker_on_redis_cluster(
         code, out, _ = run(capsys, "stats", "--json", *store)
         assert json.loads(out) == {"q1": {"queued": 1}, "q2": {"cancelled": 1}}
 
-        proc = spawn("tasks:worker", *store, "--queue", "q1", "--concurrency", "2")
+        proc = spawn("tasks:worker", *store, "--queues", "q1", "--concurrency", "2")
         proc.wait_for_output("serving", timeout=30)
         with SyncQueue(url, prefix=prefix) as queue:
             done = queue.wait(first["id"], timeout=20)

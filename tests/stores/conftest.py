@@ -62,6 +62,7 @@ def is_redis(kind: str) -> bool:
     """True for the Redis kinds (a single server or the cluster)."""
     return kind in ("redis", "redis-cluster")
 
+
 STORE_BACKENDS = [
     pytest.param(("memory", "asyncio"), id="memory-asyncio"),
     pytest.param(("memory", "trio"), id="memory-trio"),

@@ -70,7 +70,9 @@ async def _workload(store: RedisStore) -> None:
         "o",
         [
             Outcome(id=ids[0], state=JobState.SUCCEEDED, status=Status.SUCCESS, result=1),
-            Outcome(id=ids[1], state=JobState.FAILED, status=Status.INTERNAL_SERVER_ERROR, error="x"),
+            Outcome(
+                id=ids[1], state=JobState.FAILED, status=Status.INTERNAL_SERVER_ERROR, error="x"
+            ),
             Outcome(
                 id=ids[2],
                 state=JobState.WAITING,

@@ -78,9 +78,12 @@ hash tag ``{prefix}``, so a store's keys share one Redis Cluster slot)."""
 # when its kind is one of these, so a store never takes the keys of a longer prefix
 # (``a`` and ``a:b``).
 _KINDS = frozenset(
-    "all done events expires job kept ready running sactive sched schedule schedules "
-    "schema_version sdue seq settings sexec stats unique waiting wake wf wfb wfopen wfs "
-    "wfseq wfstep workers workflows".split()
+    {
+        *("all", "done", "events", "expires", "job", "kept", "ready", "running", "sactive"),
+        *("sched", "schedule", "schedules", "schema_version", "sdue", "seq", "settings"),
+        *("sexec", "stats", "unique", "waiting", "wake", "wf", "wfb", "wfopen", "wfs"),
+        *("wfseq", "wfstep", "workers", "workflows"),
+    }
 )
 # URL schemes that open redis-py's cluster client.
 _CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
@@ -540,9 +543,11 @@ class RedisStore(RedisWorkflows):
         return str(host), kwargs.get("port", 6379)
 
     def _refused(self, client: aioredis.Redis, exc: BaseException) -> StoreAuthenticationError:
-        if urlsplit(self._dsn).password is None if self.cluster else (
-            client.connection_pool.connection_kwargs.get("password") is None
-        ):
+        if self.cluster:
+            no_password = urlsplit(self._dsn).password is None
+        else:
+            no_password = client.connection_pool.connection_kwargs.get("password") is None
+        if no_password:
             # The server's own words ("HELLO must be called with the client already
             # authenticated ...") do not say what to change.
             exc = AuthenticationError("the URL gives no password")
@@ -724,7 +729,6 @@ class RedisStore(RedisWorkflows):
                 # The server lost its script cache (a restart, SCRIPT FLUSH): nothing ran.
                 await redis_client.script_load(script.script)  # every primary of a cluster
                 return await redis_client.evalsha(script.sha, 1, base, base, *args)
-
 
     # -- reading --------------------------------------------------------------------------
 
