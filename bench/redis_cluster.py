@@ -5,8 +5,9 @@ Run ``python -m bench.stores --redis-cluster [--jobs N]`` with the three-primary
 
 - One queue: ``enqueue_many`` and the processing of ``--jobs`` no-op jobs by one worker
   process, on the cluster and on the single server in the same run (target: the cluster at
-  >= 0.8x the single server). A store's keys share one hash tag, so one store is served by
-  one primary: the cluster costs a redirection-free hop through redis-py's cluster client.
+  >= 0.8x the single server), and the idle pickup latency (p50 / p99) of each. A store's
+  keys share one hash tag, so one primary serves one store: redis-py's cluster client sends
+  each command straight to it (no redirection once it knows the slots).
 - Spread: three stores (prefixes picked so that each lands on a different primary), each
   drained by its own worker process at the same time, against the same three stores on the
   single server: jobs/s summed over the stores, and the ratio.
@@ -17,6 +18,7 @@ Only 127.0.0.1 is ever contacted.
 from __future__ import annotations
 
 import json
+import statistics
 import time
 from collections.abc import Sequence
 
@@ -112,6 +114,8 @@ async def _measure(url: str, prefixes: Sequence[str], jobs: int) -> tuple[float,
 
 async def run(jobs: int) -> list[list[str]]:
     """Measure both parts; return the table's rows."""
+    from bench.stores import measure_pickup
+
     rows: list[list[str]] = []
     one = [f"{PREFIX}-one"]
     single = await _measure(SINGLE_URL, one, jobs)
@@ -124,6 +128,15 @@ async def run(jobs: int) -> list[list[str]]:
         rows.append(
             [name, f"{a:,.0f}", f"{b:,.0f}", f"{ratio:.2f}x", "PASS" if ratio >= TARGET else "MISS"]
         )
+    pickups = []
+    for url in (SINGLE_URL, CLUSTER_URL):
+        await _drop(url, one[0])
+        samples = sorted(await measure_pickup(url, {"prefix": one[0]}))
+        await _drop(url, one[0])
+        pickups.append((statistics.median(samples), samples[int(len(samples) * 0.99) - 1]))
+    (a50, a99), (b50, b99) = pickups
+    rows.append(["pickup p50 / p99 (ms)", f"{a50:.1f} / {a99:.1f}", f"{b50:.1f} / {b99:.1f}"])
+    rows[-1] += [f"{b50 / a50:.2f}x", "-"]
     spread = spread_prefixes(SPREAD)
     per = max(jobs // len(spread), 1)
     single_spread = await _measure(SINGLE_URL, spread, per)
