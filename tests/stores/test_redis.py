@@ -449,3 +449,24 @@ async def test_keys_share_the_store_hash_tag(store: RedisStore, raw: aioredis.Re
     keys = [k async for k in raw.scan_iter(match=f"*{store.prefix}*")]
     assert len(keys) > 5
     assert {key_slot(k) for k in keys} == {key_slot(f"{{{store.prefix}}}".encode())}
+
+
+async def test_cluster_refuses_keys_of_layout_2(prefix: str) -> None:
+    """A cluster holding a store's keys without the hash tag (layout 2, copied in before the
+    move) is refused with a message saying to move them on a single server first."""
+    from redis.asyncio.cluster import RedisCluster
+
+    from .conftest import require_redis_cluster
+
+    url = require_redis_cluster()
+    raw = RedisCluster.from_url(url.replace("redis+cluster://", "redis://", 1))
+    try:
+        await raw.set(f"{prefix}:schema_version", 2)
+        store = open_store(url, prefix=prefix)
+        assert isinstance(store, RedisStore) and store.cluster
+        with pytest.raises(RuntimeError, match="single Redis server"):
+            async with store:
+                pass
+    finally:
+        await raw.delete(f"{prefix}:schema_version")
+        await raw.aclose()

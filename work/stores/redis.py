@@ -399,20 +399,24 @@ class RedisStore(RedisWorkflows):
 
     redis-py's asyncio client is asyncio-only, so this store runs only on anyio's asyncio
     backend: entering it under trio raises ``RuntimeError`` (detected by asking asyncio for
-    a running event loop). Use one Redis server (or a Sentinel-managed primary), not Redis
-    Cluster: the scripts touch keys they compute. Durability is Redis's own (AOF with
-    ``appendfsync everysec`` loses at most about a second of changes).
+    a running event loop). Use one Redis server, a Sentinel-managed primary, or a Redis
+    Cluster (``redis+cluster://``): every key starts with the hash tag ``{prefix}``, declared
+    as each script's ``KEYS[1]``, so a store lives in one slot and each script runs on one
+    node; several stores (prefixes) spread over the nodes. Durability is Redis's own (AOF
+    with ``appendfsync everysec`` loses at most about a second of changes).
 
     Times (leases, due times) are read from this process's clock, as are the times the
     producer writes, so keep the clocks of the machines involved in sync (NTP).
 
     Args:
-        url: ``redis://[[user]:password@]host[:port][/db]``, ``rediss://`` for TLS, or
-            ``unix:///path/to/socket``.
-        prefix: the start of every key (``{prefix}:…``); stores with different prefixes in
-            one database are independent.
-        **client_options: further keyword arguments for ``redis.asyncio.from_url`` (for
-            example ``max_connections``, ``socket_connect_timeout``).
+        url: ``redis://[[user]:password@]host[:port][/db]``, ``rediss://`` for TLS,
+            ``unix:///path/to/socket``, or ``redis+cluster://host:port`` (any node of a
+            Redis Cluster; ``rediss+cluster://`` for TLS).
+        prefix: the hash tag every key starts with (``{prefix}:…``, braces included);
+            stores with different prefixes in one database are independent.
+        **client_options: further keyword arguments for ``redis.asyncio.from_url`` (or
+            ``RedisCluster.from_url``; for example ``max_connections``,
+            ``socket_connect_timeout``).
 
     Raises:
         ValueError: an empty prefix.
