@@ -407,7 +407,8 @@ async def test_layout_2_keys_move_under_the_hash_tag_on_open(
     make: Callable[[], RedisStore], prefix: str, raw: aioredis.Redis
 ) -> None:
     """Keys of layout 2 (``prefix:…``, no hash tag) are renamed to ``{prefix}:…`` when a store
-    enters them, jobs, queues and schedules intact; a longer prefix's keys are left alone."""
+    enters them (three at once), jobs and queues intact; a longer prefix's keys are left
+    alone."""
     first = make()
     try:
         async with first:
@@ -425,6 +426,12 @@ async def test_layout_2_keys_move_under_the_hash_tag_on_open(
         await raw.set(f"{prefix}:b:job:x", "another store's")  # the store of prefix "…:b"
         assert not await raw.exists(f"{{{prefix}}}:schema_version")
         assert await make().exists()
+        openers = [make() for _ in range(3)]  # three processes opening it at once
+        async with anyio.create_task_group() as tg:
+            for opener in openers:
+                tg.start_soon(opener.__aenter__)
+        for opener in openers:
+            await opener.__aexit__(None, None, None)
         async with make() as second:
             assert await raw.get(f"{{{prefix}}}:schema_version") == b"3"
             assert [k async for k in raw.scan_iter(match=f"{prefix}:*")] == [
@@ -470,3 +477,12 @@ async def test_cluster_refuses_keys_of_layout_2(prefix: str) -> None:
     finally:
         await raw.delete(f"{prefix}:schema_version")
         await raw.aclose()
+
+
+async def test_unreachable_cluster_is_a_store_unavailable_error() -> None:
+    """A cluster URL where no node answers raises RedisUnavailableError naming the address."""
+    store = open_store("redis+cluster://127.0.0.1:1", prefix=_prefix())
+    with pytest.raises(RedisUnavailableError) as caught:
+        async with store:
+            pass
+    assert (caught.value.host, caught.value.port) == ("127.0.0.1", 1)

@@ -20,6 +20,7 @@ from redis.exceptions import (
     AuthenticationError,
     AuthenticationWrongNumberOfArgsError,
     NoScriptError,
+    RedisClusterUnreachableError,
     ResponseError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -90,7 +91,7 @@ _CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
-_CONNECT_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
+_CONNECT_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError, RedisClusterUnreachableError)
 # A refused password or user (redis-py makes the first a ConnectionError; the second is the
 # reply of a server without a password to AUTH with one).
 _AUTH_ERRORS = (AuthenticationError, AuthenticationWrongNumberOfArgsError)
