@@ -22,7 +22,7 @@ from redis.crc import key_slot
 from work import Job, Queue, Status, Worker
 from work.scheduling import Schedule, Scheduler, Schedules
 from work.stores import JobRecord, JobState, Outcome
-from work.stores.redis import RedisStore
+from work.stores.redis import _KINDS, RedisStore
 from work.workflows import Chain
 
 from .conftest import REDIS_URL
@@ -112,7 +112,8 @@ async def _workload(store: RedisStore) -> None:
 
 async def test_every_script_call_declares_keys_of_one_slot() -> None:
     """Each EVALSHA names its keys (KEYS), all in one slot, and every key the script then
-    touches (every argument naming a key of the store) hashes to that slot too."""
+    touches (every argument naming a key of the store) hashes to that slot too; every kind
+    of key the workload leaves is one the layout 2 move knows."""
     prefix = f"anywork-slots-{uuid.uuid4().hex[:8]}"
     store = RedisStore(REDIS_URL, prefix=prefix)
     monitor_client = aioredis.from_url(REDIS_URL)
@@ -123,6 +124,10 @@ async def test_every_script_call_declares_keys_of_one_slot() -> None:
         async with store:
             await _workload(store)
             await store._require().echo(_END)
+            kinds = {
+                bytes(key).decode().split(":")[1]
+                async for key in store._require().scan_iter(match=f"{{{prefix}}}:*")
+            }
         with anyio.fail_after(10):
             await recorder
     finally:
@@ -146,3 +151,6 @@ async def test_every_script_call_declares_keys_of_one_slot() -> None:
     touched = {a for args in inner for a in args[1:] if prefix.encode() in a}
     assert len(inner) > 100 and len(touched) > 10
     assert {key_slot(k) for k in touched} == {slot}, sorted(touched)
+
+    # The layout 2 move renames only the kinds it knows: a new kind of key must join them.
+    assert len(kinds) >= 15 and kinds <= _KINDS, kinds - _KINDS
