@@ -2,6 +2,9 @@
 
 Run ``python -m bench.stores [--stores sqlite,postgresql,redis] [--jobs N] [--profile]``.
 
+``python -m bench.stores --redis-cluster`` compares a Redis Cluster with one Redis server
+(see :mod:`bench.redis_cluster`).
+
 ``python -m bench.stores --history [--million]`` measures instead what history costs: claim
 throughput (``claim`` of 10 then ``complete``, in process) and the CPU an idle worker process
 uses, with 0, 100,000 (and with ``--million`` 1,000,000) finished jobs in the store, each
@@ -850,7 +853,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--million", action="store_true", help="with --history: also with 1,000,000"
     )
+    parser.add_argument(
+        "--redis-cluster",
+        action="store_true",
+        help="compare the Redis Cluster of .ci/redis-cluster with one server instead",
+    )
     ns = parser.parse_args(args)
+    if ns.redis_cluster:
+        from bench.redis_cluster import main as cluster_main
+
+        return cluster_main(ns.jobs)
     if ns.history:
         sizes = [0, 100_000, *([1_000_000] if ns.million else [])]
         history = anyio.run(run_history, [s for s in ns.stores.split(",") if s], sizes)

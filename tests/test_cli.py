@@ -987,3 +987,41 @@ def test_processes_restart_a_killed_child(
     assert code == 0, output
     assert f"worker 0 pid={restarted['0']} exited with 0" in output
     assert f"worker 1 pid={first['1']} exited with 0" in output
+
+
+def test_store_commands_and_a_worker_on_redis_cluster(
+    capsys: pytest.CaptureFixture[str], spawn: Callable[..., WorkerProcess]
+) -> None:
+    """On a Redis Cluster (``redis+cluster://``): enqueue, jobs get/list/cancel and stats
+    work as on one server, and a worker process runs jobs and drains on SIGTERM."""
+    from .stores.conftest import require_redis_cluster
+
+    url = require_redis_cluster()
+    prefix = f"anywork-cli-{uuid.uuid4().hex[:10]}"
+    store = ["--store", url, "--store-option", f"prefix={prefix}"]
+    try:
+        code, out, _ = run(capsys, "enqueue", "add", "--args", '{"a": 1, "b": 2}', "--queue",
+                           "q1", "--json", *store)  # fmt: skip
+        assert code == 0
+        first = json.loads(out)
+        code, out, _ = run(capsys, "jobs", "get", first["id"], "--json", *store)
+        assert (code, json.loads(out)["args"]) == (0, {"a": 1, "b": 2})
+        _, out, _ = run(capsys, "enqueue", "nap", "--queue", "q2", *store)
+        second = out.split()[0]
+        code, out, _ = run(capsys, "jobs", "list", "--json", *store)
+        assert [r["id"] for r in json.loads(out)] == [first["id"], second]
+        code, out, _ = run(capsys, "jobs", "cancel", second, *store)
+        assert (code, out) == (0, f"cancelled {second}\n")
+        code, out, _ = run(capsys, "stats", "--json", *store)
+        assert json.loads(out) == {"q1": {"queued": 1}, "q2": {"cancelled": 1}}
+
+        proc = spawn("tasks:worker", *store, "--queues", "q1", "--concurrency", "2")
+        proc.wait_for_output("serving", timeout=30)
+        with SyncQueue(url, prefix=prefix) as queue:
+            done = queue.wait(first["id"], timeout=20)
+            assert (done.state, done.result) == (JobState.SUCCEEDED, 3)
+        assert proc.stop() == 0
+    finally:
+        from work.stores.redis import RedisStore
+
+        anyio.run(RedisStore(url, prefix=prefix).drop)

@@ -136,9 +136,8 @@ def build(token: str | None, scaler: Any = None) -> Any:
 
 
 def main() -> None:
-    """``python -m tests.remote.app PORT [TOKEN] [--process-scaler]``: serve on 127.0.0.1."""
-    import uvicorn
-
+    """``python -m tests.remote.app PORT [TOKEN] [--process-scaler] [--hypercorn-trio]``: serve
+    on 127.0.0.1 with uvicorn (asyncio), or with Hypercorn on trio."""
     port = int(sys.argv[1])
     token = sys.argv[2] if len(sys.argv) > 2 and sys.argv[2] != "-" else None
     scaler = None
@@ -153,7 +152,20 @@ def main() -> None:
             idle_exit=1.5,
         )
         scaler.calls = []  # type: ignore[attr-defined]
-    uvicorn.run(build(token, scaler), host="127.0.0.1", port=port, log_level="warning")
+    app = build(token, scaler)
+    if "--hypercorn-trio" in sys.argv:
+        import hypercorn.trio
+        import trio
+        from hypercorn.config import Config
+
+        config = Config()
+        config.bind = [f"127.0.0.1:{port}"]
+        config.loglevel = "WARNING"
+        trio.run(hypercorn.trio.serve, app, config)
+    else:
+        import uvicorn
+
+        uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 
 
 if __name__ == "__main__":

@@ -178,6 +178,45 @@ def test_relay_restart_workers_reconnect() -> None:
     assert worker.returncode == 0  # SIGTERM: left the relay cleanly
 
 
+def test_relay_under_hypercorn_on_trio_serves_trio_workers_and_redelivers(tmp_path: Path) -> None:
+    """The relay's own code is anyio only: served by Hypercorn on trio (real sockets), two
+    `anywork remote --backend trio` workers answer concurrent calls, and a job whose worker is
+    SIGKILLed mid-job is answered by the other one."""
+    server = Server("s3cret", "--hypercorn-trio").start()
+    workers = [start_worker(server.ws, "--backend", "trio") for _ in range(2)]
+    try:
+        wait_until(lambda: server.state()["connected"] == 2, what="two trio workers")
+
+        def ask(i: int) -> dict[str, Any]:
+            data: dict[str, Any] = httpx.post(
+                f"{server.base}/do/echo", json={"i": i, "sleep": 0.05}, timeout=30
+            ).json()
+            return data
+
+        with ThreadPoolExecutor(16) as pool:
+            answers = list(pool.map(ask, range(40)))
+        assert [a["status"] for a in answers] == [200] * 40
+        assert [a["result"]["args"]["i"] for a in answers] == list(range(40))
+        assert {a["result"]["pid"] for a in answers} == {w.pid for w in workers}
+
+        marks = tmp_path / "marks"
+        with ThreadPoolExecutor(1) as pool:
+            held = pool.submit(
+                lambda: httpx.post(
+                    f"{server.base}/do/hold", json={"marks": str(marks), "_timeout": 20}, timeout=30
+                ).json()
+            )
+            wait_until(lambda: marks.exists() and bool(marks.read_text().strip()), what="hold")
+            victim = int(marks.read_text().split()[0])
+            os.kill(victim, signal.SIGKILL)
+            out = held.result(timeout=30)
+        assert out["status"] == 200, out
+        assert out["result"] != victim and out["result"] in {w.pid for w in workers}
+    finally:
+        stop_all(workers)
+        server.stop()
+
+
 def test_process_scaler_starts_workers_from_zero_and_they_exit_when_idle() -> None:
     """With no worker, a burst of requests makes ProcessScaler start `anywork remote`
     processes (at most max_processes=2); they answer, then exit once idle and are reaped."""

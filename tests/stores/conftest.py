@@ -2,7 +2,9 @@
 
 The combinations are generated rather than skipped: memory and SQLite run on asyncio and trio,
 PostgreSQL and Redis (asyncio-only drivers) on asyncio. Servers default to the local ones and can
-be pointed elsewhere with ``ANYWORK_TEST_POSTGRES_URL`` and ``ANYWORK_TEST_REDIS_URL``.
+be pointed elsewhere with ``ANYWORK_TEST_POSTGRES_URL`` and ``ANYWORK_TEST_REDIS_URL``. The
+``redis-cluster`` kind runs on the three-primary cluster ``.ci/redis-cluster start`` brings up
+(``ANYWORK_TEST_REDIS_CLUSTER_URL``); without it those tests skip, except under ``CI=true``.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -21,6 +24,44 @@ POSTGRES_URL = os.environ.get(
     "ANYWORK_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
 )
 REDIS_URL = os.environ.get("ANYWORK_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+REDIS_CLUSTER_URL = os.environ.get(
+    "ANYWORK_TEST_REDIS_CLUSTER_URL", "redis+cluster://127.0.0.1:7001"
+)
+_cluster_up: bool | None = None
+
+
+def require_redis_cluster() -> str:
+    """Return the test cluster's URL; skip the test when no cluster answers there (fail
+    under ``CI=true``, where ``.ci/run`` starts one)."""
+    global _cluster_up
+    if _cluster_up is None:
+        import redis
+        from redis.exceptions import RedisError
+
+        parts = urlsplit(REDIS_CLUSTER_URL)
+        try:
+            client = redis.Redis(
+                host=parts.hostname or "127.0.0.1", port=parts.port or 7001, socket_timeout=2
+            )
+            with client:
+                info = client.cluster("info")
+            _cluster_up = b"cluster_state:ok" in (
+                info if isinstance(info, bytes) else str(info).encode()
+            ) or (isinstance(info, dict) and info.get("cluster_state") == "ok")
+        except (RedisError, OSError):
+            _cluster_up = False
+    if not _cluster_up:
+        reason = f"no Redis Cluster at {REDIS_CLUSTER_URL} (run .ci/redis-cluster start)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return REDIS_CLUSTER_URL
+
+
+def is_redis(kind: str) -> bool:
+    """True for the Redis kinds (a single server or the cluster)."""
+    return kind in ("redis", "redis-cluster")
+
 
 STORE_BACKENDS = [
     pytest.param(("memory", "asyncio"), id="memory-asyncio"),
@@ -29,6 +70,7 @@ STORE_BACKENDS = [
     pytest.param(("sqlite", "trio"), id="sqlite-trio"),
     pytest.param(("postgresql", "asyncio"), id="postgresql-asyncio"),
     pytest.param(("redis", "asyncio"), id="redis-asyncio"),
+    pytest.param(("redis-cluster", "asyncio"), id="redis-cluster-asyncio"),
 ]
 
 
@@ -47,7 +89,8 @@ def anyio_backend(store_backend: tuple[str, str]) -> str:
 
 @pytest.fixture
 def store_kind(store_backend: tuple[str, str]) -> str:
-    """The store kind of the current combination: memory, sqlite, postgresql or redis."""
+    """The store kind of the current combination: memory, sqlite, postgresql, redis or
+    redis-cluster."""
     return store_backend[0]
 
 
@@ -60,6 +103,8 @@ def store_url(store_kind: str, tmp_path: Path) -> str:
         return f"sqlite:///{tmp_path / 'jobs.db'}"
     if store_kind == "postgresql":
         return POSTGRES_URL
+    if store_kind == "redis-cluster":
+        return require_redis_cluster()
     return REDIS_URL
 
 
@@ -69,7 +114,7 @@ def store_options(store_kind: str) -> dict[str, Any]:
     tag = uuid.uuid4().hex[:12]
     if store_kind == "postgresql":
         return {"schema": f"anywork_test_{tag}"}
-    if store_kind == "redis":
+    if is_redis(store_kind):
         return {"prefix": f"anywork-test-{tag}:"}
     return {}
 
@@ -145,13 +190,7 @@ async def corrupt_args(store: Store, id: str, raw: str = "{not json") -> None:
         finally:
             await conn.close()
     elif isinstance(store, RedisStore):
-        import redis.asyncio as aioredis
-
-        client = aioredis.Redis.from_url(REDIS_URL)
-        try:
-            await client.hset(f"{store.prefix}:job:{id}", "args", raw)
-        finally:
-            await client.aclose()
+        await store._require().hset(store._key("job", id), "args", raw)
     else:
         pytest.fail(f"no way to corrupt a job in {type(store).__name__}")
 
@@ -190,13 +229,7 @@ async def poison_record(store: Store, id: str) -> None:
         finally:
             await conn.close()
     elif isinstance(store, RedisStore):
-        import redis.asyncio as aioredis
-
-        client = aioredis.Redis.from_url(REDIS_URL)
-        try:
-            await client.hset(f"{store.prefix}:job:{id}", "enqueued_at", "not-a-time")
-        finally:
-            await client.aclose()
+        await store._require().hset(store._key("job", id), "enqueued_at", "not-a-time")
     else:
         pytest.fail(f"no way to poison a job in {type(store).__name__}")
 

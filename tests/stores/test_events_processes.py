@@ -25,6 +25,7 @@ PROCESS_STORES = [
     pytest.param(("sqlite", "trio"), id="sqlite-trio"),
     pytest.param(("postgresql", "asyncio"), id="postgresql-asyncio"),
     pytest.param(("redis", "asyncio"), id="redis-asyncio"),
+    pytest.param(("redis-cluster", "asyncio"), id="redis-cluster-asyncio"),
 ]
 
 

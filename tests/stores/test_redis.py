@@ -108,13 +108,13 @@ async def test_newer_layout_is_refused(
     make: Callable[[], RedisStore], prefix: str, raw: aioredis.Redis
 ) -> None:
     """Keys written by a newer layout version make entering fail instead of corrupting."""
-    await raw.set(f"{prefix}:schema_version", 99)
+    await raw.set(f"{{{prefix}}}:schema_version", 99)
     try:
         with pytest.raises(RuntimeError, match="newer"):
             async with make():
                 pass
     finally:
-        await raw.delete(f"{prefix}:schema_version")
+        await raw.delete(f"{{{prefix}}}:schema_version")
 
 
 async def test_nested_entry_closes_on_outermost_exit(store: RedisStore) -> None:
@@ -292,7 +292,7 @@ async def test_undecodable_args_come_back_with_a_decode_error(
 ) -> None:
     """Args another writer stored as garbage, non-UTF-8 or a non-object are reported at claim."""
     await store.add([_job("bad"), _job("good")])
-    await raw.hset(f"{prefix}:job:bad", "args", garbage)
+    await raw.hset(f"{{{prefix}}}:job:bad", "args", garbage)
     claimed = {c.record.id: c for c in await store.claim(["default"], limit=5, lease=5, owner="o")}
     assert claimed["bad"].decode_error and "args" in claimed["bad"].decode_error
     assert claimed["bad"].record.state is JobState.RUNNING and claimed["bad"].record.args == {}
@@ -357,7 +357,7 @@ async def test_drop_removes_only_its_keys(
             await store.add([_job("x", unique_key="k")])
             await other.add([_job("y")])
             await store.drop()
-            assert [k async for k in raw.scan_iter(match=f"{store.prefix}:*")] == []
+            assert [k async for k in raw.scan_iter(match=f"*{store.prefix}*")] == []
             assert (await other.get("y")) is not None
     finally:
         await other.drop()
@@ -377,10 +377,10 @@ async def test_layout_1_finished_jobs_are_indexed_on_open(
                 "o", [Outcome(id="old", state=JobState.SUCCEEDED, status=Status.SUCCESS)]
             )
         # What layout 1 left: no retention index, version 1.
-        await raw.delete(f"{prefix}:done:default")
-        await raw.set(f"{prefix}:schema_version", 1)
+        await raw.delete(f"{{{prefix}}}:done:default")
+        await raw.set(f"{{{prefix}}}:schema_version", 1)
         async with make() as second:
-            assert await raw.get(f"{prefix}:schema_version") == b"2"
+            assert await raw.get(f"{{{prefix}}}:schema_version") == b"3"
             assert await second.expire(["default"], result_ttl=0, limit=10) == 1
             assert await second.get("old") is None
             assert await second.get("running") is not None
@@ -401,3 +401,88 @@ async def test_idle_claims_and_polls_never_touch_finished_jobs(store: RedisStore
     assert await client.zcard(store._key("ready", "default")) == 0
     assert await client.zcard(store._key("done", "default")) == 50
     assert await store.claim(["default"], limit=5, lease=30, owner="o") == []
+
+
+async def test_layout_2_keys_move_under_the_hash_tag_on_open(
+    make: Callable[[], RedisStore], prefix: str, raw: aioredis.Redis
+) -> None:
+    """Keys of layout 2 (``prefix:…``, no hash tag) are renamed to ``{prefix}:…`` when a store
+    enters them (three at once), jobs and queues intact; a longer prefix's keys are left
+    alone."""
+    first = make()
+    try:
+        async with first:
+            await first.add([_job("done"), _job("ready", queue="q", unique_key="u")])
+            await first.claim(["default"], limit=1, lease=30, owner="o")
+            await first.complete(
+                "o", [Outcome(id="done", state=JobState.SUCCEEDED, status=Status.SUCCESS)]
+            )
+        # What layout 2 left: the same keys without the tag, at version 2.
+        tagged = [k async for k in raw.scan_iter(match=f"{{{prefix}}}:*")]
+        assert len(tagged) > 5
+        for key in tagged:
+            await raw.rename(key, key.decode().replace(f"{{{prefix}}}", prefix, 1))
+        await raw.set(f"{prefix}:schema_version", 2)
+        await raw.set(f"{prefix}:b:job:x", "another store's")  # the store of prefix "…:b"
+        assert not await raw.exists(f"{{{prefix}}}:schema_version")
+        assert await make().exists()
+        openers = [make() for _ in range(3)]  # three processes opening it at once
+        async with anyio.create_task_group() as tg:
+            for opener in openers:
+                tg.start_soon(opener.__aenter__)
+        for opener in openers:
+            await opener.__aexit__(None, None, None)
+        async with make() as second:
+            assert await raw.get(f"{{{prefix}}}:schema_version") == b"3"
+            assert [k async for k in raw.scan_iter(match=f"{prefix}:*")] == [
+                f"{prefix}:b:job:x".encode()
+            ]
+            assert (await second.get("done")) is not None
+            assert await second.stats() == {"default": {"succeeded": 1}, "q": {"queued": 1}}
+            assert (await second.add([_job("again", queue="q", unique_key="u")]))[0].id == "ready"
+            claimed = await second.claim(["q"], limit=5, lease=30, owner="o")
+            assert [c.record.id for c in claimed] == ["ready"]
+    finally:
+        await raw.delete(f"{prefix}:b:job:x")
+        await first.drop()
+
+
+async def test_keys_share_the_store_hash_tag(store: RedisStore, raw: aioredis.Redis) -> None:
+    """Every key of a store carries its hash tag, so all of them hash to one cluster slot."""
+    from redis.crc import key_slot
+
+    await store.add([_job("a"), _job("b", queue="q", unique_key="k")])
+    await store.claim(["default"], limit=1, lease=30, owner="o")
+    keys = [k async for k in raw.scan_iter(match=f"*{store.prefix}*")]
+    assert len(keys) > 5
+    assert {key_slot(k) for k in keys} == {key_slot(f"{{{store.prefix}}}".encode())}
+
+
+async def test_cluster_refuses_keys_of_layout_2(prefix: str) -> None:
+    """A cluster holding a store's keys without the hash tag (layout 2, copied in before the
+    move) is refused with a message saying to move them on a single server first."""
+    from redis.asyncio.cluster import RedisCluster
+
+    from .conftest import require_redis_cluster
+
+    url = require_redis_cluster()
+    raw = RedisCluster.from_url(url.replace("redis+cluster://", "redis://", 1))
+    try:
+        await raw.set(f"{prefix}:schema_version", 2)
+        store = open_store(url, prefix=prefix)
+        assert isinstance(store, RedisStore) and store.cluster
+        with pytest.raises(RuntimeError, match="single Redis server"):
+            async with store:
+                pass
+    finally:
+        await raw.delete(f"{prefix}:schema_version")
+        await raw.aclose()
+
+
+async def test_unreachable_cluster_is_a_store_unavailable_error() -> None:
+    """A cluster URL where no node answers raises RedisUnavailableError naming the address."""
+    store = open_store("redis+cluster://127.0.0.1:1", prefix=_prefix())
+    with pytest.raises(RedisUnavailableError) as caught:
+        async with store:
+            pass
+    assert (caught.value.host, caught.value.port) == ("127.0.0.1", 1)

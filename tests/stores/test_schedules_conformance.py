@@ -255,7 +255,7 @@ async def test_misfires_within_grace_coalesce_older_are_skipped_and_counted(stor
     """After downtime, the fires within misfire_grace become one execution (the latest); older
     ones are skipped and counted in anywork_schedule_misfires_total{schedule}."""
     schedules = Schedules(store)
-    id = f"svc/misfire-{store.url[:6].strip(':/')}"
+    id = f"svc/misfire-{store.url[:6].strip(':/+')}"
     await schedules.put(every_second(id, misfire_grace=5))
     anchor = await anchor_of(schedules, id)
     before = REGISTRY.get_sample_value("anywork_schedule_misfires_total", {"schedule": id}) or 0

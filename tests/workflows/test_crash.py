@@ -149,7 +149,7 @@ def test_redis_chord_survives_killed_workers(tmp_path: Path) -> None:
 
         client = redis.Redis.from_url(REDIS_URL)
         try:
-            keys = list(client.scan_iter(match=f"{prefix}:*"))
+            keys = list(client.scan_iter(match=f"{{{prefix}}}:*"))
             if keys:
                 client.delete(*keys)
         finally:

@@ -38,7 +38,9 @@ _RESTART_PAUSES = Exponential(0.5, cap=10.0, jitter=False)
 _READY_PROBE_ID = "anywork-ready-probe"
 _READY_PROBE_TIMEOUT = 2.0
 # Schemes whose drivers (asyncpg, redis-py) run on asyncio only.
-_ASYNCIO_ONLY = frozenset({"postgresql", "postgres", "redis", "rediss"})
+_ASYNCIO_ONLY = frozenset(
+    {"postgresql", "postgres", "redis", "rediss", "redis+cluster", "rediss+cluster"}
+)
 # Executions whose outcome the tally remembers, in case the store discards it (lease lost).
 _RECENT = 10_000
 

@@ -27,6 +27,8 @@ SCHEMES: dict[str, tuple[str, str]] = {
     "postgres": ("work.stores.postgres", "PostgresStore"),
     "redis": ("work.stores.redis", "RedisStore"),
     "rediss": ("work.stores.redis", "RedisStore"),
+    "redis+cluster": ("work.stores.redis", "RedisStore"),
+    "rediss+cluster": ("work.stores.redis", "RedisStore"),
 }
 
 
@@ -51,7 +53,8 @@ def open_store(url: str, **options: Any) -> Store:
     """Return the store for ``url`` (not yet connected: use ``async with store:``).
 
     URLs: ``memory://``, ``sqlite:///relative.db``, ``sqlite:////absolute.db``,
-    ``postgresql://user@host:port/db``, ``redis://host:port/db``. ``options`` go to the
+    ``postgresql://user@host:port/db``, ``redis://host:port/db``,
+    ``redis+cluster://host:port`` (any node of a Redis Cluster). ``options`` go to the
     store's constructor (see each store's docs); ``clock`` (a
     :class:`work.testing.VirtualClock`) is taken by the memory and SQLite stores only.
 

@@ -18,13 +18,14 @@ __all__ = [
     "SETTLE",
 ]
 
-# Helpers shared by the scripts. ARGV[1] is always the key prefix. Times are integer
+# Helpers shared by the scripts. KEYS[1] is always the store's hash tag ({prefix}), which
+# every key starts with (ARGV[1] repeats it). Times are integer
 # microseconds since the epoch, passed and stored as decimal strings, never formatted by Lua
 # (whose tostring keeps only 14 significant digits). The ready set of a queue is scored by
 # -priority; members sort, among equal scores, by "due:seq:id" with zero-padded numbers.
 LUA_PRELUDE = (
     r"""
-local P = ARGV[1]
+local P = KEYS[1]
 local function jkey(id) return P .. ':job:' .. id end
 local function pad(s, n)
   s = tostring(s)

@@ -19,7 +19,7 @@ assert ADD.startswith(LUA_PRELUDE)
 # ARGV: prefix, id, expected version ('' = must not exist), fields (a JSON object of strings).
 # Returns 1 if written, 0 if the stored version was not the expected one.
 SAVE_SCHEDULE = r"""
-local P, id, expected = ARGV[1], ARGV[2], ARGV[3]
+local P, id, expected = KEYS[1], ARGV[2], ARGV[3]
 local sk = P .. ':schedule:' .. id
 local current = redis.call('HGET', sk, 'version')
 if expected == '' then
@@ -43,7 +43,7 @@ return 1
 
 # ARGV: prefix, id.   Returns 1 if it existed. Its executions stay.
 DELETE_SCHEDULE = r"""
-local P, id = ARGV[1], ARGV[2]
+local P, id = KEYS[1], ARGV[2]
 redis.call('ZREM', P .. ':schedules', id)
 redis.call('ZREM', P .. ':sdue', id)
 return redis.call('DEL', P .. ':schedule:' .. id)
@@ -65,7 +65,7 @@ end
 PICK = (
     _PACK
     + r"""
-local P = ARGV[1]
+local P = KEYS[1]
 local due = redis.call('ZRANGEBYSCORE', P .. ':sdue', '-inf', ARGV[2], 'LIMIT', 0, ARGV[3])
 if #due == 0 then return '[]' end
 local out = {}

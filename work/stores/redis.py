@@ -10,14 +10,18 @@ from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any, Self, cast
+from urllib.parse import urlsplit
 
 import anyio
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 from redis.exceptions import (
     AuthenticationError,
     AuthenticationWrongNumberOfArgsError,
     NoScriptError,
+    RedisClusterUnreachableError,
+    ResponseError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -66,13 +70,28 @@ from ._server import StoreAuthenticationError, StoreUnavailableError, require_as
 
 __all__ = ["RedisStore", "RedisUnavailableError"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """The key layout version this module writes and expects (2: finished jobs indexed for
-retention in ``done:<queue>``, ``kept:<queue>`` and ``expires``)."""
+retention in ``done:<queue>``, ``kept:<queue>`` and ``expires``; 3: every key starts with the
+hash tag ``{prefix}``, so a store's keys share one Redis Cluster slot)."""
+
+# The key kinds of a store (``{prefix}:<kind>:…``): a layout 2 key is moved to layout 3 only
+# when its kind is one of these, so a store never takes the keys of a longer prefix
+# (``a`` and ``a:b``).
+_KINDS = frozenset(
+    {
+        *("all", "done", "events", "expires", "job", "kept", "ready", "running", "sactive"),
+        *("sched", "schedule", "schedules", "schema_version", "sdue", "seq", "settings"),
+        *("sexec", "stats", "unique", "waiting", "wake", "wf", "wfb", "wfopen", "wfs"),
+        *("wfseq", "wfstep", "workers", "workflows"),
+    }
+)
+# URL schemes that open redis-py's cluster client.
+_CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
-_CONNECT_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
+_CONNECT_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError, RedisClusterUnreachableError)
 # A refused password or user (redis-py makes the first a ConnectionError; the second is the
 # reply of a server without a password to AUTH with one).
 _AUTH_ERRORS = (AuthenticationError, AuthenticationWrongNumberOfArgsError)
@@ -381,20 +400,24 @@ class RedisStore(RedisWorkflows):
 
     redis-py's asyncio client is asyncio-only, so this store runs only on anyio's asyncio
     backend: entering it under trio raises ``RuntimeError`` (detected by asking asyncio for
-    a running event loop). Use one Redis server (or a Sentinel-managed primary), not Redis
-    Cluster: the scripts touch keys they compute. Durability is Redis's own (AOF with
-    ``appendfsync everysec`` loses at most about a second of changes).
+    a running event loop). Use one Redis server, a Sentinel-managed primary, or a Redis
+    Cluster (``redis+cluster://``): every key starts with the hash tag ``{prefix}``, declared
+    as each script's ``KEYS[1]``, so a store lives in one slot and each script runs on one
+    node; several stores (prefixes) spread over the nodes. Durability is Redis's own (AOF
+    with ``appendfsync everysec`` loses at most about a second of changes).
 
     Times (leases, due times) are read from this process's clock, as are the times the
     producer writes, so keep the clocks of the machines involved in sync (NTP).
 
     Args:
-        url: ``redis://[[user]:password@]host[:port][/db]``, ``rediss://`` for TLS, or
-            ``unix:///path/to/socket``.
-        prefix: the start of every key (``{prefix}:…``); stores with different prefixes in
-            one database are independent.
-        **client_options: further keyword arguments for ``redis.asyncio.from_url`` (for
-            example ``max_connections``, ``socket_connect_timeout``).
+        url: ``redis://[[user]:password@]host[:port][/db]``, ``rediss://`` for TLS,
+            ``unix:///path/to/socket``, or ``redis+cluster://host:port`` (any node of a
+            Redis Cluster; ``rediss+cluster://`` for TLS).
+        prefix: the hash tag every key starts with (``{prefix}:…``, braces included);
+            stores with different prefixes in one database are independent.
+        **client_options: further keyword arguments for ``redis.asyncio.from_url`` (or
+            ``RedisCluster.from_url``; for example ``max_connections``,
+            ``socket_connect_timeout``).
 
     Raises:
         ValueError: an empty prefix.
@@ -405,9 +428,18 @@ class RedisStore(RedisWorkflows):
             raise ValueError("prefix must be a non-empty string")
         self.url = mask_url(url)
         self.prefix = prefix
-        self._dsn = url
+        scheme, sep, rest = url.partition("://")
+        self.cluster = scheme.lower() in _CLUSTER_SCHEMES
+        """True for a ``redis+cluster://`` (or ``rediss+cluster://``) URL: redis-py's
+        cluster client."""
+        self._dsn = _CLUSTER_SCHEMES[scheme.lower()] + sep + rest if self.cluster else url
+        # The hash tag of every key: a store's keys share one slot of a Redis Cluster.
+        self._base = "{" + prefix + "}"
         # Responses stay bytes: a payload that is not UTF-8 must not break a whole claim.
         self._options = {**client_options, "decode_responses": False}
+        if self.cluster:
+            # BLPOP waits longer than the cluster client's default 5 s socket timeout.
+            self._options.setdefault("socket_timeout", None)
         self._client: aioredis.Redis | None = None
         self._scripts: dict[str, AsyncScript] = {}
         self._entries = 0
@@ -423,7 +455,14 @@ class RedisStore(RedisWorkflows):
         return f"RedisStore({self.url!r}, prefix={self.prefix!r})"
 
     def _key(self, *parts: str) -> str:
-        return ":".join((self.prefix, *parts))
+        return ":".join((self._base, *parts))
+
+    def _connect(self) -> aioredis.Redis:
+        """A new client for the URL: redis-py's cluster client for ``redis+cluster://``
+        (typed as the plain client: the store uses only commands both have)."""
+        if self.cluster:
+            return cast("aioredis.Redis", RedisCluster.from_url(self._dsn, **self._options))
+        return aioredis.from_url(self._dsn, **self._options)
 
     # -- life -----------------------------------------------------------------------------
 
@@ -442,7 +481,7 @@ class RedisStore(RedisWorkflows):
         if self._client is not None:
             self._entries += 1
             return self
-        client = aioredis.from_url(self._dsn, **self._options)
+        client = self._connect()
         try:
             await self._migrate(client)
         except _AUTH_ERRORS as exc:
@@ -501,12 +540,19 @@ class RedisStore(RedisWorkflows):
             await client.aclose()
 
     def _address(self, client: aioredis.Redis) -> tuple[str, int | str]:
+        if self.cluster:
+            parts = urlsplit(self._dsn)
+            return parts.hostname or "localhost", parts.port or 6379
         kwargs = client.connection_pool.connection_kwargs
         host = kwargs.get("path") or kwargs.get("host", "localhost")
         return str(host), kwargs.get("port", 6379)
 
     def _refused(self, client: aioredis.Redis, exc: BaseException) -> StoreAuthenticationError:
-        if client.connection_pool.connection_kwargs.get("password") is None:
+        if self.cluster:
+            no_password = urlsplit(self._dsn).password is None
+        else:
+            no_password = client.connection_pool.connection_kwargs.get("password") is None
+        if no_password:
             # The server's own words ("HELLO must be called with the client already
             # authenticated ...") do not say what to change.
             exc = AuthenticationError("the URL gives no password")
@@ -517,6 +563,8 @@ class RedisStore(RedisWorkflows):
 
     async def _migrate(self, client: aioredis.Redis) -> None:
         key = self._key("schema_version")
+        if await client.exists(self._old_key("schema_version")):
+            await self._move_to_tagged(client)
         # SET NX: the first process records the layout version, the others read it.
         await client.set(key, SCHEMA_VERSION, nx=True)
         version = int(await client.get(key) or 0)
@@ -528,6 +576,45 @@ class RedisStore(RedisWorkflows):
         if version < 2:
             await self._index_finished(client)
             await client.set(key, 2)
+        if version < 3:
+            await client.set(key, 3)
+
+    def _old_key(self, *parts: str) -> str:
+        """A key of layout 2 and before (no hash tag: ``prefix:…``)."""
+        return ":".join((self.prefix, *parts))
+
+    async def _move_to_tagged(self, client: aioredis.Redis) -> None:
+        """Layout 2 to 3: rename every ``prefix:<kind>:…`` key to ``{prefix}:<kind>:…``.
+
+        The layout version key moves last, so a process that opens the store meanwhile
+        either helps (a key another process renamed first is skipped) or finds the move
+        done. On a cluster the old keys hash to many slots and cannot be renamed: move the
+        store on its single node first (opening it there does it), then import the keys.
+
+        Raises:
+            RuntimeError: on a cluster, keys of layout 2 or before.
+        """
+        if self.cluster:
+            raise RuntimeError(
+                f"keys under {self.prefix!r} on this cluster are at layout version 2 or before "
+                f"(no hash tag): open the store once on a single Redis server to move them to "
+                f"layout {SCHEMA_VERSION}, then import them into the cluster "
+                f"(see docs/deployment.md)"
+            )
+        pattern = _glob_escape(self.prefix) + ":*"
+        start = len(self.prefix) + 1
+        last = self._old_key("schema_version").encode()
+        async for raw in client.scan_iter(match=pattern, count=1000):
+            key = bytes(raw)
+            kind = key[start:].partition(b":")[0].decode(errors="replace")
+            if kind not in _KINDS or key == last:
+                continue
+            new = self._base.encode() + key[start - 1 :]
+            # Another process may have moved it first: nothing to do then.
+            with contextlib.suppress(ResponseError):
+                await client.rename(key, new)
+        with contextlib.suppress(ResponseError):
+            await client.rename(last, self._key("schema_version"))
 
     async def _index_finished(self, client: aioredis.Redis) -> None:
         """Layout 1 to 2: index the jobs already finished for retention. Idempotent (ZADD),
@@ -570,9 +657,12 @@ class RedisStore(RedisWorkflows):
         _require_asyncio()
         if self._client is not None:
             return True
-        client = aioredis.from_url(self._dsn, **self._options)
+        client = self._connect()
         try:
-            return bool(await client.exists(self._key("schema_version")))
+            keys = [self._key("schema_version")]
+            if not self.cluster:  # a store of layout 2 is moved when it is opened
+                keys.append(self._old_key("schema_version"))
+            return bool(await client.exists(*keys))
         except _AUTH_ERRORS as exc:
             raise self._refused(client, exc) from None
         except _CONNECT_ERRORS as exc:
@@ -586,11 +676,11 @@ class RedisStore(RedisWorkflows):
         Works whether or not the store is open.
         """
         _require_asyncio()
-        client = self._client or aioredis.from_url(self._dsn, **self._options)
+        client = self._client or self._connect()
         try:
-            pattern = _glob_escape(self.prefix) + ":*"
+            pattern = _glob_escape(self._base) + ":*"
             batch: list[bytes] = []
-            async for key in client.scan_iter(match=pattern, count=1000):
+            async for key in self._scan(client, pattern):
                 batch.append(key)
                 if len(batch) >= 1000:
                     await client.unlink(*batch)
@@ -602,6 +692,19 @@ class RedisStore(RedisWorkflows):
         finally:
             if client is not self._client:
                 await client.aclose()
+
+    async def _scan(self, client: aioredis.Redis, pattern: str) -> AsyncIterator[Any]:
+        """SCAN for ``pattern`` where the store's keys are: on a cluster, only the primary
+        holding its slot."""
+        if self.cluster:
+            cluster = cast("RedisCluster", client)
+            await cluster.initialize()  # a new client learns the slots first
+            node = cluster.get_node_from_key(self._base)
+            async for key in cluster.scan_iter(match=pattern, count=1000, target_nodes=node):
+                yield key
+        else:
+            async for key in client.scan_iter(match=pattern, count=1000):
+                yield key
 
     @contextlib.contextmanager
     def _reachable(self, client: aioredis.Redis) -> Iterator[None]:
@@ -619,15 +722,18 @@ class RedisStore(RedisWorkflows):
     async def _run(self, name: str, args: Sequence[Any], client: Any = None) -> Any:
         redis_client = self._require()
         script = self._scripts[name]
+        # KEYS[1] is the store's hash tag, which every key a script touches starts with: the
+        # call goes to the node of that slot (ARGV[1] repeats it, as scripts read it there).
+        base = self._base
         if client is not None:  # a pipeline: redis-py loads its scripts before it runs
-            return await script(args=[self.prefix, *args], client=client)
+            return await script(keys=[base], args=[base, *args], client=client)
         with self._reachable(redis_client):
             try:
-                return await redis_client.evalsha(script.sha, 0, self.prefix, *args)
+                return await redis_client.evalsha(script.sha, 1, base, base, *args)
             except NoScriptError:
                 # The server lost its script cache (a restart, SCRIPT FLUSH): nothing ran.
-                await redis_client.script_load(script.script)
-                return await redis_client.evalsha(script.sha, 0, self.prefix, *args)
+                await redis_client.script_load(script.script)  # every primary of a cluster
+                return await redis_client.evalsha(script.sha, 1, base, base, *args)
 
     # -- reading --------------------------------------------------------------------------
 
