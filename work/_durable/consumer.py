@@ -195,6 +195,8 @@ class _Server:
         self.inline = 0
         self.inline_idle = anyio.Event()
         self.cancelling = False  # serve itself is being cancelled: hand unfinished jobs back
+        # While the claim loop waits for room, the flush claims for it (combined_claim).
+        self.claim_waiting: TaskGroup | None = None
         self.log = _log.bind(worker=worker.name, owner=self.owner)
         self.outage = _Outage(self.log)
 
@@ -249,7 +251,11 @@ class _Server:
             free = self.concurrency - self.active
             if free <= 0:
                 self.capacity = anyio.Event()
-                await self.capacity.wait()
+                self.claim_waiting = jobs
+                try:
+                    await self.capacity.wait()
+                finally:
+                    self.claim_waiting = None
                 continue
             try:
                 # Shielded: a claim the store made must reach us, or its jobs would sit
@@ -650,11 +656,19 @@ class _Server:
             if not batch:
                 return True
             outcomes = [slot.outcome for slot in batch if slot.outcome is not None]
+            jobs, combined = self.combined_claim()
+            claimed: list[Claimed] = []
             try:
                 with anyio.CancelScope(shield=True):
                     # The last progress reported is stored before the outcome.
                     await self.write_progress(batch)
-                    applied = await self.store.complete(self.owner, outcomes)
+                    if combined is None:
+                        applied = await self.store.complete(self.owner, outcomes)
+                    else:
+                        room = self.concurrency - self.active + len(batch)
+                        applied, claimed = await combined(
+                            self.owner, outcomes, self.queues, limit=room, lease=self.lease
+                        )
             except Exception as exc:
                 self.outage.failed("storing outcomes", exc)
                 self.pending[:0] = batch
@@ -667,7 +681,20 @@ class _Server:
                 if self.slots.get(slot.record.id) is slot:
                     del self.slots[slot.record.id]
             self.release(len(batch))
+            if jobs is not None:
+                for item in claimed:
+                    self.start_job(jobs, item)
             return True
+
+    def combined_claim(self) -> tuple[TaskGroup | None, Any]:
+        """The store's ``complete_and_claim`` (outcomes written and the next jobs claimed in
+        one transaction, where a store has it) with the claim loop's task group, when that
+        loop is waiting for the places these outcomes free; else (None, None)."""
+        jobs = self.claim_waiting
+        combined = getattr(self.store, "complete_and_claim", None)
+        if jobs is None or combined is None or self.worker.stopping:
+            return None, None
+        return jobs, combined
 
     def log_discarded(self, outcomes: list[Outcome]) -> None:
         """One line per outcome the store refused: the lease was lost (the worker paused or

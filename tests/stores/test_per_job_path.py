@@ -1,0 +1,145 @@
+"""The durable path's per-job shortcuts: SQLite's ``complete_and_claim`` (outcomes and the next
+claim in one transaction) and ``serve`` starting a claimed job with no task of its own."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import anyio
+import pytest
+
+from tests.stores.test_conformance import record, serving, until
+from work import Job, JobState, Queue, Status, Worker
+from work.stores import Claimed, Outcome
+from work.stores.memory import MemoryStore
+from work.stores.sqlite import SQLiteStore
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    """Both stores here work on both anyio backends."""
+    return str(request.param)
+
+
+class Counted(SQLiteStore):
+    """A SQLite store that counts its claim and complete calls."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.calls = {"claim": 0, "complete": 0, "complete_and_claim": 0}
+
+    async def claim(
+        self, queues: Sequence[str], *, limit: int, lease: float, owner: str
+    ) -> list[Claimed]:
+        self.calls["claim"] += 1
+        return await super().claim(queues, limit=limit, lease=lease, owner=owner)
+
+    async def complete(self, owner: str, outcomes: Sequence[Outcome]) -> set[str]:
+        self.calls["complete"] += 1
+        return await super().complete(owner, outcomes)
+
+    async def complete_and_claim(
+        self,
+        owner: str,
+        outcomes: Sequence[Outcome],
+        queues: Sequence[str],
+        *,
+        limit: int,
+        lease: float,
+    ) -> tuple[set[str], list[Claimed]]:
+        self.calls["complete_and_claim"] += 1
+        return await super().complete_and_claim(owner, outcomes, queues, limit=limit, lease=lease)
+
+
+async def test_complete_and_claim_is_complete_then_claim(tmp_path: Path) -> None:
+    """One call applies the owner's outcomes (another owner's are refused), and claims the
+    next jobs, a job given back by one of the outcomes among them."""
+    async with SQLiteStore(f"sqlite:///{tmp_path / 'jobs.db'}") as store:
+        a, b, c = record(id="a"), record(id="b"), record(id="c")
+        await store.add([a, b])
+        claimed = await store.claim(["default"], limit=2, lease=30, owner="w1")
+        assert [x.record.id for x in claimed] == ["a", "b"]
+        await store.add([c])
+        outcomes = [
+            Outcome(id="a", state=JobState.SUCCEEDED, status=Status.SUCCESS, result={"x": 1}),
+            Outcome(id="b", state=JobState.QUEUED, status=Status.UNKNOWN, give_back_attempt=True),
+        ]
+        applied, more = await store.complete_and_claim(
+            "w1", outcomes, ["default"], limit=5, lease=30
+        )
+        assert applied == {"a", "b"}
+        assert sorted(x.record.id for x in more) == ["b", "c"]
+        assert all(x.decode_error is None and x.record.state is JobState.RUNNING for x in more)
+        done = await store.get("a")
+        assert done is not None and done.state is JobState.SUCCEEDED and done.result == {"x": 1}
+        again = await store.get("b")
+        assert again is not None and again.attempts == 1  # the hand-back gave its attempt back
+        # Another owner's outcome is fenced off; nothing is left to claim.
+        late = Outcome(id="c", state=JobState.SUCCEEDED, status=Status.SUCCESS)
+        assert await store.complete_and_claim("w2", [late], ["default"], limit=5, lease=30) == (
+            set(),
+            [],
+        )
+        rec_c = await store.get("c")
+        assert rec_c is not None and rec_c.state is JobState.RUNNING
+
+
+async def test_complete_and_claim_names_a_broken_row(tmp_path: Path) -> None:
+    """A claimed row whose args are not a JSON object comes back with a decode error."""
+    async with SQLiteStore(f"sqlite:///{tmp_path / 'jobs.db'}") as store:
+        await store.add([record(id="bad"), record(id="good", args={"k": 1})])
+        await store._run(
+            lambda conn: conn.execute("UPDATE anywork_jobs SET args = '[1]' WHERE id = 'bad'")
+        )
+        _, claimed = await store.complete_and_claim("w", [], ["default"], limit=5, lease=30)
+        errors = {x.record.id: x.decode_error for x in claimed}
+        assert errors["good"] is None
+        assert errors["bad"] == "job args must be a JSON object, got list"
+
+
+async def test_serve_writes_outcomes_and_claims_in_one_call(tmp_path: Path) -> None:
+    """A busy serve on SQLite stores finished jobs' outcomes and claims the next ones with
+    complete_and_claim, every job still succeeding once."""
+    store = Counted(f"sqlite:///{tmp_path / 'jobs.db'}")
+    worker = Worker()
+    ran: list[int] = []
+
+    async def noop(job: Job) -> None:
+        ran.append(job.args["i"])
+
+    worker.register("noop", noop)
+    async with store:
+        await Queue(store).enqueue_many([Job("noop", {"i": i}) for i in range(120)])
+
+        async def all_done() -> bool:
+            return (await store.stats()).get("default", {}).get("succeeded", 0) == 120
+
+        async with serving(store, worker, concurrency=4):
+            await until(all_done)
+    assert sorted(ran) == list(range(120))
+    assert store.calls["complete_and_claim"] > 0
+    # Most claims ride along with the outcomes that free their places.
+    assert store.calls["claim"] < 120 / 4
+
+
+async def test_serve_runs_a_job_with_no_task_of_its_own() -> None:
+    """While a claimed job's handler runs, serve holds no task for it: the worker's runner
+    executes it and the outcome is stored from its completion."""
+    store = MemoryStore()
+    worker = Worker()
+    names: list[str] = []
+
+    async def look(job: Job) -> str:
+        names.extend(task.name or "" for task in anyio.get_running_tasks())
+        return "ok"
+
+    worker.register("look", look)
+    async with store:
+        rec = await Queue(store).enqueue(Job("look"))
+        async with serving(store, worker):
+            done = await Queue(store).wait(rec.id, timeout=10)
+    assert done.state is JobState.SUCCEEDED and done.result == "ok"
+    assert names and not [n for n in names if n.startswith("anywork serve: look")]
