@@ -1,21 +1,25 @@
 """The durable path's per-job shortcuts: SQLite's ``complete_and_claim`` (outcomes and the next
-claim in one transaction) and ``serve`` starting a claimed job with no task of its own."""
+claim in one transaction), ``serve`` starting a claimed job with no task of its own, and
+``SyncQueue.enqueue`` storing a job on SQLite from the calling thread."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import anyio
 import pytest
 
 from tests.stores.test_conformance import record, serving, until
-from work import Job, JobState, Queue, Status, Worker
+from work import Job, JobState, Queue, Status, SyncQueue, Worker
 from work.stores import Claimed, Outcome
 from work.stores.memory import MemoryStore
 from work.stores.sqlite import SQLiteStore
 
-pytestmark = pytest.mark.anyio
+_T = TypeVar("_T")
 
 
 @pytest.fixture(params=["asyncio", "trio"])
@@ -54,6 +58,7 @@ class Counted(SQLiteStore):
         return await super().complete_and_claim(owner, outcomes, queues, limit=limit, lease=lease)
 
 
+@pytest.mark.anyio
 async def test_complete_and_claim_is_complete_then_claim(tmp_path: Path) -> None:
     """One call applies the owner's outcomes (another owner's are refused), and claims the
     next jobs, a job given back by one of the outcomes among them."""
@@ -87,6 +92,7 @@ async def test_complete_and_claim_is_complete_then_claim(tmp_path: Path) -> None
         assert rec_c is not None and rec_c.state is JobState.RUNNING
 
 
+@pytest.mark.anyio
 async def test_complete_and_claim_names_a_broken_row(tmp_path: Path) -> None:
     """A claimed row whose args are not a JSON object comes back with a decode error."""
     async with SQLiteStore(f"sqlite:///{tmp_path / 'jobs.db'}") as store:
@@ -100,6 +106,7 @@ async def test_complete_and_claim_names_a_broken_row(tmp_path: Path) -> None:
         assert errors["bad"] == "job args must be a JSON object, got list"
 
 
+@pytest.mark.anyio
 async def test_serve_writes_outcomes_and_claims_in_one_call(tmp_path: Path) -> None:
     """A busy serve on SQLite stores finished jobs' outcomes and claims the next ones with
     complete_and_claim, every job still succeeding once."""
@@ -125,6 +132,7 @@ async def test_serve_writes_outcomes_and_claims_in_one_call(tmp_path: Path) -> N
     assert store.calls["claim"] < 120 / 4
 
 
+@pytest.mark.anyio
 async def test_serve_runs_a_job_with_no_task_of_its_own() -> None:
     """While a claimed job's handler runs, serve holds no task for it: the worker's runner
     executes it and the outcome is stored from its completion."""
@@ -143,3 +151,39 @@ async def test_serve_runs_a_job_with_no_task_of_its_own() -> None:
             done = await Queue(store).wait(rec.id, timeout=10)
     assert done.state is JobState.SUCCEEDED and done.result == "ok"
     assert names and not [n for n in names if n.startswith("anywork serve: look")]
+
+
+class Threads(SQLiteStore):
+    """A SQLite store that notes the thread each of its statements ran in."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.threads: list[int] = []
+
+    def _call(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+        self.threads.append(threading.get_ident())
+        return super()._call(fn)
+
+
+def test_sync_enqueue_on_sqlite_runs_in_the_calling_thread(tmp_path: Path) -> None:
+    """SyncQueue.enqueue on SQLite stores the job from the calling thread (no portal round
+    trip, no thread hop), with the same answers: the stored record, the existing one for a
+    taken id, and a TypeError before anything is stored."""
+    store = Threads(f"sqlite:///{tmp_path / 'jobs.db'}")
+    with SyncQueue(store) as queue:
+        store.threads.clear()
+        rec = queue.enqueue(Job("noop", {"k": 1}, id="one"), priority=3)
+        assert store.threads == [threading.get_ident()]
+        assert rec.id == "one" and rec.priority == 3 and rec.state is JobState.QUEUED
+        again = queue.enqueue(Job("noop", {"k": 2}, id="one"))
+        assert again.args == {"k": 1}
+        many = queue.enqueue_many([Job("noop", id="two"), Job("noop", id="three")])
+        assert [r.id for r in many] == ["two", "three"]
+        assert set(store.threads) == {threading.get_ident()}
+        with pytest.raises(TypeError):
+            queue.enqueue(Job("noop", {"bad": object()}))
+        stored = queue.get("one")
+        assert stored is not None and stored.args == {"k": 1}
+        assert queue.store.url == store.url
+    with pytest.raises(RuntimeError, match="closed"):
+        queue.enqueue(Job("noop"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import contextvars
 import functools
 import json
 import sqlite3
@@ -255,6 +256,10 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
 )
 
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
+# Set by add_blocking: the store's calls run in the calling thread (see _run).
+_IN_CALLER: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "anywork_sqlite_in_caller", default=False
+)
 _CHUNK = 500  # ids per IN (...) list, well under SQLite's bound-variable limit
 
 
@@ -767,6 +772,8 @@ class SQLiteStore(SQLiteWorkflows):
                 self._entered = 0
 
     async def _run(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+        if _IN_CALLER.get():
+            return self._call(fn)  # add_blocking: in the calling thread, no hop
         # A call in a thread looks idle to a VirtualClock's check: mark it.
         with self.clock.busy():
             return await anyio.to_thread.run_sync(self._call, fn)
@@ -902,6 +909,30 @@ class SQLiteStore(SQLiteWorkflows):
                 return out  # nothing was added: nothing to wake
         self._notifier.notify()
         return out
+
+    def add_blocking(self, records: Sequence[JobRecord]) -> builtins.list[JobRecord]:
+        """:meth:`add`, run to its end in the calling thread (which has no event loop of the
+        store's: ``SyncQueue.enqueue``), over the store's connection under its lock: the
+        same statements and answers with no thread hop and no portal round trip.
+
+        Raises:
+            RuntimeError: the store is not open, or is timed by a VirtualClock (whose time
+                moves with the store's event loop: use ``add`` there).
+        """
+        if self.clock.virtual:
+            raise RuntimeError(f"{self!r} is timed by a VirtualClock: use add() on its loop")
+        token = _IN_CALLER.set(True)
+        try:
+            call = self.add(records)
+            try:
+                call.send(None)  # every _run completes at once: add never suspends here
+            except StopIteration as done:
+                stored: builtins.list[JobRecord] = done.value
+                return stored
+            call.close()
+            raise RuntimeError("SQLiteStore.add suspended in add_blocking")  # pragma: no cover
+        finally:
+            _IN_CALLER.reset(token)
 
     async def cancel(self, id: str) -> bool:
         """Cancel a QUEUED, SCHEDULED or WAITING job at once, or ask a RUNNING one's owner to
