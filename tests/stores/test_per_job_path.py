@@ -1,11 +1,13 @@
-"""The durable path's per-job shortcuts: SQLite's ``complete_and_claim`` (outcomes and the next
-claim in one transaction), ``serve`` starting a claimed job with no task of its own, and
-``SyncQueue.enqueue`` storing a job on SQLite from the calling thread."""
+"""The durable path's per-job shortcuts in ``serve`` and ``SyncQueue``: outcomes and the next
+claim in one store call (SQLite's ``complete_and_claim``), a claimed job started with no task
+of its own, and ``SyncQueue.enqueue`` storing a job on SQLite from the calling thread (the
+store method itself: ``test_complete_and_claim.py``)."""
 
 from __future__ import annotations
 
 import sqlite3
 import threading
+import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
@@ -13,8 +15,8 @@ from typing import TypeVar
 import anyio
 import pytest
 
-from tests.stores.test_conformance import record, serving, until
-from work import Job, JobState, Queue, Status, SyncQueue, Worker
+from tests.stores.test_conformance import serving, until
+from work import Job, JobState, Queue, SyncQueue, Worker
 from work.stores import Claimed, Outcome
 from work.stores.memory import MemoryStore
 from work.stores.sqlite import SQLiteStore
@@ -56,54 +58,6 @@ class Counted(SQLiteStore):
     ) -> tuple[set[str], list[Claimed]]:
         self.calls["complete_and_claim"] += 1
         return await super().complete_and_claim(owner, outcomes, queues, limit=limit, lease=lease)
-
-
-@pytest.mark.anyio
-async def test_complete_and_claim_is_complete_then_claim(tmp_path: Path) -> None:
-    """One call applies the owner's outcomes (another owner's are refused), and claims the
-    next jobs, a job given back by one of the outcomes among them."""
-    async with SQLiteStore(f"sqlite:///{tmp_path / 'jobs.db'}") as store:
-        a, b, c = record(id="a"), record(id="b"), record(id="c")
-        await store.add([a, b])
-        claimed = await store.claim(["default"], limit=2, lease=30, owner="w1")
-        assert [x.record.id for x in claimed] == ["a", "b"]
-        await store.add([c])
-        outcomes = [
-            Outcome(id="a", state=JobState.SUCCEEDED, status=Status.SUCCESS, result={"x": 1}),
-            Outcome(id="b", state=JobState.QUEUED, status=Status.UNKNOWN, give_back_attempt=True),
-        ]
-        applied, more = await store.complete_and_claim(
-            "w1", outcomes, ["default"], limit=5, lease=30
-        )
-        assert applied == {"a", "b"}
-        assert sorted(x.record.id for x in more) == ["b", "c"]
-        assert all(x.decode_error is None and x.record.state is JobState.RUNNING for x in more)
-        done = await store.get("a")
-        assert done is not None and done.state is JobState.SUCCEEDED and done.result == {"x": 1}
-        again = await store.get("b")
-        assert again is not None and again.attempts == 1  # the hand-back gave its attempt back
-        # Another owner's outcome is fenced off; nothing is left to claim.
-        late = Outcome(id="c", state=JobState.SUCCEEDED, status=Status.SUCCESS)
-        assert await store.complete_and_claim("w2", [late], ["default"], limit=5, lease=30) == (
-            set(),
-            [],
-        )
-        rec_c = await store.get("c")
-        assert rec_c is not None and rec_c.state is JobState.RUNNING
-
-
-@pytest.mark.anyio
-async def test_complete_and_claim_names_a_broken_row(tmp_path: Path) -> None:
-    """A claimed row whose args are not a JSON object comes back with a decode error."""
-    async with SQLiteStore(f"sqlite:///{tmp_path / 'jobs.db'}") as store:
-        await store.add([record(id="bad"), record(id="good", args={"k": 1})])
-        await store._run(
-            lambda conn: conn.execute("UPDATE anywork_jobs SET args = '[1]' WHERE id = 'bad'")
-        )
-        _, claimed = await store.complete_and_claim("w", [], ["default"], limit=5, lease=30)
-        errors = {x.record.id: x.decode_error for x in claimed}
-        assert errors["good"] is None
-        assert errors["bad"] == "job args must be a JSON object, got list"
 
 
 @pytest.mark.anyio
@@ -187,3 +141,52 @@ def test_sync_enqueue_on_sqlite_runs_in_the_calling_thread(tmp_path: Path) -> No
         assert queue.store.url == store.url
     with pytest.raises(RuntimeError, match="closed"):
         queue.enqueue(Job("noop"))
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_serve_on_redis_writes_outcomes_and_claims_in_one_round_trip(
+    anyio_backend: str,
+) -> None:
+    """On Redis too a busy serve stores outcomes and claims with complete_and_claim (its two
+    scripts pipelined), every job succeeding once."""
+    from tests.stores.conftest import REDIS_URL
+    from work.stores.redis import RedisStore
+
+    calls = {"complete_and_claim": 0}
+
+    class CountedRedis(RedisStore):
+        async def complete_and_claim(
+            self,
+            owner: str,
+            outcomes: Sequence[Outcome],
+            queues: Sequence[str],
+            *,
+            limit: int,
+            lease: float,
+        ) -> tuple[set[str], list[Claimed]]:
+            calls["complete_and_claim"] += 1
+            return await super().complete_and_claim(
+                owner, outcomes, queues, limit=limit, lease=lease
+            )
+
+    store = CountedRedis(REDIS_URL, prefix=f"anywork-test-{uuid.uuid4().hex[:12]}:")
+    worker = Worker()
+    ran: list[int] = []
+
+    async def noop(job: Job) -> None:
+        ran.append(job.args["i"])
+
+    worker.register("noop", noop)
+    try:
+        async with store:
+            await Queue(store).enqueue_many([Job("noop", {"i": i}) for i in range(60)])
+
+            async def all_done() -> bool:
+                return (await store.stats()).get("default", {}).get("succeeded", 0) == 60
+
+            async with serving(store, worker, concurrency=4):
+                await until(all_done)
+    finally:
+        await store.drop()
+    assert sorted(ran) == list(range(60))
+    assert calls["complete_and_claim"] > 0
