@@ -3,6 +3,10 @@
 Run ``python -m bench.stores [--stores sqlite,postgresql,redis] [--jobs N] [--profile]
 [--strict]``: it exits 1 on a missed target only with ``--strict``.
 
+``python -m bench.stores --breakdown`` prints instead the CPU per job of each store call on
+the per-job path (``Queue``'s checks, ``add``, ``claim`` + ``complete``, ``complete_and_claim``,
+``renew``), in process.
+
 ``python -m bench.stores --history [--million]`` measures instead what history costs: claim
 throughput (``claim`` of 10 then ``complete``, in process) and the CPU an idle worker process
 uses, with 0, 100,000 (and with ``--million`` 1,000,000) finished jobs in the store, each
@@ -50,6 +54,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -991,6 +996,88 @@ async def run_history(stores: Sequence[str], sizes: Sequence[int]) -> list[list[
     return rows
 
 
+BREAKDOWN_JOBS = 4000
+BREAKDOWN_BATCH = 16  # serve's default concurrency: the size of a busy worker's batches
+
+
+async def measure_breakdown(url: str, options: dict[str, Any]) -> dict[str, float]:
+    """CPU µs per job of each store call on the per-job path, in this process (every thread
+    counted, so SQLite's work in anyio's worker threads is included): ``Queue``'s checks
+    alone (building the record), ``Store.add`` of one record, ``claim`` then ``complete`` of
+    batches of BREAKDOWN_BATCH, ``complete_and_claim`` of the same batches where the store
+    has it, and one ``renew`` of a batch's leases."""
+    from work import Queue, Status
+    from work.stores import JobState, Outcome, open_store
+
+    def outcomes(claimed: Sequence[Any]) -> list[Any]:
+        return [
+            Outcome(id=c.record.id, state=JobState.SUCCEEDED, status=Status.SUCCESS)
+            for c in claimed
+        ]
+
+    out: dict[str, float] = {}
+    async with open_store(url, **options) as store:
+        queue = Queue(store)
+        jobs = make_jobs(BREAKDOWN_JOBS, queue="breakdown")
+        now = datetime.now(UTC)
+        cpu = cpu_seconds()
+        records = [
+            queue._record(
+                job, now=now, delay=None, at=None, priority=0, retry=None, unique_key=None
+            )
+            for job in jobs
+        ]
+        out["Queue checks (record)"] = (cpu_seconds() - cpu) / len(jobs) * 1e6
+        cpu = cpu_seconds()
+        for rec in records[:ONE_BY_ONE]:
+            await store.add([rec])
+        out["Store.add, one job"] = (cpu_seconds() - cpu) / ONE_BY_ONE * 1e6
+        await store.add(records[ONE_BY_ONE:])
+        half = BREAKDOWN_JOBS // 2
+        done, renewals = 0, 0
+        renew_cpu = 0.0
+        cpu = cpu_seconds()
+        while done < half:
+            claimed = await store.claim(
+                ["breakdown"], limit=BREAKDOWN_BATCH, lease=30, owner="bench"
+            )
+            if renewals < 50:
+                before = cpu_seconds()
+                await store.renew("bench", [c.record.id for c in claimed], lease=30)
+                renew_cpu += cpu_seconds() - before
+                renewals += 1
+            await store.complete("bench", outcomes(claimed))
+            done += len(claimed)
+        out["claim + complete"] = (cpu_seconds() - cpu - renew_cpu) / done * 1e6
+        out[f"renew of {BREAKDOWN_BATCH} leases, per call"] = renew_cpu / renewals * 1e6
+        combined = getattr(store, "complete_and_claim", None)
+        if combined is not None:
+            claimed = await store.claim(
+                ["breakdown"], limit=BREAKDOWN_BATCH, lease=30, owner="bench"
+            )
+            done = 0
+            cpu = cpu_seconds()
+            while claimed:
+                _, claimed = await combined(
+                    "bench", outcomes(claimed), ["breakdown"], limit=BREAKDOWN_BATCH, lease=30
+                )
+                done += len(claimed)
+            out["complete_and_claim"] = (cpu_seconds() - cpu) / max(done, 1) * 1e6
+    return out
+
+
+async def run_breakdown(stores: Sequence[str]) -> None:
+    """Print :func:`measure_breakdown` for each store."""
+    with tempfile.TemporaryDirectory(prefix="anywork-bench-") as tmp:
+        for scheme in stores:
+            url, options = store_url(scheme, Path(tmp))
+            await reset_store(scheme, Path(tmp))
+            figures = await measure_breakdown(url, options)
+            await reset_store(scheme, Path(tmp))
+            for name, value in figures.items():
+                print(f"| {scheme} | {name} | {value:,.1f} µs |")
+
+
 def _child_main(argv: list[str]) -> int:
     """Entry of a child worker process: ``process URL OPTIONS N`` or ``pickup URL OPTIONS``."""
     profile_to: str | None = None
@@ -1050,7 +1137,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--million", action="store_true", help="with --history: also with 1,000,000"
     )
+    parser.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="CPU µs per job of each store call on the per-job path, in process, instead",
+    )
     ns = parser.parse_args(args)
+    if ns.breakdown:
+        anyio.run(run_breakdown, [s for s in ns.stores.split(",") if s])
+        return 0
     if ns.history:
         sizes = [0, 100_000, *([1_000_000] if ns.million else [])]
         history = anyio.run(run_history, [s for s in ns.stores.split(",") if s], sizes)
