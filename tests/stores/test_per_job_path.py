@@ -190,3 +190,44 @@ async def test_serve_on_redis_writes_outcomes_and_claims_in_one_round_trip(
         await store.drop()
     assert sorted(ran) == list(range(60))
     assert calls["complete_and_claim"] > 0
+
+
+@pytest.mark.anyio
+async def test_jobs_claimed_as_the_worker_stops_are_handed_back(tmp_path: Path) -> None:
+    """Jobs that complete_and_claim claims while the worker begins to stop are never started:
+    they go straight back to QUEUED without using an attempt, and none stays RUNNING."""
+    worker = Worker()
+
+    class StopsMidCall(SQLiteStore):
+        async def complete_and_claim(
+            self,
+            owner: str,
+            outcomes: Sequence[Outcome],
+            queues: Sequence[str],
+            *,
+            limit: int,
+            lease: float,
+        ) -> tuple[set[str], list[Claimed]]:
+            worker.stop()  # as a SIGTERM arriving while the call is on its way
+            return await super().complete_and_claim(
+                owner, outcomes, queues, limit=limit, lease=lease
+            )
+
+    store = StopsMidCall(f"sqlite:///{tmp_path / 'jobs.db'}")
+    ran: list[int] = []
+
+    async def noop(job: Job) -> None:
+        ran.append(job.args["i"])
+
+    worker.register("noop", noop)
+    async with store:
+        await Queue(store).enqueue_many([Job("noop", {"i": i}) for i in range(20)])
+        with anyio.fail_after(10):
+            async with worker:
+                await worker.serve(store, concurrency=2)
+        counts = (await store.stats())["default"]
+        assert counts.get("running", 0) == 0
+        assert counts["succeeded"] == len(ran) == 2
+        assert counts["queued"] == 18
+        records = await store.list(state=JobState.QUEUED)
+        assert all(r.attempts == 0 for r in records)

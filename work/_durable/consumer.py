@@ -681,10 +681,28 @@ class _Server:
                 if self.slots.get(slot.record.id) is slot:
                     del self.slots[slot.record.id]
             self.release(len(batch))
-            if jobs is not None:
-                for item in claimed:
+            for item in claimed:
+                running = not (self.worker.stopping or self.cancelling)
+                if jobs is not None and self.claim_waiting is jobs and running:
                     self.start_job(jobs, item)
+                else:
+                    # The claim loop ended (a stop, a cancel) while the call was on its way:
+                    # its task group may be closed; give the jobs straight back.
+                    self.hand_back_claimed(item)
             return True
+
+    def hand_back_claimed(self, claimed: Claimed) -> None:
+        """Queue a hand-back for a job claimed that this serve will not start."""
+        rec = claimed.record
+        old = self.slots.get(rec.id)
+        if old is not None:
+            old.lost = True
+            if old.execution is not None:
+                old.execution.cancel()
+        slot = _Slot(rec, claimed.decode_error, claimed.unknown_since, outcome=hand_back(rec))
+        self.slots[rec.id] = slot
+        self.active += 1
+        self.queue_outcome(slot)
 
     def combined_claim(self) -> tuple[TaskGroup | None, Any]:
         """The store's ``complete_and_claim`` (outcomes written and the next jobs claimed in
