@@ -148,6 +148,7 @@ class _Slot:
     progress: dict[str, Any] | None = None  # the last value ctx.progress reported
     progress_sent: dict[str, Any] | None = None  # the last value written to the store
     progress_at: float = -math.inf  # when it was written (anyio clock)
+    settled: bool = False  # started inline: its outcome was decided (see settle_inline)
 
 
 class _Server:
@@ -190,6 +191,12 @@ class _Server:
         self.flush_lock = anyio.Lock()
         self.progress_event = anyio.Event()
         self.thread = threading.get_ident()
+        # Jobs started inline (no task of their own, see start_inline) not yet settled.
+        self.inline = 0
+        self.inline_idle = anyio.Event()
+        self.cancelling = False  # serve itself is being cancelled: hand unfinished jobs back
+        # While the claim loop waits for room, the flush claims for it (combined_claim).
+        self.claim_waiting: TaskGroup | None = None
         self.log = _log.bind(worker=worker.name, owner=self.owner)
         self.outage = _Outage(self.log)
 
@@ -202,8 +209,15 @@ class _Server:
                 background.start_soon(self.flush_loop, name="anywork serve: complete")
                 background.start_soon(self.progress_loop, name="anywork serve: progress")
                 background.start_soon(self.expire_loop, name="anywork serve: retention")
-                async with anyio.create_task_group() as jobs:
-                    await self.claim_until_stopped(jobs)
+                try:
+                    async with anyio.create_task_group() as jobs:
+                        await self.claim_until_stopped(jobs)
+                    # The worker stopping ends every execution, then its outcome is queued.
+                    await self.wait_inline()
+                except BaseException:
+                    with anyio.CancelScope(shield=True):
+                        await self.abandon_inline()
+                    raise
                 # Every claimed job has ended or been handed back: stop the helpers.
                 background.cancel_scope.cancel()
         finally:
@@ -237,7 +251,11 @@ class _Server:
             free = self.concurrency - self.active
             if free <= 0:
                 self.capacity = anyio.Event()
-                await self.capacity.wait()
+                self.claim_waiting = jobs
+                try:
+                    await self.capacity.wait()
+                finally:
+                    self.claim_waiting = None
                 continue
             try:
                 # Shielded: a claim the store made must reach us, or its jobs would sit
@@ -281,7 +299,87 @@ class _Server:
         slot = _Slot(rec, claimed.decode_error, claimed.unknown_since)
         self.slots[rec.id] = slot
         self.active += 1
-        jobs.start_soon(self.run_job, slot, name=f"anywork serve: {rec.handler} {rec.id}")
+        if not self.start_inline(slot):
+            jobs.start_soon(self.run_job, slot, name=f"anywork serve: {rec.handler} {rec.id}")
+
+    def start_inline(self, slot: _Slot) -> bool:
+        """Start a claimed job with no task of its own: the worker's runners execute it and
+        its done-callback (:meth:`settle_inline`) queues the outcome. False for the rare
+        cases ``run_job`` handles in a task: a row that did not decode, a bad job, a handler
+        this worker lacks, a worker stopping or with no ``max_concurrency`` slot free."""
+        rec = slot.record
+        if slot.decode_error is not None or self.worker.stopping:
+            return False
+
+        def prepare(execution: Execution) -> None:
+            slot.execution = execution
+            execution.ctx.progress_hook = functools.partial(self.on_progress, slot)
+            execution._add_done_callback(functools.partial(self.settle_inline, slot))
+            self.inline += 1
+
+        try:
+            job = Job(
+                rec.handler,
+                rec.args,
+                queue=rec.queue,
+                timeout=rec.timeout,
+                headers=rec.headers,
+                id=rec.id,
+            )
+            return (
+                self.worker._perform_nowait(job, attempt=rec.attempts, prepare=prepare) is not None
+            )
+        except (TypeError, ValueError, UnknownHandlerError, RuntimeError):
+            return False
+
+    def settle_inline(self, slot: _Slot, execution: Execution) -> None:
+        """Decide the outcome of a job started inline once its execution ended, and queue
+        it (what ``run_job`` does after ``execute``). Runs in the task that ended it."""
+        if slot.settled:
+            return  # handed back already by a cancelled serve
+        slot.settled = True
+        rec = slot.record
+        token = _current.set(self.clock)
+        try:
+            if self.cancelling:
+                if execution.status is Status.CANCELLED:
+                    slot.outcome = hand_back(rec)
+                else:
+                    slot.outcome = decide(rec, execution, stopping=True)
+            elif slot.cancel_requested:
+                slot.outcome = final(rec, JobState.CANCELLED, Status.CANCELLED, "cancelled")
+            else:
+                slot.outcome = decide(rec, execution, stopping=self.worker.stopping)
+        except Exception:  # never break the worker's runner; the job is handed back
+            self.log.exception("deciding a job's outcome failed; handing it back", job_id=rec.id)
+        finally:
+            _current.reset(token)
+        self.queue_outcome(slot)
+        self.inline -= 1
+        if self.inline == 0:
+            self.inline_idle.set()
+
+    async def wait_inline(self) -> None:
+        """Wait until every job started inline has been settled."""
+        while self.inline:
+            self.inline_idle = anyio.Event()
+            await self.inline_idle.wait()
+
+    async def abandon_inline(self) -> None:
+        """serve is being cancelled: cancel the inline executions, give them ``_CANCEL_WAIT``
+        seconds to end (one that finished anyway keeps its outcome), then hand back the rest
+        (as ``execute`` does for a job in a task of its own)."""
+        self.cancelling = True
+        for slot in list(self.slots.values()):
+            if slot.execution is not None and not slot.settled:
+                slot.execution.cancel()
+        with anyio.move_on_after(_CANCEL_WAIT):
+            await self.wait_inline()
+        for slot in list(self.slots.values()):
+            if slot.execution is not None and not slot.settled and slot.outcome is None:
+                slot.settled = True
+                self.inline -= 1
+                self.queue_outcome(slot)
 
     # -- running ------------------------------------------------------------------------------
 
@@ -289,13 +387,18 @@ class _Server:
         try:
             await self.execute(slot)
         finally:
-            if slot.outcome is None:
-                slot.outcome = hand_back(slot.record)
-            if not slot.lost and self.slots.get(slot.record.id) is slot:
-                self.pending.append(slot)
-                self.pending_event.set()
-            else:
-                self.release(1)
+            self.queue_outcome(slot)
+
+    def queue_outcome(self, slot: _Slot) -> None:
+        """Queue the slot's outcome (a hand-back when it has none) for the flush loop, or free
+        its place at once when this run of the job was superseded."""
+        if slot.outcome is None:
+            slot.outcome = hand_back(slot.record)
+        if not slot.lost and self.slots.get(slot.record.id) is slot:
+            self.pending.append(slot)
+            self.pending_event.set()
+        else:
+            self.release(1)
 
     def release(self, n: int) -> None:
         """Free ``n`` slots for new claims."""
@@ -553,11 +656,19 @@ class _Server:
             if not batch:
                 return True
             outcomes = [slot.outcome for slot in batch if slot.outcome is not None]
+            jobs, combined = self.combined_claim()
+            claimed: list[Claimed] = []
             try:
                 with anyio.CancelScope(shield=True):
                     # The last progress reported is stored before the outcome.
                     await self.write_progress(batch)
-                    applied = await self.store.complete(self.owner, outcomes)
+                    if combined is None:
+                        applied = await self.store.complete(self.owner, outcomes)
+                    else:
+                        room = self.concurrency - self.active + len(batch)
+                        applied, claimed = await combined(
+                            self.owner, outcomes, self.queues, limit=room, lease=self.lease
+                        )
             except Exception as exc:
                 self.outage.failed("storing outcomes", exc)
                 self.pending[:0] = batch
@@ -570,7 +681,38 @@ class _Server:
                 if self.slots.get(slot.record.id) is slot:
                     del self.slots[slot.record.id]
             self.release(len(batch))
+            for item in claimed:
+                running = not (self.worker.stopping or self.cancelling)
+                if jobs is not None and self.claim_waiting is jobs and running:
+                    self.start_job(jobs, item)
+                else:
+                    # The claim loop ended (a stop, a cancel) while the call was on its way:
+                    # its task group may be closed; give the jobs straight back.
+                    self.hand_back_claimed(item)
             return True
+
+    def hand_back_claimed(self, claimed: Claimed) -> None:
+        """Queue a hand-back for a job claimed that this serve will not start."""
+        rec = claimed.record
+        old = self.slots.get(rec.id)
+        if old is not None:
+            old.lost = True
+            if old.execution is not None:
+                old.execution.cancel()
+        slot = _Slot(rec, claimed.decode_error, claimed.unknown_since, outcome=hand_back(rec))
+        self.slots[rec.id] = slot
+        self.active += 1
+        self.queue_outcome(slot)
+
+    def combined_claim(self) -> tuple[TaskGroup | None, Any]:
+        """The store's ``complete_and_claim`` (outcomes written and the next jobs claimed in
+        one transaction, where a store has it) with the claim loop's task group, when that
+        loop is waiting for the places these outcomes free; else (None, None)."""
+        jobs = self.claim_waiting
+        combined = getattr(self.store, "complete_and_claim", None)
+        if jobs is None or combined is None or self.worker.stopping:
+            return None, None
+        return jobs, combined
 
     def log_discarded(self, outcomes: list[Outcome]) -> None:
         """One line per outcome the store refused: the lease was lost (the worker paused or

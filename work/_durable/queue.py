@@ -805,7 +805,23 @@ class SyncQueue:
         unique_key: str | None = None,
         result_ttl: float | timedelta | None = None,
     ) -> JobRecord | WorkflowRecord:
-        """Store ``job`` (or a workflow); see :meth:`Queue.enqueue`."""
+        """Store ``job`` (or a workflow); see :meth:`Queue.enqueue`.
+
+        On a store that can add in the calling thread (SQLite's ``add_blocking``), a Job is
+        checked and stored here, with no round trip through the portal's event loop.
+        """
+        if isinstance(job, Job):
+            here = self._add_here(
+                [job],
+                delay=delay,
+                at=at,
+                priority=priority,
+                retry=retry,
+                unique_key=unique_key,
+                result_ttl=result_ttl,
+            )
+            if here is not None:
+                return here[0]
         record: JobRecord | WorkflowRecord = self._call(
             self._queue.enqueue,
             job,
@@ -817,6 +833,44 @@ class SyncQueue:
             result_ttl=result_ttl,
         )
         return record
+
+    def _add_here(
+        self,
+        jobs: list[Job],
+        *,
+        delay: float | timedelta | None,
+        at: datetime | None,
+        priority: int,
+        retry: RetryPolicy | None,
+        unique_key: str | None,
+        result_ttl: float | timedelta | None,
+    ) -> list[JobRecord] | None:
+        """``Queue.enqueue_many`` in the calling thread, when the store has ``add_blocking``
+        and a real clock; None otherwise (the caller goes through the portal)."""
+        add_blocking = getattr(self.store, "add_blocking", None)
+        if add_blocking is None or clock_of(self.store).virtual:
+            return None
+        if not self._twin.entered:
+            raise RuntimeError(f"{self!r} is closed")
+        now = clock_of(self.store).now()
+        ttl = _result_ttl(result_ttl)
+        records = [
+            self._queue._record(
+                job,
+                now=now,
+                delay=delay,
+                at=at,
+                priority=priority,
+                retry=retry,
+                unique_key=unique_key,
+                result_ttl=ttl,
+            )
+            for job in jobs
+        ]
+        if not records:
+            return []
+        stored: list[JobRecord] = add_blocking(records)
+        return stored
 
     def check(
         self,
@@ -845,10 +899,23 @@ class SyncQueue:
         unique_key: str | None = None,
         result_ttl: float | timedelta | None = None,
     ) -> list[JobRecord]:
-        """Store several jobs in one round trip; see :meth:`Queue.enqueue_many`."""
+        """Store several jobs in one round trip; see :meth:`Queue.enqueue_many` (in the
+        calling thread where :meth:`enqueue` is)."""
+        jobs = list(jobs)
+        here = self._add_here(
+            jobs,
+            delay=delay,
+            at=at,
+            priority=priority,
+            retry=retry,
+            unique_key=unique_key,
+            result_ttl=result_ttl,
+        )
+        if here is not None:
+            return here
         records: list[JobRecord] = self._call(
             self._queue.enqueue_many,
-            list(jobs),
+            jobs,
             delay=delay,
             at=at,
             priority=priority,

@@ -564,6 +564,32 @@ class Worker:
                 raise
         return execution
 
+    def _perform_nowait(
+        self, job: Job, *, attempt: int = 1, prepare: Callable[[Execution], None] | None = None
+    ) -> Execution | None:
+        """``perform(job)`` for a caller that must neither wait nor spawn a task of its own
+        (``serve``): the execution is queued for the worker's runners at once, after
+        ``prepare(execution)`` (a done-callback, a progress hook), and returned; None when
+        ``max_concurrency`` has no slot free (nothing is started: the caller waits with
+        ``perform`` instead).
+
+        Raises:
+            UnknownHandlerError: no handler is registered under ``job.handler``.
+            RuntimeError: the worker is not running.
+            TypeError: ``job`` is not a Job.
+        """
+        execution = self._new_execution(job, attempt)
+        if self._sem is not None:
+            try:
+                self._sem.acquire_nowait()
+            except anyio.WouldBlock:
+                return None
+            execution._holds_slot = True
+        if prepare is not None:
+            prepare(execution)
+        self._start(execution)
+        return execution
+
     async def perform_at(self, job: Job, when: datetime) -> Execution:
         """Run a copy of ``job`` at ``when`` (an aware datetime; a past time runs now).
 

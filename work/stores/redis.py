@@ -285,6 +285,49 @@ def _claimed(packed: bytes, args: bytes) -> Claimed:
     return Claimed(record, error, unknown_since)
 
 
+def _claimed_once(packed: bytes, args: bytes) -> Claimed:
+    """As :func:`_claimed`, decoding the packed fields once (again only to name what broke)."""
+    try:
+        fields = json.loads(packed.decode(errors="replace"))
+        if not isinstance(fields, dict):
+            raise ValueError("the packed job is not a JSON object")
+        record, error = _decode(fields, args or None)
+        for name in ("enqueued_at", "scheduled_for", "started_at", "finished_at"):
+            _time_strict(fields.get(name))
+        unknown_since = _time_strict(fields.get("unknown_since"))
+    except Exception:  # any broken job, whatever broke: fail it alone, as _claimed does
+        return _claimed(packed, args)
+    return Claimed(record, error, unknown_since)
+
+
+def _complete_batch(outcomes: Sequence[Outcome]) -> str:
+    """The complete script's batch argument for ``outcomes`` (as :meth:`RedisStore.complete`
+    packs it)."""
+    batch: list[list[str]] = []
+    for o in outcomes:
+        waiting = o.state is JobState.WAITING
+        result = _dumps(o.result) if o.state is JobState.SUCCEEDED or waiting else None
+        due = str(_us(o.scheduled_for)) if o.scheduled_for is not None else None
+        deadline = str(_us(o.deadline)) if waiting and o.deadline is not None else None
+        ttl = repr(float(o.ttl)) if waiting and o.ttl is not None else None
+        batch.append(
+            [
+                o.id,
+                o.state.value,
+                str(int(o.status)),
+                _opt(result),
+                _opt(o.error),
+                _opt(due),
+                "1" if o.give_back_attempt else "0",
+                "1" if o.deferral else "0",
+                _opt(None if o.unknown_since is None else str(_us(o.unknown_since))),
+                _opt(deadline),
+                _opt(ttl),
+            ]
+        )
+    return _dumps(batch)
+
+
 def _bytes_dict(raw: Any) -> dict[bytes, bytes]:
     """A reply of HGETALL (bytes, as this store's client never decodes) as typed here."""
     return {bytes(k): bytes(v) for k, v in raw.items()}
@@ -850,6 +893,59 @@ class RedisStore(RedisWorkflows):
             )
         applied = await self._run("complete", [owner, _now_us(), _WAKE_TOKENS, _dumps(batch)])
         return {id.decode() if isinstance(id, bytes) else str(id) for id in applied}
+
+    async def complete_and_claim(
+        self,
+        owner: str,
+        outcomes: Sequence[Outcome],
+        queues: Sequence[str],
+        *,
+        limit: int,
+        lease: float,
+    ) -> tuple[set[str], list[Claimed]]:
+        """:meth:`complete` then :meth:`claim`, their two scripts in one pipelined round trip:
+        what ``serve`` calls when finished jobs free the places it claims for.
+
+        Each script is atomic on its own and they run in that order, so a job given back by
+        an outcome may be claimed again at once. When the claim fails after the outcomes
+        were applied, no jobs come back and the outcomes count as applied (they must not be
+        written twice); a failed complete raises as :meth:`complete` does.
+        """
+        client = self._require()
+        if not outcomes or limit <= 0 or not queues:
+            applied = await self.complete(owner, outcomes)
+            return applied, await self.claim(queues, limit=limit, lease=lease, owner=owner)
+        now = _now_us()
+        until = now + int(lease * 1_000_000)
+        complete, claim = self._scripts["complete"], self._scripts["claim"]
+        with self._reachable(client):
+            # EVALSHA queued as plain commands: a pipeline given Script objects would ask
+            # SCRIPT EXISTS first, a second round trip.
+            pipe = client.pipeline(transaction=False)
+            pipe.evalsha(
+                complete.sha,
+                0,
+                self.prefix,
+                owner,
+                now,
+                _WAKE_TOKENS,
+                _complete_batch(outcomes),
+            )
+            pipe.evalsha(claim.sha, 0, self.prefix, now, limit, until, owner, *queues)
+            done, replies = await pipe.execute(raise_on_error=False)
+        claimed: list[Claimed] = []
+        if not isinstance(replies, Exception):
+            claimed = [_claimed_once(replies[i], replies[i + 1]) for i in range(0, len(replies), 2)]
+        if isinstance(done, NoScriptError):
+            # The server lost its script cache: the outcomes were not applied; the plain
+            # call reloads the script (and claims, if the claim did not run either).
+            applied = await self.complete(owner, outcomes)
+            if isinstance(replies, NoScriptError):
+                claimed = await self.claim(queues, limit=limit, lease=lease, owner=owner)
+            return applied, claimed
+        if isinstance(done, Exception):
+            raise done
+        return {id.decode() if isinstance(id, bytes) else str(id) for id in done}, claimed
 
     async def settle(self, outcome: Outcome, *, only_expired: bool = False) -> JobRecord | None:
         """Apply ``outcome`` to a WAITING job in one atomic script (see

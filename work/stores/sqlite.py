@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import contextvars
 import functools
 import json
 import sqlite3
@@ -264,6 +265,10 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
 )
 
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
+# Set by add_blocking: the store's calls run in the calling thread (see _run).
+_IN_CALLER: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "anywork_sqlite_in_caller", default=False
+)
 _CHUNK = 500  # ids per IN (...) list, well under SQLite's bound-variable limit
 
 
@@ -776,6 +781,8 @@ class SQLiteStore(SQLiteWorkflows):
                 self._entered = 0
 
     async def _run(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+        if _IN_CALLER.get():
+            return self._call(fn)  # add_blocking: in the calling thread, no hop
         # A call in a thread looks idle to a VirtualClock's check: mark it.
         with self.clock.busy():
             return await anyio.to_thread.run_sync(self._call, fn)
@@ -913,6 +920,30 @@ class SQLiteStore(SQLiteWorkflows):
         self._notifier.notify()
         return out
 
+    def add_blocking(self, records: Sequence[JobRecord]) -> builtins.list[JobRecord]:
+        """:meth:`add`, run to its end in the calling thread (which has no event loop of the
+        store's: ``SyncQueue.enqueue``), over the store's connection under its lock: the
+        same statements and answers with no thread hop and no portal round trip.
+
+        Raises:
+            RuntimeError: the store is not open, or is timed by a VirtualClock (whose time
+                moves with the store's event loop: use ``add`` there).
+        """
+        if self.clock.virtual:
+            raise RuntimeError(f"{self!r} is timed by a VirtualClock: use add() on its loop")
+        token = _IN_CALLER.set(True)
+        try:
+            call = self.add(records)
+            try:
+                call.send(None)  # every _run completes at once: add never suspends here
+            except StopIteration as done:
+                stored: builtins.list[JobRecord] = done.value
+                return stored
+            call.close()
+            raise RuntimeError("SQLiteStore.add suspended in add_blocking")  # pragma: no cover
+        finally:
+            _IN_CALLER.reset(token)
+
     async def cancel(self, id: str) -> bool:
         """Cancel a QUEUED, SCHEDULED or WAITING job at once, or ask a RUNNING one's owner to
         stop.
@@ -963,7 +994,7 @@ class SQLiteStore(SQLiteWorkflows):
             ).fetchall()
             # RETURNING gives no order: put them back in claim order.
             rows.sort(key=lambda r: (-r["priority"], r["due_at"], r["seq"]))
-            return [_claimed(row) for row in rows]
+            return [_claimed_decoded_once(row) for row in rows]
 
         return await self._transaction(update)
 
@@ -1045,6 +1076,89 @@ class SQLiteStore(SQLiteWorkflows):
         if await self._transaction(update):
             self._notifier.notify()
         return applied
+
+    async def complete_and_claim(
+        self,
+        owner: str,
+        outcomes: Sequence[Outcome],
+        queues: Sequence[str],
+        *,
+        limit: int,
+        lease: float,
+    ) -> tuple[set[str], builtins.list[Claimed]]:
+        """:meth:`complete` then :meth:`claim`, in one ``BEGIN IMMEDIATE`` transaction and one
+        thread hop: what ``serve`` calls when finished jobs free the places it claims for.
+
+        The outcomes are applied first (the same statements and fencing as ``complete``), so
+        a job given back by one of them may be claimed again at once; both commit together
+        or neither does (a failure leaves the outcomes to be written again and nothing
+        claimed). Returns the ids whose outcome was applied, and the claimed jobs.
+        """
+        queues = builtins.list(queues)
+        applied: set[str] = set()
+
+        def update(conn: sqlite3.Connection) -> tuple[bool, builtins.list[Claimed]]:
+            now = self.clock.time()
+            wake = False
+            applied.clear()  # the transaction may be retried
+            for o in outcomes:
+                scheduled = _ts(o.scheduled_for) if o.state is JobState.SCHEDULED else None
+                waiting = o.state is JobState.WAITING
+                succeeded = o.state is JobState.SUCCEEDED or waiting
+                result = json.dumps(o.result) if succeeded else None
+                cur = conn.execute(
+                    "UPDATE anywork_jobs SET state = ?, status = ?,"
+                    " result = CASE WHEN ? THEN ? ELSE result END, error = ?,"
+                    " deadline = ?, deferred_ttl = CASE WHEN ? THEN ? ELSE deferred_ttl END,"
+                    " scheduled_for = ?, due_at = COALESCE(?, enqueued_at), finished_at = ?,"
+                    " expires_at = ? + result_ttl,"
+                    " attempts = MAX(attempts - ?, 0), deferrals = deferrals + ?,"
+                    " owner = NULL, lease_until = NULL, cancel_requested = 0, unknown_since = ?"
+                    " WHERE id = ? AND state = 'running' AND owner = ?",
+                    (
+                        o.state.value,
+                        int(o.status),
+                        succeeded,
+                        result,
+                        o.error,
+                        _ts(o.deadline) if waiting else None,
+                        waiting,
+                        o.ttl,
+                        scheduled,
+                        scheduled,
+                        now if o.state.is_final else None,
+                        now if o.state.is_final else None,
+                        1 if o.give_back_attempt else 0,
+                        1 if o.deferral else 0,
+                        _ts(o.unknown_since),
+                        o.id,
+                        owner,
+                    ),
+                )
+                if cur.rowcount > 0:
+                    applied.add(o.id)
+                    if o.state.is_final:  # a workflow step: what follows it, in this transaction
+                        wake = wf_final(conn, o.id, o.state, int(o.status), result, o.error) or wake
+                wake = wake or (cur.rowcount > 0 and not o.state.is_final)
+            if limit <= 0 or not queues:
+                return wake, []
+            rows = conn.execute(
+                "UPDATE anywork_jobs SET state = 'running', attempts = attempts + 1,"
+                " started_at = ?, owner = ?, lease_until = ?, cancel_requested = 0"
+                " WHERE seq IN (SELECT seq FROM anywork_jobs"
+                f"  WHERE queue IN ({_marks(len(queues))}) AND {_CLAIMABLE}"
+                "  ORDER BY priority DESC, due_at, seq LIMIT ?)"
+                f" RETURNING {_READ_COLUMNS}, due_at, seq, unknown_since",
+                (now, owner, now + lease, *queues, now, limit),
+            ).fetchall()
+            # RETURNING gives no order: put them back in claim order.
+            rows.sort(key=lambda r: (-r["priority"], r["due_at"], r["seq"]))
+            return wake, [_claimed_decoded_once(row) for row in rows]
+
+        wake, claimed = await self._transaction(update)
+        if wake:
+            self._notifier.notify()
+        return applied, claimed
 
     async def reap(self, *, lost_limit: int = DEFAULT_LOST_LIMIT) -> int:
         """Put back (or fail after ``lost_limit`` losses, or cancel) RUNNING jobs whose lease
@@ -1773,6 +1887,22 @@ def _claimed(row: sqlite3.Row) -> Claimed:
     try:
         record = _record(row, strict=True)
         error = _decode_error(row["args"]) or _headers_error(row["headers"])
+        unknown_since = _dt(row["unknown_since"])
+    except (TypeError, ValueError, OverflowError, OSError) as exc:
+        return Claimed(_bare_record(row), f"the stored job could not be decoded: {exc}")
+    return Claimed(record, error, unknown_since)
+
+
+def _claimed_decoded_once(row: sqlite3.Row) -> Claimed:
+    """As :func:`_claimed`, parsing the args and headers once: their JSON is parsed again,
+    to name what is wrong, only when it did not give an object."""
+    try:
+        record = _record(row, strict=True)
+        error = None
+        if not record.args:
+            error = _decode_error(row["args"])
+        if error is None and not record.headers:
+            error = _headers_error(row["headers"])
         unknown_since = _dt(row["unknown_since"])
     except (TypeError, ValueError, OverflowError, OSError) as exc:
         return Claimed(_bare_record(row), f"the stored job could not be decoded: {exc}")

@@ -1,0 +1,72 @@
+"""``complete_and_claim`` (SQLite: one transaction; Redis: both scripts in one round trip):
+the outcomes are applied as ``complete`` applies them, then the next jobs are claimed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.stores.conftest import corrupt_args
+from tests.stores.test_conformance import record
+from work import JobState, Status
+from work.stores import Outcome, Store
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(
+    params=[
+        pytest.param(("sqlite", "asyncio"), id="sqlite-asyncio"),
+        pytest.param(("sqlite", "trio"), id="sqlite-trio"),
+        pytest.param(("redis", "asyncio"), id="redis-asyncio"),
+    ]
+)
+def store_backend(request: pytest.FixtureRequest) -> tuple[str, str]:
+    """The stores that have complete_and_claim, on each backend they support."""
+    kind, backend = request.param
+    return str(kind), str(backend)
+
+
+async def test_complete_and_claim_is_complete_then_claim(store: Store) -> None:
+    """One call applies the owner's outcomes (another owner's are refused) and claims the
+    next jobs, a job given back by one of the outcomes among them."""
+    combined: Any = getattr(store, "complete_and_claim")  # noqa: B009 (not in the protocol)
+    await store.add([record(id="a"), record(id="b")])
+    claimed = await store.claim(["default"], limit=2, lease=30, owner="w1")
+    assert sorted(x.record.id for x in claimed) == ["a", "b"]
+    await store.add([record(id="c")])
+    outcomes = [
+        Outcome(id="a", state=JobState.SUCCEEDED, status=Status.SUCCESS, result={"x": 1}),
+        Outcome(id="b", state=JobState.QUEUED, status=Status.UNKNOWN, give_back_attempt=True),
+    ]
+    applied, more = await combined("w1", outcomes, ["default"], limit=5, lease=30)
+    assert applied == {"a", "b"}
+    assert sorted(x.record.id for x in more) == ["b", "c"]
+    assert all(x.decode_error is None and x.record.state is JobState.RUNNING for x in more)
+    done = await store.get("a")
+    assert done is not None and done.state is JobState.SUCCEEDED and done.result == {"x": 1}
+    again = await store.get("b")
+    assert again is not None and again.attempts == 1  # the hand-back gave its attempt back
+    # Another owner's outcome is fenced off; nothing is left to claim.
+    late = Outcome(id="c", state=JobState.SUCCEEDED, status=Status.SUCCESS)
+    assert await combined("w2", [late], ["default"], limit=5, lease=30) == (set(), [])
+    rec_c = await store.get("c")
+    assert rec_c is not None and rec_c.state is JobState.RUNNING
+
+
+async def test_complete_and_claim_names_a_broken_job(store: Store) -> None:
+    """A claimed job whose args are not a JSON object comes back with a decode error, the
+    others decoded as claim() decodes them."""
+    combined: Any = getattr(store, "complete_and_claim")  # noqa: B009 (not in the protocol)
+    await store.add([record(id="bad"), record(id="good", args={"k": 1})])
+    await store.claim(["default"], limit=1, lease=30, owner="w")  # "bad", first in line
+    await corrupt_args(store, "bad", "[1]")
+    give_back = Outcome(id="bad", state=JobState.QUEUED, status=Status.UNKNOWN)
+    applied, claimed = await combined("w", [give_back], ["default"], limit=5, lease=30)
+    assert applied == {"bad"}
+    errors = {x.record.id: x.decode_error for x in claimed}
+    assert errors["good"] is None
+    assert errors["bad"] is not None and "JSON object" in errors["bad"]
+    good = next(x.record for x in claimed if x.record.id == "good")
+    assert good.args == {"k": 1} and good.handler == "noop"

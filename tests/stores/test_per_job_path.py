@@ -1,0 +1,233 @@
+"""The durable path's per-job shortcuts in ``serve`` and ``SyncQueue``: outcomes and the next
+claim in one store call (SQLite's ``complete_and_claim``), a claimed job started with no task
+of its own, and ``SyncQueue.enqueue`` storing a job on SQLite from the calling thread (the
+store method itself: ``test_complete_and_claim.py``)."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+import anyio
+import pytest
+
+from tests.stores.test_conformance import serving, until
+from work import Job, JobState, Queue, SyncQueue, Worker
+from work.stores import Claimed, Outcome
+from work.stores.memory import MemoryStore
+from work.stores.sqlite import SQLiteStore
+
+_T = TypeVar("_T")
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    """Both stores here work on both anyio backends."""
+    return str(request.param)
+
+
+class Counted(SQLiteStore):
+    """A SQLite store that counts its claim and complete calls."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.calls = {"claim": 0, "complete": 0, "complete_and_claim": 0}
+
+    async def claim(
+        self, queues: Sequence[str], *, limit: int, lease: float, owner: str
+    ) -> list[Claimed]:
+        self.calls["claim"] += 1
+        return await super().claim(queues, limit=limit, lease=lease, owner=owner)
+
+    async def complete(self, owner: str, outcomes: Sequence[Outcome]) -> set[str]:
+        self.calls["complete"] += 1
+        return await super().complete(owner, outcomes)
+
+    async def complete_and_claim(
+        self,
+        owner: str,
+        outcomes: Sequence[Outcome],
+        queues: Sequence[str],
+        *,
+        limit: int,
+        lease: float,
+    ) -> tuple[set[str], list[Claimed]]:
+        self.calls["complete_and_claim"] += 1
+        return await super().complete_and_claim(owner, outcomes, queues, limit=limit, lease=lease)
+
+
+@pytest.mark.anyio
+async def test_serve_writes_outcomes_and_claims_in_one_call(tmp_path: Path) -> None:
+    """A busy serve on SQLite stores finished jobs' outcomes and claims the next ones with
+    complete_and_claim, every job still succeeding once."""
+    store = Counted(f"sqlite:///{tmp_path / 'jobs.db'}")
+    worker = Worker()
+    ran: list[int] = []
+
+    async def noop(job: Job) -> None:
+        ran.append(job.args["i"])
+
+    worker.register("noop", noop)
+    async with store:
+        await Queue(store).enqueue_many([Job("noop", {"i": i}) for i in range(120)])
+
+        async def all_done() -> bool:
+            return (await store.stats()).get("default", {}).get("succeeded", 0) == 120
+
+        async with serving(store, worker, concurrency=4):
+            await until(all_done)
+    assert sorted(ran) == list(range(120))
+    assert store.calls["complete_and_claim"] > 0
+    # Most claims ride along with the outcomes that free their places.
+    assert store.calls["claim"] < 120 / 4
+
+
+@pytest.mark.anyio
+async def test_serve_runs_a_job_with_no_task_of_its_own() -> None:
+    """While a claimed job's handler runs, serve holds no task for it: the worker's runner
+    executes it and the outcome is stored from its completion."""
+    store = MemoryStore()
+    worker = Worker()
+    names: list[str] = []
+
+    async def look(job: Job) -> str:
+        names.extend(task.name or "" for task in anyio.get_running_tasks())
+        return "ok"
+
+    worker.register("look", look)
+    async with store:
+        rec = await Queue(store).enqueue(Job("look"))
+        async with serving(store, worker):
+            done = await Queue(store).wait(rec.id, timeout=10)
+    assert done.state is JobState.SUCCEEDED and done.result == "ok"
+    assert names and not [n for n in names if n.startswith("anywork serve: look")]
+
+
+class Threads(SQLiteStore):
+    """A SQLite store that notes the thread each of its statements ran in."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.threads: list[int] = []
+
+    def _call(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+        self.threads.append(threading.get_ident())
+        return super()._call(fn)
+
+
+def test_sync_enqueue_on_sqlite_runs_in_the_calling_thread(tmp_path: Path) -> None:
+    """SyncQueue.enqueue on SQLite stores the job from the calling thread (no portal round
+    trip, no thread hop), with the same answers: the stored record, the existing one for a
+    taken id, and a TypeError before anything is stored."""
+    store = Threads(f"sqlite:///{tmp_path / 'jobs.db'}")
+    with SyncQueue(store) as queue:
+        store.threads.clear()
+        rec = queue.enqueue(Job("noop", {"k": 1}, id="one"), priority=3)
+        assert store.threads == [threading.get_ident()]
+        assert rec.id == "one" and rec.priority == 3 and rec.state is JobState.QUEUED
+        again = queue.enqueue(Job("noop", {"k": 2}, id="one"))
+        assert again.args == {"k": 1}
+        many = queue.enqueue_many([Job("noop", id="two"), Job("noop", id="three")])
+        assert [r.id for r in many] == ["two", "three"]
+        assert set(store.threads) == {threading.get_ident()}
+        with pytest.raises(TypeError):
+            queue.enqueue(Job("noop", {"bad": object()}))
+        stored = queue.get("one")
+        assert stored is not None and stored.args == {"k": 1}
+        assert queue.store.url == store.url
+    with pytest.raises(RuntimeError, match="closed"):
+        queue.enqueue(Job("noop"))
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_serve_on_redis_writes_outcomes_and_claims_in_one_round_trip(
+    anyio_backend: str,
+) -> None:
+    """On Redis too a busy serve stores outcomes and claims with complete_and_claim (its two
+    scripts pipelined), every job succeeding once."""
+    from tests.stores.conftest import REDIS_URL
+    from work.stores.redis import RedisStore
+
+    calls = {"complete_and_claim": 0}
+
+    class CountedRedis(RedisStore):
+        async def complete_and_claim(
+            self,
+            owner: str,
+            outcomes: Sequence[Outcome],
+            queues: Sequence[str],
+            *,
+            limit: int,
+            lease: float,
+        ) -> tuple[set[str], list[Claimed]]:
+            calls["complete_and_claim"] += 1
+            return await super().complete_and_claim(
+                owner, outcomes, queues, limit=limit, lease=lease
+            )
+
+    store = CountedRedis(REDIS_URL, prefix=f"anywork-test-{uuid.uuid4().hex[:12]}:")
+    worker = Worker()
+    ran: list[int] = []
+
+    async def noop(job: Job) -> None:
+        ran.append(job.args["i"])
+
+    worker.register("noop", noop)
+    try:
+        async with store:
+            await Queue(store).enqueue_many([Job("noop", {"i": i}) for i in range(60)])
+
+            async def all_done() -> bool:
+                return (await store.stats()).get("default", {}).get("succeeded", 0) == 60
+
+            async with serving(store, worker, concurrency=4):
+                await until(all_done)
+    finally:
+        await store.drop()
+    assert sorted(ran) == list(range(60))
+    assert calls["complete_and_claim"] > 0
+
+
+@pytest.mark.anyio
+async def test_jobs_claimed_as_the_worker_stops_are_handed_back(tmp_path: Path) -> None:
+    """Jobs that complete_and_claim claims while the worker begins to stop are never started:
+    they go straight back to QUEUED without using an attempt, and none stays RUNNING."""
+    worker = Worker()
+
+    class StopsMidCall(SQLiteStore):
+        async def complete_and_claim(
+            self,
+            owner: str,
+            outcomes: Sequence[Outcome],
+            queues: Sequence[str],
+            *,
+            limit: int,
+            lease: float,
+        ) -> tuple[set[str], list[Claimed]]:
+            worker.stop()  # as a SIGTERM arriving while the call is on its way
+            return await super().complete_and_claim(
+                owner, outcomes, queues, limit=limit, lease=lease
+            )
+
+    store = StopsMidCall(f"sqlite:///{tmp_path / 'jobs.db'}")
+    ran: list[int] = []
+
+    async def noop(job: Job) -> None:
+        ran.append(job.args["i"])
+
+    worker.register("noop", noop)
+    async with store:
+        await Queue(store).enqueue_many([Job("noop", {"i": i}) for i in range(20)])
+        with anyio.fail_after(10):
+            async with worker:
+                await worker.serve(store, concurrency=2)
+        counts = (await store.stats())["default"]
+        assert counts.get("running", 0) == 0
+        assert counts["succeeded"] == len(ran) == 2
+        assert counts["queued"] == 18
+        records = await store.list(state=JobState.QUEUED)
+        assert all(r.attempts == 0 for r in records)
