@@ -20,6 +20,7 @@ pytestmark = pytest.mark.anyio
         pytest.param(("sqlite", "asyncio"), id="sqlite-asyncio"),
         pytest.param(("sqlite", "trio"), id="sqlite-trio"),
         pytest.param(("redis", "asyncio"), id="redis-asyncio"),
+        pytest.param(("redis-cluster", "asyncio"), id="redis-cluster-asyncio"),
     ]
 )
 def store_backend(request: pytest.FixtureRequest) -> tuple[str, str]:

@@ -922,16 +922,19 @@ class RedisStore(RedisWorkflows):
             # EVALSHA queued as plain commands: a pipeline given Script objects would ask
             # SCRIPT EXISTS first, a second round trip.
             pipe = client.pipeline(transaction=False)
+            # KEYS[1] is the store's hash tag, ARGV[1] repeats it (as in _run).
+            base = self._base
             pipe.evalsha(
                 complete.sha,
-                0,
-                self.prefix,
+                1,
+                base,
+                base,
                 owner,
                 now,
                 _WAKE_TOKENS,
                 _complete_batch(outcomes),
             )
-            pipe.evalsha(claim.sha, 0, self.prefix, now, limit, until, owner, *queues)
+            pipe.evalsha(claim.sha, 1, base, base, now, limit, until, owner, *queues)
             done, replies = await pipe.execute(raise_on_error=False)
         claimed: list[Claimed] = []
         if not isinstance(replies, Exception):
