@@ -314,3 +314,30 @@ async def test_schedule_executions_see_their_fire_time(clocked: Store) -> None:
                 worker.stop()
     assert [s for s, _ in seen] == [START + timedelta(hours=h + 1) for h in range(7 * 24)]
     assert all(started == fired for started, fired in seen)
+
+
+async def test_drain_sees_a_job_claimed_between_its_counts_and_its_listing(
+    clocked: Store,
+) -> None:
+    """drain's "is anything runnable" check reads the counts, then lists SCHEDULED jobs: a job
+    claimed between the two reads is running, not gone, so the check says "look again"."""
+    from work._durable.drain import _runnable
+
+    clock = _clock(clocked)
+    async with Queue(clocked) as queue:
+        await queue.enqueue(Job("tick"), delay=60)
+    await clock.advance(timedelta(minutes=2))  # due now: SCHEDULED until a claim takes it
+    real_list = clocked.list
+
+    async def claim_then_list(**filters: object) -> object:
+        await clocked.claim(["default"], limit=1, lease=30, owner="other")
+        return await real_list(**filters)  # type: ignore[arg-type]
+
+    clocked.list = claim_then_list  # type: ignore[method-assign]
+    try:
+        assert await _runnable(clocked, ("default",))
+    finally:
+        clocked.list = real_list  # type: ignore[method-assign]
+    running = await clocked.list(state=JobState.RUNNING)
+    assert len(running) == 1  # and the next look sees it running
+    assert await _runnable(clocked, ("default",))

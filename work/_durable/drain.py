@@ -40,7 +40,11 @@ async def _runnable(store: Store, queues: tuple[str, ...]) -> bool:
             if len(page) < 500:
                 break
             after = page[-1].id
-    return False
+    # Nothing runnable in what was read, but the reads were not one snapshot: a job claimed
+    # (or finished) between the counts and the listing would look like "nothing left" while
+    # it runs. Counts that moved meanwhile mean "look again".
+    again = await store.stats()
+    return any(again.get(name, {}) != stats.get(name, {}) for name in queues)
 
 
 async def drain(
