@@ -333,7 +333,7 @@ async def test_drain_sees_a_job_claimed_between_its_counts_and_its_listing(
         await clocked.claim(["default"], limit=1, lease=30, owner="other")
         return await real_list(**filters)  # type: ignore[arg-type]
 
-    clocked.list = claim_then_list  # type: ignore[method-assign]
+    clocked.list = claim_then_list  # type: ignore[method-assign,assignment]
     try:
         assert await _runnable(clocked, ("default",))
     finally:
