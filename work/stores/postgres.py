@@ -43,6 +43,14 @@ from ._base import (
     conflict_record,
 )
 from ._open import mask_url
+from ._postgres_poll import (
+    DEFAULT_POLL_INTERVAL,
+    EventLogPoller,
+    PostgresPoolerError,
+    check_pooler,
+    migration_v7,
+    split_url,
+)
 from ._postgres_rows import (
     claimed_row,
     decode_row,
@@ -56,9 +64,9 @@ from ._postgres_rows import (
 from ._postgres_workflows import PostgresWorkflows, workflow_schema, workflow_trigger
 from ._server import StoreAuthenticationError, StoreUnavailableError, require_asyncio
 
-__all__ = ["PostgresStore", "PostgresUnavailableError"]
+__all__ = ["PostgresPoolerError", "PostgresStore", "PostgresUnavailableError"]
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 7
 """The schema version this module creates and expects."""
 
 _WORKER_LOST = "worker lost"
@@ -426,11 +434,18 @@ class PostgresStore(PostgresWorkflows):
             different schemas in one database are independent.
         min_size: connections the pool keeps open.
         max_size: connections the pool opens at most.
-        **connect_options: further keyword arguments for ``asyncpg.create_pool`` (for
-            example ``statement_cache_size=0`` behind PgBouncer in transaction mode).
+        listen: wake waiting workers and event subscribers by ``LISTEN``/``NOTIFY`` (the
+            default); False polls every ``poll_interval`` instead and keeps no state across
+            transactions (asyncpg's statement cache off), for PostgreSQL behind a pooler in
+            transaction mode (PgBouncer's ``pool_mode=transaction``). The URL parameter
+            ``?listen=false`` does the same; the option wins over it.
+        poll_interval: seconds between two looks for work and for events when not listening
+            (default 0.5; URL parameter ``?poll_interval=``).
+        **connect_options: further keyword arguments for ``asyncpg.create_pool``.
 
     Raises:
-        ValueError: ``min_size`` or ``max_size`` out of range, or an empty schema name.
+        ValueError: ``min_size`` or ``max_size`` out of range, an empty schema name, a
+            ``poll_interval`` that is not positive, or a bad ``listen`` URL parameter.
     """
 
     def __init__(
@@ -440,8 +455,12 @@ class PostgresStore(PostgresWorkflows):
         schema: str = "anywork",
         min_size: int = 1,
         max_size: int = 10,
+        listen: bool | None = None,
+        poll_interval: float | None = None,
         **connect_options: Any,
     ) -> None:
+        url, url_listen, url_poll = split_url(url)
+        self._init_polling(listen, url_listen, poll_interval, url_poll, connect_options)
         if not schema:
             raise ValueError("schema must be a non-empty name")
         if min_size < 0 or max_size < 1 or min_size > max_size:
@@ -475,6 +494,57 @@ class PostgresStore(PostgresWorkflows):
     def __repr__(self) -> str:
         return f"PostgresStore({self.url!r}, schema={self.schema!r})"
 
+    def _init_polling(
+        self,
+        listen: bool | None,
+        url_listen: bool | None,
+        poll_interval: float | None,
+        url_poll: float | None,
+        options: dict[str, Any],
+    ) -> None:
+        """Settle ``listen`` and ``poll_interval`` (the options win over the URL's)."""
+        self._listen = listen if listen is not None else url_listen is not False
+        poll = poll_interval if poll_interval is not None else url_poll
+        self._poll_interval = DEFAULT_POLL_INTERVAL if poll is None else poll
+        if not self._poll_interval > 0:
+            raise ValueError(f"poll_interval must be > 0 seconds, got {self._poll_interval!r}")
+        if not self._listen:
+            # No prepared statement may outlive its transaction behind a transaction pooler:
+            # asyncpg then parses each statement again in the same round trip as it runs it.
+            options.setdefault("statement_cache_size", 0)
+        self._event_poller: EventLogPoller | None = None
+
+    async def _check_pooler(self) -> None:
+        """At open, when listening: fail if the connections go through a transaction pooler."""
+        if not self._listen:
+            return
+        if self._max_size >= 2:
+            await check_pooler(self._pool, _address(self._dsn))
+            return
+        try:
+            second = await asyncpg.connect(self._dsn, **_connect_only(self._options))
+        except _CONNECT_ERRORS as exc:
+            raise PostgresUnavailableError(*_address(self._dsn), exc) from exc
+        try:
+            await check_pooler(self._pool, _address(self._dsn), second=second)
+        finally:
+            await second.close()
+
+    async def _poll_events(self) -> None:
+        """Start reading the event log (the first subscriber of a store that does not LISTEN)."""
+        if self._event_poller is None:
+            poller = EventLogPoller(self._pool, self._s, self._hub, self._poll_interval)
+            try:
+                await poller.start()
+            except _LOST_ERRORS as exc:
+                raise PostgresUnavailableError(*_address(self._dsn), exc) from exc
+            self._event_poller = poller
+
+    async def _stop_polling_events(self) -> None:
+        poller, self._event_poller = self._event_poller, None
+        if poller is not None:
+            await poller.stop()
+
     # -- life -----------------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
@@ -506,6 +576,7 @@ class PostgresStore(PostgresWorkflows):
             raise StoreAuthenticationError("PostgreSQL", *_address(self._dsn), exc) from exc
         self._runner = _Runner(self._pool, hold=self._max_size >= 2, address=_address(self._dsn))
         try:
+            await self._check_pooler()
             await self._migrate()
         except BaseException:
             await self._close()
@@ -526,6 +597,8 @@ class PostgresStore(PostgresWorkflows):
             await self._close()
 
     async def _close(self) -> None:
+        with anyio.CancelScope(shield=True):
+            await self._stop_polling_events()
         if self._events_linger is not None:
             self._events_linger.cancel()
             self._events_linger = None
@@ -597,6 +670,10 @@ class PostgresStore(PostgresWorkflows):
                 for statement in _migration_v5(self._s):
                     await conn.execute(statement)
                 await conn.execute(f"INSERT INTO {self._s}.schema_version VALUES (5)")
+            if version < 7:
+                for statement in migration_v7(self._s):
+                    await conn.execute(statement)
+                await conn.execute(f"INSERT INTO {self._s}.schema_version VALUES (7)")
             # Workflows: tables of their own and a trigger, created if missing.
             for statement in workflow_schema(self._s, _quote_literal(self._channel)):
                 await conn.execute(statement)
@@ -698,6 +775,11 @@ class PostgresStore(PostgresWorkflows):
         connection is lost, subscribers get a LOST event (``lost == 0``), and the next
         subscription connects again.
 
+        Without LISTEN (``listen=False``), triggers write each change to the table
+        ``{schema}.event_log`` while a reader is registered, and one task per store object
+        reads it every ``poll_interval`` while anything is subscribed: events arrive about
+        ``poll_interval`` after their commit (later while an older transaction is open).
+
         Raises:
             PostgresUnavailableError: the server cannot be reached.
         """
@@ -710,7 +792,9 @@ class PostgresStore(PostgresWorkflows):
                 if self._events_linger is not None:
                     self._events_linger.cancel()
                     self._events_linger = None
-                if self._events_conn is None or self._events_conn.is_closed():
+                if not self._listen:
+                    await self._poll_events()
+                elif self._events_conn is None or self._events_conn.is_closed():
                     await self._listen_events()
             yield stream
         finally:
@@ -718,7 +802,9 @@ class PostgresStore(PostgresWorkflows):
             with anyio.CancelScope(shield=True):
                 async with self._events_lock:
                     self._events_users -= 1
-                    if self._events_users == 0:
+                    if self._events_users == 0 and not self._listen:
+                        await self._stop_polling_events()
+                    elif self._events_users == 0:
                         self._linger_events()
 
     async def _listen_events(self) -> None:
@@ -1403,7 +1489,7 @@ class PostgresStore(PostgresWorkflows):
         # Registered before looking, so a job added after the look still wakes us.
         self._waiters.add(waiter)
         try:
-            if self._listener is None or self._listener.is_closed():
+            if self._listen and (self._listener is None or self._listener.is_closed()):
                 # Bounded: an unreachable server must not hold the wait past its timeout.
                 with anyio.move_on_after(max(timeout, 0.1)):
                     await self._relisten()
@@ -1422,7 +1508,9 @@ class PostgresStore(PostgresWorkflows):
             if row["next_due"] is not None and row["next_due"].tzinfo is not None:
                 # A little after the due time, so the claim that follows finds it ready.
                 timeout = min(timeout, (row["next_due"] - now).total_seconds() + 0.001)
-            if self._listener is None:
+            if not self._listen:
+                timeout = min(timeout, self._poll_interval)
+            elif self._listener is None:
                 timeout = min(timeout, _FALLBACK_POLL)
             with anyio.move_on_after(max(timeout, 0.0)):
                 await waiter.event.wait()
