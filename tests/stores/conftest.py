@@ -21,6 +21,10 @@ POSTGRES_URL = os.environ.get(
     "ANYWORK_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
 )
 REDIS_URL = os.environ.get("ANYWORK_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+# PostgreSQL through PgBouncer in transaction pooling mode (.ci/pgbouncer start).
+PGBOUNCER_URL = os.environ.get(
+    "ANYWORK_TEST_PGBOUNCER_URL", "postgresql://postgres@127.0.0.1:6432/test"
+)
 
 STORE_BACKENDS = [
     pytest.param(("memory", "asyncio"), id="memory-asyncio"),
@@ -28,8 +32,45 @@ STORE_BACKENDS = [
     pytest.param(("sqlite", "asyncio"), id="sqlite-asyncio"),
     pytest.param(("sqlite", "trio"), id="sqlite-trio"),
     pytest.param(("postgresql", "asyncio"), id="postgresql-asyncio"),
+    pytest.param(("postgresql-pgbouncer", "asyncio"), id="postgresql-pgbouncer-asyncio"),
     pytest.param(("redis", "asyncio"), id="redis-asyncio"),
 ]
+
+
+def require_pgbouncer() -> str:
+    """Return the PgBouncer URL (without ``?listen=false``) if PgBouncer answers there; skip
+    the test if not, except in CI (``CI=true``), where its absence fails the test."""
+    import asyncio
+
+    import asyncpg  # type: ignore[import-untyped]
+
+    async def answers() -> str | None:
+        try:
+            conn = await asyncpg.connect(PGBOUNCER_URL, statement_cache_size=0, timeout=5)
+        except (OSError, asyncpg.PostgresError) as exc:
+            return f"{type(exc).__name__}: {exc}"
+        await conn.close()
+        return None
+
+    if _PGBOUNCER_STATE.get("error", "") == "":
+        _PGBOUNCER_STATE["error"] = asyncio.run(answers()) or "ok"
+    error = _PGBOUNCER_STATE["error"]
+    if error != "ok":
+        reason = f"PgBouncer does not answer at {PGBOUNCER_URL} ({error}): run .ci/pgbouncer start"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return PGBOUNCER_URL
+
+
+_PGBOUNCER_STATE: dict[str, str] = {}
+
+
+@pytest.fixture(scope="session")
+def pgbouncer_url() -> str:
+    """The URL of PostgreSQL through PgBouncer in transaction pooling mode, without
+    ``?listen=false`` (skipped if PgBouncer does not answer, failed in CI)."""
+    return require_pgbouncer()
 
 
 @pytest.fixture(params=STORE_BACKENDS)
@@ -47,7 +88,8 @@ def anyio_backend(store_backend: tuple[str, str]) -> str:
 
 @pytest.fixture
 def store_kind(store_backend: tuple[str, str]) -> str:
-    """The store kind of the current combination: memory, sqlite, postgresql or redis."""
+    """The store kind of the current combination: memory, sqlite, postgresql,
+    postgresql-pgbouncer or redis."""
     return store_backend[0]
 
 
@@ -60,6 +102,9 @@ def store_url(store_kind: str, tmp_path: Path) -> str:
         return f"sqlite:///{tmp_path / 'jobs.db'}"
     if store_kind == "postgresql":
         return POSTGRES_URL
+    if store_kind == "postgresql-pgbouncer":
+        # Polling often keeps the suite quick; test_postgres_pgbouncer.py checks the default.
+        return require_pgbouncer() + "?listen=false&poll_interval=0.05"
     return REDIS_URL
 
 
@@ -67,7 +112,7 @@ def store_url(store_kind: str, tmp_path: Path) -> str:
 def store_options(store_kind: str) -> dict[str, Any]:
     """Options that give this test a namespace of its own in a shared server."""
     tag = uuid.uuid4().hex[:12]
-    if store_kind == "postgresql":
+    if store_kind.startswith("postgresql"):
         return {"schema": f"anywork_test_{tag}"}
     if store_kind == "redis":
         return {"prefix": f"anywork-test-{tag}:"}

@@ -503,12 +503,12 @@ class PostgresStore(PostgresWorkflows):
         options: dict[str, Any],
     ) -> None:
         """Settle ``listen`` and ``poll_interval`` (the options win over the URL's)."""
-        self._listen = listen if listen is not None else url_listen is not False
+        self._listens = listen if listen is not None else url_listen is not False
         poll = poll_interval if poll_interval is not None else url_poll
         self._poll_interval = DEFAULT_POLL_INTERVAL if poll is None else poll
         if not self._poll_interval > 0:
             raise ValueError(f"poll_interval must be > 0 seconds, got {self._poll_interval!r}")
-        if not self._listen:
+        if not self._listens:
             # No prepared statement may outlive its transaction behind a transaction pooler:
             # asyncpg then parses each statement again in the same round trip as it runs it.
             options.setdefault("statement_cache_size", 0)
@@ -516,7 +516,7 @@ class PostgresStore(PostgresWorkflows):
 
     async def _check_pooler(self) -> None:
         """At open, when listening: fail if the connections go through a transaction pooler."""
-        if not self._listen:
+        if not self._listens:
             return
         if self._max_size >= 2:
             await check_pooler(self._pool, _address(self._dsn))
@@ -792,7 +792,7 @@ class PostgresStore(PostgresWorkflows):
                 if self._events_linger is not None:
                     self._events_linger.cancel()
                     self._events_linger = None
-                if not self._listen:
+                if not self._listens:
                     await self._poll_events()
                 elif self._events_conn is None or self._events_conn.is_closed():
                     await self._listen_events()
@@ -802,7 +802,7 @@ class PostgresStore(PostgresWorkflows):
             with anyio.CancelScope(shield=True):
                 async with self._events_lock:
                     self._events_users -= 1
-                    if self._events_users == 0 and not self._listen:
+                    if self._events_users == 0 and not self._listens:
                         await self._stop_polling_events()
                     elif self._events_users == 0:
                         self._linger_events()
@@ -1482,14 +1482,17 @@ class PostgresStore(PostgresWorkflows):
 
         Returns at once if a job is ready; otherwise waits for a NOTIFY naming one of
         ``queues`` on the listening connection, but no later than the next SCHEDULED job
-        falls due.
+        falls due. Without LISTEN (``listen=False``), looks every ``poll_interval`` instead.
         """
+        if not self._listens:
+            await self._poll_for_work(queues, timeout)
+            return
         pool = self._require_pool()
         waiter = _Waiter(frozenset(queues))
         # Registered before looking, so a job added after the look still wakes us.
         self._waiters.add(waiter)
         try:
-            if self._listen and (self._listener is None or self._listener.is_closed()):
+            if self._listener is None or self._listener.is_closed():
                 # Bounded: an unreachable server must not hold the wait past its timeout.
                 with anyio.move_on_after(max(timeout, 0.1)):
                     await self._relisten()
@@ -1508,12 +1511,44 @@ class PostgresStore(PostgresWorkflows):
             if row["next_due"] is not None and row["next_due"].tzinfo is not None:
                 # A little after the due time, so the claim that follows finds it ready.
                 timeout = min(timeout, (row["next_due"] - now).total_seconds() + 0.001)
-            if not self._listen:
-                timeout = min(timeout, self._poll_interval)
-            elif self._listener is None:
+            if self._listener is None:
                 timeout = min(timeout, _FALLBACK_POLL)
             with anyio.move_on_after(max(timeout, 0.0)):
                 await waiter.event.wait()
+        finally:
+            self._waiters.discard(waiter)
+
+    async def _poll_for_work(self, queues: Sequence[str], timeout: float) -> None:
+        """:meth:`wait_for_work` without LISTEN: look every ``poll_interval`` until a job is
+        ready, the next SCHEDULED one falls due, or ``timeout`` passes."""
+        pool = self._require_pool()
+        waiter = _Waiter(frozenset(queues))
+        self._waiters.add(waiter)  # closing the store wakes it
+        try:
+            wake = anyio.current_time() + max(timeout, 0.0)
+            while True:
+                now = _now()
+                row = await pool.fetchrow(
+                    f"""SELECT
+                        EXISTS (SELECT 1 FROM {self._s}.jobs
+                                WHERE queue = ANY($1::text[]) AND state = 'queued') AS ready,
+                        (SELECT min(scheduled_for) FROM {self._s}.jobs
+                         WHERE queue = ANY($1::text[]) AND state = 'scheduled') AS next_due""",
+                    list(queues),
+                )
+                if row["ready"]:
+                    return
+                due = row["next_due"]
+                if due is not None and due.tzinfo is not None:  # not 'infinity'
+                    due_in = (due - now).total_seconds() + 0.001
+                    wake = min(wake, anyio.current_time() + due_in)
+                left = wake - anyio.current_time()
+                if left <= 0:
+                    return
+                with anyio.move_on_after(min(left, self._poll_interval)):
+                    await waiter.event.wait()
+                if waiter.event.is_set():
+                    return
         finally:
             self._waiters.discard(waiter)
 
