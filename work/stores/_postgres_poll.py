@@ -276,7 +276,7 @@ class EventLogPoller:
             await self._register_again()
             self._heartbeat_at = now
         if now - self._prune_at >= _PRUNE_EVERY:
-            await self._prune()
+            await self.prune()
             self._prune_at = now
         rows = await self._pool.fetch(
             f"""SELECT x.horizon::text AS horizon, e.payload
@@ -313,11 +313,13 @@ class EventLogPoller:
             _READER_TTL,
         )
 
-    async def _prune(self) -> None:
+    async def prune(self, retention: float = _LOG_RETENTION) -> None:
+        """Delete expired reader registrations and event log rows older than ``retention``
+        seconds (done every few seconds while reading)."""
         await self._pool.execute(
             f"DELETE FROM {self._s}.event_readers WHERE until < now() - interval '1 minute'"
         )
         await self._pool.execute(
             f"DELETE FROM {self._s}.event_log WHERE at < now() - make_interval(secs => $1)",
-            _LOG_RETENTION,
+            float(retention),
         )
