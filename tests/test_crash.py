@@ -212,7 +212,9 @@ class PrivatePgBouncer:
             "/usr/sbin/pgbouncer" if Path("/usr/sbin/pgbouncer").exists() else None
         )
         if binary is None:
-            reason = "a private PgBouncer needs pgbouncer on this machine (.ci/pgbouncer installs it)"
+            reason = (
+                "a private PgBouncer needs pgbouncer on this machine (.ci/pgbouncer installs it)"
+            )
             if os.environ.get("CI", "").lower() == "true":
                 pytest.fail(reason)
             pytest.skip(reason)

@@ -8,10 +8,12 @@ be pointed elsewhere with ``ANYWORK_TEST_POSTGRES_URL`` and ``ANYWORK_TEST_REDIS
 from __future__ import annotations
 
 import os
+import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -40,22 +42,15 @@ STORE_BACKENDS = [
 def require_pgbouncer() -> str:
     """Return the PgBouncer URL (without ``?listen=false``) if PgBouncer answers there; skip
     the test if not, except in CI (``CI=true``), where its absence fails the test."""
-    import asyncio
-
-    import asyncpg  # type: ignore[import-untyped]
-
-    async def answers() -> str | None:
+    if "error" not in _PGBOUNCER_STATE:
+        parts = urlsplit(PGBOUNCER_URL)
         try:
-            conn = await asyncpg.connect(PGBOUNCER_URL, statement_cache_size=0, timeout=5)
-        except (OSError, asyncpg.PostgresError) as exc:
-            return f"{type(exc).__name__}: {exc}"
-        await conn.close()
-        return None
-
-    if _PGBOUNCER_STATE.get("error", "") == "":
-        _PGBOUNCER_STATE["error"] = asyncio.run(answers()) or "ok"
+            socket.create_connection((parts.hostname, parts.port or 5432), timeout=5).close()
+            _PGBOUNCER_STATE["error"] = ""
+        except OSError as exc:
+            _PGBOUNCER_STATE["error"] = f"{type(exc).__name__}: {exc}"
     error = _PGBOUNCER_STATE["error"]
-    if error != "ok":
+    if error:
         reason = f"PgBouncer does not answer at {PGBOUNCER_URL} ({error}): run .ci/pgbouncer start"
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(reason)

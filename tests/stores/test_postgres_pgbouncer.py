@@ -47,9 +47,7 @@ async def polling(pgbouncer_url: str, schema: str) -> AsyncIterator[PostgresStor
 
 
 def _job(queue: str = "default") -> JobRecord:
-    return JobRecord(
-        id=uuid.uuid4().hex, handler="h", queue=queue, enqueued_at=datetime.now(UTC)
-    )
+    return JobRecord(id=uuid.uuid4().hex, handler="h", queue=queue, enqueued_at=datetime.now(UTC))
 
 
 async def _schema_exists(schema: str) -> bool:

@@ -171,37 +171,30 @@ def migration_v7(s: str) -> list[str]:
     ]
 
 
-async def check_pooler(
-    pool: Any, address: tuple[str, int | str], *, second: Any = None
-) -> None:
-    """Raise :class:`PostgresPoolerError` if the pool's connections run behind a transaction
-    pooler: one connection's two transactions, with another connection's transaction open
-    in between, ran in different server sessions (or the other took the first's session).
+async def check_pooler(first: Any, second: Any, address: tuple[str, int | str]) -> None:
+    """Raise :class:`PostgresPoolerError` if two connections run behind a transaction
+    pooler: ``first``'s two transactions, with a transaction of ``second`` open in between,
+    ran in different server sessions (or ``second`` took the session ``first`` released).
 
     Connected directly (or through session pooling) a connection keeps its backend, so the
-    check costs three short statements at open.
+    check costs three short statements.
 
     Args:
-        pool: the store's asyncpg pool.
+        first: an asyncpg connection.
+        second: another asyncpg connection to the same server.
         address: host and port, for the message.
-        second: a connection for the other transaction (a pool of one has no second); None:
-            one from the pool.
     """
-    async with contextlib.AsyncExitStack() as stack:
-        first = await stack.enter_async_context(pool.acquire())
-        if second is None:
-            second = await stack.enter_async_context(pool.acquire())
-        try:
-            before = await first.fetchval("SELECT pg_backend_pid()")
-            async with second.transaction():
-                # Held open: a transaction pooler must give `first` another server session
-                # now (or gave `second` the one `first` just released).
-                other = await second.fetchval("SELECT pg_backend_pid()")
-                after = await first.fetchval("SELECT pg_backend_pid()")
-        except (asyncpg.InvalidSQLStatementNameError, asyncpg.DuplicatePreparedStatementError):
-            # The statement `first` prepared is gone, or one of that name was left by another
-            # client: its server session changed under it.
-            raise PostgresPoolerError(*address) from None
+    try:
+        before = await first.fetchval("SELECT pg_backend_pid()")
+        async with second.transaction():
+            # Held open: a transaction pooler must give `first` another server session now
+            # (or gave `second` the one `first` just released).
+            other = await second.fetchval("SELECT pg_backend_pid()")
+            after = await first.fetchval("SELECT pg_backend_pid()")
+    except (asyncpg.InvalidSQLStatementNameError, asyncpg.DuplicatePreparedStatementError):
+        # The statement `first` prepared is gone, or one of that name was left by another
+        # client: its server session changed under it.
+        raise PostgresPoolerError(*address) from None
     if after != before or other == before:
         raise PostgresPoolerError(*address)
 
@@ -242,9 +235,7 @@ class EventLogPoller:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         with anyio.move_on_after(5, shield=True), contextlib.suppress(Exception):
-            await self._pool.execute(
-                f"DELETE FROM {self._s}.event_readers WHERE id = $1", self._id
-            )
+            await self._pool.execute(f"DELETE FROM {self._s}.event_readers WHERE id = $1", self._id)
 
     async def _register(self) -> None:
         await self._register_again()

@@ -459,7 +459,7 @@ class PostgresStore(PostgresWorkflows):
         poll_interval: float | None = None,
         **connect_options: Any,
     ) -> None:
-        url, url_listen, url_poll = split_url(url)
+        dsn, url_listen, url_poll = split_url(url)
         self._init_polling(listen, url_listen, poll_interval, url_poll, connect_options)
         if not schema:
             raise ValueError("schema must be a non-empty name")
@@ -469,7 +469,7 @@ class PostgresStore(PostgresWorkflows):
             )
         self.url = mask_url(url)
         self.schema = schema
-        self._dsn = url
+        self._dsn = dsn
         self._min_size = min_size
         self._max_size = max_size
         self._options = connect_options
@@ -514,21 +514,24 @@ class PostgresStore(PostgresWorkflows):
             options.setdefault("statement_cache_size", 0)
         self._event_poller: EventLogPoller | None = None
 
-    async def _check_pooler(self) -> None:
-        """At open, when listening: fail if the connections go through a transaction pooler."""
+    async def _check_pooler(self, first: Any = None) -> None:
+        """When listening: fail if the connections go through a transaction pooler (at open,
+        on pool connections; in :meth:`exists`, on its own connection ``first``)."""
         if not self._listens:
             return
-        if self._max_size >= 2:
-            await check_pooler(self._pool, _address(self._dsn))
-            return
-        try:
-            second = await asyncpg.connect(self._dsn, **_connect_only(self._options))
-        except _CONNECT_ERRORS as exc:
-            raise PostgresUnavailableError(*_address(self._dsn), exc) from exc
-        try:
-            await check_pooler(self._pool, _address(self._dsn), second=second)
-        finally:
-            await second.close()
+        async with contextlib.AsyncExitStack() as stack:
+            from_pool = first is None
+            if from_pool:
+                first = await stack.enter_async_context(self._pool.acquire())
+            if from_pool and self._max_size >= 2:
+                second = await stack.enter_async_context(self._pool.acquire())
+            else:  # a pool of one has no second connection; exists() has no pool
+                try:
+                    second = await asyncpg.connect(self._dsn, **_connect_only(self._options))
+                except _CONNECT_ERRORS as exc:
+                    raise PostgresUnavailableError(*_address(self._dsn), exc) from exc
+                stack.push_async_callback(second.close)
+            await check_pooler(first, second, _address(self._dsn))
 
     async def _poll_events(self) -> None:
         """Start reading the event log (the first subscriber of a store that does not LISTEN)."""
@@ -885,9 +888,13 @@ class PostgresStore(PostgresWorkflows):
         except asyncpg.InvalidAuthorizationSpecificationError as exc:
             raise StoreAuthenticationError("PostgreSQL", *_address(self._dsn), exc) from exc
         try:
+            await self._check_pooler(conn)
             found = await conn.fetchval(
                 "SELECT to_regclass($1) IS NOT NULL", f"{self._s}.schema_version"
             )
+        except (asyncpg.InvalidSQLStatementNameError, asyncpg.DuplicatePreparedStatementError):
+            # A statement cache through a transaction pooler: say so, as opening would.
+            raise PostgresPoolerError(*_address(self._dsn)) from None
         finally:
             await conn.close()
         return bool(found)
