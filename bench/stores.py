@@ -2,6 +2,11 @@
 
 Run ``python -m bench.stores [--stores sqlite,postgresql,redis] [--jobs N] [--profile]``.
 
+``python -m bench.stores --pgbouncer [--jobs N]`` measures PostgreSQL through PgBouncer in
+transaction pooling mode (127.0.0.1:6432, ``.ci/pgbouncer start``; ``?listen=false``) next to
+direct PostgreSQL in the same run: enqueue one by one, ``enqueue_many``, the drain of ``--jobs``
+no-op jobs by one worker process (target: >= 0.8x direct) and the idle pickup latency.
+
 ``python -m bench.stores --history [--million]`` measures instead what history costs: claim
 throughput (``claim`` of 10 then ``complete``, in process) and the CPU an idle worker process
 uses, with 0, 100,000 (and with ``--million`` 1,000,000) finished jobs in the store, each
@@ -48,6 +53,9 @@ import anyio
 __all__ = ["Row", "main", "peak_rss_mb"]
 
 PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
+PGBOUNCER_URL = "postgresql://postgres@127.0.0.1:6432/test?listen=false"
+PGBOUNCER_TARGET = 0.8
+PGBOUNCER_PICKUPS = 40
 PG_SCHEMA = "anywork_bench"
 REDIS_URL = "redis://127.0.0.1:6379/13"
 REDIS_PREFIX = "anywork-bench"
@@ -799,6 +807,68 @@ async def run_history(stores: Sequence[str], sizes: Sequence[int]) -> list[list[
     return rows
 
 
+# --------------------------------------------------------------------------- pgbouncer
+
+
+async def run_pgbouncer(jobs: int) -> list[list[str]]:
+    """PostgreSQL through PgBouncer (transaction pooling, ``?listen=false``) next to direct
+    PostgreSQL, in the same run; print the table and return its rows (the verdict last)."""
+    global PICKUP_SAMPLES
+    figures: dict[str, dict[str, float]] = {}
+    options = {"schema": f"{PG_SCHEMA}_pgb"}
+    for name, url in (("direct", PG_URL), ("pgbouncer", PGBOUNCER_URL)):
+        print(f"benchmarking postgresql ({name}) ...", file=sys.stderr, flush=True)
+        await _drop_schema(options["schema"])
+        one, many = await measure_enqueue(url, options, jobs)
+        processed = run_child(["process", url, json.dumps(options), str(jobs)])
+        await _drop_schema(options["schema"])
+        saved, PICKUP_SAMPLES = PICKUP_SAMPLES, PGBOUNCER_PICKUPS
+        try:
+            pickups = sorted(await measure_pickup(url, options))
+        finally:
+            PICKUP_SAMPLES = saved
+        await _drop_schema(options["schema"])
+        figures[name] = {
+            "enqueue one": one,
+            "enqueue_many": many,
+            "drain": jobs / processed["seconds"],
+            "pickup p50": statistics.median(pickups),
+        }
+    rows = []
+    for figure, unit in (
+        ("enqueue one", "jobs/s"),
+        ("enqueue_many", "jobs/s"),
+        ("drain", "jobs/s"),
+        ("pickup p50", "ms"),
+    ):
+        direct, pooled = figures["direct"][figure], figures["pgbouncer"][figure]
+        if unit == "ms":  # no target: polling every poll_interval (0.5 s) sets it
+            rows.append([figure, f"{direct:,.1f} {unit}", f"{pooled:,.1f} {unit}", "", "", ""])
+            continue
+        ratio = pooled / direct
+        verdict = "PASS" if ratio >= PGBOUNCER_TARGET else "MISS"
+        target = f">= {PGBOUNCER_TARGET:g}x"
+        rows.append(
+            [figure, f"{direct:,.0f} {unit}", f"{pooled:,.0f} {unit}", f"{ratio:.2f}x", target]
+            + [verdict]
+        )
+    header = ["figure", "direct", "through PgBouncer", "ratio", "target", ""]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+    return rows
+
+
+async def _drop_schema(schema: str) -> None:
+    import asyncpg  # type: ignore[import-untyped]
+
+    conn = await asyncpg.connect(PG_URL)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await conn.close()
+
+
 def _child_main(argv: list[str]) -> int:
     """Entry of a child worker process: ``process URL OPTIONS N`` or ``pickup URL OPTIONS``."""
     profile_to: str | None = None
@@ -850,7 +920,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--million", action="store_true", help="with --history: also with 1,000,000"
     )
+    parser.add_argument(
+        "--pgbouncer",
+        action="store_true",
+        help="PostgreSQL through PgBouncer (127.0.0.1:6432) next to direct, instead",
+    )
     ns = parser.parse_args(args)
+    if ns.pgbouncer:
+        table = anyio.run(run_pgbouncer, ns.jobs)
+        return 0 if all(row[-1] != "MISS" for row in table) else 1
     if ns.history:
         sizes = [0, 100_000, *([1_000_000] if ns.million else [])]
         history = anyio.run(run_history, [s for s in ns.stores.split(",") if s], sizes)
