@@ -5,7 +5,8 @@ Run ``python -m bench.stores [--stores sqlite,postgresql,redis] [--jobs N] [--pr
 ``python -m bench.stores --pgbouncer [--jobs N]`` measures PostgreSQL through PgBouncer in
 transaction pooling mode (127.0.0.1:6432, ``.ci/pgbouncer start``; ``?listen=false``) next to
 direct PostgreSQL in the same run: enqueue one by one, ``enqueue_many``, the drain of ``--jobs``
-no-op jobs by one worker process (target: >= 0.8x direct) and the idle pickup latency.
+no-op jobs by one worker process (target: >= 0.8x direct; best of 3 alternating rounds) and
+the idle pickup latency.
 
 ``python -m bench.stores --history [--million]`` measures instead what history costs: claim
 throughput (``claim`` of 10 then ``complete``, in process) and the CPU an idle worker process
@@ -56,6 +57,7 @@ PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 PGBOUNCER_URL = "postgresql://postgres@127.0.0.1:6432/test?listen=false"
 PGBOUNCER_TARGET = 0.8
 PGBOUNCER_PICKUPS = 40
+PGBOUNCER_ROUNDS = 3
 PG_SCHEMA = "anywork_bench"
 REDIS_URL = "redis://127.0.0.1:6379/13"
 REDIS_PREFIX = "anywork-bench"
@@ -812,28 +814,33 @@ async def run_history(stores: Sequence[str], sizes: Sequence[int]) -> list[list[
 
 async def run_pgbouncer(jobs: int) -> list[list[str]]:
     """PostgreSQL through PgBouncer (transaction pooling, ``?listen=false``) next to direct
-    PostgreSQL, in the same run; print the table and return its rows (the verdict last)."""
+    PostgreSQL, in the same run; print the table and return its rows (the verdict last).
+
+    The two alternate, ``PGBOUNCER_ROUNDS`` times, and each figure is the best of its rounds:
+    on a small shared machine the load drifts between two back-to-back measurements."""
     global PICKUP_SAMPLES
-    figures: dict[str, dict[str, float]] = {}
+    modes = (("direct", PG_URL), ("pgbouncer", PGBOUNCER_URL))
+    figures: dict[str, dict[str, float]] = {name: {} for name, _ in modes}
     options = {"schema": f"{PG_SCHEMA}_pgb"}
-    for name, url in (("direct", PG_URL), ("pgbouncer", PGBOUNCER_URL)):
-        print(f"benchmarking postgresql ({name}) ...", file=sys.stderr, flush=True)
-        await _drop_schema(options["schema"])
-        one, many = await measure_enqueue(url, options, jobs)
-        processed = run_child(["process", url, json.dumps(options), str(jobs)])
+    for round in range(PGBOUNCER_ROUNDS):
+        for name, url in modes:
+            print(f"postgresql ({name}), round {round + 1} ...", file=sys.stderr, flush=True)
+            await _drop_schema(options["schema"])
+            one, many = await measure_enqueue(url, options, jobs)
+            processed = run_child(["process", url, json.dumps(options), str(jobs)])
+            best = figures[name]
+            best["enqueue one"] = max(best.get("enqueue one", 0.0), one)
+            best["enqueue_many"] = max(best.get("enqueue_many", 0.0), many)
+            best["drain"] = max(best.get("drain", 0.0), jobs / processed["seconds"])
+    for name, url in modes:
         await _drop_schema(options["schema"])
         saved, PICKUP_SAMPLES = PICKUP_SAMPLES, PGBOUNCER_PICKUPS
         try:
             pickups = sorted(await measure_pickup(url, options))
         finally:
             PICKUP_SAMPLES = saved
-        await _drop_schema(options["schema"])
-        figures[name] = {
-            "enqueue one": one,
-            "enqueue_many": many,
-            "drain": jobs / processed["seconds"],
-            "pickup p50": statistics.median(pickups),
-        }
+        figures[name]["pickup p50"] = statistics.median(pickups)
+    await _drop_schema(options["schema"])
     rows = []
     for figure, unit in (
         ("enqueue one", "jobs/s"),
@@ -848,10 +855,8 @@ async def run_pgbouncer(jobs: int) -> list[list[str]]:
         ratio = pooled / direct
         verdict = "PASS" if ratio >= PGBOUNCER_TARGET else "MISS"
         target = f">= {PGBOUNCER_TARGET:g}x"
-        rows.append(
-            [figure, f"{direct:,.0f} {unit}", f"{pooled:,.0f} {unit}", f"{ratio:.2f}x", target]
-            + [verdict]
-        )
+        cells = [f"{direct:,.0f} {unit}", f"{pooled:,.0f} {unit}", f"{ratio:.2f}x"]
+        rows.append([figure, *cells, target, verdict])
     header = ["figure", "direct", "through PgBouncer", "ratio", "target", ""]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
