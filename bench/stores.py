@@ -865,7 +865,7 @@ async def run_pgbouncer(jobs: int) -> list[list[str]]:
 
 
 async def _drop_schema(schema: str) -> None:
-    import asyncpg  # type: ignore[import-untyped]
+    import asyncpg
 
     conn = await asyncpg.connect(PG_URL)
     try:
