@@ -255,8 +255,8 @@ class EventLogPoller:
                 if self._cursor is None:
                     await self._register()
                 await self.poll()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-                # The server went away (or the pooler): what happened meanwhile is unknown.
+            except Exception:  # the server or the pooler went away; the task must go on
+                # What happened meanwhile is unknown: a LOST event, then read from the present.
                 self._cursor = None
                 self._hub.lose()
 
