@@ -232,7 +232,7 @@ class PrivatePgBouncer:
             f"[databases]\npostgres = host=127.0.0.1 port={self.server.port} dbname=postgres"
             f" user=postgres\n\n[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {self.port}"
             f"\nunix_socket_dir =\nauth_type = any\npool_mode = transaction\n"
-            f"max_client_conn = 200\ndefault_pool_size = 20\n"
+            f"max_client_conn = 200\ndefault_pool_size = 20\nserver_login_retry = 1\n"
             f"logfile = {self.dir / 'pgbouncer.log'}\npidfile = {self.dir / 'pgbouncer.pid'}\n"
         )
         self.server._as_postgres(self.binary, "-d", str(config))
