@@ -510,7 +510,8 @@ class PostgresStore(PostgresWorkflows):
             raise ValueError(f"poll_interval must be > 0 seconds, got {self._poll_interval!r}")
         if not self._listens:
             # No prepared statement may outlive its transaction behind a transaction pooler:
-            # asyncpg then parses each statement again in the same round trip as it runs it.
+            # asyncpg then describes each statement in a round trip of its own and parses it
+            # again in the one that runs it (unnamed statements only).
             options.setdefault("statement_cache_size", 0)
         self._event_poller: EventLogPoller | None = None
 
@@ -560,6 +561,8 @@ class PostgresStore(PostgresWorkflows):
             RuntimeError: not running on asyncio (asyncpg is asyncio-only).
             PostgresUnavailableError: the server cannot be reached.
             StoreAuthenticationError: the server refused the password or user.
+            PostgresPoolerError: ``listen`` is on, but the connections go through a pooler in
+                transaction mode (add ``?listen=false``).
         """
         _require_asyncio()
         if self._pool is not None:
