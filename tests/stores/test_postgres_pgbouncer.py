@@ -211,3 +211,21 @@ async def test_the_event_log_is_written_only_while_read_and_pruned(
         assert await conn.fetchval(f"SELECT count(*) FROM {s}.event_log") == 1
     finally:
         await conn.close()
+
+
+async def test_a_reader_that_cannot_look_says_so(polling: PostgresStore) -> None:
+    """A look that fails (the server, the pooler or the pool gone) gives subscribers one LOST
+    event (``lost == 0``: an unknown number), and the reader keeps trying."""
+    hub = EventHub()
+    stream = hub.open()
+    pool = await asyncpg.create_pool(POSTGRES_URL, min_size=1, max_size=2)
+    poller = EventLogPoller(pool, f'"{polling.schema}"', hub, 0.05)
+    try:
+        await poller.start()
+        await pool.close()
+        with anyio.fail_after(10):
+            lost = await anext(stream)
+        assert (lost.kind, lost.lost) == (JobEventKind.LOST, 0)
+    finally:
+        await poller.stop()
+        pool.terminate()
