@@ -181,6 +181,27 @@ async def test_a_late_commit_is_not_skipped(polling: PostgresStore) -> None:
         await conn.close()
 
 
+async def test_an_open_transaction_elsewhere_does_not_hold_events_back(
+    polling: PostgresStore,
+) -> None:
+    """An unrelated write transaction left open (anywhere on the server) does not delay the
+    events of others: each look reads what committed since the last."""
+    conn = await asyncpg.connect(POSTGRES_URL)
+    try:
+        async with polling.events() as stream:
+            tx = conn.transaction()
+            await tx.start()
+            await conn.fetchval("SELECT pg_current_xact_id()")  # holds the oldest xid
+            job = _job()
+            await polling.add([job])
+            with anyio.fail_after(5):
+                event = await anext(stream)
+            assert event.job_id == job.id
+            await tx.rollback()
+    finally:
+        await conn.close()
+
+
 async def test_the_event_log_is_written_only_while_read_and_pruned(
     polling: PostgresStore, pgbouncer_url: str
 ) -> None:

@@ -216,8 +216,10 @@ class EventLogPoller:
         self._hub = hub
         self._interval = interval
         self._id = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
-        self._cursor: str | None = None  # the xmin of the last look (an xid8, as text)
-        self._start: str | None = None  # the snapshot at registration: older rows are not ours
+        # The last look: the highest row id it read (None: not registered) and the
+        # transactions still open then, whose rows below that id it could not see yet.
+        self._seen: int | None = None
+        self._open: list[str] = []
         self._task: asyncio.Task[None] | None = None
         self._heartbeat_at = 0.0
         self._prune_at = 0.0
@@ -239,29 +241,34 @@ class EventLogPoller:
 
     async def _register(self) -> None:
         await self._register_again()
-        # Taken after the registration committed: every transaction not visible in this
-        # snapshot writes its changes to the log.
+        # Taken after the registration committed: rows visible now are from before the
+        # subscription; transactions open now commit after it, and are read.
         row = await self._pool.fetchrow(
-            "SELECT pg_current_snapshot()::text AS snap,"
-            " pg_snapshot_xmin(pg_current_snapshot())::text AS xmin"
+            f"""SELECT (SELECT coalesce(max(id), 0) FROM {self._s}.event_log) AS seen,
+                ARRAY(SELECT x::text FROM pg_snapshot_xip(pg_current_snapshot()) AS x) AS open"""
         )
-        self._start, self._cursor = row["snap"], row["xmin"]
+        self._seen, self._open = row["seen"], list(row["open"])
         self._heartbeat_at = self._prune_at = anyio.current_time()
 
     async def _run(self) -> None:
         while True:
             await anyio.sleep(self._interval)
             try:
-                if self._cursor is None:
+                if self._seen is None:
                     await self._register()
                 await self.poll()
             except Exception:  # the server or the pooler went away; the task must go on
                 # What happened meanwhile is unknown: a LOST event, then read from the present.
-                self._cursor = None
+                self._seen = None
                 self._hub.lose()
 
     async def poll(self) -> None:
-        """One look: publish the events of transactions that finished since the last."""
+        """One look: publish the rows that became visible since the last, in log order.
+
+        A row not seen yet either has a higher id than any seen, or belongs to a transaction
+        that was still open at the last look (ids are taken in time order, so a lower id
+        was taken before that look, by a transaction then committed, or open): so each row is
+        read once, as soon as its transaction commits, and none is skipped."""
         now = anyio.current_time()
         if now - self._heartbeat_at >= _HEARTBEAT_EVERY:
             await self._register_again()
@@ -269,15 +276,16 @@ class EventLogPoller:
         if now - self._prune_at >= _PRUNE_EVERY:
             await self.prune()
             self._prune_at = now
+        # One statement, one snapshot: the rows it reads and the transactions open in it.
         rows = await self._pool.fetch(
-            f"""SELECT x.horizon::text AS horizon, e.payload
-                FROM (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS horizon) AS x
+            f"""SELECT x.open, e.id, e.payload
+                FROM (SELECT ARRAY(SELECT t::text FROM pg_snapshot_xip(pg_current_snapshot())
+                                   AS t) AS open) AS x
                 LEFT JOIN {self._s}.event_log AS e
-                  ON e.xact >= $1::text::xid8 AND e.xact < x.horizon
-                 AND NOT pg_visible_in_snapshot(e.xact, $2::text::pg_snapshot)
+                  ON e.id > $1 OR e.xact = ANY($2::text[]::xid8[])
                 ORDER BY e.id""",
-            self._cursor,
-            self._start,
+            self._seen,
+            self._open,
         )
         events = []
         lost = 0
@@ -289,7 +297,10 @@ class EventLogPoller:
             except (ValueError, TypeError, IndexError):
                 lost += 1
         if rows:
-            self._cursor = rows[0]["horizon"]
+            self._open = list(rows[0]["open"])
+            ids = [row["id"] for row in rows if row["id"] is not None]
+            if ids:
+                self._seen = max(self._seen or 0, ids[-1])
         if events:
             self._hub.publish(events)
         if lost:
