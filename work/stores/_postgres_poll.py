@@ -125,8 +125,8 @@ def migration_v7(s: str) -> list[str]:
         ELSE CASE WHEN OLD.state = 'running' AND NEW.attempts >= OLD.attempts
                   THEN 'retrying' ELSE 'enqueued' END END"""
     return [
-        # xact: the writing transaction, so a reader takes only rows of finished transactions
-        # (below its snapshot's xmin) and never skips one that commits late.
+        # xact: the writing transaction, so a reader can look again for the rows of one that
+        # was still open at its last look (it commits late: its rows have lower ids).
         f"""CREATE TABLE IF NOT EXISTS {s}.event_log (
             id       bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
             xact     xid8 NOT NULL DEFAULT pg_current_xact_id(),
@@ -204,10 +204,9 @@ class EventLogPoller:
     the events API of a store that cannot LISTEN.
 
     While it runs, a row in ``event_readers`` (renewed every few seconds) makes the triggers
-    log each change; each look takes the rows of transactions that finished since the last
-    look (those below the snapshot's xmin), in log order, so a transaction that commits late
-    is never skipped. Events arrive within about ``interval`` seconds of the commit, later
-    while an older transaction anywhere on the server is still open.
+    log each change; each look takes, in log order, the rows that became visible since the
+    last (see :meth:`poll`), so a transaction that commits late is never skipped. Events
+    arrive within about ``interval`` seconds of their commit.
     """
 
     def __init__(self, pool: Any, schema: str, hub: EventHub, interval: float) -> None:

@@ -783,8 +783,8 @@ class PostgresStore(PostgresWorkflows):
 
         Without LISTEN (``listen=False``), triggers write each change to the table
         ``{schema}.event_log`` while a reader is registered, and one task per store object
-        reads it every ``poll_interval`` while anything is subscribed: events arrive about
-        ``poll_interval`` after their commit (later while an older transaction is open).
+        reads it every ``poll_interval`` while anything is subscribed: events arrive within
+        ``poll_interval`` of their commit.
 
         Raises:
             PostgresUnavailableError: the server cannot be reached.
