@@ -272,9 +272,6 @@ class EventLogPoller:
         if now - self._heartbeat_at >= _HEARTBEAT_EVERY:
             await self._register_again()
             self._heartbeat_at = now
-        if now - self._prune_at >= _PRUNE_EVERY:
-            await self.prune()
-            self._prune_at = now
         # One statement, one snapshot: the rows it reads and the transactions open in it.
         rows = await self._pool.fetch(
             f"""SELECT x.open, e.id, e.payload
@@ -304,6 +301,9 @@ class EventLogPoller:
             self._hub.publish(events)
         if lost:
             self._hub.lose(lost)
+        if now - self._prune_at >= _PRUNE_EVERY:  # after reading: never what it has not read
+            await self.prune()
+            self._prune_at = now
 
     async def _register_again(self) -> None:
         await self._pool.execute(
