@@ -10,6 +10,12 @@ the per-job path (``Queue``'s checks, ``add``, ``claim`` + ``complete``, ``compl
 ``python -m bench.stores --redis-cluster`` compares a Redis Cluster with one Redis server
 (see :mod:`bench.redis_cluster`).
 
+``python -m bench.stores --pgbouncer [--jobs N]`` measures PostgreSQL through PgBouncer in
+transaction pooling mode (127.0.0.1:6432, ``.ci/pgbouncer start``; ``?listen=false``) next to
+direct PostgreSQL in the same run: enqueue one by one, ``enqueue_many``, the drain of ``--jobs``
+no-op jobs by one worker process (target: >= 0.8x direct; best of 3 alternating rounds) and
+the idle pickup latency.
+
 ``python -m bench.stores --history [--million]`` measures instead what history costs: claim
 throughput (``claim`` of 10 then ``complete``, in process) and the CPU an idle worker process
 uses, with 0, 100,000 (and with ``--million`` 1,000,000) finished jobs in the store, each
@@ -66,6 +72,10 @@ import anyio
 __all__ = ["Row", "cpu_seconds", "main", "peak_rss_mb"]
 
 PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
+PGBOUNCER_URL = "postgresql://postgres@127.0.0.1:6432/test?listen=false"
+PGBOUNCER_TARGET = 0.8
+PGBOUNCER_PICKUPS = 40
+PGBOUNCER_ROUNDS = 3
 PG_SCHEMA = "anywork_bench"
 REDIS_URL = "redis://127.0.0.1:6379/13"
 REDIS_PREFIX = "anywork-bench"
@@ -1081,6 +1091,71 @@ async def run_breakdown(stores: Sequence[str]) -> None:
                 print(f"| {scheme} | {name} | {value:,.1f} µs |")
 
 
+# --------------------------------------------------------------------------- pgbouncer
+
+
+async def run_pgbouncer(jobs: int) -> list[list[str]]:
+    """PostgreSQL through PgBouncer (transaction pooling, ``?listen=false``) next to direct
+    PostgreSQL, in the same run; print the table and return its rows (the verdict last).
+
+    The two alternate, ``PGBOUNCER_ROUNDS`` times, and each figure is the best of its rounds:
+    on a small shared machine the load drifts between two back-to-back measurements."""
+    global PICKUP_SAMPLES
+    modes = (("direct", PG_URL), ("pgbouncer", PGBOUNCER_URL))
+    figures: dict[str, dict[str, float]] = {name: {} for name, _ in modes}
+    options = {"schema": f"{PG_SCHEMA}_pgb"}
+    for round in range(PGBOUNCER_ROUNDS):
+        for name, url in modes:
+            print(f"postgresql ({name}), round {round + 1} ...", file=sys.stderr, flush=True)
+            await _drop_schema(options["schema"])
+            one, many = await measure_enqueue(url, options, jobs)
+            processed = run_child(["process", url, json.dumps(options), str(jobs)])
+            best = figures[name]
+            best["enqueue one"] = max(best.get("enqueue one", 0.0), one)
+            best["enqueue_many"] = max(best.get("enqueue_many", 0.0), many)
+            best["drain"] = max(best.get("drain", 0.0), jobs / processed["seconds"])
+    for name, url in modes:
+        await _drop_schema(options["schema"])
+        saved, PICKUP_SAMPLES = PICKUP_SAMPLES, PGBOUNCER_PICKUPS
+        try:
+            pickups = sorted(await measure_pickup(url, options))
+        finally:
+            PICKUP_SAMPLES = saved
+        figures[name]["pickup p50"] = statistics.median(pickups)
+    await _drop_schema(options["schema"])
+    rows = []
+    for figure, unit in (
+        ("enqueue one", "jobs/s"),
+        ("enqueue_many", "jobs/s"),
+        ("drain", "jobs/s"),
+        ("pickup p50", "ms"),
+    ):
+        direct, pooled = figures["direct"][figure], figures["pgbouncer"][figure]
+        if unit == "ms":  # no target: polling every poll_interval (0.5 s) sets it
+            rows.append([figure, f"{direct:,.1f} {unit}", f"{pooled:,.1f} {unit}", "", "", ""])
+            continue
+        ratio = pooled / direct
+        verdict = "PASS" if ratio >= PGBOUNCER_TARGET else "MISS"
+        target = f">= {PGBOUNCER_TARGET:g}x"
+        cells = [f"{direct:,.0f} {unit}", f"{pooled:,.0f} {unit}", f"{ratio:.2f}x"]
+        rows.append([figure, *cells, target, verdict])
+    header = ["figure", "direct", "through PgBouncer", "ratio", "target", ""]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+    return rows
+
+
+async def _drop_schema(schema: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(PG_URL)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await conn.close()
+
+
 def _child_main(argv: list[str]) -> int:
     """Entry of a child worker process: ``process URL OPTIONS N`` or ``pickup URL OPTIONS``."""
     profile_to: str | None = None
@@ -1150,6 +1225,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="CPU µs per job of each store call on the per-job path, in process, instead",
     )
+    parser.add_argument(
+        "--pgbouncer",
+        action="store_true",
+        help="PostgreSQL through PgBouncer (127.0.0.1:6432) next to direct, instead",
+    )
     ns = parser.parse_args(args)
     if ns.redis_cluster:
         from bench.redis_cluster import main as cluster_main
@@ -1158,6 +1238,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if ns.breakdown:
         anyio.run(run_breakdown, [s for s in ns.stores.split(",") if s])
         return 0
+    if ns.pgbouncer:
+        table = anyio.run(run_pgbouncer, ns.jobs)
+        return 0 if all(row[-1] != "MISS" for row in table) else 1
     if ns.history:
         sizes = [0, 100_000, *([1_000_000] if ns.million else [])]
         history = anyio.run(run_history, [s for s in ns.stores.split(",") if s], sizes)

@@ -27,7 +27,7 @@ from work import JobState, SyncQueue
 from work.cli import CLIError, load_worker, main, mask_url
 from work.stores import open_store
 
-from .stores.conftest import POSTGRES_URL
+from .stores.conftest import POSTGRES_URL, require_pgbouncer
 
 REPO = Path(work.__file__).resolve().parents[1]
 
@@ -415,14 +415,22 @@ def test_read_only_commands_create_no_sqlite_file(
     assert other.read_bytes() == b"not a database at all"
 
 
+@pytest.fixture(params=["direct", "pgbouncer"])
+def pg_url(request: pytest.FixtureRequest) -> str:
+    """PostgreSQL directly, and through PgBouncer in transaction pooling (``?listen=false``)."""
+    if request.param == "pgbouncer":
+        return require_pgbouncer() + "?listen=false"
+    return POSTGRES_URL
+
+
 def test_read_only_commands_create_no_postgres_schema(
-    capsys: pytest.CaptureFixture[str], pg_schema: str
+    capsys: pytest.CaptureFixture[str], pg_schema: str, pg_url: str
 ) -> None:
     """On PostgreSQL, stats and jobs on a schema that does not exist exit 1 and create none."""
-    store = ["--store", POSTGRES_URL, "--store-option", f"schema={pg_schema}"]
+    store = ["--store", pg_url, "--store-option", f"schema={pg_schema}"]
     for argv in READ_ONLY:
         code, _, err = run(capsys, *argv, *store)
-        assert code == 1 and f"no anywork store at {POSTGRES_URL}" in err, err
+        assert code == 1 and f"no anywork store at {pg_url}" in err, err
 
     async def schema_exists() -> bool:
         import asyncpg  # type: ignore[import-untyped]
@@ -583,6 +591,18 @@ def pg_schema() -> Iterator[str]:
     anyio.run(PostgresStore(POSTGRES_URL, schema=schema).drop)
 
 
+def test_listen_through_pgbouncer_is_one_line_and_exit_1(
+    capsys: pytest.CaptureFixture[str], pg_schema: str
+) -> None:
+    """A store URL through PgBouncer in transaction pooling without ?listen=false: one line
+    that says what is wrong and how to fix it, exit 1, for writing and read-only commands."""
+    store = ["--store", require_pgbouncer(), "--store-option", f"schema={pg_schema}"]
+    for argv in (["enqueue", "add"], ["stats"]):
+        code, _, err = run(capsys, *argv, *store)
+        assert code == 1 and err.count("\n") == 1, err
+        assert "transaction pooling" in err and "?listen=false" in err
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [
@@ -593,10 +613,14 @@ def pg_schema() -> Iterator[str]:
     ],
 )
 def test_enqueue_poison_on_postgres_exits_2(
-    capsys: pytest.CaptureFixture[str], pg_schema: str, options: list[str], message: str
+    capsys: pytest.CaptureFixture[str],
+    pg_schema: str,
+    pg_url: str,
+    options: list[str],
+    message: str,
 ) -> None:
     """On PostgreSQL, a value its driver would refuse is bad input (2), never a driver error."""
-    store = ["--store", POSTGRES_URL, "--store-option", f"schema={pg_schema}"]
+    store = ["--store", pg_url, "--store-option", f"schema={pg_schema}"]
     code, _, err = run(capsys, "enqueue", "add", *options, *store)
     assert (code, err.count("\n")) == (2, 1), err
     assert message in err and "Error:" not in err

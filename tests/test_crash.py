@@ -203,6 +203,53 @@ class PrivateRedis:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+class PrivatePgBouncer:
+    """A PgBouncer of its own in transaction pooling mode in front of a private PostgreSQL,
+    run as the postgres user, stopped by pid."""
+
+    def __init__(self, server: PrivatePostgres) -> None:
+        binary = shutil.which("pgbouncer") or (
+            "/usr/sbin/pgbouncer" if Path("/usr/sbin/pgbouncer").exists() else None
+        )
+        if binary is None:
+            reason = (
+                "a private PgBouncer needs pgbouncer on this machine (.ci/pgbouncer installs it)"
+            )
+            if os.environ.get("CI", "").lower() == "true":
+                pytest.fail(reason)
+            pytest.skip(reason)
+        self.binary = binary
+        self.server = server
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="anywork-crash-pgbouncer-"))
+        shutil.chown(self.dir, "postgres", "postgres")
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres?listen=false"
+
+    def start(self) -> None:
+        """Write the config, start it and wait until it answers."""
+        config = self.dir / "pgbouncer.ini"
+        config.write_text(
+            f"[databases]\npostgres = host=127.0.0.1 port={self.server.port} dbname=postgres"
+            f" user=postgres\n\n[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {self.port}"
+            f"\nunix_socket_dir =\nauth_type = any\npool_mode = transaction\n"
+            f"max_client_conn = 200\ndefault_pool_size = 20\nserver_login_retry = 1\n"
+            f"logfile = {self.dir / 'pgbouncer.log'}\npidfile = {self.dir / 'pgbouncer.pid'}\n"
+        )
+        self.server._as_postgres(self.binary, "-d", str(config))
+
+        def answers() -> bool:
+            with socket.socket() as sock:
+                return sock.connect_ex(("127.0.0.1", self.port)) == 0
+
+        wait_until(answers, 20, "the private pgbouncer")
+
+    def remove(self) -> None:
+        """Stop it by its pid and delete its directory."""
+        with suppress(OSError, ValueError):
+            os.kill(int((self.dir / "pgbouncer.pid").read_text()), signal.SIGTERM)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
 # -- counting a process's RUNNING jobs in each store -------------------------------------------
 
 
@@ -528,3 +575,33 @@ def test_redis_cluster_workers_killed_lose_no_job(tmp_path: Path) -> None:
         from work.stores.redis import RedisStore
 
         anyio.run(RedisStore(url, prefix=prefix).drop)
+
+
+def test_postgres_through_pgbouncer_workers_killed_and_server_restarted_lose_no_job(
+    tmp_path: Path,
+) -> None:
+    """PostgreSQL behind PgBouncer in transaction pooling (private ones, ``?listen=false``):
+    10,000 jobs without a RetryPolicy, 5 SIGKILLed workers and a server crash and restart
+    behind the pooler: none lost or FAILED, duplicates bounded."""
+    pytest.importorskip("asyncpg")
+    server = PrivatePostgres()
+    bouncer = PrivatePgBouncer(server)
+    try:
+        server.create()
+        bouncer.start()
+        schema = f"crash_{uuid.uuid4().hex[:12]}"
+        cluster = Cluster(tmp_path, ["--store", bouncer.url, "--store-option", f"schema={schema}"])
+        try:
+            with SyncQueue(bouncer.url, schema=schema) as queue:
+                crash_run(
+                    cluster,
+                    queue,
+                    postgres_running_of(server.url, schema),
+                    server.restart,
+                    "PostgreSQL through PgBouncer",
+                )
+        finally:
+            cluster.kill_all()
+    finally:
+        bouncer.remove()
+        server.remove()

@@ -10,6 +10,7 @@ be pointed elsewhere with ``ANYWORK_TEST_POSTGRES_URL`` and ``ANYWORK_TEST_REDIS
 from __future__ import annotations
 
 import os
+import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -63,15 +64,50 @@ def is_redis(kind: str) -> bool:
     return kind in ("redis", "redis-cluster")
 
 
+# PostgreSQL through PgBouncer in transaction pooling mode (.ci/pgbouncer start).
+PGBOUNCER_URL = os.environ.get(
+    "ANYWORK_TEST_PGBOUNCER_URL", "postgresql://postgres@127.0.0.1:6432/test"
+)
+
 STORE_BACKENDS = [
     pytest.param(("memory", "asyncio"), id="memory-asyncio"),
     pytest.param(("memory", "trio"), id="memory-trio"),
     pytest.param(("sqlite", "asyncio"), id="sqlite-asyncio"),
     pytest.param(("sqlite", "trio"), id="sqlite-trio"),
     pytest.param(("postgresql", "asyncio"), id="postgresql-asyncio"),
+    pytest.param(("postgresql-pgbouncer", "asyncio"), id="postgresql-pgbouncer-asyncio"),
     pytest.param(("redis", "asyncio"), id="redis-asyncio"),
     pytest.param(("redis-cluster", "asyncio"), id="redis-cluster-asyncio"),
 ]
+
+
+def require_pgbouncer() -> str:
+    """Return the PgBouncer URL (without ``?listen=false``) if PgBouncer answers there; skip
+    the test if not, except in CI (``CI=true``), where its absence fails the test."""
+    if "error" not in _PGBOUNCER_STATE:
+        parts = urlsplit(PGBOUNCER_URL)
+        try:
+            socket.create_connection((parts.hostname, parts.port or 5432), timeout=5).close()
+            _PGBOUNCER_STATE["error"] = ""
+        except OSError as exc:
+            _PGBOUNCER_STATE["error"] = f"{type(exc).__name__}: {exc}"
+    error = _PGBOUNCER_STATE["error"]
+    if error:
+        reason = f"PgBouncer does not answer at {PGBOUNCER_URL} ({error}): run .ci/pgbouncer start"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return PGBOUNCER_URL
+
+
+_PGBOUNCER_STATE: dict[str, str] = {}
+
+
+@pytest.fixture(scope="session")
+def pgbouncer_url() -> str:
+    """The URL of PostgreSQL through PgBouncer in transaction pooling mode, without
+    ``?listen=false`` (skipped if PgBouncer does not answer, failed in CI)."""
+    return require_pgbouncer()
 
 
 @pytest.fixture(params=STORE_BACKENDS)
@@ -89,8 +125,8 @@ def anyio_backend(store_backend: tuple[str, str]) -> str:
 
 @pytest.fixture
 def store_kind(store_backend: tuple[str, str]) -> str:
-    """The store kind of the current combination: memory, sqlite, postgresql, redis or
-    redis-cluster."""
+    """The store kind of the current combination: memory, sqlite, postgresql,
+    postgresql-pgbouncer, redis or redis-cluster."""
     return store_backend[0]
 
 
@@ -105,6 +141,9 @@ def store_url(store_kind: str, tmp_path: Path) -> str:
         return POSTGRES_URL
     if store_kind == "redis-cluster":
         return require_redis_cluster()
+    if store_kind == "postgresql-pgbouncer":
+        # Polling often keeps the suite quick; test_postgres_pgbouncer.py checks the default.
+        return require_pgbouncer() + "?listen=false&poll_interval=0.05"
     return REDIS_URL
 
 
@@ -112,7 +151,7 @@ def store_url(store_kind: str, tmp_path: Path) -> str:
 def store_options(store_kind: str) -> dict[str, Any]:
     """Options that give this test a namespace of its own in a shared server."""
     tag = uuid.uuid4().hex[:12]
-    if store_kind == "postgresql":
+    if store_kind.startswith("postgresql"):
         return {"schema": f"anywork_test_{tag}"}
     if is_redis(store_kind):
         return {"prefix": f"anywork-test-{tag}:"}

@@ -91,7 +91,9 @@ async def test_concurrent_migrations_are_safe(make: Callable[[], PostgresStore])
         versions = await stores[0]._pool.fetch(
             f'SELECT version FROM "{stores[0].schema}".schema_version'
         )
-        assert [row["version"] for row in versions] == list(range(1, SCHEMA_VERSION + 1))
+        # Each version once, up to this module's (a branch may skip a number: 6, then 7).
+        recorded = [row["version"] for row in versions]
+        assert recorded == sorted(set(recorded)) and recorded[-1] == SCHEMA_VERSION
         await stores[3].add([_job("a")])
         assert (await stores[5].get("a")) is not None
     finally:
@@ -129,11 +131,11 @@ async def test_migration_is_idempotent(make: Callable[[], PostgresStore]) -> Non
             await first.add([_job("kept")])
         async with make() as second:
             assert (await second.get("kept")) is not None
-            assert (
-                await second._pool.fetchval(
-                    f'SELECT count(*) FROM "{second.schema}".schema_version'
-                )
-                == SCHEMA_VERSION
+            # One row per version (a branch may skip a number: 6, then 7).
+            assert await second._pool.fetchval(
+                "SELECT count(*) = count(DISTINCT version) AND max(version) = $1"
+                f' FROM "{second.schema}".schema_version',
+                SCHEMA_VERSION,
             )
     finally:
         await first.drop()
@@ -487,7 +489,8 @@ async def test_version_1_schema_upgrades_on_open(make: Callable[[], PostgresStor
         async with first:
             assert first._pool is not None
             versions = await first._pool.fetch(f"SELECT version FROM {s}.schema_version")
-            assert sorted(row["version"] for row in versions) == list(range(1, SCHEMA_VERSION + 1))
+            recorded = sorted(row["version"] for row in versions)
+            assert recorded == sorted(set(recorded)) and recorded[-1] == SCHEMA_VERSION
             (claimed,) = await first.claim(["default"], limit=5, lease=0.05, owner="w")
             assert claimed.record.id == "old" and claimed.decode_error is None
 

@@ -43,6 +43,14 @@ from ._base import (
     conflict_record,
 )
 from ._open import mask_url
+from ._postgres_poll import (
+    DEFAULT_POLL_INTERVAL,
+    EventLogPoller,
+    PostgresPoolerError,
+    check_pooler,
+    migration_v7,
+    split_url,
+)
 from ._postgres_rows import (
     claimed_row,
     decode_row,
@@ -61,9 +69,9 @@ from ._postgres_workflows import (
 )
 from ._server import StoreAuthenticationError, StoreUnavailableError, require_asyncio
 
-__all__ = ["PostgresStore", "PostgresUnavailableError"]
+__all__ = ["PostgresPoolerError", "PostgresStore", "PostgresUnavailableError"]
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 7
 """The schema version this module creates and expects."""
 
 _WORKER_LOST = "worker lost"
@@ -431,11 +439,18 @@ class PostgresStore(PostgresWorkflows):
             different schemas in one database are independent.
         min_size: connections the pool keeps open.
         max_size: connections the pool opens at most.
-        **connect_options: further keyword arguments for ``asyncpg.create_pool`` (for
-            example ``statement_cache_size=0`` behind PgBouncer in transaction mode).
+        listen: wake waiting workers and event subscribers by ``LISTEN``/``NOTIFY`` (the
+            default); False polls every ``poll_interval`` instead and keeps no state across
+            transactions (asyncpg's statement cache off), for PostgreSQL behind a pooler in
+            transaction mode (PgBouncer's ``pool_mode=transaction``). The URL parameter
+            ``?listen=false`` does the same; the option wins over it.
+        poll_interval: seconds between two looks for work and for events when not listening
+            (default 0.5; URL parameter ``?poll_interval=``).
+        **connect_options: further keyword arguments for ``asyncpg.create_pool``.
 
     Raises:
-        ValueError: ``min_size`` or ``max_size`` out of range, or an empty schema name.
+        ValueError: ``min_size`` or ``max_size`` out of range, an empty schema name, a
+            ``poll_interval`` that is not positive, or a bad ``listen`` URL parameter.
     """
 
     def __init__(
@@ -445,8 +460,12 @@ class PostgresStore(PostgresWorkflows):
         schema: str = "anywork",
         min_size: int = 1,
         max_size: int = 10,
+        listen: bool | None = None,
+        poll_interval: float | None = None,
         **connect_options: Any,
     ) -> None:
+        dsn, url_listen, url_poll = split_url(url)
+        self._init_polling(listen, url_listen, poll_interval, url_poll, connect_options)
         if not schema:
             raise ValueError("schema must be a non-empty name")
         if min_size < 0 or max_size < 1 or min_size > max_size:
@@ -455,7 +474,7 @@ class PostgresStore(PostgresWorkflows):
             )
         self.url = mask_url(url)
         self.schema = schema
-        self._dsn = url
+        self._dsn = dsn
         self._min_size = min_size
         self._max_size = max_size
         self._options = connect_options
@@ -480,6 +499,61 @@ class PostgresStore(PostgresWorkflows):
     def __repr__(self) -> str:
         return f"PostgresStore({self.url!r}, schema={self.schema!r})"
 
+    def _init_polling(
+        self,
+        listen: bool | None,
+        url_listen: bool | None,
+        poll_interval: float | None,
+        url_poll: float | None,
+        options: dict[str, Any],
+    ) -> None:
+        """Settle ``listen`` and ``poll_interval`` (the options win over the URL's)."""
+        self._listens = listen if listen is not None else url_listen is not False
+        poll = poll_interval if poll_interval is not None else url_poll
+        self._poll_interval = DEFAULT_POLL_INTERVAL if poll is None else poll
+        if not self._poll_interval > 0:
+            raise ValueError(f"poll_interval must be > 0 seconds, got {self._poll_interval!r}")
+        if not self._listens:
+            # No prepared statement may outlive its transaction behind a transaction pooler:
+            # asyncpg then describes each statement in a round trip of its own and parses it
+            # again in the one that runs it (unnamed statements only).
+            options.setdefault("statement_cache_size", 0)
+        self._event_poller: EventLogPoller | None = None
+
+    async def _check_pooler(self, first: Any = None) -> None:
+        """When listening: fail if the connections go through a transaction pooler (at open,
+        on pool connections; in :meth:`exists`, on its own connection ``first``)."""
+        if not self._listens:
+            return
+        async with contextlib.AsyncExitStack() as stack:
+            from_pool = first is None
+            if from_pool:
+                first = await stack.enter_async_context(self._pool.acquire())
+            if from_pool and self._max_size >= 2:
+                second = await stack.enter_async_context(self._pool.acquire())
+            else:  # a pool of one has no second connection; exists() has no pool
+                try:
+                    second = await asyncpg.connect(self._dsn, **_connect_only(self._options))
+                except _CONNECT_ERRORS as exc:
+                    raise PostgresUnavailableError(*_address(self._dsn), exc) from exc
+                stack.push_async_callback(second.close)
+            await check_pooler(first, second, _address(self._dsn))
+
+    async def _poll_events(self) -> None:
+        """Start reading the event log (the first subscriber of a store that does not LISTEN)."""
+        if self._event_poller is None:
+            poller = EventLogPoller(self._pool, self._s, self._hub, self._poll_interval)
+            try:
+                await poller.start()
+            except _LOST_ERRORS as exc:
+                raise PostgresUnavailableError(*_address(self._dsn), exc) from exc
+            self._event_poller = poller
+
+    async def _stop_polling_events(self) -> None:
+        poller, self._event_poller = self._event_poller, None
+        if poller is not None:
+            await poller.stop()
+
     # -- life -----------------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
@@ -492,6 +566,8 @@ class PostgresStore(PostgresWorkflows):
             RuntimeError: not running on asyncio (asyncpg is asyncio-only).
             PostgresUnavailableError: the server cannot be reached.
             StoreAuthenticationError: the server refused the password or user.
+            PostgresPoolerError: ``listen`` is on, but the connections go through a pooler in
+                transaction mode (add ``?listen=false``).
         """
         _require_asyncio()
         if self._pool is not None:
@@ -511,6 +587,7 @@ class PostgresStore(PostgresWorkflows):
             raise StoreAuthenticationError("PostgreSQL", *_address(self._dsn), exc) from exc
         self._runner = _Runner(self._pool, hold=self._max_size >= 2, address=_address(self._dsn))
         try:
+            await self._check_pooler()
             await self._migrate()
         except BaseException:
             await self._close()
@@ -531,6 +608,8 @@ class PostgresStore(PostgresWorkflows):
             await self._close()
 
     async def _close(self) -> None:
+        with anyio.CancelScope(shield=True):
+            await self._stop_polling_events()
         if self._events_linger is not None:
             self._events_linger.cancel()
             self._events_linger = None
@@ -602,6 +681,10 @@ class PostgresStore(PostgresWorkflows):
                 for statement in _migration_v5(self._s):
                     await conn.execute(statement)
                 await conn.execute(f"INSERT INTO {self._s}.schema_version VALUES (5)")
+            if version < 7:
+                for statement in migration_v7(self._s):
+                    await conn.execute(statement)
+                await conn.execute(f"INSERT INTO {self._s}.schema_version VALUES (7)")
             # Workflows: tables of their own and a trigger, created if missing.
             for statement in workflow_schema(self._s, _quote_literal(self._channel)):
                 await conn.execute(statement)
@@ -710,6 +793,11 @@ class PostgresStore(PostgresWorkflows):
         connection is lost, subscribers get a LOST event (``lost == 0``), and the next
         subscription connects again.
 
+        Without LISTEN (``listen=False``), triggers write each change to the table
+        ``{schema}.event_log`` while a reader is registered, and one task per store object
+        reads it every ``poll_interval`` while anything is subscribed: events arrive within
+        ``poll_interval`` of their commit.
+
         Raises:
             PostgresUnavailableError: the server cannot be reached.
         """
@@ -722,7 +810,9 @@ class PostgresStore(PostgresWorkflows):
                 if self._events_linger is not None:
                     self._events_linger.cancel()
                     self._events_linger = None
-                if self._events_conn is None or self._events_conn.is_closed():
+                if not self._listens:
+                    await self._poll_events()
+                elif self._events_conn is None or self._events_conn.is_closed():
                     await self._listen_events()
             yield stream
         finally:
@@ -730,7 +820,9 @@ class PostgresStore(PostgresWorkflows):
             with anyio.CancelScope(shield=True):
                 async with self._events_lock:
                     self._events_users -= 1
-                    if self._events_users == 0:
+                    if self._events_users == 0 and not self._listens:
+                        await self._stop_polling_events()
+                    elif self._events_users == 0:
                         self._linger_events()
 
     async def _listen_events(self) -> None:
@@ -811,9 +903,13 @@ class PostgresStore(PostgresWorkflows):
         except asyncpg.InvalidAuthorizationSpecificationError as exc:
             raise StoreAuthenticationError("PostgreSQL", *_address(self._dsn), exc) from exc
         try:
+            await self._check_pooler(conn)
             found = await conn.fetchval(
                 "SELECT to_regclass($1) IS NOT NULL", f"{self._s}.schema_version"
             )
+        except (asyncpg.InvalidSQLStatementNameError, asyncpg.DuplicatePreparedStatementError):
+            # A statement cache through a transaction pooler: say so, as opening would.
+            raise PostgresPoolerError(*_address(self._dsn)) from None
         finally:
             await conn.close()
         return bool(found)
@@ -1408,8 +1504,11 @@ class PostgresStore(PostgresWorkflows):
 
         Returns at once if a job is ready; otherwise waits for a NOTIFY naming one of
         ``queues`` on the listening connection, but no later than the next SCHEDULED job
-        falls due.
+        falls due. Without LISTEN (``listen=False``), looks every ``poll_interval`` instead.
         """
+        if not self._listens:
+            await self._poll_for_work(queues, timeout)
+            return
         pool = self._require_pool()
         waiter = _Waiter(frozenset(queues))
         # Registered before looking, so a job added after the look still wakes us.
@@ -1438,6 +1537,40 @@ class PostgresStore(PostgresWorkflows):
                 timeout = min(timeout, _FALLBACK_POLL)
             with anyio.move_on_after(max(timeout, 0.0)):
                 await waiter.event.wait()
+        finally:
+            self._waiters.discard(waiter)
+
+    async def _poll_for_work(self, queues: Sequence[str], timeout: float) -> None:
+        """:meth:`wait_for_work` without LISTEN: look every ``poll_interval`` until a job is
+        ready, the next SCHEDULED one falls due, or ``timeout`` passes."""
+        pool = self._require_pool()
+        waiter = _Waiter(frozenset(queues))
+        self._waiters.add(waiter)  # closing the store wakes it
+        try:
+            wake = anyio.current_time() + max(timeout, 0.0)
+            while True:
+                now = _now()
+                row = await pool.fetchrow(
+                    f"""SELECT
+                        EXISTS (SELECT 1 FROM {self._s}.jobs
+                                WHERE queue = ANY($1::text[]) AND state = 'queued') AS ready,
+                        (SELECT min(scheduled_for) FROM {self._s}.jobs
+                         WHERE queue = ANY($1::text[]) AND state = 'scheduled') AS next_due""",
+                    list(queues),
+                )
+                if row["ready"]:
+                    return
+                due = row["next_due"]
+                if due is not None and due.tzinfo is not None:  # not 'infinity'
+                    due_in = (due - now).total_seconds() + 0.001
+                    wake = min(wake, anyio.current_time() + due_in)
+                left = wake - anyio.current_time()
+                if left <= 0:
+                    return
+                with anyio.move_on_after(min(left, self._poll_interval)):
+                    await waiter.event.wait()
+                if waiter.event.is_set():
+                    return
         finally:
             self._waiters.discard(waiter)
 
