@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import builtins
 import math
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
@@ -20,6 +20,7 @@ from .._core.status import Status
 from .._core.validate import check_at, check_delay, check_int, check_name, check_payload
 from .._runtime.portal import PortalTwin
 from .._runtime.timers import seconds
+from ..stores._args import args_match, check_args_filter
 from ..stores._base import FINAL_STATES, JobRecord, JobState, Store, WorkerInfo, WorkflowStore
 from ..stores._open import open_store
 from .deferred import complete_waiting, heartbeat_waiting
@@ -600,6 +601,7 @@ class Queue:
         after: str | None = None,
         schedule_id: str | None = None,
         workflow_id: str | None = None,
+        args: Mapping[str, Any] | None = None,
     ) -> list[JobRecord]:
         """Return up to ``limit`` records matching the filters, oldest first.
 
@@ -612,14 +614,29 @@ class Queue:
             schedule_id: only the executions of this schedule.
             workflow_id: only the jobs of this workflow that were stored (steps not released
                 yet are not jobs yet), in the order of its ``jobs``, its ``on_error`` last.
+            args: only jobs whose args hold every given top-level key with an equal JSON
+                value (``{"user": 42}``; ``true`` is not ``1``). The store filters (an index
+                on PostgreSQL, SQL on SQLite, a bounded Lua scan on Redis).
 
         Raises:
             ValueError: an unknown state, a limit below 0 or above 2**31 - 1, or a name or
                 id that no job can have (as for enqueue).
+            TypeError: ``args`` is not a mapping of str keys to JSON values.
         """
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
             raise ValueError(f"limit must be an int >= 0, got {limit!r}")
         check_int(limit, "limit", low=0)
+        wanted = check_args_filter(args)
+        if wanted is not None and workflow_id is not None:
+            found = await self._list_workflow_jobs(
+                workflow_id,
+                state=JobState(state) if state is not None else None,
+                queue=queue,
+                handler=handler,
+                limit=2**31 - 1,
+                after=after,
+            )
+            return [r for r in found if args_match(r.args, wanted)][:limit]
         for value, what in ((queue, "queue"), (handler, "handler"), (after, "after")):
             if value is not None:
                 check_name(value, what)
@@ -639,6 +656,7 @@ class Queue:
             limit=limit,
             after=after,
             schedule_id=schedule_id,
+            **({"args": wanted} if wanted is not None else {}),
         )
 
     async def stats(self) -> dict[str, dict[str, int]]:
@@ -902,6 +920,7 @@ class SyncQueue:
         after: str | None = None,
         schedule_id: str | None = None,
         workflow_id: str | None = None,
+        args: Mapping[str, Any] | None = None,
     ) -> list[JobRecord]:
         """Return a page of records; see :meth:`Queue.list`."""
         records: list[JobRecord] = self._call(
@@ -913,6 +932,7 @@ class SyncQueue:
             after=after,
             schedule_id=schedule_id,
             workflow_id=workflow_id,
+            args=args,
         )
         return records
 

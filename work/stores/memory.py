@@ -26,6 +26,7 @@ from .._durable.events import (
     check_event_filters,
     kind_for_change,
 )
+from ._args import args_match, check_args_filter
 from ._base import (
     DEFAULT_LOST_LIMIT,
     FINAL_STATES,
@@ -266,12 +267,14 @@ class MemoryStore(MemoryWorkflows):
         limit: int = 100,
         after: str | None = None,
         schedule_id: str | None = None,
+        args: Mapping[str, Any] | None = None,
     ) -> list[JobRecord]:
         """Return up to ``limit`` records matching the filters, in enqueue order.
 
         ``after`` is the last id of the previous page; an id the store does not know gives an
-        empty page.
+        empty page. ``args``: see :meth:`work.stores.Store.list` (compared in Python here).
         """
+        wanted = check_args_filter(args)
         with self._lock:
             start = -1
             if after is not None:
@@ -294,6 +297,8 @@ class MemoryStore(MemoryWorkflows):
                 if handler is not None and rec.handler != handler:
                     continue
                 if schedule_id is not None and rec.schedule_id != schedule_id:
+                    continue
+                if wanted is not None and not _args_match_row(row.args_json, wanted):
                     continue
                 out.append(self._snapshot(row))
             return out
@@ -999,3 +1004,13 @@ def _copy(value: dict[str, Any] | None) -> dict[str, Any] | None:
         return None
     copied: dict[str, Any] = json.loads(json.dumps(value))
     return copied
+
+
+def _args_match_row(args_json: str, wanted: Mapping[str, Any]) -> bool:
+    """True when a row's stored args (JSON text) match an args filter; undecodable args
+    never match."""
+    try:
+        args = json.loads(args_json)
+    except ValueError:
+        return False
+    return isinstance(args, dict) and args_match(args, wanted)

@@ -29,6 +29,7 @@ from .._durable.events import (
     check_event_filters,
     event_from_values,
 )
+from ._args import check_args_filter, postgres_args_where
 from ._base import (
     DEFAULT_LOST_LIMIT,
     UNFINISHED_STATES,
@@ -58,7 +59,7 @@ from ._server import StoreAuthenticationError, StoreUnavailableError, require_as
 
 __all__ = ["PostgresStore", "PostgresUnavailableError"]
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 """The schema version this module creates and expects."""
 
 _WORKER_LOST = "worker lost"
@@ -274,6 +275,68 @@ def _migration_v4(s: str) -> list[str]:
             WHERE unique_key IS NOT NULL AND state IN {_ACTIVE}""",
         f"""CREATE TABLE IF NOT EXISTS {s}.settings (
             key text PRIMARY KEY, value text NOT NULL)""",
+    ]
+
+
+def _migration_v6(s: str) -> list[str]:
+    """Schema version 6: indexes that page a million finished jobs by state, queue, handler
+    and args, and counts by queue and state kept by triggers, so that stats never scan jobs.
+
+    Triggers append each statement's changes to ``count_deltas`` (inserts only: concurrent
+    writers never wait on one another's counter rows); :meth:`PostgresStore.stats` adds them
+    to ``counts`` and folds them in, one folder at a time.
+    """
+    delta = f"INSERT INTO {s}.count_deltas (queue, state, n)"
+    return [
+        # args is JSON text; a foreign writer may leave text that is not JSON, which must not
+        # break writes: such args index as NULL and match no filter.
+        f"""CREATE OR REPLACE FUNCTION {s}.jobs_args(a text) RETURNS jsonb
+            LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+            BEGIN RETURN a::jsonb; EXCEPTION WHEN others THEN RETURN NULL; END $$""",
+        f"""CREATE INDEX IF NOT EXISTS jobs_args ON {s}.jobs
+            USING gin ({s}.jobs_args(args) jsonb_path_ops)""",
+        f"CREATE INDEX IF NOT EXISTS jobs_state_seq ON {s}.jobs (state, seq)",
+        f"CREATE INDEX IF NOT EXISTS jobs_queue_seq ON {s}.jobs (queue, seq)",
+        f"CREATE INDEX IF NOT EXISTS jobs_handler_seq ON {s}.jobs (handler, seq)",
+        f"""CREATE TABLE IF NOT EXISTS {s}.counts (
+            queue text NOT NULL, state text NOT NULL, n bigint NOT NULL,
+            PRIMARY KEY (queue, state))""",
+        f"""CREATE TABLE IF NOT EXISTS {s}.count_deltas (
+            queue text NOT NULL, state text NOT NULL, n bigint NOT NULL)""",
+        f"""CREATE OR REPLACE FUNCTION {s}.jobs_count_insert() RETURNS trigger
+            LANGUAGE plpgsql AS $$ BEGIN
+            {delta} SELECT queue, state, count(*) FROM new_rows GROUP BY queue, state;
+            RETURN NULL; END $$""",
+        f"""CREATE OR REPLACE FUNCTION {s}.jobs_count_delete() RETURNS trigger
+            LANGUAGE plpgsql AS $$ BEGIN
+            {delta} SELECT queue, state, -count(*) FROM old_rows GROUP BY queue, state;
+            RETURN NULL; END $$""",
+        f"""CREATE OR REPLACE FUNCTION {s}.jobs_count_update() RETURNS trigger
+            LANGUAGE plpgsql AS $$ BEGIN
+            {delta} SELECT queue, state, sum(n) FROM (
+                SELECT o.queue, o.state, -1 AS n FROM old_rows o JOIN new_rows w ON w.id = o.id
+                    WHERE o.state <> w.state OR o.queue <> w.queue
+                UNION ALL
+                SELECT w.queue, w.state, 1 FROM old_rows o JOIN new_rows w ON w.id = o.id
+                    WHERE o.state <> w.state OR o.queue <> w.queue
+            ) d GROUP BY queue, state HAVING sum(n) <> 0;
+            RETURN NULL; END $$""",
+        f"DROP TRIGGER IF EXISTS jobs_count_insert ON {s}.jobs",
+        f"""CREATE TRIGGER jobs_count_insert AFTER INSERT ON {s}.jobs
+            REFERENCING NEW TABLE AS new_rows
+            FOR EACH STATEMENT EXECUTE FUNCTION {s}.jobs_count_insert()""",
+        f"DROP TRIGGER IF EXISTS jobs_count_delete ON {s}.jobs",
+        f"""CREATE TRIGGER jobs_count_delete AFTER DELETE ON {s}.jobs
+            REFERENCING OLD TABLE AS old_rows
+            FOR EACH STATEMENT EXECUTE FUNCTION {s}.jobs_count_delete()""",
+        f"DROP TRIGGER IF EXISTS jobs_count_update ON {s}.jobs",
+        f"""CREATE TRIGGER jobs_count_update AFTER UPDATE ON {s}.jobs
+            REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+            FOR EACH STATEMENT EXECUTE FUNCTION {s}.jobs_count_update()""",
+        f"DELETE FROM {s}.counts",
+        f"DELETE FROM {s}.count_deltas",
+        f"""INSERT INTO {s}.counts (queue, state, n)
+            SELECT queue, state, count(*) FROM {s}.jobs GROUP BY queue, state""",
     ]
 
 
@@ -597,6 +660,10 @@ class PostgresStore(PostgresWorkflows):
                 for statement in _migration_v5(self._s):
                     await conn.execute(statement)
                 await conn.execute(f"INSERT INTO {self._s}.schema_version VALUES (5)")
+            if version < 6:
+                for statement in _migration_v6(self._s):
+                    await conn.execute(statement)
+                await conn.execute(f"INSERT INTO {self._s}.schema_version VALUES (6)")
             # Workflows: tables of their own and a trigger, created if missing.
             for statement in workflow_schema(self._s, _quote_literal(self._channel)):
                 await conn.execute(statement)
@@ -834,9 +901,24 @@ class PostgresStore(PostgresWorkflows):
         return decode_row(row)[0] if row is not None else None
 
     async def stats(self) -> dict[str, dict[str, int]]:
-        """Return ``{queue: {state: count}}`` for every queue holding jobs."""
+        """Return ``{queue: {state: count}}`` for every queue holding jobs.
+
+        Read from the ``counts`` table plus the changes triggers appended since (never a scan
+        of jobs); the same statement folds those changes into ``counts`` when no other caller
+        is folding.
+        """
         rows = await self._require_pool().fetch(
-            f"SELECT queue, state, count(*) AS n FROM {self._s}.jobs GROUP BY queue, state"
+            f"""WITH fold AS (SELECT pg_try_advisory_xact_lock(hashtext($1)) AS got),
+            gone AS (DELETE FROM {self._s}.count_deltas WHERE (SELECT got FROM fold)
+                RETURNING queue, state, n),
+            kept AS (INSERT INTO {self._s}.counts (queue, state, n)
+                SELECT queue, state, sum(n) FROM gone GROUP BY queue, state
+                ON CONFLICT (queue, state) DO UPDATE SET n = counts.n + EXCLUDED.n)
+            SELECT queue, state, sum(n)::bigint AS n FROM (
+                SELECT queue, state, n FROM {self._s}.counts
+                UNION ALL SELECT queue, state, n FROM {self._s}.count_deltas
+            ) c GROUP BY queue, state HAVING sum(n) > 0""",
+            f"anywork-counts:{self.schema}",
         )
         out: dict[str, dict[str, int]] = {}
         for row in rows:
@@ -1660,12 +1742,15 @@ class PostgresStore(PostgresWorkflows):
         limit: int = 100,
         after: str | None = None,
         schedule_id: str | None = None,
+        args: Mapping[str, Any] | None = None,
     ) -> list[JobRecord]:
         """Return up to ``limit`` records matching the filters, in enqueue order.
 
         ``after`` is the last id of the previous page; an id the store does not know gives an
-        empty page.
+        empty page. ``args`` is a jsonb containment test served by the GIN index on
+        ``jobs_args(args)`` (schema version 6), then an exact equality per key.
         """
+        wanted = check_args_filter(args)
         pool = self._require_pool()
         where: list[str] = []
         params: list[Any] = []
@@ -1678,6 +1763,10 @@ class PostgresStore(PostgresWorkflows):
             if value is not None:
                 params.append(str(value))
                 where.append(f"{column} = ${len(params)}")
+        if wanted is not None:
+            args_sql, args_params = postgres_args_where(self._s, wanted, len(params) + 1)
+            where.append(args_sql)
+            params += args_params
         if after is not None:
             params.append(after)
             # An unknown id gives NULL, and `seq > NULL` matches nothing: an empty page.

@@ -32,6 +32,7 @@ from .._durable.events import (
     check_event_filters,
     event_from_values,
 )
+from ._args import ARGS_SCAN, LIST_BY_ARGS_LUA, check_args_filter
 from ._base import (
     DEFAULT_LOST_LIMIT,
     FINAL_STATES,
@@ -1268,6 +1269,33 @@ class RedisStore(RedisWorkflows):
 
     # -- listing (last: the method named `list` shadows the builtin below it) -------
 
+    async def _list_by_args(
+        self, start: str, limit: int, wanted: Mapping[str, Any], filters: builtins.list[Any]
+    ) -> builtins.list[JobRecord]:
+        """``list(args=...)``: the ids a bounded Lua scan matched, a call at a time, then their
+        records in one pipelined round trip per call."""
+        client = self._require()
+        script = self._scripts.get("list_by_args")
+        if script is None:
+            script = self._scripts["list_by_args"] = client.register_script(LIST_BY_ARGS_LUA)
+        wanted_json = json.dumps(dict(wanted))
+        extra = ["" if value is None else str(value) for value in filters]
+        out: list[JobRecord] = []
+        while len(out) < limit:
+            found, last = await script(
+                keys=[self._key("all")],
+                args=[self.prefix, start, limit - len(out), ARGS_SCAN, wanted_json, *extra],
+            )
+            if found:
+                pipe = client.pipeline(transaction=False)
+                for id in found:
+                    pipe.hgetall(self._key("job", id.decode()))
+                out += [_from_hash(fields)[0] for fields in await pipe.execute() if fields]
+            if not last:
+                break
+            start = f"({int(float(last))}"
+        return out[:limit]
+
     async def list(
         self,
         *,
@@ -1277,12 +1305,17 @@ class RedisStore(RedisWorkflows):
         limit: int = 100,
         after: str | None = None,
         schedule_id: str | None = None,
+        args: Mapping[str, Any] | None = None,
     ) -> list[JobRecord]:
         """Return up to ``limit`` records matching the filters, in enqueue order.
 
         ``after`` is the last id of the previous page; an id the store does not know gives an
         empty page. Filters are applied while walking the enqueue order, a chunk at a time.
+        ``args`` is tested by a Lua script that examines at most ``ARGS_SCAN`` (1000) jobs a
+        call, so one call never holds Redis for long; the store calls it again from where it
+        stopped until the page is full or every job was examined.
         """
+        wanted = check_args_filter(args)
         client = self._require()
         start = "-inf"
         if after is not None:
@@ -1290,6 +1323,9 @@ class RedisStore(RedisWorkflows):
             if seq is None:
                 return []
             start = f"({int(seq)}"
+        if wanted is not None:
+            filters = [state, queue, handler, schedule_id]
+            return await self._list_by_args(start, limit, wanted, filters)
         out: list[JobRecord] = []
         while len(out) < limit:
             page = cast(

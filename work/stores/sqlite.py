@@ -33,6 +33,7 @@ from .._durable.events import (
     check_event_filters,
     event_from_values,
 )
+from ._args import check_args_filter, sqlite_args_where, sqlite_json_equal
 from ._base import (
     DEFAULT_LOST_LIMIT,
     UNFINISHED_STATES,
@@ -705,6 +706,9 @@ class SQLiteStore(SQLiteWorkflows):
             )
             try:
                 conn.row_factory = sqlite3.Row
+                conn.create_function(
+                    "anywork_json_equal", 2, sqlite_json_equal, deterministic=True
+                )
                 conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
                 self._retry_locked(lambda: conn.execute("PRAGMA journal_mode = WAL").fetchone())
                 conn.execute(f"PRAGMA synchronous = {self.synchronous}")
@@ -815,12 +819,15 @@ class SQLiteStore(SQLiteWorkflows):
         limit: int = 100,
         after: str | None = None,
         schedule_id: str | None = None,
+        args: Mapping[str, Any] | None = None,
     ) -> list[JobRecord]:
         """Return up to ``limit`` records matching the filters, in enqueue order.
 
         ``after`` is the last id of the previous page; an id the store does not know gives an
-        empty page.
+        empty page. ``args`` is one ``json_each`` lookup per key in SQL, tested on the rows the
+        other filters' index walks in enqueue order.
         """
+        wanted = check_args_filter(args)
         where: list[str] = []
         params: list[Any] = []
         for column, value in (
@@ -832,6 +839,10 @@ class SQLiteStore(SQLiteWorkflows):
             if value is not None:
                 where.append(f"{column} = ?")
                 params.append(str(value))
+        if wanted is not None:
+            args_sql, args_params = sqlite_args_where(wanted)
+            where.append(args_sql)
+            params += args_params
         if after is not None:
             where.append("seq > (SELECT seq FROM anywork_jobs WHERE id = ?)")
             params.append(after)

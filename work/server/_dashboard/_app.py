@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
-import inspect
 import json
 import secrets
 import time
@@ -36,10 +35,6 @@ __all__ = ["create_dashboard"]
 _HERE = Path(__file__).parent
 COOKIE = "anywork_dashboard"
 PAGE_SIZE = 50
-# A search by args on a store without an args filter reads at most this many jobs per page
-# view, so one search never walks a million rows; "Next" carries on from where it stopped.
-SCAN_LIMIT = 5000
-_SCAN_BATCH = 500
 # Queued jobs read per queue to find handlers no live worker has (as the API's /v1/queues).
 UNSERVED_SCAN = 1000
 _STATES = list(JobState)
@@ -241,31 +236,19 @@ def _chart(series: list[tuple[int, int]]) -> dict[str, Any]:
     }
 
 
-def _parse_search(text: str) -> dict[str, tuple[str, Any]]:
-    """``key=value`` pairs separated by spaces; a value also matches as JSON (``n=3``)."""
-    wanted: dict[str, tuple[str, Any]] = {}
+def _parse_search(text: str) -> dict[str, Any]:
+    """``key=value`` pairs separated by spaces: the value as JSON when it parses (``n=3``,
+    ``vip=true``, ``name="3"``), else as text (``tier=gold``)."""
+    wanted: dict[str, Any] = {}
     for part in text.split():
         key, sep, raw = part.partition("=")
         if not sep or not key:
             raise ValueError(f"search terms are key=value, got {part!r}")
         try:
-            parsed: Any = json.loads(raw)
+            wanted[key] = json.loads(raw)
         except ValueError:
-            parsed = raw
-        wanted[key] = (raw, parsed)
+            wanted[key] = raw
     return wanted
-
-
-def _matches(record: JobRecord, wanted: dict[str, tuple[str, Any]]) -> bool:
-    for key, (raw, parsed) in wanted.items():
-        if key not in record.args:
-            return False
-        value = record.args[key]
-        # True == 1 in Python; a search for n=1 should not find a flag that is true.
-        same_kind = isinstance(value, bool) == isinstance(parsed, bool)
-        if value != raw and (value != parsed or not same_kind):
-            return False
-    return True
 
 
 async def _form(request: Request) -> dict[str, str]:
@@ -332,7 +315,6 @@ def create_dashboard(
     env.filters["in_zone"] = in_zone
     env.filters["pretty"] = lambda value: json.dumps(value, indent=2, sort_keys=True, default=str)
     env.filters["url"] = lambda value: quote(str(value), safe="")
-    list_takes_args = "args" in inspect.signature(queue.list).parameters
 
     def base(request: Request) -> str:
         return str(request.scope.get("root_path", "")).rstrip("/")
@@ -603,36 +585,19 @@ def create_dashboard(
         records: list[JobRecord] = []
         next_cursor: str | None = None
         error = None
-        scanned = 0
         try:
             wanted = _parse_search(filters["q"])
-            common: dict[str, Any] = {
-                "state": filters["state"] or None,
-                "queue": filters["queue"] or None,
-                "handler": filters["handler"] or None,
-            }
-            if wanted and list_takes_args:
-                common["args"] = {k: parsed for k, (_, parsed) in wanted.items()}
-            if not wanted or list_takes_args:
-                page = await queue.list(**common, limit=PAGE_SIZE + 1, after=after)
-                records = page[:PAGE_SIZE]
-                next_cursor = records[-1].id if len(page) > PAGE_SIZE else None
-            else:
-                cursor = after
-                exhausted = False
-                while len(records) < PAGE_SIZE and scanned < SCAN_LIMIT:
-                    batch = await queue.list(**common, limit=_SCAN_BATCH, after=cursor)
-                    for record in batch:
-                        scanned += 1
-                        cursor = record.id
-                        if _matches(record, wanted):
-                            records.append(record)
-                            if len(records) == PAGE_SIZE:
-                                break
-                    if len(batch) < _SCAN_BATCH and len(records) < PAGE_SIZE:
-                        exhausted = True
-                        break
-                next_cursor = None if exhausted else cursor
+            # The store filters on args itself (an index, SQL or a bounded server-side scan).
+            page = await queue.list(
+                state=filters["state"] or None,
+                queue=filters["queue"] or None,
+                handler=filters["handler"] or None,
+                args=wanted or None,
+                limit=PAGE_SIZE + 1,
+                after=after,
+            )
+            records = page[:PAGE_SIZE]
+            next_cursor = records[-1].id if len(page) > PAGE_SIZE else None
         except ValueError as exc:
             error = str(exc)
         query = {k: v for k, v in filters.items() if v}
@@ -648,7 +613,6 @@ def create_dashboard(
             next_url=f"?{urlencode({**query, 'after': next_cursor})}" if next_cursor else None,
             first_url=f"?{urlencode(query)}" if after else None,
             error=error,
-            scanned=scanned,
         )
 
     async def job(request: Request) -> Response:
