@@ -119,3 +119,31 @@ async def test_stats_follow_a_jobs_life_and_purges(store: Store) -> None:
     assert {s: n for s, n in stats["q"].items() if n} == {"queued": 2}
     # Twice in a row: the second read (after any fold of counters) says the same.
     assert await store.stats() == stats
+
+
+async def test_finished_per_minute_counts_the_last_hour(store: Store) -> None:
+    """finished_per_minute() counts succeeded and failed jobs per queue and minute."""
+    assert await store.finished_per_minute() == {}
+    await store.add([record(queue=q, id=f"{q}{i}") for q in ("a", "b") for i in range(3)])
+    claimed = await store.claim(["a", "b"], limit=6, lease=30, owner="w")
+    by_id = {c.record.id: c.record.id for c in claimed}
+    failed = {"a2", "b0"}
+    outcomes = [
+        Outcome(id=id, state=JobState.SUCCEEDED, status=Status.SUCCESS)
+        if id not in failed
+        else Outcome(id=id, state=JobState.FAILED, status=Status.INTERNAL_SERVER_ERROR)
+        for id in by_id
+    ]
+    await store.complete("w", outcomes[:-1])
+    await store.cancel(outcomes[-1].id)  # running: a cancel request, not a finish yet
+    series = await store.finished_per_minute()
+    assert sorted(series) == ["a", "b"]
+    for queue, minutes in series.items():
+        assert len(minutes) == 60
+        # Finished a moment ago: in this minute, or the one before if it just turned.
+        assert all(pair == (0, 0) for pair in minutes[:58])
+        ok = sum(s for s, _ in minutes)
+        bad = sum(f for _, f in minutes)
+        expected = [o for o in outcomes[:-1] if o.id.startswith(queue)]
+        assert ok == sum(o.state is JobState.SUCCEEDED for o in expected)
+        assert bad == sum(o.state is JobState.FAILED for o in expected)

@@ -663,6 +663,12 @@ class Queue:
         """Return ``{queue: {state: count}}``."""
         return await self.store.stats()
 
+    async def finished_per_minute(self) -> dict[str, builtins.list[tuple[int, int]]]:
+        """Return ``{queue: [(succeeded, failed), ...]}``: the jobs that finished in each of
+        the last 60 UTC minutes, oldest first, the current minute last (read from the store,
+        so it survives restarts)."""
+        return await self.store.finished_per_minute()
+
     async def workers(self, *, lost: bool = True) -> builtins.list[WorkerInfo]:
         """Return the serving workers registered in the store (``anywork serve`` registers
         itself and heartbeats), oldest first.
@@ -968,6 +974,19 @@ class SyncQueue:
         """Return ``{queue: {state: count}}``; see :meth:`Queue.stats`."""
         counts: dict[str, dict[str, int]] = self._call(self._queue.stats)
         return counts
+
+    def finished_per_minute(self) -> dict[str, builtins.list[tuple[int, int]]]:
+        """Return the last hour's finished jobs per queue and minute; see
+        :meth:`Queue.finished_per_minute`."""
+        series: dict[str, builtins.list[tuple[int, int]]] = self._call(
+            self._queue.finished_per_minute
+        )
+        return series
+
+    def workers(self, *, lost: bool = True) -> builtins.list[WorkerInfo]:
+        """Return the workers registered in the store; see :meth:`Queue.workers`."""
+        found: builtins.list[WorkerInfo] = self._call(self._queue.workers, lost=lost)
+        return found
 
     def purge(
         self,

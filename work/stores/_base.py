@@ -455,6 +455,14 @@ class Store(Protocol):
         may be left out)."""
         ...
 
+    async def finished_per_minute(self) -> dict[str, builtins.list[tuple[int, int]]]:
+        """Return ``{queue: [(succeeded, failed), ...]}``: the jobs that finished SUCCEEDED or
+        FAILED in each of the last 60 UTC minutes by their ``finished_at`` (oldest minute
+        first, the current minute last), for every queue with one in that hour. Read from
+        the stored jobs (an index), so it survives restarts; jobs purged since are not
+        counted."""
+        ...
+
     async def cancel(self, id: str) -> bool:
         """Cancel a job. QUEUED, SCHEDULED or WAITING: it becomes CANCELLED (499) at once.
         RUNNING: a cancel is requested; the owner learns it from :meth:`renew` and completes the job

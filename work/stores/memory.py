@@ -5,6 +5,7 @@ from __future__ import annotations
 import builtins
 import json
 import threading
+from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from .._durable.events import (
     check_event_filters,
     kind_for_change,
 )
+from ._activity import first_minute, minute_series
 from ._args import args_match, check_args_filter
 from ._base import (
     DEFAULT_LOST_LIMIT,
@@ -311,6 +313,21 @@ class MemoryStore(MemoryWorkflows):
                 counts = out.setdefault(row.record.queue, {})
                 counts[row.record.state.value] = counts.get(row.record.state.value, 0) + 1
             return out
+
+    async def finished_per_minute(self) -> dict[str, builtins.list[tuple[int, int]]]:
+        """Return the last hour's finished jobs per queue and minute (see
+        :meth:`work.stores.Store.finished_per_minute`), counted from the rows."""
+        now = self.clock.now()
+        since = first_minute(now)
+        with self._lock:
+            found = Counter(
+                (rec.queue, int(rec.finished_at.timestamp() // 60), rec.state.value)
+                for rec in (row.record for row in self._rows.values())
+                if rec.finished_at is not None
+                and rec.state in (JobState.SUCCEEDED, JobState.FAILED)
+                and rec.finished_at.timestamp() // 60 >= since
+            )
+        return minute_series(((q, m, st, n) for (q, m, st), n in found.items()), now)
 
     # -- producing ----------------------------------------------------------------------------
 

@@ -32,6 +32,7 @@ from .._durable.events import (
     check_event_filters,
     event_from_values,
 )
+from ._activity import FINISHED_PER_MINUTE_LUA, first_minute, minute_series
 from ._args import ARGS_SCAN, LIST_BY_ARGS_LUA, check_args_filter
 from ._base import (
     DEFAULT_LOST_LIMIT,
@@ -646,6 +647,30 @@ class RedisStore(RedisWorkflows):
             if int(count) > 0:
                 out.setdefault(queue, {})[state] = int(count)
         return out
+
+    async def finished_per_minute(self) -> dict[str, builtins.list[tuple[int, int]]]:
+        """Return the last hour's finished jobs per queue and minute (see
+        :meth:`work.stores.Store.finished_per_minute`): a Lua script per queue counts the
+        jobs its finished sets (by finish time) hold for the last hour, reading each one's
+        state, so it costs one step per job finished in that hour."""
+        client = self._require()
+        script = self._scripts.get("finished_per_minute")
+        if script is None:
+            script = client.register_script(FINISHED_PER_MINUTE_LUA)
+            self._scripts["finished_per_minute"] = script
+        now = datetime.now(UTC)
+        since = str(first_minute(now) * 60 * 1_000_000)
+        queues = sorted(await self.stats())
+        rows: list[tuple[str, int, str, int]] = []
+        for queue in queues:
+            flat = await script(
+                keys=[self._key("done", queue), self._key("kept", queue)],
+                args=[self.prefix, since],
+            )
+            for slot, n in zip(flat[::2], flat[1::2], strict=True):
+                minute, _, state = slot.decode().partition(" ")
+                rows.append((queue, int(minute), state, int(n)))
+        return minute_series(rows, now)
 
     # -- producing ------------------------------------------------------------------------
 
