@@ -98,11 +98,12 @@ async def test_stats_follow_a_jobs_life_and_purges(store: Store) -> None:
     """stats() counts jobs through claim, completion, retry of a failure and purge."""
     await store.add([record(queue="q", id=f"j{i}") for i in range(4)])
     claimed = await store.claim(["q"], limit=3, lease=30, owner="w")
+    ok, bad = JobState.SUCCEEDED, JobState.FAILED
     outcomes = [
-        Outcome(id=c.record.id, state=JobState.SUCCEEDED, status=Status.SUCCESS) for c in claimed[:2]
-    ] + [Outcome(
-            id=claimed[2].record.id, state=JobState.FAILED, status=Status.INTERNAL_SERVER_ERROR
-        )]
+        Outcome(id=claimed[0].record.id, state=ok, status=Status.SUCCESS),
+        Outcome(id=claimed[1].record.id, state=ok, status=Status.SUCCESS),
+        Outcome(id=claimed[2].record.id, state=bad, status=Status.INTERNAL_SERVER_ERROR),
+    ]
     await store.complete("w", outcomes)
     stats = await store.stats()
     assert {s: n for s, n in stats["q"].items() if n} == {

@@ -17,6 +17,7 @@ from ._schemas import JobIn, JobList, JobOut, JobsQuery, job_json
 
 __all__ = ["ENDPOINTS", "valid_id"]
 
+
 def valid_id(value: str, what: str = "job") -> str:
     """``value`` if a job could have it as its id, else a 404 (no job can)."""
     try:

@@ -718,9 +718,7 @@ class SQLiteStore(SQLiteWorkflows):
             )
             try:
                 conn.row_factory = sqlite3.Row
-                conn.create_function(
-                    "anywork_json_equal", 2, sqlite_json_equal, deterministic=True
-                )
+                conn.create_function("anywork_json_equal", 2, sqlite_json_equal, deterministic=True)
                 conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
                 self._retry_locked(lambda: conn.execute("PRAGMA journal_mode = WAL").fetchone())
                 conn.execute(f"PRAGMA synchronous = {self.synchronous}")
