@@ -26,7 +26,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response, Stream
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from ... import JobEvent, JobEventKind, JobRecord, JobState, Queue
+from ... import JobEvent, JobRecord, JobState, Queue
 from ...abc import Store
 from ...scheduling import Schedules
 
@@ -38,6 +38,7 @@ PAGE_SIZE = 50
 # Queued jobs read per queue to find handlers no live worker has (as the API's /v1/queues).
 UNSERVED_SCAN = 1000
 _STATES = list(JobState)
+_NO_MINUTES = [(0, 0)] * 60
 _MESSAGES = {
     "cancelled": "Cancel requested.",
     "not-cancelled": "Not cancelled: the job had already finished.",
@@ -134,28 +135,6 @@ class _Auth:
         return _Session(digest, read_only, self._mac("csrf", digest))
 
 
-class _Activity:
-    """Finished jobs per queue and minute over the last hour, counted from the store's events
-    (60 small counters per queue, whatever the store holds)."""
-
-    def __init__(self) -> None:
-        self.since: datetime | None = None
-        self._minutes: dict[str, dict[int, list[int]]] = {}
-
-    def add(self, event: JobEvent) -> None:
-        minute = int(event.at.timestamp() // 60)
-        buckets = self._minutes.setdefault(event.queue, {})
-        counts = buckets.setdefault(minute, [0, 0])
-        counts[0 if event.kind is JobEventKind.SUCCEEDED else 1] += 1
-        for old in [m for m in buckets if m <= minute - 60]:
-            del buckets[old]
-
-    def series(self, queue: str, now: datetime) -> list[tuple[int, int]]:
-        last = int(now.timestamp() // 60)
-        buckets = self._minutes.get(queue, {})
-        return [tuple(buckets.get(m, [0, 0])) for m in range(last - 59, last + 1)]  # type: ignore[misc]
-
-
 @dataclass(frozen=True)
 class _Snapshot:
     stats: dict[str, dict[str, int]]
@@ -163,6 +142,8 @@ class _Snapshot:
     unserved: dict[str, dict[str, int]]
     taken_at: datetime
     took: float
+    # {queue: [(succeeded, failed)] * 60}: the store's finished jobs per minute, last hour.
+    minutes: dict[str, list[tuple[int, int]]]
 
 
 class _Counts:
@@ -201,8 +182,9 @@ class _Counts:
             lacking = Counter(r.handler for r in queued if r.handler not in served)
             if lacking:
                 unserved[name] = dict(sorted(lacking.items()))
+        minutes = await self._queue.finished_per_minute()
         took = time.perf_counter() - started
-        snap = _Snapshot(stats, oldest, unserved, datetime.now(UTC), took)
+        snap = _Snapshot(stats, oldest, unserved, datetime.now(UTC), took, minutes)
         self.current = snap
         return snap
 
@@ -285,9 +267,10 @@ def create_dashboard(
 ) -> Starlette:
     """Build the dashboard as a Starlette app, to serve alone or mount (``Mount("/", app)``).
 
-    The pages read the store through :class:`work.Queue`; nothing is kept in memory but the
-    last hour's finished-job counters of the overview chart, fed by the store's events while
-    the app's lifespan runs (a host app that mounts it enters ``app.router.lifespan_context``).
+    The pages read the store through :class:`work.Queue`, the overview chart included (the
+    store's ``finished_per_minute``), so nothing is kept in memory and a restart loses no
+    history. While the app's lifespan runs (a host app that mounts it enters
+    ``app.router.lifespan_context``), a slow count is taken in the background.
 
     Args:
         store: an open store (the caller enters and leaves it).
@@ -303,7 +286,6 @@ def create_dashboard(
     key = secret.encode() if isinstance(secret, str) else secret or secrets.token_bytes(32)
     auth = _Auth(None if tokens is None else list(tokens), list(read_only_tokens), key)
     queue = Queue(store)
-    activity = _Activity()
     counts = _Counts(queue)
     schedules = Schedules(store)
     env = Environment(
@@ -394,7 +376,6 @@ def create_dashboard(
         session = auth.session(request)
         if session is None:
             return to_login(request)
-        now = datetime.now(UTC)
         snap = counts.current
         if snap is None or not counts.slow or not counts.following:
             snap = await counts.take()
@@ -408,7 +389,7 @@ def create_dashboard(
                     "total": sum(snap.stats[name].values()),
                     "oldest": snap.oldest.get(name),
                     "unserved": snap.unserved.get(name, {}),
-                    "chart": _chart(activity.series(name, now)),
+                    "chart": _chart(snap.minutes.get(name, _NO_MINUTES)),
                 }
             )
         return render(
@@ -418,7 +399,6 @@ def create_dashboard(
             page="overview",
             queues=queues,
             states=[s.value for s in _STATES],
-            since=utc(activity.since),
             snapshot=snap if counts.slow and counts.following else None,
         )
 
@@ -702,24 +682,11 @@ def create_dashboard(
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )
 
-    async def follow() -> None:
-        kinds = [JobEventKind.SUCCEEDED, JobEventKind.FAILED]
-        while True:
-            try:
-                async with queue.events(kinds=kinds) as subscription:
-                    activity.since = activity.since or datetime.now(UTC)
-                    async for event in subscription:
-                        if event.kind is not JobEventKind.LOST:
-                            activity.add(event)
-            except Exception:  # the chart must never take the app down; try again shortly
-                await anyio.sleep(1.0)
-
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         counts.following = True
         try:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(follow)
                 tg.start_soon(counts.refresh_forever)
                 yield
                 tg.cancel_scope.cancel()
