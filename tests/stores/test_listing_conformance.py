@@ -59,6 +59,17 @@ async def test_list_by_args_compares_json_values(store: Store) -> None:
     assert await _ids(store, args={}) == ids
 
 
+async def test_list_by_args_takes_any_key(store: Store) -> None:
+    """Keys holding dots, quotes, backslashes, brackets or spaces are keys like any other."""
+    keys = ["a.b", 'say "hi"', "back\\slash", "x[0]", "with space", "$", ""]
+    recs = [record(args={key: i, "other": i}) for i, key in enumerate(keys)]
+    await store.add(recs)
+    for i, key in enumerate(keys):
+        assert await _ids(store, args={key: i}) == [recs[i].id], key
+        assert await _ids(store, args={key: i, "other": i}) == [recs[i].id], key
+        assert await _ids(store, args={key: [i]}) == [], key
+
+
 async def test_list_by_args_with_state_and_queue(store: Store) -> None:
     """An args filter combines with state and queue, and follows state changes."""
     recs = [record(queue="a" if i % 2 else "b", args={"n": i % 3}) for i in range(9)]

@@ -70,30 +70,47 @@ def check_args_filter(wanted: Any) -> dict[str, Any] | None:
 
 def sqlite_args_where(wanted: Mapping[str, Any]) -> tuple[str, list[Any]]:
     """SQL conditions on ``anywork_jobs.args`` (JSON text) for :func:`args_match`, and their
-    parameters: one ``json_each`` lookup per key, comparing JSON types so that ``true`` is
-    not ``1``; objects and arrays compare through ``anywork_json_equal`` (registered on the
-    connection by the store)."""
-    parts: list[str] = []
+    parameters: ``json_type`` and ``json_extract`` per key (JSON types compared, so that
+    ``true`` is not ``1``), objects and arrays through ``anywork_json_equal`` (registered on
+    the connection by the store). A key holding a quote or a backslash (which a JSON path
+    cannot quote) is looked up with ``json_each`` instead, about twice as slow."""
+    parts: list[str] = ["json_valid(anywork_jobs.args)"]
     params: list[Any] = []
     for key, value in wanted.items():
-        extra: list[Any] = []
-        if value is None:
-            test = "a.type = 'null'"
-        elif isinstance(value, bool):
-            test = f"a.type = '{'true' if value else 'false'}'"
-        elif isinstance(value, int | float):
-            test, extra = "a.type IN ('integer', 'real') AND a.atom = ?", [value]
-        elif isinstance(value, str):
-            test, extra = "a.type = 'text' AND a.atom = ?", [value]
+        kind_params: list[Any]
+        atom_params: list[Any]
+        plain = '"' not in key and "\\" not in key
+        if plain:
+            path = f'$."{key}"'
+            kind, kind_params = "json_type(anywork_jobs.args, ?)", [path]
+            atom, atom_params = "json_extract(anywork_jobs.args, ?)", [path]
         else:
-            kind = "object" if isinstance(value, Mapping) else "array"
-            test = f"a.type = '{kind}' AND anywork_json_equal(a.value, ?)"
-            extra = [json.dumps(value)]
-        parts.append(
-            "EXISTS (SELECT 1 FROM json_each(CASE WHEN json_valid(anywork_jobs.args)"
-            f" THEN anywork_jobs.args ELSE '{{}}' END) AS a WHERE a.key = ? AND {test})"
-        )
-        params += [key, *extra]
+            kind, kind_params = "a.type", []
+            atom, atom_params = "a.atom", []
+        if value is None:
+            test, test_params = f"{kind} = 'null'", kind_params
+        elif isinstance(value, bool):
+            test, test_params = f"{kind} = '{'true' if value else 'false'}'", kind_params
+        elif isinstance(value, int | float):
+            test = f"{kind} IN ('integer', 'real') AND {atom} = ?"
+            test_params = [*kind_params, *atom_params, value]
+        elif isinstance(value, str):
+            test = f"{kind} = 'text' AND {atom} = ?"
+            test_params = [*kind_params, *atom_params, value]
+        else:
+            shape = "object" if isinstance(value, Mapping) else "array"
+            whole = atom if plain else "a.value"
+            test = f"{kind} = '{shape}' AND anywork_json_equal({whole}, ?)"
+            test_params = [*kind_params, *atom_params, json.dumps(value)]
+        if plain:
+            parts.append(f"({test})")
+            params += test_params
+        else:
+            parts.append(
+                "EXISTS (SELECT 1 FROM json_each(anywork_jobs.args) AS a"
+                f" WHERE a.key = ? AND {test})"
+            )
+            params += [key, *test_params]
     return " AND ".join(parts), params
 
 
