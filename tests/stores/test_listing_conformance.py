@@ -98,11 +98,11 @@ async def test_list_by_args_skips_undecodable_args(store: Store, corrupt: Corrup
     assert await _ids(store, args={"k": 1}) == [recs[0].id, recs[2].id]
 
 
-@pytest.mark.parametrize("bad", [["k"], {1: 2}, {"k": object()}, {"k": float("nan")}])
-async def test_list_by_args_refuses_a_filter_that_is_not_json(store: Store, bad: object) -> None:
+async def test_list_by_args_refuses_a_filter_that_is_not_json(store: Store) -> None:
     """An args filter must map str keys to JSON values."""
-    with pytest.raises(TypeError):
-        await store.list(args=bad)  # type: ignore[arg-type]
+    for bad in (["k"], {1: 2}, {"k": object()}, {"k": float("nan")}):
+        with pytest.raises(TypeError):
+            await store.list(args=bad)  # type: ignore[arg-type]
 
 
 async def test_stats_follow_a_jobs_life_and_purges(store: Store) -> None:
