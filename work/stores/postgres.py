@@ -68,6 +68,7 @@ _WORKER_LOST = "worker lost"
 _RESULT_STATES = frozenset({JobState.SUCCEEDED, JobState.WAITING})
 _PURGE_BATCH = 1000  # rows per purge statement
 _ACTIVE = "('queued', 'scheduled', 'running', 'waiting')"
+_FINISHED = "('succeeded', 'failed', 'cancelled')"
 # Connection failures asyncpg reports as builtin errors (TimeoutError is an OSError too).
 _CONNECT_ERRORS = (OSError, asyncpg.exceptions.CannotConnectNowError)
 # What a call raises when the server went away (a restart, a failover, the network), as
@@ -281,11 +282,13 @@ def _migration_v4(s: str) -> list[str]:
 
 def _migration_v6(s: str) -> list[str]:
     """Schema version 6: indexes that page a million finished jobs by state, queue, handler
-    and args, and counts by queue and state kept by triggers, so that stats never scan jobs.
+    and args, and counts of finished jobs by queue and state kept by triggers, so that stats
+    never scan the history.
 
-    Triggers append each statement's changes to ``count_deltas`` (inserts only: concurrent
-    writers never wait on one another's counter rows); :meth:`PostgresStore.stats` adds them
-    to ``counts`` and folds them in, one folder at a time.
+    Triggers append each change to ``count_deltas`` when a job enters or leaves a finished
+    state (inserts only: concurrent writers never wait on one another's counter rows);
+    :meth:`PostgresStore.stats` adds them to ``counts`` and folds them in, one folder at a
+    time, and counts the unfinished jobs (few) from the ``jobs_queue_active`` index.
     """
     delta = f"INSERT INTO {s}.count_deltas (queue, state, n)"
     return [
@@ -309,36 +312,35 @@ def _migration_v6(s: str) -> list[str]:
             PRIMARY KEY (queue, state))""",
         f"""CREATE TABLE IF NOT EXISTS {s}.count_deltas (
             queue text NOT NULL, state text NOT NULL, n bigint NOT NULL)""",
-        f"""CREATE OR REPLACE FUNCTION {s}.jobs_count_insert() RETURNS trigger
+        # Finished jobs only: unfinished ones are few and counted from jobs_queue_active.
+        # A row trigger whose WHEN (checked without calling any function) passes only when a
+        # job enters or leaves a finished state, so claims, renewals and progress pay nothing.
+        f"""CREATE OR REPLACE FUNCTION {s}.jobs_count_row() RETURNS trigger
             LANGUAGE plpgsql AS $$ BEGIN
-            {delta} SELECT queue, state, count(*) FROM new_rows GROUP BY queue, state;
+            IF TG_OP = 'UPDATE' AND OLD.state IN {_FINISHED} THEN
+                {delta} VALUES (OLD.queue, OLD.state, -1);
+            END IF;
+            IF NEW.state IN {_FINISHED} THEN {delta} VALUES (NEW.queue, NEW.state, 1); END IF;
             RETURN NULL; END $$""",
+        # Deletes are purges and expiries, many rows at once: one statement-level insert.
         f"""CREATE OR REPLACE FUNCTION {s}.jobs_count_delete() RETURNS trigger
             LANGUAGE plpgsql AS $$ BEGIN
-            {delta} SELECT queue, state, -count(*) FROM old_rows GROUP BY queue, state;
-            RETURN NULL; END $$""",
-        f"""CREATE OR REPLACE FUNCTION {s}.jobs_count_update() RETURNS trigger
-            LANGUAGE plpgsql AS $$ BEGIN
-            {delta} SELECT queue, state, sum(n) FROM (
-                SELECT o.queue, o.state, -1 AS n FROM old_rows o JOIN new_rows w ON w.id = o.id
-                    WHERE o.state <> w.state OR o.queue <> w.queue
-                UNION ALL
-                SELECT w.queue, w.state, 1 FROM old_rows o JOIN new_rows w ON w.id = o.id
-                    WHERE o.state <> w.state OR o.queue <> w.queue
-            ) d GROUP BY queue, state HAVING sum(n) <> 0;
+            {delta} SELECT queue, state, -count(*) FROM old_rows
+                WHERE state IN {_FINISHED} GROUP BY queue, state;
             RETURN NULL; END $$""",
         f"DROP TRIGGER IF EXISTS jobs_count_insert ON {s}.jobs",
-        f"""CREATE TRIGGER jobs_count_insert AFTER INSERT ON {s}.jobs
-            REFERENCING NEW TABLE AS new_rows
-            FOR EACH STATEMENT EXECUTE FUNCTION {s}.jobs_count_insert()""",
+        f"""CREATE TRIGGER jobs_count_insert AFTER INSERT ON {s}.jobs FOR EACH ROW
+            WHEN (NEW.state IN {_FINISHED}) EXECUTE FUNCTION {s}.jobs_count_row()""",
+        f"DROP TRIGGER IF EXISTS jobs_count_update ON {s}.jobs",
+        f"""CREATE TRIGGER jobs_count_update AFTER UPDATE OF state, queue ON {s}.jobs
+            FOR EACH ROW WHEN ((OLD.state IS DISTINCT FROM NEW.state
+                OR OLD.queue IS DISTINCT FROM NEW.queue)
+                AND (OLD.state IN {_FINISHED} OR NEW.state IN {_FINISHED}))
+            EXECUTE FUNCTION {s}.jobs_count_row()""",
         f"DROP TRIGGER IF EXISTS jobs_count_delete ON {s}.jobs",
         f"""CREATE TRIGGER jobs_count_delete AFTER DELETE ON {s}.jobs
             REFERENCING OLD TABLE AS old_rows
             FOR EACH STATEMENT EXECUTE FUNCTION {s}.jobs_count_delete()""",
-        f"DROP TRIGGER IF EXISTS jobs_count_update ON {s}.jobs",
-        f"""CREATE TRIGGER jobs_count_update AFTER UPDATE ON {s}.jobs
-            REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
-            FOR EACH STATEMENT EXECUTE FUNCTION {s}.jobs_count_update()""",
         *recount(s),
     ]
 
@@ -350,7 +352,8 @@ def recount(s: str) -> list[str]:
         f"DELETE FROM {s}.counts",
         f"DELETE FROM {s}.count_deltas",
         f"""INSERT INTO {s}.counts (queue, state, n)
-            SELECT queue, state, count(*) FROM {s}.jobs GROUP BY queue, state""",
+            SELECT queue, state, count(*) FROM {s}.jobs WHERE state IN {_FINISHED}
+            GROUP BY queue, state""",
     ]
 
 
@@ -917,9 +920,10 @@ class PostgresStore(PostgresWorkflows):
     async def stats(self) -> dict[str, dict[str, int]]:
         """Return ``{queue: {state: count}}`` for every queue holding jobs.
 
-        Read from the ``counts`` table plus the changes triggers appended since (never a scan
-        of jobs); the same statement folds those changes into ``counts`` when no other caller
-        is folding.
+        Finished jobs are read from the ``counts`` table plus the changes triggers appended
+        since (never a scan of the history; the same statement folds those changes into
+        ``counts`` when no other caller is folding); unfinished ones are counted from their
+        partial index.
         """
         rows = await self._require_pool().fetch(
             f"""WITH fold AS (SELECT pg_try_advisory_xact_lock(hashtext($1)) AS got),
@@ -931,6 +935,8 @@ class PostgresStore(PostgresWorkflows):
             SELECT queue, state, sum(n)::bigint AS n FROM (
                 SELECT queue, state, n FROM {self._s}.counts
                 UNION ALL SELECT queue, state, n FROM {self._s}.count_deltas
+                UNION ALL SELECT queue, state, count(*) FROM {self._s}.jobs
+                    WHERE state IN {_ACTIVE} GROUP BY queue, state
             ) c GROUP BY queue, state HAVING sum(n) > 0""",
             f"anywork-counts:{self.schema}",
         )
