@@ -678,8 +678,8 @@ class PostgresStore(PostgresWorkflows):
                     await conn.execute(statement)
                 await conn.execute(f"INSERT INTO {self._s}.schema_version VALUES (5)")
             if version < 6:
-                for statement in _migration_v6(self._s):
-                    await conn.execute(statement)
+                # One round trip: a new schema (every test's) pays the DDL, not 20 waits.
+                await conn.execute(";\n".join(_migration_v6(self._s)))
                 await conn.execute(f"INSERT INTO {self._s}.schema_version VALUES (6)")
             # Workflows: tables of their own and a trigger, created if missing.
             for statement in workflow_schema(self._s, _quote_literal(self._channel)):
