@@ -626,6 +626,9 @@ class Queue:
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
             raise ValueError(f"limit must be an int >= 0, got {limit!r}")
         check_int(limit, "limit", low=0)
+        for value, what in ((queue, "queue"), (handler, "handler"), (after, "after")):
+            if value is not None:
+                check_name(value, what)
         wanted = check_args_filter(args)
         if wanted is not None and workflow_id is not None:
             found = await self._list_workflow_jobs(
@@ -637,9 +640,6 @@ class Queue:
                 after=after,
             )
             return [r for r in found if args_match(r.args, wanted)][:limit]
-        for value, what in ((queue, "queue"), (handler, "handler"), (after, "after")):
-            if value is not None:
-                check_name(value, what)
         if workflow_id is not None:
             return await self._list_workflow_jobs(
                 workflow_id,
@@ -670,8 +670,8 @@ class Queue:
         return await self.store.finished_per_minute()
 
     async def workers(self, *, lost: bool = True) -> builtins.list[WorkerInfo]:
-        """Return the serving workers registered in the store (``anywork serve`` registers
-        itself and heartbeats), oldest first.
+        """Return the serving workers registered in the store (``anywork serve`` and
+        ``anywork worker`` register themselves and heartbeat), oldest first.
 
         A worker unseen for 3 heartbeats is lost: ``info.is_lost(now)`` says so.
 
