@@ -175,6 +175,27 @@ def test_login_overview_jobs_and_detail_show_the_store(site: Site) -> None:
     expect(page.locator("ol.timeline").first).to_contain_text("succeeded")
 
 
+def test_the_overview_chart_survives_a_restart(site: Site) -> None:
+    """The last hour's chart comes from the store: a dashboard started again over the same
+    store shows the same succeeded and failed counts."""
+    with SyncQueue(site.store_url) as queue:
+        ids = [queue.enqueue(Job(name, {})).id for name in ("ok", "ok", "boom")]
+        settle(site.store_url, *ids)
+    page = site.login()
+    card = page.locator("section.queue[data-queue=default]")
+    expect(card.locator(".throughput")).to_have_text("2")
+    expect(card.locator(".failures")).to_have_text("1")
+    expect(card.locator("rect.ok")).not_to_have_count(0)
+    with serve_dashboard(site.store_url, tokens=[FULL]) as again:
+        page.goto(again.url + "/")
+        page.fill("#token", FULL)
+        page.click("button[type=submit]")
+        card = page.locator("section.queue[data-queue=default]")
+        expect(card.locator(".throughput")).to_have_text("2")
+        expect(card.locator(".failures")).to_have_text("1")
+        expect(card.locator("rect.bad")).not_to_have_count(0)
+
+
 def test_cancel_and_retry_buttons_change_the_store(site: Site) -> None:
     """The Cancel button cancels a queued job and Retry requeues a failed one, as the store says."""
     with SyncQueue(site.store_url) as queue:

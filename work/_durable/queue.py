@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import builtins
 import math
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
@@ -20,6 +20,7 @@ from .._core.status import Status
 from .._core.validate import check_at, check_delay, check_int, check_name, check_payload
 from .._runtime.portal import PortalTwin
 from .._runtime.timers import seconds
+from ..stores._args import args_match, check_args_filter
 from ..stores._base import FINAL_STATES, JobRecord, JobState, Store, WorkerInfo, WorkflowStore
 from ..stores._open import open_store
 from .deferred import complete_waiting, heartbeat_waiting
@@ -600,6 +601,7 @@ class Queue:
         after: str | None = None,
         schedule_id: str | None = None,
         workflow_id: str | None = None,
+        args: Mapping[str, Any] | None = None,
     ) -> list[JobRecord]:
         """Return up to ``limit`` records matching the filters, oldest first.
 
@@ -612,10 +614,14 @@ class Queue:
             schedule_id: only the executions of this schedule.
             workflow_id: only the jobs of this workflow that were stored (steps not released
                 yet are not jobs yet), in the order of its ``jobs``, its ``on_error`` last.
+            args: only jobs whose args hold every given top-level key with an equal JSON
+                value (``{"user": 42}``; ``true`` is not ``1``). The store filters (an index
+                on PostgreSQL, SQL on SQLite, a bounded Lua scan on Redis).
 
         Raises:
             ValueError: an unknown state, a limit below 0 or above 2**31 - 1, or a name or
                 id that no job can have (as for enqueue).
+            TypeError: ``args`` is not a mapping of str keys to JSON values.
         """
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
             raise ValueError(f"limit must be an int >= 0, got {limit!r}")
@@ -623,6 +629,17 @@ class Queue:
         for value, what in ((queue, "queue"), (handler, "handler"), (after, "after")):
             if value is not None:
                 check_name(value, what)
+        wanted = check_args_filter(args)
+        if wanted is not None and workflow_id is not None:
+            found = await self._list_workflow_jobs(
+                workflow_id,
+                state=JobState(state) if state is not None else None,
+                queue=queue,
+                handler=handler,
+                limit=2**31 - 1,
+                after=after,
+            )
+            return [r for r in found if args_match(r.args, wanted)][:limit]
         if workflow_id is not None:
             return await self._list_workflow_jobs(
                 workflow_id,
@@ -639,15 +656,22 @@ class Queue:
             limit=limit,
             after=after,
             schedule_id=schedule_id,
+            **({"args": wanted} if wanted is not None else {}),
         )
 
     async def stats(self) -> dict[str, dict[str, int]]:
         """Return ``{queue: {state: count}}``."""
         return await self.store.stats()
 
+    async def finished_per_minute(self) -> dict[str, builtins.list[tuple[int, int]]]:
+        """Return ``{queue: [(succeeded, failed), ...]}``: the jobs that finished in each of
+        the last 60 UTC minutes, oldest first, the current minute last (read from the store,
+        so it survives restarts)."""
+        return await self.store.finished_per_minute()
+
     async def workers(self, *, lost: bool = True) -> builtins.list[WorkerInfo]:
-        """Return the serving workers registered in the store (``anywork serve`` registers
-        itself and heartbeats), oldest first.
+        """Return the serving workers registered in the store (``anywork serve`` and
+        ``anywork worker`` register themselves and heartbeat), oldest first.
 
         A worker unseen for 3 heartbeats is lost: ``info.is_lost(now)`` says so.
 
@@ -973,6 +997,7 @@ class SyncQueue:
         after: str | None = None,
         schedule_id: str | None = None,
         workflow_id: str | None = None,
+        args: Mapping[str, Any] | None = None,
     ) -> list[JobRecord]:
         """Return a page of records; see :meth:`Queue.list`."""
         records: list[JobRecord] = self._call(
@@ -984,6 +1009,7 @@ class SyncQueue:
             after=after,
             schedule_id=schedule_id,
             workflow_id=workflow_id,
+            args=args,
         )
         return records
 
@@ -1019,6 +1045,19 @@ class SyncQueue:
         """Return ``{queue: {state: count}}``; see :meth:`Queue.stats`."""
         counts: dict[str, dict[str, int]] = self._call(self._queue.stats)
         return counts
+
+    def finished_per_minute(self) -> dict[str, builtins.list[tuple[int, int]]]:
+        """Return the last hour's finished jobs per queue and minute; see
+        :meth:`Queue.finished_per_minute`."""
+        series: dict[str, builtins.list[tuple[int, int]]] = self._call(
+            self._queue.finished_per_minute
+        )
+        return series
+
+    def workers(self, *, lost: bool = True) -> builtins.list[WorkerInfo]:
+        """Return the workers registered in the store; see :meth:`Queue.workers`."""
+        found: builtins.list[WorkerInfo] = self._call(self._queue.workers, lost=lost)
+        return found
 
     def purge(
         self,

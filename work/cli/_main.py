@@ -432,6 +432,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="delete finished jobs of its queues this long after they finish (default: 7d)",
     )
     w.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio")
+    w.add_argument(
+        "--heartbeat",
+        type=seconds_arg(positive=True, high=3600.0),
+        default=5.0,
+        help="seconds between worker-registry heartbeats (default: 5; lost after 3 missed)",
+    )
     add_worker_options(w)
     w.set_defaults(func=run_worker_command)
     add_remote_parser(sub)

@@ -158,9 +158,9 @@ async def _run_worker(
     stop: anyio.Event,
     public_url: str,
 ) -> None:
+    from .._durable.registry import keep_registered
     from ..scheduling import WebhookHandler
     from ..scheduling._webhook import WEBHOOK_HANDLER
-    from ..server._registry import keep_registered
     from ..stores import Store
 
     assert isinstance(store, Store)

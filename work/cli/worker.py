@@ -328,6 +328,8 @@ async def _serve(
     if not await connect_patiently(store, stop):
         return  # told to stop before the store could be reached
     async with entered(store), anyio.create_task_group() as serving, worker:
+        concurrency = ns.concurrency or worker.max_concurrency or 16
+        registry = anyio.CancelScope()
 
         async def serve() -> None:
             await serve_store(
@@ -340,12 +342,18 @@ async def _serve(
                 lost_limit=ns.lost_limit,
                 result_ttl=ns.result_ttl,
             )
+            # Drained and handed back: leave the registry (a clean stop is not a lost worker).
+            registry.cancel()
             stop.set()
+
+        async def register() -> None:
+            with registry:
+                await _keep_registered(ns, worker, store, queues, concurrency)
 
         await register_webhooks(ns, worker, store)
         serving.start_soon(serve)
+        serving.start_soon(register)
         probe.ready = True
-        concurrency = ns.concurrency or worker.max_concurrency or 16
         log(
             f"worker {worker.name} serving store={store.url} queues={','.join(queues)} "
             f"concurrency={concurrency} lease={ns.lease:g}s pid={os.getpid()}"
@@ -353,6 +361,28 @@ async def _serve(
         async with beside_worker(ns, store):
             await stop.wait()
         probe.ready = False
+
+
+async def _keep_registered(
+    ns: argparse.Namespace,
+    worker: Worker,
+    store: Store,
+    queues: tuple[str, ...],
+    concurrency: int,
+) -> None:
+    """Keep this worker in the store's registry (``anywork workers``, ``GET /v1/workers``)
+    while it serves: a failed first write is logged and tried again a heartbeat later, never
+    stopping the worker."""
+    from .._durable.registry import keep_registered
+
+    while True:
+        try:
+            await keep_registered(
+                store, worker, queues=queues, concurrency=concurrency, heartbeat=ns.heartbeat
+            )
+        except Exception as exc:
+            log(f"worker registry: {type(exc).__name__}: {exc} (retrying)")
+        await anyio.sleep(ns.heartbeat)
 
 
 # --------------------------------------------------------------------------- worker: supervisor

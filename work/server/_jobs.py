@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 from typing import Any
 
@@ -11,17 +10,12 @@ from starlette.responses import Response
 from .._core.job import Job
 from .._core.retry import Constant, RetryPolicy
 from .._core.validate import check_name
-from ..stores import JobRecord, JobState
+from ..stores import JobState
 from ._problems import Problem
 from ._routing import Call, Endpoint, json_response
 from ._schemas import JobIn, JobList, JobOut, JobsQuery, job_json
 
 __all__ = ["ENDPOINTS", "valid_id"]
-
-# Without a store-side ``args`` filter, GET /v1/jobs?args= reads pages of this many records
-# and stops after _ARGS_SCAN of them, handing back a cursor to go on from.
-_ARGS_PAGE = 500
-_ARGS_SCAN = 20_000
 
 
 def valid_id(value: str, what: str = "job") -> str:
@@ -63,11 +57,6 @@ async def _enqueue(call: Call) -> Response:
     return json_response(job_json(record), 201)
 
 
-def _matches(record: JobRecord, wanted: dict[str, Any]) -> bool:
-    args = record.args
-    return all(key in args and args[key] == value for key, value in wanted.items())
-
-
 async def _list(call: Call) -> Response:
     query: JobsQuery = call.query
     wanted: dict[str, Any] | None = None
@@ -89,37 +78,12 @@ async def _list(call: Call) -> Response:
         "handler": query.handler,
     }
     try:
-        if not wanted:
-            records = await queue.list(**filters, limit=query.limit, after=query.after)
-            cursor = records[-1].id if len(records) == query.limit else None
-        elif "args" in inspect.signature(queue.list).parameters:
-            # The store filters on args itself (deferred completion's Queue.list).
-            records = await queue.list(**filters, args=wanted, limit=query.limit, after=query.after)  # type: ignore[call-arg]
-            cursor = records[-1].id if len(records) == query.limit else None
-        else:
-            records, cursor = await _scan(call, filters, wanted, query.limit, query.after)
+        # The store filters on args itself (an index, SQL or a bounded server-side scan).
+        records = await queue.list(**filters, args=wanted, limit=query.limit, after=query.after)
+        cursor = records[-1].id if len(records) == query.limit else None
     except (TypeError, ValueError) as exc:
         raise Problem(422, str(exc), errors={"query": str(exc)}) from None
     return json_response({"items": [job_json(r) for r in records], "next_cursor": cursor})
-
-
-async def _scan(
-    call: Call, filters: dict[str, Any], wanted: dict[str, Any], limit: int, after: str | None
-) -> tuple[list[JobRecord], str | None]:
-    found: list[JobRecord] = []
-    scanned = 0
-    while scanned < _ARGS_SCAN:
-        page = await call.service.queue.list(**filters, limit=_ARGS_PAGE, after=after)
-        for record in page:
-            scanned += 1
-            after = record.id
-            if _matches(record, wanted):
-                found.append(record)
-                if len(found) == limit:
-                    return found, after
-        if len(page) < _ARGS_PAGE:
-            return found, None
-    return found, after
 
 
 async def _get(call: Call) -> Response:

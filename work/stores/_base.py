@@ -439,14 +439,28 @@ class Store(Protocol):
         limit: int = 100,
         after: str | None = None,
         schedule_id: str | None = None,
+        args: Mapping[str, Any] | None = None,
     ) -> list[JobRecord]:
         """Return up to ``limit`` records matching the filters, ordered by enqueue order
-        (oldest first); ``after`` is the last id of the previous page."""
+        (oldest first); ``after`` is the last id of the previous page.
+
+        ``args`` keeps the jobs whose args hold every given top-level key with an equal JSON
+        value (``true`` is not ``1``, ``1`` is ``1.0``, objects compare regardless of key
+        order; a job whose args cannot be decoded never matches). The store filters itself
+        (an index or a bounded server-side scan), never handing every job to Python."""
         ...
 
     async def stats(self) -> dict[str, dict[str, int]]:
         """Return ``{queue: {state: count}}`` for every queue holding jobs (states with no jobs
         may be left out)."""
+        ...
+
+    async def finished_per_minute(self) -> dict[str, builtins.list[tuple[int, int]]]:
+        """Return ``{queue: [(succeeded, failed), ...]}``: the jobs that finished SUCCEEDED or
+        FAILED in each of the last 60 UTC minutes by their ``finished_at`` (oldest minute
+        first, the current minute last), for every queue with one in that hour. Read from
+        the stored jobs (an index), so it survives restarts; jobs purged since are not
+        counted."""
         ...
 
     async def cancel(self, id: str) -> bool:

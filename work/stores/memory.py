@@ -5,6 +5,7 @@ from __future__ import annotations
 import builtins
 import json
 import threading
+from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ from .._durable.events import (
     check_event_filters,
     kind_for_change,
 )
+from ._activity import first_minute, minute_series
+from ._args import args_match, check_args_filter
 from ._base import (
     DEFAULT_LOST_LIMIT,
     FINAL_STATES,
@@ -266,12 +269,14 @@ class MemoryStore(MemoryWorkflows):
         limit: int = 100,
         after: str | None = None,
         schedule_id: str | None = None,
+        args: Mapping[str, Any] | None = None,
     ) -> list[JobRecord]:
         """Return up to ``limit`` records matching the filters, in enqueue order.
 
         ``after`` is the last id of the previous page; an id the store does not know gives an
-        empty page.
+        empty page. ``args``: see :meth:`work.stores.Store.list` (compared in Python here).
         """
+        wanted = check_args_filter(args)
         with self._lock:
             start = -1
             if after is not None:
@@ -295,6 +300,8 @@ class MemoryStore(MemoryWorkflows):
                     continue
                 if schedule_id is not None and rec.schedule_id != schedule_id:
                     continue
+                if wanted is not None and not _args_match_row(row.args_json, wanted):
+                    continue
                 out.append(self._snapshot(row))
             return out
 
@@ -306,6 +313,21 @@ class MemoryStore(MemoryWorkflows):
                 counts = out.setdefault(row.record.queue, {})
                 counts[row.record.state.value] = counts.get(row.record.state.value, 0) + 1
             return out
+
+    async def finished_per_minute(self) -> dict[str, builtins.list[tuple[int, int]]]:
+        """Return the last hour's finished jobs per queue and minute (see
+        :meth:`work.stores.Store.finished_per_minute`), counted from the rows."""
+        now = self.clock.now()
+        since = first_minute(now)
+        with self._lock:
+            found = Counter(
+                (rec.queue, int(rec.finished_at.timestamp() // 60), rec.state.value)
+                for rec in (row.record for row in self._rows.values())
+                if rec.finished_at is not None
+                and rec.state in (JobState.SUCCEEDED, JobState.FAILED)
+                and rec.finished_at.timestamp() // 60 >= since
+            )
+        return minute_series(((q, m, st, n) for (q, m, st), n in found.items()), now)
 
     # -- producing ----------------------------------------------------------------------------
 
@@ -1002,3 +1024,13 @@ def _copy(value: dict[str, Any] | None) -> dict[str, Any] | None:
         return None
     copied: dict[str, Any] = json.loads(json.dumps(value))
     return copied
+
+
+def _args_match_row(args_json: str, wanted: Mapping[str, Any]) -> bool:
+    """True when a row's stored args (JSON text) match an args filter; undecodable args
+    never match."""
+    try:
+        args = json.loads(args_json)
+    except ValueError:
+        return False
+    return isinstance(args, dict) and args_match(args, wanted)

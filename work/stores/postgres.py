@@ -29,6 +29,8 @@ from .._durable.events import (
     check_event_filters,
     event_from_values,
 )
+from ._activity import first_minute, minute_series
+from ._args import check_args_filter, postgres_args_where
 from ._base import (
     DEFAULT_LOST_LIMIT,
     UNFINISHED_STATES,
@@ -79,6 +81,7 @@ _WORKER_LOST = "worker lost"
 _RESULT_STATES = frozenset({JobState.SUCCEEDED, JobState.WAITING})
 _PURGE_BATCH = 1000  # rows per purge statement
 _ACTIVE = "('queued', 'scheduled', 'running', 'waiting')"
+_FINISHED = "('succeeded', 'failed', 'cancelled')"
 # Connection failures asyncpg reports as builtin errors (TimeoutError is an OSError too).
 _CONNECT_ERRORS = (OSError, asyncpg.exceptions.CannotConnectNowError)
 # What a call raises when the server went away (a restart, a failover, the network), as
@@ -287,6 +290,83 @@ def _migration_v4(s: str) -> list[str]:
             WHERE unique_key IS NOT NULL AND state IN {_ACTIVE}""",
         f"""CREATE TABLE IF NOT EXISTS {s}.settings (
             key text PRIMARY KEY, value text NOT NULL)""",
+    ]
+
+
+def _migration_v6(s: str) -> list[str]:
+    """Schema version 6: indexes that page a million finished jobs by state, queue, handler
+    and args, and counts of finished jobs by queue and state kept by triggers, so that stats
+    never scan the history.
+
+    Triggers append each change to ``count_deltas`` when a job enters or leaves a finished
+    state (inserts only: concurrent writers never wait on one another's counter rows);
+    :meth:`PostgresStore.stats` adds them to ``counts`` and folds them in, one folder at a
+    time, and counts the unfinished jobs (few) from the ``jobs_queue_active`` index.
+    """
+    delta = f"INSERT INTO {s}.count_deltas (queue, state, n)"
+    return [
+        # args is JSON text; a foreign writer may leave text that is not JSON, which must not
+        # break writes: such args index as NULL and match no filter.
+        f"""CREATE OR REPLACE FUNCTION {s}.jobs_args(a text) RETURNS jsonb
+            LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+            BEGIN RETURN a::jsonb; EXCEPTION WHEN others THEN RETURN NULL; END $$""",
+        f"""CREATE INDEX IF NOT EXISTS jobs_args ON {s}.jobs
+            USING gin ({s}.jobs_args(args) jsonb_path_ops)""",
+        f"CREATE INDEX IF NOT EXISTS jobs_state_seq ON {s}.jobs (state, seq)",
+        f"CREATE INDEX IF NOT EXISTS jobs_queue_seq ON {s}.jobs (queue, seq)",
+        f"CREATE INDEX IF NOT EXISTS jobs_handler_seq ON {s}.jobs (handler, seq)",
+        # A queue's unfinished jobs in one state, oldest first, without walking its history.
+        f"""CREATE INDEX IF NOT EXISTS jobs_queue_active ON {s}.jobs (queue, state, seq)
+            WHERE state IN {_ACTIVE}""",
+        f"""CREATE INDEX IF NOT EXISTS jobs_finished_minute ON {s}.jobs (finished_at, queue, state)
+            WHERE state IN ('succeeded', 'failed')""",
+        f"""CREATE TABLE IF NOT EXISTS {s}.counts (
+            queue text NOT NULL, state text NOT NULL, n bigint NOT NULL,
+            PRIMARY KEY (queue, state))""",
+        f"""CREATE TABLE IF NOT EXISTS {s}.count_deltas (
+            queue text NOT NULL, state text NOT NULL, n bigint NOT NULL)""",
+        # Finished jobs only: unfinished ones are few and counted from jobs_queue_active.
+        # A row trigger whose WHEN (checked without calling any function) passes only when a
+        # job enters or leaves a finished state, so claims, renewals and progress pay nothing.
+        f"""CREATE OR REPLACE FUNCTION {s}.jobs_count_row() RETURNS trigger
+            LANGUAGE plpgsql AS $$ BEGIN
+            IF TG_OP = 'UPDATE' AND OLD.state IN {_FINISHED} THEN
+                {delta} VALUES (OLD.queue, OLD.state, -1);
+            END IF;
+            IF NEW.state IN {_FINISHED} THEN {delta} VALUES (NEW.queue, NEW.state, 1); END IF;
+            RETURN NULL; END $$""",
+        # Deletes are purges and expiries, many rows at once: one statement-level insert.
+        f"""CREATE OR REPLACE FUNCTION {s}.jobs_count_delete() RETURNS trigger
+            LANGUAGE plpgsql AS $$ BEGIN
+            {delta} SELECT queue, state, -count(*) FROM old_rows
+                WHERE state IN {_FINISHED} GROUP BY queue, state;
+            RETURN NULL; END $$""",
+        f"DROP TRIGGER IF EXISTS jobs_count_insert ON {s}.jobs",
+        f"""CREATE TRIGGER jobs_count_insert AFTER INSERT ON {s}.jobs FOR EACH ROW
+            WHEN (NEW.state IN {_FINISHED}) EXECUTE FUNCTION {s}.jobs_count_row()""",
+        f"DROP TRIGGER IF EXISTS jobs_count_update ON {s}.jobs",
+        f"""CREATE TRIGGER jobs_count_update AFTER UPDATE OF state, queue ON {s}.jobs
+            FOR EACH ROW WHEN ((OLD.state IS DISTINCT FROM NEW.state
+                OR OLD.queue IS DISTINCT FROM NEW.queue)
+                AND (OLD.state IN {_FINISHED} OR NEW.state IN {_FINISHED}))
+            EXECUTE FUNCTION {s}.jobs_count_row()""",
+        f"DROP TRIGGER IF EXISTS jobs_count_delete ON {s}.jobs",
+        f"""CREATE TRIGGER jobs_count_delete AFTER DELETE ON {s}.jobs
+            REFERENCING OLD TABLE AS old_rows
+            FOR EACH STATEMENT EXECUTE FUNCTION {s}.jobs_count_delete()""",
+        *recount(s),
+    ]
+
+
+def recount(s: str) -> list[str]:
+    """Statements that rebuild schema ``s``'s ``counts`` from its jobs (the version 6
+    migration; and after jobs were written with the triggers disabled, as bulk loads do)."""
+    return [
+        f"DELETE FROM {s}.counts",
+        f"DELETE FROM {s}.count_deltas",
+        f"""INSERT INTO {s}.counts (queue, state, n)
+            SELECT queue, state, count(*) FROM {s}.jobs WHERE state IN {_FINISHED}
+            GROUP BY queue, state""",
     ]
 
 
@@ -681,6 +761,10 @@ class PostgresStore(PostgresWorkflows):
                 for statement in _migration_v5(self._s):
                     await conn.execute(statement)
                 await conn.execute(f"INSERT INTO {self._s}.schema_version VALUES (5)")
+            if version < 6:
+                # One round trip: a new schema (every test's) pays the DDL, not 20 waits.
+                await conn.execute(";\n".join(_migration_v6(self._s)))
+                await conn.execute(f"INSERT INTO {self._s}.schema_version VALUES (6)")
             if version < 7:
                 for statement in migration_v7(self._s):
                     await conn.execute(statement)
@@ -942,14 +1026,48 @@ class PostgresStore(PostgresWorkflows):
         return decode_row(row)[0] if row is not None else None
 
     async def stats(self) -> dict[str, dict[str, int]]:
-        """Return ``{queue: {state: count}}`` for every queue holding jobs."""
+        """Return ``{queue: {state: count}}`` for every queue holding jobs.
+
+        Finished jobs are read from the ``counts`` table plus the changes triggers appended
+        since (never a scan of the history; the same statement folds those changes into
+        ``counts`` when no other caller is folding); unfinished ones are counted from their
+        partial index.
+        """
         rows = await self._require_pool().fetch(
-            f"SELECT queue, state, count(*) AS n FROM {self._s}.jobs GROUP BY queue, state"
+            f"""WITH fold AS (SELECT pg_try_advisory_xact_lock(hashtext($1)) AS got),
+            gone AS (DELETE FROM {self._s}.count_deltas WHERE (SELECT got FROM fold)
+                RETURNING queue, state, n),
+            kept AS (INSERT INTO {self._s}.counts (queue, state, n)
+                SELECT queue, state, sum(n) FROM gone GROUP BY queue, state
+                ON CONFLICT (queue, state) DO UPDATE SET n = counts.n + EXCLUDED.n)
+            SELECT queue, state, sum(n)::bigint AS n FROM (
+                SELECT queue, state, n FROM {self._s}.counts
+                UNION ALL SELECT queue, state, n FROM {self._s}.count_deltas
+                UNION ALL SELECT queue, state, count(*) FROM {self._s}.jobs
+                    WHERE state IN {_ACTIVE} GROUP BY queue, state
+            ) c GROUP BY queue, state HAVING sum(n) > 0""",
+            f"anywork-counts:{self.schema}",
         )
         out: dict[str, dict[str, int]] = {}
         for row in rows:
             out.setdefault(row["queue"], {})[row["state"]] = row["n"]
         return out
+
+    async def finished_per_minute(self) -> dict[str, builtins.list[tuple[int, int]]]:
+        """Return the last hour's finished jobs per queue and minute (see
+        :meth:`work.stores.Store.finished_per_minute`): one GROUP BY over the partial index
+        of finished jobs by ``finished_at`` (schema version 6)."""
+        now = datetime.now(UTC)
+        rows = await self._require_pool().fetch(
+            f"""SELECT queue, floor(extract(epoch FROM finished_at) / 60)::bigint AS minute,
+                state, count(*) AS n FROM {self._s}.jobs
+            WHERE state IN ('succeeded', 'failed') AND finished_at >= $1
+            GROUP BY queue, minute, state""",
+            datetime.fromtimestamp(first_minute(now) * 60, UTC),
+        )
+        return minute_series(
+            ((row["queue"], row["minute"], row["state"], row["n"]) for row in rows), now
+        )
 
     # -- producing ------------------------------------------------------------------------
 
@@ -1805,12 +1923,15 @@ class PostgresStore(PostgresWorkflows):
         limit: int = 100,
         after: str | None = None,
         schedule_id: str | None = None,
+        args: Mapping[str, Any] | None = None,
     ) -> list[JobRecord]:
         """Return up to ``limit`` records matching the filters, in enqueue order.
 
         ``after`` is the last id of the previous page; an id the store does not know gives an
-        empty page.
+        empty page. ``args`` is a jsonb containment test served by the GIN index on
+        ``jobs_args(args)`` (schema version 6), then an exact equality per key.
         """
+        wanted = check_args_filter(args)
         pool = self._require_pool()
         where: list[str] = []
         params: list[Any] = []
@@ -1823,6 +1944,10 @@ class PostgresStore(PostgresWorkflows):
             if value is not None:
                 params.append(str(value))
                 where.append(f"{column} = ${len(params)}")
+        if wanted is not None:
+            args_sql, args_params = postgres_args_where(self._s, wanted, len(params) + 1)
+            where.append(args_sql)
+            params += args_params
         if after is not None:
             params.append(after)
             # An unknown id gives NULL, and `seq > NULL` matches nothing: an empty page.

@@ -36,6 +36,8 @@ from .._durable.events import (
     check_event_filters,
     event_from_values,
 )
+from ._activity import FINISHED_PER_MINUTE_LUA, first_minute, minute_series
+from ._args import ARGS_SCAN, LIST_BY_ARGS_LUA, check_args_filter
 from ._base import (
     DEFAULT_LOST_LIMIT,
     FINAL_STATES,
@@ -795,6 +797,30 @@ class RedisStore(RedisWorkflows):
                 out.setdefault(queue, {})[state] = int(count)
         return out
 
+    async def finished_per_minute(self) -> dict[str, builtins.list[tuple[int, int]]]:
+        """Return the last hour's finished jobs per queue and minute (see
+        :meth:`work.stores.Store.finished_per_minute`): a Lua script per queue counts the
+        jobs its finished sets (by finish time) hold for the last hour, reading each one's
+        state, so it costs one step per job finished in that hour."""
+        client = self._require()
+        script = self._scripts.get("finished_per_minute")
+        if script is None:
+            script = client.register_script(FINISHED_PER_MINUTE_LUA)
+            self._scripts["finished_per_minute"] = script
+        now = datetime.now(UTC)
+        since = str(first_minute(now) * 60 * 1_000_000)
+        queues = sorted(await self.stats())
+        rows: list[tuple[str, int, str, int]] = []
+        for queue in queues:
+            flat = await script(
+                keys=[self._key("done", queue), self._key("kept", queue)],
+                args=[self._base, since],  # the key prefix the script builds job keys on
+            )
+            for slot, n in zip(flat[::2], flat[1::2], strict=True):
+                minute, _, state = slot.decode().partition(" ")
+                rows.append((queue, int(minute), state, int(n)))
+        return minute_series(rows, now)
+
     # -- producing ------------------------------------------------------------------------
 
     async def add(self, records: Sequence[JobRecord]) -> list[JobRecord]:
@@ -1473,6 +1499,33 @@ class RedisStore(RedisWorkflows):
 
     # -- listing (last: the method named `list` shadows the builtin below it) -------
 
+    async def _list_by_args(
+        self, start: str, limit: int, wanted: Mapping[str, Any], filters: builtins.list[Any]
+    ) -> builtins.list[JobRecord]:
+        """``list(args=...)``: the ids a bounded Lua scan matched, a call at a time, then their
+        records in one pipelined round trip per call."""
+        client = self._require()
+        script = self._scripts.get("list_by_args")
+        if script is None:
+            script = self._scripts["list_by_args"] = client.register_script(LIST_BY_ARGS_LUA)
+        wanted_json = json.dumps(dict(wanted))
+        extra = ["" if value is None else str(value) for value in filters]
+        out: list[JobRecord] = []
+        while len(out) < limit:
+            found, last = await script(
+                keys=[self._key("all")],
+                args=[self._base, start, limit - len(out), ARGS_SCAN, wanted_json, *extra],
+            )
+            if found:
+                pipe = client.pipeline(transaction=False)
+                for id in found:
+                    pipe.hgetall(self._key("job", id.decode()))
+                out += [_from_hash(fields)[0] for fields in await pipe.execute() if fields]
+            if not last:
+                break
+            start = f"({int(float(last))}"
+        return out[:limit]
+
     async def list(
         self,
         *,
@@ -1482,12 +1535,17 @@ class RedisStore(RedisWorkflows):
         limit: int = 100,
         after: str | None = None,
         schedule_id: str | None = None,
+        args: Mapping[str, Any] | None = None,
     ) -> list[JobRecord]:
         """Return up to ``limit`` records matching the filters, in enqueue order.
 
         ``after`` is the last id of the previous page; an id the store does not know gives an
         empty page. Filters are applied while walking the enqueue order, a chunk at a time.
+        ``args`` is tested by a Lua script that examines at most ``ARGS_SCAN`` (1000) jobs a
+        call, so one call never holds Redis for long; the store calls it again from where it
+        stopped until the page is full or every job was examined.
         """
+        wanted = check_args_filter(args)
         client = self._require()
         start = "-inf"
         if after is not None:
@@ -1495,6 +1553,9 @@ class RedisStore(RedisWorkflows):
             if seq is None:
                 return []
             start = f"({int(seq)}"
+        if wanted is not None:
+            filters = [state, queue, handler, schedule_id]
+            return await self._list_by_args(start, limit, wanted, filters)
         out: list[JobRecord] = []
         while len(out) < limit:
             page = cast(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
-import inspect
 import json
 import secrets
 import time
@@ -27,7 +26,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response, Stream
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from ... import JobEvent, JobEventKind, JobRecord, JobState, Queue
+from ... import JobEvent, JobRecord, JobState, Queue
 from ...abc import Store
 from ...scheduling import Schedules
 
@@ -36,13 +35,10 @@ __all__ = ["create_dashboard"]
 _HERE = Path(__file__).parent
 COOKIE = "anywork_dashboard"
 PAGE_SIZE = 50
-# A search by args on a store without an args filter reads at most this many jobs per page
-# view, so one search never walks a million rows; "Next" carries on from where it stopped.
-SCAN_LIMIT = 5000
-_SCAN_BATCH = 500
 # Queued jobs read per queue to find handlers no live worker has (as the API's /v1/queues).
 UNSERVED_SCAN = 1000
 _STATES = list(JobState)
+_NO_MINUTES = [(0, 0)] * 60
 _MESSAGES = {
     "cancelled": "Cancel requested.",
     "not-cancelled": "Not cancelled: the job had already finished.",
@@ -139,28 +135,6 @@ class _Auth:
         return _Session(digest, read_only, self._mac("csrf", digest))
 
 
-class _Activity:
-    """Finished jobs per queue and minute over the last hour, counted from the store's events
-    (60 small counters per queue, whatever the store holds)."""
-
-    def __init__(self) -> None:
-        self.since: datetime | None = None
-        self._minutes: dict[str, dict[int, list[int]]] = {}
-
-    def add(self, event: JobEvent) -> None:
-        minute = int(event.at.timestamp() // 60)
-        buckets = self._minutes.setdefault(event.queue, {})
-        counts = buckets.setdefault(minute, [0, 0])
-        counts[0 if event.kind is JobEventKind.SUCCEEDED else 1] += 1
-        for old in [m for m in buckets if m <= minute - 60]:
-            del buckets[old]
-
-    def series(self, queue: str, now: datetime) -> list[tuple[int, int]]:
-        last = int(now.timestamp() // 60)
-        buckets = self._minutes.get(queue, {})
-        return [tuple(buckets.get(m, [0, 0])) for m in range(last - 59, last + 1)]  # type: ignore[misc]
-
-
 @dataclass(frozen=True)
 class _Snapshot:
     stats: dict[str, dict[str, int]]
@@ -168,6 +142,8 @@ class _Snapshot:
     unserved: dict[str, dict[str, int]]
     taken_at: datetime
     took: float
+    # {queue: [(succeeded, failed)] * 60}: the store's finished jobs per minute, last hour.
+    minutes: dict[str, list[tuple[int, int]]]
 
 
 class _Counts:
@@ -206,8 +182,9 @@ class _Counts:
             lacking = Counter(r.handler for r in queued if r.handler not in served)
             if lacking:
                 unserved[name] = dict(sorted(lacking.items()))
+        minutes = await self._queue.finished_per_minute()
         took = time.perf_counter() - started
-        snap = _Snapshot(stats, oldest, unserved, datetime.now(UTC), took)
+        snap = _Snapshot(stats, oldest, unserved, datetime.now(UTC), took, minutes)
         self.current = snap
         return snap
 
@@ -241,31 +218,19 @@ def _chart(series: list[tuple[int, int]]) -> dict[str, Any]:
     }
 
 
-def _parse_search(text: str) -> dict[str, tuple[str, Any]]:
-    """``key=value`` pairs separated by spaces; a value also matches as JSON (``n=3``)."""
-    wanted: dict[str, tuple[str, Any]] = {}
+def _parse_search(text: str) -> dict[str, Any]:
+    """``key=value`` pairs separated by spaces: the value as JSON when it parses (``n=3``,
+    ``vip=true``, ``name="3"``), else as text (``tier=gold``)."""
+    wanted: dict[str, Any] = {}
     for part in text.split():
         key, sep, raw = part.partition("=")
         if not sep or not key:
             raise ValueError(f"search terms are key=value, got {part!r}")
         try:
-            parsed: Any = json.loads(raw)
+            wanted[key] = json.loads(raw)
         except ValueError:
-            parsed = raw
-        wanted[key] = (raw, parsed)
+            wanted[key] = raw
     return wanted
-
-
-def _matches(record: JobRecord, wanted: dict[str, tuple[str, Any]]) -> bool:
-    for key, (raw, parsed) in wanted.items():
-        if key not in record.args:
-            return False
-        value = record.args[key]
-        # True == 1 in Python; a search for n=1 should not find a flag that is true.
-        same_kind = isinstance(value, bool) == isinstance(parsed, bool)
-        if value != raw and (value != parsed or not same_kind):
-            return False
-    return True
 
 
 async def _form(request: Request) -> dict[str, str]:
@@ -302,9 +267,10 @@ def create_dashboard(
 ) -> Starlette:
     """Build the dashboard as a Starlette app, to serve alone or mount (``Mount("/", app)``).
 
-    The pages read the store through :class:`work.Queue`; nothing is kept in memory but the
-    last hour's finished-job counters of the overview chart, fed by the store's events while
-    the app's lifespan runs (a host app that mounts it enters ``app.router.lifespan_context``).
+    The pages read the store through :class:`work.Queue`, the overview chart included (the
+    store's ``finished_per_minute``), so nothing is kept in memory and a restart loses no
+    history. While the app's lifespan runs (a host app that mounts it enters
+    ``app.router.lifespan_context``), a slow count is taken in the background.
 
     Args:
         store: an open store (the caller enters and leaves it).
@@ -320,7 +286,6 @@ def create_dashboard(
     key = secret.encode() if isinstance(secret, str) else secret or secrets.token_bytes(32)
     auth = _Auth(None if tokens is None else list(tokens), list(read_only_tokens), key)
     queue = Queue(store)
-    activity = _Activity()
     counts = _Counts(queue)
     schedules = Schedules(store)
     env = Environment(
@@ -332,7 +297,6 @@ def create_dashboard(
     env.filters["in_zone"] = in_zone
     env.filters["pretty"] = lambda value: json.dumps(value, indent=2, sort_keys=True, default=str)
     env.filters["url"] = lambda value: quote(str(value), safe="")
-    list_takes_args = "args" in inspect.signature(queue.list).parameters
 
     def base(request: Request) -> str:
         return str(request.scope.get("root_path", "")).rstrip("/")
@@ -412,7 +376,6 @@ def create_dashboard(
         session = auth.session(request)
         if session is None:
             return to_login(request)
-        now = datetime.now(UTC)
         snap = counts.current
         if snap is None or not counts.slow or not counts.following:
             snap = await counts.take()
@@ -426,7 +389,7 @@ def create_dashboard(
                     "total": sum(snap.stats[name].values()),
                     "oldest": snap.oldest.get(name),
                     "unserved": snap.unserved.get(name, {}),
-                    "chart": _chart(activity.series(name, now)),
+                    "chart": _chart(snap.minutes.get(name, _NO_MINUTES)),
                 }
             )
         return render(
@@ -436,7 +399,6 @@ def create_dashboard(
             page="overview",
             queues=queues,
             states=[s.value for s in _STATES],
-            since=utc(activity.since),
             snapshot=snap if counts.slow and counts.following else None,
         )
 
@@ -603,36 +565,19 @@ def create_dashboard(
         records: list[JobRecord] = []
         next_cursor: str | None = None
         error = None
-        scanned = 0
         try:
             wanted = _parse_search(filters["q"])
-            common: dict[str, Any] = {
-                "state": filters["state"] or None,
-                "queue": filters["queue"] or None,
-                "handler": filters["handler"] or None,
-            }
-            if wanted and list_takes_args:
-                common["args"] = {k: parsed for k, (_, parsed) in wanted.items()}
-            if not wanted or list_takes_args:
-                page = await queue.list(**common, limit=PAGE_SIZE + 1, after=after)
-                records = page[:PAGE_SIZE]
-                next_cursor = records[-1].id if len(page) > PAGE_SIZE else None
-            else:
-                cursor = after
-                exhausted = False
-                while len(records) < PAGE_SIZE and scanned < SCAN_LIMIT:
-                    batch = await queue.list(**common, limit=_SCAN_BATCH, after=cursor)
-                    for record in batch:
-                        scanned += 1
-                        cursor = record.id
-                        if _matches(record, wanted):
-                            records.append(record)
-                            if len(records) == PAGE_SIZE:
-                                break
-                    if len(batch) < _SCAN_BATCH and len(records) < PAGE_SIZE:
-                        exhausted = True
-                        break
-                next_cursor = None if exhausted else cursor
+            # The store filters on args itself (an index, SQL or a bounded server-side scan).
+            page = await queue.list(
+                state=filters["state"] or None,
+                queue=filters["queue"] or None,
+                handler=filters["handler"] or None,
+                args=wanted or None,
+                limit=PAGE_SIZE + 1,
+                after=after,
+            )
+            records = page[:PAGE_SIZE]
+            next_cursor = records[-1].id if len(page) > PAGE_SIZE else None
         except ValueError as exc:
             error = str(exc)
         query = {k: v for k, v in filters.items() if v}
@@ -648,7 +593,6 @@ def create_dashboard(
             next_url=f"?{urlencode({**query, 'after': next_cursor})}" if next_cursor else None,
             first_url=f"?{urlencode(query)}" if after else None,
             error=error,
-            scanned=scanned,
         )
 
     async def job(request: Request) -> Response:
@@ -738,24 +682,11 @@ def create_dashboard(
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )
 
-    async def follow() -> None:
-        kinds = [JobEventKind.SUCCEEDED, JobEventKind.FAILED]
-        while True:
-            try:
-                async with queue.events(kinds=kinds) as subscription:
-                    activity.since = activity.since or datetime.now(UTC)
-                    async for event in subscription:
-                        if event.kind is not JobEventKind.LOST:
-                            activity.add(event)
-            except Exception:  # the chart must never take the app down; try again shortly
-                await anyio.sleep(1.0)
-
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         counts.following = True
         try:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(follow)
                 tg.start_soon(counts.refresh_forever)
                 yield
                 tg.cancel_scope.cancel()

@@ -1,9 +1,9 @@
 """The worker registry's writer: a serving worker records itself and heartbeats.
 
-``anywork serve`` runs :func:`keep_registered` beside ``worker.serve``; it counts executions
-through the Worker's public ``subscribe`` seam and writes a :class:`~work.stores.WorkerInfo`
-every ``heartbeat`` seconds. Readers (``Queue.workers``, ``GET /v1/workers``, ``anywork
-workers``) call a worker unseen for 3 heartbeats lost.
+``anywork serve`` and ``anywork worker`` run :func:`keep_registered` beside the worker; it
+counts executions through the Worker's public ``subscribe`` seam and writes a
+:class:`~work.stores.WorkerInfo` every ``heartbeat`` seconds. Readers (``Queue.workers``,
+``GET /v1/workers``, ``anywork workers``) call a worker unseen for 3 heartbeats lost.
 """
 
 from __future__ import annotations
