@@ -1108,11 +1108,11 @@ async def run_pgbouncer(jobs: int) -> list[list[str]]:
         for name, url in modes:
             print(f"postgresql ({name}), round {round + 1} ...", file=sys.stderr, flush=True)
             await _drop_schema(options["schema"])
-            one, many = await measure_enqueue(url, options, jobs)
+            enqueued, _ = await measure_enqueue(url, options, jobs)
             processed = run_child(["process", url, json.dumps(options), str(jobs)])
             best = figures[name]
-            best["enqueue one"] = max(best.get("enqueue one", 0.0), one)
-            best["enqueue_many"] = max(best.get("enqueue_many", 0.0), many)
+            for figure in ("enqueue one", "enqueue_many"):
+                best[figure] = max(best.get(figure, 0.0), enqueued[figure])
             best["drain"] = max(best.get("drain", 0.0), jobs / processed["seconds"])
     for name, url in modes:
         await _drop_schema(options["schema"])
