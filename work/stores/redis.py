@@ -303,8 +303,8 @@ def _claimed_once(packed: bytes, args: bytes) -> Claimed:
 
 
 def _complete_batch(outcomes: Sequence[Outcome]) -> str:
-    """The complete script's batch argument for ``outcomes`` (as :meth:`RedisStore.complete`
-    packs it)."""
+    """The complete script's batch argument for ``outcomes``: one JSON list of packed
+    outcomes (used by :meth:`RedisStore.complete` and ``complete_and_claim``)."""
     batch: list[list[str]] = []
     for o in outcomes:
         waiting = o.state is JobState.WAITING
@@ -895,29 +895,8 @@ class RedisStore(RedisWorkflows):
         if not outcomes:
             self._require()
             return set()
-        batch: list[list[str]] = []
-        for o in outcomes:
-            waiting = o.state is JobState.WAITING
-            result = _dumps(o.result) if o.state is JobState.SUCCEEDED or waiting else None
-            due = str(_us(o.scheduled_for)) if o.scheduled_for is not None else None
-            deadline = str(_us(o.deadline)) if waiting and o.deadline is not None else None
-            ttl = repr(float(o.ttl)) if waiting and o.ttl is not None else None
-            batch.append(
-                [
-                    o.id,
-                    o.state.value,
-                    str(int(o.status)),
-                    _opt(result),
-                    _opt(o.error),
-                    _opt(due),
-                    "1" if o.give_back_attempt else "0",
-                    "1" if o.deferral else "0",
-                    _opt(None if o.unknown_since is None else str(_us(o.unknown_since))),
-                    _opt(deadline),
-                    _opt(ttl),
-                ]
-            )
-        applied = await self._run("complete", [owner, _now_us(), _WAKE_TOKENS, _dumps(batch)])
+        batch = _complete_batch(outcomes)
+        applied = await self._run("complete", [owner, _now_us(), _WAKE_TOKENS, batch])
         return {id.decode() if isinstance(id, bytes) else str(id) for id in applied}
 
     async def complete_and_claim(

@@ -606,6 +606,85 @@ def path_from_url(url: str) -> str:
     return path
 
 
+def _claim_in(
+    conn: sqlite3.Connection,
+    queues: list[str],
+    limit: int,
+    lease: float,
+    owner: str,
+    now: float,
+) -> list[Claimed]:
+    """Claim up to ``limit`` ready jobs of ``queues``, best first, inside the caller's
+    transaction (``claim`` and ``complete_and_claim``)."""
+    rows = conn.execute(
+        "UPDATE anywork_jobs SET state = 'running', attempts = attempts + 1,"
+        " started_at = ?, owner = ?, lease_until = ?, cancel_requested = 0"
+        " WHERE seq IN (SELECT seq FROM anywork_jobs"
+        f"  WHERE queue IN ({_marks(len(queues))}) AND {_CLAIMABLE}"
+        "  ORDER BY priority DESC, due_at, seq LIMIT ?)"
+        f" RETURNING {_READ_COLUMNS}, due_at, seq, unknown_since",
+        (now, owner, now + lease, *queues, now, limit),
+    ).fetchall()
+    # RETURNING gives no order: put them back in claim order.
+    rows.sort(key=lambda r: (-r["priority"], r["due_at"], r["seq"]))
+    return [_claimed_decoded_once(row) for row in rows]
+
+
+def _complete_in(
+    conn: sqlite3.Connection,
+    owner: str,
+    outcomes: Sequence[Outcome],
+    now: float,
+    applied: set[str],
+) -> bool:
+    """Apply ``outcomes`` to jobs RUNNING under ``owner``'s lease inside the caller's
+    transaction (``complete`` and ``complete_and_claim``), with what follows a finished
+    workflow step; fill ``applied`` (cleared first: a transaction may be retried) and return
+    whether a job became ready (waiters to wake)."""
+    wake = False
+    applied.clear()
+    for o in outcomes:
+        scheduled = _ts(o.scheduled_for) if o.state is JobState.SCHEDULED else None
+        waiting = o.state is JobState.WAITING
+        succeeded = o.state is JobState.SUCCEEDED or waiting
+        result = json.dumps(o.result) if succeeded else None
+        cur = conn.execute(
+            "UPDATE anywork_jobs SET state = ?, status = ?,"
+            " result = CASE WHEN ? THEN ? ELSE result END, error = ?,"
+            " deadline = ?, deferred_ttl = CASE WHEN ? THEN ? ELSE deferred_ttl END,"
+            " scheduled_for = ?, due_at = COALESCE(?, enqueued_at), finished_at = ?,"
+            " expires_at = ? + result_ttl,"
+            " attempts = MAX(attempts - ?, 0), deferrals = deferrals + ?,"
+            " owner = NULL, lease_until = NULL, cancel_requested = 0, unknown_since = ?"
+            " WHERE id = ? AND state = 'running' AND owner = ?",
+            (
+                o.state.value,
+                int(o.status),
+                succeeded,
+                result,
+                o.error,
+                _ts(o.deadline) if waiting else None,
+                waiting,
+                o.ttl,
+                scheduled,
+                scheduled,
+                now if o.state.is_final else None,
+                now if o.state.is_final else None,
+                1 if o.give_back_attempt else 0,
+                1 if o.deferral else 0,
+                _ts(o.unknown_since),
+                o.id,
+                owner,
+            ),
+        )
+        if cur.rowcount > 0:
+            applied.add(o.id)
+            if o.state.is_final:  # a workflow step: what follows it, in this transaction
+                wake = wf_final(conn, o.id, o.state, int(o.status), result, o.error) or wake
+        wake = wake or (cur.rowcount > 0 and not o.state.is_final)
+    return wake
+
+
 class SQLiteStore(SQLiteWorkflows):
     """The default durable store: jobs kept in one SQLite file, no server to run.
 
@@ -1021,19 +1100,7 @@ class SQLiteStore(SQLiteWorkflows):
         queues = list(queues)
 
         def update(conn: sqlite3.Connection) -> list[Claimed]:
-            now = self.clock.time()
-            rows = conn.execute(
-                "UPDATE anywork_jobs SET state = 'running', attempts = attempts + 1,"
-                " started_at = ?, owner = ?, lease_until = ?, cancel_requested = 0"
-                " WHERE seq IN (SELECT seq FROM anywork_jobs"
-                f"  WHERE queue IN ({_marks(len(queues))}) AND {_CLAIMABLE}"
-                "  ORDER BY priority DESC, due_at, seq LIMIT ?)"
-                f" RETURNING {_READ_COLUMNS}, due_at, seq, unknown_since",
-                (now, owner, now + lease, *queues, now, limit),
-            ).fetchall()
-            # RETURNING gives no order: put them back in claim order.
-            rows.sort(key=lambda r: (-r["priority"], r["due_at"], r["seq"]))
-            return [_claimed_decoded_once(row) for row in rows]
+            return _claim_in(conn, queues, limit, lease, owner, self.clock.time())
 
         return await self._transaction(update)
 
@@ -1068,49 +1135,7 @@ class SQLiteStore(SQLiteWorkflows):
         applied: set[str] = set()
 
         def update(conn: sqlite3.Connection) -> bool:
-            now = self.clock.time()
-            wake = False
-            applied.clear()  # the transaction may be retried
-            for o in outcomes:
-                scheduled = _ts(o.scheduled_for) if o.state is JobState.SCHEDULED else None
-                waiting = o.state is JobState.WAITING
-                succeeded = o.state is JobState.SUCCEEDED or waiting
-                cur = conn.execute(
-                    "UPDATE anywork_jobs SET state = ?, status = ?,"
-                    " result = CASE WHEN ? THEN ? ELSE result END, error = ?,"
-                    " deadline = ?, deferred_ttl = CASE WHEN ? THEN ? ELSE deferred_ttl END,"
-                    " scheduled_for = ?, due_at = COALESCE(?, enqueued_at), finished_at = ?,"
-                    " expires_at = ? + result_ttl,"
-                    " attempts = MAX(attempts - ?, 0), deferrals = deferrals + ?,"
-                    " owner = NULL, lease_until = NULL, cancel_requested = 0, unknown_since = ?"
-                    " WHERE id = ? AND state = 'running' AND owner = ?",
-                    (
-                        o.state.value,
-                        int(o.status),
-                        succeeded,
-                        json.dumps(o.result) if succeeded else None,
-                        o.error,
-                        _ts(o.deadline) if waiting else None,
-                        waiting,
-                        o.ttl,
-                        scheduled,
-                        scheduled,
-                        now if o.state.is_final else None,
-                        now if o.state.is_final else None,
-                        1 if o.give_back_attempt else 0,
-                        1 if o.deferral else 0,
-                        _ts(o.unknown_since),
-                        o.id,
-                        owner,
-                    ),
-                )
-                if cur.rowcount > 0:
-                    applied.add(o.id)
-                    if o.state.is_final:  # a workflow step: what follows it, in this transaction
-                        result = json.dumps(o.result) if succeeded else None
-                        wake = wf_final(conn, o.id, o.state, int(o.status), result, o.error) or wake
-                wake = wake or (cur.rowcount > 0 and not o.state.is_final)
-            return wake
+            return _complete_in(conn, owner, outcomes, self.clock.time(), applied)
 
         if await self._transaction(update):
             self._notifier.notify()
@@ -1138,61 +1163,10 @@ class SQLiteStore(SQLiteWorkflows):
 
         def update(conn: sqlite3.Connection) -> tuple[bool, builtins.list[Claimed]]:
             now = self.clock.time()
-            wake = False
-            applied.clear()  # the transaction may be retried
-            for o in outcomes:
-                scheduled = _ts(o.scheduled_for) if o.state is JobState.SCHEDULED else None
-                waiting = o.state is JobState.WAITING
-                succeeded = o.state is JobState.SUCCEEDED or waiting
-                result = json.dumps(o.result) if succeeded else None
-                cur = conn.execute(
-                    "UPDATE anywork_jobs SET state = ?, status = ?,"
-                    " result = CASE WHEN ? THEN ? ELSE result END, error = ?,"
-                    " deadline = ?, deferred_ttl = CASE WHEN ? THEN ? ELSE deferred_ttl END,"
-                    " scheduled_for = ?, due_at = COALESCE(?, enqueued_at), finished_at = ?,"
-                    " expires_at = ? + result_ttl,"
-                    " attempts = MAX(attempts - ?, 0), deferrals = deferrals + ?,"
-                    " owner = NULL, lease_until = NULL, cancel_requested = 0, unknown_since = ?"
-                    " WHERE id = ? AND state = 'running' AND owner = ?",
-                    (
-                        o.state.value,
-                        int(o.status),
-                        succeeded,
-                        result,
-                        o.error,
-                        _ts(o.deadline) if waiting else None,
-                        waiting,
-                        o.ttl,
-                        scheduled,
-                        scheduled,
-                        now if o.state.is_final else None,
-                        now if o.state.is_final else None,
-                        1 if o.give_back_attempt else 0,
-                        1 if o.deferral else 0,
-                        _ts(o.unknown_since),
-                        o.id,
-                        owner,
-                    ),
-                )
-                if cur.rowcount > 0:
-                    applied.add(o.id)
-                    if o.state.is_final:  # a workflow step: what follows it, in this transaction
-                        wake = wf_final(conn, o.id, o.state, int(o.status), result, o.error) or wake
-                wake = wake or (cur.rowcount > 0 and not o.state.is_final)
+            wake = _complete_in(conn, owner, outcomes, now, applied)
             if limit <= 0 or not queues:
                 return wake, []
-            rows = conn.execute(
-                "UPDATE anywork_jobs SET state = 'running', attempts = attempts + 1,"
-                " started_at = ?, owner = ?, lease_until = ?, cancel_requested = 0"
-                " WHERE seq IN (SELECT seq FROM anywork_jobs"
-                f"  WHERE queue IN ({_marks(len(queues))}) AND {_CLAIMABLE}"
-                "  ORDER BY priority DESC, due_at, seq LIMIT ?)"
-                f" RETURNING {_READ_COLUMNS}, due_at, seq, unknown_since",
-                (now, owner, now + lease, *queues, now, limit),
-            ).fetchall()
-            # RETURNING gives no order: put them back in claim order.
-            rows.sort(key=lambda r: (-r["priority"], r["due_at"], r["seq"]))
-            return wake, [_claimed_decoded_once(row) for row in rows]
+            return wake, _claim_in(conn, queues, limit, lease, owner, now)
 
         wake, claimed = await self._transaction(update)
         if wake:
