@@ -314,9 +314,26 @@ class Queue:
         Raises:
             TypeError, ValueError: as for :meth:`enqueue`.
         """
+        records = self._records(jobs, delay, at, priority, retry, unique_key, result_ttl)
+        if not records:
+            return []
+        return await self.store.add(records)
+
+    def _records(
+        self,
+        jobs: Iterable[Job],
+        delay: float | timedelta | None,
+        at: datetime | None,
+        priority: int,
+        retry: RetryPolicy | None,
+        unique_key: str | None,
+        result_ttl: float | timedelta | None,
+    ) -> list[JobRecord]:
+        """The checked records ``enqueue_many`` stores (every job checked before any is
+        stored), stamped with the store's clock; shared with SyncQueue's in-thread path."""
         now = clock_of(self.store).now()
         ttl = _result_ttl(result_ttl)
-        records = [
+        return [
             self._record(
                 job,
                 now=now,
@@ -329,9 +346,6 @@ class Queue:
             )
             for job in jobs
         ]
-        if not records:
-            return []
-        return await self.store.add(records)
 
     async def _enqueue_workflow(
         self, workflow: Workflow, *, priority: int, result_ttl: float | timedelta | None
@@ -876,21 +890,8 @@ class SyncQueue:
             return None
         if not self._twin.entered:
             raise RuntimeError(f"{self!r} is closed")
-        now = clock_of(self.store).now()
-        ttl = _result_ttl(result_ttl)
-        records = [
-            self._queue._record(
-                job,
-                now=now,
-                delay=delay,
-                at=at,
-                priority=priority,
-                retry=retry,
-                unique_key=unique_key,
-                result_ttl=ttl,
-            )
-            for job in jobs
-        ]
+        queue = self._queue
+        records = queue._records(jobs, delay, at, priority, retry, unique_key, result_ttl)
         if not records:
             return []
         stored: list[JobRecord] = add_blocking(records)
