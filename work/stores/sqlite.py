@@ -274,6 +274,11 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # The overview's finished jobs per minute, read from the index alone.
         "CREATE INDEX IF NOT EXISTS anywork_jobs_finished_minute"
         " ON anywork_jobs (finished_at, queue, state) WHERE state IN ('succeeded', 'failed')",
+        # Deadlines matter only for WAITING jobs: a partial index instead of version 4's
+        # (state, deadline) over every job, which each insert and state change had to write.
+        "DROP INDEX IF EXISTS anywork_jobs_deadline",
+        "CREATE INDEX IF NOT EXISTS anywork_jobs_waiting ON anywork_jobs (deadline)"
+        " WHERE state = 'waiting'",
     ),
 )
 
@@ -1273,7 +1278,7 @@ class SQLiteStore(SQLiteWorkflows):
 
         def query(conn: sqlite3.Connection) -> list[JobRecord]:
             rows = conn.execute(
-                f"SELECT {_READ_COLUMNS} FROM anywork_jobs"
+                f"SELECT {_READ_COLUMNS} FROM anywork_jobs INDEXED BY anywork_jobs_waiting"
                 " WHERE state = 'waiting' AND deadline <= ? ORDER BY deadline, seq LIMIT ?",
                 (self.clock.time(), max(limit, 0)),
             )
@@ -1453,7 +1458,8 @@ class SQLiteStore(SQLiteWorkflows):
         sql = (
             f"SELECT min(at) FROM (SELECT min(due_at) AS at FROM anywork_jobs WHERE queue IN"
             f" ({marks}) AND state IN ('queued', 'scheduled') UNION ALL"
-            f" SELECT min(deadline) FROM anywork_jobs WHERE state = 'waiting')"
+            " SELECT min(deadline) FROM anywork_jobs INDEXED BY anywork_jobs_waiting"
+            " WHERE state = 'waiting')"
         )
 
         def next_due(conn: sqlite3.Connection) -> float | None:
