@@ -77,6 +77,9 @@ async def test_sqlite_version_5_upgrades_with_its_jobs(tmp_path: Path) -> None:
         assert "COVERING INDEX anywork_jobs_queue_state" in counts
         # No temporary b-tree: each page is read in enqueue order straight off an index.
         assert "TEMP B-TREE" not in plan(f"{select} WHERE state = 'succeeded' ORDER BY seq")
+        # Deadlines: a partial index of WAITING jobs replaces version 4's over every job.
+        indexes = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
+        assert "anywork_jobs_waiting" in indexes and "anywork_jobs_deadline" not in indexes
     finally:
         conn.close()
 
