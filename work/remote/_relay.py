@@ -126,7 +126,6 @@ class _Conn:
         "leaving",
         "outbox",
         "scope",
-        "sending",
         "worker_id",
         "ws",
     )
@@ -146,9 +145,6 @@ class _Conn:
         self.leaving = False
         self.scope = anyio.CancelScope()
         self.ws: Any = None
-        # Sends in progress on the socket: while one is, new job frames queue up behind it and
-        # go out together as one batch frame instead of one frame each.
-        self.sending = 0
 
     @property
     def free(self) -> int:
@@ -351,9 +347,8 @@ class Relay:
     def _dispatch(self, mine: _Pending | None = None) -> str | None:
         """Hand waiting jobs, oldest first, to the least busy worker that has their handler.
 
-        Frames are queued to each connection's sender task, except the frame of ``mine`` when
-        nothing is being sent to its worker: that one is returned for the calling ``do`` to send
-        itself (one task switch less on a quiet connection; a busy one batches).
+        Frames are queued to each connection's sender task, except the frame of ``mine``,
+        which is returned for the calling ``do`` to send itself (one task switch less).
         """
         direct: str | None = None
         if not self._waiting:
@@ -385,7 +380,7 @@ class Relay:
             }
             pending.conn = best
             best.in_flight[pending.delivery] = pending
-            if pending is mine and best.sending == 0:
+            if pending is mine:
                 direct = encode(frame)
             else:
                 best.outbox.send_nowait(encode(frame))
@@ -454,7 +449,7 @@ class Relay:
             self._dispatch()
             with conn.scope:
                 async with anyio.create_task_group() as tg:
-                    tg.start_soon(_pump, conn, outbox)
+                    tg.start_soon(_pump, ws, outbox)
                     reason = await self._read(ws, conn)
                     tg.cancel_scope.cancel()
             if conn.scope.cancelled_caught:
@@ -547,12 +542,8 @@ async def _send_direct(pending: _Pending, frame: str) -> None:
     reader's to notice (the job is in its in-flight set, so it is redelivered)."""
     conn = pending.conn
     assert conn is not None and conn.ws is not None
-    conn.sending += 1
-    try:
-        with _ignore_closed():
-            await conn.ws.send_text(frame)
-    finally:
-        conn.sending -= 1
+    with _ignore_closed():
+        await conn.ws.send_text(frame)
 
 
 class _RelayApp:
@@ -577,18 +568,14 @@ class _RelayApp:
         return f"<relay.asgi of {self.relay!r}>"
 
 
-async def _pump(conn: _Conn, outbox: Any) -> None:
+async def _pump(ws: Any, outbox: Any) -> None:
     """Send the connection's queued frames in order (dispatch itself never awaits)."""
     async for frame in outbox:
         frames = [frame]
         with contextlib.suppress(anyio.WouldBlock):
             while len(frames) < _BATCH:
                 frames.append(outbox.receive_nowait())
-        conn.sending += 1
-        try:
-            await conn.ws.send_text(batched(frames))
-        finally:
-            conn.sending -= 1
+        await ws.send_text(batched(frames))
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:
