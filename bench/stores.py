@@ -437,7 +437,7 @@ def huey_app(scheme: str, workdir: Path) -> tuple[Any, Any] | None:
     """huey on ``scheme`` with its defaults (SQLite: WAL, its default ``synchronous``,
     FULL), and its no-op task; None without huey or for a store it has no backend for here."""
     try:
-        import huey  # type: ignore[import-untyped,unused-ignore]
+        import huey  # type: ignore[import-untyped,import-not-found,unused-ignore]
     except ImportError:
         return None
     if scheme == "sqlite":
