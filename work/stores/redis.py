@@ -946,10 +946,15 @@ class RedisStore(RedisWorkflows):
             claimed = [_claimed_once(replies[i], replies[i + 1]) for i in range(0, len(replies), 2)]
         if isinstance(done, NoScriptError):
             # The server lost its script cache: the outcomes were not applied; the plain
-            # call reloads the script (and claims, if the claim did not run either).
+            # call reloads the script. The claim either did not run either, or ran before
+            # the outcomes: claim (again) for the places left, so a job an outcome gave back
+            # is not passed over.
             applied = await self.complete(owner, outcomes)
             if isinstance(replies, NoScriptError):
-                claimed = await self.claim(queues, limit=limit, lease=lease, owner=owner)
+                claimed = []
+            if len(claimed) < limit:
+                left = limit - len(claimed)
+                claimed += await self.claim(queues, limit=left, lease=lease, owner=owner)
             return applied, claimed
         if isinstance(done, Exception):
             raise done
