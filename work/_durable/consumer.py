@@ -318,14 +318,7 @@ class _Server:
             self.inline += 1
 
         try:
-            job = Job(
-                rec.handler,
-                rec.args,
-                queue=rec.queue,
-                timeout=rec.timeout,
-                headers=rec.headers,
-                id=rec.id,
-            )
+            job = _job_of(rec)
             return (
                 self.worker._perform_nowait(job, attempt=rec.attempts, prepare=prepare) is not None
             )
@@ -411,14 +404,7 @@ class _Server:
             slot.outcome = final(rec, JobState.FAILED, Status.BAD_REQUEST, slot.decode_error)
             return
         try:
-            job = Job(
-                rec.handler,
-                rec.args,
-                queue=rec.queue,
-                timeout=rec.timeout,
-                headers=rec.headers,
-                id=rec.id,
-            )
+            job = _job_of(rec)
         except (TypeError, ValueError) as exc:
             slot.outcome = final(rec, JobState.FAILED, Status.BAD_REQUEST, f"bad job: {exc}")
             return
@@ -847,3 +833,15 @@ async def serve_store(
             await server.run()
     finally:
         _current.reset(token)
+
+
+def _job_of(rec: JobRecord) -> Job:
+    """The Job a claimed record runs as (raises TypeError or ValueError for a bad one)."""
+    return Job(
+        rec.handler,
+        rec.args,
+        queue=rec.queue,
+        timeout=rec.timeout,
+        headers=rec.headers,
+        id=rec.id,
+    )

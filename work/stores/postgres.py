@@ -1637,14 +1637,7 @@ class PostgresStore(PostgresWorkflows):
                 with anyio.move_on_after(max(timeout, 0.1)):
                     await self._relisten()
             now = _now()
-            row = await pool.fetchrow(
-                f"""SELECT
-                    EXISTS (SELECT 1 FROM {self._s}.jobs
-                            WHERE queue = ANY($1::text[]) AND state = 'queued') AS ready,
-                    (SELECT min(scheduled_for) FROM {self._s}.jobs
-                     WHERE queue = ANY($1::text[]) AND state = 'scheduled') AS next_due""",
-                list(queues),
-            )
+            row = await self._work_at(pool, queues)
             if row["ready"]:
                 return
             # asyncpg reads 'infinity' as a naive datetime: such a job is never due.
@@ -1658,6 +1651,18 @@ class PostgresStore(PostgresWorkflows):
         finally:
             self._waiters.discard(waiter)
 
+    async def _work_at(self, pool: _Runner, queues: Sequence[str]) -> Any:
+        """One look for work in ``queues``: a row with ``ready`` (a QUEUED job exists) and
+        ``next_due`` (the earliest SCHEDULED job's due time, or None)."""
+        return await pool.fetchrow(
+            f"""SELECT
+                EXISTS (SELECT 1 FROM {self._s}.jobs
+                        WHERE queue = ANY($1::text[]) AND state = 'queued') AS ready,
+                (SELECT min(scheduled_for) FROM {self._s}.jobs
+                 WHERE queue = ANY($1::text[]) AND state = 'scheduled') AS next_due""",
+            list(queues),
+        )
+
     async def _poll_for_work(self, queues: Sequence[str], timeout: float) -> None:
         """:meth:`wait_for_work` without LISTEN: look every ``poll_interval`` until a job is
         ready, the next SCHEDULED one falls due, or ``timeout`` passes."""
@@ -1668,14 +1673,7 @@ class PostgresStore(PostgresWorkflows):
             wake = anyio.current_time() + max(timeout, 0.0)
             while True:
                 now = _now()
-                row = await pool.fetchrow(
-                    f"""SELECT
-                        EXISTS (SELECT 1 FROM {self._s}.jobs
-                                WHERE queue = ANY($1::text[]) AND state = 'queued') AS ready,
-                        (SELECT min(scheduled_for) FROM {self._s}.jobs
-                         WHERE queue = ANY($1::text[]) AND state = 'scheduled') AS next_due""",
-                    list(queues),
-                )
+                row = await self._work_at(pool, queues)
                 if row["ready"]:
                     return
                 due = row["next_due"]
