@@ -38,3 +38,38 @@ def test_enqueue_still_injects_the_trace_context() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert out.stdout.strip() == "True"
+
+
+def test_a_worker_serving_jobs_loads_no_logging_library_until_it_logs() -> None:
+    """A worker that serves jobs without trouble never imports structlog (several MB of RSS
+    with what structlog pulls in); its first line to log loads it, bound to worker and owner."""
+    code = (
+        "import sys, anyio\n"
+        "from work import Job, Queue, Worker\n"
+        "from work.stores.memory import MemoryStore\n"
+        "async def main() -> None:\n"
+        "    worker = Worker(name='w1')\n"
+        "    done = anyio.Event()\n"
+        "    worker.register('noop', lambda job: done.set())\n"
+        "    async with MemoryStore() as store, worker, anyio.create_task_group() as tg:\n"
+        "        await Queue(store).enqueue(Job('noop'))\n"
+        "        tg.start_soon(lambda: worker.serve(store, lease=0.2))\n"
+        "        await done.wait()\n"
+        "        while (await store.stats()).get('default', {}).get('succeeded') != 1:\n"
+        "            await anyio.sleep(0.01)\n"
+        "        print('structlog' in sys.modules)\n"
+        "        from structlog.testing import capture_logs\n"
+        "        async def broken(*args: object, **kwargs: object) -> int:\n"
+        "            raise RuntimeError('bad statement')\n"
+        "        store.reap = broken\n"
+        "        with capture_logs() as logs, anyio.fail_after(30):\n"
+        "            while not logs:\n"
+        "                await anyio.sleep(0.05)\n"
+        "        print(logs[0]['event'], logs[0]['worker'], bool(logs[0]['owner']))\n"
+        "        worker.stop()\n"
+        "anyio.run(main)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.splitlines() == ["False", "reaping expired leases failed; retrying w1 True"]

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.from_thread
-import structlog
 from anyio.abc import TaskGroup
 
 from .._core.clock import _current, clock_of
@@ -80,7 +79,23 @@ _EXPIRE_FIRST = 1.0
 _EXPIRE_BATCH = 200
 _EXPIRE_PAUSE = 0.05
 
-_log = structlog.get_logger("anywork.serve")
+class _LazyLog:
+    """The serve loop's structlog logger, bound to its worker and owner, loaded on the first
+    line logged: a worker that has nothing to say never imports structlog, nor what structlog
+    imports when it is installed (rich, colorama, greenlet: several MB of a worker's RSS)."""
+
+    __slots__ = ("_bound", "_context")
+
+    def __init__(self, **context: Any) -> None:
+        self._context = context
+        self._bound: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._bound is None:
+            import structlog
+
+            self._bound = structlog.get_logger("anywork.serve").bind(**self._context)
+        return getattr(self._bound, name)
 
 
 class _Backoff:
@@ -197,7 +212,7 @@ class _Server:
         self.cancelling = False  # serve itself is being cancelled: hand unfinished jobs back
         # While the claim loop waits for room, the flush claims for it (combined_claim).
         self.claim_waiting: TaskGroup | None = None
-        self.log = _log.bind(worker=worker.name, owner=self.owner)
+        self.log = _LazyLog(worker=worker.name, owner=self.owner)
         self.outage = _Outage(self.log)
 
     async def run(self) -> None:
