@@ -79,6 +79,7 @@ _EXPIRE_FIRST = 1.0
 _EXPIRE_BATCH = 200
 _EXPIRE_PAUSE = 0.05
 
+
 class _LazyLog:
     """The serve loop's structlog logger, bound to its worker and owner, loaded on the first
     line logged: a worker that has nothing to say never imports structlog, nor what structlog
