@@ -251,6 +251,7 @@ def _berlin_daily(day: date, hour: int, minute: int) -> datetime:
         t += timedelta(minutes=1)
 
 
+@pytest.mark.timeout(600)  # ~20 s alone; several times that beside other tests on 2 cores
 async def test_a_year_of_berlin_schedules_on_a_virtual_clock(
     clocked: Store, anyio_backend: str
 ) -> None:

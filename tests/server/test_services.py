@@ -5,7 +5,10 @@ ttl expiry as 504."""
 
 from __future__ import annotations
 
+import queue
 from typing import Any
+
+import pytest
 
 from .conftest import Receiver, Served, wait_for
 
@@ -103,7 +106,10 @@ def test_ttl_expiry_is_a_504_and_trigger_runs_now(service: Served, receiver: Rec
     assert r.status_code == 201
     r = c.post(f"{JOB}/trigger")
     assert r.status_code == 201 and "@manual-" in r.json()["id"]
-    receiver.next()
+    try:
+        receiver.next(timeout=60)
+    except queue.Empty:
+        pytest.fail(f"no webhook within 60 s; the service printed:\n{service.output[-4000:]}")
     failed = wait_for(
         lambda: _executions(service, status="failure")["items"], 30, "the ttl to expire"
     )

@@ -319,6 +319,11 @@ async def test_concurrent_schedulers_fire_each_fire_once(
     for n in range(50):
         await schedules.put(every_second(f"svc/s{n:02d}", misfire_grace=3600))
     anchor = min([await anchor_of(schedules, f"svc/s{n:02d}") for n in range(50)])
+    next_fires: list[datetime] = []
+    for n in range(50):
+        record = await schedules.get(f"svc/s{n:02d}")
+        assert record is not None and record.next_fire_at is not None
+        next_fires.append(record.next_fire_at)
     made: list[str] = []
 
     async def run(s: Store) -> None:
@@ -337,7 +342,9 @@ async def test_concurrent_schedulers_fire_each_fire_once(
         jobs = await schedules.executions(f"svc/s{n:02d}")
         fires = [j.scheduled_for for j in jobs]
         assert len(fires) == len(set(fires))
-        assert anchor + timedelta(seconds=2) in fires  # the first tick's fire
+        # The first tick's fire (missed fires coalesce into the tick's instant), or, for a
+        # schedule put a second or two later on a loaded machine, its own first fire.
+        assert max(next_fires[n], anchor + timedelta(seconds=2)) in fires
         total += len(jobs)
     assert total == len(made)
 
