@@ -69,6 +69,8 @@ from typing import Any
 
 import anyio
 
+from ._worker import child_process, cpu_seconds, peak_rss_mb
+
 __all__ = ["Row", "cpu_seconds", "main", "peak_rss_mb"]
 
 PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
@@ -236,12 +238,6 @@ def make_jobs(n: int, queue: str = "default") -> list[Any]:
     return [Job("noop", {"i": i, "pad": "x" * 64}, queue=queue) for i in range(n)]
 
 
-def cpu_seconds() -> float:
-    """CPU seconds (user + system) this process has used so far, every thread included."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
 def sync_enqueue(url: str, options: dict[str, Any], n: int) -> tuple[float, float]:
     """(jobs/s, CPU µs per job) of ``n`` ``SyncQueue.enqueue`` calls, from a thread with no
     event loop (as a script or a WSGI view calls it)."""
@@ -311,7 +307,11 @@ def run_child(
     args: list[str], *, profile: Path | None = None, timeout: float = 600
 ) -> dict[str, Any]:
     """Run this module as a child worker process and return the JSON it prints last."""
-    cmd = [sys.executable, "-m", "bench.stores", "--child", *args]
+    if args[0] == "process" and profile is None:
+        # The worker whose RSS is measured imports nothing but itself and the worker.
+        cmd = [sys.executable, "-m", "bench._worker", *args[1:]]
+    else:
+        cmd = [sys.executable, "-m", "bench.stores", "--child", *args]
     if profile is not None:
         cmd += ["--profile-to", str(profile)]
     done = subprocess.run(
@@ -354,52 +354,6 @@ async def measure_pickup(url: str, options: dict[str, Any]) -> list[float]:
 
 
 # --------------------------------------------------------------------------- child processes
-
-
-async def child_process(url: str, options: dict[str, Any], expect: int) -> dict[str, Any]:
-    """Serve until ``expect`` no-op jobs have succeeded; return seconds and peak RSS."""
-    from work import Job, Worker
-    from work.stores import open_store
-
-    worker = Worker()
-    ran = 0
-    all_ran = anyio.Event()
-
-    async def noop(job: Job) -> None:
-        nonlocal ran
-        ran += 1
-        if ran == expect:
-            all_ran.set()
-
-    worker.register("noop", noop)
-    async with open_store(url, **options) as store, anyio.create_task_group() as tg, worker:
-        started, cpu = time.perf_counter(), cpu_seconds()
-        tg.start_soon(lambda: worker.serve(store))
-        await all_ran.wait()
-        # No event says "the last result is stored"; polling the store's counts is the check.
-        while (await store.stats()).get("default", {}).get("succeeded", 0) < expect:  # noqa: ASYNC110
-            await anyio.sleep(0.005)
-        seconds, cpu = time.perf_counter() - started, cpu_seconds() - cpu
-        worker.stop()
-    return {"seconds": seconds, "jobs": expect, "rss_mb": peak_rss_mb(), "cpu": cpu}
-
-
-def peak_rss_mb() -> float:
-    """This process's peak RSS in MB: ``VmHWM`` from ``/proc/self/status`` where there is one.
-
-    Not ``getrusage``'s ``ru_maxrss`` there: on Linux it carries over fork and exec, so a child
-    started by a parent holding N MB reports at least N (the benchmark's parent holds every
-    job it enqueued, which made the worker's figure grow with ``--jobs``). ``VmHWM`` is the
-    high-water mark of this process's own address space.
-    """
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 async def child_pickup(url: str, options: dict[str, Any]) -> dict[str, Any]:
