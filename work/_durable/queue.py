@@ -845,8 +845,9 @@ class SyncQueue:
     ) -> JobRecord | WorkflowRecord:
         """Store ``job`` (or a workflow); see :meth:`Queue.enqueue`.
 
-        On a store that can add in the calling thread (SQLite's ``add_blocking``), a Job is
-        checked and stored here, with no round trip through the portal's event loop.
+        On a store that can add in the calling thread (``add_blocking``: SQLite in the
+        calling thread over its connection, Redis with redis-py's synchronous client), a Job
+        is checked and stored here, with no round trip through the portal's event loop.
         """
         if isinstance(job, Job):
             here = self._add_here(
@@ -884,7 +885,8 @@ class SyncQueue:
         result_ttl: float | timedelta | None,
     ) -> list[JobRecord] | None:
         """``Queue.enqueue_many`` in the calling thread, when the store has ``add_blocking``
-        and a real clock; None otherwise (the caller goes through the portal)."""
+        and a real clock; None otherwise, or when ``add_blocking`` answers None (it cannot
+        add here: the caller goes through the portal)."""
         add_blocking = getattr(self.store, "add_blocking", None)
         if add_blocking is None or clock_of(self.store).virtual:
             return None
@@ -894,7 +896,7 @@ class SyncQueue:
         records = queue._records(jobs, delay, at, priority, retry, unique_key, result_ttl)
         if not records:
             return []
-        stored: list[JobRecord] = add_blocking(records)
+        stored: list[JobRecord] | None = add_blocking(records)
         return stored
 
     def check(
