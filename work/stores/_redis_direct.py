@@ -70,6 +70,8 @@ class DirectScript:
         if self._conn is None:
             if isinstance(self._client, RedisCluster):
                 node = self._client.get_node_from_key(self._tag)
+                if node is None:  # the slot map has no primary for it at the moment
+                    raise ClusterDownError(f"no node serves the slot of {self._tag}")
                 self._conn = node.connection_class(**node.connection_kwargs)
             else:
                 self._conn = self._client.connection_pool.make_connection()
