@@ -97,7 +97,8 @@ local FINAL = {succeeded = true, failed = true, cancelled = true}
 
 # ARGV: prefix, cap, and a JSON array with, per job, an array of strings: id, queue,
 # unique_key (opt), state, due, priority, enqueued_at, scheduled_for (opt), max_attempts, args,
-# spec, extra (opt: a JSON object of further fields, all values strings). One argument for
+# spec, extra (opt: a JSON object of further fields, all values strings), handler (the
+# spec's, for the job's event: no read of the hash just written, no decode of its spec). One argument for
 # the batch keeps the client's command packing cheap. Returns, for each job that was not
 # added, its index in the batch and the stored job hash it ran into (that id, or the active
 # job holding that unique key). Each job is checked and added atomically (the whole batch is).
@@ -132,8 +133,11 @@ for n, job in ipairs(cjson.decode(ARGV[3])) do
     local due = opt(job[8])
     if due then put('scheduled_for', due) end
     local extra = opt(job[12])
+    local status, attempts = -1, 0
     if extra then
-      for k, v in pairs(cjson.decode(extra)) do put(k, v) end
+      extra = cjson.decode(extra)
+      for k, v in pairs(extra) do put(k, v) end
+      status, attempts = tonumber(extra.status) or -1, tonumber(extra.attempts) or 0
     end
     if state == 'queued' then
       local m = member(job[5], seq, id)
@@ -148,7 +152,7 @@ for n, job in ipairs(cjson.decode(ARGV[3])) do
     stat(q, state, 1)
     local kind = 'enqueued'
     if FINAL[state] then kind = state elseif state == 'running' then kind = 'started' end
-    emit(kind, id, q, job[7])
+    EV[#EV + 1] = {kind, id, q, job[13], status, attempts, job[7], false}  -- as emit()
   end
 end
 for q, n in pairs(woken) do wake(q, cap, n) end

@@ -392,6 +392,7 @@ def _add_args(rec: JobRecord, now: datetime) -> tuple[list[str], str, datetime]:
         args,
         _dumps(spec),
         _opt(_dumps(extra) if extra else None),
+        rec.handler,
     ]
     return values, args, enqueued
 
