@@ -18,7 +18,7 @@ import redis
 from tests.stores.conftest import REDIS_URL, require_redis_cluster
 from work import Job, JobState, SyncQueue
 from work.stores import JobRecord
-from work.stores._redis_direct import DirectScript
+from work.stores._redis_direct import BUSY, DirectScript, DirectScriptSync
 from work.stores.redis import RedisStore
 
 pytestmark = pytest.mark.anyio
@@ -202,7 +202,13 @@ async def test_closing_the_store_closes_the_direct_connection(url: str) -> None:
 
 
 def test_direct_script_refuses_a_second_call_in_flight() -> None:
-    """DirectScript serves one call at a time and checks its argument count."""
+    """DirectScript serves one call at a time and checks its argument count; so does its
+    synchronous twin, which answers BUSY instead."""
+    sync = DirectScriptSync(object(), "0" * 40, "{t}", 1)
+    with pytest.raises(ValueError, match="expected 1"):
+        sync.call(())
+    with sync._lock:
+        assert sync.call((b"x",)) is BUSY
 
     async def main() -> None:
         direct = DirectScript(object(), "0" * 40, "{t}", 1)
@@ -236,6 +242,50 @@ def test_sync_enqueue_on_redis_runs_in_the_calling_thread(url: str) -> None:
             assert queue.get("other") is None
             assert store.async_adds == 0
             assert store._sync
+            direct = store._sync_direct
+            assert direct is not None and direct._conn is not None  # it went direct
+    finally:
+        anyio.run(store.drop)
+
+
+def test_sync_enqueue_while_the_direct_connection_is_busy(url: str) -> None:
+    """A thread that finds the synchronous direct connection in use adds through the
+    synchronous client's pool instead, with the same answers."""
+    store = Spied(url)
+    try:
+        with SyncQueue(store) as queue:
+            queue.enqueue(Job("noop", id="first"))
+            direct = store._sync_direct
+            assert direct is not None
+            with direct._lock:  # as while another thread's call is in flight
+                assert queue.enqueue(Job("noop", {"x": 1}, id="second")).args == {"x": 1}
+                assert queue.enqueue(Job("noop", {"x": 2}, id="second")).args == {"x": 1}
+            stored = queue.get("second")
+            assert stored is not None and stored.args == {"x": 1}
+            assert store.async_adds == 0
+    finally:
+        anyio.run(store.drop)
+
+
+def test_sync_enqueue_after_the_server_closed_the_connection(url: str) -> None:
+    """When the server drops the synchronous direct connection, the next enqueue still
+    stores its job and the one after uses a new direct connection."""
+    store = Spied(url)
+    try:
+        with SyncQueue(store) as queue:
+            queue.enqueue(Job("noop", id="first"))
+            direct = store._sync_direct
+            assert direct is not None
+            conn = direct._conn
+            host, port = conn._sock.getsockname()[:2]
+            for server in _servers(url):
+                with server:
+                    server.client_kill_filter(_type=None, laddr=None, addr=f"{host}:{port}")
+            assert queue.enqueue(Job("noop", id="second")).id == "second"
+            assert queue.get("second") is not None
+            assert queue.enqueue(Job("noop", id="third")).id == "third"
+            assert direct._conn is not None and direct._conn is not conn
+            assert store.async_adds == 0
     finally:
         anyio.run(store.drop)
 

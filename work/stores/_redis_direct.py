@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Sequence
 from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
+from redis.cluster import RedisCluster as SyncRedisCluster
 from redis.exceptions import (
     AskError,
     ClusterDownError,
@@ -14,7 +16,7 @@ from redis.exceptions import (
     TryAgainError,
 )
 
-__all__ = ["DirectScript", "bulk"]
+__all__ = ["DirectScript", "DirectScriptSync", "bulk"]
 
 # Replies that say the slot is served elsewhere (or not at the moment): the cluster client,
 # which follows redirections and refreshes its slot map, takes the call instead.
@@ -24,6 +26,18 @@ REDIRECTED = (MovedError, AskError, TryAgainError, ClusterDownError)
 def bulk(value: bytes) -> bytes:
     """``value`` as a RESP bulk string."""
     return b"$%d\r\n%s\r\n" % (len(value), value)
+
+
+def _evalsha(sha: str, tag: str, nargs: int) -> bytes:
+    """The packed start of ``EVALSHA sha 1 tag tag`` followed by ``nargs`` arguments."""
+    return (
+        b"*%d\r\n" % (5 + nargs)
+        + bulk(b"EVALSHA")
+        + bulk(sha.encode())
+        + bulk(b"1")
+        + bulk(tag.encode())
+        + bulk(tag.encode())
+    )
 
 
 class DirectScript:
@@ -53,14 +67,7 @@ class DirectScript:
     def __init__(self, client: Any, sha: str, tag: str, nargs: int) -> None:
         self._client = client
         self._tag = tag
-        self._prefix = (
-            b"*%d\r\n" % (5 + nargs)
-            + bulk(b"EVALSHA")
-            + bulk(sha.encode())
-            + bulk(b"1")
-            + bulk(tag.encode())
-            + bulk(tag.encode())
-        )
+        self._prefix = _evalsha(sha, tag, nargs)
         self._nargs = nargs
         self._conn: Any = None
         self.busy = False
@@ -124,3 +131,86 @@ class DirectScript:
     async def aclose(self) -> None:
         """Close the connection (the store is closing)."""
         await self.reset()
+
+
+class DirectScriptSync:
+    """:class:`DirectScript` for redis-py's synchronous client (``Redis`` or
+    ``RedisCluster``), called from any thread: the thread that finds the connection free
+    uses it, the others (:meth:`call` answers None) take the client's pool.
+
+    Args:
+        client: a ``redis.Redis`` or ``redis.cluster.RedisCluster``.
+        sha: the script's SHA1 (hex).
+        tag: the store's hash tag, sent as ``KEYS[1]`` and ``ARGV[1]``.
+        nargs: how many arguments each call adds after the tag.
+    """
+
+    def __init__(self, client: Any, sha: str, tag: str, nargs: int) -> None:
+        self._client = client
+        self._tag = tag
+        self._prefix = _evalsha(sha, tag, nargs)
+        self._nargs = nargs
+        self._conn: Any = None
+        self._lock = threading.Lock()
+
+    def _connection(self) -> Any:
+        if self._conn is None:
+            if isinstance(self._client, SyncRedisCluster):
+                cluster: Any = self._client  # redis-py's sync cluster is untyped here
+                node = cluster.get_node_from_key(self._tag)
+                if node is None or node.redis_connection is None:
+                    raise ClusterDownError(f"no node serves the slot of {self._tag}")
+                pool = node.redis_connection.connection_pool
+            else:
+                pool = self._client.connection_pool
+            self._conn = pool.make_connection()
+        return self._conn
+
+    def call(self, args: Sequence[bytes]) -> Any:
+        """Run the script with ``args`` (already encoded) and return its reply, or
+        :data:`BUSY` when another thread is using the connection.
+
+        Raises:
+            redis.exceptions.RedisError: as the client raises them; after a connection
+                error or a redirection the connection is closed and made again on the next
+                call.
+        """
+        if len(args) != self._nargs:
+            raise ValueError(f"expected {self._nargs} arguments, got {len(args)}")
+        if not self._lock.acquire(blocking=False):
+            return BUSY
+        try:
+            conn = self._connection()
+            # The connection connects on first use and closes itself on an error or an
+            # interruption while it waits for the reply (a late reply would answer the
+            # next call).
+            conn.send_packed_command([self._prefix + b"".join(map(bulk, args))], False)
+            return conn.read_response()
+        except REDIRECTED:
+            self._reset()
+            raise
+        finally:
+            self._lock.release()
+
+    def _reset(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.disconnect()
+
+    def reset(self) -> None:
+        """Close the connection (the next call makes a new one), unless a call is using it."""
+        if self._lock.acquire(blocking=False):
+            try:
+                self._reset()
+            finally:
+                self._lock.release()
+
+    def close(self) -> None:
+        """Close the connection (the store is closing)."""
+        with self._lock:
+            self._reset()
+
+
+BUSY: Any = object()
+"""What :meth:`DirectScriptSync.call` answers when another thread holds the connection."""

@@ -98,10 +98,11 @@ local FINAL = {succeeded = true, failed = true, cancelled = true}
 # ARGV: prefix, cap, and a JSON array with, per job, an array of strings: id, queue,
 # unique_key (opt), state, due, priority, enqueued_at, scheduled_for (opt), max_attempts, args,
 # spec, extra (opt: a JSON object of further fields, all values strings), handler (the
-# spec's, for the job's event: no read of the hash just written, no decode of its spec). One argument for
-# the batch keeps the client's command packing cheap. Returns, for each job that was not
-# added, its index in the batch and the stored job hash it ran into (that id, or the active
-# job holding that unique key). Each job is checked and added atomically (the whole batch is).
+# spec's, for the job's event: no read of the hash just written, no decode of its spec). One
+# argument for the batch keeps the client's command packing cheap. Returns, for each job
+# that was not added, its index in the batch and the stored job hash it ran into (that id, or
+# the active job holding that unique key). Each job is checked and added atomically (the
+# whole batch is).
 ADD = (
     LUA_PRELUDE
     + r"""

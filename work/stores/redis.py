@@ -57,7 +57,7 @@ from ._base import (
     conflict_record,
 )
 from ._open import mask_url
-from ._redis_direct import REDIRECTED, DirectScript
+from ._redis_direct import BUSY, REDIRECTED, DirectScript, DirectScriptSync
 from ._redis_lua import (
     ADD,
     CANCEL,
@@ -543,6 +543,7 @@ class RedisStore(RedisWorkflows):
         self._direct: DirectScript | None = None
         # add_blocking's synchronous client: None until made, False if it cannot be.
         self._sync: Any = None
+        self._sync_direct: DirectScriptSync | None = None
         self._sync_lock = threading.Lock()
         self._entries = 0
         self._hub = EventHub()
@@ -642,6 +643,9 @@ class RedisStore(RedisWorkflows):
         if direct is not None:
             await direct.aclose()
         sync, self._sync = self._sync, None
+        sync_direct, self._sync_direct = self._sync_direct, None
+        if sync_direct is not None:
+            sync_direct.close()
         if sync:
             sync.close()  # closes sockets: does not wait on the server
         client, self._client = self._client, None
@@ -926,18 +930,31 @@ class RedisStore(RedisWorkflows):
         if client is None:
             return None
         stored, chunks = _add_chunks(records)
-        script = self._scripts["add"]
-        base = self._base
         replies: list[Any] = []
         with self._reachable(cast("aioredis.Redis", client)):
-            for chunk in chunks:
-                try:
-                    replies.append(client.evalsha(script.sha, 1, base, base, _WAKE_TOKENS, chunk))
-                except NoScriptError:
-                    # The server lost its script cache: nothing ran.
-                    client.script_load(script.script)
-                    replies.append(client.evalsha(script.sha, 1, base, base, _WAKE_TOKENS, chunk))
+            replies.extend(self._add_chunk_blocking(client, chunk) for chunk in chunks)
         return _add_replies(stored, replies)
+
+    def _add_chunk_blocking(self, client: Any, chunk: str) -> Any:
+        """One add script call from the calling thread: over the synchronous client's
+        connection of the store's own when it is free (:class:`DirectScriptSync`), else (or
+        after NOSCRIPT, a redirection or a connection error) through that client."""
+        direct = self._sync_direct
+        if direct is not None:
+            try:
+                reply = direct.call((_WAKE_BYTES, chunk.encode()))
+                if reply is not BUSY:
+                    return reply
+            except (NoScriptError, *REDIRECTED, *_CONNECT_ERRORS, RedisClusterException):
+                direct.reset()
+        script = self._scripts["add"]
+        base = self._base
+        try:
+            return client.evalsha(script.sha, 1, base, base, _WAKE_TOKENS, chunk)
+        except NoScriptError:
+            # The server lost its script cache (a restart, SCRIPT FLUSH): nothing ran.
+            client.script_load(script.script)
+            return client.evalsha(script.sha, 1, base, base, _WAKE_TOKENS, chunk)
 
     def _sync_client(self) -> Any:
         """redis-py's synchronous client for :meth:`add_blocking` (made once, thread-safe
@@ -952,6 +969,9 @@ class RedisStore(RedisWorkflows):
                             self._sync = SyncRedis.from_url(self._dsn, **self._options)
                     except TypeError:  # an option only the asyncio client takes
                         self._sync = False
+                    else:
+                        sha = self._scripts["add"].sha
+                        self._sync_direct = DirectScriptSync(self._sync, sha, self._base, 2)
         return self._sync or None
 
     async def _add_chunk(self, chunk: str) -> Any:
