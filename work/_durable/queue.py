@@ -103,7 +103,10 @@ class Queue:
         retry: RetryPolicy | None,
         unique_key: str | None,
         result_ttl: float | None = None,
+        trace: Mapping[str, str] | None = None,
     ) -> JobRecord:
+        """The checked record of ``job``; ``trace``: the trace context headers, when the
+        caller read them once for a batch (else they are read here)."""
         if not isinstance(job, Job):
             raise TypeError(f"enqueue needs a Job, got {type(job).__name__}")
         if delay is not None and at is not None:
@@ -132,16 +135,15 @@ class Queue:
         check_json(job.args, "job.args")
         headers = dict(job.headers)
         # Continue the producer's trace in the consumer (the tracing adapter extracts it).
-        # Imported here, not at the top, so that `import work` does not load OpenTelemetry;
-        # after the first enqueue this is a dictionary lookup.
-        from opentelemetry import propagate
-
-        propagate.inject(headers)
-        check_payload(headers, "job.headers")
-        check_json(headers, "job.headers")
-        for key, value in headers.items():
-            if not isinstance(value, str):
-                raise TypeError(f"job.headers[{key!r}] must be a str, got {type(value).__name__}")
+        headers.update(_trace_context() if trace is None else trace)
+        if headers:
+            check_payload(headers, "job.headers")
+            check_json(headers, "job.headers")
+            for key, value in headers.items():
+                if not isinstance(value, str):
+                    raise TypeError(
+                        f"job.headers[{key!r}] must be a str, got {type(value).__name__}"
+                    )
         retry_settings = None
         if retry is not None:
             retry_settings = retry.stored_settings()  # TypeError for a custom backoff
@@ -333,6 +335,7 @@ class Queue:
         stored), stamped with the store's clock; shared with SyncQueue's in-thread path."""
         now = clock_of(self.store).now()
         ttl = _result_ttl(result_ttl)
+        trace = _trace_context()  # one trace context for the batch: read it once
         return [
             self._record(
                 job,
@@ -343,6 +346,7 @@ class Queue:
                 retry=retry,
                 unique_key=unique_key,
                 result_ttl=ttl,
+                trace=trace,
             )
             for job in jobs
         ]
@@ -764,6 +768,24 @@ class Queue:
         if record is None:
             raise LookupError(f"no job with id {id!r} in {self.store.url}")
         return record
+
+
+_propagate: Any = None
+
+
+def _trace_context() -> dict[str, str]:
+    """The current OpenTelemetry trace context as the headers a job carries (empty with no
+    active span or propagator)."""
+    global _propagate
+    if _propagate is None:
+        # Imported on first use, not at the top, so that `import work` does not load
+        # OpenTelemetry.
+        from opentelemetry import propagate
+
+        _propagate = propagate
+    carrier: dict[str, str] = {}
+    _propagate.inject(carrier)
+    return carrier
 
 
 def _result_ttl(value: float | timedelta | None) -> float | None:
