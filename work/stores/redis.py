@@ -150,8 +150,12 @@ def _opt(value: str | None) -> str:
     return "" if value is None else "=" + value
 
 
+# One encoder, made once: json.dumps with separators builds a new one per call.
+_ENCODE = json.JSONEncoder(separators=(",", ":")).encode
+
+
 def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))
+    return _ENCODE(value)
 
 
 def _json_object(raw: bytes | str | None, what: str) -> tuple[dict[str, Any], str | None]:
