@@ -6,6 +6,7 @@ from ._redis_workflows import WF_LUA
 
 __all__ = [
     "ADD",
+    "ADD_BODY",
     "CANCEL",
     "CLAIM",
     "COMPLETE",
@@ -23,8 +24,7 @@ __all__ = [
 # microseconds since the epoch, passed and stored as decimal strings, never formatted by Lua
 # (whose tostring keeps only 14 significant digits). The ready set of a queue is scored by
 # -priority; members sort, among equal scores, by "due:seq:id" with zero-padded numbers.
-LUA_PRELUDE = (
-    r"""
+_HELPERS = r"""
 local P = KEYS[1]
 local function jkey(id) return P .. ':job:' .. id end
 local function pad(s, n)
@@ -92,8 +92,7 @@ local function publish_events()
 end
 local FINAL = {succeeded = true, failed = true, cancelled = true}
 """
-    + WF_LUA
-)  # the workflow hook (wf_final), called where a job becomes final
+LUA_PRELUDE = _HELPERS + WF_LUA  # the workflow hook (wf_final), called where a job becomes final
 
 # ARGV: prefix, cap, and a JSON array with, per job, an array of strings: id, queue,
 # unique_key (opt), state, due, priority, enqueued_at, scheduled_for (opt), max_attempts, args,
@@ -103,9 +102,9 @@ local FINAL = {succeeded = true, failed = true, cancelled = true}
 # that was not added, its index in the batch and the stored job hash it ran into (that id, or
 # the active job holding that unique key). Each job is checked and added atomically (the
 # whole batch is).
-ADD = (
-    LUA_PRELUDE
-    + r"""
+# Without the workflow hooks (an add makes no job final through them): their definitions
+# are most of the prelude, run on every call, and the add is the most frequent script.
+ADD_BODY = r"""
 local cap = ARGV[2]
 local out, woken = {}, {}
 for n, job in ipairs(cjson.decode(ARGV[3])) do
@@ -160,7 +159,8 @@ for q, n in pairs(woken) do wake(q, cap, n) end
 publish_events()
 return out
 """
-)
+ADD = _HELPERS + ADD_BODY
+
 
 # ARGV: prefix, now, limit, lease_until, owner, queue, ...
 CLAIM = (
