@@ -358,3 +358,31 @@ def test_add_blocking_needs_an_open_store() -> None:
             return store.add_blocking([])
 
     assert anyio.run(empty) == []
+
+
+async def test_an_add_emits_its_event_from_the_job_it_was_given(store: Spied) -> None:
+    """The add script's events carry the job's handler, queue, status, attempt and enqueue
+    time from the values it was given (no read of the hash): ENQUEUED for a new job, and
+    the state's own kind with its status for a job added finished."""
+    at = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+    async with store.events() as events:
+        await store.add([_job("new", handler="mail", queue="q1", enqueued_at=at)])
+        await store.add(
+            [_job("old", handler="sync", state=JobState.FAILED, status=409, attempts=2)]
+        )
+        seen = []
+        with anyio.fail_after(10):
+            async for event in events:
+                seen.append(event)
+                if len(seen) == 2:
+                    break
+    new, old = seen
+    assert (new.kind, new.job_id, new.queue, new.handler) == ("enqueued", "new", "q1", "mail")
+    assert (int(new.status), new.attempt, new.at) == (-1, 0, at)
+    assert (old.kind, old.job_id, old.handler, int(old.status), old.attempt) == (
+        "failed",
+        "old",
+        "sync",
+        409,
+        2,
+    )
