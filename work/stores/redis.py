@@ -508,6 +508,10 @@ class RedisStore(RedisWorkflows):
     node; several stores (prefixes) spread over the nodes. Durability is Redis's own (AOF
     with ``appendfsync everysec`` loses at most about a second of changes).
 
+    An add of one batch goes over a connection of the store's own when it is free (see
+    :class:`~work.stores._redis_direct.DirectScript`); :meth:`add_blocking` adds from a
+    thread with redis-py's synchronous client (``SyncQueue``).
+
     Times (leases, due times) are read from this process's clock, as are the times the
     producer writes, so keep the clocks of the machines involved in sync (NTP).
 

@@ -699,8 +699,9 @@ class SQLiteStore(SQLiteWorkflows):
     claim the same job while its lease holds. The file uses WAL journaling, so readers never
     block the writer. It suits one machine; for several, use PostgreSQL or Redis.
 
-    Calls run in worker threads (``anyio.to_thread``) over one connection per store object,
-    guarded by a lock. Idle workers poll the file every ``poll_interval`` seconds; an ``add``
+    Calls run outside the event loop over one connection per store object, guarded by a
+    lock: on asyncio in one thread of the store's own, on trio in anyio's worker threads
+    (``anyio.to_thread``). Idle workers poll the file every ``poll_interval`` seconds; an ``add``
     made through the same store object wakes them at once.
 
     Args:
@@ -815,7 +816,7 @@ class SQLiteStore(SQLiteWorkflows):
                 self.path,
                 timeout=self.busy_timeout,
                 isolation_level=None,  # we BEGIN / COMMIT ourselves
-                check_same_thread=False,  # used from anyio's worker threads, under self._lock
+                check_same_thread=False,  # used from other threads, under self._lock
             )
             try:
                 conn.row_factory = sqlite3.Row
