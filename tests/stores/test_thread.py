@@ -115,3 +115,16 @@ async def test_sqlite_calls_use_the_store_thread(tmp_path: Path, anyio_backend: 
     with anyio.fail_after(10):  # the closed store's thread ends once it has seen the stop
         while any(t.name == name for t in threading.enumerate()):
             await anyio.sleep(0.01)
+
+
+async def test_a_forked_child_starts_a_thread_of_its_own(anyio_backend: str) -> None:
+    """A CallThread whose thread was started by another process (a fork copies the object,
+    not the thread) starts a new one instead of handing calls to a thread that is not there."""
+    calls = CallThread("test")
+    assert await calls.run(threading.get_ident) != threading.get_ident()
+    first = calls._thread
+    calls._pid = -1  # as seen from a forked child
+    assert await calls.run(lambda: 5) == 5
+    if anyio_backend == "asyncio":
+        assert calls._thread is not first
+    calls.stop()

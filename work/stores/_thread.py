@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import os
 import queue
 import threading
 from collections.abc import Callable
@@ -46,10 +47,11 @@ class CallThread:
         self._name = name
         self._calls: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        self._pid = 0  # the process that started the thread (a forked child has none)
         self._lock = threading.Lock()
 
-    def _serve(self) -> None:
-        calls = self._calls
+    @staticmethod
+    def _serve(calls: queue.SimpleQueue[Any]) -> None:
         while (item := calls.get()) is not None:
             context, fn, loop, future = item
             try:
@@ -64,9 +66,15 @@ class CallThread:
 
     def _start(self) -> None:
         with self._lock:
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._serve, name=self._name, daemon=True)
+            if self._thread is None or self._pid != os.getpid():
+                # A queue per thread: calls handed to a stopped thread are still its own.
+                calls: queue.SimpleQueue[Any] = queue.SimpleQueue()
+                self._calls = calls
+                self._thread = threading.Thread(
+                    target=self._serve, args=(calls,), name=self._name, daemon=True
+                )
                 self._thread.start()
+                self._pid = os.getpid()
 
     async def run(self, fn: Callable[[], _T]) -> _T:
         """Run ``fn`` in the thread and return its result (or raise its exception).
@@ -80,7 +88,7 @@ class CallThread:
         except RuntimeError:  # not asyncio: anyio's worker threads
             return await anyio.to_thread.run_sync(fn)
         await anyio.lowlevel.checkpoint_if_cancelled()
-        if self._thread is None:
+        if self._thread is None or self._pid != os.getpid():
             self._start()
         future: asyncio.Future[_T] = loop.create_future()
         self._calls.put((contextvars.copy_context(), fn, loop, future))
