@@ -386,3 +386,24 @@ async def test_an_add_emits_its_event_from_the_job_it_was_given(store: Spied) ->
         409,
         2,
     )
+
+
+def test_sync_client_that_cannot_connect_is_a_store_unavailable_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A synchronous client that fails to connect as it is made (the cluster client asks a
+    node for the slot map) raises RedisUnavailableError, as every store call does."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from work.stores.redis import RedisUnavailableError
+
+    def unreachable(*args: Any, **kwargs: Any) -> Any:
+        raise RedisConnectionError("Error 111 connecting to 127.0.0.1:7001")
+
+    store = Spied(REDIS_URL)
+    monkeypatch.setattr(redis.Redis, "from_url", unreachable)
+    try:
+        with SyncQueue(store) as queue, pytest.raises(RedisUnavailableError):
+            queue.enqueue(Job("noop", id="one"))
+    finally:
+        anyio.run(store.drop)

@@ -929,12 +929,18 @@ class RedisStore(RedisWorkflows):
         Raises:
             RuntimeError: the store is not open.
             RedisUnavailableError: the server cannot be reached.
+            StoreAuthenticationError: the server refused the password or user.
         """
         if self._client is None:
             raise RuntimeError(f"{self!r} is not open: use `async with store:`")
         if not records:
             return []
-        client = self._sync_client()
+        try:
+            client = self._sync_client()
+        except _AUTH_ERRORS as exc:
+            raise self._refused(self._client, exc) from None
+        except _CONNECT_ERRORS as exc:  # the cluster client asks a node for the slots
+            raise self._unavailable(self._client, exc) from exc
         if client is None:
             return None
         stored, chunks = _add_chunks(records)
