@@ -169,6 +169,26 @@ async def test_enqueue_injects_the_trace_context() -> None:
 
 
 @pytest.mark.anyio
+async def test_enqueue_many_injects_the_trace_context_into_every_job() -> None:
+    """enqueue_many reads the trace context once and writes it into each job's stored
+    headers, beside the job's own, leaving the Jobs' headers untouched; without an active
+    span nothing is added."""
+    tracer = TracerProvider().get_tracer("test")
+    queue = Queue(MemoryStore())
+    jobs = [Job("x", headers={"n": str(i)}) for i in range(3)]
+    with tracer.start_as_current_span("producer") as span:
+        records = await queue.enqueue_many(jobs)
+    trace_id = format(span.get_span_context().trace_id, "032x")
+    for i, rec in enumerate(records):
+        assert trace_id in rec.headers["traceparent"]
+        assert rec.headers["n"] == str(i)
+        assert jobs[i].headers == {"n": str(i)}
+    assert len({id(rec.headers) for rec in records}) == 3
+    (plain,) = await queue.enqueue_many([Job("x", headers={"own": "1"})])
+    assert plain.headers == {"own": "1"}
+
+
+@pytest.mark.anyio
 async def test_enqueue_many_is_one_round_trip() -> None:
     """enqueue_many() stores a batch with one store.add() call; a bad job stores none."""
     store = CountingStore()

@@ -103,7 +103,10 @@ class Queue:
         retry: RetryPolicy | None,
         unique_key: str | None,
         result_ttl: float | None = None,
+        trace: Mapping[str, str] | None = None,
     ) -> JobRecord:
+        """The checked record of ``job``; ``trace``: the trace context headers, when the
+        caller read them once for a batch (else they are read here)."""
         if not isinstance(job, Job):
             raise TypeError(f"enqueue needs a Job, got {type(job).__name__}")
         if delay is not None and at is not None:
@@ -132,16 +135,15 @@ class Queue:
         check_json(job.args, "job.args")
         headers = dict(job.headers)
         # Continue the producer's trace in the consumer (the tracing adapter extracts it).
-        # Imported here, not at the top, so that `import work` does not load OpenTelemetry;
-        # after the first enqueue this is a dictionary lookup.
-        from opentelemetry import propagate
-
-        propagate.inject(headers)
-        check_payload(headers, "job.headers")
-        check_json(headers, "job.headers")
-        for key, value in headers.items():
-            if not isinstance(value, str):
-                raise TypeError(f"job.headers[{key!r}] must be a str, got {type(value).__name__}")
+        headers.update(_trace_context() if trace is None else trace)
+        if headers:
+            check_payload(headers, "job.headers")
+            check_json(headers, "job.headers")
+            for key, value in headers.items():
+                if not isinstance(value, str):
+                    raise TypeError(
+                        f"job.headers[{key!r}] must be a str, got {type(value).__name__}"
+                    )
         retry_settings = None
         if retry is not None:
             retry_settings = retry.stored_settings()  # TypeError for a custom backoff
@@ -333,6 +335,7 @@ class Queue:
         stored), stamped with the store's clock; shared with SyncQueue's in-thread path."""
         now = clock_of(self.store).now()
         ttl = _result_ttl(result_ttl)
+        trace = _trace_context()  # one trace context for the batch: read it once
         return [
             self._record(
                 job,
@@ -343,6 +346,7 @@ class Queue:
                 retry=retry,
                 unique_key=unique_key,
                 result_ttl=ttl,
+                trace=trace,
             )
             for job in jobs
         ]
@@ -766,6 +770,24 @@ class Queue:
         return record
 
 
+_propagate: Any = None
+
+
+def _trace_context() -> dict[str, str]:
+    """The current OpenTelemetry trace context as the headers a job carries (empty with no
+    active span or propagator)."""
+    global _propagate
+    if _propagate is None:
+        # Imported on first use, not at the top, so that `import work` does not load
+        # OpenTelemetry.
+        from opentelemetry import propagate
+
+        _propagate = propagate
+    carrier: dict[str, str] = {}
+    _propagate.inject(carrier)
+    return carrier
+
+
 def _result_ttl(value: float | timedelta | None) -> float | None:
     if value is None:
         return None
@@ -845,8 +867,9 @@ class SyncQueue:
     ) -> JobRecord | WorkflowRecord:
         """Store ``job`` (or a workflow); see :meth:`Queue.enqueue`.
 
-        On a store that can add in the calling thread (SQLite's ``add_blocking``), a Job is
-        checked and stored here, with no round trip through the portal's event loop.
+        On a store that can add in the calling thread (``add_blocking``: SQLite in the
+        calling thread over its connection, Redis with redis-py's synchronous client), a Job
+        is checked and stored here, with no round trip through the portal's event loop.
         """
         if isinstance(job, Job):
             here = self._add_here(
@@ -884,7 +907,8 @@ class SyncQueue:
         result_ttl: float | timedelta | None,
     ) -> list[JobRecord] | None:
         """``Queue.enqueue_many`` in the calling thread, when the store has ``add_blocking``
-        and a real clock; None otherwise (the caller goes through the portal)."""
+        and a real clock; None otherwise, or when ``add_blocking`` answers None (it cannot
+        add here: the caller goes through the portal)."""
         add_blocking = getattr(self.store, "add_blocking", None)
         if add_blocking is None or clock_of(self.store).virtual:
             return None
@@ -894,7 +918,7 @@ class SyncQueue:
         records = queue._records(jobs, delay, at, priority, retry, unique_key, result_ttl)
         if not records:
             return []
-        stored: list[JobRecord] = add_blocking(records)
+        stored: list[JobRecord] | None = add_blocking(records)
         return stored
 
     def check(

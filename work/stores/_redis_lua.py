@@ -6,6 +6,7 @@ from ._redis_workflows import WF_LUA
 
 __all__ = [
     "ADD",
+    "ADD_BODY",
     "CANCEL",
     "CLAIM",
     "COMPLETE",
@@ -23,8 +24,7 @@ __all__ = [
 # microseconds since the epoch, passed and stored as decimal strings, never formatted by Lua
 # (whose tostring keeps only 14 significant digits). The ready set of a queue is scored by
 # -priority; members sort, among equal scores, by "due:seq:id" with zero-padded numbers.
-LUA_PRELUDE = (
-    r"""
+_HELPERS = r"""
 local P = KEYS[1]
 local function jkey(id) return P .. ':job:' .. id end
 local function pad(s, n)
@@ -92,18 +92,19 @@ local function publish_events()
 end
 local FINAL = {succeeded = true, failed = true, cancelled = true}
 """
-    + WF_LUA
-)  # the workflow hook (wf_final), called where a job becomes final
+LUA_PRELUDE = _HELPERS + WF_LUA  # the workflow hook (wf_final), called where a job becomes final
 
 # ARGV: prefix, cap, and a JSON array with, per job, an array of strings: id, queue,
 # unique_key (opt), state, due, priority, enqueued_at, scheduled_for (opt), max_attempts, args,
-# spec, extra (opt: a JSON object of further fields, all values strings). One argument for
-# the batch keeps the client's command packing cheap. Returns, for each job that was not
-# added, its index in the batch and the stored job hash it ran into (that id, or the active
-# job holding that unique key). Each job is checked and added atomically (the whole batch is).
-ADD = (
-    LUA_PRELUDE
-    + r"""
+# spec, extra (opt: a JSON object of further fields, all values strings), handler (the
+# spec's, for the job's event: no read of the hash just written, no decode of its spec). One
+# argument for the batch keeps the client's command packing cheap. Returns, for each job
+# that was not added, its index in the batch and the stored job hash it ran into (that id, or
+# the active job holding that unique key). Each job is checked and added atomically (the
+# whole batch is).
+# Without the workflow hooks (an add makes no job final through them): their definitions
+# are most of the prelude, run on every call, and the add is the most frequent script.
+ADD_BODY = r"""
 local cap = ARGV[2]
 local out, woken = {}, {}
 for n, job in ipairs(cjson.decode(ARGV[3])) do
@@ -132,8 +133,11 @@ for n, job in ipairs(cjson.decode(ARGV[3])) do
     local due = opt(job[8])
     if due then put('scheduled_for', due) end
     local extra = opt(job[12])
+    local status, attempts = -1, 0
     if extra then
-      for k, v in pairs(cjson.decode(extra)) do put(k, v) end
+      extra = cjson.decode(extra)
+      for k, v in pairs(extra) do put(k, v) end
+      status, attempts = tonumber(extra.status) or -1, tonumber(extra.attempts) or 0
     end
     if state == 'queued' then
       local m = member(job[5], seq, id)
@@ -148,14 +152,15 @@ for n, job in ipairs(cjson.decode(ARGV[3])) do
     stat(q, state, 1)
     local kind = 'enqueued'
     if FINAL[state] then kind = state elseif state == 'running' then kind = 'started' end
-    emit(kind, id, q, job[7])
+    EV[#EV + 1] = {kind, id, q, job[13], status, attempts, job[7], false}  -- as emit()
   end
 end
 for q, n in pairs(woken) do wake(q, cap, n) end
 publish_events()
 return out
 """
-)
+ADD = _HELPERS + ADD_BODY
+
 
 # ARGV: prefix, now, limit, lease_until, owner, queue, ...
 CLAIM = (

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from ._redis_lua import ADD, LUA_PRELUDE
+from ._redis_lua import ADD_BODY, LUA_PRELUDE
 
 __all__ = ["DELETE_SCHEDULE", "EXECUTION", "FIRE", "PICK", "SAVE_SCHEDULE"]
 
-# The execution scripts embed ADD's body (after the prelude) as a function.
-assert ADD.startswith(LUA_PRELUDE)
+# The execution scripts embed ADD's body (after its helpers) as a function.
 
 # Keys (P is the prefix): {P}:schedule:{id} a hash (spec, enabled '1'/'0', next_fire_at,
 # anchor, last_fire_at, created_at, updated_at, version; times in integer microseconds);
@@ -86,7 +85,7 @@ _EXECUTION_PRELUDE = (
     + r"""
 local function add_jobs(ARGV)
 """
-    + ADD[len(LUA_PRELUDE) :]
+    + ADD_BODY
     + r"""
 end
 local UNFINISHED = {queued = true, scheduled = true, running = true, waiting = true}

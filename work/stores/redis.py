@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import dataclasses
 import json
+import threading
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
@@ -14,12 +16,15 @@ from urllib.parse import urlsplit
 
 import anyio
 import redis.asyncio as aioredis
+from redis import Redis as SyncRedis
 from redis.asyncio.cluster import RedisCluster
+from redis.cluster import RedisCluster as SyncRedisCluster
 from redis.commands.core import AsyncScript
 from redis.exceptions import (
     AuthenticationError,
     AuthenticationWrongNumberOfArgsError,
     NoScriptError,
+    RedisClusterException,
     RedisClusterUnreachableError,
     ResponseError,
 )
@@ -52,6 +57,7 @@ from ._base import (
     conflict_record,
 )
 from ._open import mask_url
+from ._redis_direct import BUSY, REDIRECTED, DirectScript, DirectScriptSync
 from ._redis_lua import (
     ADD,
     CANCEL,
@@ -103,6 +109,7 @@ _WAKE_TOKENS = 64
 _EVENTS_LINGER = 1.0
 # Jobs per add script.
 _ADD_CHUNK = 1000
+_WAKE_BYTES = str(_WAKE_TOKENS).encode()
 # Keys fetched per round trip while listing.
 _LIST_CHUNK = 200
 # Expired leases handled per reap call (a reap is one script: keep it short).
@@ -143,8 +150,12 @@ def _opt(value: str | None) -> str:
     return "" if value is None else "=" + value
 
 
+# One encoder, made once: json.dumps with separators builds a new one per call.
+_ENCODE = json.JSONEncoder(separators=(",", ":")).encode
+
+
 def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))
+    return _ENCODE(value)
 
 
 def _json_object(raw: bytes | str | None, what: str) -> tuple[dict[str, Any], str | None]:
@@ -385,8 +396,54 @@ def _add_args(rec: JobRecord, now: datetime) -> tuple[list[str], str, datetime]:
         args,
         _dumps(spec),
         _opt(_dumps(extra) if extra else None),
+        rec.handler,
     ]
     return values, args, enqueued
+
+
+_RECORD_FIELDS = tuple(f.name for f in dataclasses.fields(JobRecord))
+
+
+def _added(rec: JobRecord, args: Any, enqueued: datetime) -> JobRecord:
+    """``rec.replace(args=args, enqueued_at=enqueued)`` for a new job, at a third of the
+    cost (a batch of 500 makes 500 of them)."""
+    new: JobRecord = object.__new__(JobRecord)
+    put = object.__setattr__
+    for name in _RECORD_FIELDS:
+        put(new, name, getattr(rec, name))
+    put(new, "args", args if isinstance(args, dict) else {})
+    put(new, "enqueued_at", enqueued)
+    return new
+
+
+def _add_chunks(records: Sequence[JobRecord]) -> tuple[list[JobRecord], list[str]]:
+    """The records an add stores if every job is new, and the add script's job arrays
+    (one JSON text per chunk of ``_ADD_CHUNK`` jobs)."""
+    now = datetime.now(UTC)
+    values: list[list[str]] = []
+    texts: list[str] = []
+    enqueued_at: list[datetime] = []
+    for rec in records:
+        job_values, args, enqueued = _add_args(rec, now)
+        values.append(job_values)
+        texts.append(args)
+        enqueued_at.append(enqueued)
+    # What is stored: args through JSON, as they will be read back (decoded in one call).
+    decoded = json.loads("[" + ",".join(texts) + "]")
+    stored = [
+        _added(rec, args, enqueued)
+        for rec, args, enqueued in zip(records, decoded, enqueued_at, strict=True)
+    ]
+    chunks = [_dumps(values[i : i + _ADD_CHUNK]) for i in range(0, len(values), _ADD_CHUNK)]
+    return stored, chunks
+
+
+def _add_replies(stored: list[JobRecord], replies: Sequence[Any]) -> list[JobRecord]:
+    """``stored`` with the jobs the add scripts found taken replaced by what they found."""
+    for n, reply in enumerate(replies):
+        for j in range(0, len(reply), 2):
+            stored[n * _ADD_CHUNK + int(reply[j])] = _from_hash(reply[j + 1])[0]
+    return stored
 
 
 def _schedule_fields(row: ScheduleRow) -> str:
@@ -451,6 +508,10 @@ class RedisStore(RedisWorkflows):
     node; several stores (prefixes) spread over the nodes. Durability is Redis's own (AOF
     with ``appendfsync everysec`` loses at most about a second of changes).
 
+    An add of one batch goes over a connection of the store's own when it is free (see
+    :class:`~work.stores._redis_direct.DirectScript`); :meth:`add_blocking` adds from a
+    thread with redis-py's synchronous client (``SyncQueue``).
+
     Times (leases, due times) are read from this process's clock, as are the times the
     producer writes, so keep the clocks of the machines involved in sync (NTP).
 
@@ -487,6 +548,11 @@ class RedisStore(RedisWorkflows):
             self._options.setdefault("socket_timeout", None)
         self._client: aioredis.Redis | None = None
         self._scripts: dict[str, AsyncScript] = {}
+        self._direct: DirectScript | None = None
+        # add_blocking's synchronous client: None until made, False if it cannot be.
+        self._sync: Any = None
+        self._sync_direct: DirectScriptSync | None = None
+        self._sync_lock = threading.Lock()
         self._entries = 0
         self._hub = EventHub()
         self._events_users = 0
@@ -562,6 +628,7 @@ class RedisStore(RedisWorkflows):
                 *workflow_scripts(LUA_PRELUDE).items(),
             )
         }
+        self._direct = DirectScript(client, self._scripts["add"].sha, self._base, 2)
         self._entries = 1
         return self
 
@@ -580,6 +647,15 @@ class RedisStore(RedisWorkflows):
             with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
                 await closer
         await self._stop_events()
+        direct, self._direct = self._direct, None
+        if direct is not None:
+            await direct.aclose()
+        sync, self._sync = self._sync, None
+        sync_direct, self._sync_direct = self._sync_direct, None
+        if sync_direct is not None:
+            sync_direct.close()
+        if sync:
+            sync.close()  # closes sockets: does not wait on the server
         client, self._client = self._client, None
         if client is not None:
             await client.aclose()
@@ -830,26 +906,101 @@ class RedisStore(RedisWorkflows):
         client = self._require()
         if not records:
             return []
-        now = datetime.now(UTC)
-        values: list[list[str]] = []
-        stored: list[JobRecord] = []
-        for rec in records:
-            job_values, args, enqueued = _add_args(rec, now)
-            values.append(job_values)
-            # What is stored: args through JSON, as they will be read back.
-            stored.append(rec.replace(args=json.loads(args), enqueued_at=enqueued))
-        chunks = [_dumps(values[i : i + _ADD_CHUNK]) for i in range(0, len(values), _ADD_CHUNK)]
+        stored, chunks = _add_chunks(records)
         if len(chunks) == 1:
-            replies = [await self._run("add", [_WAKE_TOKENS, chunks[0]])]
+            replies = [await self._add_chunk(chunks[0])]
         else:
             pipe = client.pipeline(transaction=False)
             for chunk in chunks:
                 await self._run("add", [_WAKE_TOKENS, chunk], client=pipe)
             replies = await pipe.execute()
-        for n, reply in enumerate(replies):
-            for j in range(0, len(reply), 2):
-                stored[n * _ADD_CHUNK + int(reply[j])] = _from_hash(reply[j + 1])[0]
-        return stored
+        return _add_replies(stored, replies)
+
+    def add_blocking(self, records: Sequence[JobRecord]) -> builtins.list[JobRecord] | None:
+        """:meth:`add` in the calling thread, which has no event loop of the store's
+        (``SyncQueue.enqueue``): the same script with the same keys and answers, sent with
+        redis-py's synchronous client (``Redis`` or ``RedisCluster``, made on first use
+        with the store's URL and options), so the call needs no portal round trip.
+
+        Returns:
+            The stored records, or None when the synchronous client cannot be made from the
+            store's options (the caller then calls :meth:`add` on the store's loop).
+
+        Raises:
+            RuntimeError: the store is not open.
+            RedisUnavailableError: the server cannot be reached.
+            StoreAuthenticationError: the server refused the password or user.
+        """
+        if self._client is None:
+            raise RuntimeError(f"{self!r} is not open: use `async with store:`")
+        if not records:
+            return []
+        try:
+            client = self._sync_client()
+        except _AUTH_ERRORS as exc:
+            raise self._refused(self._client, exc) from None
+        except _CONNECT_ERRORS as exc:  # the cluster client asks a node for the slots
+            raise self._unavailable(self._client, exc) from exc
+        if client is None:
+            return None
+        stored, chunks = _add_chunks(records)
+        replies: list[Any] = []
+        with self._reachable(cast("aioredis.Redis", client)):
+            replies.extend(self._add_chunk_blocking(client, chunk) for chunk in chunks)
+        return _add_replies(stored, replies)
+
+    def _add_chunk_blocking(self, client: Any, chunk: str) -> Any:
+        """One add script call from the calling thread: over the synchronous client's
+        connection of the store's own when it is free (:class:`DirectScriptSync`), else (or
+        after NOSCRIPT, a redirection or a connection error) through that client."""
+        direct = self._sync_direct
+        if direct is not None:
+            try:
+                reply = direct.call((_WAKE_BYTES, chunk.encode()))
+                if reply is not BUSY:
+                    return reply
+            except (NoScriptError, *REDIRECTED, *_CONNECT_ERRORS, RedisClusterException):
+                direct.reset()
+        script = self._scripts["add"]
+        base = self._base
+        try:
+            return client.evalsha(script.sha, 1, base, base, _WAKE_TOKENS, chunk)
+        except NoScriptError:
+            # The server lost its script cache (a restart, SCRIPT FLUSH): nothing ran.
+            client.script_load(script.script)
+            return client.evalsha(script.sha, 1, base, base, _WAKE_TOKENS, chunk)
+
+    def _sync_client(self) -> Any:
+        """redis-py's synchronous client for :meth:`add_blocking` (made once, thread-safe
+        as redis-py's clients are), or None when the store's options do not make one."""
+        if self._sync is None:
+            with self._sync_lock:
+                if self._sync is None:
+                    try:
+                        if self.cluster:
+                            self._sync = SyncRedisCluster.from_url(self._dsn, **self._options)
+                        else:
+                            self._sync = SyncRedis.from_url(self._dsn, **self._options)
+                    except TypeError:  # an option only the asyncio client takes
+                        self._sync = False
+                    else:
+                        sha = self._scripts["add"].sha
+                        self._sync_direct = DirectScriptSync(self._sync, sha, self._base, 2)
+        return self._sync or None
+
+    async def _add_chunk(self, chunk: str) -> Any:
+        """One add script call: over the store's own connection when it is free (see
+        :class:`DirectScript`), else (or when the server lost the script, the slot moved or
+        the connection failed) through the client, which loads scripts, follows
+        redirections and retries as for every other call. Running it again is safe: the ids
+        are stored by then, so the second run returns those jobs."""
+        direct = self._direct
+        if direct is not None and not direct.busy:
+            try:
+                return await direct.call((_WAKE_BYTES, chunk.encode()))
+            except (NoScriptError, *REDIRECTED, *_CONNECT_ERRORS, RedisClusterException):
+                await direct.reset()
+        return await self._run("add", [_WAKE_TOKENS, chunk])
 
     async def cancel(self, id: str) -> bool:
         """Cancel a QUEUED, SCHEDULED or WAITING job at once, or ask a RUNNING one's owner to
