@@ -339,6 +339,32 @@ async def test_lifecycle_edges_lifespan_not_running_and_repr() -> None:
             await relay.__aenter__()
 
 
+async def test_jobs_for_a_busy_worker_go_out_as_one_batch_frame() -> None:
+    """A job for an idle worker goes out in a frame of its own; jobs handed to a worker that
+    holds one already, in the same event-loop turn, go out together as one batch frame."""
+    relay = Relay()
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg, relay:
+            peer = Peer(relay)
+            await peer.join(tg, hello(["h"], concurrency=8))
+            out: list[RemoteResult] = []
+            tg.start_soon(_do, relay, Job("h", {"i": 0}), out)
+            alone = await peer.recv_frame()
+            assert alone is not None and alone["type"] == "job"
+            for i in range(1, 4):
+                tg.start_soon(_do, relay, Job("h", {"i": i}), out)
+            batch = await peer.recv_frame()
+            assert batch is not None and batch["type"] == "batch"
+            jobs = [alone, *batch["messages"]]
+            assert sorted(j["job"]["args"]["i"] for j in jobs) == [0, 1, 2, 3]
+            assert relay.state.in_flight == 4
+            for job in jobs:
+                await peer.answer(job, 200, job["job"]["args"])
+            while len(out) < 4:
+                await anyio.sleep(0.01)
+        assert sorted(r.result["i"] for r in out) == [0, 1, 2, 3]
+
+
 async def test_a_batch_frame_answers_several_jobs_and_a_bad_batch_is_garbage() -> None:
     """Several results in one batch frame each end their do; a batch holding a batch is a
     protocol error (the worker is closed with 1007)."""
