@@ -365,6 +365,35 @@ async def test_jobs_for_a_busy_worker_go_out_as_one_batch_frame() -> None:
         assert sorted(r.result["i"] for r in out) == [0, 1, 2, 3]
 
 
+async def test_each_do_ends_at_its_own_deadline_whatever_the_order() -> None:
+    """The relay's one deadline task ends each do at its own timeout: a shorter timeout given
+    after a longer one still ends first (503), and a do answered in time is not touched."""
+    relay = Relay()
+    ended: list[float] = []
+
+    async def timed(timeout: float) -> None:
+        result = await relay.do(Job("nobody"), timeout=timeout)
+        assert result.status == Status.UNAVAILABLE
+        ended.append(timeout)
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg, relay:
+            tg.start_soon(timed, 0.6)
+            await anyio.sleep(0.05)
+            tg.start_soon(timed, 0.1)
+            peer = Peer(relay)
+            await peer.join(tg, hello(["h"]))
+            out: list[RemoteResult] = []
+            tg.start_soon(_do, relay, Job("h"), out, 0.2)
+            job = await peer.recv()
+            assert job is not None
+            await peer.answer(job)
+            while len(ended) < 2:
+                await anyio.sleep(0.01)
+        assert ended == [0.1, 0.6]
+        assert [r.status for r in out] == [Status.OK]
+
+
 async def test_a_batch_frame_answers_several_jobs_and_a_bad_batch_is_garbage() -> None:
     """Several results in one batch frame each end their do; a batch holding a batch is a
     protocol error (the worker is closed with 1007)."""

@@ -20,6 +20,7 @@ from .._core.exceptions import StatusError
 from .._core.job import Job
 from .._core.jsoncheck import check_json
 from .._core.status import Status
+from ._deadlines import Deadlines
 from ._messages import (
     CLOSE_GARBAGE,
     CLOSE_RESTART,
@@ -36,6 +37,8 @@ from ._messages import (
 from ._outbox import Outbox
 
 if TYPE_CHECKING:
+    from anyio.abc import TaskGroup
+
     from ._scalers import Scaler
 
 __all__ = ["Relay", "RelayState", "RemoteResult"]
@@ -207,6 +210,8 @@ class Relay:
         self._waiting: collections.deque[_Pending] = collections.deque()
         self._conns: dict[int, _Conn] = {}
         self._ids = itertools.count(1)
+        self._deadlines: Deadlines[_Pending] = Deadlines(self._give_up)
+        self._tg: TaskGroup | None = None
         self.asgi: _RelayApp = _RelayApp(self)
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -214,6 +219,11 @@ class Relay:
     async def __aenter__(self) -> Self:
         if self._running:
             raise RuntimeError("this Relay is already running")
+        # One task keeps every do's deadline (see Deadlines), in a task group of the relay's.
+        tg = anyio.create_task_group()
+        await tg.__aenter__()
+        tg.start_soon(self._deadlines.run)
+        self._tg = tg
         self._running = True
         return self
 
@@ -233,6 +243,12 @@ class Relay:
             for pending in list(conn.in_flight.values()):
                 self._finish(pending, Status.UNAVAILABLE, error="the relay stopped")
             conn.scope.cancel()
+        tg, self._tg = self._tg, None
+        assert tg is not None
+        tg.cancel_scope.cancel()
+        # The task group holds only the deadline task, which raises nothing: the body's
+        # exception, if any, propagates as itself (not in an ExceptionGroup).
+        await tg.__aexit__(None, None, None)
 
     @property
     def state(self) -> RelayState:
@@ -281,14 +297,17 @@ class Relay:
         copy = job.copy()
         propagate.inject(copy.headers)
         pending = _Pending(copy, f"d{next(self._ids)}")
+        deadline = self._deadlines.add(pending.delivery, pending, wait)
         self._waiting.append(pending)
         self._hook("inbound")
         try:
-            with anyio.move_on_after(wait):
-                if self._dispatch(pending):
+            if self._dispatch(pending):
+                # Only a send can outlive the deadline here: the event is set on time.
+                with anyio.CancelScope(deadline=deadline):
                     await _send_direct(pending)
-                await pending.event.wait()
+            await pending.event.wait()
         finally:
+            self._deadlines.discard(pending.delivery, wait)
             if not pending.done:
                 self._give_up(pending, wait)
         assert pending.result is not None
@@ -296,6 +315,8 @@ class Relay:
 
     def _give_up(self, pending: _Pending, wait: float) -> None:
         """End a do whose time ran out (or whose caller was cancelled): 503 or 504."""
+        if pending.done:
+            return
         conn = pending.conn
         if conn is None:
             self._waiting.remove(pending)
