@@ -358,11 +358,25 @@ async def test_jobs_for_a_busy_worker_go_out_as_one_batch_frame() -> None:
             jobs = [alone, *batch["messages"]]
             assert sorted(j["job"]["args"]["i"] for j in jobs) == [0, 1, 2, 3]
             assert relay.state.in_flight == 4
-            for job in jobs:
-                await peer.answer(job, 200, job["job"]["args"])
+            results = [
+                {"type": "result", "id": j["id"], "status": 200, "result": j["job"]["args"]}
+                for j in jobs
+            ]
+            await peer.send({"type": "batch", "messages": results})
             while len(out) < 4:
                 await anyio.sleep(0.01)
-        assert sorted(r.result["i"] for r in out) == [0, 1, 2, 3]
+            # The worker answered several at once: the next jobs handed over in one turn go
+            # out together, the first one included.
+            for i in range(4, 6):
+                tg.start_soon(_do, relay, Job("h", {"i": i}), out)
+            batch = await peer.recv_frame()
+            assert batch is not None and batch["type"] == "batch"
+            assert sorted(j["job"]["args"]["i"] for j in batch["messages"]) == [4, 5]
+            for job in batch["messages"]:
+                await peer.answer(job, 200, job["job"]["args"])
+            while len(out) < 6:
+                await anyio.sleep(0.01)
+        assert sorted(r.result["i"] for r in out) == [0, 1, 2, 3, 4, 5]
 
 
 async def test_each_do_ends_at_its_own_deadline_whatever_the_order() -> None:

@@ -135,6 +135,7 @@ class _Conn:
     __slots__ = (
         "concurrency",
         "handlers",
+        "hot",
         "in_flight",
         "leaving",
         "outbox",
@@ -149,6 +150,10 @@ class _Conn:
         self.concurrency = concurrency
         self.outbox = Outbox()
         self.in_flight: dict[str, _Pending] = {}
+        # Several answers came in one frame: their dos are about to hand over their next jobs
+        # in the same event-loop turn, so the first of them queues too (one batch frame for
+        # all instead of a frame of its own and a batch for the rest).
+        self.hot = False
         self.leaving = False
         self.scope = anyio.CancelScope()
         self.ws: Any = None
@@ -399,9 +404,10 @@ class Relay:
             pending.conn = best
             in_flight = best.in_flight
             in_flight[pending.delivery] = pending
-            if pending is mine and len(in_flight) == 1 and not best.outbox:
+            if pending is mine and len(in_flight) == 1 and not best.outbox and not best.hot:
                 direct = True
             else:
+                best.hot = False
                 best.outbox.put(pending.frame)
             if most == 1:
                 conns.remove(best)
@@ -494,7 +500,9 @@ class Relay:
 
         while True:
             try:
-                for message in unbatch(decode(await ws.receive_text())):
+                messages = unbatch(decode(await ws.receive_text()))
+                conn.hot = len(messages) > 1
+                for message in messages:
                     kind = message["type"]
                     if kind == "result":
                         self._answer(conn, *parse_result(message))
