@@ -19,8 +19,8 @@ class Deadlines(Generic[T]):
     Items are grouped by their delay, so each group is in deadline order already (the clock
     only goes forward): adding and discarding are dict operations, and ``run`` looks only at
     the head of each group. A relay's ``do`` calls share a handful of timeouts, so this is one
-    sleeping task for all of them, where a cancel scope with a deadline per call costs a timer
-    handle each (about a third of the relay's own CPU time per ``do`` on asyncio).
+    sleeping task for all of them, where a cancel scope with a deadline per call arms and
+    cancels an event-loop timer each time (see docs/performance.md, "Remote workers").
 
     Args:
         expire: called as ``expire(item, delay)`` for each item still here at its deadline
