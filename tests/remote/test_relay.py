@@ -408,6 +408,27 @@ async def test_each_do_ends_at_its_own_deadline_whatever_the_order() -> None:
         assert [r.status for r in out] == [Status.OK]
 
 
+async def test_deadlines_of_answered_dos_leave_nothing_behind() -> None:
+    """Dos answered in time, each with a timeout of its own, leave no deadline (nor an empty
+    group of them) in the relay's deadline keeper."""
+    relay = Relay()
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg, relay:
+            peer = Peer(relay)
+            await peer.join(tg, hello(["h"], concurrency=8))
+            out: list[RemoteResult] = []
+            for i in range(5):
+                tg.start_soon(_do, relay, Job("h"), out, 10.0 + i / 7)
+            for _ in range(5):
+                job = await peer.recv()
+                assert job is not None
+                await peer.answer(job)
+            while len(out) < 5:
+                await anyio.sleep(0.01)
+            assert len(relay._deadlines) == 0 and not relay._deadlines._groups
+    assert [r.status for r in out] == [Status.OK] * 5
+
+
 async def test_a_batch_frame_answers_several_jobs_and_a_bad_batch_is_garbage() -> None:
     """Several results in one batch frame each end their do; a batch holding a batch is a
     protocol error (the worker is closed with 1007)."""

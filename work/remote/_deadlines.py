@@ -56,6 +56,9 @@ class Deadlines(Generic[T]):
         group = self._groups.get(delay)
         if group is not None:
             group.pop(key, None)
+            if not group:
+                # Callers that pass a different timeout each time leave no empty groups behind.
+                del self._groups[delay]
 
     async def run(self) -> None:
         """Expire each item at its deadline, until cancelled."""
