@@ -1,14 +1,18 @@
 """Remote workers: round trips of ``Relay.do`` next to a raw WebSocket echo and a local perform.
 
-Run ``python -m bench.remote [--samples N] [--jobs M] [--inflight K]``.
+Run ``python -m bench.remote [--samples N] [--jobs M] [--inflight K] [--rounds R]``.
 
 One process serves a Starlette app with uvicorn on 127.0.0.1: the relay at ``/v1/relay`` and a
 raw echo endpoint at ``/echo``. Worker processes (``anywork remote``) join the relay; echo
 peers (the same ``websockets`` client library, no anywork) join ``/echo`` and send back every
-frame. For 1 and 4 processes of each kind it measures, from the server's side:
+frame. For 1 and 4 processes of each kind (both kinds connected at once; the idle kind waits in
+its event loop) it measures, from the server's side:
 
 - latency: ``samples`` sequential round trips (a no-op job / one echo frame), p50 and p99;
 - throughput: ``jobs`` round trips with ``inflight`` outstanding at once, per second;
+
+each split into ``rounds`` rounds that alternate echo and do (echo first, then do first, ...),
+so that a change in the machine's load during the run weighs on both alike;
 
 and a local ``Worker.perform(sync=True)`` of the same no-op in the same run, then the resident
 memory of an idle worker process. Targets: do throughput >= 0.5x the echo's, do p50 <= 2x the
@@ -25,7 +29,7 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -84,10 +88,9 @@ def _percentile(values: list[float], q: float) -> float:
 
 async def _measure(
     call: Callable[[], Awaitable[Any]], samples: int, jobs: int, inflight: int
-) -> tuple[float, float, float]:
-    """p50 and p99 (ms) of ``samples`` sequential calls, and calls/s with ``inflight`` at once."""
-    for _ in range(min(200, samples)):  # warm up
-        await call()
+) -> tuple[list[float], float]:
+    """The times (s) of ``samples`` sequential calls, and the seconds ``jobs`` calls took with
+    ``inflight`` at once."""
     times = []
     for _ in range(samples):
         start = time.perf_counter()
@@ -105,8 +108,39 @@ async def _measure(
     async with anyio.create_task_group() as tg:
         for _ in range(inflight):
             tg.start_soon(loop)
-    rate = jobs / (time.perf_counter() - start)
-    return _percentile(times, 0.5) * 1e3, _percentile(times, 0.99) * 1e3, rate
+    return times, time.perf_counter() - start
+
+
+async def _compare(
+    calls: Mapping[str, Callable[[], Awaitable[Any]]],
+    samples: int,
+    jobs: int,
+    inflight: int,
+    rounds: int,
+) -> list[tuple[str, float, float, float]]:
+    """Measure each of ``calls`` in ``rounds`` alternating rounds; return (label, p50 ms,
+    p99 ms, per second) for each, from all its rounds together."""
+    for call in calls.values():  # warm up
+        for _ in range(min(200, samples)):
+            await call()
+    times: dict[str, list[float]] = {label: [] for label in calls}
+    seconds = dict.fromkeys(calls, 0.0)
+    order = list(calls)
+    for r in range(rounds):
+        for label in order if r % 2 == 0 else reversed(order):
+            took, spent = await _measure(calls[label], samples // rounds, jobs // rounds, inflight)
+            times[label] += took
+            seconds[label] += spent
+    done = jobs // rounds * rounds
+    return [
+        (
+            label,
+            _percentile(times[label], 0.5) * 1e3,
+            _percentile(times[label], 0.99) * 1e3,
+            done / seconds[label],
+        )
+        for label in calls
+    ]
 
 
 def _rss_mb(pid: int) -> float:
@@ -126,7 +160,9 @@ async def _wait_for(check: Callable[[], bool]) -> None:
             await anyio.sleep(0.02)
 
 
-async def run(samples: int, jobs: int, inflight: int) -> list[tuple[str, float, float, float]]:
+async def run(
+    samples: int, jobs: int, inflight: int, rounds: int = 5
+) -> list[tuple[str, float, float, float]]:
     """Measure every row; return (label, p50 ms, p99 ms, per second)."""
     import uvicorn
     from starlette.applications import Starlette
@@ -148,29 +184,26 @@ async def run(samples: int, jobs: int, inflight: int) -> list[tuple[str, float, 
         try:
             for n in (1, 4):
                 peer = [sys.executable, "-m", "bench.remote", "--peer", base]
-                procs = [_spawn(peer) for _ in range(n)]
-                await _wait_for(partial(_at_least, lambda: len(echo.peers), n))
-                rows.append((f"raw echo x{n}", *await _measure(echo.call, samples, jobs, inflight)))
-                for proc in procs:
-                    proc.terminate()
-                await _wait_for(lambda: not echo.peers)
-                procs = []
                 cmd = [sys.executable, "-m", "work.cli", "remote", f"{base}/v1/relay"]
                 cmd += ["bench.remote:worker", "--concurrency", str(inflight)]
-                procs = [_spawn(cmd) for _ in range(n)]
+                peers = [_spawn(peer) for _ in range(n)]
+                workers = [_spawn(cmd) for _ in range(n)]
+                procs = peers + workers
+                await _wait_for(partial(_at_least, lambda: len(echo.peers), n))
                 await _wait_for(partial(_at_least, lambda: relay.state.connected, n))
 
                 async def do() -> None:
                     (await relay.do(Job("noop"))).raise_for_status()
 
-                rows.append((f"relay.do x{n}", *await _measure(do, samples, jobs, inflight)))
+                calls = {f"raw echo x{n}": echo.call, f"relay.do x{n}": do}
+                rows += await _compare(calls, samples, jobs, inflight, rounds)
                 if n == 4:
                     await anyio.sleep(1.0)  # let the workers settle into idleness
-                    rss = max(_rss_mb(p.pid) for p in procs)
+                    rss = max(_rss_mb(p.pid) for p in workers)
                     rows.append(("idle worker RSS MB", rss, rss, 0.0))
                 for proc in procs:
                     proc.terminate()
-                await _wait_for(lambda: relay.state.connected == 0)
+                await _wait_for(lambda: not echo.peers and relay.state.connected == 0)
                 procs = []
         finally:
             for proc in procs:
@@ -181,7 +214,7 @@ async def run(samples: int, jobs: int, inflight: int) -> list[tuple[str, float, 
         async def local() -> None:
             (await worker.perform(Job("noop"), sync=True)).raise_for_status()
 
-        rows.append(("local perform", *await _measure(local, samples, jobs, inflight)))
+        rows += await _compare({"local perform": local}, samples, jobs, inflight, 1)
     return rows
 
 
@@ -206,13 +239,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=1000)
     parser.add_argument("--jobs", type=int, default=5000)
     parser.add_argument("--inflight", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--peer", default=None, help=argparse.SUPPRESS)
     ns = parser.parse_args(argv)
     if ns.peer:
         with contextlib.suppress(Exception):  # the server went: the run is over
             anyio.run(_peer, ns.peer)
         return 0
-    rows = anyio.run(run, ns.samples, ns.jobs, ns.inflight)
+    rows = anyio.run(run, ns.samples, ns.jobs, ns.inflight, ns.rounds)
     print(f"{'':<22}{'p50 ms':>10}{'p99 ms':>10}{'per s':>12}")
     by = {label: (p50, p99, rate) for label, p50, p99, rate in rows}
     for label, p50, p99, rate in rows:

@@ -481,6 +481,44 @@ async def test_async_perform_returns_started_executions_running_concurrently() -
     assert arrived == 200
 
 
+async def test_a_burst_of_long_executions_all_start_within_a_few_event_loop_turns() -> None:
+    """32 executions that wait all start within 10 event-loop turns (runners double each
+    turn while the jobs hold them up), not one more per turn."""
+    worker = Worker()
+    gate = anyio.Event()
+    arrived = 0
+
+    @worker.handler()
+    async def wait_gate(job: Job) -> None:
+        nonlocal arrived
+        arrived += 1
+        await gate.wait()
+
+    async with worker:
+        executions = [await worker.perform(Job("wait_gate")) for _ in range(32)]
+        for _ in range(10):
+            await anyio.lowlevel.checkpoint()
+        assert arrived == 32
+        gate.set()
+        for execution in executions:
+            await execution.wait()
+
+
+async def test_a_burst_of_short_executions_spawns_at_most_two_runner_tasks() -> None:
+    """32 executions queued at once are run back to back: at most two tasks are spawned for
+    them (a runner and a spare), not a task per execution."""
+    worker = make_worker()
+    async with worker:
+        before = len(anyio.get_running_tasks())
+        executions = [await worker.perform(Job("ok")) for _ in range(32)]
+        assert len(anyio.get_running_tasks()) - before == 1
+        await executions[0].wait()
+        assert len(anyio.get_running_tasks()) - before <= 2
+        for execution in executions:
+            await execution.wait()
+        assert all(e.status is Status.SUCCESS for e in executions)
+
+
 # -- timing ---------------------------------------------------------------------------------
 
 

@@ -99,16 +99,25 @@ class Peer:
         once it closed the connection."""
         if self._batched:
             return self._batched.pop(0)
+        data = await self.recv_frame()
+        if data is None:
+            return None
+        if data["type"] == "batch":
+            self._batched.extend(data["messages"][1:])
+            first: dict[str, Any] = data["messages"][0]
+            return first
+        return data
+
+    async def recv_frame(self) -> dict[str, Any] | None:
+        """The next frame from the relay as it came (a batch is not split), or None once it
+        closed the connection."""
+        assert not self._batched, "recv() has messages of a batch frame left"
         message = await self._from_app.receive()
         if message["type"] == "websocket.close":
             self.closed = message.get("code", 1000)
             return None
         assert message["type"] == "websocket.send", message
         data: dict[str, Any] = json.loads(message["text"])
-        if data["type"] == "batch":
-            self._batched.extend(data["messages"][1:])
-            first: dict[str, Any] = data["messages"][0]
-            return first
         return data
 
     async def answer(self, job: dict[str, Any], status: int = 200, result: Any = None) -> None:

@@ -339,6 +339,96 @@ async def test_lifecycle_edges_lifespan_not_running_and_repr() -> None:
             await relay.__aenter__()
 
 
+async def test_jobs_for_a_busy_worker_go_out_as_one_batch_frame() -> None:
+    """A job for an idle worker goes out in a frame of its own; jobs handed to a worker that
+    holds one already, in the same event-loop turn, go out together as one batch frame."""
+    relay = Relay()
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg, relay:
+            peer = Peer(relay)
+            await peer.join(tg, hello(["h"], concurrency=8))
+            out: list[RemoteResult] = []
+            tg.start_soon(_do, relay, Job("h", {"i": 0}), out)
+            alone = await peer.recv_frame()
+            assert alone is not None and alone["type"] == "job"
+            for i in range(1, 4):
+                tg.start_soon(_do, relay, Job("h", {"i": i}), out)
+            batch = await peer.recv_frame()
+            assert batch is not None and batch["type"] == "batch"
+            jobs = [alone, *batch["messages"]]
+            assert sorted(j["job"]["args"]["i"] for j in jobs) == [0, 1, 2, 3]
+            assert relay.state.in_flight == 4
+            results = [
+                {"type": "result", "id": j["id"], "status": 200, "result": j["job"]["args"]}
+                for j in jobs
+            ]
+            await peer.send({"type": "batch", "messages": results})
+            while len(out) < 4:
+                await anyio.sleep(0.01)
+            # The worker answered several at once: the next jobs handed over in one turn go
+            # out together, the first one included.
+            for i in range(4, 6):
+                tg.start_soon(_do, relay, Job("h", {"i": i}), out)
+            batch = await peer.recv_frame()
+            assert batch is not None and batch["type"] == "batch"
+            assert sorted(j["job"]["args"]["i"] for j in batch["messages"]) == [4, 5]
+            for job in batch["messages"]:
+                await peer.answer(job, 200, job["job"]["args"])
+            while len(out) < 6:
+                await anyio.sleep(0.01)
+        assert sorted(r.result["i"] for r in out) == [0, 1, 2, 3, 4, 5]
+
+
+async def test_each_do_ends_at_its_own_deadline_whatever_the_order() -> None:
+    """The relay's one deadline task ends each do at its own timeout: a shorter timeout given
+    after a longer one still ends first (503), and a do answered in time is not touched."""
+    relay = Relay()
+    ended: list[float] = []
+
+    async def timed(timeout: float) -> None:
+        result = await relay.do(Job("nobody"), timeout=timeout)
+        assert result.status == Status.UNAVAILABLE
+        ended.append(timeout)
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg, relay:
+            tg.start_soon(timed, 0.6)
+            await anyio.sleep(0.05)
+            tg.start_soon(timed, 0.1)
+            peer = Peer(relay)
+            await peer.join(tg, hello(["h"]))
+            out: list[RemoteResult] = []
+            tg.start_soon(_do, relay, Job("h"), out, 0.2)
+            job = await peer.recv()
+            assert job is not None
+            await peer.answer(job)
+            while len(ended) < 2:
+                await anyio.sleep(0.01)
+        assert ended == [0.1, 0.6]
+        assert [r.status for r in out] == [Status.OK]
+
+
+async def test_deadlines_of_answered_dos_leave_nothing_behind() -> None:
+    """Dos answered in time, each with a timeout of its own, leave no deadline (nor an empty
+    group of them) in the relay's deadline keeper."""
+    relay = Relay()
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg, relay:
+            peer = Peer(relay)
+            await peer.join(tg, hello(["h"], concurrency=8))
+            out: list[RemoteResult] = []
+            for i in range(5):
+                tg.start_soon(_do, relay, Job("h"), out, 10.0 + i / 7)
+            for _ in range(5):
+                job = await peer.recv()
+                assert job is not None
+                await peer.answer(job)
+            while len(out) < 5:
+                await anyio.sleep(0.01)
+            assert len(relay._deadlines) == 0 and not relay._deadlines._groups
+    assert [r.status for r in out] == [Status.OK] * 5
+
+
 async def test_a_batch_frame_answers_several_jobs_and_a_bad_batch_is_garbage() -> None:
     """Several results in one batch frame each end their do; a batch holding a batch is a
     protocol error (the worker is closed with 1007)."""

@@ -34,9 +34,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 # Phases of an Execution.
 _SCHEDULED, _ADMITTED, _RUNNING, _DONE = range(4)
 
-# At most this many runner tasks are spawned and not yet running at any time: enough that a
-# burst of long jobs all start within a few event-loop turns, few enough that a burst of short
-# jobs is served by a handful of reused tasks instead of one task per job.
+# At most this many runner tasks are spawned and not yet running at any time. Runners are
+# spawned only as jobs turn out to wait: a burst of jobs that end without waiting is run back to
+# back by one runner (plus one spare), while a burst of long jobs doubles its runners each
+# event-loop turn (one more per runner already held up in a job), so all start within a few turns.
 _MAX_STARTING = 32
 # A runner yields to the event loop after this many back-to-back executions, so a burst of
 # jobs that never await anything cannot starve other tasks.
@@ -280,6 +281,7 @@ class Worker:
         self._sem: anyio.Semaphore | None = None
         self._pending: collections.deque[Execution] = collections.deque()
         self._starting = 0
+        self._blocked = 0
         self._inflight: set[Execution] = set()
         self._idle: anyio.Event | None = None
         self._timers: TimerHeap[Execution] | None = None
@@ -855,9 +857,18 @@ class Worker:
     def _start(self, execution: Execution) -> None:
         execution._phase = _ADMITTED
         self._inflight.add(execution)
+        self._pending.append(execution)
+        self._spawn_runners()
+
+    def _spawn_runners(self) -> None:
+        """Spawn runners for the pending executions: one while none is starting, and one more
+        per runner held up in an execution (``_blocked``: they are waiting, not running)."""
         pending = self._pending
-        pending.append(execution)
-        if self._starting < len(pending) and self._starting < _MAX_STARTING:
+        while (
+            self._starting < len(pending)
+            and self._starting < _MAX_STARTING
+            and self._starting <= self._blocked
+        ):
             self._starting += 1
             assert self._tg is not None
             self._tg.start_soon(self._runner)
@@ -890,10 +901,9 @@ class Worker:
         n = 0
         while pending:
             execution = pending.popleft()
-            if pending and self._starting < len(pending) and self._starting < _MAX_STARTING:
-                self._starting += 1
-                assert self._tg is not None
-                self._tg.start_soon(self._runner)
+            if pending:
+                # Another runner takes over the rest should this execution wait.
+                self._spawn_runners()
             if execution._phase == _DONE:
                 continue
             await self._execute(execution)
@@ -904,6 +914,7 @@ class Worker:
     async def _execute(self, execution: Execution) -> None:
         ctx = execution.ctx
         execution._phase = _RUNNING
+        self._blocked += 1
         ctx._started = self.clock.time()
         if self._subscribers:
             self._notify(execution)
@@ -923,6 +934,7 @@ class Worker:
                 execution.error = exc  # KeyboardInterrupt and the like: keep the cause
             raise
         finally:
+            self._blocked -= 1
             execution._scope = None
             self._finish(execution)
 

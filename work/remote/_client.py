@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import secrets
 import socket
@@ -23,15 +22,13 @@ from ._messages import (
     CLOSE_VERSION,
     PROTOCOL_VERSION,
     ProtocolError,
-    batched,
     decode,
     encode,
     unbatch,
 )
+from ._outbox import Outbox
 
 if TYPE_CHECKING:
-    from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
-
     from .._runtime.worker import Execution, Worker
 
 __all__ = ["connect_worker", "ws_url"]
@@ -42,8 +39,6 @@ _log = logging.getLogger("anywork.remote")
 # workers does not knock on a restarted relay all at the same instant.
 _BACKOFF = Exponential(0.1, cap=5.0, jitter=True)
 _OPEN_TIMEOUT = 10.0
-# At most this many queued answers go out as one batch frame.
-_BATCH = 256
 # The relay accepts frames up to uvicorn's default 16 MiB; match it.
 _MAX_FRAME = 16 * 1024 * 1024
 
@@ -181,23 +176,23 @@ class _Session:
             raise ConnectionRefusedError(f"relay refused this worker: {reason}")
         _log.info("joined relay %s as %s", self.url, self.worker_id)
         # Answers and the bye go out through one queue and one sender task: a finished
-        # execution's callback (plain, not async) can queue its answer without a task per job.
-        send, outbox = anyio.create_memory_object_stream[str](math.inf)
+        # execution's callback (plain, not async) can queue its answer without a task per job,
+        # and the answers that pile up while the sender is away go out as one batch frame.
+        outbox = Outbox()
         # Errors leave the task group as values, not raised inside it: the caller sees the
         # exception itself (its reconnect logic matches on the type), not an ExceptionGroup.
         try:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(self._leave_when_done, send)
+                tg.start_soon(self._leave_when_done, outbox)
                 tg.start_soon(_pump, ws, outbox)
-                failure = await self._read(ws, send)
+                failure = await self._read(ws, outbox)
                 tg.cancel_scope.cancel()
         finally:
-            send.close()
             outbox.close()
         if failure is not None:
             raise failure
 
-    async def _read(self, ws: Any, send: MemoryObjectSendStream[str]) -> Exception | None:
+    async def _read(self, ws: Any, send: Outbox) -> Exception | None:
         """Run the relay's jobs until the connection ends; return why when not on purpose."""
         from websockets.exceptions import ConnectionClosed
 
@@ -233,7 +228,7 @@ class _Session:
 
     _leaving = False
 
-    async def _leave_when_done(self, send: MemoryObjectSendStream[str]) -> None:
+    async def _leave_when_done(self, send: Outbox) -> None:
         """Say bye when idle for ``idle_exit`` seconds or when the worker stops."""
         async with anyio.create_task_group() as tg:
 
@@ -256,10 +251,9 @@ class _Session:
             tg.start_soon(on_stop)
             tg.start_soon(on_idle)
         self._leaving = True
-        with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
-            send.send_nowait(encode({"type": "bye"}))
+        send.put(encode({"type": "bye"}))
 
-    async def _start(self, delivery: str, raw: Any, send: MemoryObjectSendStream[str]) -> None:
+    async def _start(self, delivery: str, raw: Any, send: Outbox) -> None:
         """Start the job of a ``job`` message; its answer is queued when it ends."""
         try:
             job = Job(
@@ -298,27 +292,19 @@ class _Session:
         execution._add_done_callback(done)
 
 
-def _queue(
-    send: MemoryObjectSendStream[str], delivery: str, status: Status, result: Any, error: str | None
-) -> None:
+def _queue(send: Outbox, delivery: str, status: Status, result: Any, error: str | None) -> None:
     """Queue a ``result`` frame (dropped when the connection is already gone)."""
     frame = {"type": "result", "id": delivery, "status": int(status), "result": result}
     frame["error"] = error
-    with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
-        send.send_nowait(encode(frame))
+    send.put(encode(frame))
 
 
-async def _pump(ws: Any, outbox: MemoryObjectReceiveStream[str]) -> None:
+async def _pump(ws: Any, outbox: Outbox) -> None:
     """Send the queued frames in order; the reader notices when the connection goes."""
     from websockets.exceptions import ConnectionClosed
 
     with contextlib.suppress(ConnectionClosed):
-        async for frame in outbox:
-            frames = [frame]
-            with contextlib.suppress(anyio.WouldBlock):
-                while len(frames) < _BATCH:
-                    frames.append(outbox.receive_nowait())
-            await ws.send(batched(frames))
+        await outbox.pump(ws.send)
 
 
 def _describe(error: BaseException | None, status: Status) -> str:

@@ -44,6 +44,10 @@ class ProtocolError(ValueError):
     """Raised when a frame is not a valid message of this protocol version."""
 
 
+# One encoder for every frame: json.dumps with options builds a new JSONEncoder per call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
 def encode(message: dict[str, Any]) -> str:
     """Return ``message`` as a compact JSON text frame.
 
@@ -51,7 +55,7 @@ def encode(message: dict[str, Any]) -> str:
         TypeError: a value JSON cannot carry.
         ValueError: a non-finite float.
     """
-    return json.dumps(message, separators=(",", ":"), allow_nan=False)
+    return _ENCODER.encode(message)
 
 
 def decode(frame: str | bytes) -> dict[str, Any]:

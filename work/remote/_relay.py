@@ -20,6 +20,7 @@ from .._core.exceptions import StatusError
 from .._core.job import Job
 from .._core.jsoncheck import check_json
 from .._core.status import Status
+from ._deadlines import Deadlines
 from ._messages import (
     CLOSE_GARBAGE,
     CLOSE_RESTART,
@@ -27,16 +28,16 @@ from ._messages import (
     CLOSE_VERSION,
     PROTOCOL_VERSION,
     ProtocolError,
-    batched,
     decode,
     encode,
     parse_hello,
     parse_result,
     unbatch,
 )
+from ._outbox import Outbox
 
 if TYPE_CHECKING:
-    from anyio.streams.memory import MemoryObjectSendStream
+    from anyio.abc import TaskGroup
 
     from ._scalers import Scaler
 
@@ -49,8 +50,6 @@ Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
-# At most this many queued messages go out as one batch frame.
-_BATCH = 256
 # A worker must say hello this soon after its WebSocket opens, or it is closed.
 _HELLO_TIMEOUT = 10.0
 
@@ -104,11 +103,25 @@ class RemoteResult:
 class _Pending:
     """One ``do`` call: the job, where it is, and its answer once it has one."""
 
-    __slots__ = ("conn", "delivery", "done", "event", "job", "redeliveries", "result")
+    __slots__ = ("conn", "delivery", "done", "event", "frame", "job", "redeliveries", "result")
 
     def __init__(self, job: Job, delivery: str) -> None:
         self.job = job
         self.delivery = delivery
+        # The job frame, encoded once: a redelivery sends the same frame to another worker.
+        self.frame = encode(
+            {
+                "type": "job",
+                "id": delivery,
+                "job": {
+                    "id": job.id,
+                    "handler": job.handler,
+                    "args": job.args,
+                    "headers": job.headers,
+                    "timeout": job.timeout,
+                },
+            }
+        )
         self.conn: _Conn | None = None
         self.redeliveries = 0
         self.done = False
@@ -122,6 +135,7 @@ class _Conn:
     __slots__ = (
         "concurrency",
         "handlers",
+        "hot",
         "in_flight",
         "leaving",
         "outbox",
@@ -130,18 +144,16 @@ class _Conn:
         "ws",
     )
 
-    def __init__(
-        self,
-        worker_id: str,
-        handlers: frozenset[str],
-        concurrency: int,
-        outbox: MemoryObjectSendStream[str],
-    ) -> None:
+    def __init__(self, worker_id: str, handlers: frozenset[str], concurrency: int) -> None:
         self.worker_id = worker_id
         self.handlers = handlers
         self.concurrency = concurrency
-        self.outbox = outbox
+        self.outbox = Outbox()
         self.in_flight: dict[str, _Pending] = {}
+        # Several answers came in one frame: their dos are about to hand over their next jobs
+        # in the same event-loop turn, so the first of them queues too (one batch frame for
+        # all instead of a frame of its own and a batch for the rest).
+        self.hot = False
         self.leaving = False
         self.scope = anyio.CancelScope()
         self.ws: Any = None
@@ -203,6 +215,8 @@ class Relay:
         self._waiting: collections.deque[_Pending] = collections.deque()
         self._conns: dict[int, _Conn] = {}
         self._ids = itertools.count(1)
+        self._deadlines: Deadlines[_Pending] = Deadlines(self._give_up)
+        self._tg: TaskGroup | None = None
         self.asgi: _RelayApp = _RelayApp(self)
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -210,6 +224,11 @@ class Relay:
     async def __aenter__(self) -> Self:
         if self._running:
             raise RuntimeError("this Relay is already running")
+        # One task keeps every do's deadline (see Deadlines), in a task group of the relay's.
+        tg = anyio.create_task_group()
+        await tg.__aenter__()
+        tg.start_soon(self._deadlines.run)
+        self._tg = tg
         self._running = True
         return self
 
@@ -229,6 +248,12 @@ class Relay:
             for pending in list(conn.in_flight.values()):
                 self._finish(pending, Status.UNAVAILABLE, error="the relay stopped")
             conn.scope.cancel()
+        tg, self._tg = self._tg, None
+        assert tg is not None
+        tg.cancel_scope.cancel()
+        # The task group holds only the deadline task, which raises nothing: the body's
+        # exception, if any, propagates as itself (not in an ExceptionGroup).
+        await tg.__aexit__(None, None, None)
 
     @property
     def state(self) -> RelayState:
@@ -277,15 +302,17 @@ class Relay:
         copy = job.copy()
         propagate.inject(copy.headers)
         pending = _Pending(copy, f"d{next(self._ids)}")
+        deadline = self._deadlines.add(pending.delivery, pending, wait)
         self._waiting.append(pending)
         self._hook("inbound")
         try:
-            with anyio.move_on_after(wait):
-                frame = self._dispatch(pending)
-                if frame is not None:
-                    await _send_direct(pending, frame)
-                await pending.event.wait()
+            if self._dispatch(pending):
+                # Only a send can outlive the deadline here: the event is set on time.
+                with anyio.CancelScope(deadline=deadline):
+                    await _send_direct(pending)
+            await pending.event.wait()
         finally:
+            self._deadlines.discard(pending.delivery, wait)
             if not pending.done:
                 self._give_up(pending, wait)
         assert pending.result is not None
@@ -293,6 +320,8 @@ class Relay:
 
     def _give_up(self, pending: _Pending, wait: float) -> None:
         """End a do whose time ran out (or whose caller was cancelled): 503 or 504."""
+        if pending.done:
+            return
         conn = pending.conn
         if conn is None:
             self._waiting.remove(pending)
@@ -308,8 +337,7 @@ class Relay:
             return
         # The worker keeps the slot until it answers the cancel (or goes): its concurrency
         # stays honest even when it never answers.
-        with _ignore_closed():
-            conn.outbox.send_nowait(encode({"type": "cancel", "id": pending.delivery}))
+        conn.outbox.put(encode({"type": "cancel", "id": pending.delivery}))
         self._finish(
             pending,
             Status.GATEWAY_TIMEOUT,
@@ -344,50 +372,48 @@ class Relay:
             # A scaler's bug must not fail the job it was told about.
             _log.exception("scaler %r failed in %s()", self.scaler, name)
 
-    def _dispatch(self, mine: _Pending | None = None) -> str | None:
+    def _dispatch(self, mine: _Pending | None = None) -> bool:
         """Hand waiting jobs, oldest first, to the least busy worker that has their handler.
 
-        Frames are queued to each connection's sender task, except the frame of ``mine``,
-        which is returned for the calling ``do`` to send itself (one task switch less).
+        Frames are queued to each connection's sender task (which sends what piles up as one
+        batch frame), except the frame of ``mine`` when its worker has nothing else in flight
+        and nothing queued: then True is returned and the calling ``do`` sends it itself, one
+        task switch less where there is nothing to batch it with.
         """
-        direct: str | None = None
-        if not self._waiting:
-            return direct
+        waiting = self._waiting
+        if not waiting:
+            return False
         conns = [c for c in self._conns.values() if c.free > 0]
         if not conns:
-            return direct
+            return False
+        direct = False
         kept: collections.deque[_Pending] = collections.deque()
-        while self._waiting and conns:
-            pending = self._waiting.popleft()
+        while waiting and conns:
+            pending = waiting.popleft()
+            handler = pending.job.handler
             best: _Conn | None = None
+            most = 0
             for conn in conns:
-                if pending.job.handler in conn.handlers and (best is None or conn.free > best.free):
-                    best = conn
+                if handler in conn.handlers:
+                    free = conn.concurrency - len(conn.in_flight)
+                    if free > most:
+                        best, most = conn, free
             if best is None:
                 kept.append(pending)
                 continue
-            job = pending.job
-            frame = {
-                "type": "job",
-                "id": pending.delivery,
-                "job": {
-                    "id": job.id,
-                    "handler": job.handler,
-                    "args": job.args,
-                    "headers": job.headers,
-                    "timeout": job.timeout,
-                },
-            }
             pending.conn = best
-            best.in_flight[pending.delivery] = pending
-            if pending is mine:
-                direct = encode(frame)
+            in_flight = best.in_flight
+            in_flight[pending.delivery] = pending
+            if pending is mine and len(in_flight) == 1 and not best.outbox and not best.hot:
+                direct = True
             else:
-                best.outbox.send_nowait(encode(frame))
-            if best.free == 0:
+                best.hot = False
+                best.outbox.put(pending.frame)
+            if most == 1:
                 conns.remove(best)
-        kept.extend(self._waiting)
-        self._waiting = kept
+        if kept:
+            kept.extend(waiting)
+            self._waiting = kept
         return direct
 
     # -- the WebSocket endpoint -------------------------------------------------------------
@@ -437,8 +463,7 @@ class Relay:
             return
         except WebSocketDisconnect:
             return
-        send, outbox = anyio.create_memory_object_stream[str](math.inf)
-        conn = _Conn(worker_id, handlers, concurrency, send)
+        conn = _Conn(worker_id, handlers, concurrency)
         conn.ws = ws
         key = id(conn)
         self._conns[key] = conn
@@ -449,7 +474,7 @@ class Relay:
             self._dispatch()
             with conn.scope:
                 async with anyio.create_task_group() as tg:
-                    tg.start_soon(_pump, ws, outbox)
+                    tg.start_soon(conn.outbox.pump, ws.send_text)
                     reason = await self._read(ws, conn)
                     tg.cancel_scope.cancel()
             if conn.scope.cancelled_caught:
@@ -466,8 +491,7 @@ class Relay:
             pass
         finally:
             del self._conns[key]
-            send.close()
-            outbox.close()
+            conn.outbox.close()
             self._lost(conn, reason)
 
     async def _read(self, ws: Any, conn: _Conn) -> str:
@@ -476,15 +500,18 @@ class Relay:
 
         while True:
             try:
-                for message in unbatch(decode(await ws.receive_text())):
+                messages = unbatch(decode(await ws.receive_text()))
+                conn.hot = len(messages) > 1
+                for message in messages:
                     kind = message["type"]
                     if kind == "result":
                         self._answer(conn, *parse_result(message))
                     elif kind == "bye":
                         conn.leaving = True
-                        self._dispatch()
                     else:
                         raise ProtocolError(f"unexpected message type {kind!r}")
+                # Once per frame, not per answer: a batch of answers frees several slots at once.
+                self._dispatch()
             except WebSocketDisconnect:
                 return "disconnected"
             except (ProtocolError, KeyError) as exc:
@@ -503,7 +530,6 @@ class Relay:
         pending = conn.in_flight.pop(delivery, None)
         if pending is not None:
             self._finish(pending, code, result, error, conn.worker_id, hook="done")
-        self._dispatch()
 
     def _lost(self, conn: _Conn, reason: str) -> None:
         """A worker went: hand its unanswered jobs to others, up to ``max_redeliveries``."""
@@ -537,13 +563,13 @@ class Relay:
         self._dispatch()
 
 
-async def _send_direct(pending: _Pending, frame: str) -> None:
+async def _send_direct(pending: _Pending) -> None:
     """Send ``pending``'s job frame from its own ``do``; a connection that is gone is the
     reader's to notice (the job is in its in-flight set, so it is redelivered)."""
     conn = pending.conn
     assert conn is not None and conn.ws is not None
     with _ignore_closed():
-        await conn.ws.send_text(frame)
+        await conn.ws.send_text(pending.frame)
 
 
 class _RelayApp:
@@ -566,16 +592,6 @@ class _RelayApp:
 
     def __repr__(self) -> str:
         return f"<relay.asgi of {self.relay!r}>"
-
-
-async def _pump(ws: Any, outbox: Any) -> None:
-    """Send the connection's queued frames in order (dispatch itself never awaits)."""
-    async for frame in outbox:
-        frames = [frame]
-        with contextlib.suppress(anyio.WouldBlock):
-            while len(frames) < _BATCH:
-                frames.append(outbox.receive_nowait())
-        await ws.send_text(batched(frames))
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:
