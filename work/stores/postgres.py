@@ -502,7 +502,7 @@ class PostgresStore(PostgresWorkflows):
 
     Jobs live in one table, ``{schema}.jobs``. Claims take a batch in one statement with
     ``FOR UPDATE SKIP LOCKED``, so concurrent workers never block on nor share a job.
-    Triggers send ``NOTIFY`` when jobs are inserted (one statement-level trigger per insert)
+    Triggers send ``NOTIFY`` when jobs are inserted (one row trigger: work and the event)
     and whenever a job becomes claimable again (hand-back, retry, reaped lease); a listening
     connection, opened on the first
     :meth:`wait_for_work`, wakes waiters at once. ``add``, ``renew`` and ``complete`` take
@@ -1175,7 +1175,7 @@ class PostgresStore(PostgresWorkflows):
 
     @functools.cached_property
     def _insert_one_sql(self) -> str:
-        # Schema version 8's statement trigger sends the NOTIFYs (work and events).
+        # Schema version 8's insert trigger sends the NOTIFYs (work and events).
         return f"""INSERT INTO {self._s}.jobs ({INSERT_COLUMNS})
             VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7, $8, $9, $10, $11::jsonb, $12, $13, $14,
                     $15, $16, $17, $18, $19::jsonb, $20, $21, $22)
