@@ -45,6 +45,7 @@ from ._base import (
     conflict_record,
 )
 from ._open import mask_url
+from ._postgres_insert import INSERT_COLUMNS, insert_literal, migration_v8
 from ._postgres_poll import (
     DEFAULT_POLL_INTERVAL,
     EventLogPoller,
@@ -73,7 +74,7 @@ from ._server import StoreAuthenticationError, StoreUnavailableError, require_as
 
 __all__ = ["PostgresPoolerError", "PostgresStore", "PostgresUnavailableError"]
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 """The schema version this module creates and expects."""
 
 _WORKER_LOST = "worker lost"
@@ -500,9 +501,10 @@ class PostgresStore(PostgresWorkflows):
     """A durable store in PostgreSQL, for many workers on many machines.
 
     Jobs live in one table, ``{schema}.jobs``. Claims take a batch in one statement with
-    ``FOR UPDATE SKIP LOCKED``, so concurrent workers never block on nor share a job. ``add``
-    sends ``NOTIFY`` in its own statement, and a trigger does whenever a job becomes claimable
-    again (hand-back, retry, reaped lease); a listening connection, opened on the first
+    ``FOR UPDATE SKIP LOCKED``, so concurrent workers never block on nor share a job.
+    Triggers send ``NOTIFY`` when jobs are inserted (one row trigger: work and the event)
+    and whenever a job becomes claimable again (hand-back, retry, reaped lease); a listening
+    connection, opened on the first
     :meth:`wait_for_work`, wakes waiters at once. ``add``, ``renew`` and ``complete`` take
     whole batches in one statement each.
 
@@ -558,6 +560,8 @@ class PostgresStore(PostgresWorkflows):
         self._min_size = min_size
         self._max_size = max_size
         self._options = connect_options
+        # No statement outlives its transaction: one query with no parameters saves a trip.
+        self._one_trip = connect_options.get("statement_cache_size") == 0
         self._s = _quote_ident(schema)
         # Channel names are identifiers: at most 63 bytes.
         self._channel = f"anywork.{schema}".encode()[:63].decode(errors="ignore")
@@ -769,6 +773,11 @@ class PostgresStore(PostgresWorkflows):
                 for statement in migration_v7(self._s):
                     await conn.execute(statement)
                 await conn.execute(f"INSERT INTO {self._s}.schema_version VALUES (7)")
+            if version < 8:
+                work, events = _quote_literal(self._channel), _quote_literal(self._events_channel)
+                for statement in migration_v8(self._s, work, events):
+                    await conn.execute(statement)
+                await conn.execute(f"INSERT INTO {self._s}.schema_version VALUES (8)")
             # Workflows: tables of their own and a trigger, created if missing.
             for statement in workflow_schema(self._s, _quote_literal(self._channel)):
                 await conn.execute(statement)
@@ -1089,7 +1098,7 @@ class PostgresStore(PostgresWorkflows):
             rec = records[0]
             args = dumps(rec.args)
             enqueued = utc(rec.enqueued_at) if rec.enqueued_at else _now()
-            if await pool.fetch(self._insert_one_sql, *insert_values(rec, args, enqueued)):
+            if await self._insert_one(pool, insert_values(rec, args, enqueued)):
                 return [stored_record(rec, json.loads(args), enqueued)]
             # It ran into a job (an idempotent re-add): look that job up.
             found: list[Any] = [None]
@@ -1124,7 +1133,8 @@ class PostgresStore(PostgresWorkflows):
             if len(pending) == 1:
                 i = pending[0]
                 values = insert_values(records[i], args[i], enqueued[i])
-                rows = await pool.fetch(self._insert_one_sql, *values)
+                inserted_one = await self._insert_one(pool, values)
+                rows = [{"id": records[i].id}] if inserted_one else []
             else:
                 # The batch travels as one JSON document: far cheaper to encode than arrays.
                 batch = dumps([insert_object(records[i], args[i], enqueued[i]) for i in pending])
@@ -1147,37 +1157,35 @@ class PostgresStore(PostgresWorkflows):
             raise RuntimeError(f"could not add jobs {[records[i].id for i in pending]!r}")
         return [rec for rec in out if rec is not None]
 
-    @functools.cached_property
-    def _notify_inserted(self) -> str:
-        # NOTIFY in the add's own statement (cheaper than a trigger; the same at commit).
-        return f"""SELECT id, CASE WHEN state IN ('queued', 'scheduled')
-                              THEN pg_notify({_quote_literal(self._channel)}, queue) END
-                   FROM inserted"""
+    async def _insert_one(self, pool: _Runner, values: tuple[Any, ...]) -> bool:
+        """Insert one job (the parameters of ``insert_values``); True if it went in, False
+        if it ran into a job (its id, or an active job's unique key).
+
+        With asyncpg's statement cache off (``listen=False``, behind a transaction pooler)
+        a statement with parameters takes two round trips (prepare, then run); the job then
+        travels as literals in one query with none (:func:`insert_literal`), unless a value
+        cannot be written so."""
+        sql = insert_literal(f"{self._s}.jobs", values) if self._one_trip else None
+        if sql is not None:
+            status = await pool.execute(sql)
+        else:
+            status = await pool.execute(self._insert_one_sql, *values)
+        # The command status of an INSERT: "INSERT 0 <rows>".
+        return bool(status.endswith(" 1"))
 
     @functools.cached_property
     def _insert_one_sql(self) -> str:
-        return f"""
-            WITH inserted AS (
-            INSERT INTO {self._s}.jobs (id, handler, queue, args, headers, priority, state,
-                status, attempts, max_attempts, result, error, unique_key, enqueued_at,
-                scheduled_for, started_at, finished_at, timeout, retry, deferrals, result_ttl,
-                schedule_id)
+        # Schema version 8's insert trigger sends the NOTIFYs (work and events).
+        return f"""INSERT INTO {self._s}.jobs ({INSERT_COLUMNS})
             VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7, $8, $9, $10, $11::jsonb, $12, $13, $14,
                     $15, $16, $17, $18, $19::jsonb, $20, $21, $22)
-            ON CONFLICT DO NOTHING
-            RETURNING id, queue, state
-        ) {self._notify_inserted}
-        """
+            ON CONFLICT DO NOTHING"""
 
     @functools.cached_property
     def _insert_sql(self) -> str:
         # Keys left out of a job's object are NULL: COALESCE gives the column defaults.
         return f"""
-            WITH inserted AS (
-            INSERT INTO {self._s}.jobs (id, handler, queue, args, headers, priority, state,
-                status, attempts, max_attempts, result, error, unique_key, enqueued_at,
-                scheduled_for, started_at, finished_at, timeout, retry, deferrals, result_ttl,
-                schedule_id)
+            INSERT INTO {self._s}.jobs ({INSERT_COLUMNS})
             SELECT u.id, u.handler, u.queue, u.args, COALESCE(u.headers, '{{}}'),
                 COALESCE(u.priority, 0), u.state, COALESCE(u.status, -1),
                 COALESCE(u.attempts, 0), COALESCE(u.max_attempts, 1), u.result, u.error,
@@ -1196,8 +1204,7 @@ class PostgresStore(PostgresWorkflows):
                     result_ttl, schedule_id, ord)
             ORDER BY u.ord
             ON CONFLICT DO NOTHING
-            RETURNING id, queue, state
-        ) {self._notify_inserted}
+            RETURNING id
         """
 
     async def _resolve_conflicts(
