@@ -458,8 +458,12 @@ async def test_max_concurrency_is_respected() -> None:
     assert all(e.status is Status.SUCCESS for e in executions)
 
 
-async def test_async_perform_returns_started_executions_running_concurrently() -> None:
-    """Without a limit, long executions all run at once."""
+async def _arrived_before_gate(count: int, *, turns: int | None = None) -> int:
+    """Perform ``count`` executions that wait on a gate, let them start, open the gate, wait for
+    every one: how many had started when the gate opened.
+
+    They are given ``turns`` event-loop turns to start, or without ``turns`` up to 10 s.
+    """
     worker = Worker()
     gate = anyio.Event()
     arrived = 0
@@ -471,37 +475,30 @@ async def test_async_perform_returns_started_executions_running_concurrently() -
         await gate.wait()
 
     async with worker:
-        executions = [await worker.perform(Job("wait_gate")) for _ in range(200)]
-        with anyio.fail_after(10):
-            while arrived < 200:
-                await anyio.sleep(0.01)
+        executions = [await worker.perform(Job("wait_gate")) for _ in range(count)]
+        if turns is None:
+            with anyio.move_on_after(10):
+                while arrived < count:
+                    await anyio.sleep(0.01)
+        else:
+            for _ in range(turns):
+                await anyio.lowlevel.checkpoint()
+        started = arrived
         gate.set()
         for execution in executions:
             await execution.wait()
-    assert arrived == 200
+    return started
+
+
+async def test_async_perform_returns_started_executions_running_concurrently() -> None:
+    """Without a limit, long executions all run at once."""
+    assert await _arrived_before_gate(200) == 200
 
 
 async def test_a_burst_of_long_executions_all_start_within_a_few_event_loop_turns() -> None:
     """32 executions that wait all start within 10 event-loop turns (runners double each
     turn while the jobs hold them up), not one more per turn."""
-    worker = Worker()
-    gate = anyio.Event()
-    arrived = 0
-
-    @worker.handler()
-    async def wait_gate(job: Job) -> None:
-        nonlocal arrived
-        arrived += 1
-        await gate.wait()
-
-    async with worker:
-        executions = [await worker.perform(Job("wait_gate")) for _ in range(32)]
-        for _ in range(10):
-            await anyio.lowlevel.checkpoint()
-        assert arrived == 32
-        gate.set()
-        for execution in executions:
-            await execution.wait()
+    assert await _arrived_before_gate(32, turns=10) == 32
 
 
 async def test_a_burst_of_short_executions_spawns_at_most_two_runner_tasks() -> None:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
 import pytest
+from anyio.abc import TaskGroup
 
 from work import Job, Status, StatusError
 from work.remote import Relay, RelayState, RemoteResult
@@ -18,6 +21,33 @@ pytestmark = pytest.mark.anyio
 
 async def _do(relay: Relay, job: Job, out: list[RemoteResult], timeout: float = 5.0) -> None:
     out.append(await relay.do(job, timeout=timeout))
+
+
+@asynccontextmanager
+async def _one_worker(
+    relay: Relay, *, concurrency: int
+) -> AsyncIterator[tuple[TaskGroup, Peer, list[RemoteResult]]]:
+    """The relay running (5 s at most) with one worker of handler ``h`` joined: the task group,
+    the worker, and the list the test's do calls append their results to."""
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg, relay:
+            peer = Peer(relay)
+            await peer.join(tg, hello(["h"], concurrency=concurrency))
+            yield tg, peer, []
+
+
+async def _ended(out: list[RemoteResult], count: int) -> None:
+    """Until ``count`` do calls have ended (their results in ``out``)."""
+    while len(out) < count:
+        await anyio.sleep(0.01)
+
+
+def _echo_batch(jobs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One batch frame answering every job frame of ``jobs`` 200, each with its own args."""
+    results = [
+        {"type": "result", "id": j["id"], "status": 200, "result": j["job"]["args"]} for j in jobs
+    ]
+    return {"type": "batch", "messages": results}
 
 
 async def test_job_goes_to_the_worker_with_its_handler() -> None:
@@ -34,8 +64,7 @@ async def test_job_goes_to_the_worker_with_its_handler() -> None:
             assert job is not None and job["type"] == "job"
             assert job["job"]["handler"] == "email" and job["job"]["args"] == {"to": "x"}
             await b.answer(job, 200, {"sent": True})
-            while not out:
-                await anyio.sleep(0.01)
+            await _ended(out, 1)
         assert out[0] == RemoteResult(Status.OK, {"sent": True}, None, "b")
         assert out[0].raise_for_status() is out[0]
 
@@ -43,30 +72,25 @@ async def test_job_goes_to_the_worker_with_its_handler() -> None:
 async def test_back_pressure_never_exceeds_a_workers_concurrency() -> None:
     """Concurrency 2, five do calls: two jobs on the worker; each answer lets one more in."""
     relay = Relay()
-    with anyio.fail_after(5):
-        async with anyio.create_task_group() as tg, relay:
-            peer = Peer(relay)
-            await peer.join(tg, hello(["h"], concurrency=2))
-            out: list[RemoteResult] = []
-            for i in range(5):
-                tg.start_soon(_do, relay, Job("h", {"i": i}), out)
-            first, second = await peer.recv(), await peer.recv()
-            assert first is not None and second is not None
-            while relay.state.pending < 3:
-                await anyio.sleep(0.01)
-            assert relay.state == RelayState(pending=3, in_flight=2, connected=1, capacity=0)
-            await peer.answer(first)
-            third = await peer.recv()
-            assert third is not None and relay.state.in_flight == 2
-            for done in (second, third):
-                await peer.answer(done)
-            for _ in range(2):
-                late = await peer.recv()
-                assert late is not None
-                await peer.answer(late)
-            while len(out) < 5:
-                await anyio.sleep(0.01)
-        assert all(r.status == Status.OK for r in out)
+    async with _one_worker(relay, concurrency=2) as (tg, peer, out):
+        for i in range(5):
+            tg.start_soon(_do, relay, Job("h", {"i": i}), out)
+        first, second = await peer.recv(), await peer.recv()
+        assert first is not None and second is not None
+        while relay.state.pending < 3:
+            await anyio.sleep(0.01)
+        assert relay.state == RelayState(pending=3, in_flight=2, connected=1, capacity=0)
+        await peer.answer(first)
+        third = await peer.recv()
+        assert third is not None and relay.state.in_flight == 2
+        for done in (second, third):
+            await peer.answer(done)
+        for _ in range(2):
+            late = await peer.recv()
+            assert late is not None
+            await peer.answer(late)
+        await _ended(out, 5)
+    assert all(r.status == Status.OK for r in out)
 
 
 async def test_no_worker_with_the_handler_is_503_and_asks_the_scaler() -> None:
@@ -123,8 +147,7 @@ async def test_disconnect_mid_job_redelivers_then_502() -> None:
             again = await b.recv()
             assert again is not None and again["type"] == "job"
             await b.disconnect()
-            while not out:
-                await anyio.sleep(0.01)
+            await _ended(out, 1)
     assert out[0].status == Status.BAD_GATEWAY and out[0].worker_id == "b"
     assert "went mid-job" in (out[0].error or "")
 
@@ -153,8 +176,7 @@ async def test_garbage_from_a_worker_closes_it_and_its_job_fails_502(frame: str)
             await peer.send(frame)
             assert await peer.recv() is None
             assert peer.closed == 1007
-            while not out:
-                await anyio.sleep(0.01)
+            await _ended(out, 1)
     assert out[0].status == Status.BAD_GATEWAY
     assert "protocol error" in (out[0].error or "")
 
@@ -207,8 +229,7 @@ async def test_relay_stopping_with_jobs_in_flight_answers_503() -> None:
                 assert await peer.recv() is not None
                 while relay.state.pending < 1:
                     await anyio.sleep(0.01)
-            while len(out) < 2:
-                await anyio.sleep(0.01)
+            await _ended(out, 2)
             assert await peer.recv() is None and peer.closed == 1012
     assert [r.status for r in out] == [Status.UNAVAILABLE] * 2
     assert all(r.error == "the relay stopped" for r in out)
@@ -282,8 +303,7 @@ async def test_do_carries_the_callers_trace_context_in_the_job_headers() -> None
             assert job["job"]["headers"]["x-request"] == "r1"
             assert trace_id in job["job"]["headers"]["traceparent"]
             await peer.answer(job)
-            while not out:
-                await anyio.sleep(0.01)
+            await _ended(out, 1)
 
 
 async def test_bye_stops_routing_and_closes_once_the_workers_jobs_are_answered() -> None:
@@ -304,8 +324,7 @@ async def test_bye_stops_routing_and_closes_once_the_workers_jobs_are_answered()
             tg.start_soon(_do, relay, Job("h"), out, 0.2)
             await peer.answer(job, 201, "made")
             assert await peer.recv() is None and peer.closed == 1000
-            while len(out) < 2:
-                await anyio.sleep(0.01)
+            await _ended(out, 2)
     assert [r.status for r in out] == [Status.CREATED, Status.UNAVAILABLE]
     assert out[0].result == "made" and out[0].worker_id == "leaving"
 
@@ -343,40 +362,30 @@ async def test_jobs_for_a_busy_worker_go_out_as_one_batch_frame() -> None:
     """A job for an idle worker goes out in a frame of its own; jobs handed to a worker that
     holds one already, in the same event-loop turn, go out together as one batch frame."""
     relay = Relay()
-    with anyio.fail_after(5):
-        async with anyio.create_task_group() as tg, relay:
-            peer = Peer(relay)
-            await peer.join(tg, hello(["h"], concurrency=8))
-            out: list[RemoteResult] = []
-            tg.start_soon(_do, relay, Job("h", {"i": 0}), out)
-            alone = await peer.recv_frame()
-            assert alone is not None and alone["type"] == "job"
-            for i in range(1, 4):
-                tg.start_soon(_do, relay, Job("h", {"i": i}), out)
-            batch = await peer.recv_frame()
-            assert batch is not None and batch["type"] == "batch"
-            jobs = [alone, *batch["messages"]]
-            assert sorted(j["job"]["args"]["i"] for j in jobs) == [0, 1, 2, 3]
-            assert relay.state.in_flight == 4
-            results = [
-                {"type": "result", "id": j["id"], "status": 200, "result": j["job"]["args"]}
-                for j in jobs
-            ]
-            await peer.send({"type": "batch", "messages": results})
-            while len(out) < 4:
-                await anyio.sleep(0.01)
-            # The worker answered several at once: the next jobs handed over in one turn go
-            # out together, the first one included.
-            for i in range(4, 6):
-                tg.start_soon(_do, relay, Job("h", {"i": i}), out)
-            batch = await peer.recv_frame()
-            assert batch is not None and batch["type"] == "batch"
-            assert sorted(j["job"]["args"]["i"] for j in batch["messages"]) == [4, 5]
-            for job in batch["messages"]:
-                await peer.answer(job, 200, job["job"]["args"])
-            while len(out) < 6:
-                await anyio.sleep(0.01)
-        assert sorted(r.result["i"] for r in out) == [0, 1, 2, 3, 4, 5]
+    async with _one_worker(relay, concurrency=8) as (tg, peer, out):
+        tg.start_soon(_do, relay, Job("h", {"i": 0}), out)
+        alone = await peer.recv_frame()
+        assert alone is not None and alone["type"] == "job"
+        for i in range(1, 4):
+            tg.start_soon(_do, relay, Job("h", {"i": i}), out)
+        batch = await peer.recv_frame()
+        assert batch is not None and batch["type"] == "batch"
+        jobs = [alone, *batch["messages"]]
+        assert sorted(j["job"]["args"]["i"] for j in jobs) == [0, 1, 2, 3]
+        assert relay.state.in_flight == 4
+        await peer.send(_echo_batch(jobs))
+        await _ended(out, 4)
+        # The worker answered several at once: the next jobs handed over in one turn go
+        # out together, the first one included.
+        for i in range(4, 6):
+            tg.start_soon(_do, relay, Job("h", {"i": i}), out)
+        batch = await peer.recv_frame()
+        assert batch is not None and batch["type"] == "batch"
+        assert sorted(j["job"]["args"]["i"] for j in batch["messages"]) == [4, 5]
+        for job in batch["messages"]:
+            await peer.answer(job, 200, job["job"]["args"])
+        await _ended(out, 6)
+    assert sorted(r.result["i"] for r in out) == [0, 1, 2, 3, 4, 5]
 
 
 async def test_each_do_ends_at_its_own_deadline_whatever_the_order() -> None:
@@ -412,20 +421,15 @@ async def test_deadlines_of_answered_dos_leave_nothing_behind() -> None:
     """Dos answered in time, each with a timeout of its own, leave no deadline (nor an empty
     group of them) in the relay's deadline keeper."""
     relay = Relay()
-    with anyio.fail_after(5):
-        async with anyio.create_task_group() as tg, relay:
-            peer = Peer(relay)
-            await peer.join(tg, hello(["h"], concurrency=8))
-            out: list[RemoteResult] = []
-            for i in range(5):
-                tg.start_soon(_do, relay, Job("h"), out, 10.0 + i / 7)
-            for _ in range(5):
-                job = await peer.recv()
-                assert job is not None
-                await peer.answer(job)
-            while len(out) < 5:
-                await anyio.sleep(0.01)
-            assert len(relay._deadlines) == 0 and not relay._deadlines._groups
+    async with _one_worker(relay, concurrency=8) as (tg, peer, out):
+        for i in range(5):
+            tg.start_soon(_do, relay, Job("h"), out, 10.0 + i / 7)
+        for _ in range(5):
+            job = await peer.recv()
+            assert job is not None
+            await peer.answer(job)
+        await _ended(out, 5)
+        assert len(relay._deadlines) == 0 and not relay._deadlines._groups
     assert [r.status for r in out] == [Status.OK] * 5
 
 
@@ -433,30 +437,20 @@ async def test_a_batch_frame_answers_several_jobs_and_a_bad_batch_is_garbage() -
     """Several results in one batch frame each end their do; a batch holding a batch is a
     protocol error (the worker is closed with 1007)."""
     relay = Relay(max_redeliveries=0)
-    with anyio.fail_after(5):
-        async with anyio.create_task_group() as tg, relay:
-            peer = Peer(relay)
-            await peer.join(tg, hello(["h"], concurrency=4))
-            out: list[RemoteResult] = []
-            for i in range(3):
-                tg.start_soon(_do, relay, Job("h", {"i": i}), out)
-            jobs: list[dict[str, Any]] = []
-            while len(jobs) < 3:
-                frame = await peer.recv()
-                assert frame is not None
-                jobs.extend(frame["messages"] if frame["type"] == "batch" else [frame])
-            results = [
-                {"type": "result", "id": j["id"], "status": 200, "result": j["job"]["args"]}
-                for j in jobs
-            ]
-            await peer.send({"type": "batch", "messages": results})
-            while len(out) < 3:
-                await anyio.sleep(0.01)
-            assert sorted(r.result["i"] for r in out) == [0, 1, 2]
-            tg.start_soon(_do, relay, Job("h"), out)
-            assert await peer.recv() is not None
-            await peer.send({"type": "batch", "messages": [{"type": "batch", "messages": []}]})
-            assert await peer.recv() is None and peer.closed == 1007
-            while len(out) < 4:
-                await anyio.sleep(0.01)
+    async with _one_worker(relay, concurrency=4) as (tg, peer, out):
+        for i in range(3):
+            tg.start_soon(_do, relay, Job("h", {"i": i}), out)
+        jobs: list[dict[str, Any]] = []
+        while len(jobs) < 3:
+            frame = await peer.recv()
+            assert frame is not None
+            jobs.extend(frame["messages"] if frame["type"] == "batch" else [frame])
+        await peer.send(_echo_batch(jobs))
+        await _ended(out, 3)
+        assert sorted(r.result["i"] for r in out) == [0, 1, 2]
+        tg.start_soon(_do, relay, Job("h"), out)
+        assert await peer.recv() is not None
+        await peer.send({"type": "batch", "messages": [{"type": "batch", "messages": []}]})
+        assert await peer.recv() is None and peer.closed == 1007
+        await _ended(out, 4)
     assert out[3].status == Status.BAD_GATEWAY
