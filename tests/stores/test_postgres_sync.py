@@ -20,7 +20,7 @@ import pytest
 from tests.stores.conftest import POSTGRES_URL, require_pgbouncer
 from work import Job, JobEvent, JobState, SyncQueue
 from work.stores import JobRecord
-from work.stores._postgres_sync import SyncConnections, sync_connect_options
+from work.stores._postgres_sync import SyncConnections, SyncRunner, sync_connect_options
 from work.stores.postgres import PostgresStore
 
 pytestmark = pytest.mark.anyio
@@ -35,8 +35,8 @@ def anyio_backend() -> str:
 class Spied(PostgresStore):
     """A PostgreSQL store on a schema of its own that counts the adds made on its loop."""
 
-    def __init__(self, url: str) -> None:
-        super().__init__(url, schema=f"anywork_synctest_{uuid.uuid4().hex[:12]}")
+    def __init__(self, url: str, **options: Any) -> None:
+        super().__init__(url, schema=f"anywork_synctest_{uuid.uuid4().hex[:12]}", **options)
         self.async_adds = 0
 
     async def add(self, records: Sequence[JobRecord]) -> list[JobRecord]:
@@ -79,6 +79,11 @@ def _sync(store: PostgresStore) -> SyncConnections:
     return sync
 
 
+def _idle(store: PostgresStore) -> list[psycopg.Connection[dict[str, Any]]]:
+    """The store's idle psycopg connections."""
+    return [runner.conn for runner in _sync(store)._idle]
+
+
 def _job(id: str, **changes: Any) -> JobRecord:
     return JobRecord(id=id, handler="h", enqueued_at=datetime.now(UTC)).replace(**changes)
 
@@ -101,7 +106,7 @@ def test_sync_enqueue_on_postgres_runs_in_the_calling_thread(spied: Spied, url: 
         assert queue.get("other") is None
         assert queue.stats()["default"]["queued"] == 2
         assert spied.async_adds == 0
-        (conn,) = _sync(spied)._idle
+        (conn,) = _idle(spied)
         assert conn.prepare_threshold == (None if "listen=false" in url else 5)
 
 
@@ -246,9 +251,18 @@ def test_sync_enqueue_keeps_the_trace_context(spied: Spied) -> None:
         assert spied.async_adds == 0
 
 
-def test_sync_enqueue_from_many_threads(spied: Spied) -> None:
+def test_sync_enqueue_from_many_threads(url: str) -> None:
     """Threads sharing one SyncQueue on PostgreSQL store every job once, each over a
-    connection of its own while it adds; the connections close with the queue."""
+    connection of its own while it adds; no more idle ones are kept than the pool's
+    max_size, and they close with the queue."""
+    spied = Spied(url, max_size=2)
+    try:
+        _many_threads(spied)
+    finally:
+        anyio.run(spied.drop)
+
+
+def _many_threads(spied: Spied) -> None:
     with SyncQueue(spied) as queue:
         start = threading.Barrier(4)
 
@@ -266,8 +280,8 @@ def test_sync_enqueue_from_many_threads(spied: Spied) -> None:
         assert queue.stats()["default"]["queued"] == 80
         assert spied.async_adds == 0
         sync = _sync(spied)
-        conns = list(sync._idle)
-        assert 1 <= len(conns) <= 4
+        conns = _idle(spied)
+        assert 1 <= len(conns) <= 2
     assert all(conn.closed for conn in conns)
     assert spied._sync is None and sync._closed
 
@@ -277,14 +291,14 @@ def test_closing_the_store_closes_the_sync_connection(spied: Spied) -> None:
     store entered again adds over a new one."""
     with SyncQueue(spied) as queue:
         queue.enqueue(Job("noop", id="one"))
-        (conn,) = _sync(spied)._idle
+        (conn,) = _idle(spied)
         pid = conn.info.backend_pid
     assert conn.closed
     if "6432" not in spied._dsn:  # behind PgBouncer the server connection is PgBouncer's
         assert not anyio.run(_backend_alive, pid)
     with SyncQueue(spied) as queue:
         queue.enqueue(Job("noop", id="two"))
-        (again,) = _sync(spied)._idle
+        (again,) = _idle(spied)
         assert again is not conn and not again.closed
         assert spied.async_adds == 0
 
@@ -312,7 +326,7 @@ def test_sync_enqueue_after_the_server_closed_the_connection() -> None:
     try:
         with SyncQueue(store) as queue:
             queue.enqueue(Job("noop", id="first"))
-            (conn,) = _sync(store)._idle
+            (conn,) = _idle(store)
             anyio.run(_terminate, conn.info.backend_pid)
             assert queue.enqueue(Job("noop", id="second")).id == "second"
             assert store.async_adds == 1 and conn.closed
@@ -321,6 +335,27 @@ def test_sync_enqueue_after_the_server_closed_the_connection() -> None:
             assert queue.get("second") is not None and queue.get("third") is not None
     finally:
         anyio.run(store.drop)
+
+
+def test_an_add_interrupted_mid_statement_drops_its_connection(
+    spied: Spied, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A KeyboardInterrupt inside add_blocking reaches the caller and the connection, in a
+    state nobody knows, is closed; the next enqueue adds over a new one."""
+    with SyncQueue(spied) as queue:
+        queue.enqueue(Job("noop", id="one"))
+        (conn,) = _idle(spied)
+
+        async def interrupted(self: SyncRunner, sql: str, *args: Any) -> str:
+            raise KeyboardInterrupt
+
+        with monkeypatch.context() as patch:
+            patch.setattr(SyncRunner, "execute", interrupted)
+            with pytest.raises(KeyboardInterrupt):
+                queue.enqueue(Job("noop", id="two"))
+        assert conn.closed and _idle(spied) == []
+        assert queue.enqueue(Job("noop", id="two")).id == "two"
+        assert spied.async_adds == 0 and len(_idle(spied)) == 1
 
 
 def test_a_statement_that_fails_raises_what_add_raises(spied: Spied) -> None:
@@ -339,13 +374,13 @@ def test_a_statement_that_fails_raises_what_add_raises(spied: Spied) -> None:
 
     with SyncQueue(spied) as queue:
         queue.enqueue(Job("noop", id="one"))
-        (conn,) = _sync(spied)._idle
+        (conn,) = _idle(spied)
         anyio.run(forbid, spied.schema)
         with pytest.raises(asyncpg.CheckViolationError):
             queue.enqueue(Job("bad", id="two"))
         assert spied.async_adds == 1 and queue.get("two") is None
         assert queue.enqueue(Job("noop", id="three")).id == "three"
-        assert _sync(spied)._idle == [conn] and spied.async_adds == 1
+        assert _idle(spied) == [conn] and spied.async_adds == 1
 
 
 def test_sync_enqueue_without_psycopg_uses_the_portal(

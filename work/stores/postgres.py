@@ -1128,19 +1128,26 @@ class PostgresStore(PostgresWorkflows):
         sync = self._sync_connections()
         if sync is None:
             return None
-        with sync.runner() as runner:
-            if runner is None:
-                return None
+        runner = sync.take()
+        if runner is None:
+            return None
+        stored: builtins.list[JobRecord] | None
+        try:
             call = self._add(runner, records)
             try:
                 call.send(None)  # every runner call completes at once: _add never suspends
             except StopIteration as done:
-                stored: builtins.list[JobRecord] = done.value
-                return stored
+                stored = done.value
             except SyncFallback:
-                return None
-            call.close()
-        raise RuntimeError("PostgresStore.add suspended in add_blocking")  # pragma: no cover
+                stored = None
+            else:  # pragma: no cover
+                call.close()
+                raise RuntimeError("PostgresStore.add suspended in add_blocking")
+        except BaseException:
+            sync.give_back(runner, broken=True)
+            raise
+        sync.give_back(runner)
+        return stored
 
     def _sync_connections(self) -> SyncConnections | None:
         """:meth:`add_blocking`'s connections (made once, on first use: psycopg is imported
