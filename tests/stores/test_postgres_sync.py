@@ -383,6 +383,28 @@ def test_a_statement_that_fails_raises_what_add_raises(spied: Spied) -> None:
         assert _idle(spied) == [conn] and spied.async_adds == 1
 
 
+def test_a_conflict_psycopg_cannot_read_is_answered_through_the_portal(spied: Spied) -> None:
+    """A taken id whose row psycopg cannot read (a time at infinity, written by another
+    program) is answered by add on the store's loop, as Queue.enqueue answers it."""
+
+    async def to_infinity(schema: str) -> None:
+        conn = await asyncpg.connect(POSTGRES_URL)
+        try:
+            await conn.execute(
+                f"UPDATE \"{schema}\".jobs SET scheduled_for = 'infinity' WHERE id = 'one'"
+            )
+        finally:
+            await conn.close()
+
+    with SyncQueue(spied) as queue:
+        queue.enqueue(Job("noop", id="one"))
+        (conn,) = _idle(spied)
+        anyio.run(to_infinity, spied.schema)
+        again = queue.enqueue(Job("noop", {"x": 1}, id="one"))
+        assert again.id == "one" and again.args == {} and spied.async_adds == 1
+        assert _idle(spied) == [conn]
+
+
 def test_sync_enqueue_without_psycopg_uses_the_portal(
     spied: Spied, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -485,6 +507,7 @@ def test_sync_connect_options_follow_the_asyncpg_options() -> None:
     }
     assert sync_connect_options({"ssl": True})["sslmode"] == "require"  # type: ignore[index]
     assert sync_connect_options({"ssl": ssl.create_default_context()}) is None
+    assert sync_connect_options({"server_settings": {}}) == {"connect_timeout": "60"}
     assert sync_connect_options({"server_settings": {"search_path": "x"}}) is None
     assert sync_connect_options({"init": print}) is None
 
