@@ -462,7 +462,7 @@ def test_a_url_libpq_cannot_read_turns_the_blocking_path_off(
 
 def test_add_blocking_needs_an_open_store() -> None:
     """add_blocking on a store that is not open raises RuntimeError; an empty batch adds
-    nothing and opens no connection."""
+    nothing and opens no connection, nor does a closed store."""
     store = PostgresStore(POSTGRES_URL, schema=f"anywork_synctest_{uuid.uuid4().hex[:12]}")
     with pytest.raises(RuntimeError, match="not open"):
         store.add_blocking([_job("a")])
@@ -475,6 +475,8 @@ def test_add_blocking_needs_an_open_store() -> None:
             await store.drop()
 
     assert anyio.run(empty) == [] and store._sync is None
+    # A thread that passed the check as the store closed makes no connections.
+    assert store._sync_connections() is None and store._sync is None
 
 
 def test_sync_connect_options_follow_the_asyncpg_options() -> None:

@@ -710,10 +710,11 @@ class PostgresStore(PostgresWorkflows):
             events_conn.terminate()
         listener, self._listener = self._listener, None
         pool, self._pool = self._pool, None
-        sync, self._sync = self._sync, None
+        runner, self._runner = self._runner, None
+        with self._sync_lock:  # after the runner: add_blocking makes no connections now
+            sync, self._sync = self._sync, None
         if isinstance(sync, SyncConnections):
             sync.close()
-        runner, self._runner = self._runner, None
         for waiter in self._waiters:
             waiter.event.set()
         with anyio.CancelScope(shield=True):
@@ -1154,6 +1155,8 @@ class PostgresStore(PostgresWorkflows):
         there), or None when they cannot be made."""
         if self._sync is None:
             with self._sync_lock:
+                if self._runner is None:
+                    return None  # closed meanwhile: the caller's add raises that
                 if self._sync is None:
                     sync = SyncConnections.make(
                         self._dsn, self._options, prepare=self._listens, keep=self._max_size
