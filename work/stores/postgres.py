@@ -508,7 +508,8 @@ class PostgresStore(PostgresWorkflows):
     and whenever a job becomes claimable again (hand-back, retry, reaped lease); a listening
     connection, opened on the first
     :meth:`wait_for_work`, wakes waiters at once. ``add``, ``renew`` and ``complete`` take
-    whole batches in one statement each.
+    whole batches in one statement each. :meth:`add_blocking` adds from a thread with no
+    event loop over a psycopg 3 connection (``SyncQueue``).
 
     asyncpg is asyncio-only, so this store runs only on anyio's asyncio backend: entering it
     under trio raises ``RuntimeError`` (detected by asking asyncio for a running event loop).
