@@ -73,3 +73,20 @@ def test_a_worker_serving_jobs_loads_no_logging_library_until_it_logs() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert out.stdout.splitlines() == ["False", "reaping expired leases failed; retrying w1 True"]
+
+
+def test_the_postgres_store_loads_no_psycopg_until_a_blocking_add() -> None:
+    """Importing the PostgreSQL store and making one (as a worker does) leaves psycopg, the
+    driver of SyncQueue's blocking adds only, unloaded."""
+    code = (
+        "import sys, work, work.stores\n"
+        "from work.stores import open_store\n"
+        "from work.stores.postgres import PostgresStore\n"
+        "open_store('postgresql://u@127.0.0.1:1/db')\n"
+        "PostgresStore('postgresql://u@127.0.0.1:1/db', listen=False)\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'psycopg'))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.strip() == "[]"

@@ -868,8 +868,9 @@ class SyncQueue:
         """Store ``job`` (or a workflow); see :meth:`Queue.enqueue`.
 
         On a store that can add in the calling thread (``add_blocking``: SQLite in the
-        calling thread over its connection, Redis with redis-py's synchronous client), a Job
-        is checked and stored here, with no round trip through the portal's event loop.
+        calling thread over its connection, Redis with redis-py's synchronous client,
+        PostgreSQL over a psycopg 3 connection), a Job is checked and stored here, with no
+        round trip through the portal's event loop.
         """
         if isinstance(job, Job):
             here = self._add_here(

@@ -8,11 +8,12 @@ import contextlib
 import functools
 import json
 import logging
+import threading
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Literal, Self
 from urllib.parse import unquote, urlsplit
 
 import anyio
@@ -64,6 +65,7 @@ from ._postgres_rows import (
     stored_record,
     utc,
 )
+from ._postgres_sync import SyncConnections, SyncFallback, SyncRunner
 from ._postgres_workflows import (
     PostgresWorkflows,
     workflow_schema,
@@ -506,7 +508,8 @@ class PostgresStore(PostgresWorkflows):
     and whenever a job becomes claimable again (hand-back, retry, reaped lease); a listening
     connection, opened on the first
     :meth:`wait_for_work`, wakes waiters at once. ``add``, ``renew`` and ``complete`` take
-    whole batches in one statement each.
+    whole batches in one statement each. :meth:`add_blocking` adds from a thread with no
+    event loop over a psycopg 3 connection (``SyncQueue``).
 
     asyncpg is asyncio-only, so this store runs only on anyio's asyncio backend: entering it
     under trio raises ``RuntimeError`` (detected by asking asyncio for a running event loop).
@@ -579,6 +582,9 @@ class PostgresStore(PostgresWorkflows):
         self._waiters: set[_Waiter] = set()
         self._entries = 0
         self._relisten_lock = anyio.Lock()
+        # add_blocking's psycopg connections: None until made, False if they cannot be.
+        self._sync: SyncConnections | Literal[False] | None = None
+        self._sync_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"PostgresStore({self.url!r}, schema={self.schema!r})"
@@ -706,6 +712,10 @@ class PostgresStore(PostgresWorkflows):
         listener, self._listener = self._listener, None
         pool, self._pool = self._pool, None
         runner, self._runner = self._runner, None
+        with self._sync_lock:  # after the runner: add_blocking makes no connections now
+            sync, self._sync = self._sync, None
+        if isinstance(sync, SyncConnections):
+            sync.close()
         for waiter in self._waiters:
             waiter.event.set()
         with anyio.CancelScope(shield=True):
@@ -1090,7 +1100,76 @@ class PostgresStore(PostgresWorkflows):
         added in runs of distinct ids, one after another, so that each job meets exactly the
         jobs added before it.
         """
-        pool = self._require_pool()
+        return await self._add(self._require_pool(), records)
+
+    def add_blocking(self, records: Sequence[JobRecord]) -> builtins.list[JobRecord] | None:
+        """:meth:`add` in the calling thread, which has no event loop of the store's
+        (``SyncQueue.enqueue``): ``add`` itself, run to its end over a synchronous psycopg 3
+        connection (asyncpg has none), so the call needs no portal round trip. The same
+        statements (the insert trigger sends the NOTIFYs and logs the events), the same
+        answers for a taken id or an active unique key, the same records.
+
+        Each calling thread uses a connection of its own while it adds (see
+        :class:`~work.stores._postgres_sync.SyncConnections`); they close with the store.
+        With ``listen=False`` (a transaction pooler) they prepare no named statement.
+
+        Returns:
+            The stored records, or None when this path cannot add (psycopg is not installed,
+            the connect options have no libpq equivalent, the connection cannot be opened
+            or a statement failed): the caller then calls :meth:`add` on the store's loop,
+            which raises the store's own errors (a job the failed call stored is returned
+            as existing there).
+
+        Raises:
+            RuntimeError: the store is not open.
+        """
+        if self._runner is None:
+            raise RuntimeError(f"{self!r} is not open: use `async with store:`")
+        if not records:
+            return []
+        sync = self._sync_connections()
+        if sync is None:
+            return None
+        runner = sync.take()
+        if runner is None:
+            return None
+        stored: builtins.list[JobRecord] | None
+        try:
+            call = self._add(runner, records)
+            try:
+                call.send(None)  # every runner call completes at once: _add never suspends
+            except StopIteration as done:
+                stored = done.value
+            except SyncFallback:
+                stored = None
+            else:  # pragma: no cover
+                call.close()
+                raise RuntimeError("PostgresStore.add suspended in add_blocking")
+        except BaseException:
+            sync.give_back(runner, broken=True)
+            raise
+        sync.give_back(runner)
+        return stored
+
+    def _sync_connections(self) -> SyncConnections | None:
+        """:meth:`add_blocking`'s connections (made once, on first use: psycopg is imported
+        there), or None when they cannot be made."""
+        if self._sync is None:
+            with self._sync_lock:
+                if self._runner is None:
+                    return None  # closed meanwhile: the caller's add raises that
+                if self._sync is None:
+                    sync = SyncConnections.make(
+                        self._dsn, self._options, prepare=self._listens, keep=self._max_size
+                    )
+                    self._sync = False if sync is None else sync
+        return self._sync or None
+
+    async def _add(
+        self, pool: _Runner | SyncRunner, records: Sequence[JobRecord]
+    ) -> list[JobRecord]:
+        """:meth:`add` on ``pool``: the store's runner, or a psycopg connection's
+        (:meth:`add_blocking`)."""
         if not records:
             return []
         if len(records) == 1:
@@ -1120,7 +1199,9 @@ class PostgresStore(PostgresWorkflows):
         out += await self._add_distinct(pool, records[start:])
         return out
 
-    async def _add_distinct(self, pool: _Runner, records: Sequence[JobRecord]) -> list[JobRecord]:
+    async def _add_distinct(
+        self, pool: _Runner | SyncRunner, records: Sequence[JobRecord]
+    ) -> list[JobRecord]:
         """:meth:`add` for jobs whose ids are all different."""
         now = _now()
         args = [dumps(rec.args) for rec in records]
@@ -1157,15 +1238,17 @@ class PostgresStore(PostgresWorkflows):
             raise RuntimeError(f"could not add jobs {[records[i].id for i in pending]!r}")
         return [rec for rec in out if rec is not None]
 
-    async def _insert_one(self, pool: _Runner, values: tuple[Any, ...]) -> bool:
+    async def _insert_one(self, pool: _Runner | SyncRunner, values: tuple[Any, ...]) -> bool:
         """Insert one job (the parameters of ``insert_values``); True if it went in, False
         if it ran into a job (its id, or an active job's unique key).
 
         With asyncpg's statement cache off (``listen=False``, behind a transaction pooler)
         a statement with parameters takes two round trips (prepare, then run); the job then
         travels as literals in one query with none (:func:`insert_literal`), unless a value
-        cannot be written so."""
-        sql = insert_literal(f"{self._s}.jobs", values) if self._one_trip else None
+        cannot be written so. psycopg (:meth:`add_blocking`) sends the parameters' types
+        with the statement: one round trip with parameters, behind a pooler too."""
+        one_trip = self._one_trip and isinstance(pool, _Runner)
+        sql = insert_literal(f"{self._s}.jobs", values) if one_trip else None
         if sql is not None:
             status = await pool.execute(sql)
         else:
