@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+from tests.stores.conftest import REDIS_URL
+
 
 def test_import_work_loads_no_optional_library() -> None:
     """A fresh interpreter that imports work (and work.stores) has none of the heavy libraries."""
@@ -73,3 +75,40 @@ def test_a_worker_serving_jobs_loads_no_logging_library_until_it_logs() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert out.stdout.splitlines() == ["False", "reaping expired leases failed; retrying w1 True"]
+
+
+def test_a_redis_worker_serving_jobs_loads_no_other_store_nor_pickle() -> None:
+    """A worker serving jobs from Redis imports neither the other stores and their drivers
+    nor pickle (only ``sync_handlers="process"`` needs it) nor structlog: each is RSS a
+    Redis worker, already the heaviest for redis-py's own imports, would carry for nothing."""
+    code = (
+        "import sys, uuid, anyio\n"
+        "from work import Job, Queue, Worker\n"
+        "from work.stores import open_store\n"
+        "async def main() -> None:\n"
+        "    worker = Worker()\n"
+        "    done = anyio.Event()\n"
+        "    worker.register('noop', lambda job: done.set())\n"
+        "    prefix = 'anywork-import-' + uuid.uuid4().hex[:12]\n"
+        f"    store = open_store({REDIS_URL!r}, prefix=prefix)\n"
+        "    async with store:\n"
+        "        try:\n"
+        "            async with worker, anyio.create_task_group() as tg:\n"
+        "                await Queue(store).enqueue(Job('noop'))\n"
+        "                tg.start_soon(lambda: worker.serve(store, lease=5))\n"
+        "                with anyio.fail_after(30):\n"
+        "                    await done.wait()\n"
+        "                    while (await store.stats())['default'].get('succeeded') != 1:\n"
+        "                        await anyio.sleep(0.01)\n"
+        "                worker.stop()\n"
+        "        finally:\n"
+        "            await store.drop()\n"
+        "    unneeded = ('pickle', 'structlog', 'sqlite3', 'asyncpg', 'work.stores.sqlite',\n"
+        "                'work.stores.postgres')\n"
+        "    print(sorted(set(unneeded) & set(sys.modules)))\n"
+        "anyio.run(main)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.strip() == "[]"
