@@ -8,6 +8,14 @@ import sys
 from tests.stores.conftest import REDIS_URL
 
 
+def _run(code: str) -> str:
+    """What ``code`` prints, run in a fresh interpreter (nothing imported yet)."""
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    return done.stdout
+
+
 def test_import_work_loads_no_optional_library() -> None:
     """A fresh interpreter that imports work (and work.stores) has none of the heavy libraries."""
     code = (
@@ -15,10 +23,7 @@ def test_import_work_loads_no_optional_library() -> None:
         "heavy = ('opentelemetry', 'structlog', 'croniter', 'prometheus_client')\n"
         "print(sorted({m.split('.')[0] for m in sys.modules} & set(heavy)))\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
-    )
-    assert out.stdout.strip() == "[]"
+    assert _run(code).strip() == "[]"
 
 
 def test_enqueue_still_injects_the_trace_context() -> None:
@@ -36,10 +41,7 @@ def test_enqueue_still_injects_the_trace_context() -> None:
         "    print('traceparent' in rec.headers)\n"
         "anyio.run(main)\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
-    )
-    assert out.stdout.strip() == "True"
+    assert _run(code).strip() == "True"
 
 
 def test_a_worker_serving_jobs_loads_no_logging_library_until_it_logs() -> None:
@@ -71,10 +73,7 @@ def test_a_worker_serving_jobs_loads_no_logging_library_until_it_logs() -> None:
         "        worker.stop()\n"
         "anyio.run(main)\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
-    )
-    assert out.stdout.splitlines() == ["False", "reaping expired leases failed; retrying w1 True"]
+    assert _run(code).splitlines() == ["False", "reaping expired leases failed; retrying w1 True"]
 
 
 def test_a_redis_worker_serving_jobs_loads_no_other_store_nor_pickle() -> None:
@@ -108,7 +107,4 @@ def test_a_redis_worker_serving_jobs_loads_no_other_store_nor_pickle() -> None:
         "    print(sorted(set(unneeded) & set(sys.modules)))\n"
         "anyio.run(main)\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
-    )
-    assert out.stdout.strip() == "[]"
+    assert _run(code).strip() == "[]"
