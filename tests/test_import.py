@@ -5,6 +5,16 @@ from __future__ import annotations
 import subprocess
 import sys
 
+from tests.stores.conftest import REDIS_URL
+
+
+def _run(code: str) -> str:
+    """What ``code`` prints, run in a fresh interpreter (nothing imported yet)."""
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    return done.stdout
+
 
 def test_import_work_loads_no_optional_library() -> None:
     """A fresh interpreter that imports work (and work.stores) has none of the heavy libraries."""
@@ -13,10 +23,7 @@ def test_import_work_loads_no_optional_library() -> None:
         "heavy = ('opentelemetry', 'structlog', 'croniter', 'prometheus_client')\n"
         "print(sorted({m.split('.')[0] for m in sys.modules} & set(heavy)))\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
-    )
-    assert out.stdout.strip() == "[]"
+    assert _run(code).strip() == "[]"
 
 
 def test_enqueue_still_injects_the_trace_context() -> None:
@@ -34,10 +41,7 @@ def test_enqueue_still_injects_the_trace_context() -> None:
         "    print('traceparent' in rec.headers)\n"
         "anyio.run(main)\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
-    )
-    assert out.stdout.strip() == "True"
+    assert _run(code).strip() == "True"
 
 
 def test_a_worker_serving_jobs_loads_no_logging_library_until_it_logs() -> None:
@@ -69,10 +73,41 @@ def test_a_worker_serving_jobs_loads_no_logging_library_until_it_logs() -> None:
         "        worker.stop()\n"
         "anyio.run(main)\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    assert _run(code).splitlines() == ["False", "reaping expired leases failed; retrying w1 True"]
+
+
+def test_a_redis_worker_serving_jobs_loads_no_other_store_nor_pickle() -> None:
+    """A worker serving jobs from Redis imports neither the other stores and their drivers
+    nor pickle (only ``sync_handlers="process"`` needs it) nor structlog: each is RSS a
+    Redis worker, already the heaviest for redis-py's own imports, would carry for nothing."""
+    code = (
+        "import sys, uuid, anyio\n"
+        "from work import Job, Queue, Worker\n"
+        "from work.stores import open_store\n"
+        "async def main() -> None:\n"
+        "    worker = Worker()\n"
+        "    done = anyio.Event()\n"
+        "    worker.register('noop', lambda job: done.set())\n"
+        "    prefix = 'anywork-import-' + uuid.uuid4().hex[:12]\n"
+        f"    store = open_store({REDIS_URL!r}, prefix=prefix)\n"
+        "    async with store:\n"
+        "        try:\n"
+        "            async with worker, anyio.create_task_group() as tg:\n"
+        "                await Queue(store).enqueue(Job('noop'))\n"
+        "                tg.start_soon(lambda: worker.serve(store, lease=5))\n"
+        "                with anyio.fail_after(30):\n"
+        "                    await done.wait()\n"
+        "                    while (await store.stats())['default'].get('succeeded') != 1:\n"
+        "                        await anyio.sleep(0.01)\n"
+        "                worker.stop()\n"
+        "        finally:\n"
+        "            await store.drop()\n"
+        "    unneeded = ('pickle', 'structlog', 'sqlite3', 'asyncpg', 'work.stores.sqlite',\n"
+        "                'work.stores.postgres')\n"
+        "    print(sorted(set(unneeded) & set(sys.modules)))\n"
+        "anyio.run(main)\n"
     )
-    assert out.stdout.splitlines() == ["False", "reaping expired leases failed; retrying w1 True"]
+    assert _run(code).strip() == "[]"
 
 
 def test_the_postgres_store_loads_no_psycopg_until_a_blocking_add() -> None:
@@ -86,7 +121,4 @@ def test_the_postgres_store_loads_no_psycopg_until_a_blocking_add() -> None:
         "PostgresStore('postgresql://u@127.0.0.1:1/db', listen=False)\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'psycopg'))\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
-    )
-    assert out.stdout.strip() == "[]"
+    assert _run(code).strip() == "[]"

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -88,6 +89,26 @@ def _flush_scripts(url: str) -> None:
             server.script_flush()
 
 
+def _kill_client(url: str, sockname: tuple[str, int]) -> None:
+    """Have the server behind ``url`` close the client connection from ``sockname``, as a
+    restart or ``CLIENT KILL`` by an operator would."""
+    host, port = sockname[:2]
+    for server in _servers(url):
+        with server:
+            server.client_kill_filter(_type=None, laddr=None, addr=f"{host}:{port}")
+
+
+@contextmanager
+def _sync_queue(url: str) -> Iterator[tuple[Spied, SyncQueue]]:
+    """A SyncQueue over a counting store on a fresh prefix, its keys deleted after."""
+    store = Spied(url)
+    try:
+        with SyncQueue(store) as queue:
+            yield store, queue
+    finally:
+        anyio.run(store.drop)
+
+
 def _direct(store: RedisStore) -> DirectScript:
     direct = store._direct
     assert direct is not None
@@ -162,10 +183,7 @@ async def test_add_after_the_server_closed_the_connection(store: Spied, url: str
     await store.add([_job("first")])
     conn = _direct(store)._conn
     assert conn is not None and conn.is_connected
-    host, port = conn._writer.get_extra_info("sockname")[:2]
-    for server in _servers(url):
-        with server:
-            server.client_kill_filter(_type=None, laddr=None, addr=f"{host}:{port}")
+    _kill_client(url, conn._writer.get_extra_info("sockname"))
     (rec,) = await store.add([_job("second")])
     assert rec.id == "second" and await store.get("second") is not None
     calls = Calls(_direct(store))
@@ -226,103 +244,80 @@ def test_sync_enqueue_on_redis_runs_in_the_calling_thread(url: str) -> None:
     calling thread (the portal's loop sees no add), with the same answers: the stored
     record, the existing one for a taken id or an active unique key, a batch, and a
     TypeError before anything is stored."""
-    store = Spied(url)
-    try:
-        with SyncQueue(store) as queue:
-            rec = queue.enqueue(Job("noop", {"k": 1}, id="one"), priority=3, unique_key="u")
-            assert rec.id == "one" and rec.priority == 3 and rec.state is JobState.QUEUED
-            assert queue.enqueue(Job("noop", {"k": 2}, id="one")).args == {"k": 1}
-            assert queue.enqueue(Job("noop", id="other"), unique_key="u").id == "one"
-            many = queue.enqueue_many([Job("noop", id="two"), Job("noop", id="three")])
-            assert [r.id for r in many] == ["two", "three"]
-            with pytest.raises(TypeError):
-                queue.enqueue(Job("noop", {"bad": object()}))
-            stored = queue.get("one")
-            assert stored is not None and stored.args == {"k": 1}
-            assert queue.get("other") is None
-            assert store.async_adds == 0
-            assert store._sync
-            direct = store._sync_direct
-            assert direct is not None and direct._conn is not None  # it went direct
-    finally:
-        anyio.run(store.drop)
+    with _sync_queue(url) as (store, queue):
+        rec = queue.enqueue(Job("noop", {"k": 1}, id="one"), priority=3, unique_key="u")
+        assert rec.id == "one" and rec.priority == 3 and rec.state is JobState.QUEUED
+        assert queue.enqueue(Job("noop", {"k": 2}, id="one")).args == {"k": 1}
+        assert queue.enqueue(Job("noop", id="other"), unique_key="u").id == "one"
+        many = queue.enqueue_many([Job("noop", id="two"), Job("noop", id="three")])
+        assert [r.id for r in many] == ["two", "three"]
+        with pytest.raises(TypeError):
+            queue.enqueue(Job("noop", {"bad": object()}))
+        stored = queue.get("one")
+        assert stored is not None and stored.args == {"k": 1}
+        assert queue.get("other") is None
+        assert store.async_adds == 0
+        assert store._sync
+        direct = store._sync_direct
+        assert direct is not None and direct._conn is not None  # it went direct
 
 
 def test_sync_enqueue_while_the_direct_connection_is_busy(url: str) -> None:
     """A thread that finds the synchronous direct connection in use adds through the
     synchronous client's pool instead, with the same answers."""
-    store = Spied(url)
-    try:
-        with SyncQueue(store) as queue:
-            queue.enqueue(Job("noop", id="first"))
-            direct = store._sync_direct
-            assert direct is not None
-            with direct._lock:  # as while another thread's call is in flight
-                assert queue.enqueue(Job("noop", {"x": 1}, id="second")).args == {"x": 1}
-                assert queue.enqueue(Job("noop", {"x": 2}, id="second")).args == {"x": 1}
-            stored = queue.get("second")
-            assert stored is not None and stored.args == {"x": 1}
-            assert store.async_adds == 0
-    finally:
-        anyio.run(store.drop)
+    with _sync_queue(url) as (store, queue):
+        queue.enqueue(Job("noop", id="first"))
+        direct = store._sync_direct
+        assert direct is not None
+        with direct._lock:  # as while another thread's call is in flight
+            assert queue.enqueue(Job("noop", {"x": 1}, id="second")).args == {"x": 1}
+            assert queue.enqueue(Job("noop", {"x": 2}, id="second")).args == {"x": 1}
+        stored = queue.get("second")
+        assert stored is not None and stored.args == {"x": 1}
+        assert store.async_adds == 0
 
 
 def test_sync_enqueue_after_the_server_closed_the_connection(url: str) -> None:
     """When the server drops the synchronous direct connection, the next enqueue still
     stores its job and the one after uses a new direct connection."""
-    store = Spied(url)
-    try:
-        with SyncQueue(store) as queue:
-            queue.enqueue(Job("noop", id="first"))
-            direct = store._sync_direct
-            assert direct is not None
-            conn = direct._conn
-            host, port = conn._sock.getsockname()[:2]
-            for server in _servers(url):
-                with server:
-                    server.client_kill_filter(_type=None, laddr=None, addr=f"{host}:{port}")
-            assert queue.enqueue(Job("noop", id="second")).id == "second"
-            assert queue.get("second") is not None
-            assert queue.enqueue(Job("noop", id="third")).id == "third"
-            assert direct._conn is not None and direct._conn is not conn
-            assert store.async_adds == 0
-    finally:
-        anyio.run(store.drop)
+    with _sync_queue(url) as (store, queue):
+        queue.enqueue(Job("noop", id="first"))
+        direct = store._sync_direct
+        assert direct is not None
+        conn = direct._conn
+        _kill_client(url, conn._sock.getsockname())
+        assert queue.enqueue(Job("noop", id="second")).id == "second"
+        assert queue.get("second") is not None
+        assert queue.enqueue(Job("noop", id="third")).id == "third"
+        assert direct._conn is not None and direct._conn is not conn
+        assert store.async_adds == 0
 
 
 def test_sync_enqueue_from_many_threads(url: str) -> None:
     """Threads sharing one SyncQueue on Redis store every job once."""
-    store = Spied(url)
-    try:
-        with SyncQueue(store) as queue:
+    with _sync_queue(url) as (store, queue):
 
-            def produce(t: int) -> None:
-                for i in range(20):
-                    queue.enqueue(Job("noop", {"i": i}, id=f"t{t}-{i}"))
+        def produce(t: int) -> None:
+            for i in range(20):
+                queue.enqueue(Job("noop", {"i": i}, id=f"t{t}-{i}"))
 
-            threads = [threading.Thread(target=produce, args=(t,)) for t in range(4)]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
-            assert queue.stats()["default"]["queued"] == 80
-            assert store.async_adds == 0
-    finally:
-        anyio.run(store.drop)
+        threads = [threading.Thread(target=produce, args=(t,)) for t in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert queue.stats()["default"]["queued"] == 80
+        assert store.async_adds == 0
 
 
 def test_sync_enqueue_after_the_script_cache_is_lost(url: str) -> None:
     """SyncQueue.enqueue on Redis loads the add script again when the server lost it."""
-    store = Spied(url)
-    try:
-        with SyncQueue(store) as queue:
-            queue.enqueue(Job("noop", id="before"))
-            _flush_scripts(url)
-            assert queue.enqueue(Job("noop", {"x": 1}, id="after")).args == {"x": 1}
-            stored = queue.get("after")
-            assert stored is not None and stored.args == {"x": 1}
-    finally:
-        anyio.run(store.drop)
+    with _sync_queue(url) as (_store, queue):
+        queue.enqueue(Job("noop", id="before"))
+        _flush_scripts(url)
+        assert queue.enqueue(Job("noop", {"x": 1}, id="after")).args == {"x": 1}
+        stored = queue.get("after")
+        assert stored is not None and stored.args == {"x": 1}
 
 
 def test_sync_enqueue_without_a_sync_client_uses_the_portal(
@@ -330,16 +325,12 @@ def test_sync_enqueue_without_a_sync_client_uses_the_portal(
 ) -> None:
     """When redis-py's synchronous client cannot be made from the store's options,
     add_blocking answers None and SyncQueue.enqueue adds through the portal as before."""
-    store = Spied(REDIS_URL)
     monkeypatch.setattr(redis.Redis, "from_url", _refuse)
-    try:
-        with SyncQueue(store) as queue:
-            assert queue.enqueue(Job("noop", id="one")).id == "one"
-            assert [r.id for r in queue.enqueue_many([Job("noop", id="two")])] == ["two"]
-            assert store.async_adds == 2
-            assert store._sync is False
-    finally:
-        anyio.run(store.drop)
+    with _sync_queue(REDIS_URL) as (store, queue):
+        assert queue.enqueue(Job("noop", id="one")).id == "one"
+        assert [r.id for r in queue.enqueue_many([Job("noop", id="two")])] == ["two"]
+        assert store.async_adds == 2
+        assert store._sync is False
 
 
 def _refuse(*args: Any, **kwargs: Any) -> Any:
@@ -400,10 +391,6 @@ def test_sync_client_that_cannot_connect_is_a_store_unavailable_error(
     def unreachable(*args: Any, **kwargs: Any) -> Any:
         raise RedisConnectionError("Error 111 connecting to 127.0.0.1:7001")
 
-    store = Spied(REDIS_URL)
     monkeypatch.setattr(redis.Redis, "from_url", unreachable)
-    try:
-        with SyncQueue(store) as queue, pytest.raises(RedisUnavailableError):
-            queue.enqueue(Job("noop", id="one"))
-    finally:
-        anyio.run(store.drop)
+    with _sync_queue(REDIS_URL) as (_store, queue), pytest.raises(RedisUnavailableError):
+        queue.enqueue(Job("noop", id="one"))

@@ -682,6 +682,11 @@ class _Server:
             for slot in batch:
                 if self.slots.get(slot.record.id) is slot:
                     del self.slots[slot.record.id]
+                # The slot and its execution refer to each other (through the ctx's progress
+                # hook): dropping that edge frees both, with the job's record and args, as the
+                # batch goes, instead of at the next cyclic collection (a fast drain used to
+                # keep a few hundred finished jobs' objects alive between collections).
+                slot.execution = None
             self.release(len(batch))
             for item in claimed:
                 running = not (self.worker.stopping or self.cancelling)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pickle
 import threading
 from collections.abc import Callable
 from typing import Any, Literal
@@ -149,6 +148,12 @@ class ProcessRunner:
             TypeError: ``fn`` cannot be pickled (a lambda, a closure, a bound method of an
                 unpicklable object).
         """
+        # Imported here, once per handler: only process mode needs them, not `import work`
+        # (pickle alone is ~0.4 MB of every worker's RSS).
+        import pickle
+
+        import anyio.to_process
+
         try:
             pickle.dumps(fn)
         except Exception as exc:
@@ -156,9 +161,6 @@ class ProcessRunner:
                 f"sync_handlers='process' needs a handler that can be pickled (a module-level "
                 f"function); {fn!r} cannot: {exc}"
             ) from None
-
-        # Imported here, once per handler: only process mode needs it, not `import work`.
-        import anyio.to_process
 
         async def in_process(job: Job) -> Any:
             ctx = job.ctx

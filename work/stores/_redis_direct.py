@@ -40,7 +40,36 @@ def _evalsha(sha: str, tag: str, nargs: int) -> bytes:
     )
 
 
-class DirectScript:
+class _Direct:
+    """What both halves keep: the client, the tag, the packed ``EVALSHA`` prefix, the
+    argument count and the connection (None until the first call makes it).
+
+    Args:
+        client: the store's client (asyncio or synchronous, plain or cluster).
+        sha: the script's SHA1 (hex).
+        tag: the store's hash tag, sent as ``KEYS[1]`` and ``ARGV[1]``.
+        nargs: how many arguments each call adds after the tag.
+    """
+
+    def __init__(self, client: Any, sha: str, tag: str, nargs: int) -> None:
+        self._client = client
+        self._tag = tag
+        self._prefix = _evalsha(sha, tag, nargs)
+        self._nargs = nargs
+        self._conn: Any = None
+
+    def _packed(self, args: Sequence[bytes]) -> bytes:
+        """The whole command for ``args``.
+
+        Raises:
+            ValueError: not ``nargs`` arguments.
+        """
+        if len(args) != self._nargs:
+            raise ValueError(f"expected {self._nargs} arguments, got {len(args)}")
+        return self._prefix + b"".join(map(bulk, args))
+
+
+class DirectScript(_Direct):
     """One script called over a connection of its own, packed and sent without redis-py's
     command machinery.
 
@@ -65,11 +94,7 @@ class DirectScript:
     """
 
     def __init__(self, client: Any, sha: str, tag: str, nargs: int) -> None:
-        self._client = client
-        self._tag = tag
-        self._prefix = _evalsha(sha, tag, nargs)
-        self._nargs = nargs
-        self._conn: Any = None
+        super().__init__(client, sha, tag, nargs)
         self.busy = False
         """True while a call is in flight (the caller then uses the client's pool)."""
 
@@ -89,6 +114,7 @@ class DirectScript:
 
         Raises:
             RuntimeError: a call is already in flight (check :attr:`busy` first).
+            ValueError: not ``nargs`` arguments.
             redis.exceptions.RedisError: as the client raises them (``NoScriptError``,
                 a connection error, a redirection); after a connection error, a
                 redirection or a cancellation the connection is closed and made again on
@@ -96,14 +122,12 @@ class DirectScript:
         """
         if self.busy:
             raise RuntimeError("DirectScript.call while a call is in flight")
-        if len(args) != self._nargs:
-            raise ValueError(f"expected {self._nargs} arguments, got {len(args)}")
+        packed = self._packed(args)
         self.busy = True
         try:
             conn = self._connection()
             if not conn.is_connected:
                 await conn.connect()
-            packed = self._prefix + b"".join(map(bulk, args))
             writer = getattr(conn, "_writer", None)
             if writer is not None and not writer.transport.is_closing():
                 # One write, no drain: the transport buffers it (a reply follows at once,
@@ -133,7 +157,7 @@ class DirectScript:
         await self.reset()
 
 
-class DirectScriptSync:
+class DirectScriptSync(_Direct):
     """:class:`DirectScript` for redis-py's synchronous client (``Redis`` or
     ``RedisCluster``), called from any thread: the thread that finds the connection free
     uses it, the others (:meth:`call` answers None) take the client's pool.
@@ -146,11 +170,7 @@ class DirectScriptSync:
     """
 
     def __init__(self, client: Any, sha: str, tag: str, nargs: int) -> None:
-        self._client = client
-        self._tag = tag
-        self._prefix = _evalsha(sha, tag, nargs)
-        self._nargs = nargs
-        self._conn: Any = None
+        super().__init__(client, sha, tag, nargs)
         self._lock = threading.Lock()
 
     def _connection(self) -> Any:
@@ -171,12 +191,12 @@ class DirectScriptSync:
         :data:`BUSY` when another thread is using the connection.
 
         Raises:
+            ValueError: not ``nargs`` arguments.
             redis.exceptions.RedisError: as the client raises them; after a connection
                 error or a redirection the connection is closed and made again on the next
                 call.
         """
-        if len(args) != self._nargs:
-            raise ValueError(f"expected {self._nargs} arguments, got {len(args)}")
+        packed = self._packed(args)
         if not self._lock.acquire(blocking=False):
             return BUSY
         try:
@@ -184,7 +204,7 @@ class DirectScriptSync:
             # The connection connects on first use and closes itself on an error or an
             # interruption while it waits for the reply (a late reply would answer the
             # next call).
-            conn.send_packed_command([self._prefix + b"".join(map(bulk, args))], False)
+            conn.send_packed_command([packed], False)
             return conn.read_response()
         except REDIRECTED:
             self._reset()
