@@ -1,5 +1,4 @@
-"""How a job goes into PostgreSQL: schema 8's insert trigger, and the one-trip insert (schema
-9's ``add_job`` called with literals)."""
+"""How a job goes into PostgreSQL: schema 8's insert trigger, and the one-trip literal insert."""
 
 from __future__ import annotations
 
@@ -17,7 +16,7 @@ import pytest
 
 from work import JobEventKind
 from work.stores import JobRecord, JobState
-from work.stores._postgres_insert import add_call, insert_literal, quote_dollar
+from work.stores._postgres_insert import insert_literal, quote_dollar
 from work.stores._postgres_poll import migration_v7
 from work.stores._postgres_rows import dumps, insert_values
 from work.stores.postgres import SCHEMA_VERSION, PostgresStore, _migration_v3, _Runner
@@ -78,7 +77,6 @@ def test_insert_literal_binds_what_it_cannot_write() -> None:
         rec.replace(scheduled_for=datetime(2030, 1, 1)),
     ):
         assert insert_literal('"s".jobs', insert_values(bad, "{}", datetime.now(UTC))) is None
-        assert add_call('"s"', insert_values(bad, "{}", datetime.now(UTC))) is None
     with_nul = insert_values(rec, dumps({"k": "\x00"}), datetime.now(UTC))
     assert "\\u0000" in with_nul[3]  # JSON escapes NUL: such args travel as literals
     assert insert_literal('"s".jobs', with_nul) is not None
@@ -104,34 +102,6 @@ async def test_dollar_quoted_text_reads_back_exactly() -> None:
     assert [row["x"] for row in rows] == texts
 
 
-async def test_add_call_and_insert_literal_say_whether_the_job_went_in(
-    literal_store: PostgresStore,
-) -> None:
-    """add_job called with literals answers ``SELECT 1`` for a new job and ``SELECT 0`` for
-    one that ran into a job (its id, or an active job's unique key); the literal INSERT (the
-    builder kept for other callers) answers ``INSERT 0 1`` and ``INSERT 0 0``; both jobs read
-    back."""
-    s = literal_store._s
-    now = datetime.now(UTC)
-    rec = JobRecord(id="a", handler="h", queue="q", unique_key="k", enqueued_at=now)
-    conn = await asyncpg.connect(URL, statement_cache_size=0)
-    try:
-        call = add_call(s, insert_values(rec, "{}", now))
-        assert call is not None
-        assert await conn.execute(call) == "SELECT 1"
-        assert await conn.execute(call) == "SELECT 0"
-        same_key = add_call(s, insert_values(rec.replace(id="b"), "{}", now))
-        assert same_key is not None and await conn.execute(same_key) == "SELECT 0"
-        other = rec.replace(id="c", unique_key=None)
-        literal = insert_literal(f"{s}.jobs", insert_values(other, "{}", now))
-        assert literal is not None
-        assert await conn.execute(literal) == "INSERT 0 1"
-        assert await conn.execute(literal) == "INSERT 0 0"
-    finally:
-        await conn.close()
-    assert [await literal_store.get(i) is not None for i in "abc"] == [True, False, True]
-
-
 def _first_arg(calls: list[tuple[str, tuple[Any, ...]]]) -> Any:
     return calls[0][1][0] if calls[0][1] else None
 
@@ -152,7 +122,6 @@ async def test_one_job_goes_in_by_one_query_without_parameters(
     rec = JobRecord(id="one", handler="h", queue="q", enqueued_at=datetime.now(UTC))
     await literal_store.add([rec])
     assert len(calls) == 1 and calls[0][1] == () and "$q$one$q$" in calls[0][0]
-    assert calls[0][0].startswith(f"SELECT 1 WHERE {literal_store._s}.add_job(")
     # A value a literal cannot carry: bound instead, and stored all the same.
     calls.clear()
     await literal_store.add([rec.replace(id="inf", timeout=math.inf)])
@@ -218,19 +187,7 @@ async def _at_version_7(store: PostgresStore) -> None:
         for statement in migration_v7(s):
             if "jobs_log_insert" in statement:
                 await conn.execute(statement)
-        await conn.execute(f"DELETE FROM {s}.schema_version WHERE version >= 8")
-    finally:
-        await conn.close()
-    await _at_version_8(store, versions=False)
-
-
-async def _at_version_8(store: PostgresStore, *, versions: bool = True) -> None:
-    """Put an entered store's schema back to version 8: no ``add_job`` function."""
-    conn = await asyncpg.connect(URL)
-    try:
-        await conn.execute(f"DROP FUNCTION {store._s}.add_job")
-        if versions:
-            await conn.execute(f"DELETE FROM {store._s}.schema_version WHERE version >= 9")
+        await conn.execute(f"DELETE FROM {s}.schema_version WHERE version = 8")
     finally:
         await conn.close()
 
@@ -319,32 +276,3 @@ async def test_an_oversized_event_is_lost_on_notify_and_whole_in_the_log() -> No
             assert (await listening.get("big")) is not None
     finally:
         await listening.drop()
-
-
-async def test_version_8_upgrades_to_add_job() -> None:
-    """A version 8 schema (no add_job function) upgrades to version 9 with its jobs kept; a
-    store behind a pooler's settings then adds a job in one call of add_job, and adding it
-    again, or another with its unique key, returns the job already there."""
-    schema = f"anywork_pgtest_{uuid.uuid4().hex[:12]}"
-    first = PostgresStore(URL, schema=schema)
-    try:
-        async with first:
-            await first.add([JobRecord(id="old", handler="h", queue="q")])
-        await _at_version_8(first)
-        store = PostgresStore(URL, schema=schema, listen=False)
-        async with store:
-            assert store._pool is not None
-            versions = await store._pool.fetch(
-                f"SELECT version FROM {store._s}.schema_version ORDER BY version"
-            )
-            assert [row["version"] for row in versions] == list(range(1, SCHEMA_VERSION + 1))
-            assert SCHEMA_VERSION == 9
-            assert (await store.get("old")) is not None
-            rec = JobRecord(id="new", handler="h", queue="q", unique_key="k")
-            (added,) = await store.add([rec])
-            assert await store.get("new") == added
-            assert await store.add([rec.replace(handler="other")]) == [added]
-            assert await store.add([rec.replace(id="twin")]) == [added]
-            assert await store.get("twin") is None
-    finally:
-        await first.drop()

@@ -1,5 +1,4 @@
-"""How a job goes into the PostgreSQL store: the insert trigger (schema 8), the one-trip SQL
-and the function it calls (schema 9)."""
+"""How a job goes into the PostgreSQL store: the insert trigger (schema 8), the one-trip SQL."""
 
 from __future__ import annotations
 
@@ -7,14 +6,7 @@ import math
 from datetime import UTC, datetime
 from typing import Any
 
-__all__ = [
-    "INSERT_COLUMNS",
-    "add_call",
-    "insert_literal",
-    "migration_v8",
-    "migration_v9",
-    "quote_dollar",
-]
+__all__ = ["INSERT_COLUMNS", "insert_literal", "migration_v8", "quote_dollar"]
 
 INSERT_COLUMNS = """id, handler, queue, args, headers, priority, state, status, attempts,
     max_attempts, result, error, unique_key, enqueued_at, scheduled_for, started_at,
@@ -74,42 +66,6 @@ def migration_v8(s: str, work_channel: str, events_channel: str) -> list[str]:
     ]
 
 
-_ADD_PARAMETERS = """p_id text, p_handler text, p_queue text, p_args text, p_headers jsonb,
-    p_priority integer, p_state text, p_status integer, p_attempts integer,
-    p_max_attempts integer, p_result jsonb, p_error text, p_unique_key text,
-    p_enqueued_at timestamptz, p_scheduled_for timestamptz, p_started_at timestamptz,
-    p_finished_at timestamptz, p_timeout double precision, p_retry jsonb, p_deferrals integer,
-    p_result_ttl double precision, p_schedule_id text"""
-
-
-def migration_v9(s: str) -> list[str]:
-    """Schema version 9: ``{s}.add_job(...)``, the insert of one job as a PL/pgSQL function
-    (the columns of ``INSERT_COLUMNS``, in order), True when the job went in.
-
-    A store with the statement cache off (behind a transaction pooler) calls it with literals
-    (:func:`add_call`) instead of sending the ``INSERT`` itself: the server then parses a
-    call, not the insert, and PL/pgSQL plans the insert once per server connection and keeps
-    the plan (the server invalidates it on a schema change). The plan lives in the server
-    connection, not in the client's session, so a transaction pooler may hand any server
-    connection to any call. A later version that changes the insert's columns replaces it.
-
-    Args:
-        s: the schema, quoted.
-    """
-    columns = INSERT_COLUMNS.split(",")
-    values = ", ".join("p_" + column.strip() for column in columns)
-    return [
-        f"""CREATE OR REPLACE FUNCTION {s}.add_job({_ADD_PARAMETERS}) RETURNS boolean
-            LANGUAGE plpgsql AS $fn$
-            BEGIN
-                INSERT INTO {s}.jobs ({INSERT_COLUMNS}) VALUES ({values})
-                ON CONFLICT DO NOTHING;
-                RETURN FOUND;
-            END
-            $fn$"""
-    ]
-
-
 def quote_dollar(text: str) -> str | None:
     """``text`` as a dollar-quoted SQL literal, or None when it cannot travel in a query
     text (a NUL character ends the query message).
@@ -153,9 +109,21 @@ def _time(value: datetime | None) -> str | None:
     return f"'{value.astimezone(UTC).isoformat()}'::timestamptz"
 
 
-def _literals(values: tuple[Any, ...]) -> str | None:
-    """``values`` as a comma-separated list of SQL literals, or None (see
-    :func:`insert_literal`)."""
+def insert_literal(table: str, values: tuple[Any, ...]) -> str | None:
+    """The insert of one job as a query with no parameters (the simple query protocol: one
+    round trip with no prepared statement, as a transaction pooler needs), or None when a
+    value cannot be written as a literal (the caller then binds the values).
+
+    Text travels dollar-quoted (:func:`quote_dollar`), numbers through ``int`` and
+    ``float`` (``repr``), times as the ISO text of aware datetimes: nothing is escaped by
+    hand. The statement's command status (``INSERT 0 1`` or ``INSERT 0 0``) says whether
+    the job went in.
+
+    Args:
+        table: the jobs table, schema-qualified and quoted.
+        values: :func:`work.stores._postgres_rows.insert_values` of the job (in the order
+            of ``INSERT_COLUMNS``; JSON columns as JSON text).
+    """
     (id, handler, queue, args, headers, priority, state, status, attempts, max_attempts,
      result, error, unique_key, enqueued_at, scheduled_for, started_at, finished_at, timeout,
      retry, deferrals, result_ttl, schedule_id) = values  # fmt: skip
@@ -186,47 +154,10 @@ def _literals(values: tuple[Any, ...]) -> str | None:
     literals = [part for part in parts if part is not None]
     if len(literals) < len(parts):
         return None
-    return ", ".join(literals)
-
-
-def insert_literal(table: str, values: tuple[Any, ...]) -> str | None:
-    """The insert of one job as a query with no parameters (the simple query protocol: one
-    round trip with no prepared statement, as a transaction pooler needs), or None when a
-    value cannot be written as a literal (the caller then binds the values).
-
-    Text travels dollar-quoted (:func:`quote_dollar`), numbers through ``int`` and
-    ``float`` (``repr``), times as the ISO text of aware datetimes: nothing is escaped by
-    hand. The statement's command status (``INSERT 0 1`` or ``INSERT 0 0``) says whether
-    the job went in.
-
-    Args:
-        table: the jobs table, schema-qualified and quoted.
-        values: :func:`work.stores._postgres_rows.insert_values` of the job (in the order
-            of ``INSERT_COLUMNS``; JSON columns as JSON text).
-    """
-    literals = _literals(values)
-    if literals is None:
-        return None
-    return f"INSERT INTO {table} ({INSERT_COLUMNS}) VALUES ({literals}) ON CONFLICT DO NOTHING"
-
-
-def add_call(s: str, values: tuple[Any, ...]) -> str | None:
-    """One job's insert as a call of schema 9's ``add_job`` with literals, a query with no
-    parameters (as :func:`insert_literal`, whose literals it sends), or None when a value
-    cannot be written as a literal.
-
-    The call is the condition of a ``SELECT`` with no ``FROM``, evaluated once, so the
-    command status says whether the job went in: ``SELECT 1``, or ``SELECT 0`` when it ran
-    into a job.
-
-    Args:
-        s: the schema, quoted.
-        values: :func:`work.stores._postgres_rows.insert_values` of the job.
-    """
-    literals = _literals(values)
-    if literals is None:
-        return None
-    return f"SELECT 1 WHERE {s}.add_job({literals})"
+    return (
+        f"INSERT INTO {table} ({INSERT_COLUMNS}) VALUES ({', '.join(literals)})"
+        " ON CONFLICT DO NOTHING"
+    )
 
 
 def _json(value: str | None) -> str | None:

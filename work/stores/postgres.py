@@ -45,7 +45,7 @@ from ._base import (
     conflict_record,
 )
 from ._open import mask_url
-from ._postgres_insert import INSERT_COLUMNS, add_call, migration_v8, migration_v9
+from ._postgres_insert import INSERT_COLUMNS, insert_literal, migration_v8
 from ._postgres_poll import (
     DEFAULT_POLL_INTERVAL,
     EventLogPoller,
@@ -74,7 +74,7 @@ from ._server import StoreAuthenticationError, StoreUnavailableError, require_as
 
 __all__ = ["PostgresPoolerError", "PostgresStore", "PostgresUnavailableError"]
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 8
 """The schema version this module creates and expects."""
 
 _WORKER_LOST = "worker lost"
@@ -778,10 +778,6 @@ class PostgresStore(PostgresWorkflows):
                 for statement in migration_v8(self._s, work, events):
                     await conn.execute(statement)
                 await conn.execute(f"INSERT INTO {self._s}.schema_version VALUES (8)")
-            if version < 9:
-                for statement in migration_v9(self._s):
-                    await conn.execute(statement)
-                await conn.execute(f"INSERT INTO {self._s}.schema_version VALUES (9)")
             # Workflows: tables of their own and a trigger, created if missing.
             for statement in workflow_schema(self._s, _quote_literal(self._channel)):
                 await conn.execute(statement)
@@ -1167,15 +1163,14 @@ class PostgresStore(PostgresWorkflows):
 
         With asyncpg's statement cache off (``listen=False``, behind a transaction pooler)
         a statement with parameters takes two round trips (prepare, then run); the job then
-        travels as literals in one query with none, a call of schema 9's ``add_job``
-        (:func:`add_call`: the server keeps that function's plan of the insert), unless a
-        value cannot be written so."""
-        sql = add_call(self._s, values) if self._one_trip else None
+        travels as literals in one query with none (:func:`insert_literal`), unless a value
+        cannot be written so."""
+        sql = insert_literal(f"{self._s}.jobs", values) if self._one_trip else None
         if sql is not None:
             status = await pool.execute(sql)
         else:
             status = await pool.execute(self._insert_one_sql, *values)
-        # The command status: "INSERT 0 <rows>", or "SELECT <rows>" for add_call's.
+        # The command status of an INSERT: "INSERT 0 <rows>".
         return bool(status.endswith(" 1"))
 
     @functools.cached_property
