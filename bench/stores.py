@@ -13,8 +13,9 @@ the per-job path (``Queue``'s checks, ``add``, ``claim`` + ``complete``, ``compl
 ``python -m bench.stores --pgbouncer [--jobs N]`` measures PostgreSQL through PgBouncer in
 transaction pooling mode (127.0.0.1:6432, ``.ci/pgbouncer start``; ``?listen=false``) next to
 direct PostgreSQL in the same run: enqueue one by one, ``enqueue_many``, the drain of ``--jobs``
-no-op jobs by one worker process (target: >= 0.8x direct; best of 3 alternating rounds) and
-the idle pickup latency.
+no-op jobs by one worker process (target: >= 0.8x direct; best of 3 alternating rounds), enqueue
+one by one again with both stores open and blocks of 50 jobs taking turns (medians: the ratio
+least moved by the load of a shared machine) and the idle pickup latency.
 
 ``python -m bench.stores --history [--million]`` measures instead what history costs: claim
 throughput (``claim`` of 10 then ``complete``, in process) and the CPU an idle worker process
@@ -51,6 +52,7 @@ from __future__ import annotations
 
 import argparse
 import compileall
+import contextlib
 import cProfile
 import io
 import json
@@ -81,6 +83,8 @@ PGBOUNCER_URL = "postgresql://postgres@127.0.0.1:6432/test?listen=false"
 PGBOUNCER_TARGET = 0.8
 PGBOUNCER_PICKUPS = 40
 PGBOUNCER_ROUNDS = 3
+INTERLEAVED_BLOCKS = 40
+INTERLEAVED_BLOCK = 50
 PG_SCHEMA = "anywork_bench"
 REDIS_URL = "redis://127.0.0.1:6379/13"
 REDIS_PREFIX = "anywork-bench"
@@ -1070,7 +1074,9 @@ async def run_pgbouncer(jobs: int) -> list[list[str]]:
     PostgreSQL, in the same run; print the table and return its rows (the verdict last).
 
     The two alternate, ``PGBOUNCER_ROUNDS`` times, and each figure is the best of its rounds:
-    on a small shared machine the load drifts between two back-to-back measurements."""
+    on a small shared machine the load drifts between two back-to-back measurements. "enqueue
+    one, interleaved" (:func:`measure_enqueue_interleaved`) measures the two side by side,
+    blocks of jobs taking turns, which the drift moves far less."""
     global PICKUP_SAMPLES
     modes = (("direct", PG_URL), ("pgbouncer", PGBOUNCER_URL))
     figures: dict[str, dict[str, float]] = {name: {} for name, _ in modes}
@@ -1094,9 +1100,14 @@ async def run_pgbouncer(jobs: int) -> list[list[str]]:
             PICKUP_SAMPLES = saved
         figures[name]["pickup p50"] = statistics.median(pickups)
     await _drop_schema(options["schema"])
+    interleaved = await measure_enqueue_interleaved(dict(modes), options)
+    await _drop_schema(options["schema"])
+    for name, rate in interleaved.items():
+        figures[name]["enqueue one, interleaved"] = rate
     rows = []
     for figure, unit in (
         ("enqueue one", "jobs/s"),
+        ("enqueue one, interleaved", "jobs/s"),
         ("enqueue_many", "jobs/s"),
         ("drain", "jobs/s"),
         ("pickup p50", "ms"),
@@ -1115,6 +1126,33 @@ async def run_pgbouncer(jobs: int) -> list[list[str]]:
     for row in [header, *rows]:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
     return rows
+
+
+async def measure_enqueue_interleaved(
+    urls: dict[str, str], options: dict[str, Any]
+) -> dict[str, float]:
+    """``Queue.enqueue`` one by one through each of ``urls`` (one store each, all open at
+    once), in blocks of ``INTERLEAVED_BLOCK`` jobs taking turns, ``INTERLEAVED_BLOCKS`` blocks
+    each: jobs/s from the median block. Blocks a fraction of a second apart see the same load
+    on a shared machine, where whole rounds minutes apart do not."""
+    from work import Queue
+    from work.stores import open_store
+
+    async with contextlib.AsyncExitStack() as stack:
+        queues = {}
+        for name, url in urls.items():
+            store = await stack.enter_async_context(open_store(url, **options))
+            queues[name] = Queue(store)
+        jobs = iter(make_jobs(len(urls) * (INTERLEAVED_BLOCKS + 1) * INTERLEAVED_BLOCK, "one"))
+        seconds: dict[str, list[float]] = {name: [] for name in urls}
+        for block in range(INTERLEAVED_BLOCKS + 1):  # the first block of each warms up
+            for name, queue in queues.items():
+                started = time.perf_counter()
+                for _ in range(INTERLEAVED_BLOCK):
+                    await queue.enqueue(next(jobs))
+                if block:
+                    seconds[name].append(time.perf_counter() - started)
+    return {name: INTERLEAVED_BLOCK / statistics.median(s) for name, s in seconds.items()}
 
 
 async def _drop_schema(schema: str) -> None:
