@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -9,9 +10,20 @@ from tests.stores.conftest import REDIS_URL
 
 
 def _run(code: str) -> str:
-    """What ``code`` prints, run in a fresh interpreter (nothing imported yet)."""
+    """What ``code`` prints, run in a fresh interpreter (nothing imported yet).
+
+    Without coverage: under ``pytest --cov`` coverage measures child processes too (its
+    ``patch = ["subprocess"]``, set through the environment), and it imports ``sqlite3`` and
+    ``pickle`` for its data file, which are among what these tests check is not loaded.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("COVERAGE_", "COV_CORE_"))}
     done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+        env=env,
     )
     return done.stdout
 
