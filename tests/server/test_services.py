@@ -109,7 +109,11 @@ def test_ttl_expiry_is_a_504_and_trigger_runs_now(service: Served, receiver: Rec
     try:
         receiver.next(timeout=60)
     except queue.Empty:
-        pytest.fail(f"no webhook within 60 s; the service printed:\n{service.output[-4000:]}")
+        executions = c.get(f"{JOB}/executions", params={"limit": 10}).text
+        pytest.fail(
+            f"no webhook within 60 s; the executions: {executions}\n"
+            f"the service printed:\n{service.output[-4000:]}"
+        )
     failed = wait_for(
         lambda: _executions(service, status="failure")["items"], 30, "the ttl to expire"
     )

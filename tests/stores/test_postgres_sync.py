@@ -358,24 +358,29 @@ def test_an_add_interrupted_mid_statement_drops_its_connection(
         assert spied.async_adds == 0 and len(_idle(spied)) == 1
 
 
+def _execute(spied: Spied, sql: str) -> None:
+    """Run ``sql`` on the store's jobs table (``{jobs}`` in it) over a connection of its own,
+    as another program would."""
+
+    async def run() -> None:
+        conn = await asyncpg.connect(POSTGRES_URL)
+        try:
+            await conn.execute(sql.format(jobs=f'"{spied.schema}".jobs'))
+        finally:
+            await conn.close()
+
+    anyio.run(run)
+
+
 def test_a_statement_that_fails_raises_what_add_raises(spied: Spied) -> None:
     """An insert the server refuses (a CHECK constraint added here) goes through the portal,
     so SyncQueue.enqueue raises add's own error (asyncpg's), as Queue.enqueue does; the
     psycopg connection stays in use."""
 
-    async def forbid(schema: str) -> None:
-        conn = await asyncpg.connect(POSTGRES_URL)
-        try:
-            await conn.execute(
-                f"ALTER TABLE \"{schema}\".jobs ADD CONSTRAINT no_bad CHECK (handler <> 'bad')"
-            )
-        finally:
-            await conn.close()
-
     with SyncQueue(spied) as queue:
         queue.enqueue(Job("noop", id="one"))
         (conn,) = _idle(spied)
-        anyio.run(forbid, spied.schema)
+        _execute(spied, "ALTER TABLE {jobs} ADD CONSTRAINT no_bad CHECK (handler <> 'bad')")
         with pytest.raises(asyncpg.CheckViolationError):
             queue.enqueue(Job("bad", id="two"))
         assert spied.async_adds == 1 and queue.get("two") is None
@@ -387,19 +392,10 @@ def test_a_conflict_psycopg_cannot_read_is_answered_through_the_portal(spied: Sp
     """A taken id whose row psycopg cannot read (a time at infinity, written by another
     program) is answered by add on the store's loop, as Queue.enqueue answers it."""
 
-    async def to_infinity(schema: str) -> None:
-        conn = await asyncpg.connect(POSTGRES_URL)
-        try:
-            await conn.execute(
-                f"UPDATE \"{schema}\".jobs SET scheduled_for = 'infinity' WHERE id = 'one'"
-            )
-        finally:
-            await conn.close()
-
     with SyncQueue(spied) as queue:
         queue.enqueue(Job("noop", id="one"))
         (conn,) = _idle(spied)
-        anyio.run(to_infinity, spied.schema)
+        _execute(spied, "UPDATE {jobs} SET scheduled_for = 'infinity' WHERE id = 'one'")
         again = queue.enqueue(Job("noop", {"x": 1}, id="one"))
         assert again.id == "one" and again.args == {} and spied.async_adds == 1
         assert _idle(spied) == [conn]
