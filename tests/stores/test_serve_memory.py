@@ -103,9 +103,11 @@ async def test_serve_keeps_no_finished_job(store: Store) -> None:
         await _wait_all_final(store, ids)
         # serve drops its last slots once it has stored their outcomes and gone back to waiting
         # for work: give it time (a loaded machine may take a while), but a leak never clears.
+        # (Hold nothing found while waiting: a reference kept here would keep it found.)
         with anyio.move_on_after(10):
-            while left := _left_over(ids):
+            while _left_over(ids):
                 await anyio.sleep(0.05)
+        left = _left_over(ids)
         worker.stop()
     del jobs
     assert left == {}, {kind: len(objs) for kind, objs in left.items()}
@@ -136,8 +138,10 @@ async def test_serve_frees_finished_jobs_without_a_cyclic_collection(store: Stor
             tg.start_soon(lambda: worker.serve(cast(Store, _Tagging(store)), lease=30))
             await queue.enqueue_many(jobs)
             await _wait_all_final(store, ids)
-            # Let serve store its last outcomes and go back to waiting for work.
-            await anyio.sleep(0.2)
+            # Give serve time to store its last outcomes (holding nothing found meanwhile).
+            with anyio.move_on_after(10):
+                while _left_over(ids, collect=False):
+                    await anyio.sleep(0.05)
             left = _left_over(ids, collect=False)
             worker.stop()
     finally:
