@@ -12,7 +12,8 @@ the per-job path (``Queue``'s checks, ``add``, ``claim`` + ``complete``, ``compl
 
 ``python -m bench.stores --pgbouncer [--jobs N]`` measures PostgreSQL through PgBouncer in
 transaction pooling mode (127.0.0.1:6432, ``.ci/pgbouncer start``; ``?listen=false``) next to
-direct PostgreSQL in the same run: enqueue one by one, ``enqueue_many``, the drain of ``--jobs``
+direct PostgreSQL in the same run: enqueue one by one (``Queue`` and ``SyncQueue``),
+``enqueue_many``, the drain of ``--jobs``
 no-op jobs by one worker process (target: >= 0.8x direct; best of 3 alternating rounds), enqueue
 one by one again with both stores open and blocks of 50 jobs taking turns (medians: the ratio
 least moved by the load of a shared machine) and the idle pickup latency.
@@ -1088,7 +1089,7 @@ async def run_pgbouncer(jobs: int) -> list[list[str]]:
             enqueued, _ = await measure_enqueue(url, options, jobs)
             processed = run_child(["process", url, json.dumps(options), str(jobs)])
             best = figures[name]
-            for figure in ("enqueue one", "enqueue_many"):
+            for figure in ("enqueue one", "SyncQueue.enqueue", "enqueue_many"):
                 best[figure] = max(best.get(figure, 0.0), enqueued[figure])
             best["drain"] = max(best.get("drain", 0.0), jobs / processed["seconds"])
     for name, url in modes:
@@ -1108,6 +1109,7 @@ async def run_pgbouncer(jobs: int) -> list[list[str]]:
     for figure, unit in (
         ("enqueue one", "jobs/s"),
         ("enqueue one, interleaved", "jobs/s"),
+        ("SyncQueue.enqueue", "jobs/s"),
         ("enqueue_many", "jobs/s"),
         ("drain", "jobs/s"),
         ("pickup p50", "ms"),
