@@ -9,6 +9,7 @@ import sys
 import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -272,11 +273,8 @@ def _many_threads(spied: Spied) -> None:
                 queue.enqueue(Job("noop", {"i": i}, id=f"t{t}-{i}"))
                 queue.enqueue(Job("noop", {"i": i}, id=f"t{(t + 1) % 4}-{i}"))
 
-        threads = [threading.Thread(target=produce, args=(t,)) for t in range(4)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        with ThreadPoolExecutor(4) as pool:  # a producer's error is raised here
+            list(pool.map(produce, range(4)))
         assert queue.stats()["default"]["queued"] == 80
         assert spied.async_adds == 0
         sync = _sync(spied)

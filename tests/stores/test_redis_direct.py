@@ -4,9 +4,9 @@
 
 from __future__ import annotations
 
-import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -301,11 +301,8 @@ def test_sync_enqueue_from_many_threads(url: str) -> None:
             for i in range(20):
                 queue.enqueue(Job("noop", {"i": i}, id=f"t{t}-{i}"))
 
-        threads = [threading.Thread(target=produce, args=(t,)) for t in range(4)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        with ThreadPoolExecutor(4) as pool:  # a producer's error is raised here
+            list(pool.map(produce, range(4)))
         assert queue.stats()["default"]["queued"] == 80
         assert store.async_adds == 0
 
