@@ -1,5 +1,6 @@
-"""``complete_and_claim`` (SQLite: one transaction; Redis: both scripts in one round trip):
-the outcomes are applied as ``complete`` applies them, then the next jobs are claimed."""
+"""``complete_and_claim`` (SQLite: one transaction; Redis: both scripts in one round trip;
+PostgreSQL: one statement): the outcomes are applied as ``complete`` applies them, and the
+next jobs are claimed."""
 
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ pytestmark = pytest.mark.anyio
         pytest.param(("sqlite", "trio"), id="sqlite-trio"),
         pytest.param(("redis", "asyncio"), id="redis-asyncio"),
         pytest.param(("redis-cluster", "asyncio"), id="redis-cluster-asyncio"),
+        pytest.param(("postgresql", "asyncio"), id="postgresql-asyncio"),
+        pytest.param(("postgresql-pgbouncer", "asyncio"), id="postgresql-pgbouncer-asyncio"),
     ]
 )
 def store_backend(request: pytest.FixtureRequest) -> tuple[str, str]:
@@ -29,9 +32,11 @@ def store_backend(request: pytest.FixtureRequest) -> tuple[str, str]:
     return str(kind), str(backend)
 
 
-async def test_complete_and_claim_is_complete_then_claim(store: Store) -> None:
+async def test_complete_and_claim_is_complete_then_claim(store: Store, store_kind: str) -> None:
     """One call applies the owner's outcomes (another owner's are refused) and claims the
-    next jobs, a job given back by one of the outcomes among them."""
+    next jobs; a job given back by one of the outcomes is among them on SQLite and Redis
+    (their parts run in order), and claimed by the next call on PostgreSQL (its one
+    statement's parts see the jobs as they were before it)."""
     combined: Any = getattr(store, "complete_and_claim")  # noqa: B009 (not in the protocol)
     await store.add([record(id="a"), record(id="b")])
     claimed = await store.claim(["default"], limit=2, lease=30, owner="w1")
@@ -43,6 +48,11 @@ async def test_complete_and_claim_is_complete_then_claim(store: Store) -> None:
     ]
     applied, more = await combined("w1", outcomes, ["default"], limit=5, lease=30)
     assert applied == {"a", "b"}
+    if store_kind.startswith("postgresql"):
+        assert [x.record.id for x in more] == ["c"]
+        back = await store.get("b")
+        assert back is not None and back.state is JobState.QUEUED
+        more += await store.claim(["default"], limit=5, lease=30, owner="w1")
     assert sorted(x.record.id for x in more) == ["b", "c"]
     assert all(x.decode_error is None and x.record.state is JobState.RUNNING for x in more)
     done = await store.get("a")
@@ -56,7 +66,7 @@ async def test_complete_and_claim_is_complete_then_claim(store: Store) -> None:
     assert rec_c is not None and rec_c.state is JobState.RUNNING
 
 
-async def test_complete_and_claim_names_a_broken_job(store: Store) -> None:
+async def test_complete_and_claim_names_a_broken_job(store: Store, store_kind: str) -> None:
     """A claimed job whose args are not a JSON object comes back with a decode error, the
     others decoded as claim() decodes them."""
     combined: Any = getattr(store, "complete_and_claim")  # noqa: B009 (not in the protocol)
@@ -66,6 +76,18 @@ async def test_complete_and_claim_names_a_broken_job(store: Store) -> None:
     give_back = Outcome(id="bad", state=JobState.QUEUED, status=Status.UNKNOWN)
     applied, claimed = await combined("w", [give_back], ["default"], limit=5, lease=30)
     assert applied == {"bad"}
+    if store_kind.startswith("postgresql"):
+        # The job given back is claimed by the next call; a broken job queued now, by this one.
+        assert [x.record.id for x in claimed] == ["good"]
+        await store.add([record(id="worse")])
+        await corrupt_args(store, "worse", "[2]")
+        done = Outcome(id="good", state=JobState.SUCCEEDED, status=Status.SUCCESS)
+        applied, more = await combined("w", [done], ["default"], limit=5, lease=30)
+        assert applied == {"good"}
+        assert sorted(x.record.id for x in more) == ["bad", "worse"]
+        claimed += more
+        errors = {x.record.id: x.decode_error for x in claimed}
+        assert errors["worse"] is not None and "JSON object" in errors["worse"]
     errors = {x.record.id: x.decode_error for x in claimed}
     assert errors["good"] is None
     assert errors["bad"] is not None and "JSON object" in errors["bad"]

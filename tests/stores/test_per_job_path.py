@@ -231,3 +231,85 @@ async def test_jobs_claimed_as_the_worker_stops_are_handed_back(tmp_path: Path) 
         assert counts["queued"] == 18
         records = await store.list(state=JobState.QUEUED)
         assert all(r.attempts == 0 for r in records)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("kind", "held"), [("postgresql", 4), ("sqlite", 2)])
+async def test_serve_claims_while_outcomes_are_written_up_to_twice_its_concurrency(
+    kind: str, held: int, anyio_backend: str, tmp_path: Path
+) -> None:
+    """On PostgreSQL (parallel calls) serve claims and runs the next jobs while the last
+    outcomes are still being written, holding at most twice its concurrency in jobs; on
+    SQLite a place frees only once its outcome is stored. Every job still succeeds once."""
+    from tests.stores.conftest import POSTGRES_URL
+    from work.stores.postgres import PostgresStore
+
+    if kind == "postgresql" and anyio_backend != "asyncio":
+        pytest.skip("asyncpg runs on asyncio only")
+    base: type[SQLiteStore] | type[PostgresStore] = (
+        PostgresStore if kind == "postgresql" else SQLiteStore
+    )
+    gate = anyio.Event()
+    writes = [0]
+
+    class Gated(base):  # type: ignore[valid-type,misc]
+        async def complete(self, owner: str, outcomes: Sequence[Outcome]) -> set[str]:
+            writes[0] += 1
+            await gate.wait()
+            return await super().complete(owner, outcomes)  # type: ignore[no-any-return]
+
+        async def complete_and_claim(
+            self,
+            owner: str,
+            outcomes: Sequence[Outcome],
+            queues: Sequence[str],
+            *,
+            limit: int,
+            lease: float,
+        ) -> tuple[set[str], list[Claimed]]:
+            writes[0] += 1
+            await gate.wait()
+            return await super().complete_and_claim(  # type: ignore[no-any-return]
+                owner, outcomes, queues, limit=limit, lease=lease
+            )
+
+    if kind == "postgresql":
+        store = Gated(POSTGRES_URL, schema=f"anywork_test_{uuid.uuid4().hex[:12]}")
+    else:
+        store = Gated(f"sqlite:///{tmp_path / 'jobs.db'}")
+    worker = Worker()
+    ran: list[int] = []
+
+    async def noop(job: Job) -> None:
+        ran.append(job.args["i"])
+
+    worker.register("noop", noop)
+
+    async def running() -> int:
+        return int((await store.stats()).get("default", {}).get("running", 0))
+
+    try:
+        async with store:
+            await Queue(store).enqueue_many([Job("noop", {"i": i}) for i in range(20)])
+            async with serving(store, worker, concurrency=2):
+
+                async def held_all() -> bool:
+                    return len(ran) >= held and writes[0] > 0 and await running() == held
+
+                try:
+                    await until(held_all)
+                    await anyio.sleep(0.3)  # room for a claim past the bound, were there one
+                    assert len(ran) == held and await running() == held
+                finally:
+                    gate.set()  # a failure above must not leave serve's last flush waiting
+
+                async def all_done() -> bool:
+                    counts = await store.stats()
+                    return bool(counts.get("default", {}).get("succeeded", 0) == 20)
+
+                await until(all_done)
+    finally:
+        if kind == "postgresql":
+            async with store:
+                await store.drop()
+    assert sorted(ran) == list(range(20))

@@ -201,6 +201,13 @@ class _Server:
         # the outcome is stored, so a killed process never holds more than `concurrency` jobs
         # that may run again.
         self.active = 0
+        # A store that runs concurrent calls in parallel (PostgreSQL: one connection each)
+        # gets the next jobs claimed while the last outcomes are being written: a finished
+        # job's place frees when its outcome is queued, and up to `concurrency` outcomes may
+        # wait to be written (`unacked`), so a killed process holds at most twice
+        # `concurrency` jobs that may run again. Others free it once the outcome is stored.
+        self.overlap = bool(getattr(store, "parallel_calls", False))
+        self.unacked = 0
         self.capacity = anyio.Event()
         self.pending: list[_Slot] = []  # outcomes waiting for complete()
         self.pending_event = anyio.Event()
@@ -265,7 +272,7 @@ class _Server:
         backoff = _Backoff()
         while not self.worker.stopping:
             free = self.concurrency - self.active
-            if free <= 0:
+            if free <= 0 or self.unacked > self.concurrency:
                 self.capacity = anyio.Event()
                 self.claim_waiting = jobs
                 try:
@@ -406,6 +413,9 @@ class _Server:
         if not slot.lost and self.slots.get(slot.record.id) is slot:
             self.pending.append(slot)
             self.pending_event.set()
+            if self.overlap:
+                self.unacked += 1
+                self.release(1)
         else:
             self.release(1)
 
@@ -667,7 +677,9 @@ class _Server:
                     if combined is None:
                         applied = await self.store.complete(self.owner, outcomes)
                     else:
-                        room = self.concurrency - self.active + len(batch)
+                        room = self.concurrency - self.active
+                        if not self.overlap:
+                            room += len(batch)
                         applied, claimed = await combined(
                             self.owner, outcomes, self.queues, limit=room, lease=self.lease
                         )
@@ -687,7 +699,11 @@ class _Server:
                 # batch goes, instead of at the next cyclic collection (a fast drain used to
                 # keep a few hundred finished jobs' objects alive between collections).
                 slot.execution = None
-            self.release(len(batch))
+            if self.overlap:
+                self.unacked -= len(batch)
+                self.capacity.set()
+            else:
+                self.release(len(batch))
             for item in claimed:
                 running = not (self.worker.stopping or self.cancelling)
                 if jobs is not None and self.claim_waiting is jobs and running:

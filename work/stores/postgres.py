@@ -538,6 +538,10 @@ class PostgresStore(PostgresWorkflows):
             ``poll_interval`` that is not positive, or a bad ``listen`` URL parameter.
     """
 
+    #: Concurrent calls run in parallel, each on a connection of its own: ``serve`` claims
+    #: the next jobs while the last outcomes are being written.
+    parallel_calls = True
+
     def __init__(
         self,
         url: str,
@@ -1353,6 +1357,61 @@ class PostgresStore(PostgresWorkflows):
 
     # -- consuming ------------------------------------------------------------------------
 
+    def _claim_sql(self, queue: str, now: str, limit: str, owner: str, until: str) -> str:
+        """The claim's ``UPDATE … FROM (SELECT … FOR UPDATE SKIP LOCKED LIMIT n) … RETURNING
+        j.*``, its values at the given placeholders; ``queue`` is a text (one queue) or a
+        text[] (several)."""
+        # With one queue, `queue = $n` lets the planner walk jobs_ready in claim order.
+        match = f"queue = {queue}" if queue.endswith("::text") else f"queue = ANY({queue})"
+        return f"""UPDATE {self._s}.jobs AS j SET
+                    state = 'running', attempts = j.attempts + 1, started_at = {now},
+                    owner = {owner}, lease_until = {until}, cancel_requested = false,
+                    finished_at = NULL
+                FROM (
+                    SELECT id FROM {self._s}.jobs
+                    WHERE {match}
+                      AND state IN ('queued', 'scheduled')
+                      AND (state = 'queued' OR scheduled_for <= {now})
+                    ORDER BY priority DESC, COALESCE(scheduled_for, enqueued_at), seq
+                    LIMIT {limit}
+                    FOR UPDATE SKIP LOCKED
+                ) AS picked
+                WHERE j.id = picked.id
+                RETURNING j.*"""
+
+    def _complete_sql(self) -> str:
+        """The outcomes' ``UPDATE … FROM unnest(…) … RETURNING j.id``: ``$1`` the owner, ``$2``
+        the time, ``$3``-``$13`` the outcomes' columns (:func:`_complete_params`)."""
+        return f"""UPDATE {self._s}.jobs AS j SET
+                    state = o.state,
+                    status = o.status,
+                    error = o.error,
+                    result = CASE WHEN o.state IN ('succeeded', 'waiting') THEN o.result::jsonb
+                                  ELSE j.result END,
+                    deadline = o.deadline,
+                    deferred_ttl = CASE WHEN o.state = 'waiting' THEN o.ttl
+                                        ELSE j.deferred_ttl END,
+                    scheduled_for = CASE WHEN o.state = 'scheduled'
+                                         THEN COALESCE(o.scheduled_for, $2::timestamptz)
+                                         ELSE NULL END,
+                    finished_at = CASE WHEN o.state IN ('succeeded', 'failed', 'cancelled')
+                                       THEN $2::timestamptz ELSE NULL END,
+                    expires_at = CASE WHEN o.state IN ('succeeded', 'failed', 'cancelled')
+                                      THEN $2::timestamptz + j.result_ttl * interval '1 second'
+                                      ELSE NULL END,
+                    attempts = CASE WHEN o.give_back THEN greatest(j.attempts - 1, 0)
+                                    ELSE j.attempts END,
+                    deferrals = j.deferrals + CASE WHEN o.deferral THEN 1 ELSE 0 END,
+                    owner = NULL, lease_until = NULL, cancel_requested = false,
+                    unknown_since = o.unknown_since
+                FROM unnest($3::text[], $4::text[], $5::int[], $6::text[], $7::text[],
+                            $8::timestamptz[], $9::bool[], $10::bool[], $11::timestamptz[],
+                            $12::timestamptz[], $13::float8[])
+                    AS o(id, state, status, result, error, scheduled_for, give_back, deferral,
+                         unknown_since, deadline, ttl)
+                WHERE j.id = o.id AND j.state = 'running' AND j.owner = $1
+                RETURNING j.id"""
+
     async def claim(
         self, queues: Sequence[str], *, limit: int, lease: float, owner: str
     ) -> list[Claimed]:
@@ -1366,25 +1425,10 @@ class PostgresStore(PostgresWorkflows):
         if limit <= 0 or not queues:
             return []
         now = _now()
-        queue_param: Any = queues[0] if len(queues) == 1 else list(queues)
-        # With one queue, `queue = $1` lets the planner walk jobs_ready in claim order.
-        match = "queue = $1::text" if len(queues) == 1 else "queue = ANY($1::text[])"
+        one = len(queues) == 1
         rows = await pool.fetch(
-            f"""UPDATE {self._s}.jobs AS j SET
-                    state = 'running', attempts = j.attempts + 1, started_at = $2,
-                    owner = $4, lease_until = $5, cancel_requested = false, finished_at = NULL
-                FROM (
-                    SELECT id FROM {self._s}.jobs
-                    WHERE {match}
-                      AND state IN ('queued', 'scheduled')
-                      AND (state = 'queued' OR scheduled_for <= $2)
-                    ORDER BY priority DESC, COALESCE(scheduled_for, enqueued_at), seq
-                    LIMIT $3
-                    FOR UPDATE SKIP LOCKED
-                ) AS picked
-                WHERE j.id = picked.id
-                RETURNING j.*""",
-            queue_param,
+            self._claim_sql("$1::text" if one else "$1::text[]", "$2", "$3", "$4", "$5"),
+            queues[0] if one else list(queues),
             now,
             limit,
             owner,
@@ -1419,57 +1463,50 @@ class PostgresStore(PostgresWorkflows):
         pool = self._require_pool()
         if not outcomes:
             return set()
-        # One outcome per job: the first for an id wins, as if applied in order (the job is
-        # no longer RUNNING for the ones after it).
-        first: dict[str, Outcome] = {}
-        for o in outcomes:
-            first.setdefault(o.id, o)
-        latest = list(first.values())
-        rows = await pool.fetch(
-            f"""UPDATE {self._s}.jobs AS j SET
-                    state = o.state,
-                    status = o.status,
-                    error = o.error,
-                    result = CASE WHEN o.state IN ('succeeded', 'waiting') THEN o.result::jsonb
-                                  ELSE j.result END,
-                    deadline = o.deadline,
-                    deferred_ttl = CASE WHEN o.state = 'waiting' THEN o.ttl
-                                        ELSE j.deferred_ttl END,
-                    scheduled_for = CASE WHEN o.state = 'scheduled'
-                                         THEN COALESCE(o.scheduled_for, $2::timestamptz)
-                                         ELSE NULL END,
-                    finished_at = CASE WHEN o.state IN ('succeeded', 'failed', 'cancelled')
-                                       THEN $2::timestamptz ELSE NULL END,
-                    expires_at = CASE WHEN o.state IN ('succeeded', 'failed', 'cancelled')
-                                      THEN $2::timestamptz + j.result_ttl * interval '1 second'
-                                      ELSE NULL END,
-                    attempts = CASE WHEN o.give_back THEN greatest(j.attempts - 1, 0)
-                                    ELSE j.attempts END,
-                    deferrals = j.deferrals + CASE WHEN o.deferral THEN 1 ELSE 0 END,
-                    owner = NULL, lease_until = NULL, cancel_requested = false,
-                    unknown_since = o.unknown_since
-                FROM unnest($3::text[], $4::text[], $5::int[], $6::text[], $7::text[],
-                            $8::timestamptz[], $9::bool[], $10::bool[], $11::timestamptz[],
-                            $12::timestamptz[], $13::float8[])
-                    AS o(id, state, status, result, error, scheduled_for, give_back, deferral,
-                         unknown_since, deadline, ttl)
-                WHERE j.id = o.id AND j.state = 'running' AND j.owner = $1
-                RETURNING j.id""",
-            owner,
-            _now(),
-            [o.id for o in latest],
-            [o.state.value for o in latest],
-            [int(o.status) for o in latest],
-            [dumps(o.result) if o.state in _RESULT_STATES else None for o in latest],
-            [o.error for o in latest],
-            [o.scheduled_for for o in latest],
-            [o.give_back_attempt for o in latest],
-            [o.deferral for o in latest],
-            [o.unknown_since for o in latest],
-            [o.deadline if o.state is JobState.WAITING else None for o in latest],
-            [o.ttl if o.state is JobState.WAITING else None for o in latest],
-        )
+        rows = await pool.fetch(self._complete_sql(), owner, _now(), *_complete_params(outcomes))
         return {row["id"] for row in rows}
+
+    async def complete_and_claim(
+        self,
+        owner: str,
+        outcomes: Sequence[Outcome],
+        queues: Sequence[str],
+        *,
+        limit: int,
+        lease: float,
+    ) -> tuple[set[str], builtins.list[Claimed]]:
+        """:meth:`complete` and :meth:`claim` in one statement (two data-modifying ``WITH``
+        queries), so one round trip and one commit: what ``serve`` calls when finished jobs
+        free the places it claims for.
+
+        Both commit together or neither does (a failure leaves the outcomes to be written
+        again and nothing claimed). Both parts see the database as it was before the
+        statement, so a job given back by one of these outcomes is not among the jobs this
+        call claims: the next claim finds it. Returns the ids whose outcome was applied, and
+        the claimed jobs.
+        """
+        pool = self._require_pool()
+        if not outcomes or limit <= 0 or not queues:
+            applied = await self.complete(owner, outcomes)
+            return applied, await self.claim(queues, limit=limit, lease=lease, owner=owner)
+        now = _now()
+        one = len(queues) == 1
+        claim = self._claim_sql("$14::text" if one else "$14::text[]", "$2", "$15", "$1", "$16")
+        # One row at least (the LEFT JOIN), carrying the applied ids; a claimed job per row.
+        rows = await pool.fetch(
+            f"""WITH done AS ({self._complete_sql()}), got AS ({claim})
+                SELECT (SELECT array_agg(id) FROM done) AS anywork_applied, got.*
+                FROM (SELECT 1) AS one LEFT JOIN got ON true""",
+            owner,
+            now,
+            *_complete_params(outcomes),
+            queues[0] if one else list(queues),
+            limit,
+            now + timedelta(seconds=lease),
+        )
+        applied = set(rows[0]["anywork_applied"] or ()) if rows else set()
+        got = sorted((row for row in rows if row["id"] is not None), key=_claim_order)
+        return applied, [claimed_row(row) for row in got]
 
     async def settle(self, outcome: Outcome, *, only_expired: bool = False) -> JobRecord | None:
         """Apply ``outcome`` to a WAITING job in one statement (see
@@ -2058,6 +2095,30 @@ def _claim_order(row: Any) -> tuple[int, datetime, int]:
     if due.tzinfo is None:
         due = due.replace(tzinfo=UTC)
     return (-row["priority"], due, row["seq"])
+
+
+def _complete_params(outcomes: Sequence[Outcome]) -> tuple[builtins.list[Any], ...]:
+    """The outcomes' columns, ``$3``-``$13`` of ``PostgresStore._complete_sql``: one outcome
+    per job, the first for an id winning, as if applied in order (the job is no longer
+    RUNNING for the ones after it)."""
+    first: dict[str, Outcome] = {}
+    for o in outcomes:
+        first.setdefault(o.id, o)
+    latest = builtins.list(first.values())
+    waiting = [o.state is JobState.WAITING for o in latest]
+    return (
+        [o.id for o in latest],
+        [o.state.value for o in latest],
+        [int(o.status) for o in latest],
+        [dumps(o.result) if o.state in _RESULT_STATES else None for o in latest],
+        [o.error for o in latest],
+        [o.scheduled_for for o in latest],
+        [o.give_back_attempt for o in latest],
+        [o.deferral for o in latest],
+        [o.unknown_since for o in latest],
+        [o.deadline if w else None for o, w in zip(latest, waiting, strict=True)],
+        [o.ttl if w else None for o, w in zip(latest, waiting, strict=True)],
+    )
 
 
 async def _keep_session(conn: Any) -> None:
