@@ -143,55 +143,6 @@ def test_sync_enqueue_on_sqlite_runs_in_the_calling_thread(tmp_path: Path) -> No
         queue.enqueue(Job("noop"))
 
 
-@pytest.mark.parametrize("anyio_backend", ["asyncio"])
-async def test_serve_on_redis_writes_outcomes_and_claims_in_one_round_trip(
-    anyio_backend: str,
-) -> None:
-    """On Redis too a busy serve stores outcomes and claims with complete_and_claim (its two
-    scripts pipelined), every job succeeding once."""
-    from tests.stores.conftest import REDIS_URL
-    from work.stores.redis import RedisStore
-
-    calls = {"complete_and_claim": 0}
-
-    class CountedRedis(RedisStore):
-        async def complete_and_claim(
-            self,
-            owner: str,
-            outcomes: Sequence[Outcome],
-            queues: Sequence[str],
-            *,
-            limit: int,
-            lease: float,
-        ) -> tuple[set[str], list[Claimed]]:
-            calls["complete_and_claim"] += 1
-            return await super().complete_and_claim(
-                owner, outcomes, queues, limit=limit, lease=lease
-            )
-
-    store = CountedRedis(REDIS_URL, prefix=f"anywork-test-{uuid.uuid4().hex[:12]}:")
-    worker = Worker()
-    ran: list[int] = []
-
-    async def noop(job: Job) -> None:
-        ran.append(job.args["i"])
-
-    worker.register("noop", noop)
-    try:
-        async with store:
-            await Queue(store).enqueue_many([Job("noop", {"i": i}) for i in range(60)])
-
-            async def all_done() -> bool:
-                return (await store.stats()).get("default", {}).get("succeeded", 0) == 60
-
-            async with serving(store, worker, concurrency=4):
-                await until(all_done)
-    finally:
-        await store.drop()
-    assert sorted(ran) == list(range(60))
-    assert calls["complete_and_claim"] > 0
-
-
 @pytest.mark.anyio
 async def test_jobs_claimed_as_the_worker_stops_are_handed_back(tmp_path: Path) -> None:
     """Jobs that complete_and_claim claims while the worker begins to stop are never started:
@@ -234,21 +185,24 @@ async def test_jobs_claimed_as_the_worker_stops_are_handed_back(tmp_path: Path) 
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize(("kind", "held"), [("postgresql", 4), ("sqlite", 2)])
+@pytest.mark.parametrize(("kind", "held"), [("postgresql", 4), ("redis", 4), ("sqlite", 2)])
 async def test_serve_claims_while_outcomes_are_written_up_to_twice_its_concurrency(
     kind: str, held: int, anyio_backend: str, tmp_path: Path
 ) -> None:
-    """On PostgreSQL (parallel calls) serve claims and runs the next jobs while the last
-    outcomes are still being written, holding at most twice its concurrency in jobs; on
+    """On PostgreSQL and Redis (parallel calls) serve claims and runs the next jobs while the
+    last outcomes are still being written, holding at most twice its concurrency in jobs; on
     SQLite a place frees only once its outcome is stored. Every job still succeeds once."""
-    from tests.stores.conftest import POSTGRES_URL
+    from tests.stores.conftest import POSTGRES_URL, REDIS_URL
     from work.stores.postgres import PostgresStore
+    from work.stores.redis import RedisStore
 
-    if kind == "postgresql" and anyio_backend != "asyncio":
-        pytest.skip("asyncpg runs on asyncio only")
-    base: type[SQLiteStore] | type[PostgresStore] = (
-        PostgresStore if kind == "postgresql" else SQLiteStore
-    )
+    if kind != "sqlite" and anyio_backend != "asyncio":
+        pytest.skip("asyncpg and redis-py run on asyncio only")
+    base: type[SQLiteStore] | type[PostgresStore] | type[RedisStore] = {
+        "postgresql": PostgresStore,
+        "redis": RedisStore,
+        "sqlite": SQLiteStore,
+    }[kind]
     gate = anyio.Event()
     writes = [0]
 
@@ -275,6 +229,8 @@ async def test_serve_claims_while_outcomes_are_written_up_to_twice_its_concurren
 
     if kind == "postgresql":
         store = Gated(POSTGRES_URL, schema=f"anywork_test_{uuid.uuid4().hex[:12]}")
+    elif kind == "redis":
+        store = Gated(REDIS_URL, prefix=f"anywork-test-{uuid.uuid4().hex[:12]}:")
     else:
         store = Gated(f"sqlite:///{tmp_path / 'jobs.db'}")
     worker = Worker()
@@ -309,7 +265,7 @@ async def test_serve_claims_while_outcomes_are_written_up_to_twice_its_concurren
 
                 await until(all_done)
     finally:
-        if kind == "postgresql":
+        if kind != "sqlite":
             async with store:
                 await store.drop()
     assert sorted(ran) == list(range(20))

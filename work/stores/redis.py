@@ -529,6 +529,10 @@ class RedisStore(RedisWorkflows):
         ValueError: an empty prefix.
     """
 
+    #: Concurrent calls run in parallel, each on a pooled connection of its own: ``serve``
+    #: claims the next jobs while the last outcomes are being written.
+    parallel_calls = True
+
     def __init__(self, url: str, *, prefix: str = "anywork", **client_options: Any) -> None:
         if not prefix:
             raise ValueError("prefix must be a non-empty string")
