@@ -785,7 +785,9 @@ async def serve_store(
 ) -> None:
     """Consume jobs from ``store`` with ``worker`` until cancelled or the worker stops.
 
-    This is ``Worker.serve``. It claims ready jobs in batches up to its free capacity, each
+    This is ``Worker.serve``. It claims ready jobs in batches up to its free capacity (on a
+    store with ``parallel_calls``, PostgreSQL and Redis, while the last outcomes are being
+    written: at most ``2 * concurrency`` jobs held), each
     under a lease of ``lease`` seconds that it renews while the job runs (at least every
     second, which is also how soon a ``Queue.cancel`` of a running job is noticed), reaps
     other workers' expired leases every ``lease / 2`` seconds, runs each job with
