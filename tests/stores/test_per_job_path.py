@@ -269,3 +269,54 @@ async def test_serve_claims_while_outcomes_are_written_up_to_twice_its_concurren
             async with store:
                 await store.drop()
     assert sorted(ran) == list(range(20))
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.parametrize("kind", ["postgresql", "redis"])
+async def test_claims_beside_outcome_writes_never_run_more_than_concurrency(
+    kind: str, anyio_backend: str
+) -> None:
+    """With claims running beside outcome writes (and the claims those writes make when the
+    claim loop waits), no more than ``concurrency`` handlers ever run at once."""
+    import random
+
+    from tests.stores.conftest import POSTGRES_URL, REDIS_URL
+    from work.stores.postgres import PostgresStore
+    from work.stores.redis import RedisStore
+
+    store: PostgresStore | RedisStore
+    if kind == "postgresql":
+        store = PostgresStore(POSTGRES_URL, schema=f"anywork_test_{uuid.uuid4().hex[:12]}")
+    else:
+        store = RedisStore(REDIS_URL, prefix=f"anywork-test-{uuid.uuid4().hex[:12]}:")
+    worker = Worker()
+    now = [0]
+    most = [0]
+    ran: list[int] = []
+    rng = random.Random(7)
+
+    async def busy(job: Job) -> None:
+        now[0] += 1
+        most[0] = max(most[0], now[0])
+        try:
+            await anyio.sleep(rng.choice((0, 0.002, 0.005, 0.01)))
+        finally:
+            now[0] -= 1
+        ran.append(job.args["i"])
+
+    worker.register("busy", busy)
+    try:
+        async with store:
+            await Queue(store).enqueue_many([Job("busy", {"i": i}) for i in range(400)])
+
+            async def all_done() -> bool:
+                counts = await store.stats()
+                return bool(counts.get("default", {}).get("succeeded", 0) == 400)
+
+            async with serving(store, worker, concurrency=3):
+                await until(all_done, timeout=60)
+    finally:
+        async with store:
+            await store.drop()
+    assert sorted(ran) == list(range(400))
+    assert most[0] <= 3

@@ -670,6 +670,7 @@ class _Server:
             outcomes = [slot.outcome for slot in batch if slot.outcome is not None]
             jobs, combined = self.combined_claim()
             claimed: list[Claimed] = []
+            reserved = 0
             try:
                 with anyio.CancelScope(shield=True):
                     # The last progress reported is stored before the outcome.
@@ -678,16 +679,24 @@ class _Server:
                         applied = await self.store.complete(self.owner, outcomes)
                     else:
                         room = self.concurrency - self.active
-                        if not self.overlap:
+                        if self.overlap:
+                            # The batch's places are free already and the claim loop may
+                            # claim beside this call: hold the room it claims for.
+                            reserved = max(room, 0)
+                            self.active += reserved
+                        else:
                             room += len(batch)
                         applied, claimed = await combined(
                             self.owner, outcomes, self.queues, limit=room, lease=self.lease
                         )
             except Exception as exc:
+                if reserved:
+                    self.release(reserved)
                 self.outage.failed("storing outcomes", exc)
                 self.pending[:0] = batch
                 self.pending_event.set()
                 return False
+            self.active -= reserved  # each claimed job counts itself as it starts
             self.outage.ok()
             if applied is not None:
                 self.log_discarded([o for o in outcomes if o.id not in applied])
