@@ -8,7 +8,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -17,11 +17,12 @@ import pytest
 
 from tests.stores.test_conformance import serving, until
 from work import Job, JobState, Queue, SyncQueue, Worker
-from work.stores import Claimed, Outcome
+from work.stores import Claimed, Outcome, Store
 from work.stores.memory import MemoryStore
 from work.stores.sqlite import SQLiteStore
 
 _T = TypeVar("_T")
+_S = TypeVar("_S")
 
 
 @pytest.fixture(params=["asyncio", "trio"])
@@ -60,6 +61,28 @@ class Counted(SQLiteStore):
         return await super().complete_and_claim(owner, outcomes, queues, limit=limit, lease=lease)
 
 
+def all_succeeded(store: Store, n: int) -> Callable[[], Awaitable[bool]]:
+    """A check for ``until``: ``n`` jobs of the default queue have succeeded."""
+
+    async def check() -> bool:
+        return bool((await store.stats()).get("default", {}).get("succeeded", 0) == n)
+
+    return check
+
+
+def isolated(cls: Callable[..., _S], kind: str, tmp_path: Path) -> _S:
+    """A store of ``cls`` (a SQLite, PostgreSQL or Redis store class) under a name no other
+    test uses: its own file, schema or key prefix."""
+    from tests.stores.conftest import POSTGRES_URL, REDIS_URL
+
+    name = uuid.uuid4().hex[:12]
+    if kind == "postgresql":
+        return cls(POSTGRES_URL, schema=f"anywork_test_{name}")
+    if kind == "redis":
+        return cls(REDIS_URL, prefix=f"anywork-test-{name}:")
+    return cls(f"sqlite:///{tmp_path / 'jobs.db'}")
+
+
 @pytest.mark.anyio
 async def test_serve_writes_outcomes_and_claims_in_one_call(tmp_path: Path) -> None:
     """A busy serve on SQLite stores finished jobs' outcomes and claims the next ones with
@@ -74,12 +97,8 @@ async def test_serve_writes_outcomes_and_claims_in_one_call(tmp_path: Path) -> N
     worker.register("noop", noop)
     async with store:
         await Queue(store).enqueue_many([Job("noop", {"i": i}) for i in range(120)])
-
-        async def all_done() -> bool:
-            return (await store.stats()).get("default", {}).get("succeeded", 0) == 120
-
         async with serving(store, worker, concurrency=4):
-            await until(all_done)
+            await until(all_succeeded(store, 120))
     assert sorted(ran) == list(range(120))
     assert store.calls["complete_and_claim"] > 0
     # Most claims ride along with the outcomes that free their places.
@@ -192,7 +211,6 @@ async def test_serve_claims_while_outcomes_are_written_up_to_twice_its_concurren
     """On PostgreSQL and Redis (parallel calls) serve claims and runs the next jobs while the
     last outcomes are still being written, holding at most twice its concurrency in jobs; on
     SQLite a place frees only once its outcome is stored. Every job still succeeds once."""
-    from tests.stores.conftest import POSTGRES_URL, REDIS_URL
     from work.stores.postgres import PostgresStore
     from work.stores.redis import RedisStore
 
@@ -227,12 +245,7 @@ async def test_serve_claims_while_outcomes_are_written_up_to_twice_its_concurren
                 owner, outcomes, queues, limit=limit, lease=lease
             )
 
-    if kind == "postgresql":
-        store = Gated(POSTGRES_URL, schema=f"anywork_test_{uuid.uuid4().hex[:12]}")
-    elif kind == "redis":
-        store = Gated(REDIS_URL, prefix=f"anywork-test-{uuid.uuid4().hex[:12]}:")
-    else:
-        store = Gated(f"sqlite:///{tmp_path / 'jobs.db'}")
+    store = isolated(Gated, kind, tmp_path)
     worker = Worker()
     ran: list[int] = []
 
@@ -258,12 +271,7 @@ async def test_serve_claims_while_outcomes_are_written_up_to_twice_its_concurren
                     assert len(ran) == held and await running() == held
                 finally:
                     gate.set()  # a failure above must not leave serve's last flush waiting
-
-                async def all_done() -> bool:
-                    counts = await store.stats()
-                    return bool(counts.get("default", {}).get("succeeded", 0) == 20)
-
-                await until(all_done)
+                await until(all_succeeded(store, 20))
     finally:
         if kind != "sqlite":
             async with store:
@@ -274,21 +282,20 @@ async def test_serve_claims_while_outcomes_are_written_up_to_twice_its_concurren
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
 @pytest.mark.parametrize("kind", ["postgresql", "redis"])
 async def test_claims_beside_outcome_writes_never_run_more_than_concurrency(
-    kind: str, anyio_backend: str
+    kind: str, anyio_backend: str, tmp_path: Path
 ) -> None:
     """With claims running beside outcome writes (and the claims those writes make when the
     claim loop waits), no more than ``concurrency`` handlers ever run at once."""
     import random
 
-    from tests.stores.conftest import POSTGRES_URL, REDIS_URL
     from work.stores.postgres import PostgresStore
     from work.stores.redis import RedisStore
 
     store: PostgresStore | RedisStore
     if kind == "postgresql":
-        store = PostgresStore(POSTGRES_URL, schema=f"anywork_test_{uuid.uuid4().hex[:12]}")
+        store = isolated(PostgresStore, kind, tmp_path)
     else:
-        store = RedisStore(REDIS_URL, prefix=f"anywork-test-{uuid.uuid4().hex[:12]}:")
+        store = isolated(RedisStore, kind, tmp_path)
     worker = Worker()
     now = [0]
     most = [0]
@@ -308,13 +315,8 @@ async def test_claims_beside_outcome_writes_never_run_more_than_concurrency(
     try:
         async with store:
             await Queue(store).enqueue_many([Job("busy", {"i": i}) for i in range(400)])
-
-            async def all_done() -> bool:
-                counts = await store.stats()
-                return bool(counts.get("default", {}).get("succeeded", 0) == 400)
-
             async with serving(store, worker, concurrency=3):
-                await until(all_done, timeout=60)
+                await until(all_succeeded(store, 400), timeout=60)
     finally:
         async with store:
             await store.drop()

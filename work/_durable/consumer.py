@@ -197,15 +197,14 @@ class _Server:
         # Fences every write: a lease this serve lost can never be completed by it.
         self.owner = f"{worker.name}@{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
         self.slots: dict[str, _Slot] = {}  # claimed, outcome not yet written
-        # Claimed jobs not yet settled (outcome written, or dropped). A slot is freed only once
-        # the outcome is stored, so a killed process never holds more than `concurrency` jobs
-        # that may run again.
+        # Claimed jobs holding a place. By default a place frees only once the job's outcome
+        # is stored (or the job dropped), so a killed process never holds more than
+        # `concurrency` jobs that may run again. A store whose concurrent calls run in
+        # parallel (`parallel_calls`: PostgreSQL and Redis, a connection each) gets the next
+        # jobs claimed while the last outcomes are written: a place frees when the outcome is
+        # queued, and up to `concurrency` queued outcomes (`unacked`) may wait to be written,
+        # so a killed process holds at most twice `concurrency` jobs that may run again.
         self.active = 0
-        # A store that runs concurrent calls in parallel (PostgreSQL: one connection each)
-        # gets the next jobs claimed while the last outcomes are being written: a finished
-        # job's place frees when its outcome is queued, and up to `concurrency` outcomes may
-        # wait to be written (`unacked`), so a killed process holds at most twice
-        # `concurrency` jobs that may run again. Others free it once the outcome is stored.
         self.overlap = bool(getattr(store, "parallel_calls", False))
         self.unacked = 0
         self.capacity = anyio.Event()

@@ -1357,12 +1357,15 @@ class PostgresStore(PostgresWorkflows):
 
     # -- consuming ------------------------------------------------------------------------
 
-    def _claim_sql(self, queue: str, now: str, limit: str, owner: str, until: str) -> str:
+    def _claim_sql(
+        self, queues: Sequence[str], queue: str, now: str, limit: str, owner: str, until: str
+    ) -> str:
         """The claim's ``UPDATE … FROM (SELECT … FOR UPDATE SKIP LOCKED LIMIT n) … RETURNING
-        j.*``, its values at the given placeholders; ``queue`` is a text (one queue) or a
-        text[] (several)."""
+        j.*`` for ``queues``, its values at the given placeholders (``queue`` takes
+        :func:`_queues_value`)."""
         # With one queue, `queue = $n` lets the planner walk jobs_ready in claim order.
-        match = f"queue = {queue}" if queue.endswith("::text") else f"queue = ANY({queue})"
+        several = len(queues) > 1
+        match = f"queue = ANY({queue}::text[])" if several else f"queue = {queue}::text"
         return f"""UPDATE {self._s}.jobs AS j SET
                     state = 'running', attempts = j.attempts + 1, started_at = {now},
                     owner = {owner}, lease_until = {until}, cancel_requested = false,
@@ -1425,10 +1428,9 @@ class PostgresStore(PostgresWorkflows):
         if limit <= 0 or not queues:
             return []
         now = _now()
-        one = len(queues) == 1
         rows = await pool.fetch(
-            self._claim_sql("$1::text" if one else "$1::text[]", "$2", "$3", "$4", "$5"),
-            queues[0] if one else list(queues),
+            self._claim_sql(queues, "$1", "$2", "$3", "$4", "$5"),
+            _queues_value(queues),
             now,
             limit,
             owner,
@@ -1490,8 +1492,7 @@ class PostgresStore(PostgresWorkflows):
             applied = await self.complete(owner, outcomes)
             return applied, await self.claim(queues, limit=limit, lease=lease, owner=owner)
         now = _now()
-        one = len(queues) == 1
-        claim = self._claim_sql("$14::text" if one else "$14::text[]", "$2", "$15", "$1", "$16")
+        claim = self._claim_sql(queues, "$14", "$2", "$15", "$1", "$16")
         # One row at least (the LEFT JOIN), carrying the applied ids; a claimed job per row.
         rows = await pool.fetch(
             f"""WITH done AS ({self._complete_sql()}), got AS ({claim})
@@ -1500,7 +1501,7 @@ class PostgresStore(PostgresWorkflows):
             owner,
             now,
             *_complete_params(outcomes),
-            queues[0] if one else list(queues),
+            _queues_value(queues),
             limit,
             now + timedelta(seconds=lease),
         )
@@ -2095,6 +2096,11 @@ def _claim_order(row: Any) -> tuple[int, datetime, int]:
     if due.tzinfo is None:
         due = due.replace(tzinfo=UTC)
     return (-row["priority"], due, row["seq"])
+
+
+def _queues_value(queues: Sequence[str]) -> str | builtins.list[str]:
+    """The claim's queue parameter: the name of one queue, a list of several."""
+    return queues[0] if len(queues) == 1 else builtins.list(queues)
 
 
 def _complete_params(outcomes: Sequence[Outcome]) -> tuple[builtins.list[Any], ...]:
