@@ -56,6 +56,22 @@ async def test_schedule_target_checks() -> None:
     assert plain.ttl is None
 
 
+async def test_a_callback_webhook_jobs_ttl_is_its_wait_not_its_timeout() -> None:
+    """A schedule whose target is a callback Webhook's job (``Webhook.job``, as the HTTP
+    service stores it) bounds the callback wait with its ttl, not the execution: the POST has
+    the webhook's own timeout, so a slow POST under a short ttl is not cut off (408). A job
+    without a callback keeps the ttl as its timeout."""
+    fire = START + timedelta(hours=1)
+    hook = Webhook("http://127.0.0.1:9/hook", payload="p")
+    waiting = Schedule("svc/job", "rate(1 hour)", hook.job(ttl=1), ttl=1)
+    rec = waiting.execution("svc/job@x", fire=fire, now=fire)
+    assert rec.handler == "anywork.webhook" and rec.args["ttl"] == 1
+    assert rec.timeout is None
+    direct = Webhook("http://127.0.0.1:9/hook", callback=False)
+    plain = Schedule("svc/plain", "rate(1 hour)", direct.job(), ttl=5)
+    assert plain.execution("svc/plain@x", fire=fire, now=fire).timeout == 5
+
+
 async def test_webhook_schedule_fires_and_callbacks_finish_executions(clocked: Store) -> None:
     """Each fire POSTs the seed body; a success callback ends the execution SUCCEEDED, and the
     next fire's body names it as last_successful_execution."""

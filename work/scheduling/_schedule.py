@@ -13,7 +13,7 @@ from .._core.job import Job
 from .._core.retry import RetryPolicy, backoff_from_dict
 from .._core.status import Status
 from ..stores._base import JobRecord
-from ._webhook import Webhook
+from ._webhook import WEBHOOK_HANDLER, Webhook
 
 if TYPE_CHECKING:
     from ._expressions import Expression
@@ -312,7 +312,9 @@ class Schedule:
         """The job record of one execution: the target with ``job_id``, this schedule's id,
         ``scheduled_for=fire``, the retry policy, and ``ttl`` (else the target's timeout) as
         the timeout. A Webhook target's job is its ``anywork.webhook`` job, on the webhook's
-        queue, whose callback wait ``ttl`` bounds (the POST itself has the webhook's timeout)."""
+        queue, whose callback wait ``ttl`` bounds (the POST itself has the webhook's timeout);
+        so does a target that is such a job already (``Webhook.job``) with a callback: its
+        ``ttl`` is the wait, never the time its POST may take."""
         target = self.target
         retry = self.retry
         timeout: float | None
@@ -325,6 +327,8 @@ class Schedule:
                 scheduled_time=fire,
             )
             timeout = None
+        elif target.handler == WEBHOOK_HANDLER and target.args.get("callback"):
+            timeout = target.timeout
         else:
             timeout = self.ttl if self.ttl is not None else target.timeout
         return JobRecord(
